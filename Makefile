@@ -1,0 +1,49 @@
+# kernel-runner: `make run` starts the runner for python on its default ports; `make test` runs the whole suite.
+# Both set up what they need first (a local venv, and the Debian packages the tests use).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+LANG_TO_RUN ?= python
+# Outside a container /home/work and /home/config usually do not exist: use folders under .run/ instead.
+WORK_DIR ?= $(if $(wildcard /home/work),/home/work,$(CURDIR)/.run/work)
+CONFIG_DIR ?= $(if $(wildcard /home/config),/home/config,$(CURDIR)/.run/config)
+PYTEST_ARGS ?=
+
+.PHONY: setup system-deps run test lint typecheck unit test-heavy bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Installs the Debian packages listed in .ci/apt-packages.txt that are missing (needs root; skipped otherwise).
+system-deps:
+	@bash .ci/install-system-deps .ci/apt-packages.txt
+
+run: setup
+	@mkdir -p $(WORK_DIR) $(CONFIG_DIR)
+	$(PY) -m kernel_runner $(LANG_TO_RUN) --work-dir $(WORK_DIR) --config-dir $(CONFIG_DIR)
+
+lint: setup
+	$(VENV)/bin/ruff check kernel_runner tests bench
+
+typecheck: setup
+	$(VENV)/bin/mypy --config-file setup.cfg
+
+test: setup system-deps lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-heavy: setup
+	@bash .ci/install-system-deps .ci/apt-packages-heavy.txt
+	$(PY) -m pytest -m heavy $(PYTEST_ARGS)
+
+bench: setup system-deps
+	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache

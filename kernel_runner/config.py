@@ -1,0 +1,103 @@
+"""RunnerConfig: every path, port, timeout and restart default, loaded once from argv and files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import attrs
+
+DEFAULT_PORT_IN = 2000
+DEFAULT_PORT_OUT = 2001
+DEFAULT_SSHD_PORT = 2200
+DEFAULT_TTYD_PORT = 7681
+DEFAULT_TERM_IN_PORT = 2002
+DEFAULT_TERM_OUT_PORT = 2003
+
+
+@attrs.frozen(kw_only=True)
+class RestartDefaults:
+    """anchors §8: 0.5 s × 2^n capped at 30 s, jitter 0.2, reset after a stable run; 5 restarts / 60 s."""
+
+    backoff_initial_s: float = 0.5
+    backoff_factor: float = 2.0
+    backoff_cap_s: float = 30.0
+    backoff_jitter: float = 0.2
+    stable_after_s: float = 60.0
+    intensity_max_restarts: int = 5
+    intensity_period_s: float = 60.0
+
+
+@attrs.frozen(kw_only=True)
+class RunnerConfig:
+    lang: str
+    runtime_path: str | None = None
+    debug: bool = False
+    config_dir: Path = Path("/home/config")
+    work_dir: Path = Path("/home/work")
+    service_defs_dir: Path = Path("/etc/backend.ai/service-defs")
+    bind: str = "*"
+    # 0 asks the OS for a free port (tests and embedding); None means "from intrinsic-ports.json or the default".
+    port_in: int | None = None
+    port_out: int | None = None
+    sshd_port: int | None = None
+    ttyd_port: int | None = None
+    term_in_port: int = DEFAULT_TERM_IN_PORT
+    term_out_port: int = DEFAULT_TERM_OUT_PORT
+    user_input_socket: Path = Path("/tmp/bai-user-input.sock")
+    log_json: bool = False
+    # "none" keeps runner logs off the agent's streams (spec §9.2 calls mixing them in upstream's worst habit).
+    forward_logs: str = "none"
+    start_intrinsic_services: bool = True
+    dropbear_dir: Path = Path("/opt/kernel")
+    ttyd_path: Path = Path("/opt/kernel/ttyd")
+    service_launch_timeout_s: float = 8.0
+    service_stop_grace_s: float = 2.0
+    shutdown_deadline_s: float = 15.0
+    output_credits: int = 256
+    outbox_limit: int = 4096
+    restart: RestartDefaults = attrs.field(factory=RestartDefaults)
+
+    @property
+    def environ_file(self) -> Path:
+        return self.config_dir / "environ.txt"
+
+    @property
+    def intrinsic_ports_file(self) -> Path:
+        return self.config_dir / "intrinsic-ports.json"
+
+
+class ConfigError(Exception):
+    """A configuration file the runner cannot use; reported with the file name, never a traceback."""
+
+
+def read_intrinsic_ports(path: Path) -> dict[str, int]:
+    """spec §1.5: optional keys replin/replout/sshd/ttyd. Upstream aborts on bad JSON; we report and use defaults."""
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    ports: dict[str, int] = {}
+    for key in ("replin", "replout", "sshd", "ttyd"):
+        value = raw.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
+            raise ConfigError(f"{path}: {key} must be a port number, got {value!r}")
+        ports[key] = value
+    return ports
+
+
+def resolve_ports(config: RunnerConfig, file_ports: dict[str, int]) -> RunnerConfig:
+    """Command-line ports win over intrinsic-ports.json, which wins over the defaults."""
+    return attrs.evolve(
+        config,
+        port_in=config.port_in if config.port_in is not None else file_ports.get("replin", DEFAULT_PORT_IN),
+        port_out=config.port_out if config.port_out is not None else file_ports.get("replout", DEFAULT_PORT_OUT),
+        sshd_port=config.sshd_port if config.sshd_port is not None else file_ports.get("sshd", DEFAULT_SSHD_PORT),
+        ttyd_port=config.ttyd_port if config.ttyd_port is not None else file_ports.get("ttyd", DEFAULT_TTYD_PORT),
+    )

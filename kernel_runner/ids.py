@@ -1,0 +1,30 @@
+"""Distinct id types so a pid, a port and a child id are never confused."""
+
+from __future__ import annotations
+
+import itertools
+from typing import NewType
+
+ChildId = NewType("ChildId", str)
+RunId = NewType("RunId", int)
+Pid = NewType("Pid", int)
+Port = NewType("Port", int)
+
+_run_ids = itertools.count(1)
+
+
+def next_run_id() -> RunId:
+    """Run ids only need to be unique within one runner process."""
+    return RunId(next(_run_ids))
+
+
+LANG_CHILD = ChildId("lang")
+ROUTER_CHILD = ChildId("router")
+
+
+def service_child(name: str) -> ChildId:
+    return ChildId(f"service:{name}")
+
+
+def health_child(name: str) -> ChildId:
+    return ChildId(f"health:{name}")

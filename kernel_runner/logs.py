@@ -1,0 +1,63 @@
+"""Loguru sinks for the runner: human lines or JSON lines on stderr, stdlib logging routed in, `child` always bound."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import traceback
+from types import FrameType
+
+from loguru import logger
+
+HUMAN_FORMAT = (
+    "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+    "<cyan>[{extra[child]}]</cyan> {message}"
+)
+
+
+class InterceptHandler(logging.Handler):
+    """Routes pykka, jupyter_client and other stdlib loggers into loguru so ops read one stream."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        logger.bind(child=record.name).opt(exception=record.exc_info, depth=6).log(level, record.getMessage())
+
+
+def configure_logging(*, debug: bool, json_lines: bool) -> None:
+    logger.remove()
+    logger.configure(extra={"child": "runner"})
+    level = "DEBUG" if debug else "INFO"
+    if json_lines:
+        logger.add(sys.stderr, level=level, serialize=True, enqueue=False, backtrace=False, diagnose=False)
+    else:
+        logger.add(
+            sys.stderr,
+            level=level,
+            format=HUMAN_FORMAT,
+            colorize=None,
+            backtrace=False,
+            diagnose=False,
+        )
+    logging.basicConfig(handlers=[InterceptHandler()], level=logging.DEBUG if debug else logging.INFO, force=True)
+    for noisy in ("asyncio", "traitlets", "tornado"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def install_thread_dump_signal() -> None:
+    """SIGUSR1 writes every thread's stack to the log: the tool for a stuck actor in production."""
+
+    def dump(_signum: int, _frame: FrameType | None) -> None:
+        frames = sys._current_frames()
+        for thread in threading.enumerate():
+            frame = frames.get(thread.ident or -1)
+            if frame is None:
+                continue
+            stack = "".join(traceback.format_stack(frame))
+            logger.bind(child="runner").warning("thread {} stack:\n{}", thread.name, stack)
+
+    signal.signal(signal.SIGUSR1, dump)

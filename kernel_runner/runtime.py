@@ -1,0 +1,171 @@
+"""The composition root: builds the actor tree for one RunnerConfig, and the handle that embeds or stops it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any, cast
+
+import pykka
+from loguru import logger
+
+from kernel_runner.actors.base import ChildContext, RouterLink
+from kernel_runner.actors.lang_runner import LangRunnerActor, reject_run
+from kernel_runner.actors.router import BoundPorts, RouterActor
+from kernel_runner.clock import REAL_CLOCK, Clock
+from kernel_runner.config import RunnerConfig, resolve_ports
+from kernel_runner.ids import LANG_CHILD, ROUTER_CHILD
+from kernel_runner.messages import ChildInfo, ShutdownTree, WhichChildrenQuery
+from kernel_runner.policy import Backoff, IntensityLimit
+from kernel_runner.supervisor import ChildSpec, ServicePlanner, SupervisorActor
+from kernel_runner.timers import Ticker
+
+ASK_TIMEOUT_S = 2.0
+
+
+def default_backoff(config: RunnerConfig) -> Backoff:
+    r = config.restart
+    return Backoff(initial_s=r.backoff_initial_s, factor=r.backoff_factor, cap_s=r.backoff_cap_s, jitter=r.backoff_jitter)
+
+
+def default_intensity(config: RunnerConfig) -> IntensityLimit:
+    return IntensityLimit(max_restarts=config.restart.intensity_max_restarts, period_s=config.restart.intensity_period_s)
+
+
+class RunnerHandle:
+    """A running actor tree: its bound ports, introspection, and an orderly bounded stop."""
+
+    def __init__(
+        self,
+        *,
+        config: RunnerConfig,
+        ports: BoundPorts,
+        supervisor: pykka.ActorRef[SupervisorActor],
+        ticker: Ticker,
+        link: RouterLink,
+        escalated: threading.Event,
+    ) -> None:
+        self.config = config
+        self.ports = ports
+        self.supervisor = supervisor
+        self._ticker = ticker
+        self._link = link
+        self.escalated = escalated
+        self.escalation_reason: str | None = None
+        self._stopped = False
+
+    @property
+    def router_link(self) -> RouterLink:
+        """Where in-process producers (pumps, embedders) send output, with the runner's backpressure."""
+        return self._link
+
+    def which_children(self, timeout: float = ASK_TIMEOUT_S) -> list[ChildInfo]:
+        return cast(list[ChildInfo], self.supervisor.ask(WhichChildrenQuery(), timeout=timeout))
+
+    def tell(self, message: object) -> None:
+        self.supervisor.tell(message)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop children in tier order within one deadline; True when everything stopped in time."""
+        if self._stopped:
+            return True
+        self._stopped = True
+        deadline_s = timeout if timeout is not None else self.config.shutdown_deadline_s
+        clean = True
+        try:
+            done = cast(threading.Event, self.supervisor.ask(ShutdownTree(grace_s=deadline_s), timeout=ASK_TIMEOUT_S))
+            clean = done.wait(timeout=deadline_s + 1.0)
+        except (pykka.ActorDeadError, pykka.Timeout) as exc:
+            logger.bind(child="runner").error("supervisor did not take the shutdown request: {!r}", exc)
+            clean = False
+        self._link.closed.set()
+        try:
+            self.supervisor.stop(block=True, timeout=ASK_TIMEOUT_S)
+        except (pykka.Timeout, pykka.ActorDeadError):
+            clean = False
+        self._ticker.stop()
+        return clean
+
+
+def start(
+    config: RunnerConfig,
+    *,
+    services: ServicePlanner | None = None,
+    extra_children: Sequence[ChildSpec] = (),
+    startup_steps: Sequence[str] = (),
+    clock: Clock = REAL_CLOCK,
+    file_ports: dict[str, int] | None = None,
+) -> RunnerHandle:
+    """Start the whole tree in this process (the CLI and test harnesses both come through here)."""
+    config = resolve_ports(config, file_ports or {})
+    assert config.port_in is not None and config.port_out is not None
+    ticker = Ticker(clock)
+    link = RouterLink(config.output_credits)
+    escalated = threading.Event()
+    handle_box: list[RunnerHandle] = []
+
+    def on_escalate(reason: str) -> None:
+        if handle_box:
+            handle_box[0].escalation_reason = reason
+        escalated.set()
+
+    supervisor = SupervisorActor.start(
+        config=config,
+        clock=clock,
+        ticker=ticker,
+        router_link=link,
+        services=services,
+        startup_steps=startup_steps,
+        on_escalate=on_escalate,
+    )
+    ports = BoundPorts(config.port_in, config.port_out)
+
+    def make_router(ctx: ChildContext) -> pykka.ActorRef[Any]:
+        ref = RouterActor.start(ctx=ctx, ports=ports)
+        link.attach(ref)
+        return ref
+
+    def make_lang(ctx: ChildContext) -> pykka.ActorRef[Any]:
+        return LangRunnerActor.start(ctx=ctx, lang=config.lang)
+
+    backoff = default_backoff(config)
+    intensity = default_intensity(config)
+    specs: list[ChildSpec] = [
+        ChildSpec(
+            child_id=ROUTER_CHILD,
+            factory=make_router,
+            restart="permanent",
+            significant=True,
+            tier=0,
+            shutdown_s=1.0,
+            backoff=Backoff(initial_s=0.05, cap_s=1.0, jitter=0.1),
+            intensity=intensity,
+        ),
+        ChildSpec(
+            child_id=LANG_CHILD,
+            factory=make_lang,
+            restart="permanent",
+            tier=1,
+            shutdown_s=3.0,
+            backoff=backoff,
+            intensity=intensity,
+            reject=reject_run,
+        ),
+        *extra_children,
+    ]
+    for spec in specs:
+        supervisor.tell(spec)
+    handle = RunnerHandle(config=config, ports=ports, supervisor=supervisor, ticker=ticker, link=link, escalated=escalated)
+    handle_box.append(handle)
+    # The router binds in its on_start; wait (bounded) so the handle reports the real ports, or fails loudly.
+    if not ports.bound.wait(timeout=10.0) or ports.error is not None:
+        handle.stop(timeout=2.0)
+        raise RunnerStartError(ports.error or "the router did not bind its sockets within 10 s")
+    return handle
+
+
+class RunnerStartError(RuntimeError):
+    """The tree could not come up (for example the agent ports are taken)."""
+
+
+__all__ = ["RunnerHandle", "RunnerStartError", "start"]

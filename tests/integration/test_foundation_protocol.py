@@ -1,0 +1,101 @@
+"""The whole tree in-process, driven over real ZeroMQ sockets the way the agent drives it."""
+
+from __future__ import annotations
+
+import pytest
+
+from kernel_runner import RunnerConfig, RunnerHandle, RunnerStartError, start
+from kernel_runner.client import AgentClient
+from kernel_runner.ids import ChildId
+from kernel_runner.messages import ChildState, ForwardToChild
+from tests.support.waiting import wait_until
+
+
+def test_status_reports_started_at_and_the_supervision_tree(agent: AgentClient) -> None:
+    body = agent.status()
+    assert isinstance(body["started_at"], float)
+    children = {c["id"]: c for c in body["kernel_runner"]["children"]}
+    assert set(children) == {"router", "lang"}
+    assert all(c["state"] == "RUNNING" for c in children.values())
+    assert body["kernel_runner"]["ready"] is True
+    # started_at is a liveness token: stable across calls.
+    assert agent.status()["started_at"] == body["started_at"]
+
+
+def test_app_batch_answers_each_step_with_exit_zero(agent: AgentClient, log_lines: list[str]) -> None:
+    results = agent.batch(clean="", build="*", exec="python main.py")
+    assert [(r.status, r.exit_code) for r in results] == [("clean-finished", 0), ("build-finished", 0), ("finished", 0)]
+    assert any("batch-mode build is not supported for app" in line for line in log_lines)
+
+
+def test_app_query_finishes_with_a_clear_error(agent: AgentClient) -> None:
+    result = agent.code("print(1)")
+    assert result.status == "finished" and result.exit_code == 127
+    assert b"query mode is not available" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [b"status"],
+        [b"a", b"b", b"c"],
+        [b"\xff", b""],
+        [b"no-such-op", b"x"],
+        [b"shutdown-service", b"{"],
+        [b"input", b"nobody waits"],
+        [b"interrupt", b""],
+    ],
+)
+def test_bad_input_is_logged_and_the_runner_keeps_serving(agent: AgentClient, frames: list[bytes],
+                                                           log_lines: list[str]) -> None:
+    agent.send_frames(frames)
+    assert "started_at" in agent.status()
+    assert any("[router]" in line or "[lang]" in line for line in log_lines)
+
+
+def test_bad_service_payloads_get_failed_replies(agent: AgentClient) -> None:
+    agent.send("start-service", b"{broken")
+    reply = agent.expect("service-result").json()
+    assert reply["status"] == "failed" and "not valid JSON" in reply["error"]
+    agent.send("start-model-service", b'{"name": "m", "service": {"port": 1}}')
+    reply = agent.expect("model-service-result").json()
+    assert reply["status"] == "failed" and "$.service.start_command" in reply["error"]
+
+
+def test_complete_is_always_answered(agent: AgentClient) -> None:
+    assert agent.complete("imp") == []
+    agent.send("complete", b"not json")
+    assert agent.expect("completion").json() == []
+
+
+def test_get_apps_without_service_definitions_is_empty(agent: AgentClient) -> None:
+    assert agent.get_apps() == {"status": "done", "data": []}
+
+
+def test_a_crashed_router_is_restarted_on_the_same_ports(runner: RunnerHandle, agent: AgentClient) -> None:
+    agent.status()
+    runner.tell(ForwardToChild(child_id=ChildId("router"), message=object()))  # an unknown message: logged, not fatal
+    router = next(c for c in runner.which_children() if c.child_id == "router")
+    assert router.generation == 1
+    # A router that stops unasked (its actor ended) is restarted: it is a permanent child.
+    import pykka
+
+    from kernel_runner.actors.router import RouterActor
+
+    (router_ref,) = pykka.ActorRegistry.get_by_class(RouterActor)
+    router_ref.stop(timeout=5)
+    wait_until(
+        lambda: any(c.child_id == "router" and c.generation == 2 and c.state is ChildState.RUNNING
+                    for c in runner.which_children()),
+        timeout=10,
+        what="router generation 2",
+    )
+    assert "started_at" in agent.status(timeout=10)
+
+
+def test_ports_in_use_fail_start_loudly(runner: RunnerHandle, runner_config: RunnerConfig) -> None:
+    import attrs
+
+    taken = attrs.evolve(runner_config, port_in=runner.ports.port_in, port_out=0)
+    with pytest.raises(RunnerStartError, match="cannot bind"):
+        start(taken)

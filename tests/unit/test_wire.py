@@ -1,0 +1,219 @@
+"""Every incoming op decodes to its typed request; every malformed frame becomes a BadFrame; every reply encodes."""
+
+from __future__ import annotations
+
+import json
+
+import msgpack
+import pytest
+
+from kernel_runner import wire
+from kernel_runner.ids import ChildId
+from kernel_runner.messages import (
+    AppsResult,
+    BadFrame,
+    ChildInfo,
+    ChildState,
+    CompleteCode,
+    CompletionResult,
+    FeedInput,
+    Finished,
+    GetApps,
+    Html,
+    InterruptRun,
+    LogRecord,
+    Media,
+    ModelServiceResult,
+    ModelServiceStatus,
+    Output,
+    RunBatch,
+    RunCode,
+    ServiceInfo,
+    ServiceOptions,
+    ServiceResult,
+    ShutdownService,
+    StartModelService,
+    StartService,
+    StatusReply,
+    StatusRequest,
+    WaitingInput,
+)
+
+
+@pytest.mark.parametrize(
+    ("frames", "expected"),
+    [
+        ([b"clean", b"make clean"], RunBatch(kind="clean", command="make clean")),
+        ([b"build", b"*"], RunBatch(kind="build", command="*")),
+        ([b"exec", b""], RunBatch(kind="exec", command="")),
+        ([b"code", "print('\u00e9')".encode()], RunCode(source="print('\u00e9')")),
+        ([b"input", b"42"], FeedInput(text="42")),
+        ([b"interrupt", b""], InterruptRun()),
+        ([b"status", b""], StatusRequest()),
+        ([b"get-apps", b""], GetApps(name=None)),
+        ([b"get-apps", b"jupyter"], GetApps(name="jupyter")),
+        ([b"shutdown-service", b'"jupyter"'], ShutdownService(name="jupyter")),
+        ([b"complete", b'{"code": "imp", "row": 1}'], CompleteCode(code="imp", options={"row": 1})),
+    ],
+)
+def test_decodes_every_simple_op(frames: list[bytes], expected: object) -> None:
+    assert wire.decode(frames) == expected
+
+
+def test_decodes_service_info_with_options() -> None:
+    payload = {
+        "name": "web",
+        "port": 8080,
+        "ports": [8080, 8081],
+        "protocol": "http",
+        "options": {"arguments": {"--bind": "0.0.0.0", "--x": ["a", "b"], "--flag": None}, "envs": {"FOO": "1"}},
+    }
+    request = wire.decode([b"start-service", json.dumps(payload).encode()])
+    assert request == StartService(
+        info=ServiceInfo(
+            name="web",
+            port=8080,
+            ports=(8080, 8081),
+            protocol="http",
+            options=ServiceOptions(arguments={"--bind": "0.0.0.0", "--x": ["a", "b"], "--flag": None}, envs={"FOO": "1"}),
+        )
+    )
+
+
+def test_intrinsic_service_info_without_ports_or_options() -> None:
+    request = wire.decode([b"start-service", b'{"name": "sshd", "port": 2200, "protocol": "tcp"}'])
+    assert isinstance(request, StartService)
+    assert request.info.ports == () and request.info.options == ServiceOptions()
+
+
+def test_decodes_model_info_with_defaults_for_nulls() -> None:
+    payload = {
+        "name": "llama",
+        "model_path": "/models/llama",
+        "service": {
+            "start_command": ["python", "-m", "server", "--port", "8000"],
+            "port": 8000,
+            "pre_start_actions": None,
+            "health_check": {"path": "/health", "max_retries": None, "max_wait_time": 2, "expected_status_code": None},
+        },
+    }
+    request = wire.decode([b"start-model-service", json.dumps(payload).encode()])
+    assert isinstance(request, StartModelService)
+    service = request.model.service
+    assert service is not None and service.start_command == ("python", "-m", "server", "--port", "8000")
+    assert service.health_check is not None
+    assert (service.health_check.max_retries, service.health_check.max_wait_time) == (10, 2.0)
+    assert service.health_check.expected_status_code == 200
+
+
+def test_model_start_command_may_be_a_shell_string() -> None:
+    payload = {"name": "m", "service": {"start_command": "python -m http.server 8000", "port": 8000}}
+    request = wire.decode([b"start-model-service", json.dumps(payload).encode()])
+    assert isinstance(request, StartModelService) and request.model.service is not None
+    assert request.model.service.start_command == "python -m http.server 8000"
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"service": {"start_command": ["x"], "port": 1}}, "$.name"),
+        ({"name": "m", "service": {"start_command": ["x"], "port": "80"}}, "$.service.port"),
+        ({"name": "m", "service": {"start_command": [], "port": 80}}, "$.service.start_command"),
+        ({"name": "m", "service": {"start_command": ["x"], "port": 70000}}, "$.service.port"),
+        ({"name": "m", "service": {"start_command": ["x"], "port": 80, "health_check": {"path": "/", "max_retries": 0}}},
+         "$.service.health_check.max_retries"),
+        ({"name": "m", "service": {"start_command": ["x"], "port": 80, "health_check": {"max_retries": 3}}},
+         "$.service.health_check.path"),
+    ],
+)
+def test_invalid_model_payloads_get_a_failed_reply_naming_the_field(payload: dict[str, object], field: str) -> None:
+    result = wire.decode([b"start-model-service", json.dumps(payload).encode()])
+    assert isinstance(result, BadFrame)
+    assert isinstance(result.reply, ModelServiceResult) and result.reply.status == "failed"
+    assert result.reply.error is not None and field in result.reply.error
+
+
+@pytest.mark.parametrize(
+    ("frames", "reason_part", "reply_type"),
+    [
+        ([b"status"], "expected 2 frames, got 1", None),
+        ([b"status", b"", b""], "expected 2 frames, got 3", None),
+        ([], "expected 2 frames, got 0", None),
+        ([b"\xff\xfe", b""], "op frame is not ASCII", None),
+        ([b"frobnicate", b""], "unknown op 'frobnicate'", None),
+        ([b"start-service", b"{not json"], "not valid JSON", ServiceResult),
+        ([b"start-service", b"[1, 2]"], "must be a JSON object", ServiceResult),
+        ([b"start-service", b'{"port": 1}'], "$.name", ServiceResult),
+        ([b"start-service", b"\xff"], "not UTF-8", ServiceResult),
+        ([b"start-model-service", b"nope"], "not valid JSON", ModelServiceResult),
+        ([b"shutdown-service", b"jupyter"], "not a JSON string", None),
+        ([b"shutdown-service", b"42"], "non-empty JSON string", None),
+        ([b"complete", b"imp"], "not valid JSON", CompletionResult),
+        ([b"get-apps", b"\xff"], "not UTF-8", AppsResult),
+    ],
+)
+def test_malformed_frames_become_bad_frames(frames: list[bytes], reason_part: str, reply_type: type | None) -> None:
+    result = wire.decode(frames)
+    assert isinstance(result, BadFrame)
+    assert reason_part in result.reason
+    if reply_type is None:
+        assert result.reply is None
+    else:
+        assert isinstance(result.reply, reply_type)
+
+
+def test_commands_keep_undecodable_bytes() -> None:
+    result = wire.decode([b"exec", b"printf '\xff'"])
+    assert isinstance(result, RunBatch)
+    assert result.command.encode("utf-8", errors="surrogateescape") == b"printf '\xff'"
+
+
+def test_encodes_every_outgoing_message() -> None:
+    assert wire.encode(Output(stream="stdout", data=b"\xe2\x82")) == [b"stdout", b"\xe2\x82"]
+    assert wire.encode(Finished(kind="exec", exit_code=3)) == [b"finished", b'{"exitCode": 3}']
+    assert wire.encode(Finished(kind="code", exit_code=0)) == [b"finished", b'{"exitCode": 0}']
+    assert wire.encode(Finished(kind="clean", exit_code=0)) == [b"clean-finished", b'{"exitCode": 0}']
+    assert wire.encode(Finished(kind="build", exit_code=1)) == [b"build-finished", b'{"exitCode": 1}']
+    assert wire.encode(Media(mime="image/png", data="data:image/png;base64,AA==")) == [
+        b"media",
+        b'{"type": "image/png", "data": "data:image/png;base64,AA=="}',
+    ]
+    assert wire.encode(Html(html="<b>\u00e9</b>")) == [b"html", "<b>\u00e9</b>".encode()]
+    assert wire.encode(WaitingInput(is_password=True)) == [b"waiting-input", b'{"is_password": true}']
+    assert wire.encode(ServiceResult(status="started")) == [b"service-result", b'{"status": "started"}']
+    assert wire.encode(ServiceResult(status="failed", error="unsupported service")) == [
+        b"service-result",
+        b'{"status": "failed", "error": "unsupported service"}',
+    ]
+    assert wire.encode(ModelServiceResult(status="failed", error="service unhealthy"))[0] == b"model-service-result"
+    assert json.loads(wire.encode(ModelServiceStatus(model_name="m", is_healthy=False))[1]) == {
+        "model_name": "m",
+        "is_healthy": False,
+    }
+    assert wire.encode(AppsResult(apps=({"name": "web"},))) == [b"apps-result", b'{"status": "done", "data": [{"name": "web"}]}']
+    assert wire.encode(CompletionResult(items=("import",))) == [b"completion", b'["import"]']
+    assert wire.encode(LogRecord(text="hello")) == [b"log", b"hello"]
+
+
+def test_status_is_msgpack_with_started_at_and_the_tree() -> None:
+    child = ChildInfo(
+        child_id=ChildId("lang"), state=ChildState.RUNNING, pid=12, restarts=1, generation=2, last_exit="x", uptime_s=1.5
+    )
+    frames = wire.encode(StatusReply(started_at=12.5, ready=True, children=(child,)))
+    assert frames[0] == b"status"
+    body = msgpack.unpackb(frames[1], raw=False)
+    assert body["started_at"] == 12.5
+    assert body["kernel_runner"]["children"][0] == {
+        "id": "lang",
+        "state": "RUNNING",
+        "pid": 12,
+        "restarts": 1,
+        "generation": 2,
+        "last_exit": "x",
+        "uptime_s": 1.5,
+    }
+
+
+def test_non_ascii_json_is_escaped_like_pythons_default_encoder() -> None:
+    frames = wire.encode(ServiceResult(status="failed", error="caf\u00e9"))
+    assert frames[1] == b'{"status": "failed", "error": "caf\\u00e9"}'
