@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -12,11 +11,9 @@ from pathlib import Path
 
 import zmq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from kernel_runner import RunnerConfig, start  # noqa: E402
-from kernel_runner.client import AgentClient  # noqa: E402
-from kernel_runner.logs import configure_logging  # noqa: E402
+from kernel_runner import RunnerConfig, start
+from kernel_runner.client import AgentClient
+from kernel_runner.logs import configure_logging
 
 ROUNDS = 2000
 WARMUP = 200
