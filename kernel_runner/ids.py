@@ -20,6 +20,8 @@ def next_run_id() -> RunId:
 
 LANG_CHILD = ChildId("lang")
 ROUTER_CHILD = ChildId("router")
+KERNEL_CHILD = ChildId("kernel")
+TERMINAL_CHILD = ChildId("terminal")
 
 
 def service_child(name: str) -> ChildId:

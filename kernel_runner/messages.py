@@ -294,6 +294,14 @@ class RunTask:
     text: str
 
 
+@attrs.frozen(kw_only=True)
+class RunDone:
+    """A delegate (Jupyter kernel, terminal) → LangRunner: the run ended and its Finished has been sent already."""
+
+    run_id: RunId
+    exit_code: int
+
+
 # --------------------------------------------------------------------------------------------
 # Supervision
 # --------------------------------------------------------------------------------------------

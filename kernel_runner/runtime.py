@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any, cast
@@ -12,9 +13,11 @@ from loguru import logger
 from kernel_runner.actors.base import ChildContext, RouterLink
 from kernel_runner.actors.lang_runner import LangRunnerActor, reject_run
 from kernel_runner.actors.router import BoundPorts, RouterActor
+from kernel_runner.childenv import build_child_env
 from kernel_runner.clock import REAL_CLOCK, Clock
 from kernel_runner.config import RunnerConfig, resolve_ports
 from kernel_runner.ids import LANG_CHILD, ROUTER_CHILD
+from kernel_runner.langs import get_lang
 from kernel_runner.messages import ChildInfo, ShutdownTree, WhichChildrenQuery
 from kernel_runner.policy import Backoff, IntensityLimit
 from kernel_runner.supervisor import ChildSpec, ServicePlanner, SupervisorActor
@@ -99,6 +102,7 @@ def start(
     """Start the whole tree in this process (the CLI and test harnesses both come through here)."""
     config = resolve_ports(config, file_ports or {})
     assert config.port_in is not None and config.port_out is not None
+    child_env, runner_env = build_environments(config)
     ticker = Ticker(clock)
     link = RouterLink(config.output_credits)
     escalated = threading.Event()
@@ -117,6 +121,8 @@ def start(
         services=services,
         startup_steps=startup_steps,
         on_escalate=on_escalate,
+        child_env=child_env,
+        runner_env=runner_env,
     )
     ports = BoundPorts(config.port_in, config.port_out)
 
@@ -162,6 +168,20 @@ def start(
         handle.stop(timeout=2.0)
         raise RunnerStartError(ports.error or "the router did not bind its sockets within 10 s")
     return handle
+
+
+def build_environments(config: RunnerConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """The child env (spec §1.4) and the runner env (os.environ + environ.txt), computed once at start."""
+    log = logger.bind(child="runner")
+    built = build_child_env(
+        base_environ=os.environ, lang=get_lang(config.lang), environ_file=config.environ_file, home=str(config.work_dir)
+    )
+    for problem in built.problems:
+        log.warning("{}", problem)
+    # Upstream writes environ.txt into its own os.environ; we keep our process environment untouched and hand the
+    # combination to the children that upstream gives os.environ (the Jupyter kernel, the terminal shell).
+    runner_env = {**os.environ, **built.runner_env_additions}
+    return dict(built.env), runner_env
 
 
 class RunnerStartError(RuntimeError):

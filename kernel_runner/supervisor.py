@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import collections
+import os
 import random
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -63,8 +64,9 @@ class ChildSpec:
     stable_after_s: float = 3.0
     # Higher tiers stop first; children of one tier stop together (router 0, language 1, services 2, probes 3).
     tier: int = 2
-    # Answers for messages forwarded to this child when no incarnation can take them (gave up, or gone).
-    reject: Callable[[object], Sequence[ToAgent]] | None = None
+    # Answers for messages forwarded to this child when no incarnation can take them (gave up, or gone):
+    # replies for the agent, or ForwardToChild messages (e.g. telling the language runner a delegated run is done).
+    reject: Callable[[object], Sequence[ToAgent | ForwardToChild]] | None = None
 
 
 class ServicePlanner(Protocol):
@@ -151,6 +153,8 @@ class SupervisorActor(pykka.ThreadingActor):
         startup_steps: Sequence[str] = (),
         on_escalate: Callable[[str], None] | None = None,
         rng: random.Random | None = None,
+        child_env: Mapping[str, str] | None = None,
+        runner_env: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.log = logger.bind(child="supervisor")
@@ -164,6 +168,8 @@ class SupervisorActor(pykka.ThreadingActor):
         self._on_escalate = on_escalate
         self._rng = rng or random.Random()
         self._children: dict[ChildId, _Child] = {}
+        self._child_env: Mapping[str, str] = child_env if child_env is not None else dict(os.environ)
+        self._runner_env: Mapping[str, str] = runner_env if runner_env is not None else dict(os.environ)
         self._order = 0
         self.started_at = clock.monotonic()
         self._shutting_down = False
@@ -271,6 +277,8 @@ class SupervisorActor(pykka.ThreadingActor):
             config=self._config,
             clock=self._clock,
             ticker=self._ticker,
+            env=self._child_env,
+            runner_env=self._runner_env,
         )
         try:
             child.ref = child.spec.factory(ctx)
@@ -373,7 +381,10 @@ class SupervisorActor(pykka.ThreadingActor):
     def _reject(self, spec: ChildSpec | None, message: object) -> None:
         replies = spec.reject(message) if spec is not None and spec.reject is not None else ()
         for reply in replies:
-            self._router.tell(reply)
+            if isinstance(reply, ForwardToChild):
+                self._handle_forward(reply)
+            else:
+                self._router.tell(reply)
         if not replies:
             self.log.warning("no child to take {}; dropped", type(message).__name__)
 
@@ -414,7 +425,16 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         child.state = ChildState.STOPPING
         log.info("stopping: {}", message.reason)
-        child.ref.tell(StopRequested(reason=message.reason, grace_s=child.spec.shutdown_s))
+        self._tell_child(child, StopRequested(reason=message.reason, grace_s=child.spec.shutdown_s))
+
+    def _tell_child(self, child: _Child, message: object) -> None:
+        """A child may have died a moment ago; its ChildExited is then already on its way to us."""
+        if child.ref is None:
+            return
+        try:
+            child.ref.tell(message)
+        except pykka.ActorDeadError:
+            self.log.bind(child=child.spec.child_id).debug("already gone; {} not delivered", type(message).__name__)
 
     # ---- services ---------------------------------------------------------------------------------
     def _handle_start_service(self, message: StartService) -> None:
@@ -486,7 +506,7 @@ class SupervisorActor(pykka.ThreadingActor):
         for child in self._children.values():
             if child.spec.tier == top and child.ref is not None:
                 child.state = ChildState.STOPPING
-                child.ref.tell(StopRequested(reason="runner shutdown", grace_s=child.spec.shutdown_s))
+                self._tell_child(child, StopRequested(reason="runner shutdown", grace_s=child.spec.shutdown_s))
 
     def _handle_shutdown_deadline(self) -> None:
         if self._shutdown_done is None or self._shutdown_done.is_set():

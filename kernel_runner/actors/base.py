@@ -87,7 +87,10 @@ class ChildContext:
     config: RunnerConfig
     clock: Clock
     ticker: Ticker
+    # spec §1.4: the child env (defaults, environ.txt, PATH promotions) for batch, query and service children.
     env: Mapping[str, str] = attrs.field(factory=dict)
+    # The runner's own environment plus environ.txt: what the Jupyter kernel and the terminal shell get (spec §1.4).
+    runner_env: Mapping[str, str] = attrs.field(factory=dict)
 
 
 class SupervisedActor(pykka.ThreadingActor):

@@ -11,6 +11,7 @@ from kernel_runner.messages import (
     CompletionResult,
     FeedInput,
     Finished,
+    ForwardToChild,
     InterruptRun,
     Output,
     RunTask,
@@ -18,7 +19,7 @@ from kernel_runner.messages import (
 )
 
 
-def reject_run(message: object) -> list[ToAgent]:
+def reject_run(message: object) -> list[ToAgent | ForwardToChild]:
     """What the agent gets for a run that no language runner can take, so it never waits for a `finished`."""
     if isinstance(message, RunTask):
         text = f"kernel-runner: the {message.kind} request could not run: the language runner is not available\n"

@@ -1,0 +1,238 @@
+"""ServiceActor under the real supervisor: real processes, real ports, real signals."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from kernel_runner import RunnerConfig, RunnerHandle, start
+from kernel_runner.actors.base import ChildContext
+from kernel_runner.actors.service import ServiceActor, ServiceRun
+from kernel_runner.client import AgentClient
+from kernel_runner.ids import ChildId, service_child
+from kernel_runner.messages import AppsResult, ChildState, ModelServiceResult, ServiceResult, StartModelService, StartService
+from kernel_runner.policy import Backoff, IntensityLimit
+from kernel_runner.supervisor import ChildSpec
+from tests.conftest import CHILDREN
+from tests.support.ports import free_port
+from tests.support.procs import alive, assert_gone
+from tests.support.waiting import wait_until
+
+
+class TablePlanner:
+    """A planner over fixed ServiceRuns, standing in for service definitions (those are tested on their own)."""
+
+    def __init__(self, runs: dict[str, ServiceRun], *, backoff: Backoff, intensity: IntensityLimit) -> None:
+        self.runs = runs
+        self.backoff = backoff
+        self.intensity = intensity
+
+    def apps(self, name: str | None) -> AppsResult:
+        return AppsResult(apps=tuple({"name": n} for n in self.runs))
+
+    def plan_service(self, request: StartService) -> ChildSpec | ServiceResult:
+        run = self.runs.get(request.info.name)
+        if run is None:
+            return ServiceResult(status="failed", error="unsupported service")
+
+        def factory(ctx: ChildContext) -> Any:
+            return ServiceActor.start(ctx=ctx, run=run, reply="service")
+
+        return ChildSpec(child_id=service_child(run.name), factory=factory, restart="transient", shutdown_s=1.0,
+                         backoff=self.backoff, intensity=self.intensity, stable_after_s=30.0, tier=2)
+
+    def plan_model_service(self, request: StartModelService) -> Sequence[ChildSpec] | ModelServiceResult:
+        return ModelServiceResult(status="failed", error="not in this test")
+
+    def service_child_ids(self, name: str) -> Sequence[ChildId]:
+        return (service_child(name),)
+
+
+def listener(name: str, port: int, *extra: str, cwd: Path, timeout: float = 5.0) -> ServiceRun:
+    return ServiceRun(name=name, argv=(sys.executable, str(CHILDREN / "listener.py"), str(port), *extra),
+                      env={"PATH": "/usr/bin:/bin"}, cwd=cwd, port=port, launch_timeout_s=timeout)
+
+
+class Services:
+    def __init__(self, config: RunnerConfig, runs: dict[str, ServiceRun], **planner: Any) -> None:
+        planner.setdefault("backoff", Backoff(initial_s=0.05, cap_s=0.2, jitter=0.0))
+        planner.setdefault("intensity", IntensityLimit(max_restarts=3, period_s=60))
+        self.handle: RunnerHandle = start(config, services=TablePlanner(runs, **planner))
+        self.agent = AgentClient(port_in=self.handle.ports.port_in, port_out=self.handle.ports.port_out)
+
+    def start(self, name: str, port: int = 0, timeout: float = 10.0) -> dict[str, Any]:
+        result: dict[str, Any] = self.agent.start_service({"name": name, "port": port, "protocol": "tcp"}, timeout)
+        return result
+
+    def child(self, name: str) -> Any:
+        return next((c for c in self.handle.which_children() if c.child_id == f"service:{name}"), None)
+
+    def close(self) -> None:
+        self.agent.close()
+        self.handle.stop(timeout=5)
+
+
+@pytest.fixture
+def make_services(runner_config: RunnerConfig) -> Iterator[Any]:
+    made: list[Services] = []
+
+    def make(runs: dict[str, ServiceRun], **planner: Any) -> Services:
+        services = Services(runner_config, runs, **planner)
+        made.append(services)
+        return services
+
+    yield make
+    for services in made:
+        services.close()
+
+
+def test_start_running_and_shutdown(make_services: Any, work_dir: Path, log_lines: list[str]) -> None:
+    port = free_port()
+    services = make_services({"web": listener("web", port, cwd=work_dir)})
+    assert services.start("web") == {"status": "started"}
+    info = services.child("web")
+    assert info.state is ChildState.RUNNING and info.pid is not None
+    assert services.start("web") == {"status": "running"}
+    pid = info.pid
+    services.agent.shutdown_service("web")
+    wait_until(lambda: services.child("web") is None, timeout=5, what="web gone from the tree")
+    assert_gone([pid], timeout=2)
+    assert any("port-open" in line and "[service:web]" in line for line in log_lines)
+    # Stopped for good: a new start spawns it again.
+    assert services.start("web") == {"status": "started"}
+
+
+def test_process_exiting_before_its_port_opens_fails_at_once_with_its_output(make_services: Any, work_dir: Path) -> None:
+    run = ServiceRun(name="bad", argv=(sys.executable, str(CHILDREN / "fail_fast.py"), "3"), env={}, cwd=work_dir,
+                     port=free_port(), launch_timeout_s=8.0)
+    services = make_services({"bad": run})
+    import time
+
+    started = time.monotonic()
+    result = services.start("bad")
+    assert time.monotonic() - started < 3, "must not wait for the launch timeout"
+    assert result["status"] == "failed"
+    assert "code 3" in result["error"] and "config file /nope is missing" in result["error"]
+    wait_until(lambda: services.child("bad") is None, timeout=5, what="failed first start forgotten")
+
+
+@pytest.mark.parametrize(
+    ("argv0", "cwd_missing", "expected"),
+    [
+        ("/nonexistent/server", False, "the executable file is not found: /nonexistent/server"),
+        ("/etc/hostname", False, "the target file is not executable: /etc/hostname"),
+        (sys.executable, True, f"the executable file is not found: {sys.executable}"),
+    ],
+)
+def test_spawn_failures_use_upstream_texts(make_services: Any, work_dir: Path, argv0: str, cwd_missing: bool,
+                                           expected: str) -> None:
+    cwd = work_dir / "missing" if cwd_missing else work_dir
+    run = ServiceRun(name="x", argv=(argv0,), env={}, cwd=cwd, port=free_port())
+    services = make_services({"x": run})
+    assert services.start("x") == {"status": "failed", "error": expected}
+
+
+def test_port_that_never_opens_times_out_and_the_process_is_killed(make_services: Any, work_dir: Path) -> None:
+    port = free_port()
+    run = listener("slow", port, "--delay", "30", cwd=work_dir, timeout=0.5)
+    services = make_services({"slow": run})
+    assert services.start("slow") == {"status": "failed", "error": "opening the service port timed out: slow"}
+    wait_until(lambda: services.child("slow") is None, timeout=5, what="slow forgotten")
+
+
+def test_unknown_service_is_unsupported(make_services: Any) -> None:
+    services = make_services({})
+    assert services.start("nope") == {"status": "failed", "error": "unsupported service"}
+
+
+def test_crashing_service_is_restarted_and_reachable_again(make_services: Any, work_dir: Path,
+                                                           log_lines: list[str]) -> None:
+    port = free_port()
+    services = make_services({"web": listener("web", port, "--exit-after", "0.3", cwd=work_dir)},
+                             intensity=IntensityLimit(max_restarts=100, period_s=60))
+    assert services.start("web") == {"status": "started"}
+    first_pid = services.child("web").pid
+    restarted = wait_until(
+        lambda: (c := services.child("web")) is not None and c.restarts >= 1 and c.state is ChildState.RUNNING and c,
+        timeout=10, what="a restarted, running web")
+    assert restarted.pid != first_pid
+    assert any("restart-scheduled" in line and "[service:web]" in line for line in log_lines)
+    assert not [r for r in services.agent._stash if r.type == "service-result"], "restarts must not send replies"
+
+
+def test_flapping_service_ends_fatal(make_services: Any, work_dir: Path, log_lines: list[str]) -> None:
+    port = free_port()
+    services = make_services({"flap": listener("flap", port, "--exit-after", "0.05", cwd=work_dir)},
+                             intensity=IntensityLimit(max_restarts=2, period_s=60))
+    assert services.start("flap") == {"status": "started"}
+    wait_until(lambda: (c := services.child("flap")) is not None and c.state is ChildState.FATAL, timeout=15,
+               what="flap FATAL")
+    assert any("gave-up" in line and "[service:flap]" in line for line in log_lines)
+    status = services.agent.status()
+    flap = next(c for c in status["kernel_runner"]["children"] if c["id"] == "service:flap")
+    assert flap["state"] == "FATAL" and "exited with code 1" in flap["last_exit"]
+    # A FATAL service can be started again by the agent.
+    assert services.start("flap")["status"] == "started"
+
+
+def test_service_ignoring_sigterm_is_killed_with_its_grandchildren(make_services: Any, work_dir: Path) -> None:
+    port = free_port()
+    services = make_services({"stubborn": listener("stubborn", port, "--ignore-term", "--grandchild", cwd=work_dir)})
+    assert services.start("stubborn") == {"status": "started"}
+    pid = services.child("stubborn").pid
+    import psutil
+
+    family = [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
+    assert len(family) == 2
+    services.agent.shutdown_service("stubborn")
+    wait_until(lambda: services.child("stubborn") is None, timeout=10, what="stubborn gone")
+    assert_gone(family, timeout=3)
+
+
+def test_fifty_services_start_concurrently(make_services: Any, work_dir: Path) -> None:
+    ports = [free_port() for _ in range(50)]
+    runs = {f"s{i}": listener(f"s{i}", port, cwd=work_dir, timeout=20) for i, port in enumerate(ports)}
+    services = make_services(runs)
+    import json
+
+    for name in runs:
+        services.agent.send("start-service", json.dumps({"name": name, "port": 0, "protocol": "tcp"}))
+    results = [services.agent.expect("service-result", timeout=30).json() for _ in runs]
+    assert results == [{"status": "started"}] * 50
+    pids = [c.pid for c in services.handle.which_children() if c.child_id.startswith("service:")]
+    assert len(pids) == 50 and all(alive(pid) for pid in pids)
+
+
+def test_noop_service_is_started_without_a_process(make_services: Any, work_dir: Path) -> None:
+    services = make_services({"noop": ServiceRun(name="noop", argv=(), env={}, cwd=work_dir, port=None)})
+    assert services.start("noop") == {"status": "started"}
+    assert services.child("noop").pid is None
+
+
+def test_runner_stop_terminates_running_services(runner_config: RunnerConfig, work_dir: Path) -> None:
+    port = free_port()
+    services = Services(runner_config, {"web": listener("web", port, "--grandchild", cwd=work_dir)})
+    assert services.start("web") == {"status": "started"}
+    import psutil
+
+    pid = services.child("web").pid
+    family = [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
+    services.close()
+    assert_gone(family, timeout=3)
+
+
+def test_prestart_failure_is_the_reply(make_services: Any, work_dir: Path) -> None:
+    from kernel_runner.actors.service import ServiceStartError
+
+    def prestart() -> None:
+        raise ServiceStartError("InvalidServiceDefinition('Service-def for x used invalid action: nosuch')")
+
+    run = attrs.evolve(listener("x", free_port(), cwd=work_dir), prestart=prestart)
+    services = make_services({"x": run})
+    result = services.start("x")
+    assert result == {"status": "failed", "error": "InvalidServiceDefinition('Service-def for x used invalid action: nosuch')"}
