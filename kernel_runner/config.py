@@ -57,6 +57,18 @@ class RunnerConfig:
     output_credits: int = 256
     outbox_limit: int = 4096
     restart: RestartDefaults = attrs.field(factory=RestartDefaults)
+    # Model services (spec §7, anchors §5.4). Startup probes run this often until the first healthy answer, so the
+    # `started` reply follows readiness within one period (upstream: one try per max_wait_time).
+    model_startup_probe_period_s: float = 0.05
+    # Liveness probe period when the model's health_check has no `interval` (Backend.AI 24.12+ default).
+    model_probe_interval_s: float = 10.0
+    # Send `model-service-status` transitions (the ≥23.09 agent's message). The 23.03 agent routes unknown types to
+    # the current run's output queue or drops them, and never counts them as console output (spec §3.2-3.4).
+    model_status_messages: bool = True
+    # A model that never became healthy within its startup budget: stop its server (upstream left it running).
+    model_stop_on_startup_failure: bool = True
+    # After max_retries consecutive liveness failures: restart the server through the supervisor (upstream: report only).
+    model_restart_on_unhealthy: bool = True
 
     @property
     def environ_file(self) -> Path:

@@ -7,9 +7,14 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Message
 
 HUMAN_FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
@@ -61,3 +66,28 @@ def install_thread_dump_signal() -> None:
             logger.bind(child="runner").warning("thread {} stack:\n{}", thread.name, stack)
 
     signal.signal(signal.SIGUSR1, dump)
+
+
+_forwarding = threading.local()
+
+
+def add_agent_log_sink(send: Callable[[str], None], *, prefix: str, level: str = "INFO") -> int:
+    """Also send runner log lines to the agent (opt-in, spec §9.2): `send` gets `<prefix>: <message>\\n`.
+
+    A line logged while a line is being sent is not forwarded again, so a warning from the router cannot loop.
+    """
+
+    def sink(message: Message) -> None:
+        if getattr(_forwarding, "active", False):
+            return
+        _forwarding.active = True
+        try:
+            record = message.record
+            text = f"{prefix}: {record['message']}\n"
+            if record["exception"] is not None:
+                text += "".join(traceback.format_exception(*record["exception"]))
+            send(text)
+        finally:
+            _forwarding.active = False
+
+    return logger.add(sink, level=level, format="{message}", backtrace=False, diagnose=False)

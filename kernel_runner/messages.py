@@ -425,3 +425,138 @@ class StartupStepDone:
 @attrs.frozen(kw_only=True)
 class ShutdownTree:
     grace_s: float
+
+
+# --------------------------------------------------------------------------------------------
+# Terminal (git runner, spec §8.3): TerminalActor's helper threads and self-ticks
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class TerminalInput:
+    """TermInputReceiver → TerminalActor: the first frame of one message from the terminal SUB socket."""
+
+    data: bytes
+
+
+@attrs.frozen(kw_only=True)
+class PtyOutput:
+    """PtyReader → TerminalActor: bytes the shell wrote to its pty; the actor publishes them on the PUB socket."""
+
+    shell_id: int
+    data: bytes
+
+
+@attrs.frozen(kw_only=True)
+class PtyClosed:
+    """PtyReader → TerminalActor: the reader saw EOF/EIO (or was told to stop) and closed its end of the pty."""
+
+    shell_id: int
+
+
+@attrs.frozen(kw_only=True)
+class ShellRespawnDue:
+    """TerminalActor self-tick: the backoff after a shell exit has passed; start a new shell."""
+
+    after_shell_id: int
+
+
+@attrs.frozen(kw_only=True)
+class TerminalInputFlushDue:
+    """TerminalActor self-tick: the pty refused input (its buffer was full); try the pending bytes again."""
+
+
+@attrs.frozen(kw_only=True)
+class TerminalStopStepDue:
+    """TerminalActor self-tick during a graceful stop: escalate from SIGHUP to SIGTERM, then to SIGKILL."""
+
+    step: Literal["term", "kill"]
+    shell_id: int
+
+
+@attrs.frozen(kw_only=True)
+class GitGraphDone:
+    """GitGraphJob → TerminalActor: the result of `%show graph` (commits is None when the command failed)."""
+
+    run_id: RunId
+    exit_code: int
+    commits: tuple[Mapping[str, Any], ...] | None
+    stderr: bytes = b""
+
+
+# --------------------------------------------------------------------------------------------
+# Jupyter kernel: KernelActor and its helper threads (spec §4, actors/kernel.py)
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class KernelLaunched:
+    """KernelStarter → KernelActor: the kernel process runs (not ready yet); its handle is in the shared launch box."""
+
+    pid: Pid
+    kernel_name: str
+    connection_file: str
+    interrupt_mode: Literal["signal", "message"]
+
+
+@attrs.frozen(kw_only=True)
+class KernelReady:
+    """KernelChannels → KernelActor: kernel_info_reply arrived and IOPub delivers, so code can run."""
+
+    implementation: str
+    protocol_version: str
+    language: str
+
+
+@attrs.frozen(kw_only=True)
+class KernelStartFailed:
+    """KernelStarter/KernelChannels → KernelActor: no kernelspec, the spawn failed, or no readiness in time."""
+
+    error: str
+
+
+@attrs.frozen(kw_only=True)
+class KernelChannelsClosed:
+    """KernelChannels → KernelActor: the channel thread ended unexpectedly (the kernel can no longer be reached)."""
+
+    error: str
+
+
+@attrs.frozen(kw_only=True)
+class KernelRunEnded:
+    """KernelChannels → KernelActor: every output of the run has been sent; the actor sends the one Finished."""
+
+    run_id: RunId
+    exit_code: int
+
+
+@attrs.frozen(kw_only=True)
+class KernelInputRequested:
+    """KernelChannels → KernelActor: the cell called input() (the prompt went out as stdout already)."""
+
+    run_id: RunId
+    is_password: bool
+
+
+@attrs.frozen(kw_only=True)
+class KernelCompletion:
+    """KernelChannels → KernelActor: the complete_reply for one CompleteCode (empty on error)."""
+
+    request_id: int
+    matches: tuple[str, ...]
+
+
+# --------------------------------------------------------------------------------------------
+# Model services: HealthCheckerActor → the model server's ServiceActor (kernel_runner/model_services.py)
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class StopUnhealthy:
+    """HealthChecker → model server (ForwardToChild): liveness failed; stop gracefully and end with Unhealthy(detail).
+
+    Ending with Unhealthy (not ShutdownExit) is what makes the supervisor restart the server per its policy,
+    with the usual backoff and intensity limit; a plain StopChild would end it for good.
+    """
+
+    detail: str

@@ -4,22 +4,41 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import pykka
 from loguru import logger
 
 from kernel_runner.actors.base import ChildContext, RouterLink
-from kernel_runner.actors.lang_runner import LangRunnerActor, reject_run
+from kernel_runner.actors.lang_runner import LangRunnerActor, reject_delegated_run, reject_run
 from kernel_runner.actors.router import BoundPorts, RouterActor
+from kernel_runner.actors.terminal import terminal_child_spec
 from kernel_runner.childenv import build_child_env
 from kernel_runner.clock import REAL_CLOCK, Clock
 from kernel_runner.config import RunnerConfig, resolve_ports
 from kernel_runner.ids import LANG_CHILD, ROUTER_CHILD
-from kernel_runner.langs import get_lang
-from kernel_runner.messages import ChildInfo, ShutdownTree, WhichChildrenQuery
+from kernel_runner.langs import TerminalQuery, get_lang, resolve_runtime
+from kernel_runner.logs import add_agent_log_sink
+from kernel_runner.messages import (
+    ChildInfo,
+    LogRecord,
+    Output,
+    ServiceInfo,
+    ServiceResult,
+    ShutdownTree,
+    StartupStepDone,
+    WhichChildrenQuery,
+)
 from kernel_runner.policy import Backoff, IntensityLimit
+from kernel_runner.servicedefs import (
+    SshdSetupError,
+    apply_sshd_setup,
+    intrinsic_launchers,
+    load_service_definitions,
+    plan_sshd_setup,
+)
+from kernel_runner.services import ServiceDirectory, service_child_spec
 from kernel_runner.supervisor import ChildSpec, ServicePlanner, SupervisorActor
 from kernel_runner.timers import Ticker
 
@@ -55,6 +74,7 @@ class RunnerHandle:
         self._link = link
         self.escalated = escalated
         self.escalation_reason: str | None = None
+        self.log_sink_id: int | None = None
         self._stopped = False
 
     @property
@@ -73,6 +93,8 @@ class RunnerHandle:
         if self._stopped:
             return True
         self._stopped = True
+        if self.log_sink_id is not None:
+            logger.remove(self.log_sink_id)
         deadline_s = timeout if timeout is not None else self.config.shutdown_deadline_s
         clean = True
         try:
@@ -95,7 +117,7 @@ def start(
     *,
     services: ServicePlanner | None = None,
     extra_children: Sequence[ChildSpec] = (),
-    startup_steps: Sequence[str] = (),
+    startup_steps: Sequence[str] = ("bootstrap",),
     clock: Clock = REAL_CLOCK,
     file_ports: dict[str, int] | None = None,
 ) -> RunnerHandle:
@@ -103,6 +125,13 @@ def start(
     config = resolve_ports(config, file_ports or {})
     assert config.port_in is not None and config.port_out is not None
     child_env, runner_env = build_environments(config)
+    directory: ServiceDirectory | None = None
+    if services is None:
+        directory = build_service_directory(config, child_env)
+        services = directory
+    start_intrinsics = directory is not None and config.start_intrinsic_services
+    if start_intrinsics:
+        startup_steps = (*startup_steps, INTRINSIC_STEP)
     ticker = Ticker(clock)
     link = RouterLink(config.output_credits)
     escalated = threading.Event()
@@ -123,6 +152,7 @@ def start(
         on_escalate=on_escalate,
         child_env=child_env,
         runner_env=runner_env,
+        orphan_reject=reject_delegated_run,
     )
     ports = BoundPorts(config.port_in, config.port_out)
 
@@ -157,11 +187,25 @@ def start(
             intensity=intensity,
             reject=reject_run,
         ),
+        # A harness may pass its own child under a default delegate's id (e.g. a stand-in "kernel"): it wins.
+        *(spec for spec in delegate_children(config) if spec.child_id not in {c.child_id for c in extra_children}),
         *extra_children,
     ]
     for spec in specs:
         supervisor.tell(spec)
+    if start_intrinsics:
+        assert directory is not None
+        threading.Thread(
+            target=start_intrinsic_services,
+            args=(config, directory, supervisor, child_env, runner_env),
+            name="IntrinsicStarter",
+            daemon=True,
+        ).start()
     handle = RunnerHandle(config=config, ports=ports, supervisor=supervisor, ticker=ticker, link=link, escalated=escalated)
+    if config.forward_logs != "none":
+        handle.log_sink_id = add_agent_log_sink(
+            _log_sender(link, config.forward_logs), prefix=get_lang(config.lang).log_prefix
+        )
     handle_box.append(handle)
     # The router binds in its on_start; wait (bounded) so the handle reports the real ports, or fails loudly.
     if not ports.bound.wait(timeout=10.0) or ports.error is not None:
@@ -182,6 +226,76 @@ def build_environments(config: RunnerConfig) -> tuple[dict[str, str], dict[str, 
     # combination to the children that upstream gives os.environ (the Jupyter kernel, the terminal shell).
     runner_env = {**os.environ, **built.runner_env_additions}
     return dict(built.env), runner_env
+
+
+def delegate_children(config: RunnerConfig) -> list[ChildSpec]:
+    """The language's query delegate: the pty terminal for `git` (and, with issue 4, the Jupyter kernel)."""
+    query = get_lang(config.lang).query
+    if isinstance(query, TerminalQuery):
+        return [terminal_child_spec(config)]
+    return []
+
+
+def _log_sender(link: RouterLink, mode: str) -> Callable[[str], None]:
+    """`log` is the agent's console type for runner lines; `stderr` is upstream's (mixed into user output)."""
+    if mode == "stderr":
+        return lambda text: link.tell(Output(stream="stderr", data=text.encode("utf-8", errors="replace")))
+    return lambda text: link.tell(LogRecord(text=text))
+
+
+def build_service_directory(config: RunnerConfig, child_env: dict[str, str]) -> ServiceDirectory:
+    """Load the service definitions once; a broken file is logged with its JSON path and skipped (spec §10.2.11)."""
+    log = logger.bind(child="services")
+    runtime_path = resolve_runtime(get_lang(config.lang), config.runtime_path)
+    catalog, problems = load_service_definitions(config.service_defs_dir, variables={"runtime_path": str(runtime_path)})
+    for problem in problems:
+        log.error("service definition skipped: {}", problem)
+    intrinsics = intrinsic_launchers(config)
+    for warning in intrinsics.warnings:
+        (log.warning if config.start_intrinsic_services else log.debug)("{}", warning)
+    return ServiceDirectory(
+        config=config, catalog=catalog, intrinsics=intrinsics, child_env=child_env, runtime_path=runtime_path
+    )
+
+
+INTRINSIC_STEP = "intrinsic-services"
+INTRINSIC_PORTS = (("sshd", "sshd_port"), ("ttyd", "ttyd_port"))
+
+
+def start_intrinsic_services(
+    config: RunnerConfig,
+    directory: ServiceDirectory,
+    supervisor: pykka.ActorRef[SupervisorActor],
+    child_env: dict[str, str],
+    runner_env: dict[str, str],
+) -> None:
+    """sshd keys, then sshd and ttyd as supervised children (spec §1.6 B.5); runs in its own thread (blocking I/O)."""
+    log = logger.bind(child="intrinsic")
+    try:
+        if directory.has_intrinsic("sshd"):
+            plan = plan_sshd_setup(config, environ=runner_env)
+            try:
+                for warning in apply_sshd_setup(plan, env=child_env):
+                    log.warning("{}", warning)
+            except SshdSetupError as exc:
+                log.error("{}; sshd may refuse logins", exc)
+        for name, attr in INTRINSIC_PORTS:
+            port = getattr(config, attr)
+            if not directory.has_intrinsic(name) or port is None:
+                continue
+            launch = directory.resolve(ServiceInfo(name=name, port=port, ports=(port,), protocol="tcp"))
+            if isinstance(launch, ServiceResult):
+                log.error("{} cannot start: {}", name, launch.error)
+                continue
+            # Nobody asked, so nobody gets a reply; an agent's later start-service for it is answered `running`.
+            supervisor.tell(service_child_spec(launch, config, reply="none", default_restart="permanent"))
+    except Exception as exc:  # noqa: BLE001 - a failed intrinsic start must not keep the runner from getting ready
+        log.opt(exception=exc).error("error during starting intrinsic services: {!r}", exc)
+    finally:
+        try:
+            supervisor.tell(StartupStepDone(step=INTRINSIC_STEP))
+        except pykka.ActorDeadError:
+            pass
 
 
 class RunnerStartError(RuntimeError):

@@ -155,6 +155,7 @@ class SupervisorActor(pykka.ThreadingActor):
         rng: random.Random | None = None,
         child_env: Mapping[str, str] | None = None,
         runner_env: Mapping[str, str] | None = None,
+        orphan_reject: Callable[[object], Sequence[ToAgent | ForwardToChild]] | None = None,
     ) -> None:
         super().__init__()
         self.log = logger.bind(child="supervisor")
@@ -168,6 +169,8 @@ class SupervisorActor(pykka.ThreadingActor):
         self._on_escalate = on_escalate
         self._rng = rng or random.Random()
         self._children: dict[ChildId, _Child] = {}
+        # Answers messages forwarded to a child that does not exist at all, so no run waits for ever.
+        self._orphan_reject = orphan_reject
         self._child_env: Mapping[str, str] = child_env if child_env is not None else dict(os.environ)
         self._runner_env: Mapping[str, str] = runner_env if runner_env is not None else dict(os.environ)
         self._order = 0
@@ -379,7 +382,8 @@ class SupervisorActor(pykka.ThreadingActor):
             self._reject(child.spec, child.pending.popleft())
 
     def _reject(self, spec: ChildSpec | None, message: object) -> None:
-        replies = spec.reject(message) if spec is not None and spec.reject is not None else ()
+        reject = spec.reject if spec is not None else self._orphan_reject
+        replies = reject(message) if reject is not None else ()
         for reply in replies:
             if isinstance(reply, ForwardToChild):
                 self._handle_forward(reply)

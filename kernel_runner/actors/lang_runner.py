@@ -1,10 +1,54 @@
-"""LangRunnerActor: the serial queue of clean/build/exec/code for the runner's language (spec §2.3)."""
+"""LangRunnerActor: the serial queue of clean/build/exec/code for the runner's language (spec §2.3, §5, §8).
+
+One op runs at a time. Its processes run in their own session; two PipePumps stream their output to the
+agent through the router's credits (backpressure) and an ExitWatcher reports the exit. Inline ops (input,
+interrupt, complete) are handled between those events, because no handler here ever waits.
+
+Life of one op::
+
+    queued ──▶ planned (langs) ──▶ step spawned ──▶ exit + both pipes closed ──▶ next step | Finished
+                  │                     │  └─ exit, pipes idle for PIPE_GRACE_S ──▶ detach the pumps, go on
+                  │                     └─ interrupt: SIGINT group ─2 s─▶ SIGTERM group ─2 s─▶ SIGKILL tree
+                  ├─ NoStep: optional stderr line, Finished(code)
+                  └─ Jupyter / terminal `code`: forwarded to the delegate, which sends Finished and tells RunDone
+
+Start-up (spec §1.6 B, §5.7): language init and `<work>/bootstrap.sh` run as the first internal jobs, their
+output logged; then the supervisor hears StartupStepDone("bootstrap"), which releases `status`.
+"""
 
 from __future__ import annotations
 
 import collections
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import attrs
 
 from kernel_runner.actors.base import ChildContext, SupervisedActor
+from kernel_runner.actors.job import LineLogger, StepSink, TaskLog
+from kernel_runner.actors.user_input import InputAbandoned, InputRequested, UserInputServer
+from kernel_runner.ids import KERNEL_CHILD, LANG_CHILD, TERMINAL_CHILD, ChildId
+from kernel_runner.langs import (
+    CompileAndRunQuery,
+    ExternalQuery,
+    JupyterQuery,
+    LangContext,
+    NoQuery,
+    NoStep,
+    ShellStep,
+    TerminalQuery,
+    get_lang,
+    plan_batch,
+    plan_init,
+    plan_query,
+    resolve_runtime,
+)
 from kernel_runner.messages import (
     ChildState,
     CompleteCode,
@@ -14,19 +58,131 @@ from kernel_runner.messages import (
     ForwardToChild,
     InterruptRun,
     Output,
+    PipeClosed,
+    ProcessExited,
+    RunDone,
     RunTask,
+    ShutdownExit,
+    StartupStepDone,
+    StopRequested,
     ToAgent,
+    WaitingInput,
 )
+from kernel_runner.procs import ExitWatcher, PipePump, ProcessHandle, describe_returncode
+from kernel_runner.timers import TimerHandle
+
+BOOTSTRAP_STEP = "bootstrap"  # the startup step the supervisor waits for before answering `status` (spec §1.6)
+BOOTSTRAP_TIMEOUT_S = 600.0  # upstream waited for ever; a hung bootstrap.sh must not keep `status` unanswered
+# After the main process exited, pipes that stay open *and idle* this long are held by a background
+# grandchild: the op finishes without them (spec §10.3 #23). Pipes still being drained are waited for.
+PIPE_GRACE_S = 0.25
+# Output accepted after the exit before we conclude a grandchild keeps writing (a pipe buffer holds ≤ 1 MiB).
+PIPE_DRAIN_LIMIT = 4 * 1024 * 1024
+INTERRUPT_TERM_AFTER_S = 2.0  # SIGINT to the group, then SIGTERM if anything of it still lives
+INTERRUPT_KILL_AFTER_S = 2.0  # then SIGKILL to the tree
+STOP_KILL_AFTER_S = 2.0  # bootstrap timeout: SIGTERM, then SIGKILL
+EXIT_MACHINERY_FAILED = -1  # spec §5.1: an exception inside the machinery
+EXIT_NOT_RUN = 127
+UNSUPPORTED_INPUT = b"<user-input is unsupported>"  # spec §5.6, for languages without an input queue
+
+JobKind = Literal["clean", "build", "exec", "code", "init", "bootstrap"]
 
 
 def reject_run(message: object) -> list[ToAgent | ForwardToChild]:
     """What the agent gets for a run that no language runner can take, so it never waits for a `finished`."""
     if isinstance(message, RunTask):
-        text = f"kernel-runner: the {message.kind} request could not run: the language runner is not available\n"
-        return [Output(stream="stderr", data=text.encode()), Finished(kind=message.kind, exit_code=127)]
+        return [*_unavailable(message)]
     if isinstance(message, CompleteCode):
         return [CompletionResult(items=())]
     return []
+
+
+def _unavailable(task: RunTask) -> list[ToAgent]:
+    text = f"kernel-runner: the {task.kind} request could not run: the language runner is not available\n"
+    return [Output(stream="stderr", data=text.encode()), Finished(kind=task.kind, exit_code=EXIT_NOT_RUN)]
+
+
+def reject_delegated_run(message: object) -> list[ToAgent | ForwardToChild]:
+    """A `reject` for delegate specs (kernel, terminal): answer the agent and release the runner's queue."""
+    if isinstance(message, RunTask):
+        return [
+            *reject_run(message),
+            ForwardToChild(child_id=LANG_CHILD, message=RunDone(run_id=message.run_id, exit_code=EXIT_NOT_RUN)),
+        ]
+    return reject_run(message)
+
+
+# ---- messages private to this actor ------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class _PipeGraceDue:
+    pid: int
+
+
+@attrs.frozen(kw_only=True)
+class _EscalateDue:
+    pid: int
+    signal: int
+
+
+@attrs.frozen(kw_only=True)
+class _JobTimeoutDue:
+    job_id: int
+
+
+@attrs.frozen(kw_only=True)
+class _StopDeadline:
+    pass
+
+
+# ---- queue items and jobs -----------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class _Internal:
+    """A start-up item of the queue: language init, the bootstrap script, or the "ready" marker."""
+
+    kind: Literal["init", "bootstrap", "ready"]
+    command: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class _StepSpec:
+    argv: tuple[str, ...]
+    env_extra: Mapping[str, str] = attrs.field(factory=dict)
+
+
+def _shell(step: ShellStep) -> _StepSpec:
+    return _StepSpec(argv=("/bin/sh", "-c", step.command), env_extra=step.env_extra)
+
+
+@attrs.define(kw_only=True, eq=False)
+class _Step:
+    handle: ProcessHandle
+    sink: StepSink
+    open_pipes: int = 2
+    exit: ProcessExited | None = None
+
+
+@attrs.define(kw_only=True, eq=False)
+class _Job:
+    job_id: int
+    kind: JobKind
+    task: RunTask | None  # None: an internal start-up job (output logged, no Finished)
+    steps: collections.deque[_StepSpec]
+    cleanup: tuple[Path, ...] = ()
+    task_log: TaskLog | None = None
+    step: _Step | None = None
+    exit_code: int = 0
+    interrupted: bool = False
+    timer: TimerHandle | None = None
+
+
+@attrs.frozen(kw_only=True)
+class _Delegated:
+    task: RunTask
+    child_id: ChildId
 
 
 class LangRunnerActor(SupervisedActor):
@@ -35,49 +191,510 @@ class LangRunnerActor(SupervisedActor):
     def __init__(self, *, ctx: ChildContext, lang: str) -> None:
         super().__init__(ctx=ctx)
         self.lang = lang
-        self._queue: collections.deque[RunTask] = collections.deque()
-        self._current: RunTask | None = None
+        self.spec = get_lang(lang)
+        self._env: dict[str, str] = dict(ctx.env) if ctx.env else dict(os.environ)
+        self._lctx = LangContext(
+            runtime_path=None, work_dir=ctx.config.work_dir, env=self._env, input_socket=ctx.config.user_input_socket
+        )
+        self._queue: collections.deque[RunTask | _Internal] = collections.deque()
+        self._job: _Job | None = None
+        self._delegated: _Delegated | None = None
+        self._job_ids = 0
+        self._in_run_next = False
+        self._build_ok: bool | None = None  # spec §5.2: None = no build recorded
+        self._input_server: UserInputServer | None = None
+        self._input_waiters: collections.deque[int] = collections.deque()
+        self._groups: dict[int, ProcessHandle] = {}  # every spawned group that may still have members
+        self._lingering: dict[int, _Step] = {}  # finished steps whose pipes a grandchild still holds
+        self._stopping = False
 
+    # ---- life ---------------------------------------------------------------------------------------
     def start_child(self) -> None:
+        config = self.ctx.config
+        runtime = resolve_runtime(self.spec, config.runtime_path)
+        self._lctx = attrs.evolve(self._lctx, runtime_path=runtime)
+        self._start_input_server()
         self.set_state(ChildState.RUNNING)
+        self.update_info({"lang": self.lang, "runtime_path": runtime})
+        self.log.info("language {} (runtime {}), work dir {}", self.lang, runtime, config.work_dir)
+        if self.generation == 1:
+            for step in plan_init(self.spec):
+                self._queue.append(_Internal(kind="init", command=step.command))
+            self._queue.append(_Internal(kind="bootstrap"))
+        else:
+            # Start-up steps ran in the first incarnation; a restarted runner must not repeat them.
+            self.log.info("restarted (generation {}); language init and bootstrap.sh are not run again", self.generation)
+        self._queue.append(_Internal(kind="ready"))
+        self._run_next()
 
+    def _start_input_server(self) -> None:
+        server = UserInputServer(self.ctx.config.user_input_socket, self.actor_ref)
+        try:
+            server.bind()
+        except OSError as exc:
+            # spec §10.2 #12: guard every start-up step; batch input is then unavailable, the rest works.
+            self.log.error("user-input socket {} unavailable: {}", server.path, exc)
+            server.stop()
+            return
+        server.start()
+        self._input_server = server
+
+    def cleanup(self) -> None:
+        if self._input_server is not None:
+            self._input_server.stop()
+            self._input_server = None
+        job = self._job
+        self._job = None
+        if job is not None:
+            if job.timer is not None:
+                job.timer.cancel()
+            if job.task is not None:
+                self._answer_stopped(job.task)
+            self._remove_paths(job.cleanup)
+            if job.task_log is not None:
+                job.task_log.close()
+        while self._queue:
+            item = self._queue.popleft()
+            if isinstance(item, RunTask):
+                self._answer_stopped(item)
+        for handle in list(self._groups.values()):
+            if _group_alive(handle):
+                self.log.warning("killing the process tree of group {} on the way out", handle.pid)
+                handle.kill_tree()
+        self._groups.clear()
+
+    def _answer_stopped(self, task: RunTask) -> None:
+        # The agent must get its one Finished even when this runner goes away mid-queue (spec §3.6 rule 2).
+        for reply in _unavailable(task):
+            self.ctx.router.tell(reply)
+
+    def request_stop(self, message: StopRequested) -> None:
+        self._stopping = True
+        job = self._job
+        if job is None or job.step is None or job.step.exit is not None:
+            self.finish(ShutdownExit())
+            return
+        job.interrupted = True
+        pid = job.step.handle.pid
+        self.log.info("stopping ({}): SIGTERM to group {}, grace {:.1f}s", message.reason, pid, message.grace_s)
+        self.set_state(ChildState.STOPPING)
+        job.step.handle.signal_group(signal.SIGTERM)
+        self.schedule(message.grace_s, _StopDeadline())
+
+    # ---- dispatch ----------------------------------------------------------------------------------
     def handle(self, message: object) -> object:
         match message:
             case RunTask():
                 return self._handle_run_task(message)
+            case ProcessExited():
+                return self._handle_process_exited(message)
+            case PipeClosed():
+                return self._handle_pipe_closed(message)
+            case _PipeGraceDue():
+                return self._handle_pipe_grace_due(message)
             case FeedInput():
                 return self._handle_feed_input(message)
+            case InputRequested():
+                return self._handle_input_requested(message)
+            case InputAbandoned():
+                return self._handle_input_abandoned(message)
             case InterruptRun():
                 return self._handle_interrupt_run(message)
+            case _EscalateDue():
+                return self._handle_escalate_due(message)
             case CompleteCode():
                 return self._handle_complete_code(message)
+            case RunDone():
+                return self._handle_run_done(message)
+            case _JobTimeoutDue():
+                return self._handle_job_timeout_due(message)
+            case _StopDeadline():
+                return self._handle_stop_deadline()
             case _:
                 return super().handle(message)
 
+    # ---- the queue ---------------------------------------------------------------------------------
     def _handle_run_task(self, task: RunTask) -> None:
+        self.log.debug("queued run {} {} ({} queued before it)", task.run_id, task.kind, len(self._queue))
         self._queue.append(task)
         self._run_next()
 
     def _run_next(self) -> None:
-        while self._current is None and self._queue:
-            task = self._queue.popleft()
-            self._run_app_task(task)
+        if self._in_run_next:
+            return  # an item that finished synchronously; the loop below goes on
+        self._in_run_next = True
+        try:
+            while self._job is None and self._delegated is None and self._queue and not self._stopping:
+                item = self._queue.popleft()
+                if isinstance(item, RunTask):
+                    self._start_task(item)
+                else:
+                    self._start_internal(item)
+        finally:
+            self._in_run_next = False
 
-    def _run_app_task(self, task: RunTask) -> None:
-        # spec §8.1: the app runner has services only; batch ops answer 0 with a warning.
-        if task.kind == "code":
-            self.log.warning("query mode is not available for {}", self.lang)
-            self.ctx.router.tell(Output(stream="stderr", data=b"query mode is not available for this runner\n"))
-            self.ctx.router.tell(Finished(kind="code", exit_code=127))
+    def _start_internal(self, item: _Internal) -> None:
+        if item.kind == "ready":
+            self.log.info("start-up steps done")
+            self.ctx.supervisor.tell(StartupStepDone(step=BOOTSTRAP_STEP))
             return
-        self.log.warning("batch-mode {} is not supported for {}; answering exit code 0", task.kind, self.lang)
-        self.ctx.router.tell(Finished(kind=task.kind, exit_code=0))
+        if item.kind == "init":
+            self.log.info("language init: {}", item.command)
+            self._start_job("init", None, [_shell(ShellStep(command=item.command))])
+            return
+        script = self.ctx.config.work_dir / "bootstrap.sh"
+        if not script.is_file():
+            self.log.debug("no {}; nothing to bootstrap", script)
+            return
+        self.log.info("running {} (output goes to this log; timeout {:.0f}s)", script, BOOTSTRAP_TIMEOUT_S)
+        job = self._start_job("bootstrap", None, [_StepSpec(argv=("/bin/sh", str(script)))])
+        if job is not None and self._job is job:
+            job.timer = self.schedule(BOOTSTRAP_TIMEOUT_S, _JobTimeoutDue(job_id=job.job_id))
 
-    def _handle_feed_input(self, message: FeedInput) -> None:
-        self.log.info("input dropped: nothing is waiting for input")
+    def _start_task(self, task: RunTask) -> None:
+        if task.kind == "code":
+            self._start_query(task)
+            return
+        if task.kind == "exec" and self._build_ok is False:
+            # spec §5.2: skip without running or output; the failure is consumed by this exec.
+            self._build_ok = None
+            self.log.info("run {}: exec skipped because the last build failed", task.run_id)
+            self._finish_task(task, EXIT_NOT_RUN)
+            return
+        plan = plan_batch(self.spec, task.kind, task.text, self._lctx)
+        if isinstance(plan, NoStep):
+            self._answer_no_step(task, plan)
+            return
+        self._start_job(task.kind, task, [_shell(plan)])
 
+    def _start_query(self, task: RunTask) -> None:
+        query = self.spec.query
+        match query:
+            case JupyterQuery():
+                self._delegate(task, KERNEL_CHILD)
+            case TerminalQuery():
+                self._delegate(task, TERMINAL_CHILD)
+            case CompileAndRunQuery():
+                self._start_compile_and_run(task)
+            case NoQuery():
+                self._answer_no_step(task, _not_available(query.reason))
+            case ExternalQuery():
+                reason = f"the {query.handler} query handler is not part of this runner"
+                self._answer_no_step(task, _not_available(reason))
+
+    def _start_compile_and_run(self, task: RunTask) -> None:
+        try:
+            tmp_dir = Path(tempfile.mkdtemp(prefix="kernel-runner-query-"))
+        except OSError as exc:
+            self._fail_task(task, f"cannot create a temporary folder: {exc}")
+            return
+        plan = plan_query(self.spec, task.text, self._lctx, tmp_dir)
+        if isinstance(plan, NoStep):
+            self._remove_paths((tmp_dir,))
+            self._answer_no_step(task, plan)
+            return
+        cleanup = (*plan.cleanup, tmp_dir)
+        try:
+            for file in plan.files:
+                file.path.parent.mkdir(parents=True, exist_ok=True)
+                file.path.write_text(file.content, encoding="utf-8", errors="surrogateescape")
+        except OSError as exc:
+            self._remove_paths(cleanup)
+            self._fail_task(task, f"cannot write the query source: {exc}")
+            return
+        self._start_job("code", task, [_shell(step) for step in plan.steps], cleanup=cleanup)
+
+    def _delegate(self, task: RunTask, child_id: ChildId) -> None:
+        self.log.debug("run {}: code delegated to {}", task.run_id, child_id)
+        self._delegated = _Delegated(task=task, child_id=child_id)
+        self.ctx.supervisor.tell(ForwardToChild(child_id=child_id, message=task))
+
+    def _handle_run_done(self, message: RunDone) -> None:
+        current = self._delegated
+        if current is None or current.task.run_id != message.run_id:
+            self.log.debug("RunDone for run {} which is not the current one; ignored", message.run_id)
+            return
+        self.log.debug("run {}: {} finished it with exit code {}", message.run_id, current.child_id, message.exit_code)
+        self._delegated = None
+        self._run_next()
+
+    def _answer_no_step(self, task: RunTask, plan: NoStep) -> None:
+        if plan.log_text:
+            self.log.log(plan.log_level, "run {} {}: {}", task.run_id, task.kind, plan.log_text)
+        if plan.stderr_text:
+            self.ctx.router.tell(Output(stream="stderr", data=plan.stderr_text.encode("utf-8", errors="replace")))
+        self._finish_task(task, plan.exit_code)
+
+    def _fail_task(self, task: RunTask, text: str) -> None:
+        self.log.error("run {} {}: {}", task.run_id, task.kind, text)
+        self.ctx.router.tell(Output(stream="stderr", data=f"kernel-runner: {text}\n".encode("utf-8", errors="replace")))
+        self._finish_task(task, EXIT_MACHINERY_FAILED)
+
+    def _finish_task(self, task: RunTask, exit_code: int) -> None:
+        if task.kind == "build":
+            self._build_ok = exit_code == 0  # spec §5.1: an empty or skipped build counts as success
+        self.log.debug("run {} {} finished with exit code {}", task.run_id, task.kind, exit_code)
+        self.ctx.router.tell(Finished(kind=task.kind, exit_code=exit_code))
+
+    # ---- jobs and their processes ---------------------------------------------------------------------
+    def _start_job(
+        self, kind: JobKind, task: RunTask | None, steps: list[_StepSpec], *, cleanup: tuple[Path, ...] = ()
+    ) -> _Job | None:
+        self._job_ids += 1
+        job = _Job(job_id=self._job_ids, kind=kind, task=task, steps=collections.deque(steps), cleanup=cleanup)
+        job.task_log = TaskLog.open(self.ctx.config.work_dir, self._env, self.log)
+        self._job = job
+        self._spawn_next_step(job)
+        return job
+
+    def _spawn_next_step(self, job: _Job) -> None:
+        step_spec = job.steps.popleft()
+        try:
+            handle = ProcessHandle.spawn(
+                step_spec.argv,
+                env={**self._env, **step_spec.env_extra},
+                cwd=self.ctx.config.work_dir,
+                # spec §10.3 #25: never the runner's stdin; input goes through the user-input socket.
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            text = f"cannot start {step_spec.argv[-1]!r}: {exc}"
+            if job.task is not None:
+                self.ctx.router.tell(Output(stream="stderr", data=f"kernel-runner: {text}\n".encode(errors="replace")))
+            self.log.error("{} job: {}", job.kind, text)
+            job.exit_code = EXIT_MACHINERY_FAILED
+            self._end_job(job)
+            return
+        internal = job.task is None
+        sink = StepSink(
+            deliver=None if internal else self.ctx.router.send_output,
+            task_log=job.task_log,
+            line_logger=LineLogger(self.log, job.kind) if internal else None,
+            log=self.log,
+        )
+        step = _Step(handle=handle, sink=sink)
+        job.step = step
+        self._groups[handle.pid] = handle
+        self.log.debug("spawned pid={} for {} job: {}", handle.pid, job.kind, list(step_spec.argv))
+        for stream, name in ((handle.popen.stdout, "stdout"), (handle.popen.stderr, "stderr")):
+            assert stream is not None
+            PipePump(stream, name=name, pid=handle.pid, sink=sink, owner=self.actor_ref).start()  # type: ignore[arg-type]
+        ExitWatcher(handle, self.actor_ref, clock=self.ctx.clock).start()
+
+    def _current_step(self, pid: int) -> tuple[_Job, _Step] | None:
+        job = self._job
+        if job is not None and job.step is not None and job.step.handle.pid == pid:
+            return job, job.step
+        return None
+
+    def _handle_process_exited(self, message: ProcessExited) -> None:
+        found = self._current_step(message.pid)
+        if found is None:
+            self.log.debug("exit of pid {} after its op ended", message.pid)
+            return
+        job, step = found
+        step.exit = message
+        step.sink.mark_exited()
+        if step.open_pipes == 0:
+            self._step_done(job, step)
+        else:
+            self.schedule(PIPE_GRACE_S, _PipeGraceDue(pid=message.pid))
+
+    def _handle_pipe_closed(self, message: PipeClosed) -> None:
+        found = self._current_step(message.pid)
+        if found is None:
+            lingering = self._lingering.get(message.pid)
+            if lingering is not None:
+                lingering.open_pipes -= 1
+                if lingering.open_pipes <= 0:
+                    del self._lingering[message.pid]
+                    lingering.sink.flush()
+                    self._forget_group_if_gone(lingering.handle)
+            return
+        job, step = found
+        step.open_pipes -= 1
+        if step.open_pipes == 0 and step.exit is not None:
+            self._step_done(job, step)
+
+    def _handle_pipe_grace_due(self, message: _PipeGraceDue) -> None:
+        found = self._current_step(message.pid)
+        if found is None:
+            return
+        job, step = found
+        if step.open_pipes == 0:
+            return
+        sink = step.sink
+        if sink.bytes_after_exit <= PIPE_DRAIN_LIMIT and sink.still_flowing():
+            self.schedule(PIPE_GRACE_S, message)  # still draining what the process wrote: keep every byte
+            return
+        if not sink.detach():
+            self.schedule(PIPE_GRACE_S / 5, message)  # a chunk is on its way to the agent; Finished goes after it
+            return
+        self.log.info(
+            "pid {} exited but a background process keeps its output open; {} op finishes without it",
+            message.pid,
+            job.kind,
+        )
+        self._lingering[message.pid] = step
+        self._step_done(job, step)
+
+    def _step_done(self, job: _Job, step: _Step) -> None:
+        assert step.exit is not None
+        job.step = None
+        code, sig = describe_returncode(step.exit.returncode)
+        if step.open_pipes == 0:
+            step.sink.flush()
+            self._forget_group_if_gone(step.handle)
+        job.exit_code = code
+        how = f"signal {sig}" if sig is not None else f"code {code}"
+        self.log.debug("pid {} ({} job) exited with {}", step.handle.pid, job.kind, how)
+        if job.interrupted or code != 0 or not job.steps or self._stopping:
+            self._end_job(job)
+        else:
+            self._spawn_next_step(job)
+
+    def _end_job(self, job: _Job) -> None:
+        if job.timer is not None:
+            job.timer.cancel()
+        self._remove_paths(job.cleanup)
+        if job.task_log is not None:
+            job.task_log.close()
+        if self._job is job:
+            self._job = None
+        if job.task is not None:
+            self._finish_task(job.task, job.exit_code)
+        else:
+            level = "INFO" if job.exit_code == 0 else "WARNING"
+            self.log.log(level, "{} job finished with exit code {}", job.kind, job.exit_code)
+        if self._stopping:
+            self.finish(ShutdownExit())
+            return
+        self._run_next()
+
+    def _forget_group_if_gone(self, handle: ProcessHandle) -> None:
+        if not _group_alive(handle):
+            self._groups.pop(handle.pid, None)
+
+    def _remove_paths(self, paths: tuple[Path, ...]) -> None:
+        for path in paths:
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+            except OSError as exc:
+                self.log.warning("cannot remove {}: {}", path, exc)
+
+    # ---- interrupt --------------------------------------------------------------------------------------
     def _handle_interrupt_run(self, message: InterruptRun) -> None:
+        job = self._job
+        if job is not None and job.task is not None:
+            job.interrupted = True
+            if job.step is not None:
+                self._signal_step(job.step.handle, signal.SIGINT, INTERRUPT_TERM_AFTER_S, next_signal=signal.SIGTERM)
+            return
+        if self._delegated is not None:
+            self._forward(self._delegated.child_id, message)
+            return
+        if job is not None:
+            self.log.info("interrupt ignored: the start-up step {} is running", job.kind)
+            return
         self.log.info("interrupt: nothing is running")
 
+    def _signal_step(self, handle: ProcessHandle, sig: int, escalate_after: float, *, next_signal: int) -> None:
+        """spec §10.3 #22: the whole process group, not only `sh`, so the command really stops."""
+        self.log.info("{} to process group {}", signal.Signals(sig).name, handle.pid)
+        handle.signal_group(sig)
+        self.schedule(escalate_after, _EscalateDue(pid=handle.pid, signal=next_signal))
+
+    def _handle_escalate_due(self, message: _EscalateDue) -> None:
+        handle = self._groups.get(message.pid)
+        if handle is None or not _group_alive(handle):
+            return
+        if message.signal == signal.SIGTERM:
+            self.log.warning("group {} still running {:.0f}s after SIGINT", message.pid, INTERRUPT_TERM_AFTER_S)
+            self._signal_step(handle, signal.SIGTERM, INTERRUPT_KILL_AFTER_S, next_signal=signal.SIGKILL)
+            return
+        self.log.warning("group {} survived SIGTERM; SIGKILL to its tree", message.pid)
+        handle.kill_tree()
+
+    def _handle_job_timeout_due(self, message: _JobTimeoutDue) -> None:
+        job = self._job
+        if job is None or job.job_id != message.job_id or job.step is None:
+            return
+        self.log.error("{} did not finish within {:.0f}s; stopping it", job.kind, BOOTSTRAP_TIMEOUT_S)
+        job.interrupted = True
+        self._signal_step(job.step.handle, signal.SIGTERM, STOP_KILL_AFTER_S, next_signal=signal.SIGKILL)
+
+    def _handle_stop_deadline(self) -> None:
+        job = self._job
+        if job is not None and job.step is not None:
+            self.log.warning("the {} job did not stop within its grace; SIGKILL to its tree", job.kind)
+        self.finish(ShutdownExit())  # cleanup kills what is left and answers the op
+
+    # ---- input and completion -------------------------------------------------------------------------
+    def _handle_input_requested(self, message: InputRequested) -> None:
+        if not self.spec.input_queue or self._input_server is None:
+            self.log.info("a process asked for user input; {} has no input support", self.lang)
+            if self._input_server is not None:
+                self._input_server.answer(message.conn_id, UNSUPPORTED_INPUT)
+            return
+        self._input_waiters.append(message.conn_id)
+        if len(self._input_waiters) == 1:
+            self._ask_agent_for_input()
+
+    def _ask_agent_for_input(self) -> None:
+        self.log.info("a process waits for user input")
+        # Batch mode sends JSON too (spec §10.1 #7); a socket client cannot say whether it wants a password.
+        self.ctx.router.tell(WaitingInput(is_password=False))
+
+    def _handle_input_abandoned(self, message: InputAbandoned) -> None:
+        if message.conn_id not in self._input_waiters:
+            return
+        was_head = self._input_waiters[0] == message.conn_id
+        self._input_waiters.remove(message.conn_id)
+        self.log.info("the process waiting for input went away before getting it")
+        if was_head and self._input_waiters:
+            self._ask_agent_for_input()
+
+    def _handle_feed_input(self, message: FeedInput) -> None:
+        if self._input_waiters and self._input_server is not None:
+            conn_id = self._input_waiters.popleft()
+            self._input_server.answer(conn_id, message.text.encode("utf-8", errors="surrogateescape"))
+            if self._input_waiters:
+                self._ask_agent_for_input()
+            return
+        if self._delegated is not None:
+            self._forward(self._delegated.child_id, message)
+            return
+        # spec §10.3 #30: upstream queued it and answered a later prompt with it; we drop it.
+        self.log.info("input dropped: nothing is waiting for input")
+
     def _handle_complete_code(self, message: CompleteCode) -> None:
+        if isinstance(self.spec.query, JupyterQuery):
+            self._forward(KERNEL_CHILD, message)
+            return
+        # spec §10.1 #1: always answer, or the agent waits for ever.
         self.ctx.router.tell(CompletionResult(items=()))
+
+    def _forward(self, child_id: ChildId, message: object) -> None:
+        self.ctx.supervisor.tell(ForwardToChild(child_id=child_id, message=message))
+
+
+def _not_available(reason: str) -> NoStep:
+    text = f"query mode is not available: {reason}"
+    return NoStep(exit_code=EXIT_NOT_RUN, stderr_text=text + "\n", log_text=text, log_level="WARNING")
+
+
+def _group_alive(handle: ProcessHandle) -> bool:
+    """True while any process of the group exists (signal 0 probes without signalling)."""
+    try:
+        os.killpg(handle.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+__all__ = ["BOOTSTRAP_STEP", "LangRunnerActor", "reject_delegated_run", "reject_run"]

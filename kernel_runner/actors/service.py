@@ -31,9 +31,12 @@ from kernel_runner.messages import (
     StartFailed,
     StopChild,
     StopRequested,
+    StopUnhealthy,
     StreamName,
+    Unhealthy,
 )
 from kernel_runner.procs import ExitWatcher, PipePump, ProcessHandle, describe_returncode
+from kernel_runner.servicedefs import ServiceCommand, ServiceStartError
 
 TAIL_LINES = 20
 PORT_PROBE_FIRST_DELAY_S = 0.002
@@ -42,31 +45,34 @@ PORT_PROBE_MAX_DELAY_S = 0.025
 ReplyKind = Literal["service", "model", "none"]
 
 
-class ServiceStartError(Exception):
-    """A start that cannot go on; the text is what the agent's `failed` reply says (spec §6.2 step 11)."""
-
-
 @attrs.frozen(kw_only=True)
 class ServiceRun:
-    """Everything needed to run one service process, already resolved from its definition."""
+    """One service, resolved from its definition; the command itself is made by `prepare` in a helper thread."""
 
     name: str
-    argv: tuple[str, ...]
-    env: Mapping[str, str]
-    cwd: Path
+    # Prestart actions plus rendering (file and process I/O, so never on the actor thread); raises ServiceStartError.
+    prepare: Callable[[], ServiceCommand]
     port: int | None
-    # Runs in a helper thread before the spawn (prestart actions do file and process I/O); raises ServiceStartError.
-    prestart: Callable[[], None] | None = None
+    # spec §6.7 fix: a noop service is up at once; nothing is prepared or spawned.
+    noop: bool = False
     launch_timeout_s: float = 8.0
-    # Who gets told when the service's process ends or becomes ready (a model service's health checker).
+    # Who gets told when the service's process ends or its port opens (a model service's health checker).
     watcher: ChildId | None = None
+
+    @classmethod
+    def fixed(cls, *, name: str, argv: tuple[str, ...], env: Mapping[str, str], cwd: Path, port: int | None,
+              **kwargs: Any) -> ServiceRun:
+        """A service whose command needs no prestart (intrinsic services, tests)."""
+        command = ServiceCommand(argv=argv, env=dict(env), cwd=cwd)
+        return cls(name=name, prepare=lambda: command, port=port, noop=not argv, **kwargs)
 
 
 # ---- messages private to this actor and its threads ---------------------------------------------------
 
 
 @attrs.frozen(kw_only=True)
-class PrestartDone:
+class PrepareDone:
+    command: ServiceCommand | None
     error: str | None
 
 
@@ -102,22 +108,33 @@ class ServicePortOpened:
     port: int
 
 
-class PrestartRunner(threading.Thread):
-    def __init__(self, run: Callable[[], None], owner: pykka.ActorRef[Any]) -> None:
-        super().__init__(name="Prestart", daemon=True)
-        self._run = run
+@attrs.frozen(kw_only=True)
+class ServiceStartFailed:
+    """Told to a watcher when the service could not be started at all (prestart, spawn or port wait failed)."""
+
+    name: str
+    error: str
+
+
+class Preparer(threading.Thread):
+    """Runs prestart actions and renders the command, then tells the actor the result."""
+
+    def __init__(self, prepare: Callable[[], ServiceCommand], owner: pykka.ActorRef[Any]) -> None:
+        super().__init__(name="Prepare", daemon=True)
+        self._prepare = prepare
         self._owner = owner
 
     def run(self) -> None:
+        command: ServiceCommand | None = None
         error: str | None = None
         try:
-            self._run()
+            command = self._prepare()
         except ServiceStartError as exc:
-            error = str(exc)
-        except Exception as exc:  # noqa: BLE001 - any failure becomes the reply's error text
+            error = exc.reply_text
+        except Exception as exc:  # noqa: BLE001 - any failure becomes the reply's error text (spec §6.2 step 11)
             error = repr(exc)
         try:
-            self._owner.tell(PrestartDone(error=error))
+            self._owner.tell(PrepareDone(command=command, error=error))
         except pykka.ActorDeadError:
             pass
 
@@ -214,25 +231,25 @@ class ServiceActor(SupervisedActor):
         self._handle: ProcessHandle | None = None
         self._port_waiter: PortWaiter | None = None
         self._tail = OutputTail(self.log)
+        self._command: ServiceCommand | None = None
         self._spawned_at: float | None = None
         self._ready = False
         self._exit: ProcessExited | None = None
         self._open_pipes = 0
         self._stopping = False
         self._replied = False
+        # Set when a watcher asked for a restart (StopUnhealthy): the stop then ends with Unhealthy, not Shutdown.
+        self._unhealthy: str | None = None
 
     # ---- life -----------------------------------------------------------------------------------
     def start_child(self) -> None:
         self.set_state(ChildState.STARTING)
-        if not self.run.argv:
+        if self.run.noop:
             # spec §6.7: a noop service has nothing to run; it is up at once and no prestart runs.
             self.log.info("noop service: nothing to spawn")
             self._become_ready()
             return
-        if self.run.prestart is not None:
-            PrestartRunner(self.run.prestart, self.actor_ref).start()
-            return
-        self._spawn()
+        Preparer(self.run.prepare, self.actor_ref).start()
 
     def cleanup(self) -> None:
         if self._port_waiter is not None:
@@ -243,8 +260,8 @@ class ServiceActor(SupervisedActor):
 
     def handle(self, message: object) -> object:
         match message:
-            case PrestartDone():
-                return self._handle_prestart_done(message)
+            case PrepareDone():
+                return self._handle_prepare_done(message)
             case PortOpened():
                 return self._handle_port_opened(message)
             case PortWaitTimedOut():
@@ -255,22 +272,33 @@ class ServiceActor(SupervisedActor):
                 return self._handle_pipe_closed(message)
             case KillDue():
                 return self._handle_kill_due(message)
+            case StopUnhealthy():
+                return self._handle_stop_unhealthy(message)
             case _:
                 return super().handle(message)
 
     # ---- start ------------------------------------------------------------------------------------
-    def _handle_prestart_done(self, message: PrestartDone) -> None:
-        if message.error is not None:
-            self.log.error("prestart failed: {}", message.error)
-            self._fail_start(message.error, StartFailed(error=message.error))
+    def _handle_prepare_done(self, message: PrepareDone) -> None:
+        if self._stopping:
+            self.finish(ShutdownExit())
             return
-        self._spawn()
+        if message.command is None:
+            error = message.error or "prestart failed"
+            self.log.error("prestart failed: {}", error)
+            self._fail_start(error, StartFailed(error=error))
+            return
+        self._command = message.command
+        if not message.command.argv:
+            self.log.info("nothing to run: the command is empty")
+            self._become_ready()
+            return
+        self._spawn(message.command)
 
-    def _spawn(self) -> None:
-        argv = self.run.argv
+    def _spawn(self, command: ServiceCommand) -> None:
+        argv = command.argv
         try:
             handle = ProcessHandle.spawn(
-                argv, env=self.run.env, cwd=self.run.cwd, stdin=subprocess.DEVNULL,
+                argv, env=command.env, cwd=command.cwd, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             )
         except PermissionError:
@@ -290,7 +318,7 @@ class ServiceActor(SupervisedActor):
         self._spawned_at = self.ctx.clock.monotonic()
         self.log = self.log.bind(pid=handle.pid)
         self._tail = OutputTail(self.log)
-        self.log.info("spawned pid={} argv={} cwd={}", handle.pid, list(argv), self.run.cwd)
+        self.log.info("spawned pid={} argv={} cwd={}", handle.pid, list(argv), command.cwd)
         self.set_state(ChildState.STARTING, pid=handle.pid)
         for stream, name in ((handle.popen.stdout, "stdout"), (handle.popen.stderr, "stderr")):
             if stream is not None:
@@ -327,6 +355,8 @@ class ServiceActor(SupervisedActor):
     def _fail_start(self, error: str, reason: StartFailed | ProcessDied) -> None:
         """A first start that fails is answered and forgotten (the agent may try again); a restart that fails backs off."""
         self._reply("failed", error)
+        if self.run.watcher is not None and self._exit is None:  # an exit was told as ServiceProcessEnded already
+            self._tell_watcher(ServiceStartFailed(name=self.run.name, error=error))
         if self.ctx.generation == 1:
             self.ctx.supervisor.tell(StopChild(child_id=self.child_id, reason=f"failed to start: {error}", permanent=True))
         if self._handle is not None and self._exit is None:
@@ -357,10 +387,11 @@ class ServiceActor(SupervisedActor):
         uptime = exit_msg.at - (self._spawned_at or exit_msg.at)
         how = f"signal {sig}" if sig is not None else f"code {code}"
         self.log.info("exited {} after {:.1f}s", how, uptime)
-        if self.run.watcher is not None:
+        if self.run.watcher is not None and not self._stopping:
+            # A stop was asked for (shutdown-service, runner shutdown, the watcher's own restart): nothing to report.
             self._tell_watcher(ServiceProcessEnded(name=self.run.name, exit_code=code, output_tail=self._tail.text()))
         if self._stopping:
-            self.finish(ShutdownExit())
+            self.finish(self._stop_reason())
             return
         if not self._ready:
             tail = self._tail.text()
@@ -376,15 +407,30 @@ class ServiceActor(SupervisedActor):
         self._stopping = True
         if self._port_waiter is not None:
             self._port_waiter.cancelled.set()
-        self._reply("failed", f"the process did not start properly: {self.run.argv[0] if self.run.argv else self.run.name}")
+        program = self._command.argv[0] if self._command is not None and self._command.argv else self.run.name
+        preparing = self._command is None and not self.run.noop and not self._replied
+        self._reply("failed", f"the process did not start properly: {program}")
+        if preparing:
+            return  # the prestart thread is still out; PrepareDone finishes us when it is back
         if self._handle is None or self._exit is not None:
             if self._exit is None or self._open_pipes == 0:
-                self.finish(ShutdownExit())
+                self.finish(self._stop_reason())
             return
         self.log.info("stopping ({}): SIGTERM to group {}, grace {:.1f}s", message.reason, self._handle.pid, message.grace_s)
         self.set_state(ChildState.STOPPING, pid=self._handle.pid)
         self._handle.signal_group(signal.SIGTERM)
         self.schedule(message.grace_s, KillDue(pid=self._handle.pid))
+
+    def _handle_stop_unhealthy(self, message: StopUnhealthy) -> None:
+        """A watcher's liveness verdict: stop like StopRequested, but end with Unhealthy so the supervisor restarts."""
+        if self._handle is None or self._exit is not None or self._stopping:
+            return  # not running (yet, or any more): nothing to restart; a dead process is restarted anyway
+        self._unhealthy = message.detail
+        self.log.warning("unhealthy: {}; stopping it for a restart", message.detail)
+        self.request_stop(StopRequested(reason=f"unhealthy: {message.detail}", grace_s=self.ctx.config.service_stop_grace_s))
+
+    def _stop_reason(self) -> ShutdownExit | Unhealthy:
+        return Unhealthy(detail=self._unhealthy) if self._unhealthy is not None else ShutdownExit()
 
     def _handle_kill_due(self, message: KillDue) -> None:
         if self._exit is not None or self._handle is None:

@@ -169,7 +169,7 @@ LANGS: tuple[LangSpec, ...] = (
             Promote(path="{home}/.cabal/bin"),
         ),
         build=Heuristic(
-            candidates=(RunWithSources(sources="**/*.hs", command="{runtime} --make main {sources}"),),
+            candidates=(RunWithSources(sources="**/*.hs", command="{runtime} --make -o main {sources}"),),
             otherwise=missing("cannot find any .hs source file"),
         ),
         exec=_exec_main("main", "./main"),

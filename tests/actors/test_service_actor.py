@@ -54,8 +54,8 @@ class TablePlanner:
 
 
 def listener(name: str, port: int, *extra: str, cwd: Path, timeout: float = 5.0) -> ServiceRun:
-    return ServiceRun(name=name, argv=(sys.executable, str(CHILDREN / "listener.py"), str(port), *extra),
-                      env={"PATH": "/usr/bin:/bin"}, cwd=cwd, port=port, launch_timeout_s=timeout)
+    return ServiceRun.fixed(name=name, argv=(sys.executable, str(CHILDREN / "listener.py"), str(port), *extra),
+                            env={"PATH": "/usr/bin:/bin"}, cwd=cwd, port=port, launch_timeout_s=timeout)
 
 
 class Services:
@@ -108,8 +108,8 @@ def test_start_running_and_shutdown(make_services: Any, work_dir: Path, log_line
 
 
 def test_process_exiting_before_its_port_opens_fails_at_once_with_its_output(make_services: Any, work_dir: Path) -> None:
-    run = ServiceRun(name="bad", argv=(sys.executable, str(CHILDREN / "fail_fast.py"), "3"), env={}, cwd=work_dir,
-                     port=free_port(), launch_timeout_s=8.0)
+    run = ServiceRun.fixed(name="bad", argv=(sys.executable, str(CHILDREN / "fail_fast.py"), "3"), env={}, cwd=work_dir,
+                           port=free_port(), launch_timeout_s=8.0)
     services = make_services({"bad": run})
     import time
 
@@ -132,7 +132,7 @@ def test_process_exiting_before_its_port_opens_fails_at_once_with_its_output(mak
 def test_spawn_failures_use_upstream_texts(make_services: Any, work_dir: Path, argv0: str, cwd_missing: bool,
                                            expected: str) -> None:
     cwd = work_dir / "missing" if cwd_missing else work_dir
-    run = ServiceRun(name="x", argv=(argv0,), env={}, cwd=cwd, port=free_port())
+    run = ServiceRun.fixed(name="x", argv=(argv0,), env={}, cwd=cwd, port=free_port())
     services = make_services({"x": run})
     assert services.start("x") == {"status": "failed", "error": expected}
 
@@ -209,7 +209,7 @@ def test_fifty_services_start_concurrently(make_services: Any, work_dir: Path) -
 
 
 def test_noop_service_is_started_without_a_process(make_services: Any, work_dir: Path) -> None:
-    services = make_services({"noop": ServiceRun(name="noop", argv=(), env={}, cwd=work_dir, port=None)})
+    services = make_services({"noop": ServiceRun.fixed(name="noop", argv=(), env={}, cwd=work_dir, port=None)})
     assert services.start("noop") == {"status": "started"}
     assert services.child("noop").pid is None
 
@@ -227,12 +227,12 @@ def test_runner_stop_terminates_running_services(runner_config: RunnerConfig, wo
 
 
 def test_prestart_failure_is_the_reply(make_services: Any, work_dir: Path) -> None:
-    from kernel_runner.actors.service import ServiceStartError
+    from kernel_runner.servicedefs import ServiceCommand, ServiceStartError
 
-    def prestart() -> None:
+    def prepare() -> ServiceCommand:
         raise ServiceStartError("InvalidServiceDefinition('Service-def for x used invalid action: nosuch')")
 
-    run = attrs.evolve(listener("x", free_port(), cwd=work_dir), prestart=prestart)
+    run = attrs.evolve(listener("x", free_port(), cwd=work_dir), prepare=prepare)
     services = make_services({"x": run})
     result = services.start("x")
     assert result == {"status": "failed", "error": "InvalidServiceDefinition('Service-def for x used invalid action: nosuch')"}

@@ -23,9 +23,10 @@ def test_status_reports_started_at_and_the_supervision_tree(agent: AgentClient) 
 
 
 def test_app_batch_answers_each_step_with_exit_zero(agent: AgentClient, log_lines: list[str]) -> None:
-    results = agent.batch(clean="", build="*", exec="python main.py")
+    # spec §8.1: app's build/exec heuristics only warn; an explicit command would really run (spec §5.1).
+    results = agent.batch(clean="", build="*", exec="*")
     assert [(r.status, r.exit_code) for r in results] == [("clean-finished", 0), ("build-finished", 0), ("finished", 0)]
-    assert any("batch-mode build is not supported for app" in line for line in log_lines)
+    assert any("batch-mode execution is not supported" in line for line in log_lines)
 
 
 def test_app_query_finishes_with_a_clear_error(agent: AgentClient) -> None:
@@ -99,3 +100,28 @@ def test_ports_in_use_fail_start_loudly(runner: RunnerHandle, runner_config: Run
     taken = attrs.evolve(runner_config, port_in=runner.ports.port_in, port_out=0)
     with pytest.raises(RunnerStartError, match="cannot bind"):
         start(taken)
+
+
+@pytest.mark.parametrize(("mode", "kind"), [("log", "log"), ("stderr", "stderr")])
+def test_forwarded_logs_reach_the_agent_only_when_asked(runner_config: RunnerConfig, mode: str, kind: str) -> None:
+    import attrs
+
+    handle = start(attrs.evolve(runner_config, forward_logs=mode))
+    try:
+        with AgentClient(port_in=handle.ports.port_in, port_out=handle.ports.port_out) as agent:
+            agent.send("no-such-op", b"")
+            for _ in range(50):  # start-up lines may come first
+                text = agent.expect(kind, timeout=10).text
+                if "dropped bad frame" in text:
+                    break
+            assert text.startswith("app-kernel: dropped bad frame (op=no-such-op") and text.endswith("\n")
+    finally:
+        handle.stop(timeout=5)
+
+
+def test_logs_are_not_forwarded_by_default(agent: AgentClient) -> None:
+    agent.send("no-such-op", b"")
+    agent.status()
+    agent.send("exec", b"")
+    result = agent.collect_run()
+    assert result.status == "finished" and not result.records

@@ -259,7 +259,7 @@ HEURISTIC_CASES: list[tuple[str, BatchKind, list[str], str | int]] = [
     ("java", "build", [], 127),
     ("java", "exec", ["main/Main.class", "Main.class"], "java main.Main"),
     ("java", "exec", ["Main.class"], "java Main"),
-    ("haskell", "build", ["main.hs", "Lib.hs"], "ghc --make main Lib.hs main.hs"),
+    ("haskell", "build", ["main.hs", "Lib.hs"], "ghc --make -o main Lib.hs main.hs"),
     ("haskell", "exec", ["main"], "./main"),
     ("julia", "build", [], 0),
     ("julia", "exec", ["main.jl"], "julia main.jl"),

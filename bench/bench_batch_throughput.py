@@ -1,0 +1,84 @@
+"""Batch stdout throughput: 20 MiB through the runner to an agent vs a bare pipe read of the same producer.
+
+Both sides run the same command (`head -c 20 MiB /dev/zero`); the baseline reads its pipe with 64 KiB
+`os.read` calls in this process. Target: at least 200 MiB/s through the runner.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from kernel_runner import RunnerConfig, start
+from kernel_runner.client import AgentClient
+from kernel_runner.logs import configure_logging
+
+MIB = 1024 * 1024
+TOTAL = 20 * MIB
+ROUNDS = 7
+COMMAND = f"head -c {TOTAL} /dev/zero"
+
+
+def bare_rates() -> list[float]:
+    rates = []
+    for _ in range(ROUNDS):
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(["sh", "-c", COMMAND], stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        got = 0
+        while chunk := os.read(proc.stdout.fileno(), 64 * 1024):
+            got += len(chunk)
+        proc.wait()
+        rates.append(got / MIB / (time.perf_counter() - t0))
+        assert got == TOTAL
+    return rates
+
+
+def runner_rates() -> list[float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        config = RunnerConfig(lang="c", bind="127.0.0.1", port_in=0, port_out=0, config_dir=root, work_dir=root,
+                              service_defs_dir=root / "defs", user_input_socket=root / "input.sock",
+                              start_intrinsic_services=False)
+        handle = start(config)
+        try:
+            with AgentClient(port_in=handle.ports.port_in, port_out=handle.ports.port_out) as client:
+                client.status(timeout=30)
+                rates = []
+                for _ in range(ROUNDS):
+                    t0 = time.perf_counter()
+                    client.send("exec", COMMAND)
+                    got = 0
+                    while True:
+                        reply = client.recv(timeout=60)
+                        if reply.type == "stdout":
+                            got += len(reply.payload)
+                        elif reply.type == "finished":
+                            break
+                    rates.append(got / MIB / (time.perf_counter() - t0))
+                    assert got == TOTAL
+                return rates
+        finally:
+            handle.stop(timeout=5)
+
+
+def main() -> None:
+    configure_logging(debug=False, json_lines=False)
+    from loguru import logger
+
+    logger.remove()
+    bare = statistics.median(bare_rates())
+    runner = statistics.median(runner_rates())
+    print(f"machine: {platform.machine()} {platform.processor() or ''} python {platform.python_version()}")
+    print(f"bare pipe read (64 KiB os.read)    median {bare:8.0f} MiB/s")
+    print(f"runner batch stdout to the agent   median {runner:8.0f} MiB/s   (target >= 200 MiB/s)")
+    print(f"ratio (median)   {runner / bare:.2f}x of the bare pipe")
+
+
+if __name__ == "__main__":
+    main()

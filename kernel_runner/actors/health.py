@@ -1,0 +1,522 @@
+"""HealthCheckerActor: decides when one model service counts as up and alive; the HTTP calls happen in Prober.
+
+Life of one model service with a health check (spec §7, anchors §5):
+
+    startup ── probe every `startup_period_s` (50 ms) ──> healthy: reply `started`, status is_healthy=true
+       │                                                  └─> liveness: probe every `interval`
+       ├─ server process ended / could not start ──> reply `failed` at once; both children stop for good
+       └─ budget (max_retries × max_wait_time + initial_delay) spent ──> reply `failed` "service unhealthy";
+                                                        server stopped (configurable); this checker ends
+    liveness: max_retries consecutive failures or a dead process ──> status is_healthy=false (once per
+        transition), `unhealthy` log line, server restarted through the supervisor (StopUnhealthy);
+        a success after that ──> status is_healthy=true.
+
+The supervisor restarts this actor if it crashes; what the agent was already told lives in a HealthMemo
+shared by the incarnations (only one runs at a time), so the agent gets exactly one reply and no repeated
+transition.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Literal
+
+import attrs
+import pykka
+import requests
+
+from kernel_runner.actors.base import ChildContext, SupervisedActor
+from kernel_runner.actors.service import ServicePortOpened, ServiceProcessEnded, ServiceStartFailed
+from kernel_runner.clock import Clock
+from kernel_runner.ids import ChildId
+from kernel_runner.messages import (
+    ChildState,
+    ForwardToChild,
+    HealthCheck,
+    ModelServiceResult,
+    ModelServiceStatus,
+    ShutdownExit,
+    StopChild,
+    StopRequested,
+    StopUnhealthy,
+)
+
+# spec §3.5: the agent waits `max_retries × max_wait_time + 10` s; we answer at least this much earlier, because its
+# clock started before ours (request transit, supervisor, spawn).
+AGENT_REPLY_SLACK_S = 10.0
+REPLY_MARGIN_S = 2.0
+# A probe whose thread has not answered by its timeouts plus this much counts as failed (a server trickling bytes
+# can keep one requests call alive past its per-read timeout).
+PROBE_OVERDUE_SLACK_S = 2.0
+MIN_READ_TIMEOUT_S = 0.001
+MAX_CONNECT_TIMEOUT_S = 1.0
+UNHEALTHY_TEXT = "service unhealthy"  # upstream's reply text (spec §7.2 step 5)
+
+Phase = Literal["startup", "liveness", "done"]
+Health = Literal["unknown", "healthy", "unhealthy"]
+
+
+@attrs.frozen(kw_only=True)
+class HealthPlan:
+    """Everything one model service's checker needs, resolved by model_services.model_child_specs."""
+
+    model_name: str
+    # `<model name>-<port>`: the service name the agent uses for shutdown-service (spec §7.1).
+    service_name: str
+    server_child: ChildId
+    url: str
+    check: HealthCheck
+    startup_period_s: float
+    interval_s: float
+    send_status: bool
+    stop_on_startup_failure: bool
+    restart_on_unhealthy: bool
+
+    @property
+    def read_timeout_s(self) -> float:
+        return max(MIN_READ_TIMEOUT_S, self.check.max_wait_time)
+
+    @property
+    def connect_timeout_s(self) -> float:
+        return min(self.read_timeout_s, MAX_CONNECT_TIMEOUT_S)
+
+    @property
+    def startup_budget_s(self) -> float:
+        """k8s startup probe: the whole grace; a success inside it ends it early (Docker's start period)."""
+        return self.check.max_retries * self.check.max_wait_time + (self.check.initial_delay or 0.0)
+
+    @property
+    def reply_within_s(self) -> float:
+        """The latest moment, from the checker's first start, that the agent still takes our reply (spec §3.5)."""
+        agent_wait = self.check.max_retries * self.check.max_wait_time + AGENT_REPLY_SLACK_S
+        return min(self.startup_budget_s, agent_wait - REPLY_MARGIN_S)
+
+
+@attrs.define(kw_only=True)
+class HealthMemo:
+    """What the agent has been told about this model service; survives checker restarts (one incarnation at a time)."""
+
+    started_at: float | None = None
+    replied: bool = False
+    phase: Phase = "startup"
+    health: Health = "unknown"
+
+
+# ---- messages private to this actor and its thread ---------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ProbeDue:
+    """Ticker → checker: time for the next probe; ticks of an older schedule (`epoch`) are ignored."""
+
+    epoch: int
+
+
+@attrs.frozen(kw_only=True)
+class ProbeRequest:
+    seq: int
+    url: str
+    connect_timeout_s: float
+    read_timeout_s: float
+    expected_status: int
+
+
+@attrs.frozen(kw_only=True)
+class ProbeResult:
+    """Prober → checker: one HTTP GET's outcome."""
+
+    seq: int
+    ok: bool
+    status_code: int | None
+    error: str | None
+    latency_s: float
+
+
+@attrs.frozen(kw_only=True)
+class ProbeOverdue:
+    seq: int
+
+
+@attrs.frozen(kw_only=True)
+class StartupDeadline:
+    """Ticker → checker: the reply deadline or the end of the startup budget has come."""
+
+
+class Prober(threading.Thread):
+    """Runs one probe at a time so the actor never waits on the network; owns its requests Session."""
+
+    def __init__(self, *, owner: pykka.ActorRef[Any], clock: Clock, name: str) -> None:
+        super().__init__(name=f"Prober-{name}", daemon=True)
+        self._owner = owner
+        self._clock = clock
+        self._queue: queue.Queue[ProbeRequest | None] = queue.Queue(maxsize=1)
+        self._stopping = threading.Event()
+
+    def submit(self, request: ProbeRequest) -> bool:
+        try:
+            self._queue.put_nowait(request)
+        except queue.Full:
+            return False
+        return True
+
+    def stop(self) -> None:
+        """Never blocks: a probe in flight ends within its own timeouts, and its result is dropped."""
+        self._stopping.set()
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass  # a request is pending; the loop takes it, sees the flag and ends
+
+    def run(self) -> None:
+        session = requests.Session()
+        session.trust_env = False  # a 127.0.0.1 probe never goes through HTTP(S)_PROXY or reads ~/.netrc
+        try:
+            while True:
+                request = self._queue.get()
+                if request is None or self._stopping.is_set():
+                    return
+                result = probe_once(session, request, self._clock)
+                if self._stopping.is_set():
+                    return
+                try:
+                    self._owner.tell(result)
+                except pykka.ActorDeadError:
+                    return
+        finally:
+            session.close()
+
+
+def probe_once(session: requests.Session, request: ProbeRequest, clock: Clock) -> ProbeResult:
+    """One GET with explicit (connect, read) timeouts; the body is never read, the response always closed."""
+    started = clock.monotonic()
+    status: int | None = None
+    error: str | None = None
+    try:
+        # Redirects are followed as upstream's urllib did (spec §7.2), each hop under the same timeouts.
+        with session.get(
+            request.url, timeout=(request.connect_timeout_s, request.read_timeout_s), stream=True, allow_redirects=True
+        ) as response:
+            status = response.status_code
+    except requests.Timeout:
+        error = f"no answer within {request.read_timeout_s:g}s"
+    except requests.ConnectionError as exc:
+        error = describe_connection_error(exc)
+    except Exception as exc:  # noqa: BLE001 - any transport failure is a failed try (spec §7.5), never a dead thread
+        error = repr(exc)
+    latency = clock.monotonic() - started
+    ok = status == request.expected_status
+    if status is not None and not ok:
+        error = f"status {status}, expected {request.expected_status}"
+    return ProbeResult(seq=request.seq, ok=ok, status_code=status, error=error, latency_s=latency)
+
+
+def describe_connection_error(exc: requests.ConnectionError) -> str:
+    text = str(exc)
+    if "Connection refused" in text:
+        return "connection refused"
+    if "RemoteDisconnected" in text or "Connection reset" in text or "Connection aborted" in text:
+        return "connection closed without a response"
+    return text[:300]
+
+
+class HealthCheckerActor(SupervisedActor):
+    """Decides when a model service counts as up and alive; the HTTP calls happen in Prober."""
+
+    def __init__(self, *, ctx: ChildContext, plan: HealthPlan, memo: HealthMemo) -> None:
+        super().__init__(ctx=ctx)
+        self.plan = plan
+        self.memo = memo
+        self._prober: Prober | None = None
+        self._epoch = 0
+        self._seq = 0
+        self._in_flight: int | None = None
+        self._dispatched_at = 0.0
+        # A probe the actor gave up waiting for; the thread is still in it, so no new probe can start yet.
+        self._stuck: int | None = None
+        self._probes = 0
+        self._consecutive_failures = 0
+        self._failures_since_restart = 0
+        # After a restart, failures do not count toward the next one until the server had its startup budget again.
+        self._grace_until = 0.0
+        self._last: ProbeResult | None = None
+
+    # ---- life -----------------------------------------------------------------------------------------
+    def start_child(self) -> None:
+        now = self.ctx.clock.monotonic()
+        if self.memo.started_at is None:
+            self.memo.started_at = now
+        if self.memo.phase == "done":
+            # The previous incarnation ended the model service; nothing is left to watch.
+            self.finish(ShutdownExit())
+            return
+        self._prober = Prober(owner=self.actor_ref, clock=self.ctx.clock, name=self.plan.service_name)
+        self._prober.start()
+        self.set_state(ChildState.RUNNING)
+        if self.memo.phase == "startup":
+            elapsed = now - self.memo.started_at
+            if not self.memo.replied:
+                self.schedule(max(0.0, self.plan.reply_within_s - elapsed), StartupDeadline())
+            if self.plan.startup_budget_s > self.plan.reply_within_s or self.memo.replied:
+                self.schedule(max(0.0, self.plan.startup_budget_s - elapsed), StartupDeadline())
+            self.log.info(
+                "probing {} every {:.0f} ms for up to {:.1f}s", self.plan.url, self.plan.startup_period_s * 1000,
+                max(0.0, self.plan.startup_budget_s - elapsed),
+            )
+        else:
+            self.log.info("restarted; probing {} every {:.1f}s", self.plan.url, self.plan.interval_s)
+        self._publish()
+        self._probe_now()
+
+    def cleanup(self) -> None:
+        if self._prober is not None:
+            self._prober.stop()
+
+    def handle(self, message: object) -> object:
+        match message:
+            case ProbeDue():
+                return self._handle_probe_due(message)
+            case ProbeResult():
+                return self._handle_probe_result(message)
+            case ProbeOverdue():
+                return self._handle_probe_overdue(message)
+            case StartupDeadline():
+                return self._handle_startup_deadline()
+            case ServiceProcessEnded():
+                return self._handle_service_process_ended(message)
+            case ServiceStartFailed():
+                return self._handle_service_start_failed(message)
+            case ServicePortOpened():
+                return None  # the HTTP probe, not the port, decides (servers listen before they are ready)
+            case _:
+                return super().handle(message)
+
+    def request_stop(self, message: StopRequested) -> None:
+        # Exactly one reply per request (spec §3.6): a model stopped while starting is answered too.
+        self._reply_once("failed", f"the model service was stopped before it became healthy ({message.reason})")
+        self.finish(ShutdownExit())
+
+    # ---- probing ----------------------------------------------------------------------------------------
+    def _probe_now(self) -> None:
+        self._epoch += 1
+        self._dispatch()
+
+    def _schedule_next(self, period_s: float) -> None:
+        self._epoch += 1
+        elapsed = self.ctx.clock.monotonic() - self._dispatched_at
+        self.schedule(max(0.0, period_s - elapsed), ProbeDue(epoch=self._epoch))
+
+    def _handle_probe_due(self, message: ProbeDue) -> None:
+        if message.epoch != self._epoch:
+            return
+        if self._stuck is not None:
+            # The thread is still inside a hung request: this period's probe fails without a new request.
+            self._dispatched_at = self.ctx.clock.monotonic()
+            self._handle_outcome(ProbeResult(seq=self._stuck, ok=False, status_code=None,
+                                             error="the previous probe is still hanging", latency_s=0.0))
+            return
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        if self._in_flight is not None or self._stuck is not None or self._prober is None:
+            return
+        self._seq += 1
+        request = ProbeRequest(
+            seq=self._seq, url=self.plan.url, connect_timeout_s=self.plan.connect_timeout_s,
+            read_timeout_s=self.plan.read_timeout_s, expected_status=self.plan.check.expected_status_code,
+        )
+        if not self._prober.submit(request):
+            return
+        self._in_flight = self._seq
+        self._dispatched_at = self.ctx.clock.monotonic()
+        overdue = self.plan.connect_timeout_s + self.plan.read_timeout_s + PROBE_OVERDUE_SLACK_S
+        self.schedule(overdue, ProbeOverdue(seq=self._seq))
+
+    def _handle_probe_overdue(self, message: ProbeOverdue) -> None:
+        if message.seq != self._in_flight:
+            return
+        self._in_flight = None
+        self._stuck = message.seq
+        self._dispatched_at = self.ctx.clock.monotonic()  # the next verdict is one period from now
+        self.log.warning("probe {} gave no result within its timeouts; counted as failed", message.seq)
+        self._handle_outcome(ProbeResult(seq=message.seq, ok=False, status_code=None,
+                                         error="the probe hung past its timeouts", latency_s=0.0))
+
+    def _handle_probe_result(self, message: ProbeResult) -> None:
+        if message.seq == self._stuck:
+            self._stuck = None  # the hung request finally ended; its verdict was given already
+            return
+        if message.seq != self._in_flight:
+            return
+        self._in_flight = None
+        self._handle_outcome(message)
+
+    def _handle_outcome(self, result: ProbeResult) -> None:
+        self._record(result)
+        if self.memo.phase == "startup":
+            if result.ok:
+                self._startup_succeeded(result)
+                return
+            self._schedule_next(self.plan.startup_period_s)
+            return
+        if self.memo.phase == "liveness":
+            if result.ok:
+                self._failures_since_restart = 0
+                if self.memo.health != "healthy":
+                    self.log.info("healthy again: status {} in {:.1f} ms", result.status_code, result.latency_s * 1000)
+                    self._transition("healthy")
+            elif self._failures_since_restart >= self.plan.check.max_retries:
+                self._liveness_failed()
+            self._schedule_next(self.plan.interval_s)
+
+    def _record(self, result: ProbeResult) -> None:
+        self._probes += 1
+        self._last = result
+        if result.ok:
+            self._consecutive_failures = 0
+        else:
+            self._consecutive_failures += 1
+            if self.ctx.clock.monotonic() >= self._grace_until:
+                self._failures_since_restart += 1
+            self.log.debug("probe failed: {}", result.error)
+        self._publish()
+
+    # ---- startup -----------------------------------------------------------------------------------------
+    def _startup_succeeded(self, result: ProbeResult) -> None:
+        assert self.memo.started_at is not None
+        took = self.ctx.clock.monotonic() - self.memo.started_at
+        self.memo.phase = "liveness"
+        self._failures_since_restart = 0
+        self.log.info("healthy after {:.3f}s ({} probe(s); status {})", took, self._probes, result.status_code)
+        self._reply_once("started", None)
+        self._transition("healthy")
+        self._schedule_next(self.plan.interval_s)
+
+    def _handle_startup_deadline(self) -> None:
+        if self.memo.phase != "startup":
+            return
+        assert self.memo.started_at is not None
+        elapsed = self.ctx.clock.monotonic() - self.memo.started_at
+        if elapsed + 1e-3 < self.plan.startup_budget_s:
+            if self.memo.replied:
+                return
+            # Only with an initial_delay longer than the agent waits: answer now, keep probing for the rest of it.
+            self.log.warning("not healthy within {:.1f}s; answered `failed` before the agent gives up, still probing "
+                             "for {:.1f}s of startup grace", elapsed, self.plan.startup_budget_s - elapsed)
+            self._reply_once("failed", UNHEALTHY_TEXT)
+            return
+        last = self._describe_last()
+        self.log.warning("unhealthy: not healthy within {:.1f}s ({} probe(s); last: {})", elapsed, self._probes, last)
+        self._startup_failed(UNHEALTHY_TEXT, keep_server=not self.plan.stop_on_startup_failure)
+
+    def _handle_service_process_ended(self, message: ServiceProcessEnded) -> None:
+        if self.memo.phase == "startup":
+            error = f"the model service exited during startup (code {message.exit_code})"
+            if message.output_tail:
+                error += f"; last output:\n{message.output_tail}"
+            self.log.warning("unhealthy: {}", error)
+            self._startup_failed(error, keep_server=False)
+            return
+        if self.memo.phase == "liveness":
+            # Never a stale "healthy" after the process died (anchors §5.4, Backend.AI #1833); the supervisor restarts it.
+            self.log.warning("unhealthy: the server process exited (code {}); the supervisor restarts it",
+                             message.exit_code)
+            self._restart_grace()
+            self._transition("unhealthy")
+            self._publish()
+
+    def _handle_service_start_failed(self, message: ServiceStartFailed) -> None:
+        if self.memo.phase == "startup":
+            self.log.warning("unhealthy: the server could not start: {}", message.error)
+            self._startup_failed(message.error, keep_server=False)
+        elif self.memo.phase == "liveness":
+            self.log.warning("unhealthy: the restarted server could not start: {}", message.error)
+            self._transition("unhealthy")
+            self._publish()
+
+    def _startup_failed(self, error: str, *, keep_server: bool) -> None:
+        replied_before = self.memo.replied
+        self._reply_once("failed", error)
+        if replied_before:
+            self._transition("unhealthy")  # the agent heard `failed` already; the later verdict goes as a status
+        if keep_server:
+            # Upstream left an unhealthy model running; we keep watching it, so a late recovery is reported.
+            self.memo.phase = "liveness"
+            self.memo.health = "unhealthy"
+            self._failures_since_restart = 0
+            self._publish()
+            self._schedule_next(self.plan.interval_s)
+            return
+        self.memo.phase = "done"
+        self._publish()
+        self._tell_supervisor_cmd(StopChild(child_id=self.plan.server_child, reason=f"model unhealthy: {error}",
+                                            permanent=True))
+        # Forgotten, not restarted: a permanent child ends for good only when its stop was asked for.
+        self._tell_supervisor_cmd(StopChild(child_id=self.child_id, reason="model service ended", permanent=True))
+        self.finish(ShutdownExit())
+
+    # ---- liveness ----------------------------------------------------------------------------------------
+    def _liveness_failed(self) -> None:
+        detail = f"{self._failures_since_restart} consecutive failed probes (last: {self._describe_last()})"
+        if self.memo.health != "unhealthy":
+            self.log.warning("unhealthy: {}", detail)
+            self._transition("unhealthy")
+        if self.plan.restart_on_unhealthy:
+            self.log.warning("asking the supervisor to restart {} ({})", self.plan.server_child, detail)
+            self._tell_supervisor_cmd(ForwardToChild(child_id=self.plan.server_child, message=StopUnhealthy(detail=detail)))
+            # Count afresh after a grace: the restarted server gets its startup budget before the next restart.
+            self._restart_grace()
+        else:
+            self._failures_since_restart = 0
+
+    def _restart_grace(self) -> None:
+        self._failures_since_restart = 0
+        self._grace_until = self.ctx.clock.monotonic() + self.plan.startup_budget_s
+
+    def _transition(self, health: Health) -> None:
+        if self.memo.health == health:
+            return
+        self.memo.health = health
+        self._publish()
+        if self.plan.send_status:
+            # spec §7.5 (23.09+): one message per transition; the 23.03 agent files it under the run queue (§3.2).
+            self.ctx.router.tell(ModelServiceStatus(model_name=self.plan.model_name, is_healthy=health == "healthy"))
+
+    # ---- replies and status ------------------------------------------------------------------------------
+    def _reply_once(self, status: Literal["started", "failed"], error: str | None) -> None:
+        if self.memo.replied:
+            return
+        self.memo.replied = True
+        self.ctx.router.tell(ModelServiceResult(status=status, error=error))
+        if status == "started":
+            self.log.info("Model service {} has started", self.plan.service_name)
+
+    def _describe_last(self) -> str:
+        last = self._last
+        if last is None:
+            return "no probe finished"
+        return last.error or f"status {last.status_code}"
+
+    def _publish(self) -> None:
+        last = self._last
+        self.update_info({
+            "model": self.plan.model_name,
+            "service": self.plan.service_name,
+            "url": self.plan.url,
+            "phase": self.memo.phase,
+            "health": self.memo.health,
+            "consecutive_failures": self._consecutive_failures,
+            "probes": self._probes,
+            "last_probe": None if last is None else {
+                "ok": last.ok,
+                "status_code": last.status_code,
+                "error": last.error,
+                "latency_ms": round(last.latency_s * 1000, 3),
+            },
+        })
+
+    def _tell_supervisor_cmd(self, message: object) -> None:
+        try:
+            self.ctx.supervisor.tell(message)
+        except pykka.ActorDeadError:
+            self.log.debug("supervisor gone; dropped {}", type(message).__name__)

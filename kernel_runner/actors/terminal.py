@@ -1,0 +1,934 @@
+"""TerminalActor: the git runner's pty shell behind the terminal SUB/PUB sockets, and its `%` commands (spec §8.3).
+
+Who owns what. Every ZeroMQ socket and every fd has exactly one owning thread, which is also the one that closes it:
+
+* TermInputReceiver (thread): the SUB socket, bound on `term_in_port` and subscribed to everything. It tells the
+  actor `TerminalInput(first frame)` and never touches the pty.
+* TerminalActor (actor thread): the PUB socket, bound on `term_out_port` (sends are NOBLOCK; a PUB socket drops
+  instead of blocking, so the actor never waits on it); the pty master fd, used for input writes (non-blocking,
+  leftovers retried on a tick) and TIOCSWINSZ; the shell process; the queue of `code` ops.
+* PtyReader (one thread per shell): its own dup of the pty master, read only. It takes a credit per chunk, tells the
+  actor `PtyOutput`, and at EOF/EIO closes its fd and tells `PtyClosed`. The actor publishes the chunk and gives the
+  credit back, so a chatty shell cannot flood the actor's inbox.
+* ExitWatcher (one thread per shell): waits for the shell's pid only.
+* GitGraphJob (one thread per `%show graph`): runs git with a bound and tells `GitGraphDone`.
+
+The PUB socket belongs to the actor rather than to a pty reader because it has to outlive each shell (subscribers
+stay connected across restarts) and because the actor orders the `Restarting...`/`Terminated.` banners after the
+last output of the old shell.
+
+Restarts. When the shell exits (the user typed `exit`), the actor itself starts a new one after a Ticker-scheduled
+backoff (0.05 s, doubling only while shells die within 1 s of starting), on the same sockets. A user's `exit` is
+routine and must neither close the sockets (subscribers would have to re-join, port 0 would move) nor spend the
+supervisor's restart intensity (5 per minute would turn the terminal FATAL after a few `exit`s). A shell that keeps
+dying at start (10 times in a row) ends the actor with ProcessDied and the supervisor's backoff and intensity decide;
+so do bind failures, a missing shell binary and actor crashes.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import os
+import random
+import select
+import shlex
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import attrs
+import psutil
+import pykka
+import zmq
+from loguru import logger
+
+from kernel_runner.actors.agent_link import bind_socket
+from kernel_runner.actors.base import ChildContext, SupervisedActor
+from kernel_runner.config import RunnerConfig
+from kernel_runner.ids import LANG_CHILD, TERMINAL_CHILD, RunId
+from kernel_runner.messages import (
+    ChildState,
+    Finished,
+    ForwardToChild,
+    GitGraphDone,
+    Media,
+    Output,
+    ProcessDied,
+    ProcessExited,
+    PtyClosed,
+    PtyOutput,
+    RunDone,
+    RunTask,
+    ShellRespawnDue,
+    ShutdownExit,
+    StartFailed,
+    StopRequested,
+    StreamName,
+    TerminalInput,
+    TerminalInputFlushDue,
+    TerminalStopStepDue,
+    ToAgent,
+)
+from kernel_runner.policy import Backoff, IntensityLimit
+from kernel_runner.procs import ExitWatcher, ProcessHandle, describe_returncode
+from kernel_runner.supervisor import ChildSpec
+from kernel_runner.terminal_commands import (
+    BRANCH_LOG_ARGS,
+    EXIT_FAILED,
+    EXIT_NOT_A_COMMAND,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    GITGRAPH_MIME,
+    INVALID_COMMAND_TEXT,
+    PONG_TEXT,
+    CommandError,
+    NotACommand,
+    Ping,
+    Resize,
+    ShowGraph,
+    build_graph,
+    commit_log_args,
+    git_argv,
+    parse_branch_map,
+    parse_command,
+    resized_text,
+)
+
+DEFAULT_SHELL = "/bin/bash"
+DEFAULT_SIZE = (24, 80)  # upstream left a new pty at 0x0, which full-screen programs mistake for "no terminal"
+SHELL_BACKOFF = Backoff(initial_s=0.05, factor=2.0, cap_s=5.0, jitter=0.1)
+QUICK_EXIT_S = 1.0
+MAX_QUICK_EXITS = 10
+POLL_MS = 100
+READ_CHUNK = 4096  # spec §8.3: the output pump publishes reads of up to 4096 bytes, untransformed
+OUTPUT_CREDITS = 64
+INPUT_CREDITS = 64
+PENDING_INPUT_LIMIT = 1 << 20
+INPUT_RETRY_S = (0.005, 0.01, 0.02, 0.05, 0.1)
+DRAIN_QUIET_MS = 100
+DRAIN_MAX_S = 1.0
+GIT_TIMEOUT_S = 10.0
+MAX_GRAPH_COMMITS = 10_000
+BIND_TIMEOUT_S = 5.0
+JOIN_TIMEOUT_S = 1.0
+REAP_TIMEOUT_S = 1.0
+PUB_LINGER_MS = 100
+EXIT_UNAVAILABLE = 127  # the terminal could not take or finish the op (same code as the language runner's reject)
+
+RESTARTING_BANNER = b"Restarting...\r\n"  # spec §8.3
+TERMINATED_BANNER = b"Terminated.\r\n"  # spec §8.3
+
+# Popen's start_new_session made the child a session leader; this makes the pty its controlling terminal (so ^C,
+# job control and SIGWINCH work) and then becomes the shell with the same pid. A separate interpreter keeps Python
+# code out of the forked child (no preexec_fn in a threaded process).
+_CTTY_SHIM = (
+    "import fcntl, os, sys, termios\n"
+    "fcntl.ioctl(0, termios.TIOCSCTTY, 0)\n"
+    "try:\n"
+    "    os.execvp(sys.argv[1], sys.argv[1:])\n"
+    "except OSError as exc:\n"
+    "    sys.stderr.write('kernel-runner: cannot start the shell %r: %s\\r\\n' % (sys.argv[1], exc.strerror))\n"
+    "    sys.exit(127)\n"
+)
+
+
+def default_shell_argv(env: Mapping[str, str]) -> list[str]:
+    """$SHELL split shell-style, or /bin/bash (spec §8.3)."""
+    try:
+        argv = shlex.split(env.get("SHELL") or DEFAULT_SHELL)
+    except ValueError:
+        argv = []
+    return argv or [DEFAULT_SHELL]
+
+
+def set_winsize(fd: int, rows: int, cols: int) -> None:
+    """TIOCSWINSZ on the pty master; the kernel sends SIGWINCH to the shell's foreground job."""
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+class TerminalPorts:
+    """The ports the terminal sockets really bound (port 0 picks one), kept across incarnations of the actor."""
+
+    def __init__(self, term_in: int, term_out: int) -> None:
+        self.term_in = term_in
+        self.term_out = term_out
+
+
+class Credits:
+    """A bounded number of messages a helper thread may have in the actor's inbox at once."""
+
+    def __init__(self, count: int) -> None:
+        self._sem = threading.BoundedSemaphore(count)
+
+    def take(self, stopping: threading.Event) -> bool:
+        while not self._sem.acquire(timeout=0.1):
+            if stopping.is_set():
+                return False
+        return True
+
+    def give(self) -> None:
+        try:
+            self._sem.release()
+        except ValueError:
+            pass
+
+
+# ---- helper threads ---------------------------------------------------------------------------------------------
+
+
+class TermInputReceiver(threading.Thread):
+    """Creates, binds, polls and closes the terminal SUB socket in its own thread; tells the actor each message."""
+
+    def __init__(
+        self, *, context: zmq.Context[Any], bind: str, port: int, owner: pykka.ActorRef[Any], credits: Credits
+    ) -> None:
+        super().__init__(name="TermInputReceiver", daemon=True)
+        self._context = context
+        self._bind = bind
+        self._port = port
+        self._owner = owner
+        self._credits = credits
+        self.bound: Future[int] = Future()
+        self.stopping = threading.Event()
+        self.log = logger.bind(child=TERMINAL_CHILD)
+
+    def run(self) -> None:
+        sock: zmq.Socket[bytes] = self._context.socket(zmq.SUB)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            try:
+                port = bind_socket(sock, self._bind, self._port)
+            except zmq.ZMQError as exc:
+                self.bound.set_exception(exc)
+                return
+            self.bound.set_result(port)
+            self._serve(sock)
+        finally:
+            sock.close(linger=0)
+
+    def _serve(self, sock: zmq.Socket[bytes]) -> None:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        while not self.stopping.is_set():
+            if not poller.poll(POLL_MS):
+                continue
+            while not self.stopping.is_set():
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                # spec §8.3: the first frame of each message is written to the pty.
+                if not frames or not frames[0] or not self._credits.take(self.stopping):
+                    continue
+                try:
+                    self._owner.tell(TerminalInput(data=frames[0]))
+                except pykka.ActorDeadError:
+                    self.log.debug("terminal actor stopped; input receiver exits")
+                    return
+
+
+class PtyReader(threading.Thread):
+    """Reads one shell's pty through its own dup of the master fd until EIO (all slave fds closed) or a stop."""
+
+    def __init__(self, *, fd: int, shell_id: int, owner: pykka.ActorRef[Any], credits: Credits) -> None:
+        super().__init__(name=f"PtyReader-{shell_id}", daemon=True)
+        self._fd = fd
+        self._shell_id = shell_id
+        self._owner = owner
+        self._credits = credits
+        self._drain = threading.Event()
+        self.stopping = threading.Event()
+
+    def drain(self) -> None:
+        """The shell exited: read what is left until the pty stays quiet briefly, then close (background jobs may
+        still hold the slave side, so EIO may never come)."""
+        self._drain.set()
+
+    def run(self) -> None:
+        try:
+            self._pump()
+        finally:
+            os.close(self._fd)
+            try:
+                self._owner.tell(PtyClosed(shell_id=self._shell_id))
+            except pykka.ActorDeadError:
+                pass
+
+    def _pump(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        drain_deadline: float | None = None
+        while not self.stopping.is_set():
+            draining = self._drain.is_set()
+            if draining:
+                drain_deadline = drain_deadline or time.monotonic() + DRAIN_MAX_S
+                if time.monotonic() >= drain_deadline:
+                    return
+            if not poller.poll(DRAIN_QUIET_MS if draining else POLL_MS):
+                if draining:
+                    return
+                continue
+            try:
+                data = os.read(self._fd, READ_CHUNK)
+            except BlockingIOError:
+                continue
+            except OSError:  # EIO: every slave fd is closed, the shell and its jobs are gone
+                return
+            if not data or not self._credits.take(self.stopping):
+                return
+            try:
+                self._owner.tell(PtyOutput(shell_id=self._shell_id, data=data))
+            except pykka.ActorDeadError:
+                return
+
+
+class GitGraphJob(threading.Thread):
+    """Runs the two `git log` commands of `%show graph` in `path` (never chdir-ing the runner) within one deadline."""
+
+    def __init__(
+        self,
+        *,
+        run_id: RunId,
+        path: Path,
+        env: Mapping[str, str],
+        owner: pykka.ActorRef[Any],
+        timeout_s: float,
+        max_commits: int,
+    ) -> None:
+        super().__init__(name=f"GitGraphJob-{run_id}", daemon=True)
+        self._run_id = run_id
+        self._path = path
+        self._env = {**env, "GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat"}
+        self._owner = owner
+        self._timeout_s = timeout_s
+        self._max_commits = max_commits
+        self._lock = threading.Lock()
+        self._handle: ProcessHandle | None = None
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            handle = self._handle
+        if handle is not None:
+            handle.kill_tree()
+
+    def run(self) -> None:
+        try:
+            result = self._graph()
+        except Exception as exc:  # noqa: BLE001 - the op must still end with one Finished
+            logger.bind(child=TERMINAL_CHILD).opt(exception=exc).error("%show graph failed: {!r}", exc)
+            result = self._failed(EXIT_FAILED, f"kernel-runner: %show graph failed: {exc!r}\n")
+        try:
+            self._owner.tell(result)
+        except pykka.ActorDeadError:
+            pass
+
+    def _failed(self, exit_code: int, text: str | bytes) -> GitGraphDone:
+        data = text.encode() if isinstance(text, str) else text
+        return GitGraphDone(run_id=self._run_id, exit_code=exit_code, commits=None, stderr=data)
+
+    def _graph(self) -> GitGraphDone:
+        if not self._path.is_dir():
+            return self._failed(EXIT_FAILED, f"kernel-runner: %show graph: {self._path} is not a directory\n")
+        deadline = time.monotonic() + self._timeout_s
+        branches = self._git(BRANCH_LOG_ARGS, deadline)
+        if isinstance(branches, GitGraphDone):
+            return branches
+        # One more than the bound tells us whether the history was cut.
+        log = self._git(commit_log_args(self._max_commits + 1), deadline)
+        if isinstance(log, GitGraphDone):
+            return log
+        commits = build_graph(parse_branch_map(branches), log)
+        note = b""
+        if len(commits) > self._max_commits:
+            commits = commits[len(commits) - self._max_commits :]
+            note = f"kernel-runner: %show graph: showing the latest {self._max_commits} commits only\n".encode()
+        return GitGraphDone(run_id=self._run_id, exit_code=EXIT_OK, commits=tuple(commits), stderr=note)
+
+    def _git(self, args: Sequence[str], deadline: float) -> str | GitGraphDone:
+        argv = git_argv(args)
+        with self._lock:
+            if self._cancelled:
+                return self._failed(EXIT_UNAVAILABLE, "kernel-runner: %show graph was cancelled\n")
+            try:
+                handle = ProcessHandle.spawn(argv, env=self._env, cwd=self._path)
+            except FileNotFoundError:
+                return self._failed(EXIT_NOT_A_COMMAND, "kernel-runner: %show graph: git is not installed\n")
+            except OSError as exc:
+                return self._failed(EXIT_FAILED, f"kernel-runner: %show graph: cannot run git: {exc}\n")
+            self._handle = handle
+        try:
+            out, err = handle.popen.communicate(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            handle.kill_tree()
+            try:
+                handle.popen.communicate(timeout=REAP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                pass
+            return self._failed(EXIT_TIMEOUT, f"kernel-runner: %show graph: git did not finish within {self._timeout_s:g}s\n")
+        finally:
+            with self._lock:
+                self._handle = None
+        returncode = handle.popen.returncode
+        if returncode != 0:
+            exit_code, _ = describe_returncode(returncode)
+            return self._failed(exit_code or EXIT_FAILED, err or f"kernel-runner: git exited with code {returncode}\n".encode())
+        return out.decode("utf-8", errors="replace")
+
+
+# ---- the actor --------------------------------------------------------------------------------------------------
+
+
+@attrs.define(kw_only=True)
+class _Shell:
+    shell_id: int
+    handle: ProcessHandle
+    master_fd: int | None
+    reader: PtyReader
+    started_at: float
+    exited: ProcessExited | None = None
+    pty_closed: bool = False
+
+
+class TerminalActor(SupervisedActor):
+    """A pty shell published over PUB/SUB, restarted when it exits; `code` ops are `%` commands (spec §8.3)."""
+
+    def __init__(
+        self,
+        *,
+        ctx: ChildContext,
+        ports: TerminalPorts,
+        shell_argv: Sequence[str] | None = None,
+        zmq_context: zmq.Context[Any] | None = None,
+        git_timeout_s: float = GIT_TIMEOUT_S,
+        max_graph_commits: int = MAX_GRAPH_COMMITS,
+        shell_backoff: Backoff = SHELL_BACKOFF,
+        max_quick_exits: int = MAX_QUICK_EXITS,
+    ) -> None:
+        super().__init__(ctx=ctx)
+        self._ports = ports
+        self._zmq = zmq_context or zmq.Context.instance()
+        # spec §1.4: the pty shell gets the runner's own environment (with environ.txt), not the batch child env.
+        self._env: dict[str, str] = dict(ctx.runner_env or os.environ)
+        self._env.setdefault("TERM", "xterm")
+        self._shell_argv = list(shell_argv) if shell_argv else default_shell_argv(self._env)
+        self._git_timeout_s = git_timeout_s
+        self._max_graph_commits = max_graph_commits
+        self._shell_backoff = shell_backoff
+        self._max_quick_exits = max_quick_exits
+        self._pub: zmq.Socket[bytes] | None = None
+        self._receiver: TermInputReceiver | None = None
+        self._shell: _Shell | None = None
+        self._shell_seq = 0
+        self._shell_restarts = 0
+        self._quick_exits = 0
+        self._size = DEFAULT_SIZE
+        self._pending_input = bytearray()
+        self._input_flush_scheduled = False
+        self._input_flush_attempt = 0
+        self._output_credits = Credits(OUTPUT_CREDITS)
+        self._input_credits = Credits(INPUT_CREDITS)
+        self._queue: collections.deque[RunTask] = collections.deque()
+        self._current: RunTask | None = None
+        self._graph_job: GitGraphJob | None = None
+        self._stopping = False
+        self._stop_snapshot: list[psutil.Process] = []
+        self._rng = random.Random()
+
+    # ---- life ----------------------------------------------------------------------------------------------------
+    def start_child(self) -> None:
+        self._bind_sockets()
+        shell = self._spawn_shell()
+        self.set_state(ChildState.RUNNING, pid=shell.handle.pid)
+        self._report_info()
+
+    def _bind_sockets(self) -> None:
+        bind = self.ctx.config.bind
+        pub: zmq.Socket[bytes] = self._zmq.socket(zmq.PUB)
+        self._pub = pub
+        pub.setsockopt(zmq.LINGER, PUB_LINGER_MS)
+        self._ports.term_out = bind_socket(pub, bind, self._ports.term_out)
+        receiver = TermInputReceiver(
+            context=self._zmq, bind=bind, port=self._ports.term_in, owner=self.actor_ref, credits=self._input_credits
+        )
+        self._receiver = receiver
+        receiver.start()
+        self._ports.term_in = receiver.bound.result(timeout=BIND_TIMEOUT_S)
+        self.log.info("listening: terminal SUB :{} PUB :{}", self._ports.term_in, self._ports.term_out)
+
+    def _spawn_shell(self) -> _Shell:
+        argv = self._shell_argv
+        if shutil.which(argv[0], path=self._env.get("PATH")) is None:
+            raise FileNotFoundError(f"the shell {argv[0]!r} is not an executable file")
+        work_dir = self.ctx.config.work_dir
+        cwd = work_dir if work_dir.is_dir() else None
+        if cwd is None:
+            self.log.warning("work dir {} does not exist; the shell starts in the runner's folder", work_dir)
+        master, slave = os.openpty()
+        reader_fd = -1
+        try:
+            reader_fd = os.dup(master)  # the PtyReader's own fd: it reads and closes it, the actor never touches it
+            os.set_blocking(master, False)  # input writes never block the actor; the reader polls before reading
+            set_winsize(master, *self._size)
+            handle = ProcessHandle.spawn(
+                [sys.executable, "-I", "-S", "-c", _CTTY_SHIM, *argv],
+                env=self._env,
+                cwd=cwd,
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+            )
+        except BaseException:
+            os.close(master)
+            if reader_fd >= 0:
+                os.close(reader_fd)
+            raise
+        finally:
+            os.close(slave)
+        self._shell_seq += 1
+        reader = PtyReader(fd=reader_fd, shell_id=self._shell_seq, owner=self.actor_ref, credits=self._output_credits)
+        shell = _Shell(
+            shell_id=self._shell_seq,
+            handle=handle,
+            master_fd=master,
+            reader=reader,
+            started_at=self.ctx.clock.monotonic(),
+        )
+        self._shell = shell
+        reader.start()
+        ExitWatcher(handle, self.actor_ref, clock=self.ctx.clock).start()
+        self.log.bind(pid=handle.pid).info("spawned argv={} cwd={} size={}x{}", argv, cwd, *self._size)
+        return shell
+
+    def request_stop(self, message: StopRequested) -> None:
+        """SIGHUP (then SIGCONT) to the shell's group, SIGTERM at half the grace, SIGKILL to the tree at the end."""
+        self._stopping = True
+        self.set_state(ChildState.STOPPING)
+        shell = self._shell
+        if shell is None or shell.exited is not None:
+            self.finish(ShutdownExit())
+            return
+        self._stop_snapshot = shell.handle.descendants()
+        self.log.info("stopping ({}): SIGHUP to the shell's process group", message.reason)
+        shell.handle.signal_group(signal.SIGHUP)
+        shell.handle.signal_group(signal.SIGCONT)
+        self.schedule(message.grace_s / 2, TerminalStopStepDue(step="term", shell_id=shell.shell_id))
+        self.schedule(message.grace_s, TerminalStopStepDue(step="kill", shell_id=shell.shell_id))
+
+    def cleanup(self) -> None:
+        if self._receiver is not None:
+            self._receiver.stopping.set()
+            self._receiver.join(timeout=JOIN_TIMEOUT_S)
+        shell, self._shell = self._shell, None
+        if shell is not None:
+            self._kill_shell(shell)
+        job, self._graph_job = self._graph_job, None
+        if job is not None:
+            job.cancel()
+            job.join(timeout=JOIN_TIMEOUT_S)
+        self._answer_unfinished()
+        if self._pub is not None:
+            self._publish(TERMINATED_BANNER)
+            self._pub.close(linger=PUB_LINGER_MS)
+            self._pub = None
+
+    def _kill_shell(self, shell: _Shell) -> None:
+        stragglers = [*self._stop_snapshot, *shell.handle.descendants()]
+        shell.handle.kill_tree()
+        for proc in stragglers:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        try:
+            shell.handle.popen.wait(timeout=REAP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.log.error("the shell {} did not die within {:.1f}s of SIGKILL", shell.handle.pid, REAP_TIMEOUT_S)
+        shell.reader.stopping.set()
+        shell.reader.join(timeout=JOIN_TIMEOUT_S)
+        self._close_master(shell)
+
+    # ---- dispatch ------------------------------------------------------------------------------------------------
+    def handle(self, message: object) -> object:
+        match message:
+            case RunTask():
+                return self._handle_run_task(message)
+            case TerminalInput():
+                return self._handle_terminal_input(message)
+            case PtyOutput():
+                return self._handle_pty_output(message)
+            case PtyClosed():
+                return self._handle_pty_closed(message)
+            case ProcessExited():
+                return self._handle_process_exited(message)
+            case ShellRespawnDue():
+                return self._handle_shell_respawn_due(message)
+            case TerminalInputFlushDue():
+                return self._handle_terminal_input_flush_due()
+            case TerminalStopStepDue():
+                return self._handle_terminal_stop_step_due(message)
+            case GitGraphDone():
+                return self._handle_git_graph_done(message)
+            case _:
+                return super().handle(message)
+
+    # ---- the pty and the sockets ---------------------------------------------------------------------------------
+    def _publish(self, data: bytes) -> None:
+        if self._pub is None:
+            return
+        try:
+            self._pub.send(data, zmq.NOBLOCK)
+        except zmq.Again:
+            self.log.debug("terminal output dropped ({} bytes): PUB queue full", len(data))
+        except zmq.ZMQError as exc:
+            self.log.warning("terminal output dropped ({} bytes): {}", len(data), exc)
+
+    def _handle_pty_output(self, message: PtyOutput) -> None:
+        try:
+            self._publish(message.data)
+        finally:
+            self._output_credits.give()
+
+    def _handle_terminal_input(self, message: TerminalInput) -> None:
+        try:
+            shell = self._shell
+            if self._stopping or shell is None or shell.exited is not None or shell.master_fd is None:
+                # spec §8.3: input is taken only while a shell is accepting it (not while restarting).
+                self.log.debug("terminal input dropped ({} bytes): no shell is running", len(message.data))
+                return
+            if len(self._pending_input) + len(message.data) > PENDING_INPUT_LIMIT:
+                self.log.warning("terminal input dropped ({} bytes): the shell is not reading", len(message.data))
+                return
+            self._pending_input.extend(message.data)
+            self._flush_input()
+        finally:
+            self._input_credits.give()
+
+    def _flush_input(self) -> None:
+        shell = self._shell
+        if shell is None or shell.master_fd is None:
+            self._pending_input.clear()
+            return
+        while self._pending_input:
+            try:
+                written = os.write(shell.master_fd, self._pending_input)
+            except BlockingIOError:
+                self._schedule_input_flush()
+                return
+            except OSError as exc:
+                self.log.warning("writing {} bytes to the pty failed: {}", len(self._pending_input), exc)
+                self._pending_input.clear()
+                return
+            del self._pending_input[:written]
+        self._input_flush_attempt = 0
+
+    def _schedule_input_flush(self) -> None:
+        if self._input_flush_scheduled:
+            return
+        self._input_flush_scheduled = True
+        delay = INPUT_RETRY_S[min(self._input_flush_attempt, len(INPUT_RETRY_S) - 1)]
+        self._input_flush_attempt += 1
+        self.schedule(delay, TerminalInputFlushDue())
+
+    def _handle_terminal_input_flush_due(self) -> None:
+        self._input_flush_scheduled = False
+        self._flush_input()
+
+    def _close_master(self, shell: _Shell) -> None:
+        if shell.master_fd is not None:
+            os.close(shell.master_fd)
+            shell.master_fd = None
+
+    # ---- shell exits and restarts ------------------------------------------------------------------------------
+    def _handle_process_exited(self, message: ProcessExited) -> None:
+        shell = self._shell
+        if shell is None or message.pid != shell.handle.pid:
+            self.log.debug("stale exit of pid {}", message.pid)
+            return
+        shell.exited = message
+        code, sig = describe_returncode(message.returncode)
+        self.log.bind(pid=message.pid).info(
+            "exited code={} signal={} after {:.1f}s", code, sig, message.at - shell.started_at
+        )
+        if self._stopping:
+            self.finish(ShutdownExit())
+            return
+        # Hang up what the shell left in its own process group, as a terminal hangup would.
+        shell.handle.signal_group(signal.SIGHUP)
+        shell.reader.drain()
+        if shell.pty_closed:
+            self._shell_gone(shell)
+
+    def _handle_pty_closed(self, message: PtyClosed) -> None:
+        shell = self._shell
+        if shell is None or message.shell_id != shell.shell_id:
+            return
+        shell.pty_closed = True
+        if shell.exited is not None:
+            self._shell_gone(shell)
+        elif not self._stopping:
+            # Nobody reads this pty any more, so the terminal is useless: end the shell; its exit restarts it.
+            self.log.warning("the pty closed while the shell {} runs; killing it so it restarts", shell.handle.pid)
+            shell.handle.kill_tree()
+
+    def _shell_gone(self, shell: _Shell) -> None:
+        """Both the exit and the end of the pty output are in: publish the banner and schedule the next shell."""
+        assert shell.exited is not None
+        self._shell = None
+        self._close_master(shell)
+        self._pending_input.clear()
+        lived = shell.exited.at - shell.started_at
+        self._quick_exits = self._quick_exits + 1 if lived < QUICK_EXIT_S else 0
+        if self._quick_exits >= self._max_quick_exits:
+            code, sig = describe_returncode(shell.exited.returncode)
+            self.log.error(
+                "the shell exited within {:.0f}s of starting {} times in a row; leaving it to the supervisor",
+                QUICK_EXIT_S,
+                self._quick_exits,
+            )
+            self.finish(ProcessDied(code=code, signal=sig))
+            return
+        delay = self._shell_backoff.delay(self._quick_exits, self._rng)
+        self._publish(RESTARTING_BANNER)
+        self.log.warning("shell exited; restart-scheduled in {:.2f}s", delay)
+        self._report_info()
+        self.schedule(delay, ShellRespawnDue(after_shell_id=shell.shell_id))
+
+    def _handle_shell_respawn_due(self, message: ShellRespawnDue) -> None:
+        if self._stopping or self._shell is not None or message.after_shell_id != self._shell_seq:
+            return
+        try:
+            shell = self._spawn_shell()
+        except (OSError, ValueError) as exc:
+            self.log.error("cannot restart the shell: {!r}", exc)
+            self.finish(StartFailed(error=repr(exc)))
+            return
+        self._shell_restarts += 1
+        self.set_state(ChildState.RUNNING, pid=shell.handle.pid)
+        self._report_info()
+
+    def _handle_terminal_stop_step_due(self, message: TerminalStopStepDue) -> None:
+        shell = self._shell
+        if not self._stopping or shell is None or shell.shell_id != message.shell_id:
+            return
+        if message.step == "term":
+            self.log.info("the shell ignored SIGHUP; SIGTERM to its process group")
+            shell.handle.signal_group(signal.SIGTERM)
+            return
+        self.log.warning("the shell did not exit within the grace period; SIGKILL to its tree")
+        self.finish(ShutdownExit())  # cleanup kills the tree
+
+    def _report_info(self) -> None:
+        shell = self._shell
+        self.update_info(
+            {
+                "term_in_port": self._ports.term_in,
+                "term_out_port": self._ports.term_out,
+                "shell_pid": shell.handle.pid if shell is not None else None,
+                "shell_state": "running" if shell is not None else "restarting",
+                "shell_restarts": self._shell_restarts,
+                "rows": self._size[0],
+                "cols": self._size[1],
+            }
+        )
+
+    # ---- code ops: `%` commands --------------------------------------------------------------------------------
+    def _handle_run_task(self, task: RunTask) -> None:
+        self._queue.append(task)
+        self._run_next()
+
+    def _run_next(self) -> None:
+        """One op at a time, in arrival order (Finished carries no run id); most finish right here."""
+        while self._current is None and self._queue:
+            task = self._queue.popleft()
+            exit_code = self._execute(task)
+            if exit_code is None:
+                self._current = task  # runs in a helper thread; GitGraphDone finishes it
+            else:
+                self._send_finished(task, exit_code)
+
+    def _execute(self, task: RunTask) -> int | None:
+        if task.kind != "code":
+            self._reply("stderr", f"kernel-runner: the terminal takes only `code` (% commands), not {task.kind}\n")
+            return EXIT_UNAVAILABLE
+        parsed = parse_command(task.text)
+        try:
+            match parsed:
+                case NotACommand():
+                    self._reply("stderr", INVALID_COMMAND_TEXT)
+                    return EXIT_NOT_A_COMMAND
+                case CommandError():
+                    self._reply("stderr", f"{parsed.message}\n")
+                    return EXIT_USAGE
+                case Ping():
+                    self._reply("stdout", PONG_TEXT)
+                    return EXIT_OK
+                case Resize():
+                    return self._resize(parsed)
+                case ShowGraph():
+                    return self._start_graph(task, parsed)
+        except Exception as exc:  # noqa: BLE001 - spec §8.3: a failing command answers on stderr with 1
+            self.log.opt(exception=exc).error("code op {} failed: {!r}", task.run_id, exc)
+            self._reply("stderr", f"kernel-runner: the command failed: {exc!r}\n")
+            return EXIT_FAILED
+        return EXIT_FAILED  # unreachable: parse_command returns one of the cases above
+
+    def _resize(self, command: Resize) -> int:
+        # The size is kept: it also applies to shells started later (upstream: a no-op without a pty).
+        self._size = (command.rows, command.cols)
+        shell = self._shell
+        if shell is not None and shell.master_fd is not None:
+            set_winsize(shell.master_fd, command.rows, command.cols)
+        self.log.info("resized to {}x{}", command.rows, command.cols)
+        self._report_info()
+        self._reply("stdout", resized_text(command.rows, command.cols))
+        return EXIT_OK
+
+    def _start_graph(self, task: RunTask, command: ShowGraph) -> None:
+        path = self._resolve_path(command.path)
+        self.log.info("%show graph {} (run {})", path, task.run_id)
+        job = GitGraphJob(
+            run_id=task.run_id,
+            path=path,
+            env=self._env,
+            owner=self.actor_ref,
+            timeout_s=self._git_timeout_s,
+            max_commits=self._max_graph_commits,
+        )
+        self._graph_job = job
+        job.start()
+
+    def _resolve_path(self, raw: str) -> Path:
+        """`.` and other relative paths are taken from the shell's current folder (spec §8.3: `.` is the shell's)."""
+        path = Path(os.path.expanduser(raw))
+        if not path.is_absolute():
+            path = self._shell_cwd() / path
+        return Path(os.path.normpath(path))
+
+    def _shell_cwd(self) -> Path:
+        shell = self._shell
+        if shell is not None:
+            try:
+                return Path(os.readlink(f"/proc/{shell.handle.pid}/cwd"))
+            except OSError:
+                pass
+        return self.ctx.config.work_dir
+
+    def _handle_git_graph_done(self, message: GitGraphDone) -> None:
+        task = self._current
+        if task is None or task.run_id != message.run_id:
+            self.log.debug("stale %show graph result for run {}", message.run_id)
+            return
+        self._graph_job = None
+        self._current = None
+        if message.stderr:
+            self.ctx.router.tell(Output(stream="stderr", data=message.stderr))
+        if message.commits is not None:
+            # spec §8.3: `data` is the list of commit objects itself; wire.encode serialises it as JSON unchanged.
+            commits = [dict(commit) for commit in message.commits]
+            self.ctx.router.tell(Media(mime=GITGRAPH_MIME, data=commits))  # type: ignore[arg-type]
+        self._send_finished(task, message.exit_code)
+        self._run_next()
+
+    def _reply(self, stream: StreamName, text: str) -> None:
+        self.ctx.router.tell(Output(stream=stream, data=text.encode("utf-8")))
+
+    def _send_finished(self, task: RunTask, exit_code: int) -> None:
+        """Exactly one Finished per op (upstream sent two, spec §10.1 #6), then RunDone so the runner moves on."""
+        self.ctx.router.tell(Finished(kind=task.kind, exit_code=exit_code))
+        try:
+            self.ctx.supervisor.tell(
+                ForwardToChild(child_id=LANG_CHILD, message=RunDone(run_id=task.run_id, exit_code=exit_code))
+            )
+        except pykka.ActorDeadError:
+            self.log.debug("supervisor gone; RunDone for run {} dropped", task.run_id)
+
+    def _answer_unfinished(self) -> None:
+        tasks = [self._current] if self._current is not None else []
+        tasks.extend(self._queue)
+        self._current = None
+        self._queue.clear()
+        for task in tasks:
+            self._reply("stderr", "kernel-runner: the terminal stopped before this command finished\n")
+            self._send_finished(task, EXIT_UNAVAILABLE)
+
+
+# ---- wiring -----------------------------------------------------------------------------------------------------
+
+
+def reject_terminal_run(message: object) -> list[ToAgent | ForwardToChild]:
+    """For a `code` op no terminal incarnation can take: answer the agent and release the language runner."""
+    if not isinstance(message, RunTask):
+        return []
+    text = f"kernel-runner: the {message.kind} request could not run: the terminal is not available\n"
+    return [
+        Output(stream="stderr", data=text.encode()),
+        Finished(kind=message.kind, exit_code=EXIT_UNAVAILABLE),
+        ForwardToChild(child_id=LANG_CHILD, message=RunDone(run_id=message.run_id, exit_code=EXIT_UNAVAILABLE)),
+    ]
+
+
+def terminal_child_spec(
+    config: RunnerConfig,
+    *,
+    ports: TerminalPorts | None = None,
+    shell_argv: Sequence[str] | None = None,
+    git_timeout_s: float = GIT_TIMEOUT_S,
+    shell_backoff: Backoff = SHELL_BACKOFF,
+    max_quick_exits: int = MAX_QUICK_EXITS,
+) -> ChildSpec:
+    """The git runner's terminal as a permanent tier-2 child; its bound ports survive its restarts.
+
+    `ports` lets a caller read the bound ports (also in `status` as term_in_port/term_out_port); `shell_argv`
+    overrides $SHELL; the rest are the actor's own bounds (git deadline, shell respawn backoff and quick-exit limit).
+    """
+    bound = ports if ports is not None else TerminalPorts(config.term_in_port, config.term_out_port)
+    restart = config.restart
+
+    def make_terminal(ctx: ChildContext) -> pykka.ActorRef[Any]:
+        return TerminalActor.start(
+            ctx=ctx,
+            ports=bound,
+            shell_argv=shell_argv,
+            git_timeout_s=git_timeout_s,
+            shell_backoff=shell_backoff,
+            max_quick_exits=max_quick_exits,
+        )
+
+    return ChildSpec(
+        child_id=TERMINAL_CHILD,
+        factory=make_terminal,
+        restart="permanent",
+        tier=2,
+        shutdown_s=2.0,
+        backoff=Backoff(
+            initial_s=restart.backoff_initial_s,
+            factor=restart.backoff_factor,
+            cap_s=restart.backoff_cap_s,
+            jitter=restart.backoff_jitter,
+        ),
+        intensity=IntensityLimit(max_restarts=restart.intensity_max_restarts, period_s=restart.intensity_period_s),
+        reject=reject_terminal_run,
+    )
+
+
+__all__ = [
+    "TerminalActor",
+    "TerminalPorts",
+    "default_shell_argv",
+    "reject_terminal_run",
+    "terminal_child_spec",
+]

@@ -1,0 +1,223 @@
+"""UserInputServer: the batch-mode user-input socket (spec §5.6), owned by one thread that tells the runner."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import selectors
+import socket
+import stat
+import threading
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pykka
+from loguru import logger
+
+LISTEN_BACKLOG = 16
+ANSWER_TIMEOUT_S = 2.0
+STOP_JOIN_S = 1.0
+
+
+@attrs.frozen(kw_only=True)
+class InputRequested:
+    """A process connected to the socket: it waits for the text of the next `input` op."""
+
+    conn_id: int
+
+
+@attrs.frozen(kw_only=True)
+class InputAbandoned:
+    """The process hung up before it got its answer (it ended, or was interrupted)."""
+
+    conn_id: int
+
+
+class UserInputError(OSError):
+    """The socket path cannot be used (for example it names a regular file we must not delete)."""
+
+
+class UserInputServer(threading.Thread):
+    """Accepts connections on a Unix stream socket and answers each with one text, then closes it.
+
+    The thread owns the listening socket and every connection from bind to close; the actor only decides
+    (`answer`). Each connection is watched for a hang-up, so a prompt whose process died is not answered
+    with the next input. The connection carries no request data (spec §5.6): whatever a client sends is read
+    and discarded.
+    """
+
+    def __init__(self, path: Path, owner: pykka.ActorRef[Any]) -> None:
+        super().__init__(name="UserInputServer", daemon=True)
+        self.path = path
+        self._owner = owner
+        self._listener: socket.socket | None = None
+        self._inode: int | None = None
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._answers: queue.SimpleQueue[tuple[int, bytes]] = queue.SimpleQueue()
+        self._conns: dict[int, socket.socket] = {}
+        self._ids = itertools.count(1)
+        self._stopping = threading.Event()
+        self.log = logger.bind(child="user-input")
+
+    # ---- called by the owner ------------------------------------------------------------------
+    def bind(self) -> None:
+        """Bind and listen in the caller's thread, so a bad path fails the caller's step, not a thread."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise UserInputError(f"{self.path} exists and is not a socket; not replacing it")
+            # spec §1.5: a stale socket file (left by an earlier runner) is replaced.
+            os.unlink(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(self.path))
+            listener.listen(LISTEN_BACKLOG)
+            listener.setblocking(False)
+        except OSError:
+            listener.close()
+            raise
+        self._listener = listener
+        self._inode = os.lstat(self.path).st_ino
+
+    def answer(self, conn_id: int, data: bytes) -> None:
+        """Thread-safe: write `data` to that connection and close it (nothing happens if it hung up)."""
+        self._answers.put((conn_id, data))
+        self._wake()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake()
+        if self.is_alive():
+            self.join(timeout=STOP_JOIN_S)
+        else:
+            self._close_all()
+
+    # ---- the thread ---------------------------------------------------------------------------
+    def run(self) -> None:
+        listener = self._listener
+        assert listener is not None, "bind() first"
+        self._selector.register(listener, selectors.EVENT_READ, "listen")
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        try:
+            while not self._stopping.is_set():
+                for key, _ in self._selector.select(timeout=1.0):
+                    if key.data == "listen":
+                        self._accept(listener)
+                    elif key.data == "wake":
+                        self._drain_wake()
+                    else:
+                        self._readable(int(key.data))
+                self._write_answers()
+        except Exception as exc:  # noqa: BLE001 - a dying server must say why; the runner keeps serving
+            self.log.opt(exception=exc).error("user-input server failed: {!r}", exc)
+        finally:
+            self._close_all()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.log.warning("accept failed: {}", exc)
+                return
+            conn.setblocking(False)
+            conn_id = next(self._ids)
+            self._conns[conn_id] = conn
+            self._selector.register(conn, selectors.EVENT_READ, str(conn_id))
+            if not self._tell(InputRequested(conn_id=conn_id)):
+                self._drop(conn_id)
+
+    def _readable(self, conn_id: int) -> None:
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return
+        try:
+            data = conn.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            return  # no request data is defined; discard
+        self._drop(conn_id)
+        self._tell(InputAbandoned(conn_id=conn_id))
+
+    def _write_answers(self) -> None:
+        while True:
+            try:
+                conn_id, data = self._answers.get_nowait()
+            except queue.Empty:
+                return
+            conn = self._conns.get(conn_id)
+            if conn is None:
+                self.log.info("input for connection {} not delivered: it hung up", conn_id)
+                continue
+            try:
+                conn.setblocking(True)
+                conn.settimeout(ANSWER_TIMEOUT_S)
+                conn.sendall(data)
+            except OSError as exc:
+                self.log.warning("writing input to connection {} failed: {}", conn_id, exc)
+            self._drop(conn_id)
+
+    def _drop(self, conn_id: int) -> None:
+        conn = self._conns.pop(conn_id, None)
+        if conn is None:
+            return
+        try:
+            self._selector.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        conn.close()
+
+    def _tell(self, message: object) -> bool:
+        try:
+            self._owner.tell(message)
+        except pykka.ActorDeadError:
+            self._stopping.set()
+            return False
+        return True
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # a full wake pipe already wakes the thread
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _close_all(self) -> None:
+        for conn_id in list(self._conns):
+            self._drop(conn_id)
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            # Only our own socket file: a later runner may have replaced it already.
+            try:
+                if self._inode is not None and os.lstat(self.path).st_ino == self._inode:
+                    os.unlink(self.path)
+            except OSError:
+                pass
+        self._selector.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1

@@ -1,0 +1,433 @@
+"""The service catalog: loads definitions, answers get-apps, and turns a start request into a launch plan (spec §6.2)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from kernel_runner.messages import ModelInfo, ServiceInfo, ServiceOptions, ServiceResult
+from kernel_runner.servicedefs.errors import (
+    DefinitionError,
+    DisallowedArgument,
+    DisallowedEnvironment,
+    InvalidServiceDefinition,
+    ServiceStartError,
+)
+from kernel_runner.servicedefs.intrinsic import IntrinsicLauncher
+from kernel_runner.servicedefs.legacy import LegacyRow, LegacyTable, bundled_legacy
+from kernel_runner.servicedefs.prestart import DEFAULT_COMMAND_TIMEOUT_S, PrestartLog, run_prestart
+from kernel_runner.servicedefs.schema import (
+    BASE_VARIABLES,
+    PrestartAction,
+    RestartOverride,
+    ServiceDefinition,
+    parse_definition,
+)
+from kernel_runner.servicedefs.template import interpolate
+
+# spec §6.2 step 8: the krunner's private libraries would break the image's own binaries.
+KRUNNER_LIB_PREFIX = "/opt/backend.ai/lib:"
+
+LaunchOrigin = Literal["intrinsic", "definition", "legacy"]
+
+
+@attrs.frozen(kw_only=True)
+class ServiceCommand:
+    """What to spawn: argv (no shell), the full environment and the working directory (spec §6.2 step 9)."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: Path
+
+
+@attrs.frozen(kw_only=True)
+class ServiceLaunch:
+    """A start request that passed every check; what is left needs I/O: prestart actions, then spawning.
+
+    The argv cannot be final yet, because templates may use refs that only the prestart actions produce
+    (spec §6.4, e.g. `--config {jupyter_config}`). Call `prepare()` (prestart + render) or `render(refs)`.
+    """
+
+    name: str
+    origin: LaunchOrigin
+    cwd: Path
+    # The port to wait for (spec §6.2 step 10); None means the program listens on none, so do not wait.
+    port: int | None
+    # spec §6.7 fix: reply started, spawn nothing, run no prestart actions.
+    noop: bool = False
+    prestart: tuple[PrestartAction, ...] = ()
+    # Template variables before prestart refs are added: ports, runtime_path and the catalog's own.
+    variables: Mapping[str, Any] = attrs.field(factory=dict)
+    restart: RestartOverride | None = None
+    # Templates (spec §6.4).
+    command: tuple[str, ...] = ()
+    # Literal flags and values appended after the command; never interpolated (spec §6.4 "Not interpolated").
+    arguments: tuple[str, ...] = ()
+    # The definition's env; keys and values are templates.
+    env_templates: Mapping[str, str] = attrs.field(factory=dict)
+    # User-supplied values, already checked against allowed_envs and the frozen names (spec §6.6 step 3).
+    user_env: Mapping[str, str] = attrs.field(factory=dict)
+    # child_env (spec §1.4), under everything else.
+    base_env: Mapping[str, str] = attrs.field(factory=dict)
+
+    @property
+    def prestart_env(self) -> Mapping[str, str]:
+        """The environment for run_command (upstream used the runner's own os.environ, spec §10.4 item 34)."""
+        return _strip_krunner_libs(self.base_env)
+
+    def render(self, refs: Mapping[str, Any] | None = None) -> ServiceCommand:
+        """Interpolate with the variables plus the prestart refs.
+
+        Raises:
+            TemplateError: a template failed at render time (an index out of range, a missing item).
+        """
+        scope = {**self.variables, **(refs or {})}
+        argv = tuple(interpolate(part, scope) for part in self.command) + self.arguments
+        env = dict(self.base_env)
+        env.update({interpolate(key, scope): interpolate(value, scope) for key, value in self.env_templates.items()})
+        env.update(self.user_env)  # user values win over the definition's (spec §6.6 step 3.2)
+        return ServiceCommand(argv=argv, env=_strip_krunner_libs(env), cwd=self.cwd)
+
+    def prepare(self, *, log: PrestartLog, timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S) -> ServiceCommand:
+        """Run the prestart actions (blocking, each command bounded) and render; noop gives an empty argv.
+
+        Raises:
+            ServiceStartError: reply `{"status": "failed", "error": exc.reply_text}`.
+        """
+        if self.noop:
+            return ServiceCommand(argv=(), env=_strip_krunner_libs(self.base_env), cwd=self.cwd)
+        refs = run_prestart(
+            self.prestart, env=self.prestart_env, work_dir=self.cwd, variables=self.variables, log=log, timeout_s=timeout_s
+        )
+        return self.render(refs)
+
+
+@attrs.frozen(kw_only=True)
+class BrokenDefinition:
+    """A file that failed to load: skipped, but a start request for its name says why (upstream aborted)."""
+
+    name: str
+    problems: tuple[str, ...]
+    reply: str
+
+
+@attrs.frozen(kw_only=True)
+class ServiceCatalog:
+    """Every way a service name can be started, in upstream's precedence (spec §6.2 step 5-7).
+
+    Immutable: `with_definition`/`with_model_service` return a new catalog, so one actor can own the current
+    value and hand copies to others without locks.
+    """
+
+    # Insertion order is the get-apps order: files, then model services as they are added (spec §6.8).
+    definitions: Mapping[str, ServiceDefinition] = attrs.field(factory=dict)
+    broken: Mapping[str, BrokenDefinition] = attrs.field(factory=dict)
+    # Upstream had a parser only if the service-defs folder existed; without it get-apps data is [] (spec §6.8).
+    has_parser: bool = False
+    # Extra template variables for every definition (upstream's parser variables besides ports/runtime_path).
+    variables: Mapping[str, Any] = attrs.field(factory=dict)
+    legacy: LegacyTable = attrs.field(factory=bundled_legacy)
+
+    def known_variables(self) -> tuple[str, ...]:
+        return (*BASE_VARIABLES, *self.variables)
+
+    def apps(self, name: str | None) -> list[dict[str, Any]]:
+        """The get-apps data (spec §6.8): name, then url_template/allowed_arguments/allowed_envs when non-empty."""
+        if not self.has_parser:
+            return []
+        if name:
+            selected = [(name, self.definitions[name])] if name in self.definitions else []
+        else:
+            selected = list(self.definitions.items())
+        apps: list[dict[str, Any]] = []
+        for app_name, definition in selected:
+            app: dict[str, Any] = {"name": app_name}
+            if definition.url_template:
+                app["url_template"] = definition.url_template
+            if definition.allowed_arguments:
+                app["allowed_arguments"] = list(definition.allowed_arguments)
+            if definition.allowed_envs:
+                app["allowed_envs"] = list(definition.allowed_envs)
+            apps.append(app)  # noop and command are never exposed
+        return apps
+
+    def with_definition(self, name: str, definition: ServiceDefinition) -> ServiceCatalog:
+        """Add or replace one definition; a replaced name keeps its get-apps position, as a dict assignment."""
+        definitions = dict(self.definitions)
+        definitions[name] = definition
+        broken = {key: value for key, value in self.broken.items() if key != name}
+        return attrs.evolve(self, definitions=definitions, broken=broken, has_parser=True)
+
+    def with_model_service(self, model: ModelInfo) -> tuple[ServiceCatalog, ServiceInfo]:
+        """Register `<name>-<port>` (spec §7.2 step 2) and return the fixed request to resolve it with (step 3).
+
+        Unlike 23.3.5, a catalog without a service-defs folder accepts it (its missing parser lost the reply).
+
+        Raises:
+            DefinitionError: no `service`, an empty command, an unknown action or a template that cannot work.
+        """
+        name, definition = model_service_definition(model, known_variables=self.known_variables())
+        service = model.service
+        assert service is not None  # model_service_definition raised otherwise
+        info = ServiceInfo(name=name, port=service.port, ports=(service.port,), protocol="http", options=ServiceOptions())
+        return self.with_definition(name, definition), info
+
+    def resolve(
+        self,
+        info: ServiceInfo,
+        *,
+        lang: str,
+        runtime_path: str | None,
+        child_env: Mapping[str, str],
+        work_dir: Path,
+        sshd: IntrinsicLauncher | None = None,
+        ttyd: IntrinsicLauncher | None = None,
+    ) -> ServiceLaunch | ServiceResult:
+        """spec §6.2 steps 1 and 3-8, without I/O: a launch plan, or the reply to send right away.
+
+        The caller checks "already running" (step 2) first, except for protocol preopen, which wins even over
+        a running service. `sshd`/`ttyd` None means that intrinsic is unavailable, so the name is looked up
+        like any other (an image may define its own). An `unsupported service` result should be logged as
+        `The service <name> is not supported.` (step 7).
+        """
+        if info.protocol == "preopen":
+            return ServiceResult(status="started")  # step 1: the user or the image runs the process
+        if info.protocol == "pty":
+            return _failed("not implemented yet")  # step 3
+        port = info.port if info.port is not None else (info.ports[0] if info.ports else None)
+        variables = {**self.variables, "ports": list(info.ports) if info.ports else _listed(port), "runtime_path": runtime_path}
+        intrinsic = {"ttyd": ttyd, "sshd": sshd}.get(info.name)
+        if intrinsic is not None:
+            return _intrinsic_launch(info.name, intrinsic, port=port, child_env=child_env, work_dir=work_dir)
+        if info.name in self.broken:
+            return _failed(self.broken[info.name].reply)
+        definition = self.definitions.get(info.name)
+        if definition is not None:
+            try:
+                return _definition_launch(
+                    info, definition, variables=variables, port=port, child_env=child_env, work_dir=work_dir
+                )
+            except ServiceStartError as exc:
+                return _failed(exc.reply_text)
+        row = self.legacy.find(lang, info.name)
+        if row is not None:  # step 6: only when no definition matched
+            return _legacy_launch(info.name, row, variables=variables, port=port, child_env=child_env, work_dir=work_dir)
+        return _failed("unsupported service")  # step 7
+
+
+def model_service_definition(
+    model: ModelInfo, *, known_variables: Sequence[str] = BASE_VARIABLES
+) -> tuple[str, ServiceDefinition]:
+    """spec §7.2 step 2: command = start_command, prestart = pre_start_actions, no env or argument rules.
+
+    Raises:
+        DefinitionError: see ServiceCatalog.with_model_service.
+    """
+    source = f"model {model.name}"
+    service = model.service
+    if service is None:
+        # spec §7.2 step 1's intended text (23.3.5 overwrote it with "service unhealthy").
+        raise DefinitionError((f"{source}: service info not provided @ $.service",), reply="service info not provided")
+    name = f"{model.name}-{service.port}"
+    if isinstance(service.start_command, str):
+        # Later upstream's string form runs through the shell; it is shell text, not a template, so `${X}` works.
+        command: tuple[str, ...] = (service.shell, "-c", _escape_braces(service.start_command))
+    else:
+        command = tuple(service.start_command)
+    if not command:
+        raise DefinitionError(
+            (f"{source}: start_command is empty @ $.service.start_command",),
+            reply=repr(InvalidServiceDefinition(f"Service-def for {name} is invalid: start_command is empty")),
+        )
+    raw = {
+        "command": list(command),
+        "prestart_actions": [
+            {"action": spec.action, "args": dict(spec.args), **({"ref": spec.ref} if spec.ref is not None else {})}
+            for spec in service.pre_start_actions
+        ],
+    }
+    # The same converter and template checks as definition files, with paths in the model definition's terms.
+    aliases = {"$.command": "$.service.start_command", "$.prestart_actions": "$.service.pre_start_actions"}
+    definition = parse_definition(raw, name=name, source=source, known_variables=known_variables, path_aliases=aliases)
+    return name, definition
+
+
+def load_service_definitions(
+    directory: Path, *, variables: Mapping[str, Any] | None = None, legacy: LegacyTable | None = None
+) -> tuple[ServiceCatalog, list[str]]:
+    """Load every `*.json` in `directory`; a broken file is reported and skipped, the others still load.
+
+    Upstream aborted the whole runner on the first bad file (spec §6.3). Files load in name order (upstream:
+    directory-listing order, which is arbitrary), and that order is the get-apps order. A missing folder gives
+    an empty catalog without a parser (spec §6.8).
+    """
+    extra = dict(variables or {})
+    table = legacy if legacy is not None else bundled_legacy()
+    if not directory.is_dir():
+        return ServiceCatalog(has_parser=False, variables=extra, legacy=table), []
+    known = (*BASE_VARIABLES, *extra)
+    definitions: dict[str, ServiceDefinition] = {}
+    broken: dict[str, BrokenDefinition] = {}
+    problems: list[str] = []
+    try:
+        paths = sorted(path for path in directory.iterdir() if path.suffix == ".json")
+    except OSError as exc:
+        problems.append(f"{directory}: cannot list the service-defs folder: {exc}")
+        paths = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        name = path.stem
+        try:
+            definitions[name] = _load_file(path, name=name, known=known)
+        except DefinitionError as exc:
+            problems += exc.problems
+            # The reply names the file and the JSON path, so the user can fix it; upstream's exact text is kept
+            # only for an unknown action (spec §6.2 step 11).
+            reply = exc.reply if "used invalid action" in exc.reply else _invalid(name, exc.problems[0])
+            broken[name] = BrokenDefinition(name=name, problems=exc.problems, reply=reply)
+    return ServiceCatalog(definitions=definitions, broken=broken, has_parser=True, variables=extra, legacy=table), problems
+
+
+def _load_file(path: Path, *, name: str, known: Sequence[str]) -> ServiceDefinition:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as exc:
+        message = f"could not read the service-def file: {path} ({exc})"  # spec §6.3 wording, plus the reason
+        raise DefinitionError((message,), reply=_invalid(name, message)) from exc
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        message = f"malformed JSON in service-def file: {path} ({exc})"
+        raise DefinitionError((message,), reply=_invalid(name, message)) from exc
+    return parse_definition(raw, name=name, source=str(path), known_variables=known)
+
+
+def _definition_launch(
+    info: ServiceInfo,
+    definition: ServiceDefinition,
+    *,
+    variables: Mapping[str, Any],
+    port: int | None,
+    child_env: Mapping[str, str],
+    work_dir: Path,
+) -> ServiceLaunch:
+    if definition.noop:
+        # spec §6.7: upstream returned before the prestart actions and the option checks.
+        return ServiceLaunch(name=info.name, origin="definition", cwd=work_dir, port=port, noop=True, base_env=child_env)
+    # Checked before any prestart action runs, so a refused start leaves no files behind (upstream ran them first).
+    arguments = _merged_arguments(info.name, definition, info.options)
+    user_env = _checked_envs(info.name, definition, info.options, child_env)
+    return ServiceLaunch(
+        name=info.name,
+        origin="definition",
+        cwd=work_dir,
+        port=port,
+        prestart=definition.prestart_actions,
+        variables=variables,
+        restart=definition.restart,
+        command=definition.command,
+        arguments=arguments,
+        env_templates=definition.env,
+        user_env=user_env,
+        base_env=child_env,
+    )
+
+
+def _merged_arguments(name: str, definition: ServiceDefinition, options: ServiceOptions) -> tuple[str, ...]:
+    """spec §6.6 step 2: defaults first, user flags override or follow; a default cannot be removed."""
+    merged: dict[str, object] = {**definition.default_arguments}
+    for flag, value in (options.arguments or {}).items():
+        if flag not in definition.allowed_arguments:
+            raise ServiceStartError(repr(DisallowedArgument(f"Argument {flag} not allowed for service {name}")))
+        merged[flag] = value
+    argv: list[str] = []
+    for flag, merged_value in merged.items():
+        argv.append(flag)
+        if isinstance(merged_value, str):
+            argv.append(merged_value)
+        elif isinstance(merged_value, list | tuple):
+            argv.extend(str(item) for item in merged_value)
+        # None, or any other type such as a number: a bare flag (spec §6.6 step 2.3).
+    return tuple(argv)
+
+
+def _checked_envs(
+    name: str, definition: ServiceDefinition, options: ServiceOptions, child_env: Mapping[str, str]
+) -> dict[str, str]:
+    """spec §6.6 step 3.2: allowed first, then "frozen" = every key of child_env (spec §10.4 item 36, kept)."""
+    accepted: dict[str, str] = {}
+    for env_name, value in (options.envs or {}).items():
+        if env_name not in definition.allowed_envs:
+            raise ServiceStartError(
+                repr(DisallowedEnvironment(f"Environment variable {env_name} not allowed for service {name}"))
+            )
+        if env_name in child_env:
+            raise ServiceStartError(repr(DisallowedEnvironment(f"Environment variable {env_name} can't be overwritten")))
+        accepted[env_name] = value if isinstance(value, str) else str(value)
+    return accepted
+
+
+def _legacy_launch(
+    name: str,
+    row: LegacyRow,
+    *,
+    variables: Mapping[str, Any],
+    port: int | None,
+    child_env: Mapping[str, str],
+    work_dir: Path,
+) -> ServiceLaunch:
+    # Upstream's legacy commands ignored options.arguments/envs, so they are not checked here either.
+    definition = row.definition
+    return ServiceLaunch(
+        name=name,
+        origin="legacy",
+        cwd=work_dir / row.cwd if row.cwd is not None else work_dir,  # spec §6.2 step 6: a 3-tuple overrides cwd
+        port=port if row.waits_for_port else None,
+        noop=definition.noop,
+        prestart=() if definition.noop else definition.prestart_actions,
+        variables=variables,
+        restart=definition.restart,
+        command=() if definition.noop else definition.command,
+        env_templates=definition.env,
+        base_env=child_env,
+    )
+
+
+def _intrinsic_launch(
+    name: str, launcher: IntrinsicLauncher, *, port: int | None, child_env: Mapping[str, str], work_dir: Path
+) -> ServiceLaunch | ServiceResult:
+    if port is None:
+        return _failed(f"the intrinsic service {name} needs a port")
+    try:
+        argv = launcher(port)
+    except ValueError as exc:
+        return _failed(str(exc))
+    return ServiceLaunch(name=name, origin="intrinsic", cwd=work_dir, port=port, arguments=argv, base_env=child_env)
+
+
+def _strip_krunner_libs(env: Mapping[str, str]) -> dict[str, str]:
+    result = dict(env)
+    if "LD_LIBRARY_PATH" in result:
+        result["LD_LIBRARY_PATH"] = result["LD_LIBRARY_PATH"].replace(KRUNNER_LIB_PREFIX, "")
+    return result
+
+
+def _escape_braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _listed(port: int | None) -> list[int]:
+    return [] if port is None else [port]
+
+
+def _invalid(name: str, message: str) -> str:
+    return repr(InvalidServiceDefinition(f"Service-def for {name} is invalid: {message}"))
+
+
+def _failed(error: str) -> ServiceResult:
+    return ServiceResult(status="failed", error=error)

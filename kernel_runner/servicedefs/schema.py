@@ -1,0 +1,444 @@
+"""The service-definition JSON schema (spec §6.3, §6.5) as frozen attrs classes, parsed by one strict cattrs converter."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Collection, Iterator, Mapping
+from typing import Any, ClassVar, Literal, NewType, NoReturn, Union, cast, get_args, get_origin
+
+import attrs
+import cattrs
+from cattrs.cols import homogenous_tuple_structure_factory
+from cattrs.errors import ForbiddenExtraKeysError
+from cattrs.gen import make_dict_structure_fn
+from cattrs.v import format_exception as cattrs_format_exception
+
+from kernel_runner.servicedefs.errors import DefinitionError, InvalidServiceDefinition
+from kernel_runner.servicedefs.template import template_problem
+
+# Template variables every start request provides (spec §6.4); prestart refs and catalog variables add to these.
+BASE_VARIABLES: tuple[str, ...] = ("ports", "runtime_path")
+
+RestartPolicyName = Literal["permanent", "transient", "temporary"]
+# A run_command piece: upstream converts each piece to text before interpolating it (spec §6.5).
+CommandPiece = NewType("CommandPiece", str)
+# An octal permission string such as "644"; upstream raised TypeError on a JSON number (spec §6.5).
+FileMode = NewType("FileMode", str)
+# default_arguments values (spec §6.6 step 2.3): text, a list of texts, or None for a bare flag.
+ArgValue = Union[str, tuple[str, ...], None]
+
+
+class SchemaError(ValueError):
+    """A value the schema rejects; its text is shown to the image author as is."""
+
+
+class UnknownAction(SchemaError):
+    """A prestart action outside the five whitelisted ones (spec §6.5, §10.4 item 32)."""
+
+    def __init__(self, action: object) -> None:
+        super().__init__(f"unknown action {action!r}; known actions: {', '.join(ACTION_NAMES)}")
+        self.action = action
+
+
+# --------------------------------------------------------------------------------------------
+# Prestart actions (spec §6.5): {"action": <name>, "args": {...}, "ref": <name>?}
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class WriteFileArgs:
+    filename: str
+    body: tuple[str, ...]
+    mode: FileMode = FileMode("644")  # the code's default; upstream docs wrongly say "755" (spec §6.5)
+    append: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class WriteTempfileArgs:
+    body: tuple[str, ...]
+    mode: FileMode = FileMode("644")
+
+
+@attrs.frozen(kw_only=True)
+class RunCommandArgs:
+    command: tuple[CommandPiece, ...]
+
+
+@attrs.frozen(kw_only=True)
+class MkdirArgs:
+    path: str
+
+
+@attrs.frozen(kw_only=True)
+class LogArgs:
+    message: str  # upstream docs call it `body`; the code reads `message` (spec §6.5)
+    debug: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class WriteFile:
+    ACTION: ClassVar[str] = "write_file"
+    args: WriteFileArgs
+    ref: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class WriteTempfile:
+    ACTION: ClassVar[str] = "write_tempfile"
+    args: WriteTempfileArgs
+    ref: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class RunCommand:
+    ACTION: ClassVar[str] = "run_command"
+    args: RunCommandArgs
+    ref: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Mkdir:
+    ACTION: ClassVar[str] = "mkdir"
+    args: MkdirArgs
+    ref: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Log:
+    ACTION: ClassVar[str] = "log"
+    args: LogArgs
+    ref: str | None = None
+
+
+PrestartAction = Union[WriteFile, WriteTempfile, RunCommand, Mkdir, Log]
+_ACTION_CLASSES: dict[str, type[WriteFile | WriteTempfile | RunCommand | Mkdir | Log]] = {
+    cls.ACTION: cls for cls in (WriteFile, WriteTempfile, RunCommand, Mkdir, Log)
+}
+ACTION_NAMES: tuple[str, ...] = tuple(_ACTION_CLASSES)
+
+
+# --------------------------------------------------------------------------------------------
+# The definition itself (spec §6.3) plus the kernel-runner-only `restart` key
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class RestartOverride:
+    """Optional per-service supervision knobs; absent fields fall back to RunnerConfig.restart (anchors §8)."""
+
+    policy: RestartPolicyName | None = None
+    max_restarts: int | None = None
+    period_s: float | None = None
+    backoff_initial_s: float | None = None
+    backoff_cap_s: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ServiceDefinition:
+    """One `/etc/backend.ai/service-defs/<name>.json`; the name is the file stem and not stored here."""
+
+    command: tuple[str, ...]
+    noop: bool = False
+    url_template: str = ""
+    prestart_actions: tuple[PrestartAction, ...] = ()
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    allowed_envs: tuple[str, ...] = ()
+    allowed_arguments: tuple[str, ...] = ()
+    default_arguments: Mapping[str, ArgValue] = attrs.field(factory=dict)
+    restart: RestartOverride | None = None
+
+    def refs(self) -> tuple[str, ...]:
+        """Names the prestart actions define, in order (spec §6.5 `ref`)."""
+        return tuple(action.ref for action in self.prestart_actions if action.ref is not None)
+
+
+# --------------------------------------------------------------------------------------------
+# The converter: strict scalars, no string-as-sequence, whitelisted actions, readable messages
+# --------------------------------------------------------------------------------------------
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", str: "a string", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _structure_str(value: object, _type: object) -> str:
+    if not isinstance(value, str):
+        raise SchemaError(f"expected a string, got {_kind(value)}")
+    return value
+
+
+def _structure_bool(value: object, _type: object) -> bool:
+    if not isinstance(value, bool):
+        raise SchemaError(f"expected true or false, got {_kind(value)}")
+    return value
+
+
+def _structure_int(value: object, _type: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SchemaError(f"expected an integer, got {_kind(value)}")
+    return value
+
+
+def _structure_float(value: object, _type: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SchemaError(f"expected a finite number, got {_kind(value)}")
+    return float(value)
+
+
+def _structure_command_piece(value: object, _type: object) -> CommandPiece:
+    # spec §6.5: run_command converts each piece to text; containers and null are surely mistakes.
+    if value is None or isinstance(value, list | dict):
+        raise SchemaError(f"expected a string or number, got {_kind(value)}")
+    return CommandPiece(value if isinstance(value, str) else str(value))
+
+
+_OCTAL_MODE = re.compile(r"^[0-7]{3,4}$")
+
+
+def _structure_file_mode(value: object, _type: object) -> FileMode:
+    if not isinstance(value, str) or not _OCTAL_MODE.match(value):
+        raise SchemaError(f'mode must be an octal string such as "644", got {value!r}')
+    return FileMode(value)
+
+
+def _structure_arg_value(value: object, _type: object) -> ArgValue:
+    if isinstance(value, str) or value is None:
+        return value
+    if isinstance(value, list):
+        if not all(isinstance(item, str) for item in value):
+            raise SchemaError("a list argument value must hold only strings")
+        return tuple(value)
+    if isinstance(value, bool | int | float):
+        # spec §6.6 step 2.3: any other value gives a bare flag; kept for compatibility with upstream files.
+        return None
+    raise SchemaError(f"expected a string, a list of strings or null, got {_kind(value)}")
+
+
+def _is_homogeneous_tuple(tp: Any) -> bool:
+    args = get_args(tp)
+    return get_origin(tp) is tuple and len(args) == 2 and args[1] is Ellipsis
+
+
+def _strict_tuple_factory(tp: Any, converter: cattrs.Converter) -> Callable[[object, Any], tuple[Any, ...]]:
+    inner = homogenous_tuple_structure_factory(tp, converter)
+
+    def structure(value: object, cl: Any) -> tuple[Any, ...]:
+        # cattrs would turn "abc" into ("a", "b", "c"), the same trap as spec §10.5 item 43.
+        if not isinstance(value, list):
+            raise SchemaError(f"expected a list, got {_kind(value)}")
+        return cast(tuple[Any, ...], inner(value, cl))
+
+    return structure
+
+
+def _is_literal(tp: Any) -> bool:
+    return get_origin(tp) is Literal
+
+
+def _literal_factory(tp: Any, _converter: cattrs.Converter) -> Callable[[object, Any], object]:
+    choices = get_args(tp)
+
+    def structure(value: object, _cl: Any) -> object:
+        if value not in choices or isinstance(value, bool):
+            raise SchemaError(f"expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+        return value
+
+    return structure
+
+
+def _restart_hook(converter: cattrs.Converter) -> Callable[[object, Any], RestartOverride]:
+    generated = make_dict_structure_fn(RestartOverride, converter)
+
+    def structure(value: object, cl: Any) -> RestartOverride:
+        result = generated(cast(Mapping[str, Any], value), cl)
+        if result.max_restarts is not None and result.max_restarts < 0:
+            raise SchemaError("max_restarts must be 0 or more")
+        for field in ("period_s", "backoff_initial_s", "backoff_cap_s"):
+            number = getattr(result, field)
+            if number is not None and number < 0:
+                raise SchemaError(f"{field} must be 0 or more")
+        if result.period_s == 0:
+            raise SchemaError("period_s must be greater than 0")
+        initial, cap = result.backoff_initial_s, result.backoff_cap_s
+        if initial is not None and cap is not None and cap < initial:
+            raise SchemaError("backoff_cap_s must not be smaller than backoff_initial_s")
+        return result
+
+    return structure
+
+
+def _definition_hook(converter: cattrs.Converter) -> Callable[[object, Any], ServiceDefinition]:
+    generated = make_dict_structure_fn(ServiceDefinition, converter)
+
+    def structure(value: object, cl: Any) -> ServiceDefinition:
+        if not isinstance(value, Mapping):
+            raise SchemaError(f"a service definition must be a JSON object, got {_kind(value)}")
+        if "prestart" in value:
+            if "prestart_actions" in value:
+                raise SchemaError('both "prestart" and "prestart_actions" are given; they are aliases (spec §6.3)')
+            # spec §6.3: `prestart` is renamed to `prestart_actions`.
+            value = {("prestart_actions" if key == "prestart" else key): item for key, item in value.items()}
+        result = generated(value, cl)
+        if not result.command and not result.noop:
+            # Upstream tried to spawn an empty argv (spec §6.7); say so instead of failing at every start.
+            raise SchemaError('"command" is empty; set "noop": true for a service with nothing to run')
+        return result
+
+    return structure
+
+
+def make_converter() -> cattrs.Converter:
+    """The one converter for service definitions (design R6): unknown keys are errors, as upstream's TypeError."""
+    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    converter.register_structure_hook(str, _structure_str)
+    converter.register_structure_hook(bool, _structure_bool)
+    converter.register_structure_hook(int, _structure_int)
+    converter.register_structure_hook(float, _structure_float)
+    converter.register_structure_hook(CommandPiece, _structure_command_piece)
+    converter.register_structure_hook(FileMode, _structure_file_mode)
+    converter.register_structure_hook_func(lambda tp: tp == ArgValue, _structure_arg_value)
+    converter.register_structure_hook_factory(_is_homogeneous_tuple, _strict_tuple_factory)
+    converter.register_structure_hook_factory(_is_literal, _literal_factory)
+
+    def structure_action(value: object, _type: object) -> PrestartAction:
+        # A tagged union on "action" (spec §6.5); unlike upstream's getattr lookup only the five names exist.
+        if not isinstance(value, Mapping):
+            raise SchemaError(f"a prestart action must be an object, got {_kind(value)}")
+        if "action" not in value:
+            raise SchemaError(f'missing "action" (one of {", ".join(ACTION_NAMES)})')
+        name = value["action"]
+        cls = _ACTION_CLASSES.get(name) if isinstance(name, str) else None
+        if cls is None:
+            raise UnknownAction(name)
+        rest = {key: item for key, item in value.items() if key != "action"}
+        return converter.structure(rest, cls)
+
+    converter.register_structure_hook_func(lambda tp: tp == PrestartAction, structure_action)
+    converter.register_structure_hook(RestartOverride, _restart_hook(converter))
+    converter.register_structure_hook(ServiceDefinition, _definition_hook(converter))
+    return converter
+
+
+CONVERTER = make_converter()
+
+
+def _format_exception(exc: BaseException, tp: type | None) -> str:
+    if isinstance(exc, SchemaError):
+        return str(exc)
+    if isinstance(exc, ForbiddenExtraKeysError):
+        extra = ", ".join(repr(key) for key in sorted(exc.extra_fields))
+        allowed = ", ".join(field.name for field in attrs.fields(exc.cl)) if attrs.has(exc.cl) else "?"
+        return f"unknown key {extra} (allowed: {allowed})"
+    if isinstance(exc, KeyError):
+        return "required key missing"
+    return cattrs_format_exception(exc, tp)
+
+
+def _walk(exc: BaseException) -> Iterator[BaseException]:
+    yield exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _walk(inner)
+
+
+def parse_definition(
+    raw: object,
+    *,
+    name: str,
+    source: str,
+    known_variables: Collection[str] = BASE_VARIABLES,
+    path_aliases: Mapping[str, str] | None = None,
+) -> ServiceDefinition:
+    """Structure and check one definition; every problem becomes `<source>: <message> @ $.path`.
+
+    Raises:
+        DefinitionError: with all problems found and the reply a start request for `name` should get.
+    """
+    aliases = dict(path_aliases or {})
+    if isinstance(raw, Mapping) and "prestart" in raw:
+        # The converter renames `prestart` (spec §6.3); errors keep naming the key the file used.
+        aliases.setdefault("$.prestart_actions", "$.prestart")
+    try:
+        definition = CONVERTER.structure(raw, ServiceDefinition)
+    except Exception as exc:  # noqa: BLE001 - every structuring failure is reported, none escapes
+        lines = validation_lines(exc)
+        unknown = [inner.action for inner in _walk(exc) if isinstance(inner, UnknownAction)]
+        _fail(name, source, [_alias(line, aliases) for line in lines], unknown_action=unknown[0] if unknown else None)
+    problems = [_alias(line, aliases) for line in template_problems(definition, known_variables)]
+    if problems:
+        _fail(name, source, problems)
+    return definition
+
+
+def template_problems(definition: ServiceDefinition, known_variables: Collection[str]) -> list[str]:
+    """Templates that would fail at every start (spec §6.4): bad syntax or a name nothing defines.
+
+    Each action sees the variables plus the refs of the actions before it; command and env see all refs.
+    """
+    known = set(known_variables)
+    problems: list[str] = []
+
+    def check(template: str, path: str) -> None:
+        problem = template_problem(template, known)
+        if problem is not None:
+            problems.append(f"{problem} @ {path}")
+
+    for index, action in enumerate(definition.prestart_actions):
+        for template, path in _action_templates(action):
+            check(template, f"$.prestart_actions[{index}].args{path}")
+        if action.ref is not None:
+            known.add(action.ref)
+    for index, part in enumerate(definition.command):
+        check(part, f"$.command[{index}]")
+    for key, value in definition.env.items():
+        check(key, f"$.env[{key!r}]")
+        check(value, f"$.env[{key!r}]")
+    return problems
+
+
+def _action_templates(action: PrestartAction) -> Iterator[tuple[str, str]]:
+    # spec §6.4 "Interpolated": which action arguments are templates.
+    match action:
+        case WriteFile(args=args):
+            yield args.filename, ".filename"
+            yield from ((line, f".body[{i}]") for i, line in enumerate(args.body))
+        case WriteTempfile(args=args):
+            yield from ((line, f".body[{i}]") for i, line in enumerate(args.body))
+        case RunCommand(args=args):
+            yield from ((piece, f".command[{i}]") for i, piece in enumerate(args.command))
+        case Mkdir(args=args):
+            yield args.path, ".path"
+        case Log(args=args):
+            yield args.message, ".message"
+
+
+def validation_lines(exc: BaseException, *, path: str = "$") -> list[str]:
+    """`<message> @ <json path>` for every problem a structuring attempt hit (design R6)."""
+    if isinstance(exc, cattrs.BaseValidationError):
+        return cattrs.transform_error(exc, path=path, format_exception=_format_exception)
+    return [f"{_format_exception(exc, None)} @ {path}"]
+
+
+def _alias(line: str, aliases: Mapping[str, str]) -> str:
+    message, sep, path = line.rpartition(" @ ")
+    if not sep:
+        return line
+    for old in sorted(aliases, key=len, reverse=True):
+        if path == old or path.startswith((old + ".", old + "[")):
+            return f"{message} @ {aliases[old]}{path[len(old) :]}"
+    return line
+
+
+def _fail(name: str, source: str, lines: list[str], *, unknown_action: object = None) -> NoReturn:
+    problems = tuple(f"{source}: {line}" for line in lines)
+    if unknown_action is not None:
+        # spec §6.2 step 11: upstream's exact reply for a non-whitelisted action.
+        reply = repr(InvalidServiceDefinition(f"Service-def for {name} used invalid action: {unknown_action}"))
+    else:
+        reply = repr(InvalidServiceDefinition(f"Service-def for {name} is invalid: {lines[0]}"))
+    raise DefinitionError(problems, reply=reply)

@@ -1,0 +1,178 @@
+"""The language runner hands `code` of Jupyter languages to the kernel child and git's to the terminal child.
+
+The real kernel and terminal actors have their own tests; here a tiny fake delegate (a SupervisedActor
+registered as the extra child "kernel" or "terminal") stands in for them, so these tests check only the
+runner's side of the contract: forward the run, keep the queue waiting until RunDone, route input, interrupt
+and completion to the delegate while its run is current.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pykka
+import pytest
+
+from kernel_runner import RunnerConfig, runtime
+from kernel_runner.actors.base import ChildContext, SupervisedActor
+from kernel_runner.actors.lang_runner import reject_delegated_run, reject_run
+from kernel_runner.client import AgentClient
+from kernel_runner.ids import KERNEL_CHILD, LANG_CHILD, TERMINAL_CHILD, ChildId, RunId
+from kernel_runner.messages import (
+    ChildState,
+    CompleteCode,
+    CompletionResult,
+    FeedInput,
+    Finished,
+    ForwardToChild,
+    InterruptRun,
+    Output,
+    RunDone,
+    RunTask,
+)
+from kernel_runner.supervisor import ChildSpec
+from tests.support.runners import LangRunners
+from tests.support.waiting import wait_until
+
+
+class FakeDelegate(SupervisedActor):
+    """Answers RunTask like a kernel: output, Finished, RunDone. Text "hold" waits for input or an interrupt."""
+
+    def __init__(self, *, ctx: ChildContext, seen: list[object], lock: threading.Lock) -> None:
+        super().__init__(ctx=ctx)
+        self.seen = seen
+        self.lock = lock
+        self.held: RunTask | None = None
+
+    def start_child(self) -> None:
+        self.set_state(ChildState.RUNNING)
+
+    def handle(self, message: object) -> object:
+        with self.lock:
+            self.seen.append(message)
+        match message:
+            case RunTask():
+                if message.text == "hold":
+                    self.held = message
+                else:
+                    self._finish(message, f"{self.child_id} ran {message.text}", 0)
+            case FeedInput():
+                if self.held is not None:
+                    self._finish(self.held, f"got {message.text}", 0)
+            case InterruptRun():
+                if self.held is not None:
+                    self._finish(self.held, "interrupted", 130)
+            case CompleteCode():
+                self.ctx.router.tell(CompletionResult(items=(f"{message.code}-completed",)))
+        return None
+
+    def _finish(self, task: RunTask, text: str, code: int) -> None:
+        self.held = None
+        self.ctx.router.tell(Output(stream="stdout", data=text.encode()))
+        self.ctx.router.tell(Finished(kind=task.kind, exit_code=code))
+        self.ctx.supervisor.tell(ForwardToChild(child_id=LANG_CHILD, message=RunDone(run_id=task.run_id, exit_code=code)))
+
+
+class Delegates:
+    def __init__(self) -> None:
+        self.seen: list[object] = []
+        self.lock = threading.Lock()
+
+    def spec(self, child_id: ChildId) -> ChildSpec:
+        def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
+            return FakeDelegate.start(ctx=ctx, seen=self.seen, lock=self.lock)
+
+        return ChildSpec(child_id=child_id, factory=factory, tier=1, reject=reject_delegated_run)
+
+    def of_type(self, kind: type) -> list[Any]:
+        with self.lock:
+            return [m for m in self.seen if isinstance(m, kind)]
+
+
+@pytest.fixture
+def delegates() -> Delegates:
+    return Delegates()
+
+
+@pytest.fixture
+def langs(runner_config: RunnerConfig, monkeypatch: pytest.MonkeyPatch) -> Iterator[LangRunners]:
+    # The runtime registers the real delegate for the language; these tests put the fake in its place.
+    monkeypatch.setattr(runtime, "delegate_children", lambda config: [])
+    runners = LangRunners(runner_config)
+    yield runners
+    runners.close()
+
+
+def start_with_kernel(langs: LangRunners, delegates: Delegates, lang: str = "python") -> AgentClient:
+    return langs.start(lang, extra_children=[delegates.spec(KERNEL_CHILD)])
+
+
+def test_python_code_goes_to_the_kernel_child(langs: LangRunners, delegates: Delegates) -> None:
+    agent = start_with_kernel(langs, delegates)
+    result = agent.code("1 + 1")
+    assert (result.status, result.exit_code, result.stdout) == ("finished", 0, b"kernel ran 1 + 1")
+    (task,) = delegates.of_type(RunTask)
+    assert (task.kind, task.text) == ("code", "1 + 1")
+    # The queue moved on after RunDone: a batch op runs in the language runner itself.
+    assert agent.run("exec", "echo after").stdout == b"after\n"
+
+
+def test_the_queue_waits_for_the_delegated_run(langs: LangRunners, delegates: Delegates) -> None:
+    agent = start_with_kernel(langs, delegates)
+    agent.send("code", "hold")
+    agent.send("exec", "echo queued")
+    wait_until(lambda: delegates.of_type(RunTask), timeout=5, what="the kernel to get the run")
+    # While the kernel holds its run, the exec waits: input goes to the kernel (nothing else waits for input).
+    agent.feed_input("typed")
+    held = agent.collect_run()
+    assert (held.exit_code, held.stdout) == (0, b"got typed")
+    queued = agent.collect_run()
+    assert (queued.exit_code, queued.stdout) == (0, b"queued\n")
+    assert [m.text for m in delegates.of_type(FeedInput)] == ["typed"]
+
+
+def test_interrupt_goes_to_the_kernel_while_its_run_is_current(langs: LangRunners, delegates: Delegates) -> None:
+    agent = start_with_kernel(langs, delegates)
+    agent.interrupt()  # nothing current: not forwarded (the runner logs it)
+    agent.send("code", "hold")
+    wait_until(lambda: delegates.of_type(RunTask), timeout=5, what="the kernel to get the run")
+    agent.interrupt()
+    result = agent.collect_run()
+    assert (result.exit_code, result.stdout) == (130, b"interrupted")
+    assert len(delegates.of_type(InterruptRun)) == 1
+
+
+def test_completion_always_goes_to_the_kernel_for_jupyter_languages(langs: LangRunners, delegates: Delegates) -> None:
+    agent = start_with_kernel(langs, delegates)
+    assert agent.complete("pri") == ["pri-completed"]
+    c_agent = langs.start("c")
+    assert c_agent.complete("pri") == []  # spec §10.1 #1: other languages answer an empty list
+
+
+def test_git_code_goes_to_the_terminal_child_and_batch_star_is_refused(langs: LangRunners, delegates: Delegates) -> None:
+    agent = langs.start("git", extra_children=[delegates.spec(TERMINAL_CHILD)])
+    result = agent.code("%ping")
+    assert (result.exit_code, result.stdout) == (0, b"terminal ran %ping")
+    build = agent.run("build", "*")
+    assert build.status == "build-finished" and build.exit_code != 0
+    assert b"not supported" in build.stderr
+    assert agent.complete("x") == []
+
+
+def test_app_has_no_query_mode(langs: LangRunners) -> None:
+    agent = langs.start("app")
+    result = agent.code("print(1)")
+    assert (result.status, result.exit_code) == ("finished", 127)
+    assert b"query mode is not available" in result.stderr
+
+
+def test_a_gone_delegate_is_answered_by_its_reject() -> None:
+    task = RunTask(run_id=RunId(7), kind="code", text="x")
+    replies = reject_delegated_run(task)
+    assert [type(r) for r in replies] == [Output, Finished, ForwardToChild]
+    assert replies[1] == Finished(kind="code", exit_code=127)
+    assert replies[2] == ForwardToChild(child_id=LANG_CHILD, message=RunDone(run_id=RunId(7), exit_code=127))
+    assert reject_delegated_run(CompleteCode(code="x")) == [CompletionResult(items=())]
+    assert reject_run(FeedInput(text="x")) == []

@@ -1,0 +1,546 @@
+"""TerminalActor with a real pty shell behind real PUB/SUB sockets, driven the way a terminal client and the agent do."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import attrs
+import pykka
+import pytest
+import zmq
+
+from kernel_runner import RunnerConfig, RunnerHandle, start
+from kernel_runner.actors.base import ChildContext, RouterLink, SupervisedActor
+from kernel_runner.actors.terminal import TerminalActor, TerminalPorts, terminal_child_spec
+from kernel_runner.client import AgentClient, RunResult
+from kernel_runner.clock import REAL_CLOCK
+from kernel_runner.config import RestartDefaults
+from kernel_runner.ids import LANG_CHILD, TERMINAL_CHILD, next_run_id
+from kernel_runner.messages import (
+    ChildInfo,
+    ChildState,
+    Finished,
+    ForwardToChild,
+    Output,
+    RunDone,
+    RunTask,
+    ShutdownTree,
+    WhichChildrenQuery,
+)
+from kernel_runner.policy import Backoff
+from kernel_runner.supervisor import ChildSpec, SupervisorActor
+from kernel_runner.terminal_commands import GITGRAPH_MIME
+from kernel_runner.timers import Ticker
+from tests.support.procs import alive, assert_gone
+from tests.support.waiting import Recorder, wait_until
+
+# A shell without rc files, so the user's dotfiles cannot change what the tests see.
+SHELL = ["/bin/bash", "--norc", "--noprofile"]
+
+
+class TermClient:
+    """A terminal client: PUB connected to the runner's SUB (input), SUB connected to the runner's PUB (output)."""
+
+    def __init__(self, *, term_in: int, term_out: int) -> None:
+        ctx: zmq.Context[Any] = zmq.Context.instance()
+        self.pub: zmq.Socket[bytes] = ctx.socket(zmq.PUB)
+        self.sub: zmq.Socket[bytes] = ctx.socket(zmq.SUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.pub.connect(f"tcp://127.0.0.1:{term_in}")
+        self.sub.connect(f"tcp://127.0.0.1:{term_out}")
+        self.buffer = bytearray()
+        self._probe = 0
+
+    def close(self) -> None:
+        self.pub.close(linger=0)
+        self.sub.close(linger=0)
+
+    def type(self, text: str) -> None:
+        self.pub.send(text.encode())
+
+    def mark(self) -> int:
+        self._drain(0)
+        return len(self.buffer)
+
+    def _drain(self, timeout_ms: int) -> None:
+        if not self.sub.poll(timeout_ms):
+            return
+        while True:
+            try:
+                frames = self.sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            assert len(frames) == 1, f"terminal output must be single-frame, got {len(frames)} frames"
+            self.buffer.extend(frames[0])
+
+    def wait_for(self, pattern: bytes, *, since: int = 0, timeout: float = 10.0) -> re.Match[bytes]:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            found = regex.search(bytes(self.buffer), since)
+            if found:
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {pattern!r} in terminal output within {timeout}s: {bytes(self.buffer[since:])!r}")
+            self._drain(int(min(remaining, 0.1) * 1000) + 1)
+
+    def sync(self, timeout: float = 10.0) -> None:
+        """PUB/SUB joins late (slow joiner, both ways): re-send a probe until its output comes back."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._probe += 1
+            since = self.mark()
+            # The typed text holds `$((...))`; only the shell's output holds the computed marker.
+            self.type(f"echo probe-$(({self._probe}+1000))\n")
+            try:
+                self.wait_for(rf"probe-{self._probe + 1000}\b".encode(), since=since, timeout=0.3)
+                return
+            except AssertionError:
+                if time.monotonic() >= deadline:
+                    raise
+
+    def echo(self, word: str, *, timeout: float = 10.0) -> None:
+        since = self.mark()
+        self.type(f"echo {word}-$((40+2))\n")
+        self.wait_for(rf"{word}-42\r?\n".encode(), since=since, timeout=timeout)
+
+
+def terminal_info(runner: RunnerHandle) -> ChildInfo:
+    return next(info for info in runner.which_children() if info.child_id == TERMINAL_CHILD)
+
+
+def wait_terminal(
+    children: Callable[[], list[ChildInfo]], match: Callable[[ChildInfo], bool], *, what: str, timeout: float = 10.0
+) -> ChildInfo:
+    """The terminal's status entry once `match` holds for it (ports, shell pid and state ride in `extra`)."""
+
+    def probe() -> ChildInfo | None:
+        info = next((i for i in children() if i.child_id == TERMINAL_CHILD), None)
+        return info if info is not None and match(info) else None
+
+    found = wait_until(probe, timeout=timeout, what=what)
+    assert found is not None
+    return found
+
+
+def has_ports(info: ChildInfo) -> bool:
+    return bool(info.extra.get("term_in_port") and info.extra.get("term_out_port"))
+
+
+def code(runner: RunnerHandle, agent: AgentClient, text: str, *, timeout: float = 10.0) -> RunResult:
+    runner.tell(ForwardToChild(child_id=TERMINAL_CHILD, message=RunTask(run_id=next_run_id(), kind="code", text=text)))
+    return agent.collect_run(timeout=timeout)
+
+
+@pytest.fixture
+def term_config(runner_config: RunnerConfig) -> RunnerConfig:
+    return attrs.evolve(runner_config, lang="git", term_in_port=0, term_out_port=0)
+
+
+@pytest.fixture
+def term_runner(term_config: RunnerConfig) -> Iterator[RunnerHandle]:
+    handle = start(term_config, extra_children=[terminal_child_spec(term_config, shell_argv=SHELL)])
+    yield handle
+    handle.stop(timeout=5)
+
+
+@pytest.fixture
+def term_agent(term_runner: RunnerHandle) -> Iterator[AgentClient]:
+    with AgentClient(port_in=term_runner.ports.port_in, port_out=term_runner.ports.port_out) as client:
+        yield client
+
+
+@pytest.fixture
+def term(term_runner: RunnerHandle) -> Iterator[TermClient]:
+    info = wait_terminal(term_runner.which_children, has_ports, what="the terminal's bound ports in status")
+    client = TermClient(term_in=info.extra["term_in_port"], term_out=info.extra["term_out_port"])
+    try:
+        client.sync()
+        yield client
+    finally:
+        client.close()
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-c", "user.name=Test User", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    )
+    return done.stdout
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    path = tmp_path / "repo"
+    path.mkdir()
+    git(path, "init", "-q")
+    (path / "a.txt").write_text("a\n")
+    git(path, "add", "a.txt")
+    git(path, "commit", "-q", "-m", "first commit || with bars")
+    git(path, "checkout", "-q", "-b", "feature")
+    (path / "b.txt").write_text("b\n")
+    git(path, "add", "b.txt")
+    git(path, "commit", "-q", "-m", "second commit")
+    return path
+
+
+# ---- the pty over PUB/SUB --------------------------------------------------------------------------------------
+
+
+def test_typed_input_runs_in_the_shell_and_output_is_published(term_runner: RunnerHandle, term: TermClient) -> None:
+    term.echo("hi")
+    info = terminal_info(term_runner)
+    assert info.state is ChildState.RUNNING
+    assert info.pid == info.extra["shell_pid"]
+    assert info.extra["term_in_port"] > 0 and info.extra["term_out_port"] > 0
+
+
+def test_shell_gets_the_runner_environment_and_work_dir(term: TermClient, term_config: RunnerConfig) -> None:
+    since = term.mark()
+    term.type('echo "cwd=$(pwd)" "term=$TERM" "tty=$(tty)"\n')
+    found = term.wait_for(rb"cwd=(\S+) term=(\S+) tty=(\S+)\r?\n", since=since)
+    assert found.group(1).decode() == str(term_config.work_dir)
+    assert found.group(2) == b"xterm"
+    assert found.group(3).startswith(b"/dev/pts/")  # a real controlling terminal, not "not a tty"
+
+
+def test_resize_applies_to_the_pty(term_runner: RunnerHandle, term_agent: AgentClient, term: TermClient) -> None:
+    since = term.mark()
+    term.type("stty size\n")
+    term.wait_for(rb"\b24 80\r?\n", since=since)  # the initial size (upstream left 0 0)
+
+    result = code(term_runner, term_agent, "%resize 40 100")
+    assert (result.status, result.exit_code) == ("finished", 0)
+    assert result.stdout == b"OK; terminal resized to 40 lines and 100 columns"
+
+    since = term.mark()
+    term.type("stty size\n")
+    term.wait_for(rb"\b40 100\r?\n", since=since)
+    assert (terminal_info(term_runner).extra["rows"], terminal_info(term_runner).extra["cols"]) == (40, 100)
+
+
+def test_exit_restarts_the_shell_on_the_same_sockets(term_runner: RunnerHandle, term_agent: AgentClient,
+                                                     term: TermClient) -> None:
+    assert code(term_runner, term_agent, "%resize 30 90").exit_code == 0
+    first_pid = terminal_info(term_runner).extra["shell_pid"]
+    since = term.mark()
+    term.type("exit\n")
+    term.wait_for(rb"Restarting\.\.\.\r\n", since=since)
+    info = wait_terminal(
+        term_runner.which_children,
+        lambda i: i.extra.get("shell_state") == "running" and i.extra["shell_pid"] != first_pid,
+        what="a new shell",
+    )
+    assert info.extra["shell_restarts"] == 1
+    assert (info.generation, info.restarts) == (1, 0)  # the actor respawned its shell; the supervisor did nothing
+    assert_gone([first_pid], timeout=5)
+    term.sync()
+    term.echo("again")
+    since = term.mark()
+    term.type("stty size\n")
+    term.wait_for(rb"\b30 90\r?\n", since=since)  # the last %resize applies to the new shell too
+
+
+def test_stop_hangs_up_the_shell_and_its_jobs(term_config: RunnerConfig) -> None:
+    handle = start(term_config, extra_children=[terminal_child_spec(term_config, shell_argv=SHELL)])
+    try:
+        info = wait_terminal(handle.which_children, has_ports, what="terminal ports")
+        client = TermClient(term_in=info.extra["term_in_port"], term_out=info.extra["term_out_port"])
+        try:
+            client.sync()
+            since = client.mark()
+            client.type("sleep 1000 & echo bg=$!\n")
+            background = int(client.wait_for(rb"bg=(\d+)\r?\n", since=since).group(1))
+            shell_pid = info.extra["shell_pid"]
+            assert alive(background) and alive(shell_pid)
+            since = client.mark()
+            assert handle.stop(timeout=5)
+            assert_gone([shell_pid, background], timeout=5)
+            client.wait_for(rb"Terminated\.\r\n", since=since, timeout=2)
+        finally:
+            client.close()
+    finally:
+        handle.stop(timeout=5)
+
+
+# ---- code ops: % commands --------------------------------------------------------------------------------------
+
+
+def test_ping_answers_pong_with_exactly_one_finished(term_runner: RunnerHandle, term_agent: AgentClient) -> None:
+    for _ in range(3):
+        result = code(term_runner, term_agent, "%ping")
+        assert (result.status, result.exit_code, result.stdout) == ("finished", 0, b"pong!")
+    # A second `finished` per op (upstream's bug) would be left over here and end the next collect at once.
+    with pytest.raises(TimeoutError):
+        term_agent.recv(timeout=0.3)
+
+
+@pytest.mark.parametrize(
+    ("text", "exit_code", "stderr"),
+    [
+        ("%", 2, b"empty command"),
+        ("%nope", 2, b"unknown command %nope"),
+        ("%resize x", 2, b"usage: %resize ROWS COLS"),
+        ("%resize x 10", 2, b"ROWS must be a whole number"),
+        ("%show", 2, b"usage: %show graph PATH"),
+        ("%show graph 'open", 2, b"cannot parse"),
+        ("ls -l", 127, b"Invalid command."),
+    ],
+)
+def test_bad_commands_answer_on_stderr_and_the_runner_keeps_serving(
+    term_runner: RunnerHandle, term_agent: AgentClient, text: str, exit_code: int, stderr: bytes
+) -> None:
+    result = code(term_runner, term_agent, text)
+    assert (result.status, result.exit_code) == ("finished", exit_code)
+    assert stderr in result.stderr
+    assert result.stdout == b""
+    assert code(term_runner, term_agent, "%ping").stdout == b"pong!"
+    info = terminal_info(term_runner)
+    assert (info.state, info.generation, info.restarts) == (ChildState.RUNNING, 1, 0)
+
+
+def test_batch_kinds_are_refused(term_runner: RunnerHandle, term_agent: AgentClient) -> None:
+    term_runner.tell(ForwardToChild(child_id=TERMINAL_CHILD, message=RunTask(run_id=next_run_id(), kind="exec", text="ls")))
+    result = term_agent.collect_run()
+    assert (result.status, result.exit_code) == ("finished", 127)
+    assert b"only `code`" in result.stderr
+
+
+def test_show_graph_sends_the_gitgraph_media(term_runner: RunnerHandle, term_agent: AgentClient, repo: Path) -> None:
+    result = code(term_runner, term_agent, f"%show graph {repo}")
+    assert (result.status, result.exit_code) == ("finished", 0), result.records
+    (media,) = result.of_type("media")
+    body = media.json()
+    assert body["type"] == GITGRAPH_MIME
+    first, second = body["data"]
+    full = git(repo, "log", "--all", "--topo-order", "--reverse", "--pretty=format:%h %p").splitlines()
+    assert first == {
+        "oid": full[0].split()[0],
+        "parent_ids": [],
+        "author": "Test User",
+        "message": "first commit || with bars",
+        "branch": "main",
+        "parent_branches": [],
+    }
+    assert second == {
+        "oid": full[1].split()[0],
+        "parent_ids": [first["oid"]],
+        "author": "Test User",
+        "message": "second commit",
+        "branch": "feature",
+        "parent_branches": ["main"],
+    }
+
+
+def test_show_graph_dot_is_the_shells_current_folder(term_runner: RunnerHandle, term_agent: AgentClient,
+                                                     term: TermClient, repo: Path) -> None:
+    since = term.mark()
+    term.type(f"cd {repo} && echo in-$((2+2))\n")
+    term.wait_for(rb"in-4\r?\n", since=since)
+    result = code(term_runner, term_agent, "%show graph .")
+    assert result.exit_code == 0, result.records
+    (media,) = result.of_type("media")
+    assert [c["message"] for c in media.json()["data"]] == ["first commit || with bars", "second commit"]
+
+
+def test_show_graph_outside_a_repository_fails_cleanly(term_runner: RunnerHandle, term_agent: AgentClient,
+                                                       tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    result = code(term_runner, term_agent, f"%show graph {plain}")
+    assert result.exit_code == 128  # git's own code
+    assert b"not a git repository" in result.stderr.lower()
+    assert result.of_type("media") == []
+
+    missing = code(term_runner, term_agent, f"%show graph {tmp_path / 'missing'}")
+    assert missing.exit_code == 1
+    assert b"is not a directory" in missing.stderr
+
+
+def test_show_graph_of_an_empty_repository_is_an_empty_graph(term_runner: RunnerHandle, term_agent: AgentClient,
+                                                             tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    git(empty, "init", "-q")
+    result = code(term_runner, term_agent, f"%show graph {empty}")
+    assert result.exit_code == 0, result.records
+    (media,) = result.of_type("media")
+    assert media.json() == {"type": GITGRAPH_MIME, "data": []}
+
+
+# ---- the contract with the language runner (bare supervisor) -----------------------------------------------------
+
+
+class ForwardingLang(SupervisedActor):
+    """Stands in for the language runner: records what the terminal tells LANG_CHILD."""
+
+    def __init__(self, *, ctx: ChildContext, recorder: pykka.ActorRef[Any]) -> None:
+        super().__init__(ctx=ctx)
+        self.recorder = recorder
+
+    def start_child(self) -> None:
+        self.set_state(ChildState.RUNNING)
+
+    def handle(self, message: object) -> object:
+        self.recorder.tell(("lang", message))
+        return None
+
+
+class BareTree:
+    def __init__(self, config: RunnerConfig, terminal: ChildSpec) -> None:
+        self.recorder = Recorder()
+        self.ticker = Ticker()
+        self.link = RouterLink(8)
+        self.link.attach(self.recorder.ref)  # the recorder stands in for the router
+        self.ref = SupervisorActor.start(config=config, clock=REAL_CLOCK, ticker=self.ticker, router_link=self.link)
+        recorder = self.recorder.ref
+        self.ref.tell(ChildSpec(child_id=LANG_CHILD, factory=lambda ctx: ForwardingLang.start(ctx=ctx, recorder=recorder)))
+        self.ref.tell(terminal)
+
+    def children(self) -> list[ChildInfo]:
+        return cast(list[ChildInfo], self.ref.ask(WhichChildrenQuery(), timeout=2))
+
+    def close(self) -> None:
+        done = cast(threading.Event, self.ref.ask(ShutdownTree(grace_s=3), timeout=2))
+        assert done.wait(timeout=5)
+        self.ref.stop(timeout=2)
+        self.recorder.stop()
+        self.ticker.stop()
+
+
+def test_run_done_follows_the_single_finished(term_config: RunnerConfig) -> None:
+    tree = BareTree(term_config, terminal_child_spec(term_config, shell_argv=SHELL))
+    try:
+        wait_terminal(tree.children, lambda t: t.state is ChildState.RUNNING, what="terminal running")
+        run_id = next_run_id()
+        tree.ref.tell(ForwardToChild(child_id=TERMINAL_CHILD, message=RunTask(run_id=run_id, kind="code", text="%nope")))
+        done = tree.recorder.wait_for(lambda m: m == ("lang", RunDone(run_id=run_id, exit_code=2)), timeout=5,
+                                      what="RunDone at the language runner")
+        assert done
+        messages = tree.recorder.messages
+        finished = [m for m in messages if isinstance(m, Finished)]
+        assert finished == [Finished(kind="code", exit_code=2)]
+        assert messages.index(finished[0]) < messages.index(done)
+        assert any(isinstance(m, Output) and m.stream == "stderr" for m in messages)
+    finally:
+        tree.close()
+
+
+def test_a_terminal_that_cannot_start_rejects_runs_and_releases_the_language_runner(term_config: RunnerConfig,
+                                                                                   tmp_path: Path) -> None:
+    config = attrs.evolve(
+        term_config,
+        restart=RestartDefaults(backoff_initial_s=0.01, backoff_cap_s=0.02, backoff_jitter=0.0,
+                                intensity_max_restarts=1, intensity_period_s=60.0),
+    )
+    spec = terminal_child_spec(config, shell_argv=[str(tmp_path / "no-such-shell")])
+    tree = BareTree(config, spec)
+    try:
+        wait_terminal(tree.children, lambda t: t.state is ChildState.FATAL, what="terminal FATAL")
+        run_id = next_run_id()
+        tree.ref.tell(ForwardToChild(child_id=TERMINAL_CHILD, message=RunTask(run_id=run_id, kind="code", text="%ping")))
+        tree.recorder.wait_for(lambda m: m == ("lang", RunDone(run_id=run_id, exit_code=127)), timeout=5,
+                               what="RunDone from the reject")
+        messages = tree.recorder.messages
+        assert Finished(kind="code", exit_code=127) in messages
+        assert any(isinstance(m, Output) and b"terminal is not available" in m.data for m in messages)
+    finally:
+        tree.close()
+
+
+def test_fixed_ports_are_kept_across_actor_restarts(term_config: RunnerConfig) -> None:
+    ports = TerminalPorts(0, 0)
+    tree = BareTree(term_config, terminal_child_spec(term_config, ports=ports, shell_argv=SHELL))
+    try:
+        first = wait_terminal(tree.children, has_ports, what="terminal ports")
+        assert (first.extra["term_in_port"], first.extra["term_out_port"]) == (ports.term_in, ports.term_out)
+        # Kill the actor (not the shell): the supervisor restarts it, and it binds the same ports again.
+        (actor,) = pykka.ActorRegistry.get_by_class(TerminalActor)
+        actor.stop(timeout=5)
+        second = wait_terminal(tree.children, lambda t: t.generation == 2 and has_ports(t), what="restarted terminal")
+        assert (second.extra["term_in_port"], second.extra["term_out_port"]) == (ports.term_in, ports.term_out)
+        assert second.extra["shell_pid"] != first.extra["shell_pid"]
+        assert_gone([first.extra["shell_pid"]], timeout=5)
+        client = TermClient(term_in=ports.term_in, term_out=ports.term_out)
+        try:
+            client.sync()
+            client.echo("back")
+        finally:
+            client.close()
+    finally:
+        tree.close()
+
+
+
+def test_a_shell_that_keeps_dying_is_left_to_the_supervisor(term_config: RunnerConfig) -> None:
+    config = attrs.evolve(
+        term_config,
+        restart=RestartDefaults(backoff_initial_s=0.01, backoff_cap_s=0.02, backoff_jitter=0.0,
+                                intensity_max_restarts=1, intensity_period_s=60.0),
+    )
+    spec = terminal_child_spec(
+        config,
+        shell_argv=["/bin/sh", "-c", "exit 3"],
+        shell_backoff=Backoff(initial_s=0.01, factor=1.0, cap_s=0.01, jitter=0.0),
+        max_quick_exits=3,
+    )
+    tree = BareTree(config, spec)
+    try:
+        # 3 quick exits per incarnation end the actor with ProcessDied; the supervisor restarts it once, then gives up.
+        info = wait_terminal(tree.children, lambda t: t.state is ChildState.FATAL, what="terminal FATAL")
+        assert info.last_exit == "process exited with code 3"
+        assert info.generation == 2
+    finally:
+        tree.close()
+
+
+def test_show_graph_gives_up_on_a_hung_git(term_config: RunnerConfig, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stand-in git that never answers (a real hung git needs a stuck filesystem); it must be killed, not waited for.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    pid_file = tmp_path / "git.pid"
+    fake = bin_dir / "git"
+    fake.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    handle = start(term_config, extra_children=[terminal_child_spec(term_config, shell_argv=SHELL, git_timeout_s=0.5)])
+    try:
+        with AgentClient(port_in=handle.ports.port_in, port_out=handle.ports.port_out) as agent:
+            wait_terminal(handle.which_children, lambda t: t.state is ChildState.RUNNING, what="terminal running")
+            result = code(handle, agent, f"%show graph {tmp_path}")
+            assert result.exit_code == 124
+            assert b"did not finish within 0.5s" in result.stderr
+            assert_gone([int(pid_file.read_text())], timeout=5)
+            assert code(handle, agent, "%ping").stdout == b"pong!"
+    finally:
+        handle.stop(timeout=5)
+
+
+def test_agent_code_ops_reach_the_terminal_through_the_language_runner(term_runner: RunnerHandle,
+                                                                        term_agent: AgentClient) -> None:
+    # lang=git: the agent's `code` goes router → language runner → terminal; RunDone releases the runner's queue,
+    # so back-to-back ops are all answered, each with one `finished`.
+    term_agent.send("code", "%ping")
+    term_agent.send("code", "%nope")
+    term_agent.send("code", "%resize 50 120")
+    first, second, third = (term_agent.collect_run() for _ in range(3))
+    assert (first.exit_code, first.stdout) == (0, b"pong!")
+    assert second.exit_code == 2 and b"unknown command" in second.stderr
+    assert (third.exit_code, third.stdout) == (0, b"OK; terminal resized to 50 lines and 120 columns")
+    with pytest.raises(TimeoutError):
+        term_agent.recv(timeout=0.3)

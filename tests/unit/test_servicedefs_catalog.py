@@ -1,0 +1,390 @@
+"""Loading definition folders, get-apps, and resolving start requests (spec §6.2-6.8, §7.2)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kernel_runner.messages import (
+    HealthCheck,
+    ModelInfo,
+    ModelServiceSpec,
+    PrestartActionSpec,
+    ServiceInfo,
+    ServiceOptions,
+    ServiceResult,
+)
+from kernel_runner.servicedefs import (
+    DefinitionError,
+    ServiceCatalog,
+    ServiceLaunch,
+    TemplateError,
+    load_service_definitions,
+)
+from kernel_runner.servicedefs.schema import RestartOverride
+
+CHILD_ENV = {
+    "HOME": "/home/work",
+    "PATH": "/usr/bin:/bin",
+    "LD_LIBRARY_PATH": "/opt/backend.ai/lib:/usr/local/lib",
+    "LANG": "C.UTF-8",
+}
+
+# The definition used for spec §6.6 item 4 and §6.8's (V) observations.
+WEB = {
+    "command": ["{runtime_path}", "-m", "http.server", "{ports[0]}"],
+    "url_template": "http://{host}:{port}/",
+    "allowed_arguments": ["--bind", "--directory"],
+    "default_arguments": {"--bind": "127.0.0.1"},
+    "allowed_envs": ["FOO", "HOME"],
+    "env": {"WEB_{ports[0]}": "v{ports[0]}"},
+}
+
+
+def write_defs(folder: Path, defs: dict[str, Any]) -> Path:
+    folder.mkdir(exist_ok=True)
+    for name, body in defs.items():
+        (folder / f"{name}.json").write_text(body if isinstance(body, str) else json.dumps(body))
+    return folder
+
+
+def catalog_with(tmp_path: Path, defs: dict[str, Any]) -> ServiceCatalog:
+    catalog, problems = load_service_definitions(write_defs(tmp_path / "defs", defs))
+    assert problems == []
+    return catalog
+
+
+def info(name: str, *, protocol: str = "http", arguments: Any = None, envs: Any = None, port: int = 18080) -> ServiceInfo:
+    return ServiceInfo(
+        name=name,
+        port=port,
+        ports=(port, port + 1),
+        protocol=protocol,
+        options=ServiceOptions(arguments=arguments, envs=envs),
+    )
+
+
+def resolve(catalog: ServiceCatalog, request: ServiceInfo, *, lang: str = "app", **kwargs: Any) -> ServiceLaunch | ServiceResult:
+    return catalog.resolve(
+        request,
+        lang=lang,
+        runtime_path=kwargs.pop("runtime_path", "/usr/bin/python3"),
+        child_env=kwargs.pop("child_env", CHILD_ENV),
+        work_dir=kwargs.pop("work_dir", Path("/home/work")),
+        **kwargs,
+    )
+
+
+def launch_of(result: ServiceLaunch | ServiceResult) -> ServiceLaunch:
+    assert isinstance(result, ServiceLaunch), result
+    return result
+
+
+def failed(error: str) -> ServiceResult:
+    return ServiceResult(status="failed", error=error)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def test_broken_file_is_reported_and_skipped_while_the_good_one_loads(tmp_path: Path) -> None:
+    folder = write_defs(
+        tmp_path / "defs", {"good": {"command": ["true"]}, "bad": {"command": ["x"], "bogus": 1}, "nojson": "{nope"}
+    )
+    catalog, problems = load_service_definitions(folder)
+    assert list(catalog.definitions) == ["good"]
+    assert catalog.has_parser
+    assert len(problems) == 2
+    assert problems[0].startswith(f"{folder / 'bad.json'}: unknown key 'bogus' (allowed: command, noop,")
+    assert problems[0].endswith("@ $")
+    assert problems[1].startswith(f"malformed JSON in service-def file: {folder / 'nojson.json'} (")
+    # A start request for a broken definition says why, instead of "unsupported service" or a legacy fallback.
+    result = resolve(catalog, info("bad"))
+    assert isinstance(result, ServiceResult)
+    assert result.status == "failed"
+    assert result.error is not None
+    assert result.error.startswith(
+        f"InvalidServiceDefinition(\"Service-def for bad is invalid: {folder / 'bad.json'}: unknown key 'bogus'"
+    )
+    assert result.error.endswith('@ $")')
+
+
+def test_missing_folder_means_no_parser_and_no_apps(tmp_path: Path) -> None:
+    catalog, problems = load_service_definitions(tmp_path / "absent")
+    assert problems == []
+    assert not catalog.has_parser
+    assert catalog.apps(None) == []
+    assert catalog.apps("web") == []
+
+
+def test_only_json_files_load_in_name_order(tmp_path: Path) -> None:
+    folder = write_defs(tmp_path / "defs", {"zeta": {"command": ["z"]}, "alpha": {"command": ["a"]}})
+    (folder / "README.txt").write_text("not a definition")
+    (folder / "dir.json").mkdir()
+    catalog, problems = load_service_definitions(folder)
+    assert problems == []
+    assert list(catalog.definitions) == ["alpha", "zeta"]
+
+
+def test_catalog_variables_are_known_to_templates(tmp_path: Path) -> None:
+    folder = write_defs(tmp_path / "defs", {"w": {"command": ["{home}/bin/w"]}})
+    catalog, problems = load_service_definitions(folder, variables={"home": "/home/work"})
+    assert problems == []
+    assert launch_of(resolve(catalog, info("w"))).render().argv == ("/home/work/bin/w",)
+
+
+# --------------------------------------------------------------------------------------------
+# get-apps (spec §6.8)
+# --------------------------------------------------------------------------------------------
+
+
+def test_apps_matches_the_observed_shape(tmp_path: Path) -> None:
+    catalog = catalog_with(tmp_path, {"web": WEB, "plain": {"command": ["x"]}, "idle": {"command": [], "noop": True}})
+    assert catalog.apps("web") == [
+        {
+            "name": "web",
+            "url_template": "http://{host}:{port}/",
+            "allowed_arguments": ["--bind", "--directory"],
+            "allowed_envs": ["FOO", "HOME"],
+        }
+    ]
+    assert catalog.apps(None) == [{"name": "idle"}, {"name": "plain"}, {"name": "web", **catalog.apps("web")[0]}]
+    assert catalog.apps("") == catalog.apps(None)
+    assert catalog.apps("nosuch") == []
+
+
+def test_model_services_are_listed_after_files_and_keep_position_when_replaced(tmp_path: Path) -> None:
+    catalog = catalog_with(tmp_path, {"web": WEB})
+    catalog, _ = catalog.with_model_service(model("llama", 8000))
+    catalog = catalog.with_definition("zz", catalog.definitions["web"])
+    catalog, _ = catalog.with_model_service(model("llama", 8000, command=["other"]))
+    assert [app["name"] for app in catalog.apps(None)] == ["web", "llama-8000", "zz"]
+    assert catalog.definitions["llama-8000"].command == ("other",)
+
+
+# --------------------------------------------------------------------------------------------
+# resolve (spec §6.2, §6.6, §6.7)
+# --------------------------------------------------------------------------------------------
+
+
+def test_preopen_is_started_without_looking_anything_up(tmp_path: Path) -> None:
+    catalog = catalog_with(tmp_path, {})
+    assert resolve(catalog, info("whatever", protocol="preopen")) == ServiceResult(status="started")
+
+
+def test_pty_is_not_implemented(tmp_path: Path) -> None:
+    assert resolve(catalog_with(tmp_path, {"web": WEB}), info("web", protocol="pty")) == failed("not implemented yet")
+
+
+def test_unknown_name_is_unsupported(tmp_path: Path) -> None:
+    assert resolve(catalog_with(tmp_path, {}), info("hostport1", protocol="internal")) == failed("unsupported service")
+
+
+def test_arguments_and_env_as_observed_upstream(tmp_path: Path) -> None:
+    # spec §6.6 item 4 (V): defaults first, then user flags; def env interpolated, user env added.
+    catalog = catalog_with(tmp_path, {"web": WEB})
+    launch = launch_of(resolve(catalog, info("web", arguments={"--directory": "/tmp"}, envs={"FOO": "bar"})))
+    command = launch.render()
+    assert command.argv == ("/usr/bin/python3", "-m", "http.server", "18080", "--bind", "127.0.0.1", "--directory", "/tmp")
+    assert command.env["WEB_18080"] == "v18080"
+    assert command.env["FOO"] == "bar"
+    assert command.env["HOME"] == "/home/work"
+    assert command.cwd == Path("/home/work")
+    assert launch.port == 18080
+    assert launch.origin == "definition"
+
+
+def test_user_flag_overrides_a_default_in_place_and_list_and_null_values(tmp_path: Path) -> None:
+    definition = {
+        "command": ["srv"],
+        "allowed_arguments": ["--bind", "--tag", "--verbose"],
+        "default_arguments": {"--bind": "127.0.0.1", "--fixed": None},
+    }
+    catalog = catalog_with(tmp_path, {"srv": definition})
+    launch = launch_of(resolve(catalog, info("srv", arguments={"--tag": ["a", "b"], "--bind": "0.0.0.0", "--verbose": None})))
+    assert launch.render().argv == ("srv", "--bind", "0.0.0.0", "--fixed", "--tag", "a", "b", "--verbose")
+
+
+def test_user_arguments_and_envs_are_not_interpolated(tmp_path: Path) -> None:
+    catalog = catalog_with(tmp_path, {"web": WEB})
+    command = launch_of(resolve(catalog, info("web", arguments={"--directory": "{ports[0]}"}, envs={"FOO": "{x}"}))).render()
+    assert command.argv[-2:] == ("--directory", "{ports[0]}")
+    assert command.env["FOO"] == "{x}"
+
+
+def test_disallowed_argument_uses_upstreams_text(tmp_path: Path) -> None:
+    result = resolve(catalog_with(tmp_path, {"web": WEB}), info("web", arguments={"--evil": "1"}))
+    assert result == failed("DisallowedArgument('Argument --evil not allowed for service web')")
+
+
+def test_disallowed_env_uses_upstreams_texts(tmp_path: Path) -> None:
+    catalog = catalog_with(tmp_path, {"web": WEB})
+    assert resolve(catalog, info("web", envs={"BAR": "1"})) == failed(
+        "DisallowedEnvironment('Environment variable BAR not allowed for service web')"
+    )
+    # spec §6.2 step 11 (V): allowed, but already in child_env, so frozen.
+    assert resolve(catalog, info("web", envs={"HOME": "/tmp"})) == failed(
+        'DisallowedEnvironment("Environment variable HOME can\'t be overwritten")'
+    )
+
+
+def test_krunner_libraries_are_stripped_from_the_service_env(tmp_path: Path) -> None:
+    catalog = catalog_with(tmp_path, {"web": WEB})
+    launch = launch_of(resolve(catalog, info("web")))
+    assert launch.render().env["LD_LIBRARY_PATH"] == "/usr/local/lib"
+    assert launch.prestart_env["LD_LIBRARY_PATH"] == "/usr/local/lib"
+
+
+def test_noop_starts_without_prestart_or_option_checks(tmp_path: Path) -> None:
+    idle = {"command": [], "noop": True, "prestart": [{"action": "mkdir", "args": {"path": "should-not-exist"}}]}
+    catalog = catalog_with(tmp_path, {"idle": idle})
+    launch = launch_of(resolve(catalog, info("idle", arguments={"--x": "1"}), work_dir=tmp_path))
+    assert launch.noop
+    assert launch.prestart == ()
+    command = launch.prepare(log=lambda level, text: None)
+    assert command.argv == ()
+    assert not (tmp_path / "should-not-exist").exists()
+
+
+def test_prepare_runs_prestart_and_feeds_refs_into_the_command(tmp_path: Path) -> None:
+    definition = {
+        "command": ["{runtime_path}", "{cfg}", "{probe[out]}"],
+        "env": {"CFG": "{cfg}"},
+        "prestart": [
+            {"action": "write_tempfile", "args": {"body": ["port = {ports[0]}"]}, "ref": "cfg"},
+            {"action": "run_command", "args": {"command": [sys.executable, "-c", "print('ok', end='')"]}, "ref": "probe"},
+        ],
+    }
+    catalog = catalog_with(tmp_path, {"cfg": definition})
+    launch = launch_of(resolve(catalog, info("cfg"), work_dir=tmp_path, child_env={"PATH": "/usr/bin:/bin"}))
+    command = launch.prepare(log=lambda level, text: None)
+    try:
+        assert command.argv[0] == "/usr/bin/python3"
+        assert command.argv[2] == "ok"
+        assert Path(command.argv[1]).read_text() == "port = 18080"
+        assert command.env["CFG"] == command.argv[1]
+    finally:
+        Path(command.argv[1]).unlink()
+
+
+def test_render_time_template_failures_raise_template_error(tmp_path: Path) -> None:
+    catalog = catalog_with(tmp_path, {"w": {"command": ["w", "{ports[5]}"]}})
+    launch = launch_of(resolve(catalog, info("w")))
+    with pytest.raises(TemplateError):
+        launch.render()
+
+
+def test_restart_override_travels_with_the_launch(tmp_path: Path) -> None:
+    catalog = catalog_with(tmp_path, {"w": {"command": ["w"], "restart": {"policy": "temporary"}}})
+    assert launch_of(resolve(catalog, info("w"))).restart == RestartOverride(policy="temporary")
+
+
+def test_ports_fall_back_to_the_single_port(tmp_path: Path) -> None:
+    catalog = catalog_with(tmp_path, {"w": {"command": ["w", "{ports[0]}"]}})
+    launch = launch_of(resolve(catalog, ServiceInfo(name="w", port=9000, protocol="tcp")))
+    assert launch.render().argv == ("w", "9000")
+    assert launch.port == 9000
+
+
+# --------------------------------------------------------------------------------------------
+# Intrinsic and legacy precedence (spec §6.2 steps 5-6)
+# --------------------------------------------------------------------------------------------
+
+
+def fake_sshd(port: int) -> tuple[str, ...]:
+    return ("/opt/kernel/dropbear", "-p", f"0.0.0.0:{port}")
+
+
+def test_intrinsic_names_win_over_definitions(tmp_path: Path) -> None:
+    catalog = catalog_with(tmp_path, {"sshd": {"command": ["my-sshd"]}})
+    launch = launch_of(resolve(catalog, info("sshd", protocol="tcp", port=2200), sshd=fake_sshd))
+    assert launch.origin == "intrinsic"
+    assert launch.render().argv == ("/opt/kernel/dropbear", "-p", "0.0.0.0:2200")
+    assert launch.render().env["LD_LIBRARY_PATH"] == "/usr/local/lib"
+    # Without the intrinsic (binary missing) the image's own definition is used.
+    assert launch_of(resolve(catalog, info("sshd", protocol="tcp"))).render().argv == ("my-sshd",)
+
+
+def test_definitions_win_over_legacy_and_legacy_is_per_language(tmp_path: Path) -> None:
+    catalog = catalog_with(tmp_path, {"jupyter": {"command": ["my-jupyter"]}})
+    assert launch_of(resolve(catalog, info("jupyter"), lang="python")).render().argv == ("my-jupyter",)
+    assert launch_of(resolve(catalog, info("tensorboard"), lang="python")).origin == "legacy"
+    assert resolve(catalog, info("tensorboard"), lang="c") == failed("unsupported service")
+
+
+# --------------------------------------------------------------------------------------------
+# Model services (spec §7.2)
+# --------------------------------------------------------------------------------------------
+
+
+def model(name: str, port: int, *, command: Any = None, actions: tuple[PrestartActionSpec, ...] = ()) -> ModelInfo:
+    return ModelInfo(
+        name=name,
+        model_path="/models/x",
+        service=ModelServiceSpec(
+            start_command=tuple(["python", "-m", "http.server", "{ports[0]}"] if command is None else command),
+            port=port,
+            pre_start_actions=actions,
+            health_check=HealthCheck(path="/health"),
+        ),
+    )
+
+
+def test_model_service_is_registered_as_name_port_and_resolves_with_a_fixed_request(tmp_path: Path) -> None:
+    catalog, request = catalog_with(tmp_path, {}).with_model_service(
+        model("llama", 8000, actions=(PrestartActionSpec(action="mkdir", args={"path": "/tmp/m"}),))
+    )
+    assert request == ServiceInfo(name="llama-8000", port=8000, ports=(8000,), protocol="http", options=ServiceOptions())
+    launch = launch_of(resolve(catalog, request))
+    assert launch.render().argv == ("python", "-m", "http.server", "8000")
+    assert len(launch.prestart) == 1
+    assert catalog.apps("llama-8000") == [{"name": "llama-8000"}]
+
+
+def test_model_service_without_a_service_folder_still_registers(tmp_path: Path) -> None:
+    catalog, _ = load_service_definitions(tmp_path / "absent")
+    catalog, request = catalog.with_model_service(model("m", 7000))
+    assert catalog.has_parser
+    assert launch_of(resolve(catalog, request)).port == 7000
+
+
+def test_model_service_string_command_runs_through_the_shell_untemplated(tmp_path: Path) -> None:
+    spec = ModelServiceSpec(start_command="serve --port ${PORT} {x}", port=8000, shell="/bin/sh")
+    catalog, request = catalog_with(tmp_path, {}).with_model_service(ModelInfo(name="m", service=spec))
+    assert launch_of(resolve(catalog, request)).render().argv == ("/bin/sh", "-c", "serve --port ${PORT} {x}")
+
+
+def test_model_service_errors(tmp_path: Path) -> None:
+    catalog = catalog_with(tmp_path, {})
+    with pytest.raises(DefinitionError) as no_service:
+        catalog.with_model_service(ModelInfo(name="m"))
+    assert no_service.value.reply == "service info not provided"
+    with pytest.raises(DefinitionError) as bad_action:
+        catalog.with_model_service(model("m", 8000, actions=(PrestartActionSpec(action="nosuch"),)))
+    assert bad_action.value.reply == "InvalidServiceDefinition('Service-def for m-8000 used invalid action: nosuch')"
+    assert bad_action.value.problems[0].endswith("@ $.service.pre_start_actions[0]")
+    with pytest.raises(DefinitionError) as braces:
+        catalog.with_model_service(model("m", 8000, command=["python", "-c", "print('{x}')"]))
+    assert braces.value.problems[0].endswith("@ $.service.start_command[2]")
+    assert "write literal braces as {{ and }}" in braces.value.problems[0]
+
+
+def test_ttyd_launcher_and_an_intrinsic_without_a_port(tmp_path: Path) -> None:
+    catalog = catalog_with(tmp_path, {})
+    launch = launch_of(resolve(catalog, info("ttyd", port=7681), ttyd=lambda port: ("ttyd", "-p", str(port), "/bin/sh")))
+    assert launch.render().argv == ("ttyd", "-p", "7681", "/bin/sh")
+    assert launch.port == 7681
+    no_port = resolve(catalog, ServiceInfo(name="sshd", protocol="tcp"), sshd=fake_sshd)
+    assert no_port == failed("the intrinsic service sshd needs a port")
+
+
+def test_model_service_with_an_empty_command_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DefinitionError) as empty:
+        catalog_with(tmp_path, {}).with_model_service(model("m", 8000, command=[]))
+    assert empty.value.problems == ("model m: start_command is empty @ $.service.start_command",)

@@ -1,0 +1,204 @@
+"""Each prestart action of spec §6.5 on a temporary folder, with real (short, bounded) commands."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from kernel_runner.servicedefs.errors import ServiceStartError, TemplateError
+from kernel_runner.servicedefs.prestart import CommandTimedOut, run_bounded, run_prestart
+from kernel_runner.servicedefs.schema import CONVERTER, PrestartAction, ServiceDefinition
+
+VARIABLES: dict[str, Any] = {"ports": [18080], "runtime_path": sys.executable}
+
+
+def actions(*raw: dict[str, Any]) -> tuple[PrestartAction, ...]:
+    return CONVERTER.structure({"command": ["x"], "prestart_actions": list(raw)}, ServiceDefinition).prestart_actions
+
+
+class LogRecorder:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def __call__(self, level: str, text: str) -> None:
+        self.lines.append((level, text))
+
+
+def run(tmp_path: Path, *raw: dict[str, Any], log: LogRecorder | None = None, timeout_s: float = 5.0) -> dict[str, Any]:
+    return run_prestart(
+        actions(*raw),
+        env=dict(os.environ),
+        work_dir=tmp_path,
+        variables=VARIABLES,
+        log=log or LogRecorder(),
+        timeout_s=timeout_s,
+    )
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_write_file_interpolates_adds_newlines_and_chmods(tmp_path: Path) -> None:
+    refs = run(
+        tmp_path,
+        {
+            "action": "write_file",
+            "args": {"filename": "conf-{ports[0]}.txt", "body": ["port={ports[0]}", "x"], "mode": "600"},
+            "ref": "w",
+        },
+    )
+    written = tmp_path / "conf-18080.txt"
+    assert written.read_text() == "port=18080\nx\n"
+    assert mode_of(written) == 0o600
+    assert refs == {"w": None}
+
+
+def test_write_file_append_really_appends(tmp_path: Path) -> None:
+    # spec §10.4 item 33: upstream truncated even with append=true.
+    (tmp_path / "log.txt").write_text("old\n")
+    run(tmp_path, {"action": "write_file", "args": {"filename": "log.txt", "body": ["new"], "append": True}})
+    assert (tmp_path / "log.txt").read_text() == "old\nnew\n"
+    run(tmp_path, {"action": "write_file", "args": {"filename": "log.txt", "body": ["only"]}})
+    assert (tmp_path / "log.txt").read_text() == "only\n"
+
+
+def test_write_tempfile_returns_a_py_path_without_added_newlines(tmp_path: Path) -> None:
+    refs = run(
+        tmp_path, {"action": "write_tempfile", "args": {"body": ["a = {ports[0]}\n", "b = 2"], "mode": "640"}, "ref": "cfg"}
+    )
+    path = Path(refs["cfg"])
+    try:
+        assert path.is_absolute()
+        assert path.suffix == ".py"
+        assert path.read_text() == "a = 18080\nb = 2"
+        assert mode_of(path) == 0o640
+    finally:
+        path.unlink()
+
+
+def test_run_command_result_feeds_later_templates(tmp_path: Path) -> None:
+    refs = run(
+        tmp_path,
+        {
+            "action": "run_command",
+            "args": {"command": [sys.executable, "-c", "import sys; print('out', {ports[0]}); print('err', file=sys.stderr)"]},
+            "ref": "probe",
+        },
+        {"action": "write_file", "args": {"filename": "seen.txt", "body": ["{probe[out]}"]}},
+    )
+    assert refs["probe"] == {"out": "out 18080\n", "err": "err\n"}
+    assert (tmp_path / "seen.txt").read_text() == "out 18080\n\n"
+
+
+def test_run_command_runs_in_work_dir_and_ignores_exit_code_with_a_warning(tmp_path: Path) -> None:
+    log = LogRecorder()
+    refs = run(
+        tmp_path,
+        {
+            "action": "run_command",
+            "args": {"command": [sys.executable, "-c", "import os; print(os.getcwd()); raise SystemExit(3)"]},
+            "ref": "r",
+        },
+        log=log,
+    )
+    assert refs["r"]["out"].strip() == str(tmp_path)
+    assert log.lines == [("WARNING", f"prestart run_command {sys.executable} exited with code 3")]
+
+
+def test_run_command_decodes_bad_utf8_leniently(tmp_path: Path) -> None:
+    refs = run(
+        tmp_path,
+        {
+            "action": "run_command",
+            "args": {"command": [sys.executable, "-c", "import sys; sys.stdout.buffer.write(b'a\\xffb')"]},
+            "ref": "r",
+        },
+    )
+    assert refs["r"]["out"] == "a\ufffdb"
+
+
+def test_run_command_missing_program_is_a_start_error(tmp_path: Path) -> None:
+    with pytest.raises(ServiceStartError) as info:
+        run(tmp_path, {"action": "run_command", "args": {"command": ["/nonexistent/tool"]}})
+    assert info.value.reply_text == "prestart run_command: the executable file is not found: /nonexistent/tool"
+
+
+def test_run_command_is_bounded_and_kills_its_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    script = (
+        "import subprocess, sys, time;"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid));"
+        "time.sleep(60)"
+    )
+    started = time.monotonic()
+    with pytest.raises(ServiceStartError) as info:
+        run(tmp_path, {"action": "run_command", "args": {"command": [sys.executable, "-c", script]}}, timeout_s=1.0)
+    assert time.monotonic() - started < 4.0
+    assert info.value.reply_text == f"prestart run_command timed out after 1 s: {sys.executable}"
+    assert not _alive(int(pidfile.read_text()))  # killed with its group, not left running for 60 s
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_run_bounded_survives_a_grandchild_that_left_the_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "escaped.pid"
+    script = (
+        "import subprocess, sys, time;"
+        "p = subprocess.Popen([sys.executable, '-c', 'import os, time; os.setsid(); time.sleep(60)']);"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(60)"
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(CommandTimedOut):
+            run_bounded([sys.executable, "-c", script], env=dict(os.environ), cwd=tmp_path, timeout_s=1.0)
+        # 1 s budget + 1 s for the group to go + 1 s to reap: never the escaped process's 60 s.
+        assert time.monotonic() - started < 5.0
+    finally:
+        if pidfile.exists():
+            escaped = psutil.Process(int(pidfile.read_text()))
+            escaped.kill()
+            escaped.wait(timeout=5)
+
+
+def test_mkdir_creates_parents_and_accepts_existing(tmp_path: Path) -> None:
+    run(tmp_path, {"action": "mkdir", "args": {"path": "a/b/{ports[0]}"}})
+    run(tmp_path, {"action": "mkdir", "args": {"path": "a/b/{ports[0]}"}})
+    assert (tmp_path / "a" / "b" / "18080").is_dir()
+
+
+def test_log_levels_and_verbatim_text(tmp_path: Path) -> None:
+    log = LogRecorder()
+    run(
+        tmp_path,
+        {"action": "log", "args": {"message": "port {ports[0]} {{x}}"}},
+        {"action": "log", "args": {"message": "quiet", "debug": True}},
+        log=log,
+    )
+    assert log.lines == [("INFO", "port 18080 {x}"), ("DEBUG", "quiet")]
+
+
+def test_io_errors_name_the_failing_action(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ServiceStartError) as info:
+        run(tmp_path, {"action": "log", "args": {"message": "ok"}}, {"action": "mkdir", "args": {"path": "file/sub"}})
+    assert info.value.reply_text.startswith("prestart action #1 (mkdir) failed: ")
+
+
+def test_template_errors_pass_through(tmp_path: Path) -> None:
+    with pytest.raises(TemplateError) as info:
+        run(tmp_path, {"action": "log", "args": {"message": "{ports[3]}"}})
+    assert "IndexError" in info.value.reply_text

@@ -1,0 +1,210 @@
+"""Schema of service-definition files (spec §6.3, §6.5): what is accepted, and the exact path of what is not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kernel_runner.servicedefs.errors import DefinitionError
+from kernel_runner.servicedefs.schema import (
+    Log,
+    Mkdir,
+    RestartOverride,
+    RunCommand,
+    WriteFile,
+    WriteTempfile,
+    parse_definition,
+)
+
+
+def parse(raw: Any) -> Any:
+    return parse_definition(raw, name="web", source="web.json")
+
+
+def problems_of(raw: Any) -> DefinitionError:
+    with pytest.raises(DefinitionError) as info:
+        parse(raw)
+    return info.value
+
+
+def test_minimal_definition_gets_upstream_defaults() -> None:
+    definition = parse({"command": ["{runtime_path}", "-m", "http.server", "{ports[0]}"]})
+    assert definition.command == ("{runtime_path}", "-m", "http.server", "{ports[0]}")
+    assert definition.noop is False
+    assert definition.url_template == ""
+    assert definition.prestart_actions == ()
+    assert dict(definition.env) == {}
+    assert definition.allowed_envs == ()
+    assert definition.allowed_arguments == ()
+    assert dict(definition.default_arguments) == {}
+    assert definition.restart is None
+
+
+def test_every_action_parses_to_its_class_with_defaults() -> None:
+    definition = parse(
+        {
+            "command": ["x"],
+            "prestart_actions": [
+                {"action": "write_file", "args": {"filename": "a", "body": ["l"]}},
+                {"action": "write_tempfile", "args": {"body": ["b"]}, "ref": "tmp"},
+                {"action": "run_command", "args": {"command": ["echo", 1, 2.5]}, "ref": "out"},
+                {"action": "mkdir", "args": {"path": "/d"}},
+                {"action": "log", "args": {"message": "hi"}},
+            ],
+        }
+    )
+    write_file, write_tempfile, run_command, mkdir, log = definition.prestart_actions
+    assert isinstance(write_file, WriteFile)
+    assert (write_file.args.mode, write_file.args.append) == ("644", False)  # the code's default, not the docs' 755
+    assert isinstance(write_tempfile, WriteTempfile)
+    assert write_tempfile.ref == "tmp"
+    assert isinstance(run_command, RunCommand)
+    assert run_command.args.command == ("echo", "1", "2.5")  # pieces are converted to text (spec §6.5)
+    assert isinstance(mkdir, Mkdir)
+    assert isinstance(log, Log)
+    assert log.args.debug is False
+    assert definition.refs() == ("tmp", "out")
+
+
+def test_prestart_is_an_alias_and_errors_name_the_key_the_file_used() -> None:
+    definition = parse({"command": ["x"], "prestart": [{"action": "mkdir", "args": {"path": "/d"}}]})
+    assert isinstance(definition.prestart_actions[0], Mkdir)
+    error = problems_of({"command": ["x"], "prestart": [{"action": "mkdir", "args": {"path": 3}}]})
+    assert error.problems == ("web.json: expected a string, got a number @ $.prestart[0].args.path",)
+
+
+def test_both_prestart_keys_is_rejected() -> None:
+    error = problems_of({"command": ["x"], "prestart": [], "prestart_actions": []})
+    assert "aliases" in error.problems[0]
+    assert error.problems[0].endswith("@ $")
+
+
+def test_unknown_top_level_key_is_rejected_with_the_allowed_keys() -> None:
+    error = problems_of({"command": ["x"], "comand": ["y"]})
+    (line,) = error.problems
+    assert line.startswith("web.json: unknown key 'comand' (allowed: command, noop, url_template,")
+    assert line.endswith("@ $")
+
+
+def test_missing_command_is_reported_at_its_path() -> None:
+    assert problems_of({"noop": True}).problems == ("web.json: required key missing @ $.command",)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"command": "python -m x"}, "expected a list, got a string @ $.command"),
+        ({"command": ["a", 1]}, "expected a string, got a number @ $.command[1]"),
+        ({"command": ["a"], "noop": "yes"}, "expected true or false, got a string @ $.noop"),
+        ({"command": ["a"], "env": {"A": 1}}, "expected a string, got a number @ $.env['A']"),
+        ({"command": ["a"], "allowed_envs": "FOO"}, "expected a list, got a string @ $.allowed_envs"),
+        (
+            {"command": ["a"], "default_arguments": {"--x": {"y": 1}}},
+            "expected a string, a list of strings or null, got an object @ $.default_arguments['--x']",
+        ),
+        (
+            {"command": ["a"], "prestart_actions": [{"action": "mkdir", "args": {"path": "/d"}, "when": 1}]},
+            "unknown key 'when' (allowed: args, ref) @ $.prestart_actions[0]",
+        ),
+        (
+            {"command": ["a"], "prestart_actions": [{"action": "mkdir"}]},
+            "required key missing @ $.prestart_actions[0].args",
+        ),
+        (
+            {"command": ["a"], "prestart_actions": [{"args": {}}]},
+            'missing "action" (one of write_file, write_tempfile, run_command, mkdir, log) @ $.prestart_actions[0]',
+        ),
+        (
+            {
+                "command": ["a"],
+                "prestart_actions": [{"action": "write_file", "args": {"filename": "f", "body": [], "mode": 644}}],
+            },
+            'mode must be an octal string such as "644", got 644 @ $.prestart_actions[0].args.mode',
+        ),
+        ({"command": []}, '"command" is empty; set "noop": true for a service with nothing to run @ $'),
+        ([1, 2], "a service definition must be a JSON object, got a list @ $"),
+    ],
+)
+def test_rejected_values_name_the_json_path(raw: Any, expected: str) -> None:
+    assert f"web.json: {expected}" in problems_of(raw).problems
+
+
+def test_unknown_action_is_rejected_and_the_reply_is_upstreams() -> None:
+    error = problems_of({"command": ["a"], "prestart": [{"action": "nosuch", "args": {}}]})
+    assert error.problems == (
+        "web.json: unknown action 'nosuch'; known actions: write_file, write_tempfile, run_command, mkdir, log @ $.prestart[0]",
+    )
+    # spec §6.2 step 11 (V): the text a start request for this service gets.
+    assert error.reply == "InvalidServiceDefinition('Service-def for web used invalid action: nosuch')"
+
+
+def test_module_level_names_are_not_actions() -> None:
+    # spec §10.4 item 32: upstream accepted any callable attribute of its actions module.
+    error = problems_of({"command": ["a"], "prestart": [{"action": "interpolate", "args": {}}]})
+    assert "used invalid action: interpolate" in error.reply
+
+
+def test_several_problems_are_all_reported() -> None:
+    error = problems_of({"command": [1], "noop": 2, "extra": 3})
+    assert len(error.problems) == 3
+
+
+def test_default_arguments_accept_text_lists_null_and_numbers_as_bare_flags() -> None:
+    definition = parse({"command": ["a"], "default_arguments": {"--a": "1", "--b": ["x", "y"], "--c": None, "--d": 5}})
+    assert dict(definition.default_arguments) == {"--a": "1", "--b": ("x", "y"), "--c": None, "--d": None}
+
+
+def test_restart_override_is_optional_and_partial() -> None:
+    definition = parse({"command": ["a"], "restart": {"policy": "transient", "backoff_cap_s": 5}})
+    assert definition.restart == RestartOverride(policy="transient", backoff_cap_s=5.0)
+
+
+@pytest.mark.parametrize(
+    ("restart", "expected"),
+    [
+        ({"policy": "always"}, "expected one of 'permanent', 'transient', 'temporary', got 'always' @ $.restart.policy"),
+        ({"max_restarts": -1}, "max_restarts must be 0 or more @ $.restart"),
+        ({"max_restarts": 1.5}, "expected an integer, got a number @ $.restart.max_restarts"),
+        ({"period_s": 0}, "period_s must be greater than 0 @ $.restart"),
+        ({"backoff_initial_s": 2, "backoff_cap_s": 1}, "backoff_cap_s must not be smaller than backoff_initial_s @ $.restart"),
+        ({"jitter": 0.1}, "unknown key 'jitter'"),
+    ],
+)
+def test_bad_restart_override(restart: dict[str, Any], expected: str) -> None:
+    (line,) = problems_of({"command": ["a"], "restart": restart}).problems
+    assert expected in line
+
+
+def test_unknown_template_variable_is_caught_at_load_with_its_path() -> None:
+    error = problems_of({"command": ["a", "--port={port}"]})
+    (line,) = error.problems
+    assert line.startswith("web.json: template '--port={port}' uses unknown variable 'port'; known: ports, runtime_path")
+    assert line.endswith("@ $.command[1]")
+
+
+def test_refs_are_visible_only_after_the_action_that_defines_them() -> None:
+    parse(
+        {
+            "command": ["{cfg}", "{out[out]}"],
+            "env": {"CFG_{ports[0]}": "{cfg}"},
+            "prestart": [
+                {"action": "write_tempfile", "args": {"body": ["x"]}, "ref": "cfg"},
+                {"action": "run_command", "args": {"command": ["cat", "{cfg}"]}, "ref": "out"},
+            ],
+        }
+    )
+    error = problems_of({"command": ["x"], "prestart": [{"action": "write_tempfile", "args": {"body": ["{cfg}"]}, "ref": "cfg"}]})
+    assert error.problems[0].endswith("@ $.prestart[0].args.body[0]")
+
+
+def test_literal_braces_must_be_doubled() -> None:
+    parse({"command": ["python", "-c", "print({{'a': 1}})"]})
+    (line,) = problems_of({"command": ["python", "-c", "print({'a': 1})"]}).problems
+    assert "write literal braces as {{ and }}" in line
+    assert line.endswith("@ $.command[2]")
+
+
+def test_catalog_variables_extend_the_known_names() -> None:
+    definition = parse_definition({"command": ["{home}"]}, name="w", source="w.json", known_variables=("ports", "home"))
+    assert definition.command == ("{home}",)
