@@ -10,6 +10,8 @@ LANG_TO_RUN ?= python
 WORK_DIR ?= $(if $(wildcard /home/work),/home/work,$(CURDIR)/.run/work)
 CONFIG_DIR ?= $(if $(wildcard /home/config),/home/config,$(CURDIR)/.run/config)
 PYTEST_ARGS ?=
+# Make's own variables must not leak into the runner's children (a user's `make` would print "Entering directory").
+CLEAN_ENV := env -u MAKELEVEL -u MAKEFLAGS -u MFLAGS
 
 .PHONY: setup system-deps run test lint typecheck unit test-heavy bench clean
 
@@ -27,7 +29,7 @@ system-deps:
 
 run: setup
 	@mkdir -p $(WORK_DIR) $(CONFIG_DIR)
-	$(PY) -m kernel_runner $(LANG_TO_RUN) --work-dir $(WORK_DIR) --config-dir $(CONFIG_DIR)
+	$(CLEAN_ENV) $(PY) -m kernel_runner $(LANG_TO_RUN) --work-dir $(WORK_DIR) --config-dir $(CONFIG_DIR)
 
 lint: setup
 	$(VENV)/bin/ruff check kernel_runner tests bench
@@ -36,14 +38,14 @@ typecheck: setup
 	$(VENV)/bin/mypy --config-file setup.cfg
 
 test: setup system-deps lint typecheck
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(CLEAN_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-heavy: setup
 	@bash .ci/install-system-deps .ci/apt-packages-heavy.txt
-	$(PY) -m pytest -m heavy $(PYTEST_ARGS)
+	$(CLEAN_ENV) $(PY) -m pytest -m heavy $(PYTEST_ARGS)
 
 bench: setup system-deps
-	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	@for script in bench/bench_*.py; do echo "== $$script"; $(CLEAN_ENV) $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache

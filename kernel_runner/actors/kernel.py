@@ -846,6 +846,7 @@ class KernelActor(SupervisedActor):
         self._dying: ExitReason | None = None
         self._start_error: str | None = None
         self._retire_sent = False
+        self._killed_for_interrupt = False
 
     # ---- life ------------------------------------------------------------------------------------------------
     def start_child(self) -> None:
@@ -1116,6 +1117,7 @@ class KernelActor(SupervisedActor):
             "the kernel ignored the interrupt for {:g} s; killing it so the run ends", self._interrupt_kill_after_s
         )
         if handle is not None:
+            self._killed_for_interrupt = True
             handle.kill_tree()
 
     def _handle_complete_code(self, message: CompleteCode) -> None:
@@ -1164,11 +1166,18 @@ class KernelActor(SupervisedActor):
         if run is None:
             self._retire()
             return
-        exit_code = death_exit_code(returncode)
-        note = (
-            f"kernel-runner: the Jupyter kernel ({self.kernel_name}) died ({note_how or reason.describe()}) "
-            "while this code ran; it is being restarted\n"
-        )
+        if self._killed_for_interrupt:
+            exit_code = INTERRUPTED_EXIT
+            note = (
+                f"kernel-runner: the Jupyter kernel ({self.kernel_name}) did not respond to the interrupt within "
+                f"{self._interrupt_kill_after_s:g} s, so it was killed; it is being restarted\n"
+            )
+        else:
+            exit_code = death_exit_code(returncode)
+            note = (
+                f"kernel-runner: the Jupyter kernel ({self.kernel_name}) died ({note_how or reason.describe()}) "
+                "while this code ran; it is being restarted\n"
+            )
         channels = self._channels
         if channels is not None and channels.is_alive():
             channels.submit(_EndRun(run_id=run.task.run_id, exit_code=exit_code, note=note))
@@ -1253,6 +1262,7 @@ def kernel_child_spec(
     env: Mapping[str, str] | None = None,
     ready_timeout_s: float = READY_TIMEOUT_S,
     complete_timeout_s: float = COMPLETE_TIMEOUT_S,
+    interrupt_kill_after_s: float = INTERRUPT_KILL_AFTER_S,
 ) -> ChildSpec:
     """The Jupyter kernel as a permanent child: restarted with backoff, FATAL after too many restarts (anchors §8).
 
@@ -1268,6 +1278,7 @@ def kernel_child_spec(
             env=env,
             ready_timeout_s=ready_timeout_s,
             complete_timeout_s=complete_timeout_s,
+            interrupt_kill_after_s=interrupt_kill_after_s,
         )
 
     return ChildSpec(
