@@ -49,7 +49,7 @@ def configure_logging(*, debug: bool, json_lines: bool) -> None:
             diagnose=False,
         )
     logging.basicConfig(handlers=[InterceptHandler()], level=logging.DEBUG if debug else logging.INFO, force=True)
-    for noisy in ("asyncio", "traitlets", "tornado"):
+    for noisy in ("asyncio", "traitlets", "tornado", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -24,6 +24,7 @@ from kernel_runner.messages import (
     ChildInfoUpdated,
     ChildState,
     ChildStateChanged,
+    Crashed,
     ExitReason,
     ForwardToChild,
     GetApps,
@@ -118,6 +119,8 @@ class _Child:
         self.extra: dict[str, Any] = {}
         self.timer: TimerHandle | None = None
         self.stop_permanently = False
+        # StopChild(permanent=False): the stop was asked for, and a fresh incarnation is wanted afterwards.
+        self.restart_after_stop = False
         self.pending: collections.deque[object] = collections.deque()
 
     def info(self, now: float) -> ChildInfo:
@@ -350,6 +353,11 @@ class SupervisorActor(pykka.ThreadingActor):
             log.info("exited: {}; stopped for good", reason.describe())
             self._forget(child)
             return
+        if child.restart_after_stop:
+            child.restart_after_stop = False
+            # Counted like any restart, so a child restarted again and again still ends FATAL.
+            reason = Crashed(error=f"restart requested ({reason.describe()})")
+            child.last_exit = reason.describe()
         decision = child.tracker.decide(reason, now=now, uptime_s=uptime)
         match decision:
             case Forget():
@@ -420,6 +428,7 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         log = self.log.bind(child=message.child_id)
         child.stop_permanently = child.stop_permanently or message.permanent
+        child.restart_after_stop = not child.stop_permanently
         if child.ref is None:
             if child.timer is not None:
                 child.timer.cancel()

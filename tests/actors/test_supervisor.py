@@ -227,3 +227,13 @@ def test_shutdown_stops_higher_tiers_first_and_is_bounded_by_one_deadline() -> N
     tree.ref.stop(timeout=2)
     tree.ticker.stop()
     tree.recorder.stop()
+
+
+def test_stop_child_not_permanent_restarts_it(tree: Tree) -> None:
+    tree.ref.tell(tree.spec("a"))
+    tree.started("a", 1)
+    tree.ref.tell(StopChild(child_id=ChildId("a"), reason="refresh", permanent=False))
+    tree.recorder.wait_for(lambda m: m == ("stopping", "a"), timeout=5)
+    tree.started("a", 2)
+    info = tree.children()["a"]
+    assert info.restarts == 1 and "restart requested" in (info.last_exit or "")

@@ -1,0 +1,356 @@
+"""HealthCheckerActor under the real supervisor with a real HTTP model server; a Recorder stands in for the router."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import attrs
+import pykka
+import pytest
+import requests
+
+from kernel_runner.actors import health
+from kernel_runner.actors.base import ChildContext, RouterLink
+from kernel_runner.actors.health import (
+    HealthCheckerActor,
+    HealthMemo,
+    ProbeRequest,
+    probe_once,
+)
+from kernel_runner.clock import REAL_CLOCK
+from kernel_runner.config import RestartDefaults, RunnerConfig
+from kernel_runner.ids import health_child, service_child
+from kernel_runner.messages import (
+    ChildInfo,
+    ChildState,
+    ForwardToChild,
+    HealthCheck,
+    ModelInfo,
+    ModelServiceResult,
+    ModelServiceSpec,
+    ModelServiceStatus,
+    ShutdownTree,
+    StopUnhealthy,
+    WhichChildrenQuery,
+)
+from kernel_runner.model_services import health_plan, model_child_specs
+from kernel_runner.servicedefs import ServiceLaunch
+from kernel_runner.supervisor import ChildSpec, SupervisorActor
+from kernel_runner.timers import Ticker
+from tests.conftest import CHILDREN
+from tests.support.ports import free_port
+from tests.support.procs import alive, assert_gone
+from tests.support.waiting import Recorder, wait_until
+
+SERVER = str(CHILDREN / "health_server.py")
+
+
+class ReadinessWatch:
+    """The bare readiness time: a 5 ms GET loop of the test's own notes when the server first answers 200."""
+
+    def __init__(self, url: str, *, limit_s: float = 20.0) -> None:
+        self._url = url
+        self._limit_s = limit_s
+        self._ready_at: float | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._run, name="ReadinessWatch", daemon=True).start()
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self._limit_s
+        with requests.Session() as session:
+            session.trust_env = False
+            while time.monotonic() < deadline:
+                try:
+                    with session.get(self._url, timeout=(0.5, 0.5)) as response:
+                        if response.status_code == 200:
+                            self._ready_at = time.monotonic()
+                            break
+                except requests.RequestException:
+                    pass
+                threading.Event().wait(0.005)
+        self._done.set()
+
+    def result(self, *, timeout: float) -> float:
+        assert self._done.wait(timeout), "readiness watch did not finish"
+        assert self._ready_at is not None, "the server never answered 200"
+        return self._ready_at
+
+
+class Harness:
+    """A real supervisor with the recorder as its router; model children are told to it as ChildSpecs."""
+
+    def __init__(self, config: RunnerConfig, work_dir: Path) -> None:
+        self.config = config
+        self.work_dir = work_dir
+        self.recorder = Recorder()
+        self.ticker = Ticker()
+        link = RouterLink(8)
+        link.attach(self.recorder.ref)
+        self.supervisor = SupervisorActor.start(config=config, clock=REAL_CLOCK, ticker=self.ticker, router_link=link,
+                                                child_env=dict(os.environ))
+
+    def launch(self, name: str, port: int, *server_args: str) -> ServiceLaunch:
+        argv = (sys.executable, SERVER, str(port), *server_args)
+        # Literal arguments, no templates: the catalog's part is tested in tests/unit/test_servicedefs_*.
+        return ServiceLaunch(name=f"{name}-{port}", origin="intrinsic", cwd=self.work_dir, port=port, arguments=argv,
+                             base_env=dict(os.environ))
+
+    def start_model(self, name: str, port: int, check: HealthCheck, *server_args: str) -> list[ChildSpec]:
+        model = ModelInfo(name=name, service=ModelServiceSpec(start_command=("unused",), port=port, health_check=check))
+        specs = list(model_child_specs(model, self.launch(name, port, *server_args), self.config))
+        for spec in specs:
+            self.supervisor.tell(spec)
+        return specs
+
+    def children(self) -> dict[str, ChildInfo]:
+        infos = cast(list[ChildInfo], self.supervisor.ask(WhichChildrenQuery(), timeout=2))
+        return {info.child_id: info for info in infos}
+
+    def running_pid(self, child_id: str) -> int:
+        def pid() -> int | None:
+            info = self.children().get(child_id)
+            return info.pid if info is not None and info.state is ChildState.RUNNING else None
+
+        found = wait_until(pid, timeout=10, what=f"{child_id} running")
+        assert found is not None
+        return found
+
+    def of_type(self, kind: type[Any]) -> list[Any]:
+        return [m for m in self.recorder.messages if isinstance(m, kind)]
+
+    def wait_for(self, kind: type[Any], *, timeout: float, index: int = 0, **fields: Any) -> Any:
+        def match(message: Any) -> bool:
+            return isinstance(message, kind) and all(getattr(message, k) == v for k, v in fields.items())
+
+        def nth() -> Any:
+            found = [m for m in self.recorder.messages if match(m)]
+            return found[index] if len(found) > index else None
+
+        return wait_until(nth, timeout=timeout, what=f"{kind.__name__} #{index} {fields}")
+
+    def close(self) -> None:
+        try:
+            done = cast(threading.Event, self.supervisor.ask(ShutdownTree(grace_s=3), timeout=2))
+            done.wait(5)
+            self.supervisor.stop(timeout=2)
+        except (pykka.ActorDeadError, pykka.Timeout):
+            pass
+        self.ticker.stop()
+        self.recorder.stop()
+
+
+@pytest.fixture
+def config(runner_config: RunnerConfig) -> RunnerConfig:
+    return attrs.evolve(runner_config, restart=RestartDefaults(backoff_initial_s=0.05, backoff_cap_s=0.2,
+                                                               backoff_jitter=0.0))
+
+
+@pytest.fixture
+def harness(config: RunnerConfig, work_dir: Path) -> Iterator[Harness]:
+    made = Harness(config, work_dir)
+    yield made
+    made.close()
+
+
+def test_started_follows_readiness_within_100_ms(harness: Harness) -> None:
+    port = free_port()
+    watch = ReadinessWatch(f"http://127.0.0.1:{port}/health")
+    # max_wait_time 1 s: upstream's one try per max_wait_time would answer about 1 s after the start.
+    harness.start_model("fast", port, HealthCheck(path="/health", max_retries=10, max_wait_time=1.0),
+                        "--listen-after", "0.1", "--healthy-after", "0.3")
+    harness.wait_for(ModelServiceResult, timeout=15)
+    replied = time.monotonic()
+    ready = watch.result(timeout=5)
+    assert harness.of_type(ModelServiceResult) == [ModelServiceResult(status="started")]
+    assert -0.05 <= replied - ready < 0.1, replied - ready
+    harness.wait_for(ModelServiceStatus, timeout=2, model_name="fast", is_healthy=True)
+    extra = harness.children()[health_child(f"fast-{port}")].extra
+    assert extra["health"] == "healthy" and extra["last_probe"]["status_code"] == 200
+
+
+def test_never_healthy_replies_once_within_the_budget_and_stops_the_server(harness: Harness) -> None:
+    port = free_port()
+    started = time.monotonic()
+    harness.start_model("sick", port, HealthCheck(path="/health", max_retries=4, max_wait_time=0.25),
+                        "--healthy-after", "999")
+    pid = harness.running_pid(service_child(f"sick-{port}"))
+    harness.wait_for(ModelServiceResult, timeout=1.0 + 10)
+    took = time.monotonic() - started
+    assert 1.0 <= took < 1.6, took  # the budget is 4 × 0.25 s
+    wait_until(lambda: not harness.children().keys() - {"router", "lang"}, timeout=5, what="both children forgotten")
+    assert_gone([pid], timeout=3)
+    assert harness.of_type(ModelServiceResult) == [ModelServiceResult(status="failed", error="service unhealthy")]
+    assert harness.of_type(ModelServiceStatus) == []  # it never was healthy: no transition to report
+
+
+def test_a_server_kept_after_a_failed_start_reports_its_late_recovery(config: RunnerConfig, work_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    harness = Harness(attrs.evolve(config, model_stop_on_startup_failure=False), work_dir)
+    try:
+        port = free_port()
+        control = tmp_path / "control"
+        control.write_text("500")
+        harness.start_model("late", port, HealthCheck(path="/health", max_retries=2, max_wait_time=0.2, interval=0.05),
+                            "--control", str(control))
+        harness.wait_for(ModelServiceResult, timeout=5, status="failed", error="service unhealthy")
+        pid = harness.running_pid(service_child(f"late-{port}"))
+        checker = harness.children()[health_child(f"late-{port}")]
+        assert checker.state is ChildState.RUNNING and checker.extra["health"] == "unhealthy"
+        control.write_text("")
+        harness.wait_for(ModelServiceStatus, timeout=5, model_name="late", is_healthy=True)
+        assert alive(pid)
+    finally:
+        harness.close()
+
+
+def test_a_hanging_server_is_bounded_by_max_wait_time(harness: Harness, tmp_path: Path, log_lines: list[str]) -> None:
+    port = free_port()
+    control = tmp_path / "control"
+    control.write_text("hang")
+    started = time.monotonic()
+    harness.start_model("hung", port, HealthCheck(path="/health", max_retries=4, max_wait_time=0.3),
+                        "--control", str(control))
+    harness.wait_for(ModelServiceResult, timeout=12, status="failed")
+    assert time.monotonic() - started < 2.0  # 4 × 0.3 s
+    assert any("not healthy within" in line and "no answer within 0.3s" in line for line in log_lines)
+
+
+def test_a_crashed_checker_is_restarted_and_never_replies_twice(harness: Harness, tmp_path: Path) -> None:
+    class CrashingChecker(HealthCheckerActor):
+        def handle(self, message: object) -> object:
+            if message == "crash":
+                raise RuntimeError("checker bug")
+            return super().handle(message)
+
+    port = free_port()
+    control = tmp_path / "control"
+    control.write_text("")
+    check = HealthCheck(path="/health", max_retries=2, max_wait_time=1.5, interval=0.05)
+    server, checker = model_child_specs(
+        ModelInfo(name="crash", service=ModelServiceSpec(start_command=("x",), port=port, health_check=check)),
+        harness.launch("crash", port, "--control", str(control)), harness.config,
+    )
+    plan = health_plan("crash", f"crash-{port}", port, check, harness.config)
+    memo = HealthMemo()
+
+    def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
+        return CrashingChecker.start(ctx=ctx, plan=plan, memo=memo)
+
+    harness.supervisor.tell(server)
+    harness.supervisor.tell(attrs.evolve(checker, factory=factory))
+    harness.wait_for(ModelServiceResult, timeout=10, status="started")
+    harness.supervisor.tell(ForwardToChild(child_id=health_child(f"crash-{port}"), message="crash"))
+    wait_until(lambda: (c := harness.children().get(health_child(f"crash-{port}"))) is not None
+               and c.generation == 2 and c.state is ChildState.RUNNING, timeout=5, what="checker generation 2")
+    control.write_text("500")  # the new incarnation goes on with liveness
+    harness.wait_for(ModelServiceStatus, timeout=5, is_healthy=False)
+    assert len(harness.of_type(ModelServiceResult)) == 1
+    assert [m.is_healthy for m in harness.of_type(ModelServiceStatus)][:2] == [True, False]
+
+
+def test_stop_unhealthy_makes_the_supervisor_restart_the_server(harness: Harness) -> None:
+    port = free_port()
+    harness.start_model("again", port, HealthCheck(path="/health", max_retries=3, max_wait_time=1.0, interval=5.0))
+    harness.wait_for(ModelServiceResult, timeout=10, status="started")
+    server_id = service_child(f"again-{port}")
+    pid = harness.running_pid(server_id)
+    harness.supervisor.tell(ForwardToChild(child_id=server_id, message=StopUnhealthy(detail="told by the test")))
+    wait_until(lambda: (c := harness.children().get(server_id)) is not None and c.restarts == 1
+               and c.state is ChildState.RUNNING and c.pid not in (None, pid), timeout=5, what="server restarted")
+    assert harness.children()[server_id].last_exit == "unhealthy: told by the test"
+    assert_gone([pid], timeout=3)
+
+
+# ---- the probe itself (Prober's one call), against real sockets -------------------------------------------
+
+
+def request(port: int, *, read_timeout: float = 0.5, expected: int = 200) -> ProbeRequest:
+    return ProbeRequest(seq=1, url=f"http://127.0.0.1:{port}/health", connect_timeout_s=0.5,
+                        read_timeout_s=read_timeout, expected_status=expected)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    import subprocess
+
+    port = free_port()
+    control = tmp_path / "control"
+    control.write_text("")
+    proc = subprocess.Popen([sys.executable, SERVER, str(port), "--control", str(control)], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    while b"listening" not in proc.stdout.readline():
+        pass
+    yield port, control
+    proc.kill()
+    proc.wait(5)
+    proc.stdout.close()
+
+
+def test_probe_outcomes(server: tuple[int, Path]) -> None:
+    port, control = server
+    with requests.Session() as session:
+        session.trust_env = False
+        assert probe_once(session, request(port), REAL_CLOCK).ok
+        wrong = probe_once(session, request(port, expected=204), REAL_CLOCK)
+        assert not wrong.ok and wrong.status_code == 200 and wrong.error == "status 200, expected 204"
+        control.write_text("close")
+        closed = probe_once(session, request(port), REAL_CLOCK)
+        assert not closed.ok and closed.status_code is None and closed.error == "connection closed without a response"
+        control.write_text("hang")
+        hung = probe_once(session, request(port, read_timeout=0.2), REAL_CLOCK)
+        assert hung.error == "no answer within 0.2s" and 0.2 <= hung.latency_s < 0.7
+        refused = probe_once(session, request(free_port()), REAL_CLOCK)
+        assert refused.error == "connection refused" and refused.status_code is None
+
+
+def test_budget_and_reply_deadline_numbers(config: RunnerConfig) -> None:
+    plain = health_plan("m", "m-1", 1, HealthCheck(path="health", max_retries=10, max_wait_time=5.0), config)
+    assert plain.url == "http://127.0.0.1:1/health"
+    assert plain.startup_budget_s == 50.0 and plain.reply_within_s == 50.0  # the agent waits 60 s (spec §3.5)
+    assert plain.read_timeout_s == 5.0 and plain.connect_timeout_s == 1.0 and plain.interval_s == 10.0
+    slow = health_plan("m", "m-1", 1, HealthCheck(path="/h", max_retries=2, max_wait_time=1.0, initial_delay=60.0,
+                                                  interval=3.0), config)
+    assert slow.startup_budget_s == 62.0  # initial_delay is startup grace
+    assert slow.reply_within_s == 2.0 + 10.0 - health.REPLY_MARGIN_S  # but the reply beats the agent's 12 s
+    assert slow.interval_s == 3.0
+
+
+def test_a_long_startup_grace_answers_before_the_agent_gives_up_and_reports_recovery_later(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent's slack (10 s) is shrunk so the test is quick; the logic is the same.
+    monkeypatch.setattr(health, "AGENT_REPLY_SLACK_S", 0.3)
+    monkeypatch.setattr(health, "REPLY_MARGIN_S", 0.0)
+    port = free_port()
+    started = time.monotonic()
+    harness.start_model("big", port, HealthCheck(path="/health", max_retries=2, max_wait_time=0.1, initial_delay=3.0),
+                        "--healthy-after", "1.0")
+    harness.wait_for(ModelServiceResult, timeout=5)
+    assert time.monotonic() - started < 0.9  # 2 × 0.1 + 0.3 = 0.5 s, long before the 3.2 s grace ends
+    assert harness.of_type(ModelServiceResult) == [ModelServiceResult(status="failed", error="service unhealthy")]
+    harness.wait_for(ModelServiceStatus, timeout=5, model_name="big", is_healthy=True)
+    assert harness.children()[service_child(f"big-{port}")].state is ChildState.RUNNING
+    assert len(harness.of_type(ModelServiceResult)) == 1
+
+
+
+def test_a_probe_that_never_ends_counts_as_failed(harness: Harness, tmp_path: Path) -> None:
+    # Bytes every 0.1 s keep each socket read under its 0.3 s timeout, so requests alone would wait 20 s.
+    port = free_port()
+    control = tmp_path / "control"
+    control.write_text("")
+    harness.start_model("drip", port, HealthCheck(path="/health", max_retries=2, max_wait_time=0.3, interval=0.1),
+                        "--control", str(control))
+    harness.wait_for(ModelServiceResult, timeout=10, status="started")
+    control.write_text("trickle")
+    flipped = time.monotonic()
+    harness.wait_for(ModelServiceStatus, timeout=10, model_name="drip", is_healthy=False)
+    assert time.monotonic() - flipped < 0.3 + 0.3 + health.PROBE_OVERDUE_SLACK_S + 1.0
+    extra = harness.children()[health_child(f"drip-{port}")].extra
+    assert extra["last_probe"]["error"] in ("the probe hung past its timeouts", "the previous probe is still hanging")

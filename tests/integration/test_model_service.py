@@ -1,0 +1,309 @@
+"""start-model-service through the wire: real HTTP model servers on 127.0.0.1, real probes, real restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from kernel_runner import RunnerConfig, RunnerHandle, start
+from kernel_runner.client import AgentClient, ReplyTimeout
+from kernel_runner.config import RestartDefaults
+from kernel_runner.messages import ChildInfo, ChildState
+from tests.actors.test_health_checker import ReadinessWatch
+from tests.conftest import CHILDREN
+from tests.support.ports import free_port
+from tests.support.procs import alive, assert_gone
+from tests.support.waiting import wait_until
+
+SERVER = str(CHILDREN / "health_server.py")
+
+
+@attrs.define
+class ModelRunner:
+    handle: RunnerHandle
+    agent: AgentClient
+
+    def child(self, child_id: str) -> ChildInfo | None:
+        return next((c for c in self.handle.which_children() if c.child_id == child_id), None)
+
+    def pid_of(self, child_id: str) -> int:
+        def pid() -> int | None:
+            info = self.child(child_id)
+            return info.pid if info is not None and info.state is ChildState.RUNNING else None
+
+        found = wait_until(pid, timeout=10, what=f"{child_id} running with a pid")
+        assert found is not None
+        return found
+
+    def status_children(self) -> dict[str, dict[str, Any]]:
+        return {c["id"]: c for c in self.agent.status()["kernel_runner"]["children"]}
+
+    def next_health(self, timeout: float = 10.0) -> dict[str, Any]:
+        body: dict[str, Any] = self.agent.expect("model-service-status", timeout).json()
+        return body
+
+
+@pytest.fixture
+def model_config(runner_config: RunnerConfig) -> RunnerConfig:
+    # Quick restarts so liveness tests take seconds; the policy itself is the runner's (tests/unit/test_policy.py).
+    return attrs.evolve(runner_config, restart=RestartDefaults(backoff_initial_s=0.05, backoff_cap_s=0.2,
+                                                               backoff_jitter=0.0))
+
+
+@pytest.fixture
+def models(model_config: RunnerConfig) -> Iterator[Any]:
+    made: list[ModelRunner] = []
+
+    def make(**overrides: Any) -> ModelRunner:
+        handle = start(attrs.evolve(model_config, **overrides))
+        runner = ModelRunner(handle=handle, agent=AgentClient(port_in=handle.ports.port_in,
+                                                               port_out=handle.ports.port_out))
+        made.append(runner)
+        return runner
+
+    yield make
+    for runner in made:
+        runner.agent.close()
+        runner.handle.stop(timeout=5)
+
+
+def model(name: str, port: int, *server_args: str, health: dict[str, Any] | None = None,
+          command: list[str] | str | None = None) -> dict[str, Any]:
+    service: dict[str, Any] = {
+        "start_command": command if command is not None else [sys.executable, SERVER, str(port), *server_args],
+        "port": port,
+        "pre_start_actions": None,  # what the agent's schema sends for "none" (spec §7.1); must not fail
+        "health_check": health,
+    }
+    return {"name": name, "model_path": "/models/" + name, "service": service}
+
+
+def check(**fields: Any) -> dict[str, Any]:
+    # The agent's schema sends every optional field, null when unset (spec §7.1).
+    body: dict[str, Any] = {"path": "/health", "max_retries": None, "max_wait_time": None,
+                            "expected_status_code": None}
+    body.update(fields)
+    return body
+
+
+def test_healthy_after_a_delay_is_started_soon_after_with_a_status_transition(models: Any) -> None:
+    runner = models()
+    port = free_port()
+    payload = model("llama", port, "--listen-after", "0.2", "--healthy-after", "0.5",
+                    health=check(max_retries=10, max_wait_time=1.0))
+    watch = ReadinessWatch(f"http://127.0.0.1:{port}/health")
+    result = runner.agent.start_model_service(payload, timeout=20)
+    replied = time.monotonic()
+    assert result == {"status": "started"}
+    ready = watch.result(timeout=5)
+    # Port after 0.2 s, healthy 0.5 s later; upstream answered only at a multiple of max_wait_time (here 1 s).
+    # The watch polls every 5 ms, so the checker may see the first 200 a moment before it does.
+    assert ready - 0.05 <= replied < ready + 0.2, (replied - ready)
+    assert runner.next_health() == {"model_name": "llama", "is_healthy": True}
+    health = runner.status_children()[f"health:llama-{port}"]
+    assert health["state"] == "RUNNING"
+    extra = health["extra"]
+    assert extra["health"] == "healthy" and extra["phase"] == "liveness" and extra["consecutive_failures"] == 0
+    assert extra["last_probe"]["status_code"] == 200 and extra["last_probe"]["ok"] is True
+    assert extra["last_probe"]["latency_ms"] >= 0 and extra["probes"] >= 5  # probed often, not once per second
+    assert runner.status_children()[f"service:llama-{port}"]["state"] == "RUNNING"
+    assert runner.agent.start_model_service(payload, timeout=5) == {"status": "running"}
+
+
+def test_never_healthy_fails_within_the_budget_and_stops_the_server(models: Any, log_lines: list[str]) -> None:
+    runner = models()
+    port = free_port()
+    payload = model("slow", port, "--healthy-after", "999", health=check(max_retries=3, max_wait_time=0.3))
+    started = time.monotonic()
+    runner.agent.send("start-model-service", json.dumps(payload))
+    pid = runner.pid_of(f"service:slow-{port}")
+    result = runner.agent.expect("model-service-result", timeout=3 * 0.3 + 10).json()
+    took = time.monotonic() - started
+    assert result == {"status": "failed", "error": "service unhealthy"}
+    assert 0.85 <= took < 2.5, took
+    wait_until(lambda: runner.child(f"service:slow-{port}") is None and runner.child(f"health:slow-{port}") is None,
+               timeout=5, what="both children gone")
+    assert_gone([pid], timeout=3)
+    assert any("unhealthy: not healthy within" in line and "status 503, expected 200" in line for line in log_lines)
+    with pytest.raises(ReplyTimeout):
+        runner.agent.expect("model-service-result", timeout=0.3)  # exactly one reply
+
+
+def test_without_a_health_check_started_when_the_port_opens(models: Any) -> None:
+    runner = models()
+    port = free_port()
+    started = time.monotonic()
+    result = runner.agent.start_model_service(model("plain", port, "--listen-after", "0.3"), timeout=15)
+    took = time.monotonic() - started
+    assert result == {"status": "started"}  # not upstream's `service unhealthy` (spec §10.1 item 9)
+    assert 0.3 <= took < 2.0
+    ids = [c.child_id for c in runner.handle.which_children()]
+    assert f"service:plain-{port}" in ids and f"health:plain-{port}" not in ids
+    assert runner.agent.get_apps()["data"] == [{"name": f"plain-{port}"}]
+
+
+@pytest.mark.parametrize(
+    ("payload", "error_part"),
+    [
+        ({"name": "m", "model_path": "/m"}, "service info not provided"),
+        ({"name": "m", "service": {"start_command": ["x"], "port": 8000, "health_check": {"path": "/h",
+                                                                                          "max_retries": 0}}},
+         "$.service.health_check.max_retries"),
+        ({"name": "m", "service": {"start_command": [], "port": 8000}}, "$.service.start_command"),
+        ({"name": "m", "service": {"start_command": ["x"], "port": 8000,
+                                   "health_check": {"path": "/h", "expected_status_code": 99}}},
+         "$.service.health_check.expected_status_code"),
+        ({"name": "m", "service": {"start_command": ["x"], "port": 70000}}, "$.service.port"),
+    ],
+)
+def test_invalid_payloads_fail_naming_the_problem(models: Any, payload: dict[str, Any], error_part: str) -> None:
+    runner = models()
+    result = runner.agent.start_model_service(payload, timeout=5)
+    assert result["status"] == "failed" and error_part in result["error"], result
+    assert [c.child_id for c in runner.handle.which_children() if ":" in c.child_id] == []
+
+
+def test_wrong_status_code_is_unhealthy(models: Any, log_lines: list[str]) -> None:
+    runner = models()
+    port = free_port()
+    payload = model("teapot", port, health=check(max_retries=2, max_wait_time=1.0, expected_status_code=204))
+    assert runner.agent.start_model_service(payload, timeout=15) == {"status": "failed", "error": "service unhealthy"}
+    assert any("status 200, expected 204" in line for line in log_lines)
+    wait_until(lambda: runner.child(f"service:teapot-{port}") is None, timeout=5, what="server stopped")
+
+
+def test_server_exiting_during_startup_fails_at_once_with_its_output(models: Any) -> None:
+    runner = models()
+    port = free_port()
+    payload = model("crashy", port, "--healthy-after", "999", "--exit-after", "0.2", "--code", "3",
+                    health=check(max_retries=10, max_wait_time=2.0))
+    started = time.monotonic()
+    result = runner.agent.start_model_service(payload, timeout=30)
+    assert time.monotonic() - started < 3.0, "must not wait for the 20 s budget"
+    assert result["status"] == "failed"
+    assert "code 3" in result["error"] and "exiting on purpose" in result["error"]
+    wait_until(lambda: not any(":crashy-" in c.child_id for c in runner.handle.which_children()), timeout=5,
+               what="both children gone")
+
+
+def test_missing_executable_fails_with_the_real_reason(models: Any) -> None:
+    runner = models()
+    port = free_port()
+    payload = model("ghost", port, command=["/nonexistent/serve", str(port)], health=check(max_retries=5,
+                                                                                           max_wait_time=1.0))
+    result = runner.agent.start_model_service(payload, timeout=5)
+    assert result == {"status": "failed", "error": "the executable file is not found: /nonexistent/serve"}
+
+
+def test_liveness_failure_sends_a_transition_and_restarts_the_server(models: Any, tmp_path: Path,
+                                                                    log_lines: list[str]) -> None:
+    runner = models()
+    port = free_port()
+    control = tmp_path / "control"
+    control.write_text("")
+    payload = model("live", port, "--control", str(control),
+                    health=check(max_retries=2, max_wait_time=1.5, interval=0.1))
+    assert runner.agent.start_model_service(payload, timeout=15) == {"status": "started"}
+    assert runner.next_health() == {"model_name": "live", "is_healthy": True}
+    first_pid = runner.pid_of(f"service:live-{port}")
+    control.write_text("500")
+    flipped = time.monotonic()
+    assert runner.next_health(timeout=5) == {"model_name": "live", "is_healthy": False}
+    assert time.monotonic() - flipped < 1.5  # 2 failures × 0.1 s interval, plus one period
+    wait_until(lambda: (c := runner.child(f"service:live-{port}")) is not None and c.restarts >= 1
+               and c.pid not in (None, first_pid), timeout=10, what="the server restarted with a new pid")
+    assert_gone([first_pid], timeout=3)
+    server = runner.child(f"service:live-{port}")
+    assert server is not None and server.last_exit is not None and server.last_exit.startswith("unhealthy:")
+    assert any("[health:live-" in line and "unhealthy:" in line for line in log_lines)
+    control.write_text("")  # the restarted server answers 200 again
+    assert runner.next_health(timeout=10) == {"model_name": "live", "is_healthy": True}
+
+
+def test_recovery_without_restart_sends_both_transitions(models: Any, tmp_path: Path) -> None:
+    runner = models(model_restart_on_unhealthy=False)
+    port = free_port()
+    control = tmp_path / "control"
+    control.write_text("")
+    payload = model("flaky", port, "--control", str(control),
+                    health=check(max_retries=2, max_wait_time=1.5, interval=0.05))
+    assert runner.agent.start_model_service(payload, timeout=15) == {"status": "started"}
+    assert runner.next_health() == {"model_name": "flaky", "is_healthy": True}
+    pid = runner.pid_of(f"service:flaky-{port}")
+    control.write_text("503")
+    assert runner.next_health(timeout=5) == {"model_name": "flaky", "is_healthy": False}
+    extra = runner.status_children()[f"health:flaky-{port}"]["extra"]
+    assert extra["health"] == "unhealthy" and extra["consecutive_failures"] >= 2
+    assert extra["last_probe"]["status_code"] == 503 and "expected 200" in extra["last_probe"]["error"]
+    control.write_text("200")
+    assert runner.next_health(timeout=5) == {"model_name": "flaky", "is_healthy": True}
+    server = runner.child(f"service:flaky-{port}")
+    assert server is not None and server.pid == pid and server.restarts == 0  # reported, not restarted
+
+
+def test_killed_server_is_restarted_and_healthy_again(models: Any) -> None:
+    runner = models()
+    port = free_port()
+    payload = model("victim", port, health=check(max_retries=3, max_wait_time=1.0, interval=0.1))
+    assert runner.agent.start_model_service(payload, timeout=15) == {"status": "started"}
+    assert runner.next_health() == {"model_name": "victim", "is_healthy": True}
+    pid = runner.pid_of(f"service:victim-{port}")
+    os.kill(pid, signal.SIGKILL)
+    assert runner.next_health(timeout=5) == {"model_name": "victim", "is_healthy": False}
+    assert runner.next_health(timeout=10) == {"model_name": "victim", "is_healthy": True}
+    server = runner.child(f"service:victim-{port}")
+    assert server is not None and server.pid != pid and server.restarts == 1
+    assert not alive(pid)
+
+
+def test_string_start_command_runs_through_the_shell(models: Any) -> None:
+    runner = models()
+    port = free_port()
+    command = f"exec {sys.executable} {SERVER} {port} --healthy-after 0.2 --path /v2/health/ready"
+    payload = model("shelled", port, command=command, health=check(path="/v2/health/ready", max_retries=10,
+                                                                   max_wait_time=0.5))
+    assert runner.agent.start_model_service(payload, timeout=15) == {"status": "started"}
+    pid = runner.pid_of(f"service:shelled-{port}")
+    import psutil
+
+    assert psutil.Process(pid).cmdline()[1:3] == [SERVER, str(port)]
+
+
+def test_shutdown_service_stops_server_and_checker(models: Any) -> None:
+    runner = models()
+    port = free_port()
+    payload = model("bye", port, health=check(max_retries=3, max_wait_time=1.0, interval=0.1))
+    assert runner.agent.start_model_service(payload, timeout=15) == {"status": "started"}
+    assert runner.next_health() == {"model_name": "bye", "is_healthy": True}
+    pid = runner.pid_of(f"service:bye-{port}")
+    runner.agent.shutdown_service(f"bye-{port}")
+    wait_until(lambda: not any(":bye-" in c.child_id for c in runner.handle.which_children()), timeout=5,
+               what="server and checker gone")
+    assert_gone([pid], timeout=3)
+    # Stopping on purpose is not a health transition: the checker stops before the server it watches.
+    with pytest.raises(ReplyTimeout):
+        runner.agent.expect("model-service-status", timeout=0.3)
+
+
+def test_shutdown_during_startup_still_gets_its_one_reply(models: Any) -> None:
+    runner = models()
+    port = free_port()
+    payload = model("early", port, "--healthy-after", "999", health=check(max_retries=10, max_wait_time=2.0))
+    runner.agent.send("start-model-service", json.dumps(payload))
+    pid = runner.pid_of(f"service:early-{port}")
+    runner.agent.shutdown_service(f"early-{port}")
+    result = runner.agent.expect("model-service-result", timeout=5).json()
+    assert result == {"status": "failed",
+                      "error": "the model service was stopped before it became healthy (shutdown-service)"}
+    assert_gone([pid], timeout=3)
+    with pytest.raises(ReplyTimeout):
+        runner.agent.expect("model-service-result", timeout=0.3)
