@@ -11,6 +11,7 @@ import pykka
 from loguru import logger
 
 from kernel_runner.actors.base import ChildContext, RouterLink
+from kernel_runner.actors.kernel import kernel_child_spec, kernelspec_names
 from kernel_runner.actors.lang_runner import LangRunnerActor, reject_delegated_run, reject_run
 from kernel_runner.actors.router import BoundPorts, RouterActor
 from kernel_runner.actors.terminal import terminal_child_spec
@@ -18,7 +19,7 @@ from kernel_runner.childenv import build_child_env
 from kernel_runner.clock import REAL_CLOCK, Clock
 from kernel_runner.config import RunnerConfig, resolve_ports
 from kernel_runner.ids import LANG_CHILD, ROUTER_CHILD
-from kernel_runner.langs import TerminalQuery, get_lang, resolve_runtime
+from kernel_runner.langs import JupyterQuery, TerminalQuery, get_lang, resolve_runtime
 from kernel_runner.logs import add_agent_log_sink
 from kernel_runner.messages import (
     ChildInfo,
@@ -229,10 +230,20 @@ def build_environments(config: RunnerConfig) -> tuple[dict[str, str], dict[str, 
 
 
 def delegate_children(config: RunnerConfig) -> list[ChildSpec]:
-    """The language's query delegate: the pty terminal for `git` (and, with issue 4, the Jupyter kernel)."""
+    """The language's query delegate: the Jupyter kernel (python, julia, r, h2o) or the pty terminal (git)."""
     query = get_lang(config.lang).query
     if isinstance(query, TerminalQuery):
         return [terminal_child_spec(config)]
+    if isinstance(query, JupyterQuery):
+        # The table names a kernelspec loosely ("python"); the installed one may be "python3" (spec §4.1). An unknown
+        # name still makes a kernel child: it fails with the list of installed kernelspecs, and queries get that reason.
+        installed = kernelspec_names()
+        name = query.pick(installed) or query.kernelspec_name
+        if not query.pick(installed):
+            logger.bind(child="kernel").error(
+                "no kernelspec matches {!r}; installed: {}", query.kernelspec_name, ", ".join(installed) or "none"
+            )
+        return [kernel_child_spec(config, kernel_name=name)]
     return []
 
 

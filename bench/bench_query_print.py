@@ -1,0 +1,209 @@
+"""Python query mode: `print(1)` round trip, stdout throughput and time to ready, each against bare jupyter_client.
+
+Both sides use the same python3 kernelspec in the same run, so the ratios compare our path (agent socket → router →
+language runner → kernel actor → channel thread → kernel, and back) with a plain BlockingKernelClient loop.
+Targets: round-trip ratio ≤ 1.2, throughput ≥ 100 MiB/s with records ≤ 1 MiB.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+from jupyter_client.manager import KernelManager
+from jupyter_client.session import Session
+
+from kernel_runner import RunnerConfig, RunnerHandle, start
+from kernel_runner.actors.kernel import MAX_RECORD_BYTES, kernel_child_spec
+from kernel_runner.client import AgentClient, RunResult
+from kernel_runner.ids import KERNEL_CHILD, next_run_id
+from kernel_runner.logs import configure_logging
+from kernel_runner.messages import ChildState, ForwardToChild, RunTask
+
+KERNEL = "python3"
+ROUNDS = 300
+WARMUP = 30
+THROUGHPUT_MIB = 256
+THROUGHPUT_REPEATS = 3
+# 256 prints of 1 MiB lines: ipykernel batches them into stream messages; we split them into ≤ 1 MiB records.
+THROUGHPUT_CODE = f"s = 'x' * (1024 * 1024 - 1)\nfor _ in range({THROUGHPUT_MIB}):\n    print(s)"
+
+
+# ---- bare jupyter_client ------------------------------------------------------------------------------------------
+class BareClient:
+    """The floor: jupyter_client's Session over plain zmq sockets, one poll loop, nothing else in the way.
+
+    (BlockingKernelClient adds a sync-over-async layer that costs milliseconds per call, which would flatter us.)
+    """
+
+    def __init__(self, connection: dict[str, Any]) -> None:
+        key = connection["key"]
+        self.session = Session(key=key if isinstance(key, bytes) else key.encode(),
+                               signature_scheme=connection["signature_scheme"])
+        ctx: zmq.Context[Any] = zmq.Context.instance()
+        url = f"ipc://{connection['ip']}-{{}}" if connection["transport"] == "ipc" else f"tcp://{connection['ip']}:{{}}"
+        self.shell: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+        self.shell.setsockopt(zmq.IDENTITY, self.session.bsession)
+        self.shell.connect(url.format(connection["shell_port"]))
+        self.iopub: zmq.Socket[bytes] = ctx.socket(zmq.SUB)
+        self.iopub.setsockopt(zmq.RCVHWM, 0)
+        self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.iopub.connect(url.format(connection["iopub_port"]))
+        self.poller = zmq.Poller()
+        self.poller.register(self.shell, zmq.POLLIN)
+        self.poller.register(self.iopub, zmq.POLLIN)
+
+    def wait_for_iopub(self) -> None:
+        """Like the runner's readiness: a kernel_info_reply and one IOPub message."""
+        got_reply = got_iopub = False
+        while not (got_reply and got_iopub):
+            self.session.send(self.shell, "kernel_info_request", {})
+            self.poller.poll(250)
+            while self.session.recv(self.shell, zmq.NOBLOCK)[1] is not None:
+                got_reply = True
+            while self.session.recv(self.iopub, zmq.NOBLOCK)[1] is not None:
+                got_iopub = True
+
+    def execute(self, code: str, on_stream: Callable[[str], None] | None = None) -> None:
+        content = {"code": code, "silent": False, "store_history": True, "user_expressions": {},
+                   "allow_stdin": False, "stop_on_error": True}
+        sent: dict[str, Any] = self.session.send(self.shell, "execute_request", content) or {}
+        msg_id = sent["header"]["msg_id"]
+        idle = replied = False
+        while not (idle and replied):
+            self.poller.poll(60_000)
+            while (msg := self.session.recv(self.iopub, zmq.NOBLOCK, copy=False)[1]) is not None:
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                if msg["msg_type"] == "stream" and on_stream is not None:
+                    on_stream(msg["content"]["text"])
+                elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    idle = True
+            while (msg := self.session.recv(self.shell, zmq.NOBLOCK)[1]) is not None:
+                replied = replied or msg["parent_header"].get("msg_id") == msg_id
+
+    def close(self) -> None:
+        self.shell.close(linger=0)
+        self.iopub.close(linger=0)
+
+
+def bare_measurements(sockets_dir: Path) -> tuple[float, list[float], list[float]]:
+    t0 = time.perf_counter()
+    # The same ipc transport the runner uses, so the ratio compares the paths and not TCP with Unix sockets.
+    manager = KernelManager(kernel_name=KERNEL, transport="ipc", ip=str(sockets_dir / "kernel"))
+    manager.start_kernel()
+    client = BareClient(dict(manager.get_connection_info(session=False)))
+    client.wait_for_iopub()
+    ready_s = time.perf_counter() - t0
+    try:
+        round_trips = []
+        for i in range(ROUNDS + WARMUP):
+            start_t = time.perf_counter()
+            client.execute("print(1)")
+            if i >= WARMUP:
+                round_trips.append(time.perf_counter() - start_t)
+        rates = []
+        for _ in range(THROUGHPUT_REPEATS):
+            chunks: list[bytes] = []
+            start_t = time.perf_counter()
+            client.execute(THROUGHPUT_CODE, lambda text, into=chunks: into.append(text.encode()))  # type: ignore[misc]
+            rates.append(sum(map(len, chunks)) / (1 << 20) / (time.perf_counter() - start_t))
+        return ready_s, round_trips, rates
+    finally:
+        client.close()
+        manager.shutdown_kernel(now=True)
+
+
+# ---- through the runner -------------------------------------------------------------------------------------------
+class RunnerPath:
+    def __init__(self, handle: RunnerHandle, client: AgentClient) -> None:
+        self.handle = handle
+        self.client = client
+        self.via_code_op = True
+
+    def run(self, code: str, timeout: float = 60.0) -> RunResult:
+        if self.via_code_op:
+            return self.client.code(code, timeout=timeout)
+        self.handle.tell(ForwardToChild(child_id=KERNEL_CHILD,
+                                        message=RunTask(run_id=next_run_id(), kind="code", text=code)))
+        return self.client.collect_run(timeout)
+
+
+def kernel_ready(handle: RunnerHandle) -> bool:
+    return any(info.child_id == KERNEL_CHILD and info.state is ChildState.RUNNING and info.extra.get("ready")
+               for info in handle.which_children())
+
+
+def runner_measurements() -> tuple[float, list[float], list[float], int, str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "work").mkdir()
+        config = RunnerConfig(lang="python", bind="127.0.0.1", port_in=0, port_out=0, config_dir=root,
+                              work_dir=root / "work", service_defs_dir=root / "defs", start_intrinsic_services=False,
+                              user_input_socket=root / "input.sock")
+        t0 = time.perf_counter()
+        handle = start(config, extra_children=[kernel_child_spec(config, kernel_name=KERNEL)])
+        try:
+            while not kernel_ready(handle):
+                time.sleep(0.005)  # a benchmark's own polling, not a test synchronisation
+            ready_s = time.perf_counter() - t0
+            with AgentClient(port_in=handle.ports.port_in, port_out=handle.ports.port_out) as client:
+                path = RunnerPath(handle, client)
+                probe = path.run("print(1)")
+                if probe.stdout != b"1\n":
+                    # The language runner does not delegate `code` to the kernel child yet: drive it directly.
+                    path.via_code_op = False
+                    assert path.run("print(1)").stdout == b"1\n"
+                round_trips = []
+                for i in range(ROUNDS + WARMUP):
+                    start_t = time.perf_counter()
+                    result = path.run("print(1)")
+                    if i >= WARMUP:
+                        round_trips.append(time.perf_counter() - start_t)
+                    assert result.exit_code == 0
+                rates = []
+                largest = 0
+                for _ in range(THROUGHPUT_REPEATS):
+                    start_t = time.perf_counter()
+                    result = path.run(THROUGHPUT_CODE, timeout=120)
+                    elapsed = time.perf_counter() - start_t
+                    assert result.exit_code == 0 and len(result.stdout) == THROUGHPUT_MIB << 20
+                    largest = max(largest, *(len(r.payload) for r in result.records))
+                    rates.append(len(result.stdout) / (1 << 20) / elapsed)
+                return ready_s, round_trips, rates, largest, "code op" if path.via_code_op else "direct to kernel child"
+        finally:
+            handle.stop(timeout=10)
+
+
+def main() -> None:
+    configure_logging(debug=False, json_lines=False)
+    from loguru import logger
+
+    logger.remove()
+    with tempfile.TemporaryDirectory() as sockets_dir:
+        bare_ready, bare_rt, bare_rates = bare_measurements(Path(sockets_dir))
+    run_ready, run_rt, run_rates, largest, path = runner_measurements()
+    bare_med, run_med = statistics.median(bare_rt), statistics.median(run_rt)
+    bare_p99 = statistics.quantiles(bare_rt, n=100)[98]
+    run_p99 = statistics.quantiles(run_rt, n=100)[98]
+    bare_rate, run_rate = statistics.median(bare_rates), statistics.median(run_rates)
+    print(f"machine: {platform.machine()} {platform.processor() or ''} python {platform.python_version()}")
+    print(f"runner path: {path}")
+    print(f"print(1) bare jupyter_client  median {bare_med * 1e3:7.2f} ms  p99 {bare_p99 * 1e3:7.2f} ms")
+    print(f"print(1) runner               median {run_med * 1e3:7.2f} ms  p99 {run_p99 * 1e3:7.2f} ms")
+    print(f"round-trip ratio (median)     {run_med / bare_med:.2f}x  (target <= 1.2)")
+    print(f"stdout {THROUGHPUT_MIB} MiB  bare {bare_rate:7.1f} MiB/s  runner {run_rate:7.1f} MiB/s  "
+          f"(target >= 100; largest record {largest} B, limit {MAX_RECORD_BYTES})")
+    print(f"time to ready  bare {bare_ready:.2f} s  runner {run_ready:.2f} s (from start() to kernel ready)")
+    print(f"RESULT query_print ratio={run_med / bare_med:.2f} rt_ms={run_med * 1e3:.2f} bare_rt_ms={bare_med * 1e3:.2f} "
+          f"mibps={run_rate:.0f} bare_mibps={bare_rate:.0f} ready_s={run_ready:.2f} bare_ready_s={bare_ready:.2f}")
+
+
+if __name__ == "__main__":
+    main()

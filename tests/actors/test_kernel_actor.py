@@ -1,0 +1,371 @@
+"""KernelActor pieces without a real ipykernel: kernelspec lookup, output mapping, exit codes, the drawing helpers,
+and the actor's start failures (missing kernelspec, a kernel that exits or never answers) inside a real tree."""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import json
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import msgpack
+import pytest
+
+from kernel_runner import RunnerConfig, RunnerHandle, start
+from kernel_runner.actors.kernel import (
+    DISPLAY_PREFERENCE,
+    KernelSpecError,
+    exit_code_from_reply,
+    find_kernelspec,
+    iter_records,
+    kernel_argv,
+    kernel_child_spec,
+    map_display,
+    reject_kernel_message,
+    split_records,
+)
+from kernel_runner.client import AgentClient, RunResult
+from kernel_runner.config import RestartDefaults
+from kernel_runner.drawing import DRAWING_MIME, Canvas, Color, Colors, MediaRecord, Turtle
+from kernel_runner.drawing._msgpack import packb
+from kernel_runner.ids import KERNEL_CHILD, LANG_CHILD, RunId, next_run_id
+from kernel_runner.messages import (
+    ChildState,
+    CompleteCode,
+    CompletionResult,
+    Finished,
+    ForwardToChild,
+    Html,
+    Media,
+    Output,
+    RunDone,
+    RunTask,
+)
+from tests.support.waiting import wait_until
+
+# ---------------------------------------------------------------------------------------------------------------------
+# kernelspec lookup
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def write_kernelspec(root: Path, name: str, argv: list[str], **extra: Any) -> Path:
+    directory = root / "kernels" / name
+    directory.mkdir(parents=True)
+    (directory / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": name, "language": "python", **extra}))
+    return directory
+
+
+def test_kernelspec_lookup_is_exact(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write_kernelspec(tmp_path, "python3-extra", ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                     interrupt_mode="message", env={"FROM_SPEC": "{resource_dir}/x"})
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    spec = find_kernelspec("python3-extra")
+    assert spec.interrupt_mode == "message"
+    assert spec.env == {"FROM_SPEC": "{resource_dir}/x"}
+    assert find_kernelspec("python3").interrupt_mode == "signal"
+    # Upstream's substring match would take `python3` for `python` and anything for an empty name (spec §10.2 #14).
+    with pytest.raises(KernelSpecError, match=r"no Jupyter kernelspec named 'python' \(installed: .*python3"):
+        find_kernelspec("python")
+    with pytest.raises(KernelSpecError, match="no kernelspec name"):
+        find_kernelspec("")
+
+
+def test_kernel_argv_fills_placeholders_and_uses_our_interpreter(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    directory = write_kernelspec(tmp_path, "k", ["python3", "-m", "x", "-f", "{connection_file}", "{resource_dir}"])
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    argv = kernel_argv(find_kernelspec("k"), "/tmp/conn.json")
+    assert argv == [sys.executable, "-m", "x", "-f", "/tmp/conn.json", str(directory)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# output mapping and exit codes
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 10, 1000, 4097])
+def test_split_records_keeps_utf8_sequences_whole(size: int) -> None:
+    data = ("aé€😀" * size).encode()
+    records = split_records(data, limit=7)
+    assert b"".join(records) == data
+    assert all(0 < len(r) <= 7 for r in records)
+    for record in records:
+        record.decode("utf-8")  # raises if a record starts or ends inside a character
+
+
+@pytest.mark.parametrize("text", ["", "plain ascii " * 100, "mixed é€😀 text " * 100])
+def test_iter_records_encodes_per_record_within_the_limit(text: str) -> None:
+    records = list(iter_records(text, limit=64))
+    assert b"".join(records) == text.encode()
+    assert all(0 < len(r) <= 64 for r in records)
+
+
+def test_split_records_default_limit_is_one_mebibyte() -> None:
+    data = b"x" * (3 * 1024 * 1024 + 5)
+    assert [len(r) for r in split_records(data)] == [1 << 20, 1 << 20, 1 << 20, 5]
+
+
+PNG_B64 = base64.b64encode(b"\x89PNG-bytes").decode()
+
+
+@pytest.mark.parametrize(
+    ("bundle", "expected"),
+    [
+        ({"text/plain": "<Figure>", "image/png": PNG_B64 + "\n"},
+         Media(mime="image/png", data=f"data:image/png;base64,{PNG_B64}")),
+        ({"image/jpeg": "AAAA", "text/html": "<b>x</b>"}, Media(mime="image/jpeg", data="data:image/jpeg;base64,AAAA")),
+        ({"text/html": "<b>x</b>", "image/svg+xml": "<svg/>"}, Media(mime="image/svg+xml", data="<svg/>")),
+        ({"text/plain": "df", "text/html": "<table/>"}, Html(html="<table/>")),
+        ({"text/plain": "x", DRAWING_MIME: "abc="}, Media(mime=DRAWING_MIME, data="abc=")),
+        ({"text/plain": "2"}, "2"),
+        ({"text/markdown": "# hi", "text/plain": "<Markdown>"}, "<Markdown>"),
+        ({"application/json": {"a": 1}}, Media(mime="application/json", data='{"a": 1}')),
+        ({}, None),
+    ],
+)
+def test_display_bundles_follow_the_preference_order(bundle: dict[str, Any], expected: object) -> None:
+    assert map_display(bundle) == expected
+
+
+def test_preference_order_is_the_documented_one() -> None:
+    assert DISPLAY_PREFERENCE == ("image/png", "image/jpeg", "image/svg+xml", "text/html", DRAWING_MIME)
+
+
+@pytest.mark.parametrize(
+    ("reply", "code"),
+    [
+        ({"status": "ok"}, 0),
+        ({"status": "error", "ename": "ZeroDivisionError", "evalue": "division by zero"}, 1),
+        ({"status": "error", "ename": "SystemExit", "evalue": "3"}, 3),
+        ({"status": "error", "ename": "SystemExit", "evalue": ""}, 0),
+        ({"status": "error", "ename": "SystemExit", "evalue": "None"}, 0),
+        ({"status": "error", "ename": "SystemExit", "evalue": "bye"}, 1),
+        ({"status": "error", "ename": "SystemExit", "evalue": "256"}, 0),
+        ({"status": "error", "ename": "KeyboardInterrupt", "evalue": ""}, 130),
+        ({"status": "aborted"}, 1),
+        (None, 1),
+    ],
+)
+def test_exit_code_comes_from_the_execute_reply(reply: dict[str, Any] | None, code: int) -> None:
+    assert exit_code_from_reply(reply) == code
+
+
+def test_reject_answers_every_run_and_completion() -> None:
+    run_id = RunId(77)
+    replies = reject_kernel_message(RunTask(run_id=run_id, kind="code", text="1"))
+    assert isinstance(replies[0], Output) and b"query mode is unavailable" in replies[0].data
+    assert replies[1] == Finished(kind="code", exit_code=127)
+    assert replies[2] == ForwardToChild(child_id=LANG_CHILD, message=RunDone(run_id=run_id, exit_code=127))
+    assert reject_kernel_message(CompleteCode(code="im")) == [CompletionResult(items=())]
+    assert reject_kernel_message(object()) == []
+
+
+def test_child_spec_is_permanent_bounded_and_tiered_with_the_language(runner_config: RunnerConfig) -> None:
+    spec = kernel_child_spec(runner_config, kernel_name="python3")
+    assert spec.child_id == KERNEL_CHILD
+    assert spec.restart == "permanent"
+    assert spec.tier == 1
+    assert spec.intensity.max_restarts == 5
+    assert spec.backoff.initial_s == runner_config.restart.backoff_initial_s
+    assert spec.stable_after_s == 10.0
+    assert spec.reject is reject_kernel_message
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# drawing helpers (spec §8.4)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None, True, False, 0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1,
+        -1, -32, -33, -128, -129, -32768, -32769, -(2**31), -(2**31) - 1, -(2**63),
+        0.0, 1.5, -2.25, math.pi, "", "a", "x" * 31, "x" * 32, "x" * 255, "x" * 256, "x" * 70000, "é€",
+        b"", b"\x00\x01", b"y" * 300, b"z" * 70000,
+        [], [1, [2, [3]]], list(range(15)), list(range(16)), list(range(70000)), (1, "a"),
+        {}, {"a": 1}, {str(i): i for i in range(16)},
+    ],
+)
+def test_builtin_msgpack_matches_the_msgpack_package(value: Any) -> None:
+    assert packb(value) == msgpack.packb(value, use_bin_type=True)
+
+
+def test_colors_are_lowercase_rgba_hex() -> None:
+    assert Colors.Transparent.to_hex() == "#ffffff00"
+    assert str(Colors.Gray) == "#808080ff"
+    assert Color.from_hex("#FF0000") == Colors.Red
+    assert Color.from_rgba([0, 255, 255]) == Colors.Cyan
+    assert Color.from_bytes(b"\xff\x00\xff\xff") == Colors.Magenta
+    with pytest.raises(ValueError, match="not a hex colour"):
+        Color.from_hex("#12345")
+
+
+def test_canvas_records_commands_per_the_spec() -> None:
+    canvas = Canvas(200, 100)
+    cid = canvas.id
+    line = canvas.create_line(0, 0, 10, 10)
+    circle = canvas.create_circle(5, 6, 7, fill=Colors.Blue)
+    rect = canvas.create_rectangle(1, 2, 3, 4, border="#00ff00", angle=45)
+    line.set_x2(20)
+    line.set_radius(3)  # a line has no radius: nothing is recorded
+    circle.set_radius(9)
+    rect.fill(Colors.Yellow)
+    line.fill(Colors.Yellow)  # a line cannot be filled: nothing is recorded
+    line.stroke(Colors.Red)
+    rect.stroke(Colors.Red)
+    rect.rotate(10)
+    canvas.begin_fill(Colors.Gray)
+    canvas.end_fill()
+    canvas.background_color(Colors.Black)
+    canvas.stop_animation()
+    assert canvas.commands == [
+        [cid, "canvas", 200, 100, "#ffffffff", "#000000ff"],
+        [cid, "obj", 0, ["line", 0, 0, 10, 10, "#000000ff"]],
+        [cid, "obj", 1, ["circle", 5, 6, 7, "#000000ff", "#0000ffff", 0]],
+        [cid, "obj", 2, ["rect", 1, 2, 3, 4, "#00ff00ff", "#ffffff00", 45]],
+        [cid, "update", 0, "x2", 20],
+        [cid, "update", 1, "radius", 9],
+        [cid, "update", 2, "fill", "#ffff00ff"],
+        [cid, "update", 0, "color", "#ff0000ff"],
+        [cid, "update", 2, "border", "#ff0000ff"],
+        [cid, "update", 2, "rotate", 10],
+        [cid, "begin-fill", "#808080ff"],
+        [cid, "end-fill"],
+        [cid, "bgcolor", "#000000ff"],
+        [cid, "stop-anim"],
+    ]
+    assert Canvas(1, 1).id == cid + 1
+
+
+def test_turtle_moves_draw_grouped_lines_and_move_the_cursor() -> None:
+    canvas = Canvas(100, 80)
+    cid = canvas.id
+    turtle = Turtle(canvas)
+    turtle.forward(10)  # heading 90°: +x
+    turtle.left(90)
+    turtle.penup()
+    turtle.forward(5)  # heading 0°: -y, no line with the pen up
+    commands = canvas.commands
+    assert commands[1] == [cid, "obj", 0, ["triangle", 50.0, 40.0, 12, 18, "#ff0000ff", "#ffc8c8ff", 90]]
+    assert commands[2:7] == [
+        [cid, "begin-group"],
+        [cid, "obj", 1, ["line", 50.0, 40.0, 60.0, 40.0, "#ff000080"]],
+        [cid, "update", 0, "x", 60.0],
+        [cid, "update", 0, "y", 40.0],
+        [cid, "end-group"],
+    ]
+    assert commands[7] == [cid, "update", 0, "rotate", -90]
+    assert commands[8:] == [
+        [cid, "begin-group"],
+        [cid, "update", 0, "x", 60.0],
+        [cid, "update", 0, "y", 35.0],
+        [cid, "end-group"],
+    ]
+    assert turtle.pos() == (10.0, -5.0)
+    turtle.pendown()
+    turtle.setpos((0, 0))
+    assert turtle.pos() == (0.0, 0.0)
+    assert canvas.commands[-4][3][0] == "line"
+
+
+def test_update_emits_base64_msgpack_and_clears(monkeypatch: pytest.MonkeyPatch) -> None:
+    emitted: list[MediaRecord] = []
+    monkeypatch.setattr(builtins, "_sorna_emit", emitted.append, raising=False)
+    canvas = Canvas(10, 10)
+    canvas.create_circle(1, 2, 3)
+    expected = canvas.commands
+    canvas.update()
+    assert canvas.commands == []
+    assert len(emitted) == 1 and emitted[0].type == DRAWING_MIME
+    assert msgpack.unpackb(base64.b64decode(emitted[0].data), raw=False) == expected
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the actor inside a real tree, with kernels that cannot work
+# ---------------------------------------------------------------------------------------------------------------------
+
+FAST_RESTARTS = RestartDefaults(backoff_initial_s=0.02, backoff_factor=2.0, backoff_cap_s=0.1, backoff_jitter=0.0,
+                                intensity_max_restarts=2, intensity_period_s=60.0)
+
+
+@pytest.fixture
+def fast_config(runner_config: RunnerConfig) -> RunnerConfig:
+    return attrs.evolve(runner_config, restart=FAST_RESTARTS)
+
+
+@pytest.fixture
+def tree(fast_config: RunnerConfig, request: pytest.FixtureRequest) -> Iterator[tuple[RunnerHandle, AgentClient]]:
+    kernel_name, ready_timeout_s = request.param
+    handle = start(fast_config, extra_children=[
+        kernel_child_spec(fast_config, kernel_name=kernel_name, ready_timeout_s=ready_timeout_s)])
+    try:
+        with AgentClient(port_in=handle.ports.port_in, port_out=handle.ports.port_out) as client:
+            yield handle, client
+    finally:
+        handle.stop(timeout=5)
+
+
+def run_code(handle: RunnerHandle, client: AgentClient, code: str, timeout: float = 10.0) -> RunResult:
+    handle.tell(ForwardToChild(child_id=KERNEL_CHILD, message=RunTask(run_id=next_run_id(), kind="code", text=code)))
+    return client.collect_run(timeout)
+
+
+def kernel_state(handle: RunnerHandle) -> ChildState | None:
+    for info in handle.which_children():
+        if info.child_id == KERNEL_CHILD:
+            return info.state
+    return None
+
+
+@pytest.mark.parametrize("tree", [("no-such-kernel", 5.0)], indirect=True)
+def test_missing_kernelspec_answers_runs_with_127_and_the_reason(tree: tuple[RunnerHandle, AgentClient]) -> None:
+    handle, client = tree
+    result = run_code(handle, client, "print(1)")
+    assert result.exit_code == 127
+    assert b"no Jupyter kernelspec named 'no-such-kernel'" in result.stderr
+    handle.tell(ForwardToChild(child_id=KERNEL_CHILD, message=CompleteCode(code="impo")))
+    assert client.expect("completion").json() == []
+    # Bounded retries: the supervisor gives up, and then its reject answers with 127.
+    wait_until(lambda: kernel_state(handle) is ChildState.FATAL, timeout=5, what="the kernel child to be FATAL")
+    result = run_code(handle, client, "print(2)")
+    assert result.exit_code == 127
+    assert b"the Jupyter kernel is not running" in result.stderr
+
+
+@pytest.fixture
+def bad_kernels(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    root = tmp_path / "jupyter"
+    write_kernelspec(root, "exits", [sys.executable, "-c", "import sys; sys.exit(3)", "{connection_file}"])
+    write_kernelspec(root, "mute", [sys.executable, "-c", "import time; time.sleep(60)", "{connection_file}"])
+    monkeypatch.setenv("JUPYTER_PATH", str(root))
+    return root
+
+
+@pytest.mark.parametrize("tree", [("exits", 5.0)], indirect=True)
+def test_a_kernel_that_exits_at_start_fails_runs_and_restarts_boundedly(
+    bad_kernels: Path, tree: tuple[RunnerHandle, AgentClient], log_lines: list[str]
+) -> None:
+    handle, client = tree
+    result = run_code(handle, client, "print(1)")
+    assert result.exit_code == 127
+    assert b"the exits kernel exited during start (exit code 3)" in result.stderr
+    wait_until(lambda: kernel_state(handle) is ChildState.FATAL, timeout=5, what="the kernel child to be FATAL")
+    assert sum("spawned kernel exits" in line for line in log_lines) == 3  # first start + 2 restarts
+
+
+@pytest.mark.parametrize("tree", [("mute", 0.5)], indirect=True)
+def test_a_kernel_that_never_answers_is_killed_after_the_ready_timeout(
+    bad_kernels: Path, tree: tuple[RunnerHandle, AgentClient]
+) -> None:
+    handle, client = tree
+    result = run_code(handle, client, "print(1)")
+    assert result.exit_code == 127
+    assert b"did not become ready within 0.5 s" in result.stderr
+    # The mute processes are killed at each failed start; the autouse check asserts none is left at the end.
+    wait_until(lambda: kernel_state(handle) is ChildState.FATAL, timeout=10, what="the kernel child to be FATAL")

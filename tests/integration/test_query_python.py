@@ -1,0 +1,295 @@
+"""Python query mode through a real ipykernel: the KernelActor inside the whole tree, driven over the agent sockets.
+
+Runs reach the kernel child the way the language runner will forward them (ForwardToChild to KERNEL_CHILD);
+replies are read with AgentClient exactly as the agent reads them. Each test starts its own kernel (~0.5-1 s).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import msgpack
+import pytest
+
+from kernel_runner import RunnerConfig, RunnerHandle, start
+from kernel_runner.actors.kernel import kernel_child_spec
+from kernel_runner.client import AgentClient, RunResult
+from kernel_runner.drawing import DRAWING_MIME
+from kernel_runner.ids import KERNEL_CHILD, next_run_id
+from kernel_runner.messages import ChildInfo, ChildState, CompleteCode, FeedInput, ForwardToChild, InterruptRun, RunTask
+from tests.support.procs import alive, assert_gone
+from tests.support.waiting import wait_until
+
+RUN_TIMEOUT_S = 20.0  # includes the kernel start when the run is queued before the kernel is ready
+
+
+class Query:
+    """One runner with a python3 kernel child, and the agent's view of it."""
+
+    def __init__(self, handle: RunnerHandle, client: AgentClient) -> None:
+        self.handle = handle
+        self.client = client
+
+    def tell_kernel(self, message: object) -> None:
+        self.handle.tell(ForwardToChild(child_id=KERNEL_CHILD, message=message))
+
+    def send(self, code: str) -> None:
+        self.tell_kernel(RunTask(run_id=next_run_id(), kind="code", text=code))
+
+    def run(self, code: str, timeout: float = RUN_TIMEOUT_S) -> RunResult:
+        self.send(code)
+        return self.client.collect_run(timeout)
+
+    def kernel_info(self) -> ChildInfo:
+        for info in self.handle.which_children():
+            if info.child_id == KERNEL_CHILD:
+                return info
+        raise AssertionError("no kernel child")
+
+    def ready_kernel(self, timeout: float = RUN_TIMEOUT_S) -> ChildInfo:
+        return wait_until(
+            lambda: (info := self.kernel_info()).state is ChildState.RUNNING and info.extra.get("ready") and info,
+            timeout=timeout,
+            what="the kernel to be ready",
+        )
+
+
+def start_query(
+    config: RunnerConfig, kernel_name: str = "python3", **options: float
+) -> tuple[RunnerHandle, AgentClient]:
+    # A cold jedi cache makes the first completion take seconds; the test must not depend on a warm one.
+    spec = kernel_child_spec(config, kernel_name=kernel_name, **{"complete_timeout_s": 30.0, **options})
+    handle = start(config, extra_children=[spec])
+    return handle, AgentClient(port_in=handle.ports.port_in, port_out=handle.ports.port_out)
+
+
+@pytest.fixture
+def query(runner_config: RunnerConfig) -> Iterator[Query]:
+    handle, client = start_query(runner_config)
+    try:
+        yield Query(handle, client)
+    finally:
+        client.close()
+        handle.stop(timeout=5)
+
+
+def tiny_png() -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00")) + chunk(
+        b"IEND", b"")
+
+
+def media(result: RunResult) -> list[dict[str, Any]]:
+    return [json.loads(r.payload) for r in result.of_type("media")]
+
+
+def test_outputs_exit_codes_and_completion(query: Query) -> None:
+    # Sent at once: the kernel is still starting, so this run is queued and runs when the kernel is ready.
+    result = query.run("print(1)")
+    assert (result.exit_code, result.stdout, result.stderr) == (0, b"1\n", b"")
+
+    result = query.run("1+1")
+    assert (result.exit_code, result.stdout) == (0, b"2")
+
+    result = query.run("1/0")
+    assert result.exit_code == 1
+    assert b"ZeroDivisionError" in result.stderr and b"Traceback" in result.stderr
+
+    assert query.run("raise SystemExit(3)").exit_code == 3
+    assert query.run("import sys; sys.exit()").exit_code == 0
+
+    png = tiny_png()
+    result = query.run(
+        f"from IPython.display import Image, display\nimport base64\n"
+        f"display(Image(data=base64.b64decode({base64.b64encode(png).decode()!r})))"
+    )
+    assert result.exit_code == 0
+    assert media(result) == [{"type": "image/png", "data": "data:image/png;base64," + base64.b64encode(png).decode()}]
+
+    result = query.run("from IPython.display import HTML, display\ndisplay(HTML('<b>bold</b>'))")
+    assert [(r.type, r.payload) for r in result.records] == [("html", b"<b>bold</b>")]
+
+    result = query.run("from IPython.display import SVG, display\ndisplay(SVG('<svg xmlns=\"http://www.w3.org/2000/svg\"/>'))")
+    assert media(result) == [{"type": "image/svg+xml", "data": '<svg xmlns="http://www.w3.org/2000/svg"/>'}]
+
+    result = query.run(
+        "from kernel_runner.drawing import Canvas\n"
+        "c = Canvas(40, 30)\nt = c.create_turtle()\nt.forward(10)\nc.update()"
+    )
+    assert result.exit_code == 0, result.stderr
+    [item] = media(result)
+    assert item["type"] == DRAWING_MIME
+    commands = msgpack.unpackb(base64.b64decode(item["data"]), raw=False)
+    assert [command[1] for command in commands] == [
+        "canvas", "obj", "begin-group", "obj", "update", "update", "end-group"]
+
+    size = 3 * 1024 * 1024
+    result = query.run(f"print('x' * {size})")
+    assert result.exit_code == 0
+    records = result.of_type("stdout")
+    assert all(len(r.payload) <= 1024 * 1024 for r in records) and len(records) >= 4
+    assert result.stdout == b"x" * size + b"\n"
+
+    query.tell_kernel(CompleteCode(code="impo"))
+    assert "import" in query.client.expect("completion", 30).json()
+
+
+def test_input_round_trip_password_and_interrupted_wait(query: Query) -> None:
+    query.send("name = input('Your name: ')\nprint('hello', name)")
+    waiting = query.client.collect_run(RUN_TIMEOUT_S)
+    assert waiting.status == "waiting-input"
+    assert waiting.stdout == b"Your name: "
+    assert waiting.records[-1].json() == {"is_password": False}
+    query.tell_kernel(FeedInput(text="bob"))
+    result = query.client.collect_run(RUN_TIMEOUT_S)
+    assert (result.exit_code, result.stdout) == (0, b"hello bob\n")
+
+    query.send("import getpass\nsecret = getpass.getpass('Password: ')\nprint(len(secret))")
+    waiting = query.client.collect_run(RUN_TIMEOUT_S)
+    assert waiting.status == "waiting-input" and waiting.records[-1].json() == {"is_password": True}
+    query.tell_kernel(FeedInput(text="hunter2"))
+    assert query.client.collect_run(RUN_TIMEOUT_S).stdout == b"7\n"
+
+    # An interrupt while the kernel waits for input cancels the wait; that run ends once, non-zero.
+    query.send("input('never answered: ')")
+    assert query.client.collect_run(RUN_TIMEOUT_S).status == "waiting-input"
+    query.tell_kernel(InterruptRun())
+    result = query.client.collect_run(5)
+    assert result.status == "finished" and result.exit_code == 130
+    assert b"KeyboardInterrupt" in result.stderr
+    query.tell_kernel(FeedInput(text="too late"))  # nothing waits now: dropped, no reply
+    result = query.run("print('next')")
+    assert (result.exit_code, result.stdout) == (0, b"next\n")
+
+
+def interrupt_sleep_within_one_second(query: Query) -> RunResult:
+    query.send("import time\nprint('sleeping', flush=True)\ntime.sleep(30)")
+    assert query.client.expect("stdout", RUN_TIMEOUT_S).payload == b"sleeping\n"
+    started = time.monotonic()
+    query.tell_kernel(InterruptRun())
+    result = query.client.collect_run(5)
+    assert time.monotonic() - started < 1.0
+    assert result.status == "finished" and result.exit_code == 130
+    assert b"KeyboardInterrupt" in result.stderr
+    return result
+
+
+def test_interrupt_ends_a_sleep_with_exactly_one_finished(query: Query, log_lines: list[str]) -> None:
+    interrupt_sleep_within_one_second(query)
+    query.tell_kernel(InterruptRun())  # nothing runs: logged and dropped, so no extra `finished` follows
+    wait_until(lambda: any("interrupt: nothing is running" in line for line in log_lines), timeout=5,
+               what="the idle interrupt to be logged")
+    result = query.run("print(2)")
+    assert (result.status, result.exit_code, result.stdout) == ("finished", 0, b"2\n")
+    assert any("SIGINT to the kernel's process group" in line for line in log_lines)
+
+
+def test_message_interrupt_mode_of_the_kernelspec_is_honoured(
+    runner_config: RunnerConfig, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, log_lines: list[str]
+) -> None:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    source = Path(KernelSpecManager().get_kernel_spec("python3").resource_dir)
+    target = tmp_path / "jupyter" / "kernels" / "python3-message"
+    shutil.copytree(source, target)
+    spec = json.loads((target / "kernel.json").read_text())
+    (target / "kernel.json").write_text(json.dumps({**spec, "interrupt_mode": "message"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    handle, client = start_query(runner_config, kernel_name="python3-message")
+    try:
+        query = Query(handle, client)
+        assert query.ready_kernel().extra["interrupt_mode"] == "message"
+        interrupt_sleep_within_one_second(query)
+        assert any("sent interrupt_request" in line for line in log_lines)
+        assert not any("SIGINT to the kernel's process group" in line for line in log_lines)
+    finally:
+        client.close()
+        handle.stop(timeout=5)
+
+
+def test_an_ignored_interrupt_kills_the_kernel_so_the_run_still_ends_once(runner_config: RunnerConfig) -> None:
+    handle, client = start_query(runner_config, interrupt_kill_after_s=0.5)
+    try:
+        query = Query(handle, client)
+        query.send("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                   "print('deaf', flush=True)\ntime.sleep(30)")
+        assert client.expect("stdout", RUN_TIMEOUT_S).payload == b"deaf\n"
+        query.tell_kernel(InterruptRun())
+        result = client.collect_run(5)
+        assert result.status == "finished" and result.exit_code == 130
+        assert b"did not respond to the interrupt within 0.5 s, so it was killed" in result.stderr
+        result = query.run("print('fresh kernel')")
+        assert (result.exit_code, result.stdout) == (0, b"fresh kernel\n")
+    finally:
+        client.close()
+        handle.stop(timeout=5)
+
+
+def test_killed_kernel_ends_the_run_and_the_next_query_works(query: Query) -> None:
+    query.send("import time\nprint('busy', flush=True)\ntime.sleep(30)")
+    assert query.client.expect("stdout", RUN_TIMEOUT_S).payload == b"busy\n"
+    first = query.ready_kernel()
+    pid = first.extra["kernel_pid"]
+    os.kill(pid, signal.SIGKILL)
+    result = query.client.collect_run(10)
+    assert result.status == "finished" and result.exit_code == 128 + signal.SIGKILL
+    assert b"kernel-runner: the Jupyter kernel (python3) died (killed by signal 9)" in result.stderr
+
+    result = query.run("print('after restart')")
+    assert (result.exit_code, result.stdout) == (0, b"after restart\n")
+    second = query.kernel_info()
+    assert second.generation == first.generation + 1 and second.restarts == 1
+    assert second.extra["kernel_pid"] != pid
+    assert not Path(first.extra["connection_file"]).exists()
+
+
+def test_stop_leaves_no_kernel_process_and_no_connection_file(runner_config: RunnerConfig) -> None:
+    handle, client = start_query(runner_config)
+    try:
+        query = Query(handle, client)
+        info = query.ready_kernel()
+        pid, connection_file = info.extra["kernel_pid"], Path(info.extra["connection_file"])
+        assert alive(pid) and connection_file.is_file()
+    finally:
+        client.close()
+        assert handle.stop(timeout=5)
+    assert_gone([pid], timeout=2)
+    assert not connection_file.exists() and not connection_file.parent.exists()
+
+
+def test_code_op_through_the_language_runner(runner_config: RunnerConfig) -> None:
+    """The contract with the python LangRunner: `code`, `input`, `complete` and `interrupt` arrive as agent ops."""
+    config = attrs.evolve(runner_config, lang="python")
+    handle, client = start_query(config)
+    try:
+        result = client.code("print(6 * 7)", timeout=RUN_TIMEOUT_S)
+        assert (result.exit_code, result.stdout) == (0, b"42\n")
+        assert client.code("raise SystemExit(4)", timeout=RUN_TIMEOUT_S).exit_code == 4
+        client.send("code", "print(input('? ') * 2)")
+        assert client.collect_run(RUN_TIMEOUT_S).status == "waiting-input"
+        client.feed_input("ab")
+        assert client.collect_run(RUN_TIMEOUT_S).stdout == b"abab\n"
+        assert "import" in client.complete("impo", timeout=30)
+        client.send("code", "import time\nprint('zz', flush=True)\ntime.sleep(30)")
+        assert client.expect("stdout", RUN_TIMEOUT_S).payload == b"zz\n"
+        client.interrupt()
+        assert client.collect_run(5).exit_code == 130
+        # The language runner got RunDone for each run, so the next code op runs (it would queue for ever otherwise).
+        assert client.code("print('done')", timeout=RUN_TIMEOUT_S).stdout == b"done\n"
+    finally:
+        client.close()
+        handle.stop(timeout=5)
