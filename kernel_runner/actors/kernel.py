@@ -36,6 +36,7 @@ from typing import Any, Literal
 import attrs
 import pykka
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from kernel_runner.actors.base import ChildContext, RouterLink, SupervisedActor
 from kernel_runner.config import RunnerConfig
@@ -447,6 +448,7 @@ class KernelChannels(threading.Thread):
         self._fds_open = True
         self._session: Any = None
         self._sockets: dict[str, zmq.Socket[bytes]] = {}
+        self._stdin_monitor: zmq.Socket[bytes] | None = None
         self._execution: _Execution | None = None
         self._input_parent: dict[str, Any] | None = None
         self._completions: dict[str, int] = {}
@@ -479,6 +481,8 @@ class KernelChannels(threading.Thread):
             self._log.opt(exception=exc).error("kernel channels failed: {!r}", exc)
             self._tell(KernelChannelsClosed(error=repr(exc)))
         finally:
+            if "stdin" in self._sockets:
+                self._close_stdin_monitor()
             for sock in self._sockets.values():
                 sock.close(linger=0)
             self._sockets.clear()
@@ -521,6 +525,10 @@ class KernelChannels(threading.Thread):
                 # PUB drops at the high-water mark; never lose an idle status or output while the agent is slow.
                 sock.setsockopt(zmq.RCVHWM, 0)
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
+            if channel == "stdin":
+                # The kernel's stdin ROUTER drops an input_request for a peer whose connection is not complete yet,
+                # and nothing else travels that way before the first input(): readiness waits for this handshake.
+                self._stdin_monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
             sock.connect(self._url(channel))
             self._sockets[channel] = sock
 
@@ -541,13 +549,18 @@ class KernelChannels(threading.Thread):
         deadline = time.monotonic() + self._ready_timeout_s
         got_reply: dict[str, Any] | None = None
         got_iopub = False
+        monitor = self._stdin_monitor
+        got_stdin = monitor is None
         last_sent = float("-inf")
         poller = zmq.Poller()
         poller.register(self._sockets["shell"], zmq.POLLIN)
         poller.register(self._sockets["iopub"], zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        if monitor is not None:
+            poller.register(monitor, zmq.POLLIN)
         while not self._stopping.is_set():
-            if got_reply is not None and got_iopub:
+            if got_reply is not None and got_iopub and got_stdin:
+                self._close_stdin_monitor()
                 language = got_reply.get("language_info", {}).get("name", "")
                 self._tell(
                     KernelReady(
@@ -572,7 +585,25 @@ class KernelChannels(threading.Thread):
                     got_reply = dict(msg.get("content", {}))
             while (msg := self._recv("iopub")) is not None:
                 got_iopub = True
+            if monitor is not None and monitor in events:
+                got_stdin = self._stdin_handshake_seen(monitor) or got_stdin
         return False
+
+    def _stdin_handshake_seen(self, monitor: zmq.Socket[bytes]) -> bool:
+        seen = False
+        while True:
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return seen
+            seen = seen or event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+
+    def _close_stdin_monitor(self) -> None:
+        if self._stdin_monitor is None:
+            return
+        self._sockets["stdin"].disable_monitor()
+        self._stdin_monitor.close(linger=0)
+        self._stdin_monitor = None
 
     def _drain_wake(self) -> None:
         try:

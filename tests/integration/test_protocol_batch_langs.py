@@ -60,9 +60,11 @@ def assert_interrupts(
     within: float = INTERRUPT_BOUND_S,
 ) -> None:
     """Start a program that prints `ready` and runs for ever; `interrupt` must end it at once with 128+SIGINT."""
+    # Long-lived children of the runner (a Jupyter kernel for python) are not the program's and must stay.
+    resident = {p.pid for p in descendants()}
     agent.send(kind, text)
     read_until(agent, b"ready", timeout=timeout)
-    before = {p.pid for p in descendants()}
+    before = {p.pid for p in descendants()} - resident
     result, took = interrupt_run(agent)
     assert result.status == "finished"
     assert result.exit_code in exit_codes, (result.exit_code, result.stderr)
