@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--user-input-socket", type=Path, default=Path("/tmp/bai-user-input.sock"))
     parser.add_argument("--no-intrinsic-services", action="store_true", help="do not start sshd/ttyd at start-up")
     parser.add_argument("--shutdown-deadline", type=float, default=15.0, help="seconds for the orderly stop")
+    parser.add_argument("--service-launch-timeout", type=float, default=8.0,
+                        help="seconds a service may take to open its port (the agent waits 10 s for the reply)")
+    parser.add_argument("--term-in-port", type=int, default=2002, help="git runner: terminal input (SUB) port")
+    parser.add_argument("--term-out-port", type=int, default=2003, help="git runner: terminal output (PUB) port")
+    parser.add_argument("--dropbear-dir", type=Path, default=Path("/opt/kernel"),
+                        help="where dropbear, dropbearkey, dropbearconvert and tmux live")
+    parser.add_argument("--ttyd-path", type=Path, default=Path("/opt/kernel/ttyd"), help="the ttyd binary")
     return parser
 
 
@@ -78,6 +85,11 @@ def config_from_args(args: argparse.Namespace) -> RunnerConfig:
         user_input_socket=args.user_input_socket,
         start_intrinsic_services=not args.no_intrinsic_services,
         shutdown_deadline_s=args.shutdown_deadline,
+        service_launch_timeout_s=args.service_launch_timeout,
+        term_in_port=args.term_in_port,
+        term_out_port=args.term_out_port,
+        dropbear_dir=args.dropbear_dir,
+        ttyd_path=args.ttyd_path,
     )
 
 

@@ -236,3 +236,16 @@ def test_prestart_failure_is_the_reply(make_services: Any, work_dir: Path) -> No
     services = make_services({"x": run})
     result = services.start("x")
     assert result == {"status": "failed", "error": "InvalidServiceDefinition('Service-def for x used invalid action: nosuch')"}
+
+
+def test_shutdown_during_a_start_answers_did_not_start_properly(make_services: Any, work_dir: Path) -> None:
+    import json
+
+    run = listener("slow", free_port(), "--delay", "30", cwd=work_dir, timeout=20)
+    services = make_services({"slow": run})
+    services.agent.send("start-service", json.dumps({"name": "slow", "port": 0, "protocol": "tcp"}))
+    wait_until(lambda: (c := services.child("slow")) is not None and c.pid is not None, timeout=10, what="spawned")
+    services.agent.shutdown_service("slow")
+    reply = services.agent.expect("service-result", timeout=10).json()
+    assert reply == {"status": "failed", "error": f"the process did not start properly: {sys.executable}"}
+    wait_until(lambda: services.child("slow") is None, timeout=10, what="slow gone")
