@@ -20,9 +20,10 @@ from jupyter_client.manager import KernelManager
 from jupyter_client.session import Session
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
-from kernel_runner.actors.kernel import MAX_RECORD_BYTES, kernel_child_spec
+from kernel_runner.actors.kernel import kernel_child_spec
 from kernel_runner.client import AgentClient, RunResult
 from kernel_runner.ids import KERNEL_CHILD, next_run_id
+from kernel_runner.jupyter import MAX_RECORD_BYTES
 from kernel_runner.logs import configure_logging
 from kernel_runner.messages import ChildState, ForwardToChild, RunTask
 

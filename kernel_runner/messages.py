@@ -485,7 +485,7 @@ class GitGraphDone:
 
 
 # --------------------------------------------------------------------------------------------
-# Jupyter kernel: KernelActor and its helper threads (spec §4, actors/kernel.py)
+# Jupyter kernel: KernelActor and its helper threads (spec §4, actors/kernel.py, actors/kernel_channels.py)
 # --------------------------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ import pykka
 from loguru import logger
 
 from kernel_runner.actors.base import ChildContext, RouterLink
-from kernel_runner.actors.kernel import kernel_child_spec, kernelspec_names
+from kernel_runner.actors.kernel import kernel_child_spec
 from kernel_runner.actors.lang_runner import LangRunnerActor, reject_delegated_run, reject_run
 from kernel_runner.actors.router import BoundPorts, RouterActor
 from kernel_runner.actors.terminal import terminal_child_spec
@@ -19,6 +19,7 @@ from kernel_runner.childenv import build_child_env
 from kernel_runner.clock import REAL_CLOCK, Clock
 from kernel_runner.config import RunnerConfig, resolve_ports
 from kernel_runner.ids import LANG_CHILD, ROUTER_CHILD
+from kernel_runner.jupyter import kernelspec_names
 from kernel_runner.langs import JupyterQuery, TerminalQuery, get_lang, resolve_runtime
 from kernel_runner.logs import add_agent_log_sink
 from kernel_runner.messages import (

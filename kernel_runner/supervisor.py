@@ -245,6 +245,14 @@ class SupervisorActor(pykka.ThreadingActor):
         children = tuple(self.which_children())
         self._router.tell(StatusReply(started_at=self.started_at, ready=not self._pending_steps, children=children))
 
+    def _release_startup_steps(self, why: str) -> None:
+        """A child that gave up may own a start-up step nobody will finish; the agent must not wait for ever (§3.1)."""
+        if not self._pending_steps:
+            return
+        self.log.error("ready without finishing {} ({}); status is answered anyway", sorted(self._pending_steps), why)
+        for step in sorted(self._pending_steps):
+            self._handle_startup_step_done(StartupStepDone(step=step))
+
     def _handle_startup_step_done(self, message: StartupStepDone) -> None:
         self._pending_steps.discard(message.step)
         self.log.info("startup step done: {}", message.step)
@@ -367,6 +375,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 child.state = ChildState.FATAL
                 log.error("gave-up: {}", decision.reason)
                 self._reject_pending(child)
+                self._release_startup_steps(f"{child_id} gave up")
                 if child.spec.significant:
                     self._escalate(f"{child_id} gave up: {decision.reason}")
             case Restart():

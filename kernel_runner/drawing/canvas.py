@@ -147,7 +147,7 @@ class Canvas:
         fill: ColorLike | None = None,
         angle: float = 0,
     ) -> Circle:
-        return Circle(self, ["circle", x, y, radius, self._border(border), self._fill(fill), angle])
+        return Circle(self, ["circle", x, y, radius, self._border(border), self.fill_template(fill), angle])
 
     def create_rectangle(
         self,
@@ -160,7 +160,7 @@ class Canvas:
         fill: ColorLike | None = None,
         angle: float = 0,
     ) -> Rectangle:
-        return Rectangle(self, ["rect", left, top, width, height, self._border(border), self._fill(fill), angle])
+        return Rectangle(self, ["rect", left, top, width, height, self._border(border), self.fill_template(fill), angle])
 
     create_rect = create_rectangle
 
@@ -175,7 +175,7 @@ class Canvas:
         fill: ColorLike | None = None,
         angle: float = 0,
     ) -> Triangle:
-        return Triangle(self, ["triangle", left, top, width, height, self._border(border), self._fill(fill), angle])
+        return Triangle(self, ["triangle", left, top, width, height, self._border(border), self.fill_template(fill), angle])
 
     def create_turtle(self) -> Turtle:
         from kernel_runner.drawing.turtle import Turtle
@@ -185,7 +185,7 @@ class Canvas:
     def _border(self, border: ColorLike | None) -> str:
         return (as_color(border) if border is not None else self.fgcolor).to_hex()
 
-    def _fill(self, fill: ColorLike | None) -> str:
+    def fill_template(self, fill: ColorLike | None) -> str:
         return (as_color(fill) if fill is not None else Colors.Transparent).to_hex()
 
 

@@ -17,23 +17,22 @@ import msgpack
 import pytest
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
-from kernel_runner.actors.kernel import (
+from kernel_runner.actors.kernel import kernel_child_spec, reject_kernel_message
+from kernel_runner.client import AgentClient, RunResult
+from kernel_runner.config import RestartDefaults
+from kernel_runner.drawing import DRAWING_MIME, Canvas, Color, Colors, MediaRecord, Turtle
+from kernel_runner.drawing._msgpack import packb
+from kernel_runner.ids import KERNEL_CHILD, LANG_CHILD, RunId, next_run_id
+from kernel_runner.jupyter import (
     DISPLAY_PREFERENCE,
     KernelSpecError,
     exit_code_from_reply,
     find_kernelspec,
     iter_records,
     kernel_argv,
-    kernel_child_spec,
     map_display,
-    reject_kernel_message,
     split_records,
 )
-from kernel_runner.client import AgentClient, RunResult
-from kernel_runner.config import RestartDefaults
-from kernel_runner.drawing import DRAWING_MIME, Canvas, Color, Colors, MediaRecord, Turtle
-from kernel_runner.drawing._msgpack import packb
-from kernel_runner.ids import KERNEL_CHILD, LANG_CHILD, RunId, next_run_id
 from kernel_runner.messages import (
     ChildState,
     CompleteCode,

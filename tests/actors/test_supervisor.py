@@ -237,3 +237,14 @@ def test_stop_child_not_permanent_restarts_it(tree: Tree) -> None:
     tree.started("a", 2)
     info = tree.children()["a"]
     assert info.restarts == 1 and "restart requested" in (info.last_exit or "")
+
+
+def test_a_child_giving_up_releases_status_waiting_for_startup() -> None:
+    tree = Tree(startup_steps=("bootstrap",))
+    try:
+        tree.ref.tell(StatusRequest())
+        tree.ref.tell(tree.spec("lang", fail_start=True, intensity=IntensityLimit(max_restarts=1, period_s=60)))
+        reply = tree.recorder.wait_for(lambda m: isinstance(m, StatusReply), timeout=5, what="status after give-up")
+        assert reply.ready is True
+    finally:
+        tree.close()

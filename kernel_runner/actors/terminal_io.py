@@ -1,0 +1,309 @@
+"""The TerminalActor's helper threads (SUB socket, pty output, `%show graph`'s git) and its pty helpers (spec §8.3).
+
+Who owns what (the actor's own share is described in terminal.py):
+
+* TermInputReceiver (thread): the SUB socket, bound on `term_in_port` and subscribed to everything. It tells the
+  actor `TerminalInput(first frame)` and never touches the pty.
+* PtyReader (one thread per shell): its own dup of the pty master, read only. It takes a credit per chunk, tells the
+  actor `PtyOutput`, and at EOF/EIO closes its fd and tells `PtyClosed`. The actor publishes the chunk and gives the
+  credit back, so a chatty shell cannot flood the actor's inbox.
+* GitGraphJob (one thread per `%show graph`): runs git with a bound and tells `GitGraphDone`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import struct
+import subprocess
+import termios
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pykka
+import zmq
+from loguru import logger
+
+from kernel_runner.actors.agent_link import bind_socket
+from kernel_runner.ids import TERMINAL_CHILD, RunId
+from kernel_runner.messages import (
+    GitGraphDone,
+    PtyClosed,
+    PtyOutput,
+    TerminalInput,
+)
+from kernel_runner.procs import ProcessHandle, describe_returncode
+from kernel_runner.terminal_commands import (
+    BRANCH_LOG_ARGS,
+    EXIT_FAILED,
+    EXIT_NOT_A_COMMAND,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    build_graph,
+    commit_log_args,
+    git_argv,
+    parse_branch_map,
+)
+
+POLL_MS = 100
+READ_CHUNK = 4096  # spec §8.3: the output pump publishes reads of up to 4096 bytes, untransformed
+DRAIN_QUIET_MS = 100
+DRAIN_MAX_S = 1.0
+REAP_TIMEOUT_S = 1.0
+EXIT_UNAVAILABLE = 127  # the terminal could not take or finish the op (same code as the language runner's reject)
+
+# Popen's start_new_session made the child a session leader; this makes the pty its controlling terminal (so ^C,
+# job control and SIGWINCH work) and then becomes the shell with the same pid. A separate interpreter keeps Python
+# code out of the forked child (no preexec_fn in a threaded process).
+CTTY_SHIM = (
+    "import fcntl, os, sys, termios\n"
+    "fcntl.ioctl(0, termios.TIOCSCTTY, 0)\n"
+    "try:\n"
+    "    os.execvp(sys.argv[1], sys.argv[1:])\n"
+    "except OSError as exc:\n"
+    "    sys.stderr.write('kernel-runner: cannot start the shell %r: %s\\r\\n' % (sys.argv[1], exc.strerror))\n"
+    "    sys.exit(127)\n"
+)
+
+
+def set_winsize(fd: int, rows: int, cols: int) -> None:
+    """TIOCSWINSZ on the pty master; the kernel sends SIGWINCH to the shell's foreground job."""
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+class Credits:
+    """A bounded number of messages a helper thread may have in the actor's inbox at once."""
+
+    def __init__(self, count: int) -> None:
+        self._sem = threading.BoundedSemaphore(count)
+
+    def take(self, stopping: threading.Event) -> bool:
+        while not self._sem.acquire(timeout=0.1):
+            if stopping.is_set():
+                return False
+        return True
+
+    def give(self) -> None:
+        try:
+            self._sem.release()
+        except ValueError:
+            pass
+
+
+# ---- helper threads ---------------------------------------------------------------------------------------------
+
+
+class TermInputReceiver(threading.Thread):
+    """Creates, binds, polls and closes the terminal SUB socket in its own thread; tells the actor each message."""
+
+    def __init__(
+        self, *, context: zmq.Context[Any], bind: str, port: int, owner: pykka.ActorRef[Any], credits: Credits
+    ) -> None:
+        super().__init__(name="TermInputReceiver", daemon=True)
+        self._context = context
+        self._bind = bind
+        self._port = port
+        self._owner = owner
+        self._credits = credits
+        self.bound: Future[int] = Future()
+        self.stopping = threading.Event()
+        self.log = logger.bind(child=TERMINAL_CHILD)
+
+    def run(self) -> None:
+        sock: zmq.Socket[bytes] = self._context.socket(zmq.SUB)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            try:
+                port = bind_socket(sock, self._bind, self._port)
+            except zmq.ZMQError as exc:
+                self.bound.set_exception(exc)
+                return
+            self.bound.set_result(port)
+            self._serve(sock)
+        finally:
+            sock.close(linger=0)
+
+    def _serve(self, sock: zmq.Socket[bytes]) -> None:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        while not self.stopping.is_set():
+            if not poller.poll(POLL_MS):
+                continue
+            while not self.stopping.is_set():
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                # spec §8.3: the first frame of each message is written to the pty.
+                if not frames or not frames[0] or not self._credits.take(self.stopping):
+                    continue
+                try:
+                    self._owner.tell(TerminalInput(data=frames[0]))
+                except pykka.ActorDeadError:
+                    self.log.debug("terminal actor stopped; input receiver exits")
+                    return
+
+
+class PtyReader(threading.Thread):
+    """Reads one shell's pty through its own dup of the master fd until EIO (all slave fds closed) or a stop."""
+
+    def __init__(self, *, fd: int, shell_id: int, owner: pykka.ActorRef[Any], credits: Credits) -> None:
+        super().__init__(name=f"PtyReader-{shell_id}", daemon=True)
+        self._fd = fd
+        self._shell_id = shell_id
+        self._owner = owner
+        self._credits = credits
+        self._drain = threading.Event()
+        self.stopping = threading.Event()
+
+    def drain(self) -> None:
+        """The shell exited: read what is left until the pty stays quiet briefly, then close (background jobs may
+        still hold the slave side, so EIO may never come)."""
+        self._drain.set()
+
+    def run(self) -> None:
+        try:
+            self._pump()
+        finally:
+            os.close(self._fd)
+            try:
+                self._owner.tell(PtyClosed(shell_id=self._shell_id))
+            except pykka.ActorDeadError:
+                pass
+
+    def _pump(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        drain_deadline: float | None = None
+        while not self.stopping.is_set():
+            draining = self._drain.is_set()
+            if draining:
+                drain_deadline = drain_deadline or time.monotonic() + DRAIN_MAX_S
+                if time.monotonic() >= drain_deadline:
+                    return
+            if not poller.poll(DRAIN_QUIET_MS if draining else POLL_MS):
+                if draining:
+                    return
+                continue
+            try:
+                data = os.read(self._fd, READ_CHUNK)
+            except BlockingIOError:
+                continue
+            except OSError:  # EIO: every slave fd is closed, the shell and its jobs are gone
+                return
+            if not data or not self._credits.take(self.stopping):
+                return
+            try:
+                self._owner.tell(PtyOutput(shell_id=self._shell_id, data=data))
+            except pykka.ActorDeadError:
+                return
+
+
+class GitGraphJob(threading.Thread):
+    """Runs the two `git log` commands of `%show graph` in `path` (never chdir-ing the runner) within one deadline."""
+
+    def __init__(
+        self,
+        *,
+        run_id: RunId,
+        path: Path,
+        env: Mapping[str, str],
+        owner: pykka.ActorRef[Any],
+        timeout_s: float,
+        max_commits: int,
+    ) -> None:
+        super().__init__(name=f"GitGraphJob-{run_id}", daemon=True)
+        self._run_id = run_id
+        self._path = path
+        self._env = {**env, "GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat"}
+        self._owner = owner
+        self._timeout_s = timeout_s
+        self._max_commits = max_commits
+        self._lock = threading.Lock()
+        self._handle: ProcessHandle | None = None
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            handle = self._handle
+        if handle is not None:
+            handle.kill_tree()
+
+    def run(self) -> None:
+        try:
+            result = self._graph()
+        except Exception as exc:  # noqa: BLE001 - the op must still end with one Finished
+            logger.bind(child=TERMINAL_CHILD).opt(exception=exc).error("%show graph failed: {!r}", exc)
+            result = self._failed(EXIT_FAILED, f"kernel-runner: %show graph failed: {exc!r}\n")
+        try:
+            self._owner.tell(result)
+        except pykka.ActorDeadError:
+            pass
+
+    def _failed(self, exit_code: int, text: str | bytes) -> GitGraphDone:
+        data = text.encode() if isinstance(text, str) else text
+        return GitGraphDone(run_id=self._run_id, exit_code=exit_code, commits=None, stderr=data)
+
+    def _graph(self) -> GitGraphDone:
+        if not self._path.is_dir():
+            return self._failed(EXIT_FAILED, f"kernel-runner: %show graph: {self._path} is not a directory\n")
+        deadline = time.monotonic() + self._timeout_s
+        branches = self._git(BRANCH_LOG_ARGS, deadline)
+        if isinstance(branches, GitGraphDone):
+            return branches
+        # One more than the bound tells us whether the history was cut.
+        log = self._git(commit_log_args(self._max_commits + 1), deadline)
+        if isinstance(log, GitGraphDone):
+            return log
+        commits = build_graph(parse_branch_map(branches), log)
+        note = b""
+        if len(commits) > self._max_commits:
+            commits = commits[len(commits) - self._max_commits :]
+            note = f"kernel-runner: %show graph: showing the latest {self._max_commits} commits only\n".encode()
+        return GitGraphDone(run_id=self._run_id, exit_code=EXIT_OK, commits=tuple(commits), stderr=note)
+
+    def _git(self, args: Sequence[str], deadline: float) -> str | GitGraphDone:
+        argv = git_argv(args)
+        with self._lock:
+            if self._cancelled:
+                return self._failed(EXIT_UNAVAILABLE, "kernel-runner: %show graph was cancelled\n")
+            try:
+                handle = ProcessHandle.spawn(argv, env=self._env, cwd=self._path)
+            except FileNotFoundError:
+                return self._failed(EXIT_NOT_A_COMMAND, "kernel-runner: %show graph: git is not installed\n")
+            except OSError as exc:
+                return self._failed(EXIT_FAILED, f"kernel-runner: %show graph: cannot run git: {exc}\n")
+            self._handle = handle
+        try:
+            out, err = handle.popen.communicate(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            handle.kill_tree()
+            try:
+                handle.popen.communicate(timeout=REAP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                pass
+            return self._failed(EXIT_TIMEOUT, f"kernel-runner: %show graph: git did not finish within {self._timeout_s:g}s\n")
+        finally:
+            with self._lock:
+                self._handle = None
+        returncode = handle.popen.returncode
+        if returncode != 0:
+            exit_code, _ = describe_returncode(returncode)
+            return self._failed(exit_code or EXIT_FAILED, err or f"kernel-runner: git exited with code {returncode}\n".encode())
+        return out.decode("utf-8", errors="replace")
+
+
+__all__ = [
+    "Credits",
+    "GitGraphJob",
+    "PtyReader",
+    "TermInputReceiver",
+    "set_winsize",
+]
