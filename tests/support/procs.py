@@ -24,11 +24,22 @@ def alive(pid: int) -> bool:
         return False
 
 
+def _processes(pids: Iterable[int]) -> list[psutil.Process]:
+    found = []
+    for pid in pids:
+        try:
+            found.append(psutil.Process(pid))
+        except psutil.Error:  # gone between the check and the lookup
+            pass
+    return found
+
+
 def assert_gone(pids: Iterable[int], *, timeout: float) -> None:
+    """Wait (bounded) until none of `pids` is alive; a zombie counts as gone."""
     pending = set(pids)
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
         pending = {pid for pid in pending if alive(pid)}
         if pending:
-            psutil.wait_procs([psutil.Process(p) for p in pending if psutil.pid_exists(p)], timeout=0.05)
+            psutil.wait_procs(_processes(pending), timeout=0.05)
     assert not pending, f"processes still alive: {sorted(pending)}"
