@@ -7,6 +7,8 @@ from pathlib import Path
 
 import attrs
 
+from kernel_runner.policy import Backoff, IntensityLimit
+
 DEFAULT_PORT_IN = 2000
 DEFAULT_PORT_OUT = 2001
 DEFAULT_SSHD_PORT = 2200
@@ -26,6 +28,21 @@ class RestartDefaults:
     stable_after_s: float = 60.0
     intensity_max_restarts: int = 5
     intensity_period_s: float = 60.0
+
+    def backoff(self, *, initial_s: float | None = None, cap_s: float | None = None) -> Backoff:
+        """The runner's backoff; a child (or a service definition's `restart` block) may override start and cap."""
+        return Backoff(
+            initial_s=self.backoff_initial_s if initial_s is None else initial_s,
+            factor=self.backoff_factor,
+            cap_s=self.backoff_cap_s if cap_s is None else cap_s,
+            jitter=self.backoff_jitter,
+        )
+
+    def intensity(self, *, max_restarts: int | None = None, period_s: float | None = None) -> IntensityLimit:
+        return IntensityLimit(
+            max_restarts=self.intensity_max_restarts if max_restarts is None else max_restarts,
+            period_s=self.intensity_period_s if period_s is None else period_s,
+        )
 
 
 @attrs.frozen(kw_only=True)

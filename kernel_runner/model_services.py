@@ -20,7 +20,6 @@ from kernel_runner.actors.health import HealthCheckerActor, HealthMemo, HealthPl
 from kernel_runner.config import RunnerConfig
 from kernel_runner.ids import health_child, service_child
 from kernel_runner.messages import HealthCheck, ModelInfo
-from kernel_runner.policy import Backoff, IntensityLimit
 from kernel_runner.servicedefs import ServiceLaunch
 from kernel_runner.services import service_child_spec
 from kernel_runner.supervisor import ChildSpec
@@ -57,9 +56,8 @@ def model_child_specs(model: ModelInfo, launch: ServiceLaunch, config: RunnerCon
         factory=factory,
         restart="permanent",  # a crashed checker is a bug, but the model must not go unwatched
         shutdown_s=HEALTH_SHUTDOWN_S,
-        backoff=Backoff(initial_s=0.05, factor=restart.backoff_factor, cap_s=restart.backoff_cap_s,
-                        jitter=restart.backoff_jitter),
-        intensity=IntensityLimit(max_restarts=restart.intensity_max_restarts, period_s=restart.intensity_period_s),
+        backoff=restart.backoff(initial_s=0.05),
+        intensity=restart.intensity(),
         stable_after_s=restart.stable_after_s,
         tier=HEALTH_TIER,
     )

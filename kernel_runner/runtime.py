@@ -32,7 +32,7 @@ from kernel_runner.messages import (
     StartupStepDone,
     WhichChildrenQuery,
 )
-from kernel_runner.policy import Backoff, IntensityLimit
+from kernel_runner.policy import Backoff
 from kernel_runner.servicedefs import (
     SshdSetupError,
     apply_sshd_setup,
@@ -45,15 +45,6 @@ from kernel_runner.supervisor import ChildSpec, ServicePlanner, SupervisorActor
 from kernel_runner.timers import Ticker
 
 ASK_TIMEOUT_S = 2.0
-
-
-def default_backoff(config: RunnerConfig) -> Backoff:
-    r = config.restart
-    return Backoff(initial_s=r.backoff_initial_s, factor=r.backoff_factor, cap_s=r.backoff_cap_s, jitter=r.backoff_jitter)
-
-
-def default_intensity(config: RunnerConfig) -> IntensityLimit:
-    return IntensityLimit(max_restarts=config.restart.intensity_max_restarts, period_s=config.restart.intensity_period_s)
 
 
 class RunnerHandle:
@@ -166,8 +157,8 @@ def start(
     def make_lang(ctx: ChildContext) -> pykka.ActorRef[Any]:
         return LangRunnerActor.start(ctx=ctx, lang=config.lang)
 
-    backoff = default_backoff(config)
-    intensity = default_intensity(config)
+    backoff = config.restart.backoff()
+    intensity = config.restart.intensity()
     specs: list[ChildSpec] = [
         ChildSpec(
             child_id=ROUTER_CHILD,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import pykka
 from loguru import logger
@@ -21,7 +21,7 @@ from kernel_runner.messages import (
     StartModelService,
     StartService,
 )
-from kernel_runner.policy import Backoff, IntensityLimit, RestartType
+from kernel_runner.policy import RestartType
 from kernel_runner.servicedefs import DefinitionError, Intrinsics, RestartOverride, ServiceCatalog, ServiceLaunch
 from kernel_runner.supervisor import ChildSpec
 
@@ -29,13 +29,6 @@ from kernel_runner.supervisor import ChildSpec
 SERVICE_STABLE_AFTER_S = 3.0
 
 ReplyKind = Literal["service", "model", "none"]
-
-
-T = TypeVar("T")
-
-
-def _either(value: T | None, default: T) -> T:
-    return default if value is None else value
 
 
 def service_child_spec(
@@ -51,18 +44,9 @@ def service_child_spec(
     child_id = service_child(launch.name)
     log = logger.bind(child=child_id)
     override = launch.restart or RestartOverride()
-    defaults = config.restart
     restart: RestartType = override.policy or default_restart
-    backoff = Backoff(
-        initial_s=_either(override.backoff_initial_s, defaults.backoff_initial_s),
-        factor=defaults.backoff_factor,
-        cap_s=_either(override.backoff_cap_s, defaults.backoff_cap_s),
-        jitter=defaults.backoff_jitter,
-    )
-    intensity = IntensityLimit(
-        max_restarts=_either(override.max_restarts, defaults.intensity_max_restarts),
-        period_s=_either(override.period_s, defaults.intensity_period_s),
-    )
+    backoff = config.restart.backoff(initial_s=override.backoff_initial_s, cap_s=override.backoff_cap_s)
+    intensity = config.restart.intensity(max_restarts=override.max_restarts, period_s=override.period_s)
 
     def prepare() -> Any:
         return launch.prepare(log=log.log)

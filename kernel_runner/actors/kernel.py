@@ -69,7 +69,6 @@ from kernel_runner.messages import (
     ToAgent,
     WaitingInput,
 )
-from kernel_runner.policy import Backoff, IntensityLimit
 from kernel_runner.procs import ExitWatcher, PipePump, ProcessHandle, describe_returncode
 from kernel_runner.supervisor import ChildSpec
 
@@ -600,13 +599,8 @@ def kernel_child_spec(
         factory=factory,
         restart="permanent",
         shutdown_s=KERNEL_SHUTDOWN_S,
-        backoff=Backoff(
-            initial_s=restart.backoff_initial_s,
-            factor=restart.backoff_factor,
-            cap_s=restart.backoff_cap_s,
-            jitter=restart.backoff_jitter,
-        ),
-        intensity=IntensityLimit(max_restarts=restart.intensity_max_restarts, period_s=restart.intensity_period_s),
+        backoff=restart.backoff(),
+        intensity=restart.intensity(),
         stable_after_s=KERNEL_STABLE_AFTER_S,
         tier=1,
         reject=reject_kernel_message,

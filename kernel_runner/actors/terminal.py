@@ -76,7 +76,7 @@ from kernel_runner.messages import (
     TerminalStopStepDue,
     ToAgent,
 )
-from kernel_runner.policy import Backoff, IntensityLimit
+from kernel_runner.policy import Backoff
 from kernel_runner.procs import ExitWatcher, ProcessHandle, describe_returncode
 from kernel_runner.supervisor import ChildSpec
 from kernel_runner.terminal_commands import (
@@ -657,13 +657,8 @@ def terminal_child_spec(
         restart="permanent",
         tier=2,
         shutdown_s=2.0,
-        backoff=Backoff(
-            initial_s=restart.backoff_initial_s,
-            factor=restart.backoff_factor,
-            cap_s=restart.backoff_cap_s,
-            jitter=restart.backoff_jitter,
-        ),
-        intensity=IntensityLimit(max_restarts=restart.intensity_max_restarts, period_s=restart.intensity_period_s),
+        backoff=restart.backoff(),
+        intensity=restart.intensity(),
         reject=reject_terminal_run,
     )
 
