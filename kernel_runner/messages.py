@@ -418,6 +418,15 @@ class ForwardToChild:
 
 
 @attrs.frozen(kw_only=True)
+class Undelivered:
+    """A child that is ending hands back work it will not do; the supervisor gives it to the next incarnation or rejects it."""
+
+    child_id: ChildId
+    generation: int
+    message: object
+
+
+@attrs.frozen(kw_only=True)
 class StartupStepDone:
     step: str
 

@@ -42,6 +42,7 @@ from kernel_runner.messages import (
     StopChild,
     StopRequested,
     ToAgent,
+    Undelivered,
     WhichChildrenQuery,
 )
 from kernel_runner.policy import Backoff, Forget, GiveUp, IntensityLimit, Restart, RestartTracker, RestartType
@@ -201,6 +202,8 @@ class SupervisorActor(pykka.ThreadingActor):
                 return self._handle_child_info_updated(message)
             case ForwardToChild():
                 return self._handle_forward(message)
+            case Undelivered():
+                return self._handle_undelivered(message)
             case StatusRequest():
                 return self._handle_status_request()
             case StartupStepDone():
@@ -354,6 +357,7 @@ class SupervisorActor(pykka.ThreadingActor):
         child.state = ChildState.EXITED
         if self._shutting_down:
             log.info("exited during shutdown: {}", reason.describe())
+            self._reject_pending(child)
             del self._children[child_id]
             self._continue_shutdown()
             return
@@ -430,6 +434,14 @@ class SupervisorActor(pykka.ThreadingActor):
             child.ref.tell(message.message)
         except pykka.ActorDeadError:
             child.pending.append(message.message)
+
+    def _handle_undelivered(self, message: Undelivered) -> None:
+        child = self._children.get(message.child_id)
+        if child is not None and child.generation == message.generation and not self._shutting_down:
+            # The incarnation that handed it back is ending: its exit decides (next incarnation, or reject).
+            child.pending.append(message.message)
+            return
+        self._handle_forward(ForwardToChild(child_id=message.child_id, message=message.message))
 
     def _handle_stop_child(self, message: StopChild) -> None:
         child = self._children.get(message.child_id)

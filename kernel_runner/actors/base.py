@@ -18,17 +18,23 @@ from kernel_runner.messages import (
     ChildInfoUpdated,
     ChildState,
     ChildStateChanged,
+    CompleteCode,
     Crashed,
     ExitReason,
     NormalExit,
     Output,
+    RunTask,
     ShutdownExit,
     StartFailed,
     StopRequested,
     StreamName,
     ToAgent,
+    Undelivered,
 )
 from kernel_runner.timers import Ticker
+
+# Messages that need an answer to the agent; everything else (ticks, process events) belongs to one incarnation.
+REDELIVERABLE = (RunTask, CompleteCode)
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -160,7 +166,7 @@ class SupervisedActor(pykka.ThreadingActor):
                 self.request_stop(message)
             return None
         if self._finish_reason is not None:
-            self.log.debug("finishing; ignored {}", type(message).__name__)
+            self._hand_back(message)
             return None
         try:
             return self.handle(message)
@@ -172,7 +178,27 @@ class SupervisedActor(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         self._run_cleanup()
+        self._drain_inbox()
         self._report_exit(self._finish_reason or NormalExit())
+
+    def _hand_back(self, message: object) -> None:
+        """Work that needs an answer must not vanish with this incarnation (the agent would wait for ever)."""
+        if isinstance(message, REDELIVERABLE):
+            self.log.debug("ending; {} handed back to the supervisor", type(message).__name__)
+            self._tell_supervisor(Undelivered(child_id=self.child_id, generation=self.generation, message=message))
+        else:
+            self.log.debug("ending; ignored {}", type(message).__name__)
+
+    def _drain_inbox(self) -> None:
+        """pykka drops plain tells still queued behind the stop; hand them back instead (asks get ActorDeadError)."""
+        # Only this thread takes from the inbox, so get() after a non-empty check never blocks.
+        while not self.actor_inbox.empty():
+            envelope = self.actor_inbox.get()
+            if envelope.reply_to is not None:
+                dead = pykka.ActorDeadError(f"{self.child_id} stopped before handling the message")
+                envelope.reply_to.set_exception(exc_info=(pykka.ActorDeadError, dead, None))
+            else:
+                self._hand_back(envelope.message)
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         self._run_cleanup()

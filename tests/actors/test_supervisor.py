@@ -248,3 +248,38 @@ def test_a_child_giving_up_releases_status_waiting_for_startup() -> None:
         assert reply.ready is True
     finally:
         tree.close()
+
+
+class Quitter(SupervisedActor):
+    """Ends itself on its first message; work told to it meanwhile must reach the next incarnation."""
+
+    def __init__(self, *, ctx: ChildContext, recorder: pykka.ActorRef[Any]) -> None:
+        super().__init__(ctx=ctx)
+        self.recorder = recorder
+
+    def start_child(self) -> None:
+        self.set_state(ChildState.RUNNING)
+
+    def handle(self, message: object) -> object:
+        if self.generation == 1:
+            self.finish(NormalExit())  # everything after this in the inbox arrives while it is ending
+            return None
+        self.recorder.tell(("got", self.generation, message))
+        return None
+
+
+def test_work_sent_to_an_ending_child_goes_to_the_next_incarnation(tree: Tree) -> None:
+    from kernel_runner.ids import RunId
+    from kernel_runner.messages import RunTask
+
+    recorder = tree.recorder.ref
+    tree.ref.tell(ChildSpec(child_id=ChildId("q"), factory=lambda ctx: Quitter.start(ctx=ctx, recorder=recorder),
+                            backoff=FAST))
+    wait_until(lambda: "q" in tree.children(), timeout=5, what="q started")
+    tasks = [RunTask(run_id=RunId(900 + i), kind="exec", text=str(i)) for i in range(5)]
+    tree.ref.tell(ForwardToChild(child_id=ChildId("q"), message="end now"))
+    for task in tasks:
+        tree.ref.tell(ForwardToChild(child_id=ChildId("q"), message=task))
+    got = [tree.recorder.wait_for(lambda m, t=t: m == ("got", 2, t), timeout=5, what=f"{t.text} delivered")
+           for t in tasks]
+    assert [m[2] for m in got] == tasks, "handed-back work keeps its order"
