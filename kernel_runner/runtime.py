@@ -230,12 +230,12 @@ def delegate_children(config: RunnerConfig) -> list[ChildSpec]:
         # The table names a kernelspec loosely ("python"); the installed one may be "python3" (spec §4.1). An unknown
         # name still makes a kernel child: it fails with the list of installed kernelspecs, and queries get that reason.
         installed = kernelspec_names()
-        name = query.pick(installed) or query.kernelspec_name
-        if not query.pick(installed):
+        picked = query.pick(installed)
+        if picked is None:
             logger.bind(child="kernel").error(
                 "no kernelspec matches {!r}; installed: {}", query.kernelspec_name, ", ".join(installed) or "none"
             )
-        return [kernel_child_spec(config, kernel_name=name)]
+        return [kernel_child_spec(config, kernel_name=picked or query.kernelspec_name)]
     return []
 
 
