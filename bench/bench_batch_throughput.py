@@ -7,16 +7,16 @@ Both sides run the same command (`head -c 20 MiB /dev/zero`); the baseline reads
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from common import machine_line, silence_logs
+
 from kernel_runner import RunnerConfig, start
 from kernel_runner.client import AgentClient
-from kernel_runner.logs import configure_logging
 
 MIB = 1024 * 1024
 TOTAL = 20 * MIB
@@ -68,13 +68,10 @@ def runner_rates() -> list[float]:
 
 
 def main() -> None:
-    configure_logging(debug=False, json_lines=False)
-    from loguru import logger
-
-    logger.remove()
+    silence_logs()
     bare = statistics.median(bare_rates())
     runner = statistics.median(runner_rates())
-    print(f"machine: {platform.machine()} {platform.processor() or ''} python {platform.python_version()}")
+    print(machine_line())
     print(f"bare pipe read (64 KiB os.read)    median {bare:8.0f} MiB/s")
     print(f"runner batch stdout to the agent   median {runner:8.0f} MiB/s   (target >= 200 MiB/s)")
     print(f"ratio (median)   {runner / bare:.2f}x of the bare pipe")

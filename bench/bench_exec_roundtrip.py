@@ -6,16 +6,15 @@ pipe pumps, an exit watcher) → `finished` → PUSH → agent. Target: at most 
 
 from __future__ import annotations
 
-import platform
-import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from common import machine_line, median_p99, silence_logs
+
 from kernel_runner import RunnerConfig, start
 from kernel_runner.client import AgentClient
-from kernel_runner.logs import configure_logging
 
 ROUNDS = 300
 WARMUP = 30
@@ -54,16 +53,12 @@ def runner_round_trips() -> list[float]:
 
 
 def main() -> None:
-    configure_logging(debug=False, json_lines=False)
-    from loguru import logger
-
-    logger.remove()
+    silence_logs()
     bare = bare_round_trips()
     runner = runner_round_trips()
-    bare_med, run_med = statistics.median(bare), statistics.median(runner)
-    bare_p99 = statistics.quantiles(bare, n=100)[98]
-    run_p99 = statistics.quantiles(runner, n=100)[98]
-    print(f"machine: {platform.machine()} {platform.processor() or ''} python {platform.python_version()}")
+    bare_med, bare_p99 = median_p99(bare)
+    run_med, run_p99 = median_p99(runner)
+    print(machine_line())
     print(f"bare subprocess.run(sh -c true)  median {bare_med * 1e3:7.2f} ms   p99 {bare_p99 * 1e3:7.2f} ms")
     print(f"runner exec true round trip      median {run_med * 1e3:7.2f} ms   p99 {run_p99 * 1e3:7.2f} ms")
     print(f"ratio (median)   {run_med / bare_med:.2f}x   (target <= 3x)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import socket
 import statistics
 import subprocess
@@ -20,10 +19,10 @@ import time
 from pathlib import Path
 
 import requests
+from common import machine_line, silence_logs
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
 from kernel_runner.client import AgentClient
-from kernel_runner.logs import configure_logging
 
 SERVER = Path(__file__).resolve().parent.parent / "tests" / "children" / "health_server.py"
 ROUNDS = 7
@@ -85,10 +84,7 @@ def wait_gone(handle: RunnerHandle, name: str) -> None:
 
 
 def main() -> None:
-    configure_logging(debug=False, json_lines=False)
-    from loguru import logger
-
-    logger.remove()
+    silence_logs()
     with tempfile.TemporaryDirectory() as tmp:
         control = Path(tmp) / "control"
         control.write_text("")
@@ -136,7 +132,7 @@ def main() -> None:
 
     bare_med, run_med = statistics.median(bare), statistics.median(runner)
     reference = math.ceil(bare_med / MAX_WAIT_TIME_S) * MAX_WAIT_TIME_S
-    print(f"machine: {platform.machine()} {platform.processor() or ''} python {platform.python_version()}")
+    print(machine_line())
     print(f"server healthy {HEALTHY_AFTER_S * 1000:.0f} ms after its port opens; {ROUNDS} rounds, medians")
     print(f"bare readiness (spawn → first 200, 2 ms poll)     {bare_med * 1000:8.1f} ms  (min {min(bare) * 1000:.1f})")
     print(f"runner start-model-service → started             {run_med * 1000:8.1f} ms  (max {max(runner) * 1000:.1f})")

@@ -7,7 +7,6 @@ Targets: round-trip ratio ≤ 1.2, throughput ≥ 100 MiB/s with records ≤ 1 M
 
 from __future__ import annotations
 
-import platform
 import statistics
 import tempfile
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from common import machine_line, median_p99, silence_logs
 from jupyter_client.manager import KernelManager
 from jupyter_client.session import Session
 
@@ -24,7 +24,6 @@ from kernel_runner.actors.kernel import kernel_child_spec
 from kernel_runner.client import AgentClient, RunResult
 from kernel_runner.ids import KERNEL_CHILD, next_run_id
 from kernel_runner.jupyter import MAX_RECORD_BYTES
-from kernel_runner.logs import configure_logging
 from kernel_runner.messages import ChildState, ForwardToChild, RunTask
 
 KERNEL = "python3"
@@ -183,18 +182,14 @@ def runner_measurements() -> tuple[float, list[float], list[float], int, str]:
 
 
 def main() -> None:
-    configure_logging(debug=False, json_lines=False)
-    from loguru import logger
-
-    logger.remove()
+    silence_logs()
     with tempfile.TemporaryDirectory() as sockets_dir:
         bare_ready, bare_rt, bare_rates = bare_measurements(Path(sockets_dir))
     run_ready, run_rt, run_rates, largest, path = runner_measurements()
-    bare_med, run_med = statistics.median(bare_rt), statistics.median(run_rt)
-    bare_p99 = statistics.quantiles(bare_rt, n=100)[98]
-    run_p99 = statistics.quantiles(run_rt, n=100)[98]
+    bare_med, bare_p99 = median_p99(bare_rt)
+    run_med, run_p99 = median_p99(run_rt)
     bare_rate, run_rate = statistics.median(bare_rates), statistics.median(run_rates)
-    print(f"machine: {platform.machine()} {platform.processor() or ''} python {platform.python_version()}")
+    print(machine_line())
     print(f"runner path: {path}")
     print(f"print(1) bare jupyter_client  median {bare_med * 1e3:7.2f} ms  p99 {bare_p99 * 1e3:7.2f} ms")
     print(f"print(1) runner               median {run_med * 1e3:7.2f} ms  p99 {run_p99 * 1e3:7.2f} ms")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -23,7 +22,7 @@ from typing import Any
 
 import attrs
 import psutil
-from loguru import logger
+from common import machine_line, silence_logs
 
 from kernel_runner import RunnerConfig, start
 from kernel_runner.client import AgentClient
@@ -153,7 +152,7 @@ def status_times(agent: AgentClient, rounds: int = 300) -> list[float]:
 
 
 def main() -> None:
-    logger.remove()
+    silence_logs()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         bare = bare_start_times()
@@ -178,7 +177,7 @@ def main() -> None:
             agent.close()
             handle.stop(timeout=30)
     med = statistics.median
-    print(f"machine: {platform.machine()} {os.cpu_count()} cores, python {platform.python_version()}")
+    print(machine_line())
     print(f"start-service → started   median {med(runner) * 1e3:7.1f} ms   bare spawn+port {med(bare) * 1e3:7.1f} ms   "
           f"ratio {med(runner) / med(bare):.2f}x")
     print(f"restart after SIGKILL     median {med(restarts) * 1e3:7.1f} ms   (backoff 0; vs bare spawn+port "

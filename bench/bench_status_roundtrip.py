@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import platform
-import statistics
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import zmq
+from common import machine_line, median_p99, silence_logs
 
 from kernel_runner import RunnerConfig, start
 from kernel_runner.client import AgentClient
-from kernel_runner.logs import configure_logging
 
 ROUNDS = 2000
 WARMUP = 200
@@ -72,16 +70,12 @@ def runner_round_trips() -> list[float]:
 
 
 def main() -> None:
-    configure_logging(debug=False, json_lines=False)
-    from loguru import logger
-
-    logger.remove()
+    silence_logs()
     raw = raw_echo_round_trips()
     runner = runner_round_trips()
-    raw_med, run_med = statistics.median(raw), statistics.median(runner)
-    raw_p99 = statistics.quantiles(raw, n=100)[98]
-    run_p99 = statistics.quantiles(runner, n=100)[98]
-    print(f"machine: {platform.machine()} {platform.processor() or ''} python {platform.python_version()}")
+    raw_med, raw_p99 = median_p99(raw)
+    run_med, run_p99 = median_p99(runner)
+    print(machine_line())
     print(f"raw zmq echo     median {raw_med * 1e6:8.1f} us   p99 {raw_p99 * 1e6:8.1f} us")
     print(f"runner status    median {run_med * 1e6:8.1f} us   p99 {run_p99 * 1e6:8.1f} us")
     print(f"ratio (median)   {run_med / raw_med:.2f}x")
