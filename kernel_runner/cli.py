@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -12,26 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-import attrs
 import psutil
 from loguru import logger
 
 from kernel_runner.config import ConfigError, RunnerConfig, read_intrinsic_ports
+from kernel_runner.langs import REGISTRY
 from kernel_runner.logs import configure_logging, install_thread_dump_signal
 from kernel_runner.runtime import RunnerStartError, start
-
-KNOWN_LANGS = (
-    "app", "python", "c", "cpp", "golang", "rust", "java", "haskell", "julia", "lua", "nodejs", "octave", "php", "r",
-    "scheme", "git", "vendor.aws_polly", "vendor.h2o",
-)
-
-
-def known_langs() -> Sequence[str]:
-    try:
-        from kernel_runner.langs import REGISTRY  # the language table, once present
-    except ImportError:
-        return KNOWN_LANGS
-    return tuple(REGISTRY)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="`kernel-runner client --help` talks to a running runner.",
     )
     parser.add_argument("--debug", action="store_true", help="debug-level logs")
-    parser.add_argument("lang", metavar="LANG", help="runtime type, one of: " + ", ".join(known_langs()))
+    parser.add_argument("lang", metavar="LANG", help="runtime type, one of: " + ", ".join(REGISTRY))
     parser.add_argument("runtime_path", metavar="RUNTIME_PATH", nargs="?", default=None)
     parser.add_argument("--config-dir", type=Path, default=Path("/home/config"))
     parser.add_argument("--work-dir", type=Path, default=Path("/home/work"))
@@ -123,8 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(debug=args.debug, json_lines=args.log_json)
     log = logger.bind(child="runner")
-    if args.lang not in known_langs():
-        print(f"kernel-runner: unknown LANG {args.lang!r}; valid: {', '.join(known_langs())}", file=sys.stderr)
+    if args.lang not in REGISTRY:
+        print(f"kernel-runner: unknown LANG {args.lang!r}; valid: {', '.join(REGISTRY)}", file=sys.stderr)
         return 2
     config = config_from_args(args)
     try:
@@ -166,7 +152,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("exiting after escalation: {}", handle.escalation_reason)
         return 1
     return 0
-
-
-def dump_config(config: RunnerConfig) -> str:
-    return json.dumps(attrs.asdict(config), default=str, indent=2)

@@ -85,20 +85,6 @@ class ProcessHandle:
         return self.popen.poll()
 
 
-def kill_process_tree(pid: int) -> None:
-    """Best-effort SIGKILL of a pid and its descendants, for cleanup paths that only know a pid."""
-    try:
-        root = psutil.Process(pid)
-        procs = [*root.children(recursive=True), root]
-    except psutil.Error:
-        return
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-
-
 def describe_returncode(returncode: int) -> tuple[int, int | None]:
     """Popen gives -N for a signal; the agent expects the shell convention 128+N as the exit code."""
     if returncode < 0:
