@@ -21,10 +21,10 @@ from jupyter_client.session import Session
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
 from kernel_runner.actors.kernel import kernel_child_spec
-from kernel_runner.client import AgentClient, RunResult
-from kernel_runner.ids import KERNEL_CHILD, next_run_id
+from kernel_runner.client import AgentClient
+from kernel_runner.ids import KERNEL_CHILD
 from kernel_runner.jupyter import MAX_RECORD_BYTES
-from kernel_runner.messages import ChildState, ForwardToChild, RunTask
+from kernel_runner.supervision import ChildState
 
 KERNEL = "python3"
 ROUNDS = 300
@@ -121,20 +121,6 @@ def bare_measurements(sockets_dir: Path) -> tuple[float, list[float], list[float
 
 
 # ---- through the runner -------------------------------------------------------------------------------------------
-class RunnerPath:
-    def __init__(self, handle: RunnerHandle, client: AgentClient) -> None:
-        self.handle = handle
-        self.client = client
-        self.via_code_op = True
-
-    def run(self, code: str, timeout: float = 60.0) -> RunResult:
-        if self.via_code_op:
-            return self.client.code(code, timeout=timeout)
-        self.handle.tell(ForwardToChild(child_id=KERNEL_CHILD,
-                                        message=RunTask(run_id=next_run_id(), kind="code", text=code)))
-        return self.client.collect_run(timeout)
-
-
 def kernel_ready(handle: RunnerHandle) -> bool:
     return any(info.child_id == KERNEL_CHILD and info.state is ChildState.RUNNING and info.extra.get("ready")
                for info in handle.which_children())
@@ -148,22 +134,17 @@ def runner_measurements() -> tuple[float, list[float], list[float], int, str]:
                               work_dir=root / "work", service_defs_dir=root / "defs", start_intrinsic_services=False,
                               user_input_socket=root / "input.sock")
         t0 = time.perf_counter()
-        handle = start(config, extra_children=[kernel_child_spec(config, kernel_name=KERNEL)])
+        handle = start(config, extra_children=[lambda runner: kernel_child_spec(runner, kernel_name=KERNEL)])
         try:
             while not kernel_ready(handle):
                 time.sleep(0.005)  # a benchmark's own polling, not a test synchronisation
             ready_s = time.perf_counter() - t0
             with AgentClient(port_in=handle.ports.port_in, port_out=handle.ports.port_out) as client:
-                path = RunnerPath(handle, client)
-                probe = path.run("print(1)")
-                if probe.stdout != b"1\n":
-                    # The language runner does not delegate `code` to the kernel child yet: drive it directly.
-                    path.via_code_op = False
-                    assert path.run("print(1)").stdout == b"1\n"
+                assert client.code("print(1)", timeout=60).stdout == b"1\n"
                 round_trips = []
                 for i in range(ROUNDS + WARMUP):
                     start_t = time.perf_counter()
-                    result = path.run("print(1)")
+                    result = client.code("print(1)", timeout=60)
                     if i >= WARMUP:
                         round_trips.append(time.perf_counter() - start_t)
                     assert result.exit_code == 0
@@ -171,12 +152,12 @@ def runner_measurements() -> tuple[float, list[float], list[float], int, str]:
                 largest = 0
                 for _ in range(THROUGHPUT_REPEATS):
                     start_t = time.perf_counter()
-                    result = path.run(THROUGHPUT_CODE, timeout=120)
+                    result = client.code(THROUGHPUT_CODE, timeout=120)
                     elapsed = time.perf_counter() - start_t
                     assert result.exit_code == 0 and len(result.stdout) == THROUGHPUT_MIB << 20
                     largest = max(largest, *(len(r.payload) for r in result.records))
                     rates.append(len(result.stdout) / (1 << 20) / elapsed)
-                return ready_s, round_trips, rates, largest, "code op" if path.via_code_op else "direct to kernel child"
+                return ready_s, round_trips, rates, largest, "code op"
         finally:
             handle.stop(timeout=10)
 

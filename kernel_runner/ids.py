@@ -30,3 +30,5 @@ def service_child(name: str) -> ChildId:
 
 def health_child(name: str) -> ChildId:
     return ChildId(f"health:{name}")
+# The child that turns service ops (start-service, shutdown-service, get-apps, start-model-service) into children.
+SERVICES_CHILD = ChildId("services")

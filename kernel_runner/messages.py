@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from typing import Any, Literal, Union
 
 import attrs
 
-from kernel_runner.ids import ChildId, Pid, RunId
+from kernel_runner.ids import Pid, RunId
 
 BatchKind = Literal["clean", "build", "exec"]
 RunKind = Literal["clean", "build", "exec", "code"]
@@ -207,36 +206,6 @@ class LogRecord:
     text: str
 
 
-class ChildState(enum.Enum):
-    """supervisord's state names (anchors §4.1)."""
-
-    STARTING = "STARTING"
-    RUNNING = "RUNNING"
-    BACKOFF = "BACKOFF"
-    STOPPING = "STOPPING"
-    EXITED = "EXITED"
-    FATAL = "FATAL"
-
-
-@attrs.frozen(kw_only=True)
-class ChildInfo:
-    child_id: ChildId
-    state: ChildState
-    pid: int | None
-    restarts: int
-    generation: int
-    last_exit: str | None
-    uptime_s: float | None
-    extra: Mapping[str, Any] = attrs.field(factory=dict)
-
-
-@attrs.frozen(kw_only=True)
-class StatusReply:
-    started_at: float
-    ready: bool
-    children: tuple[ChildInfo, ...]
-
-
 ToAgent = Union[
     Output,
     Media,
@@ -248,7 +217,6 @@ ToAgent = Union[
     ModelServiceStatus,
     AppsResult,
     CompletionResult,
-    StatusReply,
     LogRecord,
 ]
 
@@ -296,144 +264,14 @@ class RunTask:
 
 @attrs.frozen(kw_only=True)
 class RunDone:
-    """A delegate (Jupyter kernel, terminal) → LangRunner: the run ended and its Finished has been sent already."""
+    """A delegate (Jupyter kernel, terminal) → language runner: the run ended; its outputs have been sent.
+
+    The language runner sends `note` (if any) on stderr and then the run's one Finished: it is the only sender.
+    """
 
     run_id: RunId
     exit_code: int
-
-
-# --------------------------------------------------------------------------------------------
-# Supervision
-# --------------------------------------------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class NormalExit:
-    def describe(self) -> str:
-        return "normal"
-
-
-@attrs.frozen(kw_only=True)
-class ShutdownExit:
-    def describe(self) -> str:
-        return "shutdown"
-
-
-@attrs.frozen(kw_only=True)
-class ProcessDied:
-    code: int
-    signal: int | None = None
-
-    def describe(self) -> str:
-        if self.signal is not None:
-            return f"process killed by signal {self.signal}"
-        return f"process exited with code {self.code}"
-
-
-@attrs.frozen(kw_only=True)
-class StartFailed:
-    error: str
-
-    def describe(self) -> str:
-        return f"start failed: {self.error}"
-
-
-@attrs.frozen(kw_only=True)
-class Crashed:
-    error: str
-
-    def describe(self) -> str:
-        return f"crashed: {self.error}"
-
-
-@attrs.frozen(kw_only=True)
-class Unhealthy:
-    detail: str
-
-    def describe(self) -> str:
-        return f"unhealthy: {self.detail}"
-
-
-ExitReason = Union[NormalExit, ShutdownExit, ProcessDied, StartFailed, Crashed, Unhealthy]
-
-
-@attrs.frozen(kw_only=True)
-class ChildExited:
-    child_id: ChildId
-    generation: int
-    reason: ExitReason
-
-
-@attrs.frozen(kw_only=True)
-class ChildStateChanged:
-    child_id: ChildId
-    generation: int
-    state: ChildState
-    pid: int | None = None
-    detail: str | None = None
-
-
-@attrs.frozen(kw_only=True)
-class ChildInfoUpdated:
-    """Child-specific figures for `status` (health state, last probe, ...), merged into ChildInfo.extra."""
-
-    child_id: ChildId
-    generation: int
-    extra: Mapping[str, Any]
-
-
-@attrs.frozen(kw_only=True)
-class StopChild:
-    child_id: ChildId
-    reason: str
-    # permanent: the child is forgotten after it stops (shutdown-service); otherwise it is restarted per policy.
-    permanent: bool = True
-
-
-@attrs.frozen(kw_only=True)
-class StopRequested:
-    """Supervisor → child: begin the child's own graceful stop (SIGTERM, grace, SIGKILL), then exit."""
-
-    reason: str
-    grace_s: float
-
-
-@attrs.frozen(kw_only=True)
-class RestartDue:
-    child_id: ChildId
-    generation: int
-
-
-@attrs.frozen(kw_only=True)
-class WhichChildrenQuery:
-    pass
-
-
-@attrs.frozen(kw_only=True)
-class ForwardToChild:
-    """Router → Supervisor: deliver to the child's current incarnation (refs change across restarts)."""
-
-    child_id: ChildId
-    message: object
-
-
-@attrs.frozen(kw_only=True)
-class Undelivered:
-    """A child that is ending hands back work it will not do; the supervisor gives it to the next incarnation or rejects it."""
-
-    child_id: ChildId
-    generation: int
-    message: object
-
-
-@attrs.frozen(kw_only=True)
-class StartupStepDone:
-    step: str
-
-
-@attrs.frozen(kw_only=True)
-class ShutdownTree:
-    grace_s: float
+    note: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,14 +311,6 @@ class ShellRespawnDue:
 @attrs.frozen(kw_only=True)
 class TerminalInputFlushDue:
     """TerminalActor self-tick: the pty refused input (its buffer was full); try the pending bytes again."""
-
-
-@attrs.frozen(kw_only=True)
-class TerminalStopStepDue:
-    """TerminalActor self-tick during a graceful stop: escalate from SIGHUP to SIGTERM, then to SIGKILL."""
-
-    step: Literal["term", "kill"]
-    shell_id: int
 
 
 @attrs.frozen(kw_only=True)
@@ -556,16 +386,28 @@ class KernelCompletion:
 
 
 # --------------------------------------------------------------------------------------------
-# Model services: HealthCheckerActor → the model server's ServiceActor (kernel_runner/model_services.py)
+# A service process → whoever watches it (a model service's health checker), through the child directory
 # --------------------------------------------------------------------------------------------
 
 
 @attrs.frozen(kw_only=True)
-class StopUnhealthy:
-    """HealthChecker → model server (ForwardToChild): liveness failed; stop gracefully and end with Unhealthy(detail).
+class ServicePortOpened:
+    name: str
+    port: int
 
-    Ending with Unhealthy (not ShutdownExit) is what makes the supervisor restart the server per its policy,
-    with the usual backoff and intensity limit; a plain StopChild would end it for good.
-    """
 
-    detail: str
+@attrs.frozen(kw_only=True)
+class ServiceProcessEnded:
+    """The service's process exited (not told when the exit was asked for)."""
+
+    name: str
+    exit_code: int
+    output_tail: str
+
+
+@attrs.frozen(kw_only=True)
+class ServiceStartFailed:
+    """The service could not be started at all (prestart, spawn or port wait failed)."""
+
+    name: str
+    error: str

@@ -1,4 +1,8 @@
-"""Pure restart policy: restart types, backoff, intensity windows and the restart decision (no threads)."""
+"""Pure restart policy: restart types, backoff, intensity windows and the one restart decision (no threads, no I/O).
+
+The supervisor asks `RestartTracker.decide` what to do each time a child ends and does exactly what it answers;
+no child decides about its own restart. See docs/architecture.md §4 for the defaults and where they come from.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,15 @@ from typing import Literal, Union
 
 import attrs
 
-from kernel_runner.messages import ExitReason, NormalExit, ShutdownExit
+from kernel_runner.exits import ExitReason, NormalExit, ShutdownExit
 
 RestartType = Literal["permanent", "transient", "temporary"]
+RESTART_TYPES: tuple[RestartType, ...] = ("permanent", "transient", "temporary")
 
 
 @attrs.frozen(kw_only=True)
 class Backoff:
-    """Exponential delay with jitter and a cap (anchors §8: 0.5 s × 2^n, cap 30 s, jitter 0.2)."""
+    """Exponential delay with jitter and a cap: 0.5 s × 2^n, capped at 30 s, ±20 % by default."""
 
     initial_s: float = 0.5
     factor: float = 2.0
@@ -28,6 +33,18 @@ class Backoff:
         spread = base * self.jitter
         return max(0.0, min(self.cap_s, base + rng.uniform(-spread, spread)))
 
+    def problems(self) -> list[str]:
+        found = []
+        if self.initial_s < 0:
+            found.append(f"backoff.initial_s must be >= 0, got {self.initial_s}")
+        if self.factor < 1:
+            found.append(f"backoff.factor must be >= 1, got {self.factor}")
+        if self.cap_s < self.initial_s:
+            found.append(f"backoff.cap_s ({self.cap_s}) must be >= backoff.initial_s ({self.initial_s})")
+        if not 0 <= self.jitter < 1:
+            found.append(f"backoff.jitter must be in [0, 1), got {self.jitter}")
+        return found
+
 
 @attrs.frozen(kw_only=True)
 class IntensityLimit:
@@ -36,9 +53,17 @@ class IntensityLimit:
     max_restarts: int = 5
     period_s: float = 60.0
 
+    def problems(self) -> list[str]:
+        found = []
+        if self.max_restarts < 0:
+            found.append(f"intensity.max_restarts must be >= 0, got {self.max_restarts}")
+        if self.period_s <= 0:
+            found.append(f"intensity.period_s must be > 0, got {self.period_s}")
+        return found
+
 
 class IntensityWindow:
-    """Sliding record of restart times for one child."""
+    """Sliding record of one child's restart times."""
 
     def __init__(self, limit: IntensityLimit) -> None:
         self._limit = limit
@@ -50,9 +75,6 @@ class IntensityWindow:
         while self._times and now - self._times[0] > self._limit.period_s:
             self._times.popleft()
         return len(self._times) > self._limit.max_restarts
-
-    def __len__(self) -> int:
-        return len(self._times)
 
 
 @attrs.frozen(kw_only=True)
@@ -68,7 +90,7 @@ class GiveUp:
 
 @attrs.frozen(kw_only=True)
 class Forget:
-    """The child ended in a way its restart type accepts; remove it from the table."""
+    """The child ended in a way its spec accepts as final; remove it from the table."""
 
     reason: str
 
@@ -97,20 +119,26 @@ class RestartTracker:
         backoff: Backoff,
         intensity: IntensityLimit,
         stable_after_s: float,
+        retry_failed_start: bool = True,
         rng: random.Random | None = None,
     ) -> None:
         self.restart = restart
         self.backoff = backoff
         self.stable_after_s = stable_after_s
+        self.retry_failed_start = retry_failed_start
         self._window = IntensityWindow(intensity)
         self._intensity = intensity
         self._rng = rng or random.Random()
         self.attempt = 0
         self.total_restarts = 0
 
-    def decide(self, reason: ExitReason, *, now: float, uptime_s: float | None) -> Decision:
+    def decide(self, reason: ExitReason, *, now: float, uptime_s: float | None, first_start: bool = False) -> Decision:
+        """`first_start`: this was the child's first incarnation and it never came up (a failed first start)."""
         if not wants_restart(self.restart, reason):
             return Forget(reason=f"{self.restart} child ended: {reason.describe()}")
+        if first_start and not self.retry_failed_start:
+            # Whoever asked for the start has its answer (failed) and may ask again; retrying would answer nobody.
+            return Forget(reason=f"its first start failed ({reason.describe()}); not retried")
         if uptime_s is not None and uptime_s >= self.stable_after_s:
             # A child that ran stably has recovered: the next failure starts backoff from the beginning.
             self.attempt = 0

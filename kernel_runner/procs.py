@@ -1,4 +1,8 @@
-"""Process mechanism: spawn in a new session, signal the group, kill the tree, and the threads that watch them."""
+"""Process mechanism: spawn in a new session, signal the group, stop or kill the tree, and the threads that watch them.
+
+`stop_process` is the one way any actor stops a process: signal its group, wait, escalate, and finally SIGKILL the
+whole tree, read top to bottom in one thread so the owning actor never waits (docs/architecture.md §6).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,12 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
+import attrs
 import psutil
 import pykka
 from loguru import logger
@@ -17,8 +23,13 @@ from loguru import logger
 from kernel_runner.clock import REAL_CLOCK, Clock
 from kernel_runner.ids import Pid
 from kernel_runner.messages import PipeClosed, ProcessExited, StreamName
+from kernel_runner.refs import tell_if_alive
+
+if TYPE_CHECKING:
+    from loguru import Logger
 
 READ_CHUNK = 64 * 1024
+GROUP_POLL_S = 0.02
 
 
 class ProcessHandle:
@@ -29,6 +40,8 @@ class ProcessHandle:
         self.pid = Pid(popen.pid)
         self.argv = tuple(argv)
         self.cwd = cwd
+        # Set by the ExitWatcher once the process has been reaped.
+        self.exited = threading.Event()
 
     @classmethod
     def spawn(
@@ -71,9 +84,19 @@ class ProcessHandle:
         except psutil.Error:
             return []
 
-    def kill_tree(self) -> None:
+    def group_alive(self) -> bool:
+        """True while any process of the group exists (signal 0 probes without signalling)."""
+        try:
+            os.killpg(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def kill_tree(self, also: Iterable[psutil.Process] = ()) -> None:
         """SIGKILL the group and every descendant psutil can still find (some may have left the group)."""
-        stragglers = self.descendants()
+        stragglers = [*also, *self.descendants()]
         self.signal_group(signal.SIGKILL)
         for proc in stragglers:
             try:
@@ -111,14 +134,12 @@ class ExitWatcher(threading.Thread):
 
     def run(self) -> None:
         returncode = self._handle.popen.wait()
+        self._handle.exited.set()
         if self._before_report is not None:
             self._before_report()
         _, sig = describe_returncode(returncode)
-        message = ProcessExited(pid=self._handle.pid, returncode=returncode, signal=sig, at=self._clock.monotonic())
-        try:
-            self._owner.tell(message)
-        except pykka.ActorDeadError:
-            pass
+        tell_if_alive(self._owner, ProcessExited(
+            pid=self._handle.pid, returncode=returncode, signal=sig, at=self._clock.monotonic()))
 
 
 OutputSink = Callable[[StreamName, bytes], None]
@@ -162,8 +183,68 @@ class PipePump(threading.Thread):
                 self._stream.close()
             except OSError:
                 pass
-            if self._owner is not None:
-                try:
-                    self._owner.tell(PipeClosed(pid=self._pid, stream=self._name))
-                except pykka.ActorDeadError:
-                    pass
+            tell_if_alive(self._owner, PipeClosed(pid=self._pid, stream=self._name))
+
+
+@attrs.frozen
+class StopStep:
+    """Send `signals` to the process group (none: the owner asked politely itself), then wait up to `wait_s`."""
+
+    signals: tuple[int, ...]
+    wait_s: float
+
+
+def term_then_kill(grace_s: float) -> tuple[StopStep, ...]:
+    """The usual stop: SIGTERM to the group, `grace_s` to go, then SIGKILL to the tree (OTP's shutdown timeout)."""
+    return (StopStep((signal.SIGTERM,), grace_s),)
+
+
+class GroupStopper(threading.Thread):
+    """Walks one process group down its stop steps and ends with SIGKILL to the tree, unless the group is gone first.
+
+    Runs as its own thread from top to bottom, so the owning actor never waits; the process's exit still reaches the
+    owner through its ExitWatcher, as any exit does.
+    """
+
+    def __init__(self, handle: ProcessHandle, steps: Sequence[StopStep], *, log: Logger, what: str) -> None:
+        super().__init__(name=f"GroupStopper-{handle.pid}", daemon=True)
+        self._handle = handle
+        self._steps = tuple(steps)
+        self._log = log
+        self._what = what
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """The owner no longer cares (it ended and killed the tree itself)."""
+        self._cancelled.set()
+
+    def run(self) -> None:
+        snapshot = self._handle.descendants()  # a grandchild may leave the group; it still goes with the tree
+        for number, step in enumerate(self._steps):
+            names = "+".join(signal.Signals(sig).name for sig in step.signals) or "no signal"
+            if number:
+                self._log.warning("{} still running; {} to group {}", self._what, names, self._handle.pid)
+            for sig in step.signals:
+                self._handle.signal_group(sig)
+            if self._wait_gone(step.wait_s):
+                return
+        if not self._cancelled.is_set():
+            self._log.warning("{} did not stop within its grace; SIGKILL to its tree", self._what)
+            self._handle.kill_tree(also=snapshot)
+
+    def _wait_gone(self, timeout_s: float) -> bool:
+        """True once the leader is reaped and nothing is left in its group (or the owner cancelled)."""
+        deadline = time.monotonic() + timeout_s
+        self._handle.exited.wait(timeout_s)
+        while self._handle.group_alive():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._cancelled.wait(min(GROUP_POLL_S, remaining)):
+                return self._cancelled.is_set()
+        return True
+
+
+def stop_process(handle: ProcessHandle, steps: Sequence[StopStep], *, log: Logger, what: str) -> GroupStopper:
+    """Stop `handle`'s group per `steps`, then SIGKILL its tree; the one stop escalation every actor uses."""
+    stopper = GroupStopper(handle, steps, log=log, what=what)
+    stopper.start()
+    return stopper

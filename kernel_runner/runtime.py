@@ -1,4 +1,9 @@
-"""The composition root: builds the actor tree for one RunnerConfig, and the handle that embeds or stops it."""
+"""The composition root: builds the actor tree for one RunnerConfig, and the handle that embeds or stops it.
+
+This is the only module that knows every piece: it makes the child directory, the supervisor, the start-up gate and
+the status board, and tells the supervisor the first children (router, language runner, its query delegate, the
+service manager). See docs/architecture.md §2 for the tree.
+"""
 
 from __future__ import annotations
 
@@ -10,41 +15,37 @@ from typing import Any, cast
 import pykka
 from loguru import logger
 
-from kernel_runner.actors.base import ChildContext, RouterLink
 from kernel_runner.actors.kernel import kernel_child_spec
-from kernel_runner.actors.lang_runner import LangRunnerActor, reject_delegated_run, reject_run
+from kernel_runner.actors.lang_runner import BOOTSTRAP_STEP, LangRunnerActor
 from kernel_runner.actors.router import BoundPorts, RouterActor
+from kernel_runner.actors.services import INTRINSIC_STEP, ServicePlanner, ServicesActor
 from kernel_runner.actors.terminal import terminal_child_spec
 from kernel_runner.childenv import build_child_env
 from kernel_runner.clock import REAL_CLOCK, Clock
 from kernel_runner.config import RunnerConfig, resolve_ports
-from kernel_runner.ids import LANG_CHILD, ROUTER_CHILD
+from kernel_runner.context import RunnerContext
+from kernel_runner.directory import ChildDirectory
+from kernel_runner.ids import LANG_CHILD, ROUTER_CHILD, SERVICES_CHILD, ChildId
 from kernel_runner.jupyter import kernelspec_names
 from kernel_runner.langs import JupyterQuery, TerminalQuery, get_lang, resolve_runtime
 from kernel_runner.logs import add_agent_log_sink
-from kernel_runner.messages import (
-    ChildInfo,
-    LogRecord,
-    Output,
-    ServiceInfo,
-    ServiceResult,
-    ShutdownTree,
-    StartupStepDone,
-    WhichChildrenQuery,
-)
+from kernel_runner.messages import LogRecord, Output
+from kernel_runner.outbox import RouterLink
 from kernel_runner.policy import Backoff
-from kernel_runner.servicedefs import (
-    SshdSetupError,
-    apply_sshd_setup,
-    intrinsic_launchers,
-    load_service_definitions,
-    plan_sshd_setup,
-)
-from kernel_runner.services import ServiceDirectory, service_child_spec
-from kernel_runner.supervisor import ChildSpec, ServicePlanner, SupervisorActor
+from kernel_runner.rejects import lang_runner_reject, services_reject, unknown_child_reject
+from kernel_runner.servicedefs import intrinsic_launchers, load_service_definitions
+from kernel_runner.services import ServiceDirectory
+from kernel_runner.status import StartupGate, StatusBoard
+from kernel_runner.supervision import ChildContext, ChildInfo, ChildSpec, ShutdownTree, StartChild, WhichChildrenQuery
+from kernel_runner.supervisor import SupervisorActor
 from kernel_runner.timers import Ticker
 
 ASK_TIMEOUT_S = 2.0
+BIND_WAIT_S = 10.0
+SERVICES_TIER = 4  # the service manager stops first: no new service starts while the others stop
+
+# A child a harness adds to the tree; it gets the runner's context to build its spec (rejects, router, env).
+ChildPlan = Callable[[RunnerContext], ChildSpec]
 
 
 class RunnerHandle:
@@ -53,19 +54,19 @@ class RunnerHandle:
     def __init__(
         self,
         *,
-        config: RunnerConfig,
+        runner: RunnerContext,
         ports: BoundPorts,
         supervisor: pykka.ActorRef[SupervisorActor],
+        board: StatusBoard,
         ticker: Ticker,
-        link: RouterLink,
-        escalated: threading.Event,
     ) -> None:
-        self.config = config
+        self.runner = runner
+        self.config = runner.config
         self.ports = ports
         self.supervisor = supervisor
+        self.board = board
         self._ticker = ticker
-        self._link = link
-        self.escalated = escalated
+        self.escalated = threading.Event()
         self.escalation_reason: str | None = None
         self.log_sink_id: int | None = None
         self._stopped = False
@@ -73,13 +74,22 @@ class RunnerHandle:
     @property
     def router_link(self) -> RouterLink:
         """Where in-process producers (pumps, embedders) send output, with the runner's backpressure."""
-        return self._link
+        return self.runner.router
+
+    @property
+    def directory(self) -> ChildDirectory:
+        return self.runner.directory
 
     def which_children(self, timeout: float = ASK_TIMEOUT_S) -> list[ChildInfo]:
         return cast(list[ChildInfo], self.supervisor.ask(WhichChildrenQuery(), timeout=timeout))
 
-    def tell(self, message: object) -> None:
-        self.supervisor.tell(message)
+    def tell_child(self, child_id: ChildId, message: object) -> None:
+        """Deliver to whichever incarnation of `child_id` is current (or its reject answer)."""
+        self.runner.directory.tell(child_id, message)
+
+    def escalate(self, reason: str) -> None:
+        self.escalation_reason = reason
+        self.escalated.set()
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop children in tier order within one deadline; True when everything stopped in time."""
@@ -94,9 +104,11 @@ class RunnerHandle:
             done = cast(threading.Event, self.supervisor.ask(ShutdownTree(grace_s=deadline_s), timeout=ASK_TIMEOUT_S))
             clean = done.wait(timeout=deadline_s + 1.0)
         except (pykka.ActorDeadError, pykka.Timeout) as exc:
-            logger.bind(child="runner").error("supervisor did not take the shutdown request: {!r}", exc)
+            logger.bind(child="runner").error("the supervisor did not take the shutdown request: {!r}", exc)
             clean = False
-        self._link.closed.set()
+            for ref in self.runner.directory.live_refs():  # last resort: each child still cleans up after itself
+                ref.stop(block=False)
+        self.runner.router.closed.set()
         try:
             self.supervisor.stop(block=True, timeout=ASK_TIMEOUT_S)
         except (pykka.Timeout, pykka.ActorDeadError):
@@ -108,107 +120,91 @@ class RunnerHandle:
 def start(
     config: RunnerConfig,
     *,
-    services: ServicePlanner | None = None,
-    extra_children: Sequence[ChildSpec] = (),
-    startup_steps: Sequence[str] = ("bootstrap",),
+    services: Callable[[RunnerContext], ServicePlanner] | None = None,
+    extra_children: Sequence[ChildPlan] = (),
     clock: Clock = REAL_CLOCK,
     file_ports: dict[str, int] | None = None,
 ) -> RunnerHandle:
-    """Start the whole tree in this process (the CLI and test harnesses both come through here)."""
+    """Start the whole tree in this process (the CLI and test harnesses both come through here).
+
+    `services` makes the service planner instead of the service-definition catalog (tests bring a table);
+    `extra_children` adds children, and one with the id of a default child (a stand-in "kernel") replaces it.
+    """
     config = resolve_ports(config, file_ports or {})
     assert config.port_in is not None and config.port_out is not None
     child_env, runner_env = build_environments(config)
-    directory: ServiceDirectory | None = None
-    if services is None:
-        directory = build_service_directory(config, child_env)
-        services = directory
-    start_intrinsics = directory is not None and config.start_intrinsic_services
-    if start_intrinsics:
-        startup_steps = (*startup_steps, INTRINSIC_STEP)
-    ticker = Ticker(clock)
     link = RouterLink(config.output_credits)
-    escalated = threading.Event()
+    gate = StartupGate({BOOTSTRAP_STEP: LANG_CHILD})
+    directory = ChildDirectory()
+    runner = RunnerContext(config=config, router=link, env=child_env, runner_env=runner_env, gate=gate,
+                           directory=directory)
+    directory.set_unknown(unknown_child_reject(directory, link))
+    start_intrinsics = services is None and config.start_intrinsic_services
+    planner = build_service_directory(runner) if services is None else services(runner)
+    if start_intrinsics:
+        gate.add(INTRINSIC_STEP, SERVICES_CHILD)
+    board = StatusBoard(gate)
+    ticker = Ticker(clock)
     handle_box: list[RunnerHandle] = []
-
-    def on_escalate(reason: str) -> None:
-        if handle_box:
-            handle_box[0].escalation_reason = reason
-        escalated.set()
-
     supervisor = SupervisorActor.start(
-        config=config,
+        directory=directory,
         clock=clock,
         ticker=ticker,
-        router_link=link,
-        services=services,
-        startup_steps=startup_steps,
-        on_escalate=on_escalate,
-        child_env=child_env,
-        runner_env=runner_env,
-        orphan_reject=reject_delegated_run,
+        on_tree_change=board.publish,
+        on_escalate=lambda reason: handle_box[0].escalate(reason) if handle_box else None,
     )
     ports = BoundPorts(config.port_in, config.port_out)
+    started_at = clock.monotonic()
 
     def make_router(ctx: ChildContext) -> pykka.ActorRef[Any]:
-        ref = RouterActor.start(ctx=ctx, ports=ports)
+        ref = RouterActor.start(ctx=ctx, runner=runner, ports=ports, board=board, started_at=started_at)
         link.attach(ref)
         return ref
 
     def make_lang(ctx: ChildContext) -> pykka.ActorRef[Any]:
-        return LangRunnerActor.start(ctx=ctx, lang=config.lang)
+        return LangRunnerActor.start(ctx=ctx, runner=runner)
 
-    backoff = config.restart.backoff()
-    intensity = config.restart.intensity()
+    def make_services(ctx: ChildContext) -> pykka.ActorRef[Any]:
+        return ServicesActor.start(ctx=ctx, runner=runner, planner=planner, start_intrinsics=start_intrinsics)
+
+    restart = config.restart
     specs: list[ChildSpec] = [
         ChildSpec(
-            child_id=ROUTER_CHILD,
-            factory=make_router,
-            restart="permanent",
-            significant=True,
-            tier=0,
-            shutdown_s=1.0,
-            backoff=Backoff(initial_s=0.05, cap_s=1.0, jitter=0.1),
-            intensity=intensity,
+            child_id=ROUTER_CHILD, factory=make_router, restart="permanent", on_give_up="shut_down_runner", tier=0,
+            shutdown_s=1.0, backoff=Backoff(initial_s=0.05, cap_s=1.0, jitter=0.1), intensity=restart.intensity(),
         ),
         ChildSpec(
-            child_id=LANG_CHILD,
-            factory=make_lang,
-            restart="permanent",
-            tier=1,
-            shutdown_s=3.0,
-            backoff=backoff,
-            intensity=intensity,
-            reject=reject_run,
+            child_id=LANG_CHILD, factory=make_lang, restart="permanent", tier=1, shutdown_s=3.0,
+            backoff=restart.backoff(), intensity=restart.intensity(), reject=lang_runner_reject(link),
         ),
-        # A harness may pass its own child under a default delegate's id (e.g. a stand-in "kernel"): it wins.
-        *(spec for spec in delegate_children(config) if spec.child_id not in {c.child_id for c in extra_children}),
-        *extra_children,
+        ChildSpec(
+            child_id=SERVICES_CHILD, factory=make_services, restart="permanent", tier=SERVICES_TIER, shutdown_s=1.0,
+            backoff=restart.backoff(initial_s=0.05), intensity=restart.intensity(), reject=services_reject(link),
+        ),
     ]
+    extra = [plan(runner) for plan in extra_children]
+    replaced = {spec.child_id for spec in extra}
+    specs += [spec for spec in delegate_children(runner) if spec.child_id not in replaced]
+    specs += extra
+    for spec in specs:  # held messages wait for these ids from now on, even before the supervisor starts them
+        directory.register(spec.child_id, spec.reject)
     for spec in specs:
-        supervisor.tell(spec)
-    if start_intrinsics:
-        assert directory is not None
-        threading.Thread(
-            target=start_intrinsic_services,
-            args=(config, directory, supervisor, child_env, runner_env),
-            name="IntrinsicStarter",
-            daemon=True,
-        ).start()
-    handle = RunnerHandle(config=config, ports=ports, supervisor=supervisor, ticker=ticker, link=link, escalated=escalated)
+        supervisor.tell(StartChild(spec=spec))
+    handle = RunnerHandle(runner=runner, ports=ports, supervisor=supervisor, board=board, ticker=ticker)
+    handle_box.append(handle)
     if config.forward_logs != "none":
         handle.log_sink_id = add_agent_log_sink(
             _log_sender(link, config.forward_logs), prefix=get_lang(config.lang).log_prefix
         )
-    handle_box.append(handle)
     # The router binds in its on_start; wait (bounded) so the handle reports the real ports, or fails loudly.
-    if not ports.bound.wait(timeout=10.0) or ports.error is not None:
+    if not ports.bound.wait(timeout=BIND_WAIT_S) or ports.error is not None:
         handle.stop(timeout=2.0)
-        raise RunnerStartError(ports.error or "the router did not bind its sockets within 10 s")
+        raise RunnerStartError(ports.error or f"the router did not bind its sockets within {BIND_WAIT_S:g} s")
     return handle
 
 
 def build_environments(config: RunnerConfig) -> tuple[dict[str, str], dict[str, str]]:
-    """The child env (spec §1.4) and the runner env (os.environ + environ.txt), computed once at start."""
+    """The child env (docs/protocol.md §1.4) and the runner env (os.environ + environ.txt), computed once."""
     log = logger.bind(child="runner")
     built = build_child_env(
         base_environ=os.environ, lang=get_lang(config.lang), environ_file=config.environ_file, home=str(config.work_dir)
@@ -221,13 +217,14 @@ def build_environments(config: RunnerConfig) -> tuple[dict[str, str], dict[str, 
     return dict(built.env), runner_env
 
 
-def delegate_children(config: RunnerConfig) -> list[ChildSpec]:
+def delegate_children(runner: RunnerContext) -> list[ChildSpec]:
     """The language's query delegate: the Jupyter kernel (python, julia, r, h2o) or the pty terminal (git)."""
+    config = runner.config
     query = get_lang(config.lang).query
     if isinstance(query, TerminalQuery):
-        return [terminal_child_spec(config)]
+        return [terminal_child_spec(runner)]
     if isinstance(query, JupyterQuery):
-        # The table names a kernelspec loosely ("python"); the installed one may be "python3" (spec §4.1). An unknown
+        # The table names a kernelspec loosely ("python"); the installed one may be "python3" (§4.1). An unknown
         # name still makes a kernel child: it fails with the list of installed kernelspecs, and queries get that reason.
         installed = kernelspec_names()
         picked = query.pick(installed)
@@ -235,7 +232,7 @@ def delegate_children(config: RunnerConfig) -> list[ChildSpec]:
             logger.bind(child="kernel").error(
                 "no kernelspec matches {!r}; installed: {}", query.kernelspec_name, ", ".join(installed) or "none"
             )
-        return [kernel_child_spec(config, kernel_name=picked or query.kernelspec_name)]
+        return [kernel_child_spec(runner, kernel_name=picked or query.kernelspec_name)]
     return []
 
 
@@ -246,8 +243,9 @@ def _log_sender(link: RouterLink, mode: str) -> Callable[[str], None]:
     return lambda text: link.tell(LogRecord(text=text))
 
 
-def build_service_directory(config: RunnerConfig, child_env: dict[str, str]) -> ServiceDirectory:
-    """Load the service definitions once; a broken file is logged with its JSON path and skipped (spec §10.2.11)."""
+def build_service_directory(runner: RunnerContext) -> ServiceDirectory:
+    """Load the service definitions once; a broken file is logged with its JSON path and skipped (§10.2 #11)."""
+    config = runner.config
     log = logger.bind(child="services")
     runtime_path = resolve_runtime(get_lang(config.lang), config.runtime_path)
     catalog, problems = load_service_definitions(config.service_defs_dir, variables={"runtime_path": str(runtime_path)})
@@ -256,53 +254,11 @@ def build_service_directory(config: RunnerConfig, child_env: dict[str, str]) -> 
     intrinsics = intrinsic_launchers(config)
     for warning in intrinsics.warnings:
         (log.warning if config.start_intrinsic_services else log.debug)("{}", warning)
-    return ServiceDirectory(
-        config=config, catalog=catalog, intrinsics=intrinsics, child_env=child_env, runtime_path=runtime_path
-    )
-
-
-INTRINSIC_STEP = "intrinsic-services"
-INTRINSIC_PORTS = (("sshd", "sshd_port"), ("ttyd", "ttyd_port"))
-
-
-def start_intrinsic_services(
-    config: RunnerConfig,
-    directory: ServiceDirectory,
-    supervisor: pykka.ActorRef[SupervisorActor],
-    child_env: dict[str, str],
-    runner_env: dict[str, str],
-) -> None:
-    """sshd keys, then sshd and ttyd as supervised children (spec §1.6 B.5); runs in its own thread (blocking I/O)."""
-    log = logger.bind(child="intrinsic")
-    try:
-        if directory.has_intrinsic("sshd"):
-            plan = plan_sshd_setup(config, environ=runner_env)
-            try:
-                for warning in apply_sshd_setup(plan, env=child_env):
-                    log.warning("{}", warning)
-            except SshdSetupError as exc:
-                log.error("{}; sshd may refuse logins", exc)
-        for name, attr in INTRINSIC_PORTS:
-            port = getattr(config, attr)
-            if not directory.has_intrinsic(name) or port is None:
-                continue
-            launch = directory.resolve(ServiceInfo(name=name, port=port, ports=(port,), protocol="tcp"))
-            if isinstance(launch, ServiceResult):
-                log.error("{} cannot start: {}", name, launch.error)
-                continue
-            # Nobody asked, so nobody gets a reply; an agent's later start-service for it is answered `running`.
-            supervisor.tell(service_child_spec(launch, config, reply="none", default_restart="permanent"))
-    except Exception as exc:  # noqa: BLE001 - a failed intrinsic start must not keep the runner from getting ready
-        log.opt(exception=exc).error("error during starting intrinsic services: {!r}", exc)
-    finally:
-        try:
-            supervisor.tell(StartupStepDone(step=INTRINSIC_STEP))
-        except pykka.ActorDeadError:
-            pass
+    return ServiceDirectory(runner=runner, catalog=catalog, intrinsics=intrinsics, runtime_path=runtime_path)
 
 
 class RunnerStartError(RuntimeError):
     """The tree could not come up (for example the agent ports are taken)."""
 
 
-__all__ = ["RunnerHandle", "RunnerStartError", "start"]
+__all__ = ["ChildPlan", "RunnerHandle", "RunnerStartError", "start"]

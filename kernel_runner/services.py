@@ -1,17 +1,16 @@
-"""ServiceDirectory: turns service ops into supervised ServiceActor children, using the service-definition catalog."""
+"""ServiceDirectory: turns service ops into child specs for ServiceActor children, from the service-definition catalog.
+
+It is the planner the ServicesActor uses (actors/services.py); it decides *what* to start, the supervisor starts it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
 
-import pykka
 from loguru import logger
 
-from kernel_runner.actors.base import ChildContext
-from kernel_runner.actors.service import ServiceActor, ServiceRun
-from kernel_runner.config import RunnerConfig
+from kernel_runner.context import RunnerContext
 from kernel_runner.ids import ChildId, health_child, service_child
 from kernel_runner.messages import (
     AppsResult,
@@ -21,96 +20,49 @@ from kernel_runner.messages import (
     StartModelService,
     StartService,
 )
-from kernel_runner.policy import RestartType
-from kernel_runner.servicedefs import DefinitionError, Intrinsics, RestartOverride, ServiceCatalog, ServiceLaunch
-from kernel_runner.supervisor import ChildSpec
+from kernel_runner.service_specs import model_child_specs, service_child_spec
+from kernel_runner.servicedefs import (
+    DefinitionError,
+    Intrinsics,
+    ServiceCatalog,
+    ServiceLaunch,
+    SshdSetupError,
+    apply_sshd_setup,
+    plan_sshd_setup,
+)
+from kernel_runner.supervision import ChildSpec
 
-# A service that stays up this long counts as recovered: its next crash starts backoff from the beginning.
-SERVICE_STABLE_AFTER_S = 3.0
-
-ReplyKind = Literal["service", "model", "none"]
-
-
-def service_child_spec(
-    launch: ServiceLaunch,
-    config: RunnerConfig,
-    *,
-    reply: ReplyKind,
-    watcher: ChildId | None = None,
-    wait_for_port: bool = True,
-    default_restart: RestartType = "transient",
-) -> ChildSpec:
-    """One ServiceActor child; a definition's optional `restart` block overrides the runner's defaults."""
-    child_id = service_child(launch.name)
-    log = logger.bind(child=child_id)
-    override = launch.restart or RestartOverride()
-    restart: RestartType = override.policy or default_restart
-    backoff = config.restart.backoff(initial_s=override.backoff_initial_s, cap_s=override.backoff_cap_s)
-    intensity = config.restart.intensity(max_restarts=override.max_restarts, period_s=override.period_s)
-
-    def prepare() -> Any:
-        return launch.prepare(log=log.log)
-
-    run = ServiceRun(
-        name=launch.name,
-        prepare=prepare,
-        port=launch.port if wait_for_port else None,
-        noop=launch.noop,
-        launch_timeout_s=config.service_launch_timeout_s,
-        watcher=watcher,
-    )
-
-    def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
-        return ServiceActor.start(ctx=ctx, run=run, reply=reply)
-
-    return ChildSpec(
-        child_id=child_id,
-        factory=factory,
-        restart=restart,
-        shutdown_s=config.service_stop_grace_s,
-        backoff=backoff,
-        intensity=intensity,
-        stable_after_s=SERVICE_STABLE_AFTER_S,
-        tier=2,
-    )
+INTRINSIC_NAMES = (("sshd", "sshd_port"), ("ttyd", "ttyd_port"))
 
 
 class ServiceDirectory:
-    """The runner's ServicePlanner. Called only from the supervisor's thread, so its catalog needs no lock."""
+    """The runner's service planner; used from the ServicesActor's thread only, so its catalog needs no lock."""
 
     def __init__(
         self,
         *,
-        config: RunnerConfig,
+        runner: RunnerContext,
         catalog: ServiceCatalog,
         intrinsics: Intrinsics,
-        child_env: dict[str, str],
         runtime_path: str | None,
     ) -> None:
-        self._config = config
+        self._runner = runner
         self._catalog = catalog
         self._intrinsics = intrinsics
-        self._child_env = child_env
         self._runtime_path = runtime_path
         self.log = logger.bind(child="services")
-
-    @property
-    def catalog(self) -> ServiceCatalog:
-        return self._catalog
-
-    def has_intrinsic(self, name: str) -> bool:
-        return {"sshd": self._intrinsics.sshd, "ttyd": self._intrinsics.ttyd}.get(name) is not None
 
     def apps(self, name: str | None) -> AppsResult:
         return AppsResult(apps=tuple(self._catalog.apps(name)))
 
     def resolve(self, info: ServiceInfo) -> ServiceLaunch | ServiceResult:
+        config = self._runner.config
         result = self._catalog.resolve(
             info,
-            lang=self._config.lang,
+            lang=config.lang,
             runtime_path=self._runtime_path,
-            child_env=self._child_env,
-            work_dir=Path(self._config.work_dir),
+            child_env=dict(self._runner.env),
+            work_dir=Path(config.work_dir),
             sshd=self._intrinsics.sshd,
             ttyd=self._intrinsics.ttyd,
         )
@@ -118,11 +70,11 @@ class ServiceDirectory:
             self.log.warning("The service {} is not supported.", info.name)
         return result
 
-    def plan_service(self, request: StartService) -> ChildSpec | ServiceResult:
+    def plan_service(self, request: StartService) -> Sequence[ChildSpec] | ServiceResult:
         launch = self.resolve(request.info)
         if isinstance(launch, ServiceResult):
             return launch
-        return service_child_spec(launch, self._config, reply="service")
+        return [service_child_spec(launch, self._runner, reply="service")]
 
     def plan_model_service(self, request: StartModelService) -> Sequence[ChildSpec] | ModelServiceResult:
         try:
@@ -135,9 +87,34 @@ class ServiceDirectory:
         launch = self.resolve(info)
         if isinstance(launch, ServiceResult):
             return ModelServiceResult(status="failed", error=launch.error)
-        from kernel_runner.model_services import model_child_specs
-
-        return model_child_specs(request.model, launch, self._config)
+        return model_child_specs(request.model, launch, self._runner)
 
     def service_child_ids(self, name: str) -> Sequence[ChildId]:
-        return (service_child(name), health_child(name))
+        # The checker first: stopping the server first would make its checker report it unhealthy.
+        return (health_child(name), service_child(name))
+
+    def intrinsic_specs(self) -> Sequence[ChildSpec]:
+        """sshd keys, then sshd and ttyd as permanent children (docs/protocol.md §1.6, §6.10); blocking file I/O."""
+        config, log = self._runner.config, logger.bind(child="intrinsic")
+        if self._intrinsics.sshd is not None:
+            plan = plan_sshd_setup(config, environ=self._runner.runner_env)
+            try:
+                for warning in apply_sshd_setup(plan, env=self._runner.env):
+                    log.warning("{}", warning)
+            except SshdSetupError as exc:
+                log.error("{}; sshd may refuse logins", exc)
+        specs = []
+        for name, attr in INTRINSIC_NAMES:
+            port = getattr(config, attr)
+            if getattr(self._intrinsics, name) is None or port is None:
+                continue
+            launch = self.resolve(ServiceInfo(name=name, port=port, ports=(port,), protocol="tcp"))
+            if isinstance(launch, ServiceResult):
+                log.error("{} cannot start: {}", name, launch.error)
+                continue
+            # Nobody asked, so nobody gets a reply; an agent's later start-service for it is answered `running`.
+            specs.append(service_child_spec(launch, self._runner, reply="none", default_restart="permanent"))
+        return specs
+
+
+__all__ = ["ServiceDirectory"]

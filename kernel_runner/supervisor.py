@@ -1,141 +1,70 @@
-"""SupervisorActor: owns every child's life (start, restart with backoff, give up, ordered stop) and answers status."""
+"""SupervisorActor: a generic, OTP-shaped supervisor for pykka actors.
+
+It starts children from specs (checked when they are added), asks the pure policy what to do each time one ends
+(restart after a backoff, forget, or give up), keeps the child directory current so messages reach the right
+incarnation, pushes a tree snapshot after every change, and stops everything in tier order within one deadline.
+It knows nothing of what its children do: no services, languages or wire (docs/architecture.md §3).
+
+Life of one child, as the supervisor sees it:
+
+    StartChild ──▶ STARTING ──(child reports)──▶ RUNNING ──▶ exit ──▶ policy: Restart ──▶ BACKOFF ──▶ STARTING …
+                      │                                        │       Forget  ──▶ removed (directory closed)
+                      └─ StopChild / RestartChild ──▶ STOPPING ┘       GiveUp  ──▶ FATAL (until started again)
+"""
 
 from __future__ import annotations
 
-import collections
-import os
 import random
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Literal
 
 import attrs
 import pykka
 from loguru import logger
 
-from kernel_runner.actors.base import ChildContext, RouterLink
 from kernel_runner.clock import Clock
-from kernel_runner.config import RunnerConfig
+from kernel_runner.directory import ChildDirectory
+from kernel_runner.exits import ExitReason, StartFailed
 from kernel_runner.ids import ChildId
-from kernel_runner.messages import (
-    AppsResult,
+from kernel_runner.policy import Forget, GiveUp, Restart, RestartTracker
+from kernel_runner.refs import tell_if_alive
+from kernel_runner.supervision import (
+    AlreadyStarted,
+    ChildContext,
     ChildExited,
     ChildInfo,
     ChildInfoUpdated,
+    ChildSpec,
     ChildState,
     ChildStateChanged,
-    Crashed,
-    ExitReason,
-    ForwardToChild,
-    GetApps,
-    ModelServiceResult,
-    RestartDue,
-    ServiceResult,
-    ShutdownService,
+    RestartChild,
     ShutdownTree,
-    StartFailed,
-    StartModelService,
-    StartService,
-    StartupStepDone,
-    StatusReply,
-    StatusRequest,
+    StartAnswer,
+    StartChild,
+    Started,
+    StartRefused,
     StopChild,
     StopRequested,
-    ToAgent,
-    Undelivered,
+    TreeSnapshot,
     WhichChildrenQuery,
 )
-from kernel_runner.policy import Backoff, Forget, GiveUp, IntensityLimit, Restart, RestartTracker, RestartType
 from kernel_runner.timers import Ticker, TimerHandle
 
-PENDING_FORWARD_LIMIT = 1000
+# A child asked to stop gets its spec's grace plus this much before the supervisor stops its actor itself.
+STOP_MARGIN_S = 1.0
 
 
 @attrs.frozen(kw_only=True)
-class ChildSpec:
-    """How to (re)build one child: the factory gets a fresh context, with the generation number, per start."""
-
+class _RestartDue:
     child_id: ChildId
-    factory: Callable[[ChildContext], pykka.ActorRef[Any]]
-    restart: RestartType = "permanent"
-    shutdown_s: float = 2.0
-    # A significant child that gives up takes the runner down with it (OTP's `significant`): the router.
-    significant: bool = False
-    backoff: Backoff = attrs.field(factory=Backoff)
-    intensity: IntensityLimit = attrs.field(factory=IntensityLimit)
-    stable_after_s: float = 3.0
-    # Higher tiers stop first; children of one tier stop together (router 0, language 1, services 2, probes 3).
-    tier: int = 2
-    # Answers for messages forwarded to this child when no incarnation can take them (gave up, or gone):
-    # replies for the agent, or ForwardToChild messages (e.g. telling the language runner a delegated run is done).
-    reject: Callable[[object], Sequence[ToAgent | ForwardToChild]] | None = None
+    generation: int
 
 
-class ServicePlanner(Protocol):
-    """Turns service ops into child specs; the services issue supplies the real one."""
-
-    def apps(self, name: str | None) -> AppsResult: ...
-
-    def plan_service(self, request: StartService) -> ChildSpec | ServiceResult: ...
-
-    def plan_model_service(self, request: StartModelService) -> Sequence[ChildSpec] | ModelServiceResult: ...
-
-    def service_child_ids(self, name: str) -> Sequence[ChildId]: ...
-
-
-class NoServices:
-    """Planner for a runner without service support: every start is answered, none is spawned."""
-
-    def apps(self, name: str | None) -> AppsResult:
-        return AppsResult(apps=())
-
-    def plan_service(self, request: StartService) -> ChildSpec | ServiceResult:
-        return ServiceResult(status="failed", error="unsupported service")
-
-    def plan_model_service(self, request: StartModelService) -> Sequence[ChildSpec] | ModelServiceResult:
-        return ModelServiceResult(status="failed", error="model services are not supported by this runner")
-
-    def service_child_ids(self, name: str) -> Sequence[ChildId]:
-        return ()
-
-
-class _Child:
-    def __init__(self, spec: ChildSpec, order: int, rng: random.Random) -> None:
-        self.spec = spec
-        self.order = order
-        self.tracker = RestartTracker(
-            restart=spec.restart,
-            backoff=spec.backoff,
-            intensity=spec.intensity,
-            stable_after_s=spec.stable_after_s,
-            rng=rng,
-        )
-        self.ref: pykka.ActorRef[Any] | None = None
-        self.generation = 0
-        self.state = ChildState.STARTING
-        self.pid: int | None = None
-        self.started_at: float | None = None
-        self.running_since: float | None = None
-        self.last_exit: str | None = None
-        self.extra: dict[str, Any] = {}
-        self.timer: TimerHandle | None = None
-        self.stop_permanently = False
-        # StopChild(permanent=False): the stop was asked for, and a fresh incarnation is wanted afterwards.
-        self.restart_after_stop = False
-        self.pending: collections.deque[object] = collections.deque()
-
-    def info(self, now: float) -> ChildInfo:
-        uptime = now - self.running_since if self.running_since is not None and self.state is ChildState.RUNNING else None
-        return ChildInfo(
-            child_id=self.spec.child_id,
-            state=self.state,
-            pid=self.pid,
-            restarts=self.tracker.total_restarts,
-            generation=self.generation,
-            last_exit=self.last_exit,
-            uptime_s=uptime,
-            extra=dict(self.extra),
-        )
+@attrs.frozen(kw_only=True)
+class _StopOverdue:
+    child_id: ChildId
+    generation: int
 
 
 @attrs.frozen(kw_only=True)
@@ -143,87 +72,104 @@ class _ShutdownDeadline:
     pass
 
 
+class _Child:
+    """The supervisor's record of one child; `info()` is cached until something about the child changes."""
+
+    def __init__(self, spec: ChildSpec, order: int, rng: random.Random) -> None:
+        self.spec = spec
+        self.order = order
+        self.tracker = RestartTracker(
+            restart=spec.restart, backoff=spec.backoff, intensity=spec.intensity,
+            stable_after_s=spec.stable_after_s, retry_failed_start=spec.retry_failed_start, rng=rng,
+        )
+        self.ref: pykka.ActorRef[Any] | None = None
+        self.generation = 0
+        self.state = ChildState.STARTING
+        self.pid: int | None = None
+        self.running_since: float | None = None
+        self.ran = False  # this incarnation reached RUNNING at least once
+        self.last_exit: str | None = None
+        self.extra: dict[str, Any] = {}
+        self.restart_timer: TimerHandle | None = None
+        self.stop_timer: TimerHandle | None = None
+        # A stop someone asked for: forget the child afterwards, or restart it as if it had ended with restart_reason.
+        self.stop: Literal["forget", "restart"] | None = None
+        self.restart_reason: ExitReason | None = None
+        self._info: ChildInfo | None = None
+
+    @property
+    def child_id(self) -> ChildId:
+        return self.spec.child_id
+
+    def changed(self) -> None:
+        self._info = None
+
+    def info(self) -> ChildInfo:
+        if self._info is None:
+            self._info = ChildInfo(
+                child_id=self.child_id, state=self.state, pid=self.pid, restarts=self.tracker.total_restarts,
+                generation=self.generation, last_exit=self.last_exit, running_since=self.running_since,
+                extra=dict(self.extra),
+            )
+        return self._info
+
+
 class SupervisorActor(pykka.ThreadingActor):
-    """The only decider of restarts (R5); answers the agent's status from what children told it (no upward asks)."""
+    """The only decider of what happens to a child when it ends; answers no one but through its messages."""
 
     def __init__(
         self,
         *,
-        config: RunnerConfig,
+        directory: ChildDirectory,
         clock: Clock,
         ticker: Ticker,
-        router_link: RouterLink,
-        services: ServicePlanner | None = None,
-        startup_steps: Sequence[str] = (),
+        on_tree_change: Callable[[TreeSnapshot], None] | None = None,
         on_escalate: Callable[[str], None] | None = None,
         rng: random.Random | None = None,
-        child_env: Mapping[str, str] | None = None,
-        runner_env: Mapping[str, str] | None = None,
-        orphan_reject: Callable[[object], Sequence[ToAgent | ForwardToChild]] | None = None,
     ) -> None:
         super().__init__()
         self.log = logger.bind(child="supervisor")
-        self._config = config
+        self._directory = directory
         self._clock = clock
         self._ticker = ticker
-        self._router = router_link
-        self._services: ServicePlanner = services or NoServices()
-        self._pending_steps = set(startup_steps)
-        self._deferred_status = 0
+        self._on_tree_change = on_tree_change
         self._on_escalate = on_escalate
         self._rng = rng or random.Random()
-        self._children: dict[ChildId, _Child] = {}
-        # Answers messages forwarded to a child that does not exist at all, so no run waits for ever.
-        self._orphan_reject = orphan_reject
-        self._child_env: Mapping[str, str] = child_env if child_env is not None else dict(os.environ)
-        self._runner_env: Mapping[str, str] = runner_env if runner_env is not None else dict(os.environ)
+        self._children: dict[ChildId, _Child] = {}  # in start order
         self._order = 0
-        self.started_at = clock.monotonic()
-        self._shutting_down = False
+        self._version = 0
+        self._dirty = False
         self._shutdown_done: threading.Event | None = None
         self._shutdown_tier: int | None = None
         self._shutdown_timer: TimerHandle | None = None
 
-    # ------------------------------------------------------------------------------------------
+    # ---- dispatch -------------------------------------------------------------------------------------------------
     def on_receive(self, message: object) -> object:
-        try:
-            return self._dispatch(message)
-        except Exception as exc:  # noqa: BLE001 - a supervisor bug must not leave the tree unsupervised
-            self.log.opt(exception=exc).error("error handling {}: {!r}", type(message).__name__, exc)
-            return None
+        result = self._dispatch(message)
+        if self._dirty:
+            self._publish()
+        return result
 
     def _dispatch(self, message: object) -> object:
         match message:
-            case ChildExited():
-                return self._handle_child_exited(message)
             case ChildStateChanged():
                 return self._handle_child_state_changed(message)
             case ChildInfoUpdated():
                 return self._handle_child_info_updated(message)
-            case ForwardToChild():
-                return self._handle_forward(message)
-            case Undelivered():
-                return self._handle_undelivered(message)
-            case StatusRequest():
-                return self._handle_status_request()
-            case StartupStepDone():
-                return self._handle_startup_step_done(message)
-            case RestartDue():
-                return self._handle_restart_due(message)
-            case ChildSpec():
+            case ChildExited():
+                return self._handle_child_exited(message)
+            case StartChild():
                 return self._handle_start_child(message)
             case StopChild():
                 return self._handle_stop_child(message)
-            case StartService():
-                return self._handle_start_service(message)
-            case StartModelService():
-                return self._handle_start_model_service(message)
-            case ShutdownService():
-                return self._handle_shutdown_service(message)
-            case GetApps():
-                return self._router.tell(self._services.apps(message.name))
+            case RestartChild():
+                return self._handle_restart_child(message)
+            case _RestartDue():
+                return self._handle_restart_due(message)
+            case _StopOverdue():
+                return self._handle_stop_overdue(message)
             case WhichChildrenQuery():
-                return self.which_children()
+                return [child.info() for child in self._children.values()]
             case ShutdownTree():
                 return self._handle_shutdown_tree(message)
             case _ShutdownDeadline():
@@ -232,303 +178,238 @@ class SupervisorActor(pykka.ThreadingActor):
                 self.log.warning("ignored unexpected message {}", type(message).__name__)
                 return None
 
-    # ---- introspection ------------------------------------------------------------------------
-    def which_children(self) -> list[ChildInfo]:
-        now = self._clock.monotonic()
-        return [child.info(now) for child in sorted(self._children.values(), key=lambda c: c.order)]
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        # A supervisor bug leaves the tree unsupervised: like a crashed OTP supervisor, take the runner down with it.
+        self.log.critical("the supervisor crashed: {!r}", exception_value)
+        self._escalate(f"the supervisor crashed: {exception_value!r}")
 
-    def _handle_status_request(self) -> None:
-        # spec §1.6 readiness rule: the agent reads the first status reply as "bootstrap has finished".
-        if self._pending_steps:
-            self._deferred_status += 1
-            return
-        self._send_status()
+    # ---- starting ---------------------------------------------------------------------------------------------------
+    def _handle_start_child(self, message: StartChild) -> StartAnswer:
+        answer = self._start_child(message.spec)
+        tell_if_alive(message.reply_to, answer)
+        return answer
 
-    def _send_status(self) -> None:
-        children = tuple(self.which_children())
-        self._router.tell(StatusReply(started_at=self.started_at, ready=not self._pending_steps, children=children))
-
-    def _release_startup_steps(self, why: str) -> None:
-        """A child that gave up may own a start-up step nobody will finish; the agent must not wait for ever (§3.1)."""
-        if not self._pending_steps:
-            return
-        self.log.error("ready without finishing {} ({}); status is answered anyway", sorted(self._pending_steps), why)
-        for step in sorted(self._pending_steps):
-            self._handle_startup_step_done(StartupStepDone(step=step))
-
-    def _handle_startup_step_done(self, message: StartupStepDone) -> None:
-        self._pending_steps.discard(message.step)
-        self.log.info("startup step done: {}", message.step)
-        if not self._pending_steps:
-            self.log.info("ready; answering {} deferred status request(s)", self._deferred_status)
-            for _ in range(self._deferred_status):
-                self._send_status()
-            self._deferred_status = 0
-
-    # ---- starting and restarting ---------------------------------------------------------------
-    def _handle_start_child(self, spec: ChildSpec) -> None:
-        if self._shutting_down:
-            self.log.warning("shutting down; not starting {}", spec.child_id)
-            return
+    def _start_child(self, spec: ChildSpec) -> StartAnswer:
+        problems = spec.problems()
+        if problems:
+            self.log.error("refused child spec {}: {}", spec.child_id, "; ".join(problems))
+            return StartRefused(child_id=spec.child_id, reason="invalid child spec: " + "; ".join(problems))
+        if self._shutdown_done is not None:
+            return StartRefused(child_id=spec.child_id, reason="the supervisor is shutting down")
         existing = self._children.get(spec.child_id)
+        if existing is not None and existing.state is not ChildState.FATAL:
+            return AlreadyStarted(child_id=spec.child_id, state=existing.state)
         if existing is not None:
-            self.log.warning("child {} exists already ({}); not started again", spec.child_id, existing.state.value)
-            return
+            self.log.bind(child=spec.child_id).info("started again after it gave up")
+            del self._children[spec.child_id]
         self._order += 1
         child = _Child(spec, self._order, self._rng)
         self._children[spec.child_id] = child
-        self._spawn(child)
+        self._directory.register(spec.child_id, spec.reject)
+        error = self._spawn(child)
+        if error is not None:
+            del self._children[spec.child_id]
+            self._directory.close(spec.child_id, f"could not be started: {error}")
+            self._dirty = True
+            return StartRefused(child_id=spec.child_id, reason=f"the child could not be created: {error}")
+        return Started(child_id=spec.child_id, generation=child.generation)
 
-    def _spawn(self, child: _Child) -> None:
+    def _spawn(self, child: _Child) -> str | None:
+        """Start the next incarnation; returns the factory's error, if it raised."""
         child.generation += 1
-        child.state = ChildState.STARTING
-        child.pid = None
-        child.extra = {}
-        child.started_at = self._clock.monotonic()
-        child.running_since = None
-        ctx = ChildContext(
-            child_id=child.spec.child_id,
-            generation=child.generation,
-            supervisor=self.actor_ref,
-            router=self._router,
-            config=self._config,
-            clock=self._clock,
-            ticker=self._ticker,
-            env=self._child_env,
-            runner_env=self._runner_env,
-        )
+        child.state, child.pid, child.running_since, child.ran = ChildState.STARTING, None, None, False
+        child.extra, child.stop, child.restart_reason = {}, None, None
+        child.changed()
+        self._dirty = True
+        ctx = ChildContext(child_id=child.child_id, generation=child.generation, supervisor=self.actor_ref,
+                           directory=self._directory, clock=self._clock, ticker=self._ticker)
         try:
             child.ref = child.spec.factory(ctx)
         except Exception as exc:  # noqa: BLE001 - a factory that raises is a failed start like any other
-            self.log.opt(exception=exc).error("factory for {} failed: {!r}", child.spec.child_id, exc)
+            self.log.bind(child=child.child_id).opt(exception=exc).error("factory failed: {!r}", exc)
             child.ref = None
-            self._child_ended(child, StartFailed(error=repr(exc)))
-            return
-        self.log.bind(child=child.spec.child_id).debug("started generation {}", child.generation)
-        while child.pending:
-            child.ref.tell(child.pending.popleft())
+            return repr(exc)
+        self._directory.attach(child.child_id, child.generation, child.ref)
+        self.log.bind(child=child.child_id).info("started generation {}", child.generation)
+        return None
 
-    def _handle_restart_due(self, message: RestartDue) -> None:
-        child = self._children.get(message.child_id)
-        if child is None or child.generation != message.generation or child.state is not ChildState.BACKOFF:
+    def _handle_restart_due(self, message: _RestartDue) -> None:
+        child = self._current(message.child_id, message.generation)
+        if child is None or child.state is not ChildState.BACKOFF or self._shutdown_done is not None:
             return
-        child.timer = None
-        if self._shutting_down:
-            return
-        self._spawn(child)
+        child.restart_timer = None
+        error = self._spawn(child)
+        if error is not None:
+            self._child_ended(child, StartFailed(error=error))
 
-    # ---- child events ----------------------------------------------------------------------------
+    # ---- what children report ---------------------------------------------------------------------------------------
     def _current(self, child_id: ChildId, generation: int) -> _Child | None:
         child = self._children.get(child_id)
-        if child is None or child.generation != generation:
-            return None
-        return child
+        return child if child is not None and child.generation == generation else None
 
     def _handle_child_state_changed(self, message: ChildStateChanged) -> None:
         child = self._current(message.child_id, message.generation)
-        if child is None:
+        if child is None or child.ref is None:
             return
-        child.state = message.state
+        if child.stop is None or message.state is not ChildState.RUNNING:
+            child.state = message.state
         if message.pid is not None:
             child.pid = message.pid
-        if message.state is ChildState.RUNNING and child.running_since is None:
-            child.running_since = self._clock.monotonic()
+        if message.state is ChildState.RUNNING and not child.ran:
+            child.ran, child.running_since = True, self._clock.monotonic()
+        child.changed()
+        self._dirty = True
 
     def _handle_child_info_updated(self, message: ChildInfoUpdated) -> None:
         child = self._current(message.child_id, message.generation)
         if child is not None:
             child.extra.update(message.extra)
+            child.changed()
+            self._dirty = True
 
     def _handle_child_exited(self, message: ChildExited) -> None:
         child = self._current(message.child_id, message.generation)
-        if child is None:
+        if child is None or child.ref is None:
             self.log.debug("stale exit of {} generation {}", message.child_id, message.generation)
             return
         self._child_ended(child, message.reason)
 
     def _child_ended(self, child: _Child, reason: ExitReason) -> None:
         now = self._clock.monotonic()
-        child_id = child.spec.child_id
-        log = self.log.bind(child=child_id)
+        log = self.log.bind(child=child.child_id)
         uptime = now - child.running_since if child.running_since is not None else None
-        child.ref = None
-        child.pid = None
+        first_start = child.generation == 1 and not child.ran
+        self._directory.detach(child.child_id, child.generation)
+        for timer in (child.stop_timer, child.restart_timer):
+            if timer is not None:
+                timer.cancel()
+        child.ref, child.pid, child.running_since, child.state = None, None, None, ChildState.EXITED
         child.last_exit = reason.describe()
-        child.state = ChildState.EXITED
-        if self._shutting_down:
+        child.changed()
+        self._dirty = True
+        if self._shutdown_done is not None:
             log.info("exited during shutdown: {}", reason.describe())
-            self._reject_pending(child)
-            del self._children[child_id]
+            self._remove(child, "the runner is shutting down")
             self._continue_shutdown()
             return
-        if child.stop_permanently:
+        if child.stop == "forget":
             log.info("exited: {}; stopped for good", reason.describe())
-            self._forget(child)
+            self._forget(child, "it was stopped")
             return
-        if child.restart_after_stop:
-            child.restart_after_stop = False
-            # Counted like any restart, so a child restarted again and again still ends FATAL.
-            reason = Crashed(error=f"restart requested ({reason.describe()})")
+        if child.stop == "restart" and child.restart_reason is not None:
+            reason = child.restart_reason
             child.last_exit = reason.describe()
-        decision = child.tracker.decide(reason, now=now, uptime_s=uptime)
+        decision = child.tracker.decide(reason, now=now, uptime_s=uptime, first_start=first_start)
         match decision:
             case Forget():
                 log.info("exited: {}; not restarted ({})", reason.describe(), decision.reason)
-                self._forget(child)
+                self._forget(child, "it ended")
             case GiveUp():
                 child.state = ChildState.FATAL
                 log.error("gave-up: {}", decision.reason)
-                self._reject_pending(child)
-                self._release_startup_steps(f"{child_id} gave up")
-                if child.spec.significant:
-                    self._escalate(f"{child_id} gave up: {decision.reason}")
+                self._directory.close(child.child_id, f"it gave up: {decision.reason}")
+                self._stop_bound_to(child.child_id, "gave up")
+                if child.spec.on_give_up == "shut_down_runner":
+                    self._escalate(f"{child.child_id} gave up: {decision.reason}")
             case Restart():
                 child.state = ChildState.BACKOFF
-                log.warning(
-                    "exited: {}; restart-scheduled in {:.2f}s (attempt {})",
-                    reason.describe(),
-                    decision.delay_s,
-                    decision.attempt + 1,
-                )
-                child.timer = self._ticker.schedule(
-                    decision.delay_s, self.actor_ref, RestartDue(child_id=child_id, generation=child.generation)
+                log.warning("exited: {}; restart-scheduled in {:.2f}s (attempt {})",
+                            reason.describe(), decision.delay_s, decision.attempt + 1)
+                child.restart_timer = self._ticker.schedule(
+                    decision.delay_s, self.actor_ref, _RestartDue(child_id=child.child_id, generation=child.generation)
                 )
 
-    def _forget(self, child: _Child) -> None:
-        self._reject_pending(child)
-        self._children.pop(child.spec.child_id, None)
+    def _remove(self, child: _Child, why: str) -> None:
+        self._children.pop(child.child_id, None)
+        self._directory.close(child.child_id, why)
+        self._dirty = True
 
-    def _reject_pending(self, child: _Child) -> None:
-        while child.pending:
-            self._reject(child.spec, child.pending.popleft())
+    def _forget(self, child: _Child, why: str) -> None:
+        self._remove(child, why)
+        self._stop_bound_to(child.child_id, "ended")
 
-    def _reject(self, spec: ChildSpec | None, message: object) -> None:
-        reject = spec.reject if spec is not None else self._orphan_reject
-        replies = reject(message) if reject is not None else ()
-        for reply in replies:
-            if isinstance(reply, ForwardToChild):
-                self._handle_forward(reply)
-            else:
-                self._router.tell(reply)
-        if not replies:
-            self.log.warning("no child to take {}; dropped", type(message).__name__)
+    def _stop_bound_to(self, child_id: ChildId, what_happened: str) -> None:
+        for dependent in [c for c in self._children.values() if c.spec.binds_to == child_id]:
+            self._stop_for_good(dependent, f"bound to {child_id}, which {what_happened}")
 
     def _escalate(self, reason: str) -> None:
         self.log.critical("escalating: {}; the runner shuts down", reason)
         if self._on_escalate is not None:
             self._on_escalate(reason)
 
-    # ---- routing --------------------------------------------------------------------------------
-    def _handle_forward(self, message: ForwardToChild) -> None:
-        child = self._children.get(message.child_id)
-        if child is None or child.state is ChildState.FATAL or self._shutting_down:
-            self._reject(child.spec if child else None, message.message)
-            return
-        if child.ref is None or child.state is ChildState.BACKOFF:
-            if len(child.pending) >= PENDING_FORWARD_LIMIT:
-                self._reject(child.spec, message.message)
-                return
-            child.pending.append(message.message)
-            return
-        try:
-            child.ref.tell(message.message)
-        except pykka.ActorDeadError:
-            child.pending.append(message.message)
-
-    def _handle_undelivered(self, message: Undelivered) -> None:
-        child = self._children.get(message.child_id)
-        if child is not None and child.generation == message.generation and not self._shutting_down:
-            # The incarnation that handed it back is ending: its exit decides (next incarnation, or reject).
-            child.pending.append(message.message)
-            return
-        self._handle_forward(ForwardToChild(child_id=message.child_id, message=message.message))
-
+    # ---- stopping and restarting on request --------------------------------------------------------------------
     def _handle_stop_child(self, message: StopChild) -> None:
         child = self._children.get(message.child_id)
         if child is None:
+            self.log.debug("stop of {}: no such child", message.child_id)
             return
-        log = self.log.bind(child=message.child_id)
-        child.stop_permanently = child.stop_permanently or message.permanent
-        child.restart_after_stop = not child.stop_permanently
+        self._stop_for_good(child, message.reason)
+
+    def _stop_for_good(self, child: _Child, reason: str) -> None:
+        if child.ref is None:  # BACKOFF or FATAL: nothing runs, so there is nothing to wait for
+            if child.restart_timer is not None:
+                child.restart_timer.cancel()
+            self.log.bind(child=child.child_id).info("stopped ({}) while {}", reason, child.state.value)
+            self._forget(child, "it was stopped")
+            return
+        child.stop = "forget"
+        self._request_stop(child, reason)
+
+    def _handle_restart_child(self, message: RestartChild) -> None:
+        child = self._children.get(message.child_id)
+        if child is None or child.stop == "forget" or self._shutdown_done is not None:
+            return
+        log = self.log.bind(child=child.child_id)
         if child.ref is None:
-            if child.timer is not None:
-                child.timer.cancel()
-            log.info("stopped ({}) while {}", message.reason, child.state.value)
-            if message.permanent:
-                self._forget(child)
+            if child.state is ChildState.FATAL:
+                log.info("restart requested ({}) after it gave up; starting it afresh", message.reason.describe())
+                child.tracker = _Child(child.spec, child.order, self._rng).tracker
+            if child.restart_timer is not None:
+                child.restart_timer.cancel()
+            if self._spawn(child) is not None:
+                self._child_ended(child, StartFailed(error="the factory failed"))
             return
+        if child.stop is None:
+            child.stop, child.restart_reason = "restart", message.reason
+            self._request_stop(child, message.reason.describe())
+
+    def _request_stop(self, child: _Child, reason: str) -> None:
+        assert child.ref is not None
         child.state = ChildState.STOPPING
-        log.info("stopping: {}", message.reason)
-        self._tell_child(child, StopRequested(reason=message.reason, grace_s=child.spec.shutdown_s))
+        child.changed()
+        self._dirty = True
+        self.log.bind(child=child.child_id).info("stopping: {}", reason)
+        tell_if_alive(child.ref, StopRequested(reason=reason, grace_s=child.spec.shutdown_s))
+        child.stop_timer = self._ticker.schedule(
+            child.spec.shutdown_s + STOP_MARGIN_S, self.actor_ref,
+            _StopOverdue(child_id=child.child_id, generation=child.generation),
+        )
 
-    def _tell_child(self, child: _Child, message: object) -> None:
-        """A child may have died a moment ago; its ChildExited is then already on its way to us."""
-        if child.ref is None:
+    def _handle_stop_overdue(self, message: _StopOverdue) -> None:
+        child = self._current(message.child_id, message.generation)
+        if child is None or child.ref is None:
             return
-        try:
-            child.ref.tell(message)
-        except pykka.ActorDeadError:
-            self.log.bind(child=child.spec.child_id).debug("already gone; {} not delivered", type(message).__name__)
+        self.log.bind(child=child.child_id).warning(
+            "did not stop within {:.1f}s of being asked; stopping its actor", child.spec.shutdown_s + STOP_MARGIN_S
+        )
+        child.ref.stop(block=False)
 
-    # ---- services ---------------------------------------------------------------------------------
-    def _handle_start_service(self, message: StartService) -> None:
-        if message.info.protocol != "preopen":
-            for child_id in self._services.service_child_ids(message.info.name):
-                child = self._children.get(child_id)
-                if child is not None and child.state is not ChildState.FATAL and not child.stop_permanently:
-                    # spec §6.2 step 2: keyed by name; a second start with other options is not applied.
-                    self._router.tell(ServiceResult(status="running"))
-                    return
-                if child is not None:
-                    self._children.pop(child_id, None)
-        plan = self._services.plan_service(message)
-        if isinstance(plan, ServiceResult):
-            self._router.tell(plan)
-            return
-        self._handle_start_child(plan)
-
-    def _handle_start_model_service(self, message: StartModelService) -> None:
-        plan = self._services.plan_model_service(message)
-        if isinstance(plan, ModelServiceResult):
-            self._router.tell(plan)
-            return
-        for spec in plan:
-            existing = self._children.get(spec.child_id)
-            if existing is not None and existing.state is ChildState.FATAL:
-                self._children.pop(spec.child_id, None)
-            elif existing is not None:
-                self._router.tell(ModelServiceResult(status="running"))
-                return
-        for spec in plan:
-            self._handle_start_child(spec)
-
-    def _handle_shutdown_service(self, message: ShutdownService) -> None:
-        ids = [child_id for child_id in self._services.service_child_ids(message.name) if child_id in self._children]
-        if not ids:
-            self.log.info("shutdown-service {!r}: no such service running", message.name)
-        for child_id in ids:
-            self._handle_stop_child(StopChild(child_id=child_id, reason="shutdown-service", permanent=True))
-
-    # ---- orderly shutdown ----------------------------------------------------------------------------
+    # ---- orderly shutdown -------------------------------------------------------------------------------------------
     def _handle_shutdown_tree(self, message: ShutdownTree) -> threading.Event:
-        if self._shutdown_done is None:
-            self._shutdown_done = threading.Event()
-        if self._shutting_down:
+        if self._shutdown_done is not None:
             return self._shutdown_done
-        self._shutting_down = True
+        self._shutdown_done = threading.Event()
         self.log.info("shutting down {} child(ren) within {:.1f}s", len(self._children), message.grace_s)
         self._shutdown_timer = self._ticker.schedule(message.grace_s, self.actor_ref, _ShutdownDeadline())
-        for child in list(self._children.values()):
-            if child.ref is None:
-                if child.timer is not None:
-                    child.timer.cancel()
-                self._reject_pending(child)
-                del self._children[child.spec.child_id]
+        for child in [c for c in self._children.values() if c.ref is None]:
+            if child.restart_timer is not None:
+                child.restart_timer.cancel()
+            self._remove(child, "the runner is shutting down")
         self._continue_shutdown()
         return self._shutdown_done
 
     def _continue_shutdown(self) -> None:
-        if not self._shutting_down or self._shutdown_done is None:
+        if self._shutdown_done is None:
             return
         if not self._children:
             self._shutdown_complete()
@@ -538,24 +419,34 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         self._shutdown_tier = top
         for child in self._children.values():
-            if child.spec.tier == top and child.ref is not None:
-                child.state = ChildState.STOPPING
-                self._tell_child(child, StopRequested(reason="runner shutdown", grace_s=child.spec.shutdown_s))
+            if child.spec.tier == top and child.state is not ChildState.STOPPING:
+                self._request_stop(child, "runner shutdown")
 
     def _handle_shutdown_deadline(self) -> None:
         if self._shutdown_done is None or self._shutdown_done.is_set():
             return
-        stuck = [child.spec.child_id for child in self._children.values()]
-        self.log.error("shutdown deadline passed; forcing stop of {}", ", ".join(stuck))
-        for child in list(self._children.values()):
+        stuck = list(self._children.values())
+        self.log.error("shutdown deadline passed; forcing stop of {}", ", ".join(c.child_id for c in stuck))
+        for child in stuck:
             if child.ref is not None:
                 child.ref.stop(block=False)
-        self._children.clear()
+            self._remove(child, "the runner is shutting down")
         self._shutdown_complete()
 
     def _shutdown_complete(self) -> None:
+        assert self._shutdown_done is not None
         if self._shutdown_timer is not None:
             self._shutdown_timer.cancel()
         self.log.info("all children stopped")
-        if self._shutdown_done is not None:
-            self._shutdown_done.set()
+        self._shutdown_done.set()
+
+    # ---- the tree report ----------------------------------------------------------------------------------------------
+    def _publish(self) -> None:
+        self._dirty = False
+        self._version += 1
+        if self._on_tree_change is not None:
+            snapshot = TreeSnapshot(version=self._version, children=tuple(c.info() for c in self._children.values()))
+            self._on_tree_change(snapshot)
+
+
+__all__ = ["STOP_MARGIN_S", "SupervisorActor"]

@@ -11,6 +11,7 @@ import pykka
 from loguru import logger
 
 from kernel_runner.clock import REAL_CLOCK, Clock
+from kernel_runner.refs import tell_if_alive
 
 
 class TimerHandle:
@@ -65,7 +66,5 @@ class Ticker:
                 heapq.heappop(self._heap)
             if handle.cancelled:
                 continue
-            try:
-                target.tell(message)
-            except pykka.ActorDeadError:
+            if not tell_if_alive(target, message):
                 logger.bind(child="ticker").debug("dropped {} for a stopped actor", type(message).__name__)

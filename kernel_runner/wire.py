@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,11 +11,11 @@ import cattrs
 import msgpack
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 
+from kernel_runner.ids import ChildId
 from kernel_runner.messages import (
     AgentRequest,
     AppsResult,
     BadFrame,
-    ChildInfo,
     CompleteCode,
     CompletionResult,
     FeedInput,
@@ -39,11 +40,11 @@ from kernel_runner.messages import (
     ShutdownService,
     StartModelService,
     StartService,
-    StatusReply,
     StatusRequest,
     ToAgent,
     WaitingInput,
 )
+from kernel_runner.supervision import ChildInfo
 
 Frames = list[bytes]
 
@@ -271,7 +272,7 @@ def _result(status: str, error: str | None) -> dict[str, Any]:
     return {"status": status} if error is None else {"status": status, "error": error}
 
 
-def child_info_to_dict(info: ChildInfo) -> dict[str, Any]:
+def child_info_to_dict(info: ChildInfo, now: float) -> dict[str, Any]:
     return {
         "id": info.child_id,
         "state": info.state.value,
@@ -279,9 +280,57 @@ def child_info_to_dict(info: ChildInfo) -> dict[str, Any]:
         "restarts": info.restarts,
         "generation": info.generation,
         "last_exit": info.last_exit,
-        "uptime_s": info.uptime_s,
+        "uptime_s": info.uptime_s(now),
         **({"extra": dict(info.extra)} if info.extra else {}),
     }
+
+
+_UPTIME_KEY = msgpack.packb("uptime_s")
+
+
+class StatusEncoder:
+    """`status` frames (docs/protocol.md §9.1): a msgpack map with `started_at`, plus the supervision tree under an
+    extra `kernel_runner` key that old agents ignore.
+
+    Each child's fixed fields are packed once per change of that child (ChildInfo values are immutable and replaced
+    on every change); a request only packs the uptimes, so the reply costs little more with 100 children than with 2.
+    """
+
+    def __init__(self) -> None:
+        self._packed: dict[ChildId, tuple[ChildInfo, bytes]] = {}
+
+    def encode(self, *, started_at: float, ready: bool, children: Sequence[ChildInfo], now: float) -> Frames:
+        parts = [
+            msgpack.packb({"started_at": started_at, "kernel_runner": {"ready": ready, "children": None}})[:-1]
+        ]  # the body up to the children's placeholder (nil, the last byte), then the array itself
+        parts.append(_array_header(len(children)))
+        for child in children:
+            parts.append(self._fixed_part(child))
+            parts.append(_UPTIME_KEY)
+            uptime = child.uptime_s(now)
+            parts.append(b"\xc0" if uptime is None else struct.pack(">Bd", 0xCB, uptime))
+        if len(self._packed) > 2 * len(children) + 16:
+            alive = {child.child_id for child in children}
+            self._packed = {key: value for key, value in self._packed.items() if key in alive}
+        return [b"status", b"".join(parts)]
+
+    def _fixed_part(self, child: ChildInfo) -> bytes:
+        cached = self._packed.get(child.child_id)
+        if cached is not None and cached[0] is child:
+            return cached[1]
+        fields = child_info_to_dict(child, 0.0)
+        del fields["uptime_s"]
+        packer = msgpack.Packer(use_bin_type=True)
+        packed = packer.pack_map_header(len(fields) + 1) + b"".join(
+            packer.pack(key) + packer.pack(value) for key, value in fields.items()
+        )
+        self._packed[child.child_id] = (child, packed)
+        return packed
+
+
+def _array_header(length: int) -> bytes:
+    header: bytes = msgpack.Packer().pack_array_header(length)
+    return header
 
 
 def encode(message: ToAgent) -> Frames:
@@ -311,17 +360,6 @@ def encode(message: ToAgent) -> Frames:
             return [b"apps-result", _json({"status": "done", "data": [dict(app) for app in message.apps]})]
         case CompletionResult():
             return [b"completion", _json(list(message.items))]
-        case StatusReply():
-            # spec §9.1: a msgpack map with started_at; the supervision tree rides in an extra key old agents ignore.
-            body = {
-                "started_at": message.started_at,
-                "kernel_runner": {
-                    "ready": message.ready,
-                    "children": [child_info_to_dict(child) for child in message.children],
-                },
-            }
-            packed: bytes = msgpack.packb(body, use_bin_type=True)
-            return [b"status", packed]
         case LogRecord():
             return [b"log", message.text.encode("utf-8", errors="replace")]
     raise TypeError(f"not an outgoing message: {message!r}")
@@ -334,6 +372,7 @@ __all__ = [
     "PayloadError",
     "PrestartActionSpec",
     "ServiceOptions",
+    "StatusEncoder",
     "converter",
     "decode",
     "encode",

@@ -1,9 +1,10 @@
-"""AgentReceiver: the thread that owns the PULL socket, decodes every frame and tells the Router."""
+"""AgentReceiver: the router's thread that owns the PULL socket, decodes every frame and routes it at once."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -11,31 +12,24 @@ import zmq
 from loguru import logger
 
 from kernel_runner import wire
+from kernel_runner.messages import AgentRequest, BadFrame
+from kernel_runner.sockets import bind_socket
 
 POLL_MS = 100
 
-
-def endpoint(bind: str, port: int) -> str:
-    return f"tcp://{bind}:{port}"
-
-
-def bind_socket(sock: zmq.Socket[bytes], bind: str, port: int) -> int:
-    """Port 0 asks the OS for a free port (tests, embedding); the bound port is returned either way."""
-    if port == 0:
-        return sock.bind_to_random_port(f"tcp://{bind}")
-    sock.bind(endpoint(bind, port))
-    return port
+# Where a decoded request goes; raises pykka.ActorDeadError once the router is gone (the thread then ends).
+Route = Callable[[AgentRequest | BadFrame], None]
 
 
 class AgentReceiver(threading.Thread):
     """Creates, binds, polls and closes the PULL socket in its own thread (ZeroMQ sockets are not thread-safe)."""
 
-    def __init__(self, *, context: zmq.Context[Any], bind: str, port: int, router: pykka.ActorRef[Any]) -> None:
+    def __init__(self, *, context: zmq.Context[Any], bind: str, port: int, route: Route) -> None:
         super().__init__(name="AgentReceiver", daemon=True)
         self._context = context
         self._bind = bind
         self._port = port
-        self._router = router
+        self._route = route
         self.bound: concurrent.futures.Future[int] = concurrent.futures.Future()
         self.stopping = threading.Event()
         self.log = logger.bind(child="router")
@@ -61,7 +55,7 @@ class AgentReceiver(threading.Thread):
                     except zmq.Again:
                         break
                     try:
-                        self._router.tell(wire.decode(frames))
+                        self._route(wire.decode(frames))
                     except pykka.ActorDeadError:
                         self.log.debug("router stopped; receiver exits")
                         return

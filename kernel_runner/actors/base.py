@@ -1,109 +1,83 @@
-"""SupervisedActor: the one base every child actor uses, so each child reports its end exactly once, with a reason."""
+"""SupervisedActor, the base of every child actor, and PhaseMachine, the one way an actor changes its phase.
+
+SupervisedActor guarantees what the supervisor relies on: exactly one ChildExited per incarnation, with a reason,
+whatever way the incarnation ends (a handler raising, even SystemExit; on_start failing; a requested stop; being
+stopped from outside); and no work that needs an answer vanishes with it: once it is ending it detaches from the
+child directory, and hands back what it will not do, so the next incarnation gets it in order
+(docs/architecture.md §3).
+"""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+import enum
+from collections.abc import Callable, Collection, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-import attrs
 import pykka
 from loguru import logger
 
-from kernel_runner.clock import Clock
-from kernel_runner.config import RunnerConfig
+from kernel_runner.exits import Crashed, ExitReason, NormalExit, ShutdownExit, StartFailed
 from kernel_runner.ids import ChildId
-from kernel_runner.messages import (
+from kernel_runner.refs import tell_if_alive
+from kernel_runner.supervision import (
+    ChildContext,
     ChildExited,
     ChildInfoUpdated,
     ChildState,
     ChildStateChanged,
-    CompleteCode,
-    Crashed,
-    ExitReason,
-    NormalExit,
-    Output,
-    RunTask,
-    ShutdownExit,
-    StartFailed,
     StopRequested,
-    StreamName,
-    ToAgent,
-    Undelivered,
 )
-from kernel_runner.timers import Ticker
-
-# Messages that need an answer to the agent; everything else (ticks, process events) belongs to one incarnation.
-REDELIVERABLE = (RunTask, CompleteCode)
+from kernel_runner.timers import TimerHandle
 
 if TYPE_CHECKING:
     from loguru import Logger
 
-
-class RouterLink:
-    """The current Router ref (it changes when the Router restarts) plus the output credits pumps take.
-
-    A pump blocks on a credit before it tells an Output; the Router returns the credit once the frames
-    left the process. That is the end-to-end backpressure: agent → router outbox → pump → OS pipe → child.
-    """
-
-    def __init__(self, credits: int) -> None:
-        self._ref: pykka.ActorRef[Any] | None = None
-        self._credits = threading.BoundedSemaphore(credits)
-        self.closed = threading.Event()
-
-    def attach(self, ref: pykka.ActorRef[Any]) -> None:
-        self._ref = ref
-
-    def tell(self, message: ToAgent) -> None:
-        ref = self._ref
-        if ref is None:
-            logger.bind(child="router-link").warning("no router yet; dropped {}", type(message).__name__)
-            return
-        try:
-            ref.tell(message)
-        except pykka.ActorDeadError:
-            logger.bind(child="router-link").warning("router is gone; dropped {}", type(message).__name__)
-
-    def send_output(self, stream: StreamName, data: bytes) -> None:
-        """Blocks (in a pump thread, never an actor) until the router has room; gives up once the runner stops."""
-        while not self._credits.acquire(timeout=0.1):
-            if self.closed.is_set():
-                return
-        if self.closed.is_set():
-            self.return_credit()
-            return
-        self.tell(Output(stream=stream, data=data, credited=True))
-
-    def return_credit(self) -> None:
-        try:
-            self._credits.release()
-        except ValueError:
-            pass
+P = TypeVar("P", bound=enum.Enum)
 
 
-@attrs.define(kw_only=True)
-class ChildContext:
-    """What a child needs from the tree, passed in at construction so nothing is looked up in a registry."""
+class InvalidTransition(RuntimeError):
+    """A phase change the actor's table does not allow: a bug, so the actor crashes and is restarted."""
 
-    child_id: ChildId
-    generation: int
-    supervisor: pykka.ActorRef[Any]
-    router: RouterLink
-    config: RunnerConfig
-    clock: Clock
-    ticker: Ticker
-    # spec §1.4: the child env (defaults, environ.txt, PATH promotions) for batch, query and service children.
-    env: Mapping[str, str] = attrs.field(factory=dict)
-    # The runner's own environment plus environ.txt: what the Jupyter kernel and the terminal shell get (spec §1.4).
-    runner_env: Mapping[str, str] = attrs.field(factory=dict)
+
+class PhaseMachine(Generic[P]):
+    """One phase field, changed in one place that checks the edge and logs it (supervisord's transition())."""
+
+    def __init__(
+        self,
+        initial: P,
+        edges: Mapping[P, Collection[P]],
+        *,
+        log: Logger,
+        on_change: Callable[[P, P], None] | None = None,
+    ) -> None:
+        self._phase = initial
+        self._edges = edges
+        self._log = log
+        self._on_change = on_change
+
+    @property
+    def phase(self) -> P:
+        return self._phase
+
+    def to(self, new: P, why: str = "") -> None:
+        old = self._phase
+        if new not in self._edges.get(old, ()):
+            raise InvalidTransition(f"{old.name} -> {new.name} is not allowed" + (f" ({why})" if why else ""))
+        self._phase = new
+        self._log.debug("phase {} -> {}{}", old.name, new.name, f": {why}" if why else "")
+        if self._on_change is not None:
+            self._on_change(old, new)
 
 
 class SupervisedActor(pykka.ThreadingActor):
-    """Wraps start, handlers and stop so every failure becomes one ChildExited told to the supervisor.
+    """Wraps start, handlers and stop so every ending becomes one ChildExited told to the supervisor.
 
-    Subclasses implement `start_child`, `handle` and `cleanup`; they end themselves with `finish(reason)`.
+    Subclasses implement `start_child`, `handle` and `cleanup`, and end themselves with `finish(reason)`; the
+    supervisor, never the actor, decides what happens next.
     """
+
+    # Messages that need an answer to someone: an ending incarnation hands them back instead of dropping them.
+    redeliverable: ClassVar[tuple[type, ...]] = ()
 
     def __init__(self, *, ctx: ChildContext) -> None:
         super().__init__()
@@ -115,7 +89,7 @@ class SupervisedActor(pykka.ThreadingActor):
         self._finish_reason: ExitReason | None = None
         self._cleaned_up = False
 
-    # ---- hooks for subclasses -------------------------------------------------------------
+    # ---- hooks for subclasses ---------------------------------------------------------------------------------------
     def start_child(self) -> None:
         """Create sockets, threads and processes here (never in __init__, which runs in the caller's thread)."""
 
@@ -124,103 +98,98 @@ class SupervisedActor(pykka.ThreadingActor):
         return None
 
     def cleanup(self) -> None:
-        """Release what start_child made; must be safe to call after a partial start."""
+        """Release what start_child made; must be safe after a partial start. Not called twice."""
 
     def request_stop(self, message: StopRequested) -> None:
-        """Default graceful stop: none needed. Process owners override to signal, wait and escalate."""
+        """Default graceful stop: none needed. Process owners override it (see procs.stop_process)."""
         self.finish(ShutdownExit())
 
-    # ---- helpers -------------------------------------------------------------------------
+    # ---- helpers ----------------------------------------------------------------------------------------------------
     def finish(self, reason: ExitReason) -> None:
+        """End this incarnation with `reason` (the first one given counts); messages sent later wait for the next."""
         if self._finish_reason is None:
             self._finish_reason = reason
+            self.ctx.directory.detach(self.child_id, self.generation)
         self.stop()
-
-    def set_state(self, state: ChildState, *, pid: int | None = None, detail: str | None = None) -> None:
-        self._tell_supervisor(
-            ChildStateChanged(child_id=self.child_id, generation=self.generation, state=state, pid=pid, detail=detail)
-        )
-
-    def update_info(self, extra: Mapping[str, Any]) -> None:
-        self._tell_supervisor(ChildInfoUpdated(child_id=self.child_id, generation=self.generation, extra=extra))
-
-    def schedule(self, delay_s: float, message: object) -> Any:
-        return self.ctx.ticker.schedule(delay_s, self.actor_ref, message)
 
     @property
     def finishing(self) -> bool:
         return self._finish_reason is not None
 
-    # ---- pykka hooks: final ----------------------------------------------------------------
+    def set_state(self, state: ChildState, *, pid: int | None = None) -> None:
+        tell_if_alive(self.ctx.supervisor, ChildStateChanged(
+            child_id=self.child_id, generation=self.generation, state=state, pid=pid))
+
+    def update_info(self, extra: Mapping[str, Any]) -> None:
+        tell_if_alive(self.ctx.supervisor, ChildInfoUpdated(
+            child_id=self.child_id, generation=self.generation, extra=extra))
+
+    def schedule(self, delay_s: float, message: object) -> TimerHandle:
+        return self.ctx.ticker.schedule(delay_s, self.actor_ref, message)
+
+    def tell_child(self, child_id: ChildId, message: object) -> None:
+        """Address a sibling by id; it reaches whichever incarnation is current (or its reject answer)."""
+        self.ctx.directory.tell(child_id, message)
+
+    # ---- pykka hooks: final -----------------------------------------------------------------------------------------
     def on_start(self) -> None:
         try:
             self.start_child()
         except BaseException as exc:  # noqa: BLE001 - a SystemExit here must not reach pykka's stop_all
             self.log.opt(exception=exc).error("start failed: {!r}", exc)
-            self._finish_reason = StartFailed(error=repr(exc))
-            self.stop()
+            self.finish(StartFailed(error=repr(exc)))
 
     def on_receive(self, message: object) -> object:
-        if isinstance(message, StopRequested):
-            if self._finish_reason is None:
-                self.request_stop(message)
-            return None
         if self._finish_reason is not None:
             self._hand_back(message)
             return None
         try:
+            if isinstance(message, StopRequested):
+                return self.request_stop(message)
             return self.handle(message)
-        except BaseException as exc:  # noqa: BLE001 - turn any handler failure into one Crashed report
+        except BaseException as exc:  # noqa: BLE001 - any handler failure becomes one Crashed report
             self.log.opt(exception=exc).error("crashed handling {}: {!r}", type(message).__name__, exc)
-            self._finish_reason = Crashed(error=repr(exc))
-            self.stop()
+            self.finish(Crashed(error=repr(exc)))
             return None
 
     def on_stop(self) -> None:
-        self._run_cleanup()
+        self._end(self._finish_reason or NormalExit())
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        self._end(Crashed(error=repr(exception_value)))
+
+    def _end(self, reason: ExitReason) -> None:
+        self.ctx.directory.detach(self.child_id, self.generation)
+        if not self._cleaned_up:
+            self._cleaned_up = True
+            try:
+                self.cleanup()
+            except BaseException as exc:  # noqa: BLE001 - cleanup must not stop the report
+                self.log.opt(exception=exc).error("cleanup failed: {!r}", exc)
         self._drain_inbox()
-        self._report_exit(self._finish_reason or NormalExit())
+        if not self._exit_reported:
+            self._exit_reported = True
+            tell_if_alive(self.ctx.supervisor, ChildExited(
+                child_id=self.child_id, generation=self.generation, reason=reason))
 
     def _hand_back(self, message: object) -> None:
-        """Work that needs an answer must not vanish with this incarnation (the agent would wait for ever)."""
-        if isinstance(message, REDELIVERABLE):
-            self.log.debug("ending; {} handed back to the supervisor", type(message).__name__)
-            self._tell_supervisor(Undelivered(child_id=self.child_id, generation=self.generation, message=message))
+        """Work that needs an answer must not vanish with this incarnation (someone would wait for ever)."""
+        if isinstance(message, self.redeliverable):
+            self.log.debug("ending; {} handed back for the next incarnation", type(message).__name__)
+            self.ctx.directory.hand_back(self.child_id, self.generation, message)
         else:
             self.log.debug("ending; ignored {}", type(message).__name__)
 
     def _drain_inbox(self) -> None:
-        """pykka drops plain tells still queued behind the stop; hand them back instead (asks get ActorDeadError)."""
+        """pykka drops tells still queued behind the stop; hand them back instead (asks get ActorDeadError)."""
         # Only this thread takes from the inbox, so get() after a non-empty check never blocks.
         while not self.actor_inbox.empty():
             envelope = self.actor_inbox.get()
             if envelope.reply_to is not None:
                 dead = pykka.ActorDeadError(f"{self.child_id} stopped before handling the message")
                 envelope.reply_to.set_exception(exc_info=(pykka.ActorDeadError, dead, None))
-            else:
+            elif not isinstance(envelope.message, StopRequested):
                 self._hand_back(envelope.message)
 
-    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        self._run_cleanup()
-        self._report_exit(Crashed(error=repr(exception_value)))
 
-    def _run_cleanup(self) -> None:
-        if self._cleaned_up:
-            return
-        self._cleaned_up = True
-        try:
-            self.cleanup()
-        except BaseException as exc:  # noqa: BLE001 - cleanup must not stop the report
-            self.log.opt(exception=exc).error("cleanup failed: {!r}", exc)
-
-    def _report_exit(self, reason: ExitReason) -> None:
-        if self._exit_reported:
-            return
-        self._exit_reported = True
-        self._tell_supervisor(ChildExited(child_id=self.child_id, generation=self.generation, reason=reason))
-
-    def _tell_supervisor(self, message: object) -> None:
-        try:
-            self.ctx.supervisor.tell(message)
-        except pykka.ActorDeadError:
-            self.log.debug("supervisor gone; dropped {}", type(message).__name__)
+__all__ = ["InvalidTransition", "PhaseMachine", "SupervisedActor"]

@@ -26,21 +26,21 @@ import attrs
 import pykka
 import requests
 
-from kernel_runner.actors.base import ChildContext, SupervisedActor
-from kernel_runner.actors.service import ServicePortOpened, ServiceProcessEnded, ServiceStartFailed
+from kernel_runner.actors.base import SupervisedActor
 from kernel_runner.clock import Clock
+from kernel_runner.context import RunnerContext
+from kernel_runner.exits import NormalExit, ShutdownExit, Unhealthy
 from kernel_runner.ids import ChildId
 from kernel_runner.messages import (
-    ChildState,
-    ForwardToChild,
     HealthCheck,
     ModelServiceResult,
     ModelServiceStatus,
-    ShutdownExit,
-    StopChild,
-    StopRequested,
-    StopUnhealthy,
+    ServicePortOpened,
+    ServiceProcessEnded,
+    ServiceStartFailed,
 )
+from kernel_runner.refs import tell_if_alive
+from kernel_runner.supervision import ChildContext, ChildState, RestartChild, StopChild, StopRequested
 
 # spec §3.5: the agent waits `max_retries × max_wait_time + 10` s; we answer at least this much earlier, because its
 # clock started before ours (request transit, supervisor, spawn).
@@ -59,7 +59,7 @@ Health = Literal["unknown", "healthy", "unhealthy"]
 
 @attrs.frozen(kw_only=True)
 class HealthPlan:
-    """Everything one model service's checker needs, resolved by model_services.model_child_specs."""
+    """Everything one model service's checker needs, resolved by service_specs.model_child_specs."""
 
     model_name: str
     # `<model name>-<port>`: the service name the agent uses for shutdown-service (spec §7.1).
@@ -179,9 +179,7 @@ class Prober(threading.Thread):
                 result = probe_once(session, request, self._clock)
                 if self._stopping.is_set():
                     return
-                try:
-                    self._owner.tell(result)
-                except pykka.ActorDeadError:
+                if not tell_if_alive(self._owner, result):
                     return
         finally:
             session.close()
@@ -223,8 +221,9 @@ def describe_connection_error(exc: requests.ConnectionError) -> str:
 class HealthCheckerActor(SupervisedActor):
     """Decides when a model service counts as up and alive; the HTTP calls happen in Prober."""
 
-    def __init__(self, *, ctx: ChildContext, plan: HealthPlan, memo: HealthMemo) -> None:
+    def __init__(self, *, ctx: ChildContext, runner: RunnerContext, plan: HealthPlan, memo: HealthMemo) -> None:
         super().__init__(ctx=ctx)
+        self._router = runner.router
         self.plan = plan
         self.memo = memo
         self._prober: Prober | None = None
@@ -248,7 +247,7 @@ class HealthCheckerActor(SupervisedActor):
             self.memo.started_at = now
         if self.memo.phase == "done":
             # The previous incarnation ended the model service; nothing is left to watch.
-            self.finish(ShutdownExit())
+            self.finish(NormalExit())
             return
         self._prober = Prober(owner=self.actor_ref, clock=self.ctx.clock, name=self.plan.service_name)
         self._prober.start()
@@ -449,11 +448,9 @@ class HealthCheckerActor(SupervisedActor):
             return
         self.memo.phase = "done"
         self._publish()
-        self._tell_supervisor_cmd(StopChild(child_id=self.plan.server_child, reason=f"model unhealthy: {error}",
-                                            permanent=True))
-        # Forgotten, not restarted: a permanent child ends for good only when its stop was asked for.
-        self._tell_supervisor_cmd(StopChild(child_id=self.child_id, reason="model service ended", permanent=True))
-        self.finish(ShutdownExit())
+        tell_if_alive(self.ctx.supervisor, StopChild(child_id=self.plan.server_child, reason=f"model unhealthy: {error}"))
+        # Its job is done: a normal end, which the spec (transient) does not restart.
+        self.finish(NormalExit())
 
     # ---- liveness ----------------------------------------------------------------------------------------
     def _liveness_failed(self) -> None:
@@ -463,7 +460,7 @@ class HealthCheckerActor(SupervisedActor):
             self._transition("unhealthy")
         if self.plan.restart_on_unhealthy:
             self.log.warning("asking the supervisor to restart {} ({})", self.plan.server_child, detail)
-            self._tell_supervisor_cmd(ForwardToChild(child_id=self.plan.server_child, message=StopUnhealthy(detail=detail)))
+            tell_if_alive(self.ctx.supervisor, RestartChild(child_id=self.plan.server_child, reason=Unhealthy(detail=detail)))
             # Count afresh after a grace: the restarted server gets its startup budget before the next restart.
             self._restart_grace()
         else:
@@ -480,14 +477,14 @@ class HealthCheckerActor(SupervisedActor):
         self._publish()
         if self.plan.send_status:
             # spec §7.5 (23.09+): one message per transition; the 23.03 agent files it under the run queue (§3.2).
-            self.ctx.router.tell(ModelServiceStatus(model_name=self.plan.model_name, is_healthy=health == "healthy"))
+            self._router.tell(ModelServiceStatus(model_name=self.plan.model_name, is_healthy=health == "healthy"))
 
     # ---- replies and status ------------------------------------------------------------------------------
     def _reply_once(self, status: Literal["started", "failed"], error: str | None) -> None:
         if self.memo.replied:
             return
         self.memo.replied = True
-        self.ctx.router.tell(ModelServiceResult(status=status, error=error))
+        self._router.tell(ModelServiceResult(status=status, error=error))
         if status == "started":
             self.log.info("Model service {} has started", self.plan.service_name)
 
@@ -514,9 +511,3 @@ class HealthCheckerActor(SupervisedActor):
                 "latency_ms": round(last.latency_s * 1000, 3),
             },
         })
-
-    def _tell_supervisor_cmd(self, message: object) -> None:
-        try:
-            self.ctx.supervisor.tell(message)
-        except pykka.ActorDeadError:
-            self.log.debug("supervisor gone; dropped {}", type(message).__name__)

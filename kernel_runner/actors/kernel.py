@@ -18,12 +18,12 @@ import signal
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 import pykka
 
-from kernel_runner.actors.base import ChildContext, SupervisedActor
+from kernel_runner.actors.base import SupervisedActor
 from kernel_runner.actors.kernel_channels import (
     READY_TIMEOUT_S,
     CompleteCommand,
@@ -36,18 +36,14 @@ from kernel_runner.actors.kernel_channels import (
     SendInputCommand,
     SendInterruptCommand,
 )
-from kernel_runner.config import RunnerConfig
+from kernel_runner.context import RunnerContext
+from kernel_runner.exits import Crashed, ExitReason, ProcessDied, ShutdownExit, StartFailed
 from kernel_runner.ids import KERNEL_CHILD, LANG_CHILD, RunId
 from kernel_runner.jupyter import INTERRUPTED_EXIT, NO_KERNEL_EXIT, death_exit_code
 from kernel_runner.messages import (
-    ChildState,
     CompleteCode,
     CompletionResult,
-    Crashed,
-    ExitReason,
     FeedInput,
-    Finished,
-    ForwardToChild,
     InterruptRun,
     KernelChannelsClosed,
     KernelCompletion,
@@ -56,21 +52,16 @@ from kernel_runner.messages import (
     KernelReady,
     KernelRunEnded,
     KernelStartFailed,
-    Output,
     PipeClosed,
-    ProcessDied,
     ProcessExited,
     RunDone,
     RunTask,
-    ShutdownExit,
-    StartFailed,
-    StopRequested,
     StreamName,
-    ToAgent,
     WaitingInput,
 )
-from kernel_runner.procs import ExitWatcher, PipePump, ProcessHandle, describe_returncode
-from kernel_runner.supervisor import ChildSpec
+from kernel_runner.procs import ExitWatcher, PipePump, ProcessHandle, StopStep, describe_returncode, stop_process
+from kernel_runner.rejects import delegate_reject
+from kernel_runner.supervision import ChildContext, ChildSpec, ChildState, StopRequested
 
 # ---- knobs (anchors §8 "Jupyter kernel restart"; spec §4) -----------------------------------------------------------
 # The agent waits for `completion` without a limit (spec §3.5); a cold jedi cache makes the first one take ~3 s.
@@ -104,11 +95,6 @@ class _EndRunDeadline:
 
 
 @attrs.frozen(kw_only=True)
-class _StopStep:
-    step: Literal["term", "kill"]
-
-
-@attrs.frozen(kw_only=True)
 class _Retire:
     pass
 
@@ -129,10 +115,13 @@ class KernelActor(SupervisedActor):
     restarts the kernel with backoff and gives up after too many restarts.
     """
 
+    redeliverable = (RunTask, CompleteCode)
+
     def __init__(
         self,
         *,
         ctx: ChildContext,
+        runner: RunnerContext,
         kernel_name: str,
         env: Mapping[str, str] | None = None,
         ready_timeout_s: float = READY_TIMEOUT_S,
@@ -140,6 +129,7 @@ class KernelActor(SupervisedActor):
         interrupt_kill_after_s: float = INTERRUPT_KILL_AFTER_S,
     ) -> None:
         super().__init__(ctx=ctx)
+        self._runner = runner
         self.kernel_name = kernel_name
         self._env_override = env
         self._ready_timeout_s = ready_timeout_s
@@ -166,7 +156,7 @@ class KernelActor(SupervisedActor):
         directory = Path(tempfile.mkdtemp(prefix="kernel-runner-"))
         self._box = LaunchBox(directory)
         env = self._kernel_env()
-        work_dir = self.ctx.config.work_dir
+        work_dir = self._runner.config.work_dir
         cwd = work_dir if work_dir.is_dir() else None
         self._starter = KernelStarter(kernel_name=self.kernel_name, box=self._box, env=env, cwd=cwd, owner=self.actor_ref)
         self._starter.start()
@@ -177,8 +167,8 @@ class KernelActor(SupervisedActor):
         # spec §4.1: upstream gives the kernel the runner's own environment (plus environ.txt here), not child_env.
         if self._env_override is not None:
             return dict(self._env_override)
-        if self.ctx.runner_env:
-            return dict(self.ctx.runner_env)
+        if self._runner.runner_env:
+            return dict(self._runner.runner_env)
         return dict(os.environ)
 
     def cleanup(self) -> None:
@@ -207,11 +197,13 @@ class KernelActor(SupervisedActor):
             return
         self.set_state(ChildState.STOPPING, pid=handle.pid)
         if self._channels is not None and self._ready:
+            # Jupyter's polite way first (a shutdown_request), then SIGTERM to the group, then SIGKILL to the tree.
             self._channels.submit(RequestShutdownCommand())
+            steps: tuple[StopStep, ...] = (
+                StopStep((), message.grace_s * 0.5), StopStep((signal.SIGTERM,), message.grace_s * 0.4))
         else:
-            handle.signal_group(signal.SIGTERM)
-        self.schedule(message.grace_s * 0.5, _StopStep(step="term"))
-        self.schedule(message.grace_s * 0.9, _StopStep(step="kill"))
+            steps = (StopStep((signal.SIGTERM,), message.grace_s * 0.9),)
+        stop_process(handle, steps, log=self.log, what=f"the {self.kernel_name} kernel")
 
     # ---- dispatch --------------------------------------------------------------------------------------------
     def handle(self, message: object) -> object:
@@ -248,8 +240,6 @@ class KernelActor(SupervisedActor):
                 return self._handle_completion_deadline(message)
             case _EndRunDeadline():
                 return self._handle_end_run_deadline(message)
-            case _StopStep():
-                return self._handle_stop_step(message)
             case _Retire():
                 return self._handle_retire()
             case _:
@@ -282,7 +272,7 @@ class KernelActor(SupervisedActor):
         self._channels = KernelChannels(
             connection=box.connection,
             owner=self.actor_ref,
-            router=self.ctx.router,
+            router=self._runner.router,
             pid=handle.pid,
             ready_timeout_s=self._ready_timeout_s,
             log=self.log,
@@ -347,26 +337,19 @@ class KernelActor(SupervisedActor):
         if run is None:
             return
         self._current = None
-        if note:
-            self.ctx.router.tell(Output(stream="stderr", data=note.encode()))
-        self.ctx.router.tell(Finished(kind="code", exit_code=exit_code))
-        self._tell_run_done(run.task.run_id, exit_code)
+        self._tell_run_done(run.task.run_id, exit_code, note)
         self.log.debug("run {} finished with exit code {}", run.task.run_id, exit_code)
         if self._dying is not None:
             self._retire()
         else:
             self._start_next()
 
-    def _tell_run_done(self, run_id: RunId, exit_code: int) -> None:
-        try:
-            self.ctx.supervisor.tell(ForwardToChild(child_id=LANG_CHILD, message=RunDone(run_id=run_id, exit_code=exit_code)))
-        except pykka.ActorDeadError:
-            pass
+    def _tell_run_done(self, run_id: RunId, exit_code: int, note: str | None = None) -> None:
+        """The language runner sends the run's one Finished (after `note` on stderr)."""
+        self.tell_child(LANG_CHILD, RunDone(run_id=run_id, exit_code=exit_code, note=note))
 
     def _answer_without_kernel(self, task: RunTask, text: str) -> None:
-        self.ctx.router.tell(Output(stream="stderr", data=text.encode()))
-        self.ctx.router.tell(Finished(kind=task.kind, exit_code=NO_KERNEL_EXIT))
-        self._tell_run_done(task.run_id, NO_KERNEL_EXIT)
+        self._tell_run_done(task.run_id, NO_KERNEL_EXIT, text)
 
     def _handback(self, task: RunTask) -> None:
         """A run this incarnation will not start: the supervisor keeps it for the next one (or rejects it)."""
@@ -374,10 +357,7 @@ class KernelActor(SupervisedActor):
             # A failed start: answer now with the reason instead of waiting through the restart backoff.
             self._answer_without_kernel(task, f"kernel-runner: query mode is unavailable: {self._start_error}\n")
             return
-        try:
-            self.ctx.supervisor.tell(ForwardToChild(child_id=self.child_id, message=task))
-        except pykka.ActorDeadError:
-            pass
+        self.ctx.directory.hand_back(self.child_id, self.generation, task)
 
     # ---- input, interrupt, completion ---------------------------------------------------------------------------
     def _handle_feed_input(self, message: FeedInput) -> None:
@@ -393,7 +373,7 @@ class KernelActor(SupervisedActor):
         if run is None or run.task.run_id != message.run_id:
             return
         run.waiting_input = True
-        self.ctx.router.tell(WaitingInput(is_password=message.is_password))
+        self._runner.router.tell(WaitingInput(is_password=message.is_password))
 
     def _handle_interrupt_run(self, message: InterruptRun) -> None:
         run = self._current
@@ -402,9 +382,7 @@ class KernelActor(SupervisedActor):
                 # Code waiting for the kernel to come up: the interrupt cancels it (exactly one Finished).
                 task = self._queue.popleft()
                 self.log.info("interrupt: run {} cancelled before the kernel was ready", task.run_id)
-                self.ctx.router.tell(Output(stream="stderr", data=b"KeyboardInterrupt (the kernel was not ready yet)\n"))
-                self.ctx.router.tell(Finished(kind="code", exit_code=INTERRUPTED_EXIT))
-                self._tell_run_done(task.run_id, INTERRUPTED_EXIT)
+                self._tell_run_done(task.run_id, INTERRUPTED_EXIT, "KeyboardInterrupt (the kernel was not ready yet)\n")
                 return
             self.log.info("interrupt: nothing is running")
             return
@@ -435,7 +413,7 @@ class KernelActor(SupervisedActor):
 
     def _handle_complete_code(self, message: CompleteCode) -> None:
         if not self._ready or self._channels is None or self._dying is not None or self._stopping:
-            self.ctx.router.tell(CompletionResult(items=()))
+            self._runner.router.tell(CompletionResult(items=()))
             return
         request_id = next(self._completion_ids)
         self._completions.add(request_id)
@@ -447,13 +425,13 @@ class KernelActor(SupervisedActor):
     def _handle_kernel_completion(self, message: KernelCompletion) -> None:
         if message.request_id in self._completions:
             self._completions.discard(message.request_id)
-            self.ctx.router.tell(CompletionResult(items=message.matches))
+            self._runner.router.tell(CompletionResult(items=message.matches))
 
     def _handle_completion_deadline(self, message: _CompletionDeadline) -> None:
         if message.request_id in self._completions:
             self._completions.discard(message.request_id)
             self.log.warning("completion got no reply within {:g} s; answered with no matches", self._complete_timeout_s)
-            self.ctx.router.tell(CompletionResult(items=()))
+            self._runner.router.tell(CompletionResult(items=()))
 
     # ---- death, restart hand-off and stop -----------------------------------------------------------------------
     def _handle_process_exited(self, message: ProcessExited) -> None:
@@ -472,8 +450,9 @@ class KernelActor(SupervisedActor):
         if self._dying is not None:
             return
         self._dying = reason
-        # Tell the supervisor first, so code it forwards from now on waits for the next incarnation, not for us.
-        self.set_state(ChildState.BACKOFF, detail=reason.describe())
+        # Detach first, so code told from now on waits for the next incarnation, not for us.
+        self.ctx.directory.detach(self.child_id, self.generation)
+        self.set_state(ChildState.BACKOFF)
         self.update_info({"ready": False})
         run = self._current
         if run is None:
@@ -512,7 +491,7 @@ class KernelActor(SupervisedActor):
         while self._queue:
             self._handback(self._queue.popleft())
         for _ in range(len(self._completions)):
-            self.ctx.router.tell(CompletionResult(items=()))
+            self._runner.router.tell(CompletionResult(items=()))
         self._completions.clear()
         self.actor_ref.tell(_Retire())
 
@@ -520,32 +499,15 @@ class KernelActor(SupervisedActor):
         assert self._dying is not None
         self.finish(self._dying)
 
-    def _handle_stop_step(self, message: _StopStep) -> None:
-        handle = self._box.handle if self._box is not None else None
-        if handle is None:
-            self.finish(ShutdownExit())
-            return
-        if message.step == "term":
-            if handle.poll() is None:
-                self.log.info("kernel still running after the shutdown request; SIGTERM to its group")
-                handle.signal_group(signal.SIGTERM)
-            return
-        if handle.poll() is None:
-            self.log.warning("kernel ignored SIGTERM; SIGKILL to its tree")
-        handle.kill_tree()
-        self.finish(ShutdownExit())
-
     def _abandon_work(self, why: str) -> None:
         """Every accepted run still ends exactly once, whatever way this actor ends."""
         if self._current is not None:
             run, self._current = self._current, None
-            self.ctx.router.tell(Output(stream="stderr", data=f"kernel-runner: the run was stopped: {why}\n".encode()))
-            self.ctx.router.tell(Finished(kind="code", exit_code=1))
-            self._tell_run_done(run.task.run_id, 1)
+            self._tell_run_done(run.task.run_id, 1, f"kernel-runner: the run was stopped: {why}\n")
         while self._queue:
             self._handback(self._queue.popleft())
         for _ in range(len(self._completions)):
-            self.ctx.router.tell(CompletionResult(items=()))
+            self._runner.router.tell(CompletionResult(items=()))
         self._completions.clear()
 
 
@@ -554,22 +516,8 @@ class KernelActor(SupervisedActor):
 # ======================================================================================================================
 
 
-def reject_kernel_message(message: object) -> list[ToAgent | ForwardToChild]:
-    """Answers for work no kernel incarnation can take (gave up, or shutting down): no caller waits for ever."""
-    if isinstance(message, RunTask):
-        text = "kernel-runner: query mode is unavailable: the Jupyter kernel is not running\n"
-        return [
-            Output(stream="stderr", data=text.encode()),
-            Finished(kind=message.kind, exit_code=NO_KERNEL_EXIT),
-            ForwardToChild(child_id=LANG_CHILD, message=RunDone(run_id=message.run_id, exit_code=NO_KERNEL_EXIT)),
-        ]
-    if isinstance(message, CompleteCode):
-        return [CompletionResult(items=())]
-    return []
-
-
 def kernel_child_spec(
-    config: RunnerConfig,
+    runner: RunnerContext,
     *,
     kernel_name: str,
     env: Mapping[str, str] | None = None,
@@ -582,11 +530,12 @@ def kernel_child_spec(
     `kernel_name` is matched exactly (python: `python3`, the kernelspec ipykernel installs); `env` is the kernel's
     environment (default: the runner environment from the context, as upstream gives the kernel os.environ).
     """
-    restart = config.restart
+    restart = runner.config.restart
 
     def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
         return KernelActor.start(
             ctx=ctx,
+            runner=runner,
             kernel_name=kernel_name,
             env=env,
             ready_timeout_s=ready_timeout_s,
@@ -603,12 +552,8 @@ def kernel_child_spec(
         intensity=restart.intensity(),
         stable_after_s=KERNEL_STABLE_AFTER_S,
         tier=1,
-        reject=reject_kernel_message,
+        reject=delegate_reject(runner.directory, runner.router, what="the Jupyter kernel"),
     )
 
 
-__all__ = [
-    "KernelActor",
-    "kernel_child_spec",
-    "reject_kernel_message",
-]
+__all__ = ["KernelActor", "kernel_child_spec"]

@@ -28,7 +28,6 @@ import pykka
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from kernel_runner.actors.base import RouterLink
 from kernel_runner.ids import RunId
 from kernel_runner.jupyter import (
     NO_KERNEL_EXIT,
@@ -50,7 +49,9 @@ from kernel_runner.messages import (
     KernelStartFailed,
     StreamName,
 )
+from kernel_runner.outbox import RouterLink
 from kernel_runner.procs import ProcessHandle
+from kernel_runner.refs import tell_if_alive
 
 # ---- knobs (anchors §8 "Jupyter kernel restart"; spec §4) -----------------------------------------------------------
 READY_TIMEOUT_S = 30.0  # upstream waits 10 s; a cold ipykernel on a loaded machine can need more
@@ -149,12 +150,8 @@ class KernelStarter(threading.Thread):
             message = KernelStartFailed(error=str(exc))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a message, never a dead thread
             message = KernelStartFailed(error=f"the {self._kernel_name} kernel could not be started: {exc!r}")
-        if message is None:
-            return
-        try:
-            self._owner.tell(message)
-        except pykka.ActorDeadError:
-            pass
+        if message is not None:
+            tell_if_alive(self._owner, message)
 
     def _launch(self) -> KernelLaunched | None:
         from jupyter_client.connect import write_connection_file
@@ -283,10 +280,7 @@ class KernelChannels(threading.Thread):
                 os.close(self._wake_w)
 
     def _tell(self, message: object) -> None:
-        try:
-            self._owner.tell(message)
-        except pykka.ActorDeadError:
-            pass
+        tell_if_alive(self._owner, message)
 
     def _url(self, channel: str) -> str:
         info = self._connection

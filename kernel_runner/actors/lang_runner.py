@@ -10,10 +10,10 @@ Life of one op::
                   │                     │  └─ exit, pipes idle for PIPE_GRACE_S ──▶ detach the pumps, go on
                   │                     └─ interrupt: SIGINT group ─2 s─▶ SIGTERM group ─2 s─▶ SIGKILL tree
                   ├─ NoStep: optional stderr line, Finished(code)
-                  └─ Jupyter / terminal `code`: forwarded to the delegate, which sends Finished and tells RunDone
+                  └─ Jupyter / terminal `code`: told to the delegate, which reports RunDone; this actor sends Finished
 
 Start-up (spec §1.6 B, §5.7): language init and `<work>/bootstrap.sh` run as the first internal jobs, their
-output logged; then the supervisor hears StartupStepDone("bootstrap"), which releases `status`.
+output logged; then the start-up gate hears that "bootstrap" is done, which releases `status`.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ from typing import Literal
 
 import attrs
 
-from kernel_runner.actors.base import ChildContext, SupervisedActor
+from kernel_runner.actors.base import SupervisedActor
 from kernel_runner.actors.job import LineLogger, StepSink, TaskLog
 from kernel_runner.actors.user_input import InputAbandoned, InputRequested, UserInputServer
-from kernel_runner.ids import KERNEL_CHILD, LANG_CHILD, TERMINAL_CHILD, ChildId
+from kernel_runner.context import RunnerContext
+from kernel_runner.exits import ShutdownExit
+from kernel_runner.ids import KERNEL_CHILD, TERMINAL_CHILD, ChildId
 from kernel_runner.langs import (
     CompileAndRunQuery,
     ExternalQuery,
@@ -50,25 +52,21 @@ from kernel_runner.langs import (
     resolve_runtime,
 )
 from kernel_runner.messages import (
-    ChildState,
     CompleteCode,
     CompletionResult,
     FeedInput,
     Finished,
-    ForwardToChild,
     InterruptRun,
     Output,
     PipeClosed,
     ProcessExited,
     RunDone,
     RunTask,
-    ShutdownExit,
-    StartupStepDone,
-    StopRequested,
-    ToAgent,
     WaitingInput,
 )
-from kernel_runner.procs import ExitWatcher, PipePump, ProcessHandle, describe_returncode
+from kernel_runner.procs import ExitWatcher, PipePump, ProcessHandle, StopStep, describe_returncode, stop_process, term_then_kill
+from kernel_runner.rejects import EXIT_NOT_RUN, untaken_run_answers
+from kernel_runner.supervision import ChildContext, ChildState, StopRequested
 from kernel_runner.timers import TimerHandle
 
 BOOTSTRAP_STEP = "bootstrap"  # the startup step the supervisor waits for before answering `status` (spec §1.6)
@@ -78,38 +76,13 @@ BOOTSTRAP_TIMEOUT_S = 600.0  # upstream waited for ever; a hung bootstrap.sh mus
 PIPE_GRACE_S = 0.25
 # Output accepted after the exit before we conclude a grandchild keeps writing (a pipe buffer holds ≤ 1 MiB).
 PIPE_DRAIN_LIMIT = 4 * 1024 * 1024
-INTERRUPT_TERM_AFTER_S = 2.0  # SIGINT to the group, then SIGTERM if anything of it still lives
-INTERRUPT_KILL_AFTER_S = 2.0  # then SIGKILL to the tree
+# Interrupt: SIGINT to the group, then SIGTERM if anything of it still lives after 2 s, then SIGKILL to the tree.
+INTERRUPT_STEPS = (StopStep((signal.SIGINT,), 2.0), StopStep((signal.SIGTERM,), 2.0))
 STOP_KILL_AFTER_S = 2.0  # bootstrap timeout: SIGTERM, then SIGKILL
 EXIT_MACHINERY_FAILED = -1  # spec §5.1: an exception inside the machinery
-EXIT_NOT_RUN = 127
 UNSUPPORTED_INPUT = b"<user-input is unsupported>"  # spec §5.6, for languages without an input queue
 
 JobKind = Literal["clean", "build", "exec", "code", "init", "bootstrap"]
-
-
-def reject_run(message: object) -> list[ToAgent | ForwardToChild]:
-    """What the agent gets for a run that no language runner can take, so it never waits for a `finished`."""
-    if isinstance(message, RunTask):
-        return [*_unavailable(message)]
-    if isinstance(message, CompleteCode):
-        return [CompletionResult(items=())]
-    return []
-
-
-def _unavailable(task: RunTask) -> list[ToAgent]:
-    text = f"kernel-runner: the {task.kind} request could not run: the language runner is not available\n"
-    return [Output(stream="stderr", data=text.encode()), Finished(kind=task.kind, exit_code=EXIT_NOT_RUN)]
-
-
-def reject_delegated_run(message: object) -> list[ToAgent | ForwardToChild]:
-    """A `reject` for delegate specs (kernel, terminal): answer the agent and release the runner's queue."""
-    if isinstance(message, RunTask):
-        return [
-            *reject_run(message),
-            ForwardToChild(child_id=LANG_CHILD, message=RunDone(run_id=message.run_id, exit_code=EXIT_NOT_RUN)),
-        ]
-    return reject_run(message)
 
 
 # ---- messages private to this actor ------------------------------------------------------------------
@@ -121,19 +94,8 @@ class _PipeGraceDue:
 
 
 @attrs.frozen(kw_only=True)
-class _EscalateDue:
-    pid: int
-    signal: int
-
-
-@attrs.frozen(kw_only=True)
 class _JobTimeoutDue:
     job_id: int
-
-
-@attrs.frozen(kw_only=True)
-class _StopDeadline:
-    pass
 
 
 # ---- queue items and jobs -----------------------------------------------------------------------------
@@ -186,15 +148,25 @@ class _Delegated:
 
 
 class LangRunnerActor(SupervisedActor):
-    """Runs queued tasks one at a time; inline ops (input, interrupt, complete) are answered while a task runs."""
+    """Runs queued tasks one at a time; inline ops (input, interrupt, complete) are answered while a task runs.
 
-    def __init__(self, *, ctx: ChildContext, lang: str) -> None:
+    The only sender of `finished`: its own runs end in `_finish_task`, delegated runs when the delegate reports
+    RunDone, and runs it cannot take any more (it is stopping) through rejects.untaken_run_answers.
+    """
+
+    redeliverable = (RunTask, CompleteCode)
+
+    def __init__(self, *, ctx: ChildContext, runner: RunnerContext) -> None:
         super().__init__(ctx=ctx)
-        self.lang = lang
-        self.spec = get_lang(lang)
-        self._env: dict[str, str] = dict(ctx.env) if ctx.env else dict(os.environ)
+        self._runner = runner
+        self._config = runner.config
+        self._router = runner.router
+        self.lang = runner.config.lang
+        self.spec = get_lang(self.lang)
+        self._env: dict[str, str] = dict(runner.env) if runner.env else dict(os.environ)
         self._lctx = LangContext(
-            runtime_path=None, work_dir=ctx.config.work_dir, env=self._env, input_socket=ctx.config.user_input_socket
+            runtime_path=None, work_dir=self._config.work_dir, env=self._env,
+            input_socket=self._config.user_input_socket,
         )
         self._queue: collections.deque[RunTask | _Internal] = collections.deque()
         self._job: _Job | None = None
@@ -210,7 +182,7 @@ class LangRunnerActor(SupervisedActor):
 
     # ---- life ---------------------------------------------------------------------------------------
     def start_child(self) -> None:
-        config = self.ctx.config
+        config = self._config
         runtime = resolve_runtime(self.spec, config.runtime_path)
         self._lctx = attrs.evolve(self._lctx, runtime_path=runtime)
         self._start_input_server()
@@ -228,7 +200,7 @@ class LangRunnerActor(SupervisedActor):
         self._run_next()
 
     def _start_input_server(self) -> None:
-        server = UserInputServer(self.ctx.config.user_input_socket, self.actor_ref)
+        server = UserInputServer(self._config.user_input_socket, self.actor_ref)
         try:
             server.bind()
         except OSError as exc:
@@ -253,20 +225,23 @@ class LangRunnerActor(SupervisedActor):
             self._remove_paths(job.cleanup)
             if job.task_log is not None:
                 job.task_log.close()
+        if self._delegated is not None:
+            self._answer_stopped(self._delegated.task)
+            self._delegated = None
         while self._queue:
             item = self._queue.popleft()
-            if isinstance(item, RunTask):
-                self._answer_stopped(item)
+            if isinstance(item, RunTask):  # the next incarnation runs it; a runner that is gone answers it
+                self.ctx.directory.hand_back(self.child_id, self.generation, item)
         for handle in list(self._groups.values()):
-            if _group_alive(handle):
+            if handle.group_alive():
                 self.log.warning("killing the process tree of group {} on the way out", handle.pid)
                 handle.kill_tree()
         self._groups.clear()
 
     def _answer_stopped(self, task: RunTask) -> None:
         # The agent must get its one Finished even when this runner goes away mid-queue (spec §3.6 rule 2).
-        for reply in _unavailable(task):
-            self.ctx.router.tell(reply)
+        for reply in untaken_run_answers(task, "the language runner is not available"):
+            self._router.tell(reply)
 
     def request_stop(self, message: StopRequested) -> None:
         self._stopping = True
@@ -278,8 +253,7 @@ class LangRunnerActor(SupervisedActor):
         pid = job.step.handle.pid
         self.log.info("stopping ({}): SIGTERM to group {}, grace {:.1f}s", message.reason, pid, message.grace_s)
         self.set_state(ChildState.STOPPING)
-        job.step.handle.signal_group(signal.SIGTERM)
-        self.schedule(message.grace_s, _StopDeadline())
+        stop_process(job.step.handle, term_then_kill(message.grace_s), log=self.log, what=f"the {job.kind} job")
 
     # ---- dispatch ----------------------------------------------------------------------------------
     def handle(self, message: object) -> object:
@@ -300,16 +274,12 @@ class LangRunnerActor(SupervisedActor):
                 return self._handle_input_abandoned(message)
             case InterruptRun():
                 return self._handle_interrupt_run(message)
-            case _EscalateDue():
-                return self._handle_escalate_due(message)
             case CompleteCode():
                 return self._handle_complete_code(message)
             case RunDone():
                 return self._handle_run_done(message)
             case _JobTimeoutDue():
                 return self._handle_job_timeout_due(message)
-            case _StopDeadline():
-                return self._handle_stop_deadline()
             case _:
                 return super().handle(message)
 
@@ -336,13 +306,13 @@ class LangRunnerActor(SupervisedActor):
     def _start_internal(self, item: _Internal) -> None:
         if item.kind == "ready":
             self.log.info("start-up steps done")
-            self.ctx.supervisor.tell(StartupStepDone(step=BOOTSTRAP_STEP))
+            self._runner.gate.done(BOOTSTRAP_STEP)
             return
         if item.kind == "init":
             self.log.info("language init: {}", item.command)
             self._start_job("init", None, [_shell(ShellStep(command=item.command))])
             return
-        script = self.ctx.config.work_dir / "bootstrap.sh"
+        script = self._config.work_dir / "bootstrap.sh"
         if not script.is_file():
             self.log.debug("no {}; nothing to bootstrap", script)
             return
@@ -407,7 +377,7 @@ class LangRunnerActor(SupervisedActor):
     def _delegate(self, task: RunTask, child_id: ChildId) -> None:
         self.log.debug("run {}: code delegated to {}", task.run_id, child_id)
         self._delegated = _Delegated(task=task, child_id=child_id)
-        self.ctx.supervisor.tell(ForwardToChild(child_id=child_id, message=task))
+        self.tell_child(child_id, task)
 
     def _handle_run_done(self, message: RunDone) -> None:
         current = self._delegated
@@ -416,25 +386,28 @@ class LangRunnerActor(SupervisedActor):
             return
         self.log.debug("run {}: {} finished it with exit code {}", message.run_id, current.child_id, message.exit_code)
         self._delegated = None
+        if message.note:
+            self._router.tell(Output(stream="stderr", data=message.note.encode("utf-8", errors="replace")))
+        self._finish_task(current.task, message.exit_code)
         self._run_next()
 
     def _answer_no_step(self, task: RunTask, plan: NoStep) -> None:
         if plan.log_text:
             self.log.log(plan.log_level, "run {} {}: {}", task.run_id, task.kind, plan.log_text)
         if plan.stderr_text:
-            self.ctx.router.tell(Output(stream="stderr", data=plan.stderr_text.encode("utf-8", errors="replace")))
+            self._router.tell(Output(stream="stderr", data=plan.stderr_text.encode("utf-8", errors="replace")))
         self._finish_task(task, plan.exit_code)
 
     def _fail_task(self, task: RunTask, text: str) -> None:
         self.log.error("run {} {}: {}", task.run_id, task.kind, text)
-        self.ctx.router.tell(Output(stream="stderr", data=f"kernel-runner: {text}\n".encode("utf-8", errors="replace")))
+        self._router.tell(Output(stream="stderr", data=f"kernel-runner: {text}\n".encode("utf-8", errors="replace")))
         self._finish_task(task, EXIT_MACHINERY_FAILED)
 
     def _finish_task(self, task: RunTask, exit_code: int) -> None:
         if task.kind == "build":
             self._build_ok = exit_code == 0  # spec §5.1: an empty or skipped build counts as success
         self.log.debug("run {} {} finished with exit code {}", task.run_id, task.kind, exit_code)
-        self.ctx.router.tell(Finished(kind=task.kind, exit_code=exit_code))
+        self._router.tell(Finished(kind=task.kind, exit_code=exit_code))
 
     # ---- jobs and their processes ---------------------------------------------------------------------
     def _start_job(
@@ -442,7 +415,7 @@ class LangRunnerActor(SupervisedActor):
     ) -> _Job | None:
         self._job_ids += 1
         job = _Job(job_id=self._job_ids, kind=kind, task=task, steps=collections.deque(steps), cleanup=cleanup)
-        job.task_log = TaskLog.open(self.ctx.config.work_dir, self._env, self.log)
+        job.task_log = TaskLog.open(self._config.work_dir, self._env, self.log)
         self._job = job
         self._spawn_next_step(job)
         return job
@@ -453,21 +426,21 @@ class LangRunnerActor(SupervisedActor):
             handle = ProcessHandle.spawn(
                 step_spec.argv,
                 env={**self._env, **step_spec.env_extra},
-                cwd=self.ctx.config.work_dir,
+                cwd=self._config.work_dir,
                 # spec §10.3 #25: never the runner's stdin; input goes through the user-input socket.
                 stdin=subprocess.DEVNULL,
             )
         except OSError as exc:
             text = f"cannot start {step_spec.argv[-1]!r}: {exc}"
             if job.task is not None:
-                self.ctx.router.tell(Output(stream="stderr", data=f"kernel-runner: {text}\n".encode(errors="replace")))
+                self._router.tell(Output(stream="stderr", data=f"kernel-runner: {text}\n".encode(errors="replace")))
             self.log.error("{} job: {}", job.kind, text)
             job.exit_code = EXIT_MACHINERY_FAILED
             self._end_job(job)
             return
         internal = job.task is None
         sink = StepSink(
-            deliver=None if internal else self.ctx.router.send_output,
+            deliver=None if internal else self._router.send_output,
             task_log=job.task_log,
             line_logger=LineLogger(self.log, job.kind) if internal else None,
             log=self.log,
@@ -572,7 +545,7 @@ class LangRunnerActor(SupervisedActor):
         self._run_next()
 
     def _forget_group_if_gone(self, handle: ProcessHandle) -> None:
-        if not _group_alive(handle):
+        if not handle.group_alive():
             self._groups.pop(handle.pid, None)
 
     def _remove_paths(self, paths: tuple[Path, ...]) -> None:
@@ -589,34 +562,22 @@ class LangRunnerActor(SupervisedActor):
     def _handle_interrupt_run(self, message: InterruptRun) -> None:
         job = self._job
         if job is not None and job.task is not None:
-            job.interrupted = True
             if job.step is not None:
-                self._signal_step(job.step.handle, signal.SIGINT, INTERRUPT_TERM_AFTER_S, next_signal=signal.SIGTERM)
+                # The whole process group, not only `sh`, so the command really stops (spec §10.3 #22).
+                self.log.info("interrupt: SIGINT to process group {}", job.step.handle.pid)
+                if job.interrupted:
+                    job.step.handle.signal_group(signal.SIGINT)  # again, as a second ^C; the escalation runs already
+                else:
+                    stop_process(job.step.handle, INTERRUPT_STEPS, log=self.log, what=f"the {job.kind} job")
+            job.interrupted = True
             return
         if self._delegated is not None:
-            self._forward(self._delegated.child_id, message)
+            self.tell_child(self._delegated.child_id, message)
             return
         if job is not None:
             self.log.info("interrupt ignored: the start-up step {} is running", job.kind)
             return
         self.log.info("interrupt: nothing is running")
-
-    def _signal_step(self, handle: ProcessHandle, sig: int, escalate_after: float, *, next_signal: int) -> None:
-        """spec §10.3 #22: the whole process group, not only `sh`, so the command really stops."""
-        self.log.info("{} to process group {}", signal.Signals(sig).name, handle.pid)
-        handle.signal_group(sig)
-        self.schedule(escalate_after, _EscalateDue(pid=handle.pid, signal=next_signal))
-
-    def _handle_escalate_due(self, message: _EscalateDue) -> None:
-        handle = self._groups.get(message.pid)
-        if handle is None or not _group_alive(handle):
-            return
-        if message.signal == signal.SIGTERM:
-            self.log.warning("group {} still running {:.0f}s after SIGINT", message.pid, INTERRUPT_TERM_AFTER_S)
-            self._signal_step(handle, signal.SIGTERM, INTERRUPT_KILL_AFTER_S, next_signal=signal.SIGKILL)
-            return
-        self.log.warning("group {} survived SIGTERM; SIGKILL to its tree", message.pid)
-        handle.kill_tree()
 
     def _handle_job_timeout_due(self, message: _JobTimeoutDue) -> None:
         job = self._job
@@ -624,13 +585,7 @@ class LangRunnerActor(SupervisedActor):
             return
         self.log.error("{} did not finish within {:.0f}s; stopping it", job.kind, BOOTSTRAP_TIMEOUT_S)
         job.interrupted = True
-        self._signal_step(job.step.handle, signal.SIGTERM, STOP_KILL_AFTER_S, next_signal=signal.SIGKILL)
-
-    def _handle_stop_deadline(self) -> None:
-        job = self._job
-        if job is not None and job.step is not None:
-            self.log.warning("the {} job did not stop within its grace; SIGKILL to its tree", job.kind)
-        self.finish(ShutdownExit())  # cleanup kills what is left and answers the op
+        stop_process(job.step.handle, term_then_kill(STOP_KILL_AFTER_S), log=self.log, what=f"the {job.kind} job")
 
     # ---- input and completion -------------------------------------------------------------------------
     def _handle_input_requested(self, message: InputRequested) -> None:
@@ -646,7 +601,7 @@ class LangRunnerActor(SupervisedActor):
     def _ask_agent_for_input(self) -> None:
         self.log.info("a process waits for user input")
         # Batch mode sends JSON too (spec §10.1 #7); a socket client cannot say whether it wants a password.
-        self.ctx.router.tell(WaitingInput(is_password=False))
+        self._router.tell(WaitingInput(is_password=False))
 
     def _handle_input_abandoned(self, message: InputAbandoned) -> None:
         if message.conn_id not in self._input_waiters:
@@ -665,20 +620,17 @@ class LangRunnerActor(SupervisedActor):
                 self._ask_agent_for_input()
             return
         if self._delegated is not None:
-            self._forward(self._delegated.child_id, message)
+            self.tell_child(self._delegated.child_id, message)
             return
         # spec §10.3 #30: upstream queued it and answered a later prompt with it; we drop it.
         self.log.info("input dropped: nothing is waiting for input")
 
     def _handle_complete_code(self, message: CompleteCode) -> None:
         if isinstance(self.spec.query, JupyterQuery):
-            self._forward(KERNEL_CHILD, message)
+            self.tell_child(KERNEL_CHILD, message)
             return
         # spec §10.1 #1: always answer, or the agent waits for ever.
-        self.ctx.router.tell(CompletionResult(items=()))
-
-    def _forward(self, child_id: ChildId, message: object) -> None:
-        self.ctx.supervisor.tell(ForwardToChild(child_id=child_id, message=message))
+        self._router.tell(CompletionResult(items=()))
 
 
 def _not_available(reason: str) -> NoStep:
@@ -686,15 +638,4 @@ def _not_available(reason: str) -> NoStep:
     return NoStep(exit_code=EXIT_NOT_RUN, stderr_text=text + "\n", log_text=text, log_level="WARNING")
 
 
-def _group_alive(handle: ProcessHandle) -> bool:
-    """True while any process of the group exists (signal 0 probes without signalling)."""
-    try:
-        os.killpg(handle.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-__all__ = ["BOOTSTRAP_STEP", "LangRunnerActor", "reject_delegated_run", "reject_run"]
+__all__ = ["BOOTSTRAP_STEP", "LangRunnerActor"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import signal
 import socket
 import subprocess
 import threading
@@ -15,28 +14,25 @@ from typing import Any, Literal
 import attrs
 import pykka
 
-from kernel_runner.actors.base import ChildContext, SupervisedActor
+from kernel_runner.actors.base import SupervisedActor
 from kernel_runner.clock import Clock
+from kernel_runner.context import RunnerContext
+from kernel_runner.exits import NormalExit, ProcessDied, ShutdownExit, StartFailed
 from kernel_runner.ids import ChildId
 from kernel_runner.messages import (
-    ChildState,
-    ForwardToChild,
     ModelServiceResult,
-    NormalExit,
     PipeClosed,
-    ProcessDied,
     ProcessExited,
+    ServicePortOpened,
+    ServiceProcessEnded,
     ServiceResult,
-    ShutdownExit,
-    StartFailed,
-    StopChild,
-    StopRequested,
-    StopUnhealthy,
+    ServiceStartFailed,
     StreamName,
-    Unhealthy,
 )
-from kernel_runner.procs import ExitWatcher, PipePump, ProcessHandle, describe_returncode
+from kernel_runner.procs import ExitWatcher, PipePump, ProcessHandle, describe_returncode, stop_process, term_then_kill
+from kernel_runner.refs import tell_if_alive
 from kernel_runner.servicedefs import ServiceCommand, ServiceStartError
+from kernel_runner.supervision import ChildContext, ChildState, StopRequested
 
 TAIL_LINES = 20
 PORT_PROBE_FIRST_DELAY_S = 0.002
@@ -88,34 +84,6 @@ class PortWaitTimedOut:
     waited_s: float
 
 
-@attrs.frozen(kw_only=True)
-class KillDue:
-    pid: int
-
-
-@attrs.frozen(kw_only=True)
-class ServiceProcessEnded:
-    """Told to a watcher (health checker) when the service's process exits."""
-
-    name: str
-    exit_code: int
-    output_tail: str
-
-
-@attrs.frozen(kw_only=True)
-class ServicePortOpened:
-    name: str
-    port: int
-
-
-@attrs.frozen(kw_only=True)
-class ServiceStartFailed:
-    """Told to a watcher when the service could not be started at all (prestart, spawn or port wait failed)."""
-
-    name: str
-    error: str
-
-
 class Preparer(threading.Thread):
     """Runs prestart actions and renders the command, then tells the actor the result."""
 
@@ -133,10 +101,7 @@ class Preparer(threading.Thread):
             error = exc.reply_text
         except Exception as exc:  # noqa: BLE001 - any failure becomes the reply's error text (spec §6.2 step 11)
             error = repr(exc)
-        try:
-            self._owner.tell(PrepareDone(command=command, error=error))
-        except pykka.ActorDeadError:
-            pass
+        tell_if_alive(self._owner, PrepareDone(command=command, error=error))
 
 
 class PortWaiter(threading.Thread):
@@ -166,19 +131,14 @@ class PortWaiter(threading.Thread):
             delay = min(PORT_PROBE_MAX_DELAY_S, delay * 1.5)
 
     def _tell(self, message: object) -> None:
-        try:
-            self._owner.tell(message)
-        except pykka.ActorDeadError:
-            pass
+        tell_if_alive(self._owner, message)
 
 
 def port_is_open(port: int, *, timeout: float) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout):
             return True
-    except OSError as exc:
-        if exc.errno in (errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, None):
-            return False
+    except OSError:
         return False
 
 
@@ -223,8 +183,9 @@ class ServiceActor(SupervisedActor):
     (SIGTERM to the group, grace, SIGKILL to the tree).
     """
 
-    def __init__(self, *, ctx: ChildContext, run: ServiceRun, reply: ReplyKind) -> None:
+    def __init__(self, *, ctx: ChildContext, runner: RunnerContext, run: ServiceRun, reply: ReplyKind) -> None:
         super().__init__(ctx=ctx)
+        self._runner = runner
         self.run = run
         # Only the first incarnation answers the agent: restarts happen when nobody is waiting for a reply.
         self.reply_kind: ReplyKind = reply if ctx.generation == 1 else "none"
@@ -238,8 +199,6 @@ class ServiceActor(SupervisedActor):
         self._open_pipes = 0
         self._stopping = False
         self._replied = False
-        # Set when a watcher asked for a restart (StopUnhealthy): the stop then ends with Unhealthy, not Shutdown.
-        self._unhealthy: str | None = None
 
     # ---- life -----------------------------------------------------------------------------------
     def start_child(self) -> None:
@@ -270,10 +229,6 @@ class ServiceActor(SupervisedActor):
                 return self._handle_process_exited(message)
             case PipeClosed():
                 return self._handle_pipe_closed(message)
-            case KillDue():
-                return self._handle_kill_due(message)
-            case StopUnhealthy():
-                return self._handle_stop_unhealthy(message)
             case _:
                 return super().handle(message)
 
@@ -353,12 +308,10 @@ class ServiceActor(SupervisedActor):
         self._fail_start(f"opening the service port timed out: {self.run.name}", StartFailed(error="port timed out"))
 
     def _fail_start(self, error: str, reason: StartFailed | ProcessDied) -> None:
-        """A first start that fails is answered and forgotten (the agent may try again); a restart that fails backs off."""
+        """Answered `failed`; whether it is tried again is the supervisor's call (its spec: not after a first start)."""
         self._reply("failed", error)
         if self.run.watcher is not None and self._exit is None:  # an exit was told as ServiceProcessEnded already
             self._tell_watcher(ServiceStartFailed(name=self.run.name, error=error))
-        if self.ctx.generation == 1:
-            self.ctx.supervisor.tell(StopChild(child_id=self.child_id, reason=f"failed to start: {error}", permanent=True))
         if self._handle is not None and self._exit is None:
             self._handle.kill_tree()
         self.finish(reason)
@@ -391,7 +344,7 @@ class ServiceActor(SupervisedActor):
             # A stop was asked for (shutdown-service, runner shutdown, the watcher's own restart): nothing to report.
             self._tell_watcher(ServiceProcessEnded(name=self.run.name, exit_code=code, output_tail=self._tail.text()))
         if self._stopping:
-            self.finish(self._stop_reason())
+            self.finish(ShutdownExit())
             return
         if not self._ready:
             tail = self._tail.text()
@@ -414,29 +367,11 @@ class ServiceActor(SupervisedActor):
             return  # the prestart thread is still out; PrepareDone finishes us when it is back
         if self._handle is None or self._exit is not None:
             if self._exit is None or self._open_pipes == 0:
-                self.finish(self._stop_reason())
+                self.finish(ShutdownExit())
             return
         self.log.info("stopping ({}): SIGTERM to group {}, grace {:.1f}s", message.reason, self._handle.pid, message.grace_s)
         self.set_state(ChildState.STOPPING, pid=self._handle.pid)
-        self._handle.signal_group(signal.SIGTERM)
-        self.schedule(message.grace_s, KillDue(pid=self._handle.pid))
-
-    def _handle_stop_unhealthy(self, message: StopUnhealthy) -> None:
-        """A watcher's liveness verdict: stop like StopRequested, but end with Unhealthy so the supervisor restarts."""
-        if self._handle is None or self._exit is not None or self._stopping:
-            return  # not running (yet, or any more): nothing to restart; a dead process is restarted anyway
-        self._unhealthy = message.detail
-        self.log.warning("unhealthy: {}; stopping it for a restart", message.detail)
-        self.request_stop(StopRequested(reason=f"unhealthy: {message.detail}", grace_s=self.ctx.config.service_stop_grace_s))
-
-    def _stop_reason(self) -> ShutdownExit | Unhealthy:
-        return Unhealthy(detail=self._unhealthy) if self._unhealthy is not None else ShutdownExit()
-
-    def _handle_kill_due(self, message: KillDue) -> None:
-        if self._exit is not None or self._handle is None:
-            return
-        self.log.warning("did not stop within its grace period; SIGKILL to the tree")
-        self._handle.kill_tree()
+        stop_process(self._handle, term_then_kill(message.grace_s), log=self.log, what=f"service {self.run.name}")
 
     # ---- replies ------------------------------------------------------------------------------------
     def _reply(self, status: Literal["started", "failed"], error: str | None) -> None:
@@ -444,13 +379,13 @@ class ServiceActor(SupervisedActor):
             return
         self._replied = True
         if self.reply_kind == "service":
-            self.ctx.router.tell(ServiceResult(status=status, error=error))
+            self._runner.router.tell(ServiceResult(status=status, error=error))
         else:
-            self.ctx.router.tell(ModelServiceResult(status=status, error=error))
+            self._runner.router.tell(ModelServiceResult(status=status, error=error))
         if status == "started":
             self.log.info("Service {} has started (pid: {}, port: {})", self.run.name,
                           self._handle.pid if self._handle else None, self.run.port)
 
     def _tell_watcher(self, message: object) -> None:
         assert self.run.watcher is not None
-        self.ctx.supervisor.tell(ForwardToChild(child_id=self.run.watcher, message=message))
+        self.tell_child(self.run.watcher, message)

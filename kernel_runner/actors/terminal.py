@@ -39,46 +39,39 @@ import psutil
 import pykka
 import zmq
 
-from kernel_runner.actors.agent_link import bind_socket
-from kernel_runner.actors.base import ChildContext, SupervisedActor
+from kernel_runner.actors.base import SupervisedActor
 from kernel_runner.actors.terminal_io import (
     CTTY_SHIM,
     EXIT_UNAVAILABLE,
     REAP_TIMEOUT_S,
-    Credits,
     GitGraphJob,
     PtyReader,
     TermInputReceiver,
     set_winsize,
 )
-from kernel_runner.config import RunnerConfig
+from kernel_runner.context import RunnerContext
+from kernel_runner.exits import ProcessDied, ShutdownExit, StartFailed
 from kernel_runner.ids import LANG_CHILD, TERMINAL_CHILD
 from kernel_runner.messages import (
-    ChildState,
-    Finished,
-    ForwardToChild,
     GitGraphDone,
     Media,
     Output,
-    ProcessDied,
     ProcessExited,
     PtyClosed,
     PtyOutput,
     RunDone,
     RunTask,
     ShellRespawnDue,
-    ShutdownExit,
-    StartFailed,
-    StopRequested,
     StreamName,
     TerminalInput,
     TerminalInputFlushDue,
-    TerminalStopStepDue,
-    ToAgent,
 )
+from kernel_runner.outbox import Credits
 from kernel_runner.policy import Backoff
-from kernel_runner.procs import ExitWatcher, ProcessHandle, describe_returncode
-from kernel_runner.supervisor import ChildSpec
+from kernel_runner.procs import ExitWatcher, ProcessHandle, StopStep, describe_returncode, stop_process
+from kernel_runner.rejects import delegate_reject
+from kernel_runner.sockets import bind_socket
+from kernel_runner.supervision import ChildContext, ChildSpec, ChildState, StopRequested
 from kernel_runner.terminal_commands import (
     EXIT_FAILED,
     EXIT_NOT_A_COMMAND,
@@ -149,10 +142,13 @@ class _Shell:
 class TerminalActor(SupervisedActor):
     """A pty shell published over PUB/SUB, restarted when it exits; `code` ops are `%` commands (spec §8.3)."""
 
+    redeliverable = (RunTask,)
+
     def __init__(
         self,
         *,
         ctx: ChildContext,
+        runner: RunnerContext,
         ports: TerminalPorts,
         shell_argv: Sequence[str] | None = None,
         zmq_context: zmq.Context[Any] | None = None,
@@ -162,10 +158,11 @@ class TerminalActor(SupervisedActor):
         max_quick_exits: int = MAX_QUICK_EXITS,
     ) -> None:
         super().__init__(ctx=ctx)
+        self._runner = runner
         self._ports = ports
         self._zmq = zmq_context or zmq.Context.instance()
         # spec §1.4: the pty shell gets the runner's own environment (with environ.txt), not the batch child env.
-        self._env: dict[str, str] = dict(ctx.runner_env or os.environ)
+        self._env: dict[str, str] = dict(runner.runner_env or os.environ)
         self._env.setdefault("TERM", "xterm")
         self._shell_argv = list(shell_argv) if shell_argv else default_shell_argv(self._env)
         self._git_timeout_s = git_timeout_s
@@ -199,7 +196,7 @@ class TerminalActor(SupervisedActor):
         self._report_info()
 
     def _bind_sockets(self) -> None:
-        bind = self.ctx.config.bind
+        bind = self._runner.config.bind
         pub: zmq.Socket[bytes] = self._zmq.socket(zmq.PUB)
         self._pub = pub
         pub.setsockopt(zmq.LINGER, PUB_LINGER_MS)
@@ -216,7 +213,7 @@ class TerminalActor(SupervisedActor):
         argv = self._shell_argv
         if shutil.which(argv[0], path=self._env.get("PATH")) is None:
             raise FileNotFoundError(f"the shell {argv[0]!r} is not an executable file")
-        work_dir = self.ctx.config.work_dir
+        work_dir = self._runner.config.work_dir
         cwd = work_dir if work_dir.is_dir() else None
         if cwd is None:
             self.log.warning("work dir {} does not exist; the shell starts in the runner's folder", work_dir)
@@ -266,10 +263,10 @@ class TerminalActor(SupervisedActor):
             return
         self._stop_snapshot = shell.handle.descendants()
         self.log.info("stopping ({}): SIGHUP to the shell's process group", message.reason)
-        shell.handle.signal_group(signal.SIGHUP)
-        shell.handle.signal_group(signal.SIGCONT)
-        self.schedule(message.grace_s / 2, TerminalStopStepDue(step="term", shell_id=shell.shell_id))
-        self.schedule(message.grace_s, TerminalStopStepDue(step="kill", shell_id=shell.shell_id))
+        # A hangup first, as a closing terminal would (SIGCONT wakes a stopped job so it sees it), then TERM, then KILL.
+        steps = (StopStep((signal.SIGHUP, signal.SIGCONT), message.grace_s / 2),
+                 StopStep((signal.SIGTERM,), message.grace_s / 2))
+        stop_process(shell.handle, steps, log=self.log, what="the shell")
 
     def cleanup(self) -> None:
         if self._receiver is not None:
@@ -321,8 +318,6 @@ class TerminalActor(SupervisedActor):
                 return self._handle_shell_respawn_due(message)
             case TerminalInputFlushDue():
                 return self._handle_terminal_input_flush_due()
-            case TerminalStopStepDue():
-                return self._handle_terminal_stop_step_due(message)
             case GitGraphDone():
                 return self._handle_git_graph_done(message)
             case _:
@@ -463,17 +458,6 @@ class TerminalActor(SupervisedActor):
         self.set_state(ChildState.RUNNING, pid=shell.handle.pid)
         self._report_info()
 
-    def _handle_terminal_stop_step_due(self, message: TerminalStopStepDue) -> None:
-        shell = self._shell
-        if not self._stopping or shell is None or shell.shell_id != message.shell_id:
-            return
-        if message.step == "term":
-            self.log.info("the shell ignored SIGHUP; SIGTERM to its process group")
-            shell.handle.signal_group(signal.SIGTERM)
-            return
-        self.log.warning("the shell did not exit within the grace period; SIGKILL to its tree")
-        self.finish(ShutdownExit())  # cleanup kills the tree
-
     def _report_info(self) -> None:
         shell = self._shell
         self.update_info(
@@ -568,7 +552,7 @@ class TerminalActor(SupervisedActor):
                 return Path(os.readlink(f"/proc/{shell.handle.pid}/cwd"))
             except OSError:
                 pass
-        return self.ctx.config.work_dir
+        return self._runner.config.work_dir
 
     def _handle_git_graph_done(self, message: GitGraphDone) -> None:
         task = self._current
@@ -578,26 +562,20 @@ class TerminalActor(SupervisedActor):
         self._graph_job = None
         self._current = None
         if message.stderr:
-            self.ctx.router.tell(Output(stream="stderr", data=message.stderr))
+            self._runner.router.tell(Output(stream="stderr", data=message.stderr))
         if message.commits is not None:
             # spec §8.3: `data` is the list of commit objects itself; wire.encode serialises it as JSON unchanged.
             commits = [dict(commit) for commit in message.commits]
-            self.ctx.router.tell(Media(mime=GITGRAPH_MIME, data=commits))  # type: ignore[arg-type]
+            self._runner.router.tell(Media(mime=GITGRAPH_MIME, data=commits))  # type: ignore[arg-type]
         self._send_finished(task, message.exit_code)
         self._run_next()
 
     def _reply(self, stream: StreamName, text: str) -> None:
-        self.ctx.router.tell(Output(stream=stream, data=text.encode("utf-8")))
+        self._runner.router.tell(Output(stream=stream, data=text.encode("utf-8")))
 
-    def _send_finished(self, task: RunTask, exit_code: int) -> None:
-        """Exactly one Finished per op (upstream sent two, spec §10.1 #6), then RunDone so the runner moves on."""
-        self.ctx.router.tell(Finished(kind=task.kind, exit_code=exit_code))
-        try:
-            self.ctx.supervisor.tell(
-                ForwardToChild(child_id=LANG_CHILD, message=RunDone(run_id=task.run_id, exit_code=exit_code))
-            )
-        except pykka.ActorDeadError:
-            self.log.debug("supervisor gone; RunDone for run {} dropped", task.run_id)
+    def _send_finished(self, task: RunTask, exit_code: int, note: str | None = None) -> None:
+        """The language runner sends the op's one Finished (upstream sent two, spec §10.1 #6) once it hears this."""
+        self.tell_child(LANG_CHILD, RunDone(run_id=task.run_id, exit_code=exit_code, note=note))
 
     def _answer_unfinished(self) -> None:
         tasks = [self._current] if self._current is not None else []
@@ -605,27 +583,14 @@ class TerminalActor(SupervisedActor):
         self._current = None
         self._queue.clear()
         for task in tasks:
-            self._reply("stderr", "kernel-runner: the terminal stopped before this command finished\n")
-            self._send_finished(task, EXIT_UNAVAILABLE)
+            self._send_finished(task, EXIT_UNAVAILABLE, "kernel-runner: the terminal stopped before this command finished\n")
 
 
 # ---- wiring -----------------------------------------------------------------------------------------------------
 
 
-def reject_terminal_run(message: object) -> list[ToAgent | ForwardToChild]:
-    """For a `code` op no terminal incarnation can take: answer the agent and release the language runner."""
-    if not isinstance(message, RunTask):
-        return []
-    text = f"kernel-runner: the {message.kind} request could not run: the terminal is not available\n"
-    return [
-        Output(stream="stderr", data=text.encode()),
-        Finished(kind=message.kind, exit_code=EXIT_UNAVAILABLE),
-        ForwardToChild(child_id=LANG_CHILD, message=RunDone(run_id=message.run_id, exit_code=EXIT_UNAVAILABLE)),
-    ]
-
-
 def terminal_child_spec(
-    config: RunnerConfig,
+    runner: RunnerContext,
     *,
     ports: TerminalPorts | None = None,
     shell_argv: Sequence[str] | None = None,
@@ -638,12 +603,14 @@ def terminal_child_spec(
     `ports` lets a caller read the bound ports (also in `status` as term_in_port/term_out_port); `shell_argv`
     overrides $SHELL; the rest are the actor's own bounds (git deadline, shell respawn backoff and quick-exit limit).
     """
+    config = runner.config
     bound = ports if ports is not None else TerminalPorts(config.term_in_port, config.term_out_port)
     restart = config.restart
 
     def make_terminal(ctx: ChildContext) -> pykka.ActorRef[Any]:
         return TerminalActor.start(
             ctx=ctx,
+            runner=runner,
             ports=bound,
             shell_argv=shell_argv,
             git_timeout_s=git_timeout_s,
@@ -659,7 +626,7 @@ def terminal_child_spec(
         shutdown_s=2.0,
         backoff=restart.backoff(),
         intensity=restart.intensity(),
-        reject=reject_terminal_run,
+        reject=delegate_reject(runner.directory, runner.router, what="the terminal"),
     )
 
 
@@ -667,6 +634,5 @@ __all__ = [
     "TerminalActor",
     "TerminalPorts",
     "default_shell_argv",
-    "reject_terminal_run",
     "terminal_child_spec",
 ]

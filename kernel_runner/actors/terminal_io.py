@@ -29,7 +29,6 @@ import pykka
 import zmq
 from loguru import logger
 
-from kernel_runner.actors.agent_link import bind_socket
 from kernel_runner.ids import TERMINAL_CHILD, RunId
 from kernel_runner.messages import (
     GitGraphDone,
@@ -37,7 +36,10 @@ from kernel_runner.messages import (
     PtyOutput,
     TerminalInput,
 )
+from kernel_runner.outbox import Credits
 from kernel_runner.procs import ProcessHandle, describe_returncode
+from kernel_runner.refs import tell_if_alive
+from kernel_runner.sockets import bind_socket
 from kernel_runner.terminal_commands import (
     BRANCH_LOG_ARGS,
     EXIT_FAILED,
@@ -74,25 +76,6 @@ CTTY_SHIM = (
 def set_winsize(fd: int, rows: int, cols: int) -> None:
     """TIOCSWINSZ on the pty master; the kernel sends SIGWINCH to the shell's foreground job."""
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-class Credits:
-    """A bounded number of messages a helper thread may have in the actor's inbox at once."""
-
-    def __init__(self, count: int) -> None:
-        self._sem = threading.BoundedSemaphore(count)
-
-    def take(self, stopping: threading.Event) -> bool:
-        while not self._sem.acquire(timeout=0.1):
-            if stopping.is_set():
-                return False
-        return True
-
-    def give(self) -> None:
-        try:
-            self._sem.release()
-        except ValueError:
-            pass
 
 
 # ---- helper threads ---------------------------------------------------------------------------------------------
@@ -143,9 +126,7 @@ class TermInputReceiver(threading.Thread):
                 # spec §8.3: the first frame of each message is written to the pty.
                 if not frames or not frames[0] or not self._credits.take(self.stopping):
                     continue
-                try:
-                    self._owner.tell(TerminalInput(data=frames[0]))
-                except pykka.ActorDeadError:
+                if not tell_if_alive(self._owner, TerminalInput(data=frames[0])):
                     self.log.debug("terminal actor stopped; input receiver exits")
                     return
 
@@ -172,10 +153,7 @@ class PtyReader(threading.Thread):
             self._pump()
         finally:
             os.close(self._fd)
-            try:
-                self._owner.tell(PtyClosed(shell_id=self._shell_id))
-            except pykka.ActorDeadError:
-                pass
+            tell_if_alive(self._owner, PtyClosed(shell_id=self._shell_id))
 
     def _pump(self) -> None:
         poller = select.poll()
@@ -199,9 +177,7 @@ class PtyReader(threading.Thread):
                 return
             if not data or not self._credits.take(self.stopping):
                 return
-            try:
-                self._owner.tell(PtyOutput(shell_id=self._shell_id, data=data))
-            except pykka.ActorDeadError:
+            if not tell_if_alive(self._owner, PtyOutput(shell_id=self._shell_id, data=data)):
                 return
 
 
@@ -242,10 +218,7 @@ class GitGraphJob(threading.Thread):
         except Exception as exc:  # noqa: BLE001 - the op must still end with one Finished
             logger.bind(child=TERMINAL_CHILD).opt(exception=exc).error("%show graph failed: {!r}", exc)
             result = self._failed(EXIT_FAILED, f"kernel-runner: %show graph failed: {exc!r}\n")
-        try:
-            self._owner.tell(result)
-        except pykka.ActorDeadError:
-            pass
+        tell_if_alive(self._owner, result)
 
     def _failed(self, exit_code: int, text: str | bytes) -> GitGraphDone:
         data = text.encode() if isinstance(text, str) else text
@@ -301,7 +274,6 @@ class GitGraphJob(threading.Thread):
 
 
 __all__ = [
-    "Credits",
     "GitGraphJob",
     "PtyReader",
     "TermInputReceiver",

@@ -16,6 +16,8 @@ import attrs
 import pykka
 from loguru import logger
 
+from kernel_runner.refs import tell_if_alive
+
 LISTEN_BACKLOG = 16
 ANSWER_TIMEOUT_S = 2.0
 STOP_JOIN_S = 1.0
@@ -182,12 +184,10 @@ class UserInputServer(threading.Thread):
         conn.close()
 
     def _tell(self, message: object) -> bool:
-        try:
-            self._owner.tell(message)
-        except pykka.ActorDeadError:
-            self._stopping.set()
-            return False
-        return True
+        if tell_if_alive(self._owner, message):
+            return True
+        self._stopping.set()
+        return False
 
     def _wake(self) -> None:
         try:

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import attrs
 import pykka
@@ -16,7 +16,6 @@ import pytest
 import requests
 
 from kernel_runner.actors import health
-from kernel_runner.actors.base import ChildContext, RouterLink
 from kernel_runner.actors.health import (
     HealthCheckerActor,
     HealthMemo,
@@ -25,28 +24,25 @@ from kernel_runner.actors.health import (
 )
 from kernel_runner.clock import REAL_CLOCK
 from kernel_runner.config import RestartDefaults, RunnerConfig
+from kernel_runner.context import RunnerContext
+from kernel_runner.exits import Unhealthy
 from kernel_runner.ids import health_child, service_child
 from kernel_runner.messages import (
-    ChildInfo,
-    ChildState,
-    ForwardToChild,
     HealthCheck,
     ModelInfo,
     ModelServiceResult,
     ModelServiceSpec,
     ModelServiceStatus,
-    ShutdownTree,
-    StopUnhealthy,
-    WhichChildrenQuery,
 )
-from kernel_runner.model_services import health_plan, model_child_specs
+from kernel_runner.outbox import RouterLink
+from kernel_runner.service_specs import health_plan, model_child_specs
 from kernel_runner.servicedefs import ServiceLaunch
-from kernel_runner.supervisor import ChildSpec, SupervisorActor
-from kernel_runner.timers import Ticker
+from kernel_runner.supervision import ChildContext, ChildSpec, ChildState, RestartChild, StartChild
 from tests.conftest import CHILDREN
 from tests.support.ports import free_port
 from tests.support.procs import alive, assert_gone
-from tests.support.waiting import Recorder, wait_until
+from tests.support.tree import Tree
+from tests.support.waiting import wait_until
 
 SERVER = str(CHILDREN / "health_server.py")
 
@@ -82,18 +78,13 @@ class ReadinessWatch:
         return self._ready_at
 
 
-class Harness:
-    """A real supervisor with the recorder as its router; model children are told to it as ChildSpecs."""
+class Harness(Tree):
+    """A real supervisor with the recorder as its router; model children are started through it."""
 
     def __init__(self, config: RunnerConfig, work_dir: Path) -> None:
+        super().__init__(config)
         self.config = config
         self.work_dir = work_dir
-        self.recorder = Recorder()
-        self.ticker = Ticker()
-        link = RouterLink(8)
-        link.attach(self.recorder.ref)
-        self.supervisor = SupervisorActor.start(config=config, clock=REAL_CLOCK, ticker=self.ticker, router_link=link,
-                                                child_env=dict(os.environ))
 
     def launch(self, name: str, port: int, *server_args: str) -> ServiceLaunch:
         argv = (sys.executable, SERVER, str(port), *server_args)
@@ -103,14 +94,10 @@ class Harness:
 
     def start_model(self, name: str, port: int, check: HealthCheck, *server_args: str) -> list[ChildSpec]:
         model = ModelInfo(name=name, service=ModelServiceSpec(start_command=("unused",), port=port, health_check=check))
-        specs = list(model_child_specs(model, self.launch(name, port, *server_args), self.config))
+        specs = list(model_child_specs(model, self.launch(name, port, *server_args), self.runner))
         for spec in specs:
-            self.supervisor.tell(spec)
+            self.supervisor.tell(StartChild(spec=spec))
         return specs
-
-    def children(self) -> dict[str, ChildInfo]:
-        infos = cast(list[ChildInfo], self.supervisor.ask(WhichChildrenQuery(), timeout=2))
-        return {info.child_id: info for info in infos}
 
     def running_pid(self, child_id: str) -> int:
         def pid() -> int | None:
@@ -133,16 +120,6 @@ class Harness:
             return found[index] if len(found) > index else None
 
         return wait_until(nth, timeout=timeout, what=f"{kind.__name__} #{index} {fields}")
-
-    def close(self) -> None:
-        try:
-            done = cast(threading.Event, self.supervisor.ask(ShutdownTree(grace_s=3), timeout=2))
-            done.wait(5)
-            self.supervisor.stop(timeout=2)
-        except (pykka.ActorDeadError, pykka.Timeout):
-            pass
-        self.ticker.stop()
-        self.recorder.stop()
 
 
 @pytest.fixture
@@ -234,18 +211,18 @@ def test_a_crashed_checker_is_restarted_and_never_replies_twice(harness: Harness
     check = HealthCheck(path="/health", max_retries=2, max_wait_time=1.5, interval=0.05)
     server, checker = model_child_specs(
         ModelInfo(name="crash", service=ModelServiceSpec(start_command=("x",), port=port, health_check=check)),
-        harness.launch("crash", port, "--control", str(control)), harness.config,
+        harness.launch("crash", port, "--control", str(control)), harness.runner,
     )
-    plan = health_plan("crash", f"crash-{port}", port, check, harness.config)
+    plan = health_plan("crash", f"crash-{port}", port, check, harness.runner)
     memo = HealthMemo()
 
     def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
-        return CrashingChecker.start(ctx=ctx, plan=plan, memo=memo)
+        return CrashingChecker.start(ctx=ctx, runner=harness.runner, plan=plan, memo=memo)
 
-    harness.supervisor.tell(server)
-    harness.supervisor.tell(attrs.evolve(checker, factory=factory))
+    harness.start(server)
+    harness.start(attrs.evolve(checker, factory=factory))
     harness.wait_for(ModelServiceResult, timeout=10, status="started")
-    harness.supervisor.tell(ForwardToChild(child_id=health_child(f"crash-{port}"), message="crash"))
+    harness.tell_child(health_child(f"crash-{port}"), "crash")
     wait_until(lambda: (c := harness.children().get(health_child(f"crash-{port}"))) is not None
                and c.generation == 2 and c.state is ChildState.RUNNING, timeout=5, what="checker generation 2")
     control.write_text("500")  # the new incarnation goes on with liveness
@@ -254,13 +231,13 @@ def test_a_crashed_checker_is_restarted_and_never_replies_twice(harness: Harness
     assert [m.is_healthy for m in harness.of_type(ModelServiceStatus)][:2] == [True, False]
 
 
-def test_stop_unhealthy_makes_the_supervisor_restart_the_server(harness: Harness) -> None:
+def test_restart_child_unhealthy_makes_the_supervisor_restart_the_server(harness: Harness) -> None:
     port = free_port()
     harness.start_model("again", port, HealthCheck(path="/health", max_retries=3, max_wait_time=1.0, interval=5.0))
     harness.wait_for(ModelServiceResult, timeout=10, status="started")
     server_id = service_child(f"again-{port}")
     pid = harness.running_pid(server_id)
-    harness.supervisor.tell(ForwardToChild(child_id=server_id, message=StopUnhealthy(detail="told by the test")))
+    harness.supervisor.tell(RestartChild(child_id=server_id, reason=Unhealthy(detail="told by the test")))
     wait_until(lambda: (c := harness.children().get(server_id)) is not None and c.restarts == 1
                and c.state is ChildState.RUNNING and c.pid not in (None, pid), timeout=5, what="server restarted")
     assert harness.children()[server_id].last_exit == "unhealthy: told by the test"
@@ -310,12 +287,13 @@ def test_probe_outcomes(server: tuple[int, Path]) -> None:
 
 
 def test_budget_and_reply_deadline_numbers(config: RunnerConfig) -> None:
-    plain = health_plan("m", "m-1", 1, HealthCheck(path="health", max_retries=10, max_wait_time=5.0), config)
+    runner = RunnerContext(config=config, router=RouterLink(1))
+    plain = health_plan("m", "m-1", 1, HealthCheck(path="health", max_retries=10, max_wait_time=5.0), runner)
     assert plain.url == "http://127.0.0.1:1/health"
     assert plain.startup_budget_s == 50.0 and plain.reply_within_s == 50.0  # the agent waits 60 s (spec §3.5)
     assert plain.read_timeout_s == 5.0 and plain.connect_timeout_s == 1.0 and plain.interval_s == 10.0
     slow = health_plan("m", "m-1", 1, HealthCheck(path="/h", max_retries=2, max_wait_time=1.0, initial_delay=60.0,
-                                                  interval=3.0), config)
+                                                  interval=3.0), runner)
     assert slow.startup_budget_s == 62.0  # initial_delay is startup grace
     assert slow.reply_within_s == 2.0 + 10.0 - health.REPLY_MARGIN_S  # but the reply beats the agent's 12 s
     assert slow.interval_s == 3.0

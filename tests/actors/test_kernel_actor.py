@@ -17,12 +17,13 @@ import msgpack
 import pytest
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
-from kernel_runner.actors.kernel import kernel_child_spec, reject_kernel_message
+from kernel_runner.actors.kernel import kernel_child_spec
 from kernel_runner.client import AgentClient, RunResult
 from kernel_runner.config import RestartDefaults
+from kernel_runner.context import RunnerContext
 from kernel_runner.drawing import DRAWING_MIME, Canvas, Color, Colors, MediaRecord, Turtle
 from kernel_runner.drawing._msgpack import packb
-from kernel_runner.ids import KERNEL_CHILD, LANG_CHILD, RunId, next_run_id
+from kernel_runner.ids import KERNEL_CHILD
 from kernel_runner.jupyter import (
     DISPLAY_PREFERENCE,
     KernelSpecError,
@@ -33,18 +34,9 @@ from kernel_runner.jupyter import (
     map_display,
     split_records,
 )
-from kernel_runner.messages import (
-    ChildState,
-    CompleteCode,
-    CompletionResult,
-    Finished,
-    ForwardToChild,
-    Html,
-    Media,
-    Output,
-    RunDone,
-    RunTask,
-)
+from kernel_runner.messages import Html, Media
+from kernel_runner.outbox import RouterLink
+from kernel_runner.supervision import ChildSpec, ChildState
 from tests.support.waiting import wait_until
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -154,25 +146,15 @@ def test_exit_code_comes_from_the_execute_reply(reply: dict[str, Any] | None, co
     assert exit_code_from_reply(reply) == code
 
 
-def test_reject_answers_every_run_and_completion() -> None:
-    run_id = RunId(77)
-    replies = reject_kernel_message(RunTask(run_id=run_id, kind="code", text="1"))
-    assert isinstance(replies[0], Output) and b"query mode is unavailable" in replies[0].data
-    assert replies[1] == Finished(kind="code", exit_code=127)
-    assert replies[2] == ForwardToChild(child_id=LANG_CHILD, message=RunDone(run_id=run_id, exit_code=127))
-    assert reject_kernel_message(CompleteCode(code="im")) == [CompletionResult(items=())]
-    assert reject_kernel_message(object()) == []
-
-
 def test_child_spec_is_permanent_bounded_and_tiered_with_the_language(runner_config: RunnerConfig) -> None:
-    spec = kernel_child_spec(runner_config, kernel_name="python3")
+    spec = kernel_child_spec(RunnerContext(config=runner_config, router=RouterLink(1)), kernel_name="python3")
     assert spec.child_id == KERNEL_CHILD
     assert spec.restart == "permanent"
     assert spec.tier == 1
     assert spec.intensity.max_restarts == 5
     assert spec.backoff.initial_s == runner_config.restart.backoff_initial_s
     assert spec.stable_after_s == 10.0
-    assert spec.reject is reject_kernel_message
+    assert spec.reject is not None  # its runs are answered through the language runner (tests/actors/test_lang_runner_*)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -295,14 +277,16 @@ FAST_RESTARTS = RestartDefaults(backoff_initial_s=0.02, backoff_factor=2.0, back
 
 @pytest.fixture
 def fast_config(runner_config: RunnerConfig) -> RunnerConfig:
-    return attrs.evolve(runner_config, restart=FAST_RESTARTS)
+    return attrs.evolve(runner_config, lang="python", restart=FAST_RESTARTS)
 
 
 @pytest.fixture
 def tree(fast_config: RunnerConfig, request: pytest.FixtureRequest) -> Iterator[tuple[RunnerHandle, AgentClient]]:
     kernel_name, ready_timeout_s = request.param
-    handle = start(fast_config, extra_children=[
-        kernel_child_spec(fast_config, kernel_name=kernel_name, ready_timeout_s=ready_timeout_s)])
+    def kernel(runner: RunnerContext) -> ChildSpec:
+        return kernel_child_spec(runner, kernel_name=kernel_name, ready_timeout_s=ready_timeout_s)
+
+    handle = start(fast_config, extra_children=[kernel])
     try:
         with AgentClient(port_in=handle.ports.port_in, port_out=handle.ports.port_out) as client:
             yield handle, client
@@ -311,7 +295,7 @@ def tree(fast_config: RunnerConfig, request: pytest.FixtureRequest) -> Iterator[
 
 
 def run_code(handle: RunnerHandle, client: AgentClient, code: str, timeout: float = 10.0) -> RunResult:
-    handle.tell(ForwardToChild(child_id=KERNEL_CHILD, message=RunTask(run_id=next_run_id(), kind="code", text=code)))
+    client.send("code", code)  # through the language runner, which delegates `code` to the kernel child
     return client.collect_run(timeout)
 
 
@@ -328,8 +312,7 @@ def test_missing_kernelspec_answers_runs_with_127_and_the_reason(tree: tuple[Run
     result = run_code(handle, client, "print(1)")
     assert result.exit_code == 127
     assert b"no Jupyter kernelspec named 'no-such-kernel'" in result.stderr
-    handle.tell(ForwardToChild(child_id=KERNEL_CHILD, message=CompleteCode(code="impo")))
-    assert client.expect("completion").json() == []
+    assert client.complete("impo") == []
     # Bounded retries: the supervisor gives up, and then its reject answers with 127.
     wait_until(lambda: kernel_state(handle) is ChildState.FATAL, timeout=5, what="the kernel child to be FATAL")
     result = run_code(handle, client, "print(2)")

@@ -16,32 +16,35 @@ import pykka
 import pytest
 
 from kernel_runner import RunnerConfig, runtime
-from kernel_runner.actors.base import ChildContext, SupervisedActor
-from kernel_runner.actors.lang_runner import reject_delegated_run, reject_run
+from kernel_runner.actors.base import SupervisedActor
 from kernel_runner.client import AgentClient
+from kernel_runner.context import RunnerContext
+from kernel_runner.directory import ChildDirectory
 from kernel_runner.ids import KERNEL_CHILD, LANG_CHILD, TERMINAL_CHILD, ChildId, RunId
 from kernel_runner.messages import (
-    ChildState,
     CompleteCode,
     CompletionResult,
     FeedInput,
     Finished,
-    ForwardToChild,
     InterruptRun,
     Output,
     RunDone,
     RunTask,
 )
-from kernel_runner.supervisor import ChildSpec
+from kernel_runner.outbox import RouterLink
+from kernel_runner.rejects import delegate_reject, lang_runner_reject
+from kernel_runner.runtime import ChildPlan
+from kernel_runner.supervision import ChildContext, ChildSpec, ChildState
 from tests.support.runners import LangRunners
-from tests.support.waiting import wait_until
+from tests.support.waiting import Recorder, wait_until
 
 
 class FakeDelegate(SupervisedActor):
-    """Answers RunTask like a kernel: output, Finished, RunDone. Text "hold" waits for input or an interrupt."""
+    """Answers RunTask like a kernel: output, then RunDone. Text "hold" waits for input or an interrupt."""
 
-    def __init__(self, *, ctx: ChildContext, seen: list[object], lock: threading.Lock) -> None:
+    def __init__(self, *, ctx: ChildContext, runner: RunnerContext, seen: list[object], lock: threading.Lock) -> None:
         super().__init__(ctx=ctx)
+        self.router = runner.router
         self.seen = seen
         self.lock = lock
         self.held: RunTask | None = None
@@ -65,14 +68,14 @@ class FakeDelegate(SupervisedActor):
                 if self.held is not None:
                     self._finish(self.held, "interrupted", 130)
             case CompleteCode():
-                self.ctx.router.tell(CompletionResult(items=(f"{message.code}-completed",)))
+                self.router.tell(CompletionResult(items=(f"{message.code}-completed",)))
         return None
 
     def _finish(self, task: RunTask, text: str, code: int) -> None:
         self.held = None
-        self.ctx.router.tell(Output(stream="stdout", data=text.encode()))
-        self.ctx.router.tell(Finished(kind=task.kind, exit_code=code))
-        self.ctx.supervisor.tell(ForwardToChild(child_id=LANG_CHILD, message=RunDone(run_id=task.run_id, exit_code=code)))
+        self.router.tell(Output(stream="stdout", data=text.encode()))
+        note = "a note\n" if task.text == "with note" else None
+        self.tell_child(LANG_CHILD, RunDone(run_id=task.run_id, exit_code=code, note=note))
 
 
 class Delegates:
@@ -80,11 +83,15 @@ class Delegates:
         self.seen: list[object] = []
         self.lock = threading.Lock()
 
-    def spec(self, child_id: ChildId) -> ChildSpec:
-        def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
-            return FakeDelegate.start(ctx=ctx, seen=self.seen, lock=self.lock)
+    def spec(self, child_id: ChildId) -> ChildPlan:
+        def plan(runner: RunnerContext) -> ChildSpec:
+            def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
+                return FakeDelegate.start(ctx=ctx, runner=runner, seen=self.seen, lock=self.lock)
 
-        return ChildSpec(child_id=child_id, factory=factory, tier=1, reject=reject_delegated_run)
+            reject = delegate_reject(runner.directory, runner.router, what=f"the fake {child_id}")
+            return ChildSpec(child_id=child_id, factory=factory, tier=1, reject=reject)
+
+        return plan
 
     def of_type(self, kind: type) -> list[Any]:
         with self.lock:
@@ -99,7 +106,7 @@ def delegates() -> Delegates:
 @pytest.fixture
 def langs(runner_config: RunnerConfig, monkeypatch: pytest.MonkeyPatch) -> Iterator[LangRunners]:
     # The runtime registers the real delegate for the language; these tests put the fake in its place.
-    monkeypatch.setattr(runtime, "delegate_children", lambda config: [])
+    monkeypatch.setattr(runtime, "delegate_children", lambda runner: [])
     runners = LangRunners(runner_config)
     yield runners
     runners.close()
@@ -113,8 +120,10 @@ def test_python_code_goes_to_the_kernel_child(langs: LangRunners, delegates: Del
     agent = start_with_kernel(langs, delegates)
     result = agent.code("1 + 1")
     assert (result.status, result.exit_code, result.stdout) == ("finished", 0, b"kernel ran 1 + 1")
-    (task,) = delegates.of_type(RunTask)
-    assert (task.kind, task.text) == ("code", "1 + 1")
+    noted = agent.code("with note")
+    assert (noted.exit_code, noted.stdout, noted.stderr) == (0, b"kernel ran with note", b"a note\n")
+    first, _ = delegates.of_type(RunTask)
+    assert (first.kind, first.text) == ("code", "1 + 1")
     # The queue moved on after RunDone: a batch op runs in the language runner itself.
     assert agent.run("exec", "echo after").stdout == b"after\n"
 
@@ -168,11 +177,26 @@ def test_app_has_no_query_mode(langs: LangRunners) -> None:
     assert b"query mode is not available" in result.stderr
 
 
-def test_a_gone_delegate_is_answered_by_its_reject() -> None:
-    task = RunTask(run_id=RunId(7), kind="code", text="x")
-    replies = reject_delegated_run(task)
-    assert [type(r) for r in replies] == [Output, Finished, ForwardToChild]
-    assert replies[1] == Finished(kind="code", exit_code=127)
-    assert replies[2] == ForwardToChild(child_id=LANG_CHILD, message=RunDone(run_id=RunId(7), exit_code=127))
-    assert reject_delegated_run(CompleteCode(code="x")) == [CompletionResult(items=())]
-    assert reject_run(FeedInput(text="x")) == []
+def test_a_gone_delegate_is_answered_by_its_reject_and_the_language_runner_still_finishes() -> None:
+    agent_side, lang_side = Recorder(), Recorder()
+    try:
+        link = RouterLink(4)
+        link.attach(agent_side.ref)
+        directory = ChildDirectory()
+        directory.register(LANG_CHILD, None)
+        directory.attach(LANG_CHILD, 1, lang_side.ref)
+        reject = delegate_reject(directory, link, what="the Jupyter kernel")
+        reject(RunTask(run_id=RunId(7), kind="code", text="x"))
+        done = lang_side.wait_for(lambda m: isinstance(m, RunDone), timeout=5, what="RunDone")
+        assert (done.run_id, done.exit_code) == (7, 127)
+        assert done.note is not None and "the Jupyter kernel is not running" in done.note
+        reject(CompleteCode(code="x"))
+        agent_side.wait_for(lambda m: m == CompletionResult(items=()), timeout=5, what="an empty completion")
+        assert not [m for m in agent_side.messages if isinstance(m, Finished)], "only the language runner finishes"
+        # With the language runner itself gone, its reject answers the agent directly.
+        lang_runner_reject(link)(RunTask(run_id=RunId(8), kind="exec", text="true"))
+        agent_side.wait_for(lambda m: m == Finished(kind="exec", exit_code=127), timeout=5, what="Finished 127")
+        assert any(isinstance(m, Output) and b"language runner is not available" in m.data for m in agent_side.messages)
+    finally:
+        agent_side.stop()
+        lang_side.stop()

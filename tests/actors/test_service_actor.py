@@ -11,13 +11,13 @@ import attrs
 import pytest
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
-from kernel_runner.actors.base import ChildContext
 from kernel_runner.actors.service import ServiceActor, ServiceRun
 from kernel_runner.client import AgentClient
+from kernel_runner.context import RunnerContext
 from kernel_runner.ids import ChildId, service_child
-from kernel_runner.messages import AppsResult, ChildState, ModelServiceResult, ServiceResult, StartModelService, StartService
+from kernel_runner.messages import AppsResult, ModelServiceResult, ServiceResult, StartModelService, StartService
 from kernel_runner.policy import Backoff, IntensityLimit
-from kernel_runner.supervisor import ChildSpec
+from kernel_runner.supervision import ChildContext, ChildSpec, ChildState
 from tests.conftest import CHILDREN
 from tests.support.ports import free_port
 from tests.support.procs import alive, assert_gone
@@ -27,7 +27,9 @@ from tests.support.waiting import wait_until
 class TablePlanner:
     """A planner over fixed ServiceRuns, standing in for service definitions (those are tested on their own)."""
 
-    def __init__(self, runs: dict[str, ServiceRun], *, backoff: Backoff, intensity: IntensityLimit) -> None:
+    def __init__(self, runner: RunnerContext, runs: dict[str, ServiceRun], *, backoff: Backoff,
+                 intensity: IntensityLimit) -> None:
+        self.runner = runner
         self.runs = runs
         self.backoff = backoff
         self.intensity = intensity
@@ -35,22 +37,26 @@ class TablePlanner:
     def apps(self, name: str | None) -> AppsResult:
         return AppsResult(apps=tuple({"name": n} for n in self.runs))
 
-    def plan_service(self, request: StartService) -> ChildSpec | ServiceResult:
+    def plan_service(self, request: StartService) -> Sequence[ChildSpec] | ServiceResult:
         run = self.runs.get(request.info.name)
         if run is None:
             return ServiceResult(status="failed", error="unsupported service")
 
         def factory(ctx: ChildContext) -> Any:
-            return ServiceActor.start(ctx=ctx, run=run, reply="service")
+            return ServiceActor.start(ctx=ctx, runner=self.runner, run=run, reply="service")
 
-        return ChildSpec(child_id=service_child(run.name), factory=factory, restart="transient", shutdown_s=1.0,
-                         backoff=self.backoff, intensity=self.intensity, stable_after_s=30.0, tier=2)
+        return [ChildSpec(child_id=service_child(run.name), factory=factory, restart="transient", shutdown_s=1.0,
+                          backoff=self.backoff, intensity=self.intensity, stable_after_s=30.0,
+                          retry_failed_start=False, tier=2)]
 
     def plan_model_service(self, request: StartModelService) -> Sequence[ChildSpec] | ModelServiceResult:
         return ModelServiceResult(status="failed", error="not in this test")
 
     def service_child_ids(self, name: str) -> Sequence[ChildId]:
         return (service_child(name),)
+
+    def intrinsic_specs(self) -> Sequence[ChildSpec]:
+        return ()
 
 
 def listener(name: str, port: int, *extra: str, cwd: Path, timeout: float = 5.0) -> ServiceRun:
@@ -62,7 +68,7 @@ class Services:
     def __init__(self, config: RunnerConfig, runs: dict[str, ServiceRun], **planner: Any) -> None:
         planner.setdefault("backoff", Backoff(initial_s=0.05, cap_s=0.2, jitter=0.0))
         planner.setdefault("intensity", IntensityLimit(max_restarts=3, period_s=60))
-        self.handle: RunnerHandle = start(config, services=TablePlanner(runs, **planner))
+        self.handle: RunnerHandle = start(config, services=lambda runner: TablePlanner(runner, runs, **planner))
         self.agent = AgentClient(port_in=self.handle.ports.port_in, port_out=self.handle.ports.port_out)
 
     def start(self, name: str, port: int = 0, timeout: float = 10.0) -> dict[str, Any]:

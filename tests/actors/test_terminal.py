@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import attrs
 import pykka
@@ -17,29 +16,19 @@ import pytest
 import zmq
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
-from kernel_runner.actors.base import ChildContext, RouterLink, SupervisedActor
+from kernel_runner.actors.base import SupervisedActor
 from kernel_runner.actors.terminal import TerminalActor, TerminalPorts, terminal_child_spec
 from kernel_runner.client import AgentClient, RunResult
-from kernel_runner.clock import REAL_CLOCK
 from kernel_runner.config import RestartDefaults
+from kernel_runner.context import RunnerContext
 from kernel_runner.ids import LANG_CHILD, TERMINAL_CHILD, next_run_id
-from kernel_runner.messages import (
-    ChildInfo,
-    ChildState,
-    Finished,
-    ForwardToChild,
-    Output,
-    RunDone,
-    RunTask,
-    ShutdownTree,
-    WhichChildrenQuery,
-)
+from kernel_runner.messages import Finished, Output, RunDone, RunTask
 from kernel_runner.policy import Backoff
-from kernel_runner.supervisor import ChildSpec, SupervisorActor
+from kernel_runner.supervision import ChildContext, ChildInfo, ChildSpec, ChildState
 from kernel_runner.terminal_commands import GITGRAPH_MIME
-from kernel_runner.timers import Ticker
 from tests.support.procs import alive, assert_gone
-from tests.support.waiting import Recorder, wait_until
+from tests.support.tree import Tree
+from tests.support.waiting import wait_until
 
 # A shell without rc files, so the user's dotfiles cannot change what the tests see.
 SHELL = ["/bin/bash", "--norc", "--noprofile"]
@@ -138,7 +127,8 @@ def has_ports(info: ChildInfo) -> bool:
 
 
 def code(runner: RunnerHandle, agent: AgentClient, text: str, *, timeout: float = 10.0) -> RunResult:
-    runner.tell(ForwardToChild(child_id=TERMINAL_CHILD, message=RunTask(run_id=next_run_id(), kind="code", text=text)))
+    """A `code` op as the agent sends it: lang=git, so the language runner hands it to the terminal."""
+    agent.send("code", text)
     return agent.collect_run(timeout=timeout)
 
 
@@ -149,7 +139,7 @@ def term_config(runner_config: RunnerConfig) -> RunnerConfig:
 
 @pytest.fixture
 def term_runner(term_config: RunnerConfig) -> Iterator[RunnerHandle]:
-    handle = start(term_config, extra_children=[terminal_child_spec(term_config, shell_argv=SHELL)])
+    handle = start(term_config, extra_children=[lambda runner: terminal_child_spec(runner, shell_argv=SHELL)])
     yield handle
     handle.stop(timeout=5)
 
@@ -256,7 +246,7 @@ def test_exit_restarts_the_shell_on_the_same_sockets(term_runner: RunnerHandle, 
 
 
 def test_stop_hangs_up_the_shell_and_its_jobs(term_config: RunnerConfig) -> None:
-    handle = start(term_config, extra_children=[terminal_child_spec(term_config, shell_argv=SHELL)])
+    handle = start(term_config, extra_children=[lambda runner: terminal_child_spec(runner, shell_argv=SHELL)])
     try:
         info = wait_terminal(handle.which_children, has_ports, what="terminal ports")
         client = TermClient(term_in=info.extra["term_in_port"], term_out=info.extra["term_out_port"])
@@ -313,11 +303,6 @@ def test_bad_commands_answer_on_stderr_and_the_runner_keeps_serving(
     assert (info.state, info.generation, info.restarts) == (ChildState.RUNNING, 1, 0)
 
 
-def test_batch_kinds_are_refused(term_runner: RunnerHandle, term_agent: AgentClient) -> None:
-    term_runner.tell(ForwardToChild(child_id=TERMINAL_CHILD, message=RunTask(run_id=next_run_id(), kind="exec", text="ls")))
-    result = term_agent.collect_run()
-    assert (result.status, result.exit_code) == ("finished", 127)
-    assert b"only `code`" in result.stderr
 
 
 def test_show_graph_sends_the_gitgraph_media(term_runner: RunnerHandle, term_agent: AgentClient, repo: Path) -> None:
@@ -400,42 +385,44 @@ class ForwardingLang(SupervisedActor):
         return None
 
 
-class BareTree:
-    def __init__(self, config: RunnerConfig, terminal: ChildSpec) -> None:
-        self.recorder = Recorder()
-        self.ticker = Ticker()
-        self.link = RouterLink(8)
-        self.link.attach(self.recorder.ref)  # the recorder stands in for the router
-        self.ref = SupervisorActor.start(config=config, clock=REAL_CLOCK, ticker=self.ticker, router_link=self.link)
+class BareTree(Tree):
+    """The terminal and a stand-in language runner under a real supervisor; the recorder stands in for the router."""
+
+    def __init__(self, config: RunnerConfig, terminal: Callable[[RunnerContext], ChildSpec]) -> None:
+        super().__init__(config)
         recorder = self.recorder.ref
-        self.ref.tell(ChildSpec(child_id=LANG_CHILD, factory=lambda ctx: ForwardingLang.start(ctx=ctx, recorder=recorder)))
-        self.ref.tell(terminal)
+        self.start(ChildSpec(child_id=LANG_CHILD, factory=lambda ctx: ForwardingLang.start(ctx=ctx, recorder=recorder)))
+        self.start(terminal(self.runner))
 
-    def children(self) -> list[ChildInfo]:
-        return cast(list[ChildInfo], self.ref.ask(WhichChildrenQuery(), timeout=2))
-
-    def close(self) -> None:
-        done = cast(threading.Event, self.ref.ask(ShutdownTree(grace_s=3), timeout=2))
-        assert done.wait(timeout=5)
-        self.ref.stop(timeout=2)
-        self.recorder.stop()
-        self.ticker.stop()
+    def children_list(self) -> list[ChildInfo]:
+        return list(self.children().values())
 
 
-def test_run_done_follows_the_single_finished(term_config: RunnerConfig) -> None:
-    tree = BareTree(term_config, terminal_child_spec(term_config, shell_argv=SHELL))
+def test_the_terminal_reports_run_done_after_its_output_and_sends_no_finished(term_config: RunnerConfig) -> None:
+    tree = BareTree(term_config, lambda runner: terminal_child_spec(runner, shell_argv=SHELL))
     try:
-        wait_terminal(tree.children, lambda t: t.state is ChildState.RUNNING, what="terminal running")
+        wait_terminal(tree.children_list, lambda t: t.state is ChildState.RUNNING, what="terminal running")
         run_id = next_run_id()
-        tree.ref.tell(ForwardToChild(child_id=TERMINAL_CHILD, message=RunTask(run_id=run_id, kind="code", text="%nope")))
+        tree.tell_child(TERMINAL_CHILD, RunTask(run_id=run_id, kind="code", text="%nope"))
         done = tree.recorder.wait_for(lambda m: m == ("lang", RunDone(run_id=run_id, exit_code=2)), timeout=5,
                                       what="RunDone at the language runner")
-        assert done
         messages = tree.recorder.messages
-        finished = [m for m in messages if isinstance(m, Finished)]
-        assert finished == [Finished(kind="code", exit_code=2)]
-        assert messages.index(finished[0]) < messages.index(done)
-        assert any(isinstance(m, Output) and m.stream == "stderr" for m in messages)
+        assert not [m for m in messages if isinstance(m, Finished)], "only the language runner sends Finished"
+        errors = [m for m in messages if isinstance(m, Output) and m.stream == "stderr"]
+        assert errors and messages.index(errors[-1]) < messages.index(done)
+    finally:
+        tree.close()
+
+
+def test_batch_kinds_are_refused(term_config: RunnerConfig) -> None:
+    tree = BareTree(term_config, lambda runner: terminal_child_spec(runner, shell_argv=SHELL))
+    try:
+        wait_terminal(tree.children_list, lambda t: t.state is ChildState.RUNNING, what="terminal running")
+        run_id = next_run_id()
+        tree.tell_child(TERMINAL_CHILD, RunTask(run_id=run_id, kind="exec", text="ls"))
+        tree.recorder.wait_for(lambda m: m == ("lang", RunDone(run_id=run_id, exit_code=127)), timeout=5,
+                               what="RunDone 127")
+        assert any(isinstance(m, Output) and b"only `code`" in m.data for m in tree.recorder.messages)
     finally:
         tree.close()
 
@@ -447,31 +434,29 @@ def test_a_terminal_that_cannot_start_rejects_runs_and_releases_the_language_run
         restart=RestartDefaults(backoff_initial_s=0.01, backoff_cap_s=0.02, backoff_jitter=0.0,
                                 intensity_max_restarts=1, intensity_period_s=60.0),
     )
-    spec = terminal_child_spec(config, shell_argv=[str(tmp_path / "no-such-shell")])
-    tree = BareTree(config, spec)
+    tree = BareTree(config, lambda runner: terminal_child_spec(runner, shell_argv=[str(tmp_path / "no-such-shell")]))
     try:
-        wait_terminal(tree.children, lambda t: t.state is ChildState.FATAL, what="terminal FATAL")
+        wait_terminal(tree.children_list, lambda t: t.state is ChildState.FATAL, what="terminal FATAL")
         run_id = next_run_id()
-        tree.ref.tell(ForwardToChild(child_id=TERMINAL_CHILD, message=RunTask(run_id=run_id, kind="code", text="%ping")))
-        tree.recorder.wait_for(lambda m: m == ("lang", RunDone(run_id=run_id, exit_code=127)), timeout=5,
-                               what="RunDone from the reject")
-        messages = tree.recorder.messages
-        assert Finished(kind="code", exit_code=127) in messages
-        assert any(isinstance(m, Output) and b"terminal is not available" in m.data for m in messages)
+        tree.tell_child(TERMINAL_CHILD, RunTask(run_id=run_id, kind="code", text="%ping"))
+        done = tree.recorder.wait_for(lambda m: isinstance(m, tuple) and isinstance(m[1], RunDone), timeout=5,
+                                      what="RunDone from the reject")[1]
+        assert (done.run_id, done.exit_code) == (run_id, 127)
+        assert done.note is not None and "the terminal is not running" in done.note
     finally:
         tree.close()
 
 
 def test_fixed_ports_are_kept_across_actor_restarts(term_config: RunnerConfig) -> None:
     ports = TerminalPorts(0, 0)
-    tree = BareTree(term_config, terminal_child_spec(term_config, ports=ports, shell_argv=SHELL))
+    tree = BareTree(term_config, lambda runner: terminal_child_spec(runner, ports=ports, shell_argv=SHELL))
     try:
-        first = wait_terminal(tree.children, has_ports, what="terminal ports")
+        first = wait_terminal(tree.children_list, has_ports, what="terminal ports")
         assert (first.extra["term_in_port"], first.extra["term_out_port"]) == (ports.term_in, ports.term_out)
         # Kill the actor (not the shell): the supervisor restarts it, and it binds the same ports again.
         (actor,) = pykka.ActorRegistry.get_by_class(TerminalActor)
         actor.stop(timeout=5)
-        second = wait_terminal(tree.children, lambda t: t.generation == 2 and has_ports(t), what="restarted terminal")
+        second = wait_terminal(tree.children_list, lambda t: t.generation == 2 and has_ports(t), what="restarted terminal")
         assert (second.extra["term_in_port"], second.extra["term_out_port"]) == (ports.term_in, ports.term_out)
         assert second.extra["shell_pid"] != first.extra["shell_pid"]
         assert_gone([first.extra["shell_pid"]], timeout=5)
@@ -492,16 +477,15 @@ def test_a_shell_that_keeps_dying_is_left_to_the_supervisor(term_config: RunnerC
         restart=RestartDefaults(backoff_initial_s=0.01, backoff_cap_s=0.02, backoff_jitter=0.0,
                                 intensity_max_restarts=1, intensity_period_s=60.0),
     )
-    spec = terminal_child_spec(
-        config,
+    tree = BareTree(config, lambda runner: terminal_child_spec(
+        runner,
         shell_argv=["/bin/sh", "-c", "exit 3"],
         shell_backoff=Backoff(initial_s=0.01, factor=1.0, cap_s=0.01, jitter=0.0),
         max_quick_exits=3,
-    )
-    tree = BareTree(config, spec)
+    ))
     try:
         # 3 quick exits per incarnation end the actor with ProcessDied; the supervisor restarts it once, then gives up.
-        info = wait_terminal(tree.children, lambda t: t.state is ChildState.FATAL, what="terminal FATAL")
+        info = wait_terminal(tree.children_list, lambda t: t.state is ChildState.FATAL, what="terminal FATAL")
         assert info.last_exit == "process exited with code 3"
         assert info.generation == 2
     finally:
@@ -518,7 +502,7 @@ def test_show_graph_gives_up_on_a_hung_git(term_config: RunnerConfig, tmp_path: 
     fake.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 60\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    handle = start(term_config, extra_children=[terminal_child_spec(term_config, shell_argv=SHELL, git_timeout_s=0.5)])
+    handle = start(term_config, extra_children=[lambda runner: terminal_child_spec(runner, shell_argv=SHELL, git_timeout_s=0.5)])
     try:
         with AgentClient(port_in=handle.ports.port_in, port_out=handle.ports.port_out) as agent:
             wait_terminal(handle.which_children, lambda t: t.state is ChildState.RUNNING, what="terminal running")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import uuid
@@ -17,6 +18,7 @@ import zmq
 from kernel_runner import RunnerConfig, RunnerHandle, start
 from kernel_runner.actors import lang_runner
 from kernel_runner.client import AgentClient
+from kernel_runner.procs import StopStep
 from tests.conftest import CHILDREN
 from tests.support.procs import assert_gone, descendants
 from tests.support.runners import LangRunners, interrupt_run, read_until, running
@@ -234,14 +236,14 @@ def test_interrupted_sleep_finishes_within_a_second(agent: AgentClient) -> None:
 def test_interrupt_escalates_to_sigterm_then_sigkill(
     agent: AgentClient, log_lines: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lang_runner, "INTERRUPT_TERM_AFTER_S", 0.3)
-    monkeypatch.setattr(lang_runner, "INTERRUPT_KILL_AFTER_S", 0.3)
+    fast = (StopStep((signal.SIGINT,), 0.3), StopStep((signal.SIGTERM,), 0.3))
+    monkeypatch.setattr(lang_runner, "INTERRUPT_STEPS", fast)
     agent.send("exec", "trap '' INT TERM; echo ready; while :; do sleep 0.05; done")
     read_until(agent, b"ready")
     result, took = interrupt_run(agent)
     assert result.exit_code == 128 + 9
     assert took < 5
-    assert any("SIGTERM to process group" in line for line in log_lines)
+    assert any("still running; SIGTERM to group" in line for line in log_lines)
     assert any("SIGKILL to its tree" in line for line in log_lines)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kernel_runner import RunnerConfig
-from kernel_runner.actors.lang_runner import INTERRUPT_KILL_AFTER_S, INTERRUPT_TERM_AFTER_S
+from kernel_runner.actors.lang_runner import INTERRUPT_STEPS
 from kernel_runner.client import AgentClient
 from tests.support.procs import assert_gone, descendants
 from tests.support.runners import LangRunners, interrupt_run, read_until
@@ -70,7 +70,7 @@ def assert_interrupts(
     assert result.exit_code in exit_codes, (result.exit_code, result.stderr)
     assert took < within, f"took {took:.2f}s"
     # Nothing of the program survives (a process that shrugs SIGINT off meets the SIGTERM/SIGKILL escalation).
-    assert_gone(before, timeout=INTERRUPT_TERM_AFTER_S + INTERRUPT_KILL_AFTER_S + 1.0)
+    assert_gone(before, timeout=sum(step.wait_s for step in INTERRUPT_STEPS) + 1.0)
 
 
 def assert_batch(agent: AgentClient, *, build: str, exec: str, expected: bytes, timeout: float = 60) -> None:
@@ -266,7 +266,7 @@ def test_scheme(langs: LangRunners, work_dir: Path) -> None:
         "code",
         '(display "ready")(newline)(flush-output-port (current-output-port))\n(let loop () (loop))\n',
         exit_codes=(130, 128 + 15),
-        within=INTERRUPT_TERM_AFTER_S + 1.0,
+        within=INTERRUPT_STEPS[0].wait_s + 1.0,
     )
 
 

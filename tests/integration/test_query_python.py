@@ -25,9 +25,10 @@ import pytest
 from kernel_runner import RunnerConfig, RunnerHandle, start
 from kernel_runner.actors.kernel import kernel_child_spec
 from kernel_runner.client import AgentClient, RunResult
+from kernel_runner.context import RunnerContext
 from kernel_runner.drawing import DRAWING_MIME
-from kernel_runner.ids import KERNEL_CHILD, next_run_id
-from kernel_runner.messages import ChildInfo, ChildState, CompleteCode, FeedInput, ForwardToChild, InterruptRun, RunTask
+from kernel_runner.ids import KERNEL_CHILD
+from kernel_runner.supervision import ChildInfo, ChildSpec, ChildState
 from tests.support.procs import alive, assert_gone
 from tests.support.waiting import wait_until
 
@@ -41,11 +42,9 @@ class Query:
         self.handle = handle
         self.client = client
 
-    def tell_kernel(self, message: object) -> None:
-        self.handle.tell(ForwardToChild(child_id=KERNEL_CHILD, message=message))
-
     def send(self, code: str) -> None:
-        self.tell_kernel(RunTask(run_id=next_run_id(), kind="code", text=code))
+        """As the agent does: lang=python, so the language runner hands `code` (and input, interrupt) to the kernel."""
+        self.client.send("code", code)
 
     def run(self, code: str, timeout: float = RUN_TIMEOUT_S) -> RunResult:
         self.send(code)
@@ -69,8 +68,10 @@ def start_query(
     config: RunnerConfig, kernel_name: str = "python3", **options: float
 ) -> tuple[RunnerHandle, AgentClient]:
     # A cold jedi cache makes the first completion take seconds; the test must not depend on a warm one.
-    spec = kernel_child_spec(config, kernel_name=kernel_name, **{"complete_timeout_s": 30.0, **options})
-    handle = start(config, extra_children=[spec])
+    def spec(runner: RunnerContext) -> ChildSpec:
+        return kernel_child_spec(runner, kernel_name=kernel_name, **{"complete_timeout_s": 30.0, **options})
+
+    handle = start(attrs.evolve(config, lang="python"), extra_children=[spec])
     return handle, AgentClient(port_in=handle.ports.port_in, port_out=handle.ports.port_out)
 
 
@@ -144,8 +145,7 @@ def test_outputs_exit_codes_and_completion(query: Query) -> None:
     assert all(len(r.payload) <= 1024 * 1024 for r in records) and len(records) >= 4
     assert result.stdout == b"x" * size + b"\n"
 
-    query.tell_kernel(CompleteCode(code="impo"))
-    assert "import" in query.client.expect("completion", 30).json()
+    assert "import" in query.client.complete("impo", timeout=30)
 
 
 def test_input_round_trip_password_and_interrupted_wait(query: Query) -> None:
@@ -154,24 +154,24 @@ def test_input_round_trip_password_and_interrupted_wait(query: Query) -> None:
     assert waiting.status == "waiting-input"
     assert waiting.stdout == b"Your name: "
     assert waiting.records[-1].json() == {"is_password": False}
-    query.tell_kernel(FeedInput(text="bob"))
+    query.client.feed_input("bob")
     result = query.client.collect_run(RUN_TIMEOUT_S)
     assert (result.exit_code, result.stdout) == (0, b"hello bob\n")
 
     query.send("import getpass\nsecret = getpass.getpass('Password: ')\nprint(len(secret))")
     waiting = query.client.collect_run(RUN_TIMEOUT_S)
     assert waiting.status == "waiting-input" and waiting.records[-1].json() == {"is_password": True}
-    query.tell_kernel(FeedInput(text="hunter2"))
+    query.client.feed_input("hunter2")
     assert query.client.collect_run(RUN_TIMEOUT_S).stdout == b"7\n"
 
     # An interrupt while the kernel waits for input cancels the wait; that run ends once, non-zero.
     query.send("input('never answered: ')")
     assert query.client.collect_run(RUN_TIMEOUT_S).status == "waiting-input"
-    query.tell_kernel(InterruptRun())
+    query.client.interrupt()
     result = query.client.collect_run(5)
     assert result.status == "finished" and result.exit_code == 130
     assert b"KeyboardInterrupt" in result.stderr
-    query.tell_kernel(FeedInput(text="too late"))  # nothing waits now: dropped, no reply
+    query.client.feed_input("too late")  # nothing waits now: dropped, no reply
     result = query.run("print('next')")
     assert (result.exit_code, result.stdout) == (0, b"next\n")
 
@@ -180,7 +180,7 @@ def interrupt_sleep_within_one_second(query: Query) -> RunResult:
     query.send("import time\nprint('sleeping', flush=True)\ntime.sleep(30)")
     assert query.client.expect("stdout", RUN_TIMEOUT_S).payload == b"sleeping\n"
     started = time.monotonic()
-    query.tell_kernel(InterruptRun())
+    query.client.interrupt()
     result = query.client.collect_run(5)
     assert time.monotonic() - started < 1.0
     assert result.status == "finished" and result.exit_code == 130
@@ -190,7 +190,7 @@ def interrupt_sleep_within_one_second(query: Query) -> RunResult:
 
 def test_interrupt_ends_a_sleep_with_exactly_one_finished(query: Query, log_lines: list[str]) -> None:
     interrupt_sleep_within_one_second(query)
-    query.tell_kernel(InterruptRun())  # nothing runs: logged and dropped, so no extra `finished` follows
+    query.client.interrupt()  # nothing runs: logged and dropped, so no extra `finished` follows
     wait_until(lambda: any("interrupt: nothing is running" in line for line in log_lines), timeout=5,
                what="the idle interrupt to be logged")
     result = query.run("print(2)")
@@ -228,7 +228,7 @@ def test_an_ignored_interrupt_kills_the_kernel_so_the_run_still_ends_once(runner
         query.send("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
                    "print('deaf', flush=True)\ntime.sleep(30)")
         assert client.expect("stdout", RUN_TIMEOUT_S).payload == b"deaf\n"
-        query.tell_kernel(InterruptRun())
+        query.client.interrupt()
         result = client.collect_run(5)
         assert result.status == "finished" and result.exit_code == 130
         assert b"did not respond to the interrupt within 0.5 s, so it was killed" in result.stderr

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from kernel_runner.messages import Crashed, NormalExit, ProcessDied, ShutdownExit
+from kernel_runner.exits import Crashed, NormalExit, ProcessDied, ShutdownExit
 from kernel_runner.policy import (
     Backoff,
     Forget,

@@ -12,8 +12,6 @@ from kernel_runner.ids import ChildId
 from kernel_runner.messages import (
     AppsResult,
     BadFrame,
-    ChildInfo,
-    ChildState,
     CompleteCode,
     CompletionResult,
     FeedInput,
@@ -34,10 +32,10 @@ from kernel_runner.messages import (
     ShutdownService,
     StartModelService,
     StartService,
-    StatusReply,
     StatusRequest,
     WaitingInput,
 )
+from kernel_runner.supervision import ChildInfo, ChildState
 
 
 @pytest.mark.parametrize(
@@ -197,9 +195,10 @@ def test_encodes_every_outgoing_message() -> None:
 
 def test_status_is_msgpack_with_started_at_and_the_tree() -> None:
     child = ChildInfo(
-        child_id=ChildId("lang"), state=ChildState.RUNNING, pid=12, restarts=1, generation=2, last_exit="x", uptime_s=1.5
+        child_id=ChildId("lang"), state=ChildState.RUNNING, pid=12, restarts=1, generation=2, last_exit="x",
+        running_since=100.0,
     )
-    frames = wire.encode(StatusReply(started_at=12.5, ready=True, children=(child,)))
+    frames = wire.StatusEncoder().encode(started_at=12.5, ready=True, children=(child,), now=101.5)
     assert frames[0] == b"status"
     body = msgpack.unpackb(frames[1], raw=False)
     assert body["started_at"] == 12.5

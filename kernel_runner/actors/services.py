@@ -1,0 +1,185 @@
+"""ServicesActor: the service manager. Turns start-service, shutdown-service, get-apps and start-model-service into
+requests to the supervisor, and answers the agent where the supervisor's answer decides the reply.
+
+It plans (through a ServicePlanner) and asks; the supervisor starts and stops. A start of something that runs already
+is an answer, not an error: the supervisor says AlreadyStarted and the agent hears `running` (docs/protocol.md §6.2).
+
+    StartService ──plan──▶ specs ──StartChild(first, reply_to=me)──▶ Started ──▶ StartChild(rest); the
+        │                                                            │           ServiceActor answers the agent
+        └─▶ a reply (unsupported, broken definition, preopen)        ├─ AlreadyStarted ──▶ `running`
+                                                                     └─ StartRefused ──▶ `failed`, with the reason
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import attrs
+
+from kernel_runner.actors.base import SupervisedActor
+from kernel_runner.context import RunnerContext
+from kernel_runner.ids import ChildId
+from kernel_runner.messages import (
+    AppsResult,
+    GetApps,
+    ModelServiceResult,
+    ServiceResult,
+    ShutdownService,
+    StartModelService,
+    StartService,
+    ToAgent,
+)
+from kernel_runner.refs import tell_if_alive
+from kernel_runner.supervision import (
+    AlreadyStarted,
+    ChildContext,
+    ChildSpec,
+    ChildState,
+    StartChild,
+    Started,
+    StartRefused,
+    StopChild,
+)
+
+INTRINSIC_STEP = "intrinsic-services"  # the start-up step `status` waits for (docs/protocol.md §1.6)
+
+
+class ServicePlanner(Protocol):
+    """Decides what to start for a service op; services.ServiceDirectory is the runner's, tests bring their own."""
+
+    def apps(self, name: str | None) -> AppsResult: ...
+
+    def plan_service(self, request: StartService) -> Sequence[ChildSpec] | ServiceResult: ...
+
+    def plan_model_service(self, request: StartModelService) -> Sequence[ChildSpec] | ModelServiceResult: ...
+
+    def service_child_ids(self, name: str) -> Sequence[ChildId]: ...
+
+    def intrinsic_specs(self) -> Sequence[ChildSpec]: ...
+
+
+@attrs.frozen(kw_only=True)
+class _PendingStart:
+    """A start whose reply to the agent depends on the supervisor's answer."""
+
+    rest: tuple[ChildSpec, ...]
+    # The reply when the child runs already; None for a helper (a checker) started after its server: an old one
+    # still running would answer nobody, so that start fails and takes its server down with it.
+    running: ToAgent | None
+    failed: Callable[[str], ToAgent]
+    helper_of: ChildId | None = None
+
+
+@attrs.frozen(kw_only=True)
+class _IntrinsicsPlanned:
+    specs: tuple[ChildSpec, ...]
+
+
+class ServicesActor(SupervisedActor):
+    """Owns the service ops; holds no processes itself (each service is a ServiceActor the supervisor starts)."""
+
+    redeliverable = (StartService, StartModelService, GetApps, ShutdownService)
+
+    def __init__(self, *, ctx: ChildContext, runner: RunnerContext, planner: ServicePlanner,
+                 start_intrinsics: bool = False) -> None:
+        super().__init__(ctx=ctx)
+        self._runner = runner
+        self._planner = planner
+        self._start_intrinsics = start_intrinsics
+        # The supervisor answers StartChild in order, so each child id's pending starts form a queue.
+        self._pending: dict[ChildId, collections.deque[_PendingStart]] = {}
+
+    def start_child(self) -> None:
+        self.set_state(ChildState.RUNNING)
+        if self._start_intrinsics and self.generation == 1:
+            threading.Thread(target=self._plan_intrinsics, name="IntrinsicServices", daemon=True).start()
+
+    def _plan_intrinsics(self) -> None:
+        """sshd key setup is blocking file and process I/O: it runs here, never on the actor's thread."""
+        specs: Sequence[ChildSpec] = ()
+        try:
+            specs = self._planner.intrinsic_specs()
+        except Exception as exc:  # noqa: BLE001 - a failed intrinsic start must not keep the runner from getting ready
+            self.log.opt(exception=exc).error("error while preparing the intrinsic services: {!r}", exc)
+        if not tell_if_alive(self.actor_ref, _IntrinsicsPlanned(specs=tuple(specs))):
+            self._runner.gate.done(INTRINSIC_STEP)
+
+    def handle(self, message: object) -> object:
+        match message:
+            case StartService():
+                return self._handle_start_service(message)
+            case StartModelService():
+                return self._handle_start_model_service(message)
+            case ShutdownService():
+                return self._handle_shutdown_service(message)
+            case GetApps():
+                return self._runner.router.tell(self._planner.apps(message.name))
+            case Started() | AlreadyStarted() | StartRefused():
+                return self._handle_start_answer(message)
+            case _IntrinsicsPlanned():
+                return self._handle_intrinsics_planned(message)
+            case _:
+                return super().handle(message)
+
+    def _handle_start_service(self, message: StartService) -> None:
+        plan = self._planner.plan_service(message)
+        if isinstance(plan, ServiceResult):
+            self._runner.router.tell(plan)
+            return
+        self._start(plan, running=ServiceResult(status="running"),
+                    failed=lambda error: ServiceResult(status="failed", error=error))
+
+    def _handle_start_model_service(self, message: StartModelService) -> None:
+        plan = self._planner.plan_model_service(message)
+        if isinstance(plan, ModelServiceResult):
+            self._runner.router.tell(plan)
+            return
+        self._start(plan, running=ModelServiceResult(status="running"),
+                    failed=lambda error: ModelServiceResult(status="failed", error=error))
+
+    def _start(self, specs: Sequence[ChildSpec], *, running: ToAgent, failed: Callable[[str], ToAgent]) -> None:
+        first, *rest = specs
+        self._pending.setdefault(first.child_id, collections.deque()).append(
+            _PendingStart(rest=tuple(rest), running=running, failed=failed)
+        )
+        self.ctx.supervisor.tell(StartChild(spec=first, reply_to=self.actor_ref))
+
+    def _handle_start_answer(self, answer: Started | AlreadyStarted | StartRefused) -> None:
+        queue = self._pending.get(answer.child_id)
+        if not queue:
+            return
+        pending = queue.popleft()
+        if not queue:
+            del self._pending[answer.child_id]
+        match answer:
+            case Started():
+                # The first child answers the agent itself (started/failed); the rest are its helpers (a checker).
+                for spec in pending.rest:
+                    helper = _PendingStart(rest=(), running=None, failed=pending.failed, helper_of=answer.child_id)
+                    self._pending.setdefault(spec.child_id, collections.deque()).append(helper)
+                    self.ctx.supervisor.tell(StartChild(spec=spec, reply_to=self.actor_ref))
+            case AlreadyStarted() if pending.running is not None:
+                self.log.info("{} is {} already; answered `running`", answer.child_id, answer.state.value)
+                self._runner.router.tell(pending.running)
+            case _:
+                reason = answer.reason if isinstance(answer, StartRefused) else (
+                    f"{answer.child_id} from an earlier start is still {answer.state.value}; try again")
+                self.log.error("{} was not started: {}", answer.child_id, reason)
+                self._runner.router.tell(pending.failed(reason))
+                if pending.helper_of is not None:
+                    self.ctx.supervisor.tell(StopChild(child_id=pending.helper_of, reason=f"its helper failed: {reason}"))
+
+    def _handle_shutdown_service(self, message: ShutdownService) -> None:
+        for child_id in self._planner.service_child_ids(message.name):
+            self.ctx.supervisor.tell(StopChild(child_id=child_id, reason="shutdown-service"))
+
+    def _handle_intrinsics_planned(self, message: _IntrinsicsPlanned) -> None:
+        for spec in message.specs:
+            self.ctx.supervisor.tell(StartChild(spec=spec))
+        self._runner.gate.done(INTRINSIC_STEP)
+
+
+__all__ = ["INTRINSIC_STEP", "ServicePlanner", "ServicesActor"]

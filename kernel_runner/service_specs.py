@@ -1,0 +1,138 @@
+"""Child specs for service processes, and for model services: a server plus (with a health check) its checker.
+
+Who answers the agent for a model service (docs/protocol.md §7):
+- no health_check: the server's ServiceActor, `started` once the port opens (never upstream's "service unhealthy"
+  for a healthy start);
+- with a health_check: the HealthCheckerActor, `started` at the first expected status, `failed` when its budget is
+  spent or the server dies first. The server's ServiceActor neither waits for the port nor replies; it tells the
+  checker (through the child directory) when its process ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import pykka
+from loguru import logger
+
+from kernel_runner.actors.health import HealthCheckerActor, HealthMemo, HealthPlan
+from kernel_runner.actors.service import ServiceActor, ServiceRun
+from kernel_runner.context import RunnerContext
+from kernel_runner.ids import ChildId, health_child, service_child
+from kernel_runner.messages import HealthCheck, ModelInfo
+from kernel_runner.policy import RestartType
+from kernel_runner.servicedefs import RestartOverride, ServiceLaunch
+from kernel_runner.supervision import ChildContext, ChildSpec
+
+# A service that stays up this long counts as recovered: its next crash starts backoff from the beginning.
+SERVICE_STABLE_AFTER_S = 3.0
+SERVICE_TIER = 2
+# Probes (tier 3) stop before the servers they watch (tier 2), so a stopping server is not reported unhealthy.
+HEALTH_TIER = 3
+HEALTH_SHUTDOWN_S = 1.0
+
+ReplyKind = Literal["service", "model", "none"]
+
+
+def service_child_spec(
+    launch: ServiceLaunch,
+    runner: RunnerContext,
+    *,
+    reply: ReplyKind,
+    watcher: ChildId | None = None,
+    wait_for_port: bool = True,
+    default_restart: RestartType = "transient",
+) -> ChildSpec:
+    """One ServiceActor child; a definition's optional `restart` block overrides the runner's defaults.
+
+    A failed first start is answered `failed` and not retried (the agent may ask again); a service that was up once
+    is restarted by its policy when it dies.
+    """
+    config = runner.config
+    log = logger.bind(child=service_child(launch.name))
+    override = launch.restart or RestartOverride()
+
+    def prepare() -> Any:
+        return launch.prepare(log=log.log)
+
+    run = ServiceRun(
+        name=launch.name,
+        prepare=prepare,
+        port=launch.port if wait_for_port else None,
+        noop=launch.noop,
+        launch_timeout_s=config.service_launch_timeout_s,
+        watcher=watcher,
+    )
+
+    def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
+        return ServiceActor.start(ctx=ctx, runner=runner, run=run, reply=reply)
+
+    return ChildSpec(
+        child_id=service_child(launch.name),
+        factory=factory,
+        restart=override.policy or default_restart,
+        shutdown_s=config.service_stop_grace_s,
+        backoff=config.restart.backoff(initial_s=override.backoff_initial_s, cap_s=override.backoff_cap_s),
+        intensity=config.restart.intensity(max_restarts=override.max_restarts, period_s=override.period_s),
+        stable_after_s=SERVICE_STABLE_AFTER_S,
+        retry_failed_start=False,
+        tier=SERVICE_TIER,
+    )
+
+
+def model_child_specs(model: ModelInfo, launch: ServiceLaunch, runner: RunnerContext) -> Sequence[ChildSpec]:
+    """The children to start, in order: the server, then (with a health_check) its checker.
+
+    The server is `permanent`: it is meant to run for the session, so any exit is restarted (with backoff and the
+    intensity limit); shutdown-service and a failed startup stop it for good. The checker is `transient`: it ends
+    normally once the model service has ended, and is bound to its server, so it goes when the server gives up.
+    """
+    service = model.service
+    assert service is not None  # with_model_service refused a model without `service`
+    check = service.health_check
+    if check is None:
+        return [service_child_spec(launch, runner, reply="model", wait_for_port=True, default_restart="permanent")]
+    checker_id = health_child(launch.name)
+    server = service_child_spec(
+        launch, runner, reply="none", watcher=checker_id, wait_for_port=False, default_restart="permanent"
+    )
+    plan = health_plan(model.name, launch.name, service.port, check, runner)
+    memo = HealthMemo()
+
+    def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
+        return HealthCheckerActor.start(ctx=ctx, runner=runner, plan=plan, memo=memo)
+
+    restart = runner.config.restart
+    checker = ChildSpec(
+        child_id=checker_id,
+        factory=factory,
+        restart="transient",  # a crashed checker is a bug, but the model must not go unwatched
+        shutdown_s=HEALTH_SHUTDOWN_S,
+        backoff=restart.backoff(initial_s=0.05),
+        intensity=restart.intensity(),
+        stable_after_s=restart.stable_after_s,
+        binds_to=server.child_id,
+        tier=HEALTH_TIER,
+    )
+    return [server, checker]
+
+
+def health_plan(model_name: str, service_name: str, port: int, check: HealthCheck, runner: RunnerContext) -> HealthPlan:
+    config = runner.config
+    path = check.path if check.path.startswith("/") else f"/{check.path}"  # upstream appended it verbatim (§7.2)
+    return HealthPlan(
+        model_name=model_name,
+        service_name=service_name,
+        server_child=service_child(service_name),
+        url=f"http://127.0.0.1:{port}{path}",
+        check=check,
+        startup_period_s=config.model_startup_probe_period_s,
+        interval_s=check.interval if check.interval is not None else config.model_probe_interval_s,
+        send_status=config.model_status_messages,
+        stop_on_startup_failure=config.model_stop_on_startup_failure,
+        restart_on_unhealthy=config.model_restart_on_unhealthy,
+    )
+
+
+__all__ = ["health_plan", "model_child_specs", "service_child_spec"]
