@@ -1,4 +1,4 @@
-"""Builds the environment the runner gives to the processes it spawns (spec §1.4), without touching os.environ."""
+"""Builds the environment the runner gives to the processes it spawns (docs/protocol.md §1.4), without touching os.environ."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ DEFAULT_ENVIRON_FILE = Path("/home/config/environ.txt")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KRUNNER_LIB_DIR = "/opt/backend.ai/lib"
 
-# spec §1.4 step 2: always present, kept from the runner env or "".
+# docs/protocol.md §1.4 step 2: always present, kept from the runner env or "".
 _INHERITED_KEYS = ("LD_LIBRARY_PATH", "LD_PRELOAD", "SSH_AUTH_SOCK", "SSH_AGENT_PID")
 
-# spec §1.4 step 6, for every language; the last applied ends up first.
+# docs/protocol.md §1.4 step 6, for every language; the last applied ends up first.
 COMMON_PATH_PROMOTIONS: tuple[PathPromotion, ...] = (
     Promote(path="/usr/local/cuda/bin", if_dir="/usr/local/cuda/bin"),
     Promote(path="/usr/local/nvidia/bin", if_dir="/usr/local/nvidia/bin"),
@@ -31,7 +31,7 @@ class ChildEnv:
     """The child env, plus what upstream also wrote into its own os.environ; the caller decides about that."""
 
     env: Mapping[str, str]
-    # environ.txt pairs in file order (later lines win); upstream put them in os.environ too (spec §1.4 step 5).
+    # environ.txt pairs in file order (later lines win); upstream put them in os.environ too (docs/protocol.md §1.4 step 5).
     runner_env_additions: Mapping[str, str]
     problems: tuple[str, ...] = ()  # one line each, for the caller to log
 
@@ -44,7 +44,7 @@ def build_child_env(
     home: str = "/home/work",
     fs: FsView = LOCAL_FS,
 ) -> ChildEnv:
-    """spec §1.4 steps 1-7. Step 8 (python user site in PYTHONPATH) is replaced by langs.batch_env."""
+    """docs/protocol.md §1.4 steps 1-7. Step 8 (python user site in PYTHONPATH) is replaced by langs.batch_env."""
     env = dict(base_environ)  # step 1
     env.update(LANG="C.UTF-8", HOME=home, TERM="xterm")  # step 2: these always override
     for key in (*_INHERITED_KEYS, *lang.env_inherit):
@@ -63,9 +63,9 @@ def build_child_env(
 
 
 def read_environ_file(path: Path) -> tuple[dict[str, str], list[str]]:
-    """KEY=VALUE per line, split at the first '='; a missing file is no error (spec §1.4 step 5).
+    """KEY=VALUE per line, split at the first '='; a missing file is no error (docs/protocol.md §1.4 step 5).
 
-    Upstream stopped at the first line without '=', blank lines included (spec §10.2 #20). We skip blank
+    Upstream stopped at the first line without '=', blank lines included (docs/protocol.md §10.2 #20). We skip blank
     lines silently and report other bad lines, keeping everything else.
     """
     try:
@@ -92,7 +92,7 @@ def read_environ_file(path: Path) -> tuple[dict[str, str], list[str]]:
 
 
 def promote_path(path_value: str, entry: str) -> str:
-    """Remove every entry equal to `entry`, then put it first; an empty entry changes nothing (spec §1.4 step 6)."""
+    """Remove every entry equal to `entry`, then put it first; an empty entry changes nothing (docs/protocol.md §1.4 step 6)."""
     if not entry:
         return path_value
     rest = [part for part in path_value.split(":") if part != entry] if path_value else []
@@ -112,14 +112,15 @@ def apply_promotions(path_value: str, promotions: Iterable[PathPromotion], *, ho
     return path_value
 
 
-def service_env(child_env: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
-    """A service's env: child env + its own, minus the krunner libraries (spec §6.2 step 8).
+def strip_runner_libraries(env: Mapping[str, str]) -> dict[str, str]:
+    """A service's env without the runner's own libraries on LD_LIBRARY_PATH (docs/protocol.md §6.2 step 8).
 
-    Upstream deleted the substring "/opt/backend.ai/lib:"; we drop that exact entry, which gives the same
-    result for the entrypoint's prefix but cannot cut a longer path that merely contains the text.
+    Upstream deleted the substring "/opt/backend.ai/lib:"; we drop that exact entry, which gives the same result for
+    the entrypoint's prefix but also catches the entry at the end, and cannot cut a longer path that merely contains
+    the text.
     """
-    env = {**child_env, **extra}
-    if "LD_LIBRARY_PATH" in env:
-        parts = env["LD_LIBRARY_PATH"].split(":")
-        env["LD_LIBRARY_PATH"] = ":".join(part for part in parts if part != KRUNNER_LIB_DIR)
-    return env
+    result = dict(env)
+    if "LD_LIBRARY_PATH" in result:
+        parts = result["LD_LIBRARY_PATH"].split(":")
+        result["LD_LIBRARY_PATH"] = ":".join(part for part in parts if part != KRUNNER_LIB_DIR)
+    return result

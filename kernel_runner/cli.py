@@ -80,7 +80,7 @@ def config_from_args(args: argparse.Namespace) -> RunnerConfig:
 
 
 def set_process_title(lang: str) -> None:
-    """`ps` shows `kernel-runner: <lang>` so ops can find the runner among user processes (spec §9.3)."""
+    """`ps` shows `kernel-runner: <lang>` so ops can find the runner among user processes (docs/protocol.md §9.3)."""
     try:
         import setproctitle
 
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     ports = handle.ports
     log.info("kernel-runner {} serving on :{} / :{} (pid {})", config.lang, ports.port_in, ports.port_out, os.getpid())
-    # The main thread only waits on an Event with a timeout, so signals stay live (design §11.1 item 11).
+    # The main thread only waits on an Event with a timeout, so signals stay live (docs/architecture.md §7).
     while not wake.wait(timeout=0.5) and not handle.escalated.is_set():
         pass
     if signals_seen:

@@ -55,7 +55,7 @@ RUN_END_TYPES = {"finished": "finished", "clean-finished": "clean-finished", "bu
 
 
 class AgentClient:
-    """PUSH to the runner's input port, PULL from its output port, as the Backend.AI agent does (spec §3.1)."""
+    """PUSH to the runner's input port, PULL from its output port, as the Backend.AI agent does (docs/protocol.md §3.1)."""
 
     def __init__(self, *, host: str = "127.0.0.1", port_in: int = 2000, port_out: int = 2001) -> None:
         self._ctx: zmq.Context[Any] = zmq.Context.instance()
@@ -118,7 +118,7 @@ class AgentClient:
             self._stash.extend(skipped)
 
     def collect_run(self, timeout: float = DEFAULT_TIMEOUT_S, *, stop_at_input: bool = True) -> RunResult:
-        """Read until the run's end message, as the agent's run loop does (spec §3.3)."""
+        """Read until the run's end message, as the agent's run loop does (docs/protocol.md §3.3)."""
         deadline = time.monotonic() + timeout
         records: list[Reply] = []
         while True:
@@ -144,7 +144,7 @@ class AgentClient:
         return self.collect_run(timeout)
 
     def batch(self, *, clean: str = "", build: str = "", exec: str = "", timeout: float = 60.0) -> list[RunResult]:
-        """The agent's batch mode: three messages, three end messages (spec §3.3)."""
+        """The agent's batch mode: three messages, three end messages (docs/protocol.md §3.3)."""
         self.send("clean", clean)
         self.send("build", build)
         self.send("exec", exec)

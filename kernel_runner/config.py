@@ -19,7 +19,7 @@ DEFAULT_TERM_OUT_PORT = 2003
 
 @attrs.frozen(kw_only=True)
 class RestartDefaults:
-    """anchors §8: 0.5 s × 2^n capped at 30 s, jitter 0.2, reset after a stable run; 5 restarts / 60 s."""
+    """docs/architecture.md §4: 0.5 s × 2^n capped at 30 s, jitter 0.2, reset after a stable run; 5 restarts / 60 s."""
 
     backoff_initial_s: float = 0.5
     backoff_factor: float = 2.0
@@ -63,7 +63,7 @@ class RunnerConfig:
     term_out_port: int = DEFAULT_TERM_OUT_PORT
     user_input_socket: Path = Path("/tmp/bai-user-input.sock")
     log_json: bool = False
-    # "none" keeps runner logs off the agent's streams (spec §9.2 calls mixing them in upstream's worst habit).
+    # "none" keeps runner logs off the agent's streams (docs/protocol.md §9.2 calls mixing them in upstream's worst habit).
     forward_logs: str = "none"
     start_intrinsic_services: bool = True
     dropbear_dir: Path = Path("/opt/kernel")
@@ -74,13 +74,14 @@ class RunnerConfig:
     output_credits: int = 256
     outbox_limit: int = 4096
     restart: RestartDefaults = attrs.field(factory=RestartDefaults)
-    # Model services (spec §7, anchors §5.4). Startup probes run this often until the first healthy answer, so the
+    # Model services (docs/protocol.md §7, docs/architecture.md §4). Startup probes run this often until the first
+    # healthy answer, so the
     # `started` reply follows readiness within one period (upstream: one try per max_wait_time).
     model_startup_probe_period_s: float = 0.05
     # Liveness probe period when the model's health_check has no `interval` (Backend.AI 24.12+ default).
     model_probe_interval_s: float = 10.0
     # Send `model-service-status` transitions (the ≥23.09 agent's message). The 23.03 agent routes unknown types to
-    # the current run's output queue or drops them, and never counts them as console output (spec §3.2-3.4).
+    # the current run's output queue or drops them, and never counts them as console output (docs/protocol.md §3.2-3.4).
     model_status_messages: bool = True
     # A model that never became healthy within its startup budget: stop its server (upstream left it running).
     model_stop_on_startup_failure: bool = True
@@ -101,7 +102,7 @@ class ConfigError(Exception):
 
 
 def read_intrinsic_ports(path: Path) -> dict[str, int]:
-    """spec §1.5: optional keys replin/replout/sshd/ttyd. Upstream aborts on bad JSON; we report and use defaults."""
+    """docs/protocol.md §1.5: optional keys replin/replout/sshd/ttyd. Upstream aborts on bad JSON; we report and use defaults."""
     if not path.is_file():
         return {}
     try:

@@ -1,4 +1,4 @@
-"""Distinct id types so a pid, a port and a child id are never confused."""
+"""Distinct id types so a pid, a run id and a child id are never confused."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import NewType
 ChildId = NewType("ChildId", str)
 RunId = NewType("RunId", int)
 Pid = NewType("Pid", int)
-Port = NewType("Port", int)
 
 _run_ids = itertools.count(1)
 

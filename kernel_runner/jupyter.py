@@ -13,10 +13,10 @@ from kernel_runner.drawing import DRAWING_MIME
 from kernel_runner.messages import Html, Media
 from kernel_runner.procs import describe_returncode
 
-# ---- knobs (anchors §8 "Jupyter kernel restart"; spec §4) -----------------------------------------------------------
+# ---- knobs (docs/architecture.md §4; docs/protocol.md §4) -----------------------------------------------------------
 MAX_RECORD_BYTES = 1 << 20
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports an interrupted command
-NO_KERNEL_EXIT = 127  # spec §4.2: query mode disabled
+NO_KERNEL_EXIT = 127  # docs/protocol.md §4.2: query mode disabled
 DISPLAY_PREFERENCE = ("image/png", "image/jpeg", "image/svg+xml", "text/html", DRAWING_MIME)
 
 InterruptMode = Literal["signal", "message"]
@@ -51,7 +51,7 @@ def kernelspec_names() -> list[str]:
 
 
 def find_kernelspec(name: str) -> KernelLaunchSpec:
-    """The kernelspec called exactly `name`; an empty name matches nothing (spec §10.2 items 14)."""
+    """The kernelspec called exactly `name`; an empty name matches nothing (docs/protocol.md §10.2 items 14)."""
     if not name:
         raise KernelSpecError("no kernelspec name is configured for this language")
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -135,10 +135,10 @@ def _text(value: Any) -> str:
 
 
 def map_display(data: Mapping[str, Any]) -> Media | Html | str | None:
-    """One agent message for an execute_result/display_data bundle (spec §4.3, §10.1 items 2-3).
+    """One agent message for an execute_result/display_data bundle (docs/protocol.md §4.3, §10.1 items 2-3).
 
     Preference: PNG, JPEG (data URI), SVG (raw), HTML (`html`, never a non-JSON `media`), the drawing type of
-    spec §8.4; then `text/plain` as stdout; a bundle with none of these forwards its first entry as `media`
+    docs/protocol.md §8.4; then `text/plain` as stdout; a bundle with none of these forwards its first entry as `media`
     instead of dropping it. A `str` result means stdout text.
     """
     for mime in DISPLAY_PREFERENCE:
@@ -159,7 +159,7 @@ def map_display(data: Mapping[str, Any]) -> Media | Html | str | None:
 
 
 def exit_code_from_reply(content: Mapping[str, Any] | None) -> int:
-    """Derive the exit code from execute_reply (spec §10.1 item 4; upstream always sent 0).
+    """Derive the exit code from execute_reply (docs/protocol.md §10.1 item 4; upstream always sent 0).
 
     ok → 0; SystemExit(n) → n like a process (no argument or None → 0, other text → 1); KeyboardInterrupt → 130;
     any other error or an aborted request → 1.

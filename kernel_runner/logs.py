@@ -72,7 +72,7 @@ _forwarding = threading.local()
 
 
 def add_agent_log_sink(send: Callable[[str], None], *, prefix: str, level: str = "INFO") -> int:
-    """Also send runner log lines to the agent (opt-in, spec §9.2): `send` gets `<prefix>: <message>\\n`.
+    """Also send runner log lines to the agent (opt-in, docs/protocol.md §9.2): `send` gets `<prefix>: <message>\\n`.
 
     A line logged while a line is being sent is not forwarded again, so a warning from the router cannot loop.
     """

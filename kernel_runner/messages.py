@@ -14,7 +14,7 @@ RunKind = Literal["clean", "build", "exec", "code"]
 StreamName = Literal["stdout", "stderr"]
 
 # --------------------------------------------------------------------------------------------
-# Agent edge: requests decoded by wire.decode (spec §2.4)
+# Agent edge: requests decoded by wire.decode (docs/protocol.md §2.4)
 # --------------------------------------------------------------------------------------------
 
 
@@ -37,7 +37,7 @@ class FeedInput:
 @attrs.frozen(kw_only=True)
 class CompleteCode:
     code: str
-    # The agent forwards the client's options verbatim (spec §3.5); kept as data, never interpreted here.
+    # The agent forwards the client's options verbatim (docs/protocol.md §3.5); kept as data, never interpreted here.
     options: Mapping[str, Any] = attrs.field(factory=dict)
 
 
@@ -59,7 +59,7 @@ class ServiceOptions:
 
 @attrs.frozen(kw_only=True)
 class ServiceInfo:
-    """The `start-service` payload (spec §6.1)."""
+    """The `start-service` payload (docs/protocol.md §6.1)."""
 
     name: str
     port: int | None = None
@@ -85,7 +85,7 @@ class GetApps:
 
 @attrs.frozen(kw_only=True)
 class HealthCheck:
-    """spec §7.1 plus the later upstream `interval`/`initial_delay` fields (anchors §1.2)."""
+    """docs/protocol.md §7.1 plus the later upstream `interval`/`initial_delay` fields (docs/protocol.md §7.5)."""
 
     path: str
     max_retries: int = 10
@@ -137,7 +137,7 @@ AgentRequest = Union[
 ]
 
 # --------------------------------------------------------------------------------------------
-# Agent edge: what goes out (spec §2.5). Only the Router encodes and sends these.
+# Agent edge: what goes out (docs/protocol.md §2.5). Only the Router encodes and sends these.
 # --------------------------------------------------------------------------------------------
 
 
@@ -223,7 +223,7 @@ ToAgent = Union[
 
 @attrs.frozen(kw_only=True)
 class BadFrame:
-    """A frame that could not become an AgentRequest; logged, answered when the op has a reply (spec §2.2)."""
+    """A frame that could not become an AgentRequest; logged, answered when the op has a reply (docs/protocol.md §2.2)."""
 
     reason: str
     frame_count: int
@@ -275,7 +275,7 @@ class RunDone:
 
 
 # --------------------------------------------------------------------------------------------
-# Terminal (git runner, spec §8.3): TerminalActor's helper threads and self-ticks
+# Terminal (git runner, docs/protocol.md §8.3): TerminalActor's helper threads and self-ticks
 # --------------------------------------------------------------------------------------------
 
 
@@ -324,7 +324,7 @@ class GitGraphDone:
 
 
 # --------------------------------------------------------------------------------------------
-# Jupyter kernel: KernelActor and its helper threads (spec §4, actors/kernel.py, actors/kernel_channels.py)
+# Jupyter kernel: KernelActor and its helper threads (docs/protocol.md §4, actors/kernel.py, actors/kernel_channels.py)
 # --------------------------------------------------------------------------------------------
 
 

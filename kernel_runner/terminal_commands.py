@@ -1,7 +1,7 @@
-"""Pure parts of the git runner's terminal (spec §8.3): `%` command parsing and the gitgraph built from `git log`.
+"""Pure parts of the git runner's terminal (docs/protocol.md §8.3): `%` command parsing and the gitgraph built from `git log`.
 
 Nothing here raises into the runner: every bad command is a `CommandError` value (upstream's argparse raised
-SystemExit and killed the runner, spec §10.6 #45).
+SystemExit and killed the runner, docs/protocol.md §10.6 #45).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ GITGRAPH_MIME = "application/vnd.sorna.gitgraph"
 
 # Exit codes of a `code` op on the terminal (each op ends with exactly one Finished).
 EXIT_OK = 0
-EXIT_FAILED = 1  # spec §8.3: "command that raises an exception" → 1 (also: %show graph on a missing folder)
+EXIT_FAILED = 1  # docs/protocol.md §8.3: "command that raises an exception" → 1 (also: %show graph on a missing folder)
 EXIT_USAGE = 2  # a `%` command that does not parse (argparse's own usage code; upstream died instead)
 EXIT_TIMEOUT = 124  # git did not finish within the bound (timeout(1)'s convention)
-EXIT_NOT_A_COMMAND = 127  # spec §8.3: text without `%` → "Invalid command.", 127
+EXIT_NOT_A_COMMAND = 127  # docs/protocol.md §8.3: text without `%` → "Invalid command.", 127
 
 INVALID_COMMAND_TEXT = "Invalid command."
 PONG_TEXT = "pong!"
@@ -49,7 +49,7 @@ class ShowGraph:
 
 @attrs.frozen(kw_only=True)
 class NotACommand:
-    """The text does not start with `%`: upstream answers "Invalid command." with 127 (spec §8.3)."""
+    """The text does not start with `%`: upstream answers "Invalid command." with 127 (docs/protocol.md §8.3)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -64,12 +64,12 @@ ParseResult = Union[Ping, Resize, ShowGraph, NotACommand, CommandError]
 
 
 def resized_text(rows: int, cols: int) -> str:
-    """spec §8.3: the stdout line `%resize` answers with."""
+    """docs/protocol.md §8.3: the stdout line `%resize` answers with."""
     return f"OK; terminal resized to {rows} lines and {cols} columns"
 
 
 def parse_command(text: str) -> ParseResult:
-    """Parse one `code` text: `%` then shell-style words with `#` comments (spec §8.3), never raising."""
+    """Parse one `code` text: `%` then shell-style words with `#` comments (docs/protocol.md §8.3), never raising."""
     stripped = text.strip()
     if not stripped.startswith("%"):
         return NotACommand()
@@ -122,12 +122,12 @@ def _parse_show(args: Sequence[str]) -> ParseResult:
 # ---- %show graph ------------------------------------------------------------------------------------------
 
 # Fields are split by NUL (git strings cannot hold one) and records by newline (%s and %cn are one line each),
-# so a subject containing `||` no longer corrupts its commit (upstream's separator, spec §8.3).
+# so a subject containing `||` no longer corrupts its commit (upstream's separator, docs/protocol.md §8.3).
 BRANCH_LOG_ARGS: tuple[str, ...] = ("log", "--branches", "--source", "--pretty=format:%H%x00%S")
 
 
 def commit_log_args(max_commits: int) -> tuple[str, ...]:
-    """spec §8.3 step 4 (`--all --topo-order --reverse`), plus full hashes for the branch lookups and a bound."""
+    """docs/protocol.md §8.3 step 4 (`--all --topo-order --reverse`), plus full hashes for the branch lookups and a bound."""
     return (
         "log",
         "--all",
@@ -144,7 +144,7 @@ def git_argv(args: Sequence[str]) -> list[str]:
 
 
 def parse_branch_map(text: str) -> dict[str, str]:
-    """Full commit id → the branch `git log --branches --source` reached it by (spec §8.3 steps 2-3)."""
+    """Full commit id → the branch `git log --branches --source` reached it by (docs/protocol.md §8.3 steps 2-3)."""
     branches: dict[str, str] = {}
     for line in text.splitlines():
         full, sep, source = line.partition("\x00")
@@ -155,7 +155,7 @@ def parse_branch_map(text: str) -> dict[str, str]:
 
 
 def build_graph(branches: Mapping[str, str], commit_log: str) -> list[dict[str, Any]]:
-    """One gitgraph object per commit, oldest first (spec §8.3 step 4).
+    """One gitgraph object per commit, oldest first (docs/protocol.md §8.3 step 4).
 
     A root commit gets empty `parent_ids`/`parent_branches` (upstream gave `[""]` and `[null]`).
     """

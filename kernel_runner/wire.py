@@ -57,7 +57,7 @@ def _build_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=False)
 
     def structure_command(value: Any, _type: Any) -> tuple[str, ...] | str:
-        # Later upstream accepts a string run through the shell as well as an argv list (spec §7.5).
+        # Later upstream accepts a string run through the shell as well as an argv list (docs/protocol.md §7.5).
         if isinstance(value, str):
             return value
         if isinstance(value, list) and all(isinstance(item, str) for item in value):
@@ -69,7 +69,7 @@ def _build_converter() -> cattrs.Converter:
     conv.register_structure_hook(tuple[str, ...] | str, structure_command)
 
     def structure_argument(value: Any, _type: Any) -> str | list[str] | None:
-        # spec §6.1: an argument's value is a string, a list of strings, or null.
+        # docs/protocol.md §6.1: an argument's value is a string, a list of strings, or null.
         if value is None or isinstance(value, str):
             return value
         if isinstance(value, list) and all(isinstance(item, str) for item in value):
@@ -150,7 +150,7 @@ def parse_model_info(text: str) -> ModelInfo:
             service = {**service, "pre_start_actions": []}
         health = service.get("health_check")
         if isinstance(health, dict):
-            # The agent's schema turns missing optional numbers into null; null means "the default" (spec §7.1).
+            # The agent's schema turns missing optional numbers into null; null means "the default" (docs/protocol.md §7.1).
             service = {**service, "health_check": {k: v for k, v in health.items() if v is not None}}
         raw = {**raw, "service": service}
     model: ModelInfo = _structure_or_raise(raw, ModelInfo)
@@ -181,7 +181,7 @@ def _check_model_ranges(model: ModelInfo) -> None:
 
 
 def _parse_shutdown_name(text: str) -> str:
-    # spec §2.4: the payload is a JSON string such as "\"jupyter\"".
+    # docs/protocol.md §2.4: the payload is a JSON string such as "\"jupyter\"".
     try:
         value = json.loads(text)
     except ValueError as exc:
@@ -226,7 +226,7 @@ _LOSSLESS_TEXT_OPS = frozenset({"clean", "build", "exec", "code", "input"})
 
 
 def _failure_reply(op: str, error: str) -> ToAgent | None:
-    """Ops whose protocol has a reply get a `failed` one, so the agent never waits for nothing (spec §3.6)."""
+    """Ops whose protocol has a reply get a `failed` one, so the agent never waits for nothing (docs/protocol.md §3.6)."""
     if op == "start-service":
         return ServiceResult(status="failed", error=error)
     if op == "start-model-service":
@@ -239,7 +239,7 @@ def _failure_reply(op: str, error: str) -> ToAgent | None:
 
 
 def decode(frames: Sequence[bytes]) -> AgentRequest | BadFrame:
-    """Never raises: anything malformed becomes a BadFrame with its reason (spec §2.2)."""
+    """Never raises: anything malformed becomes a BadFrame with its reason (docs/protocol.md §2.2)."""
     if len(frames) != 2:
         return BadFrame(reason=f"expected 2 frames, got {len(frames)}", frame_count=len(frames), op=None)
     try:
@@ -264,7 +264,7 @@ def decode(frames: Sequence[bytes]) -> AgentRequest | BadFrame:
 
 
 def _json(value: Any) -> bytes:
-    # Python's default encoder settings, as upstream (spec §2.5); ensure_ascii keeps payloads valid UTF-8.
+    # Python's default encoder settings, as upstream (docs/protocol.md §2.5); ensure_ascii keeps payloads valid UTF-8.
     return json.dumps(value).encode("utf-8")
 
 
@@ -345,7 +345,7 @@ def encode(message: ToAgent) -> Frames:
         case Html():
             return [b"html", message.html.encode("utf-8", errors="replace")]
         case WaitingInput():
-            # Always JSON, also in batch mode (spec §10.1 item 7): clients learn is_password either way.
+            # Always JSON, also in batch mode (docs/protocol.md §10.1 item 7): clients learn is_password either way.
             return [b"waiting-input", _json({"is_password": message.is_password})]
         case ServiceResult():
             return [b"service-result", _json(_result(message.status, message.error))]

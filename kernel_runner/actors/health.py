@@ -1,6 +1,6 @@
 """HealthCheckerActor: decides when one model service counts as up and alive; the HTTP calls happen in Prober.
 
-Life of one model service with a health check (spec §7, anchors §5):
+Life of one model service with a health check (docs/protocol.md §7, docs/architecture.md §4):
 
     startup ── probe every `startup_period_s` (50 ms) ──> healthy: reply `started`, status is_healthy=true
        │                                                  └─> liveness: probe every `interval`
@@ -42,7 +42,7 @@ from kernel_runner.messages import (
 from kernel_runner.refs import tell_if_alive
 from kernel_runner.supervision import ChildContext, ChildState, RestartChild, StopChild, StopRequested
 
-# spec §3.5: the agent waits `max_retries × max_wait_time + 10` s; we answer at least this much earlier, because its
+# docs/protocol.md §3.5: the agent waits `max_retries × max_wait_time + 10` s; we answer at least this much earlier, because its
 # clock started before ours (request transit, supervisor, spawn).
 AGENT_REPLY_SLACK_S = 10.0
 REPLY_MARGIN_S = 2.0
@@ -51,7 +51,7 @@ REPLY_MARGIN_S = 2.0
 PROBE_OVERDUE_SLACK_S = 2.0
 MIN_READ_TIMEOUT_S = 0.001
 MAX_CONNECT_TIMEOUT_S = 1.0
-UNHEALTHY_TEXT = "service unhealthy"  # upstream's reply text (spec §7.2 step 5)
+UNHEALTHY_TEXT = "service unhealthy"  # upstream's reply text (docs/protocol.md §7.2 step 5)
 
 Phase = Literal["startup", "liveness", "done"]
 Health = Literal["unknown", "healthy", "unhealthy"]
@@ -62,7 +62,7 @@ class HealthPlan:
     """Everything one model service's checker needs, resolved by service_specs.model_child_specs."""
 
     model_name: str
-    # `<model name>-<port>`: the service name the agent uses for shutdown-service (spec §7.1).
+    # `<model name>-<port>`: the service name the agent uses for shutdown-service (docs/protocol.md §7.1).
     service_name: str
     server_child: ChildId
     url: str
@@ -88,7 +88,7 @@ class HealthPlan:
 
     @property
     def reply_within_s(self) -> float:
-        """The latest moment, from the checker's first start, that the agent still takes our reply (spec §3.5)."""
+        """The latest moment, from the checker's first start, that the agent still takes our reply (docs/protocol.md §3.5)."""
         agent_wait = self.check.max_retries * self.check.max_wait_time + AGENT_REPLY_SLACK_S
         return min(self.startup_budget_s, agent_wait - REPLY_MARGIN_S)
 
@@ -191,7 +191,7 @@ def probe_once(session: requests.Session, request: ProbeRequest, clock: Clock) -
     status: int | None = None
     error: str | None = None
     try:
-        # Redirects are followed as upstream's urllib did (spec §7.2), each hop under the same timeouts.
+        # Redirects are followed as upstream's urllib did (docs/protocol.md §7.2), each hop under the same timeouts.
         with session.get(
             request.url, timeout=(request.connect_timeout_s, request.read_timeout_s), stream=True, allow_redirects=True
         ) as response:
@@ -200,7 +200,7 @@ def probe_once(session: requests.Session, request: ProbeRequest, clock: Clock) -
         error = f"no answer within {request.read_timeout_s:g}s"
     except requests.ConnectionError as exc:
         error = describe_connection_error(exc)
-    except Exception as exc:  # noqa: BLE001 - any transport failure is a failed try (spec §7.5), never a dead thread
+    except Exception as exc:  # noqa: BLE001 - any transport failure is a failed try (docs/protocol.md §7.5), never a dead thread
         error = repr(exc)
     latency = clock.monotonic() - started
     ok = status == request.expected_status
@@ -291,7 +291,7 @@ class HealthCheckerActor(SupervisedActor):
                 return super().handle(message)
 
     def request_stop(self, message: StopRequested) -> None:
-        # Exactly one reply per request (spec §3.6): a model stopped while starting is answered too.
+        # Exactly one reply per request (docs/protocol.md §3.6): a model stopped while starting is answered too.
         self._reply_once("failed", f"the model service was stopped before it became healthy ({message.reason})")
         self.finish(ShutdownExit())
 
@@ -417,7 +417,7 @@ class HealthCheckerActor(SupervisedActor):
             self._startup_failed(error, keep_server=False)
             return
         if self.memo.phase == "liveness":
-            # Never a stale "healthy" after the process died (anchors §5.4, Backend.AI #1833); the supervisor restarts it.
+            # Never a stale "healthy" after the process died (Backend.AI #1833); the supervisor restarts it.
             self.log.warning("unhealthy: the server process exited (code {}); the supervisor restarts it",
                              message.exit_code)
             self._restart_grace()
@@ -476,7 +476,7 @@ class HealthCheckerActor(SupervisedActor):
         self.memo.health = health
         self._publish()
         if self.plan.send_status:
-            # spec §7.5 (23.09+): one message per transition; the 23.03 agent files it under the run queue (§3.2).
+            # docs/protocol.md §7.5 (23.09+): one message per transition; the 23.03 agent files it under the run queue (§3.2).
             self._router.tell(ModelServiceStatus(model_name=self.plan.model_name, is_healthy=health == "healthy"))
 
     # ---- replies and status ------------------------------------------------------------------------------

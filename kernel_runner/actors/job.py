@@ -18,13 +18,13 @@ LOG_LINE_LIMIT = 64 * 1024
 
 
 def task_log_path(work_dir: Path, kernel_id: str) -> Path:
-    """spec §5.3: `<work>/.logs/task/<h0h1>/<h2h3>/<rest>.log` from the kernel id's 32-digit hex form."""
+    """docs/protocol.md §5.3: `<work>/.logs/task/<h0h1>/<h2h3>/<rest>.log` from the kernel id's 32-digit hex form."""
     digits = uuid.UUID(kernel_id).hex
     return work_dir / ".logs" / "task" / digits[0:2] / digits[2:4] / f"{digits[4:]}.log"
 
 
 class TaskLog:
-    """The per-task log file (spec §5.3): both streams appended, unmarked, as upstream did; writes never raise."""
+    """The per-task log file (docs/protocol.md §5.3): both streams appended, unmarked, as upstream did; writes never raise."""
 
     def __init__(self, path: Path, stream: IO[bytes]) -> None:
         self.path = path
@@ -34,7 +34,10 @@ class TaskLog:
 
     @classmethod
     def open(cls, work_dir: Path, env: Mapping[str, str], log: Logger) -> TaskLog | None:
-        """None when `<work>/.logs` is not a folder. A missing or bad kernel id is logged, not fatal (spec §10.3 #24)."""
+        """None when `<work>/.logs` is not a folder; a missing or bad kernel id is logged, not fatal.
+
+        See docs/protocol.md §10.3 #24.
+        """
         if not (work_dir / ".logs").is_dir():
             return None
         kernel_id = env.get(KERNEL_ID_VAR)
@@ -113,7 +116,7 @@ class StepSink:
     `deliver` is the router's blocking, credit-taking send (the backpressure); it runs in the pump's thread.
     The sink also tells the actor whether output is still flowing after the process exited, which separates a
     pipe that is being drained (keep waiting, or output would be lost) from a pipe a background grandchild
-    holds open without writing (stop waiting, spec §10.3 #23). Once detached, chunks no longer reach the agent:
+    holds open without writing (stop waiting, docs/protocol.md §10.3 #23). Once detached, chunks no longer reach the agent:
     the op has finished, and they would be attributed to the next run.
     """
 
@@ -133,15 +136,12 @@ class StepSink:
         self._busy = 0
         self._exited = False
         self._detached = False
-        self.bytes_total = 0
         self.bytes_after_exit = 0
         self._chunks_since_check = 0
-        self._dropped_after_detach = 0
 
     def __call__(self, stream: StreamName, data: bytes) -> None:
         with self._lock:
             detached = self._detached
-            self.bytes_total += len(data)
             self._chunks_since_check += 1
             if self._exited:
                 self.bytes_after_exit += len(data)
@@ -150,7 +150,6 @@ class StepSink:
         if self._task_log is not None:
             self._task_log.write(data)
         if detached:
-            self._dropped_after_detach += len(data)
             if self._line_logger is not None:
                 self._line_logger.feed(stream, data)
             return

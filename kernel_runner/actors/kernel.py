@@ -1,4 +1,4 @@
-"""KernelActor: one Jupyter kernel process as a supervised child (spec §4).
+"""KernelActor: one Jupyter kernel process as a supervised child (docs/protocol.md §4).
 
 Its helper threads live in kernel_channels.py (``KernelStarter`` spawns the kernel, ``KernelChannels`` owns every
 socket to it), and the pure kernelspec and output-mapping pieces in kernel_runner/jupyter.py. It also runs:
@@ -63,8 +63,8 @@ from kernel_runner.procs import ExitWatcher, PipePump, ProcessHandle, StopStep, 
 from kernel_runner.rejects import delegate_reject
 from kernel_runner.supervision import ChildContext, ChildSpec, ChildState, StopRequested
 
-# ---- knobs (anchors §8 "Jupyter kernel restart"; spec §4) -----------------------------------------------------------
-# The agent waits for `completion` without a limit (spec §3.5); a cold jedi cache makes the first one take ~3 s.
+# ---- knobs (docs/architecture.md §4; docs/protocol.md §4) -----------------------------------------------------------
+# The agent waits for `completion` without a limit (docs/protocol.md §3.5); a cold jedi cache makes the first one take ~3 s.
 COMPLETE_TIMEOUT_S = 5.0
 # An interrupt that does not end the run in this time kills the kernel, so an interrupt always ends the run.
 INTERRUPT_KILL_AFTER_S = 10.0
@@ -164,7 +164,7 @@ class KernelActor(SupervisedActor):
         self.update_info({"kernel": self.kernel_name, "ready": False})
 
     def _kernel_env(self) -> dict[str, str]:
-        # spec §4.1: upstream gives the kernel the runner's own environment (plus environ.txt here), not child_env.
+        # docs/protocol.md §4.1: upstream gives the kernel the runner's own environment (plus environ.txt here), not child_env.
         if self._env_override is not None:
             return dict(self._env_override)
         if self._runner.runner_env:
@@ -525,7 +525,7 @@ def kernel_child_spec(
     complete_timeout_s: float = COMPLETE_TIMEOUT_S,
     interrupt_kill_after_s: float = INTERRUPT_KILL_AFTER_S,
 ) -> ChildSpec:
-    """The Jupyter kernel as a permanent child: restarted with backoff, FATAL after too many restarts (anchors §8).
+    """The Jupyter kernel as a permanent child: restarted with backoff, FATAL after too many restarts (docs/architecture.md §4).
 
     `kernel_name` is matched exactly (python: `python3`, the kernelspec ipykernel installs); `env` is the kernel's
     environment (default: the runner environment from the context, as upstream gives the kernel os.environ).

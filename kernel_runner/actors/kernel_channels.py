@@ -53,7 +53,7 @@ from kernel_runner.outbox import RouterLink
 from kernel_runner.procs import ProcessHandle
 from kernel_runner.refs import tell_if_alive
 
-# ---- knobs (anchors §8 "Jupyter kernel restart"; spec §4) -----------------------------------------------------------
+# ---- knobs (docs/architecture.md §4; docs/protocol.md §4) -----------------------------------------------------------
 READY_TIMEOUT_S = 30.0  # upstream waits 10 s; a cold ipykernel on a loaded machine can need more
 KERNEL_INFO_RETRY_S = 0.25
 # After execute_reply, how long IOPub may lag before the run ends without its idle status (and vice versa).
@@ -492,7 +492,7 @@ class KernelChannels(threading.Thread):
                 stream: StreamName = "stderr" if content.get("name") == "stderr" else "stdout"
                 self._emit(stream, str(content.get("text", "")))
             case "error":
-                # spec §4.3: the traceback lines joined by newlines, ANSI colours kept, no trailing newline.
+                # docs/protocol.md §4.3: the traceback lines joined by newlines, ANSI colours kept, no trailing newline.
                 self._emit("stderr", "\n".join(str(line) for line in content.get("traceback", [])))
             case "execute_result" | "display_data":
                 self._emit_display(content.get("data") or {})

@@ -1,4 +1,4 @@
-"""LangRunnerActor: the serial queue of clean/build/exec/code for the runner's language (spec §2.3, §5, §8).
+"""LangRunnerActor: the serial queue of clean/build/exec/code for the runner's language (docs/protocol.md §2.3, §5, §8).
 
 One op runs at a time. Its processes run in their own session; two PipePumps stream their output to the
 agent through the router's credits (backpressure) and an ExitWatcher reports the exit. Inline ops (input,
@@ -12,7 +12,7 @@ Life of one op::
                   ├─ NoStep: optional stderr line, Finished(code)
                   └─ Jupyter / terminal `code`: told to the delegate, which reports RunDone; this actor sends Finished
 
-Start-up (spec §1.6 B, §5.7): language init and `<work>/bootstrap.sh` run as the first internal jobs, their
+Start-up (docs/protocol.md §1.6 B, §5.7): language init and `<work>/bootstrap.sh` run as the first internal jobs, their
 output logged; then the start-up gate hears that "bootstrap" is done, which releases `status`.
 """
 
@@ -69,18 +69,18 @@ from kernel_runner.rejects import EXIT_NOT_RUN, untaken_run_answers
 from kernel_runner.supervision import ChildContext, ChildState, StopRequested
 from kernel_runner.timers import TimerHandle
 
-BOOTSTRAP_STEP = "bootstrap"  # the startup step the supervisor waits for before answering `status` (spec §1.6)
+BOOTSTRAP_STEP = "bootstrap"  # the startup step the supervisor waits for before answering `status` (docs/protocol.md §1.6)
 BOOTSTRAP_TIMEOUT_S = 600.0  # upstream waited for ever; a hung bootstrap.sh must not keep `status` unanswered
 # After the main process exited, pipes that stay open *and idle* this long are held by a background
-# grandchild: the op finishes without them (spec §10.3 #23). Pipes still being drained are waited for.
+# grandchild: the op finishes without them (docs/protocol.md §10.3 #23). Pipes still being drained are waited for.
 PIPE_GRACE_S = 0.25
 # Output accepted after the exit before we conclude a grandchild keeps writing (a pipe buffer holds ≤ 1 MiB).
 PIPE_DRAIN_LIMIT = 4 * 1024 * 1024
 # Interrupt: SIGINT to the group, then SIGTERM if anything of it still lives after 2 s, then SIGKILL to the tree.
 INTERRUPT_STEPS = (StopStep((signal.SIGINT,), 2.0), StopStep((signal.SIGTERM,), 2.0))
 STOP_KILL_AFTER_S = 2.0  # bootstrap timeout: SIGTERM, then SIGKILL
-EXIT_MACHINERY_FAILED = -1  # spec §5.1: an exception inside the machinery
-UNSUPPORTED_INPUT = b"<user-input is unsupported>"  # spec §5.6, for languages without an input queue
+EXIT_MACHINERY_FAILED = -1  # docs/protocol.md §5.1: an exception inside the machinery
+UNSUPPORTED_INPUT = b"<user-input is unsupported>"  # docs/protocol.md §5.6, for languages without an input queue
 
 JobKind = Literal["clean", "build", "exec", "code", "init", "bootstrap"]
 
@@ -173,7 +173,7 @@ class LangRunnerActor(SupervisedActor):
         self._delegated: _Delegated | None = None
         self._job_ids = 0
         self._in_run_next = False
-        self._build_ok: bool | None = None  # spec §5.2: None = no build recorded
+        self._build_ok: bool | None = None  # docs/protocol.md §5.2: None = no build recorded
         self._input_server: UserInputServer | None = None
         self._input_waiters: collections.deque[int] = collections.deque()
         self._groups: dict[int, ProcessHandle] = {}  # every spawned group that may still have members
@@ -204,7 +204,7 @@ class LangRunnerActor(SupervisedActor):
         try:
             server.bind()
         except OSError as exc:
-            # spec §10.2 #12: guard every start-up step; batch input is then unavailable, the rest works.
+            # docs/protocol.md §10.2 #12: guard every start-up step; batch input is then unavailable, the rest works.
             self.log.error("user-input socket {} unavailable: {}", server.path, exc)
             server.stop()
             return
@@ -239,7 +239,7 @@ class LangRunnerActor(SupervisedActor):
         self._groups.clear()
 
     def _answer_stopped(self, task: RunTask) -> None:
-        # The agent must get its one Finished even when this runner goes away mid-queue (spec §3.6 rule 2).
+        # The agent must get its one Finished even when this runner goes away mid-queue (docs/protocol.md §3.6 rule 2).
         for reply in untaken_run_answers(task, "the language runner is not available"):
             self._router.tell(reply)
 
@@ -326,7 +326,7 @@ class LangRunnerActor(SupervisedActor):
             self._start_query(task)
             return
         if task.kind == "exec" and self._build_ok is False:
-            # spec §5.2: skip without running or output; the failure is consumed by this exec.
+            # docs/protocol.md §5.2: skip without running or output; the failure is consumed by this exec.
             self._build_ok = None
             self.log.info("run {}: exec skipped because the last build failed", task.run_id)
             self._finish_task(task, EXIT_NOT_RUN)
@@ -405,7 +405,7 @@ class LangRunnerActor(SupervisedActor):
 
     def _finish_task(self, task: RunTask, exit_code: int) -> None:
         if task.kind == "build":
-            self._build_ok = exit_code == 0  # spec §5.1: an empty or skipped build counts as success
+            self._build_ok = exit_code == 0  # docs/protocol.md §5.1: an empty or skipped build counts as success
         self.log.debug("run {} {} finished with exit code {}", task.run_id, task.kind, exit_code)
         self._router.tell(Finished(kind=task.kind, exit_code=exit_code))
 
@@ -427,7 +427,7 @@ class LangRunnerActor(SupervisedActor):
                 step_spec.argv,
                 env={**self._env, **step_spec.env_extra},
                 cwd=self._config.work_dir,
-                # spec §10.3 #25: never the runner's stdin; input goes through the user-input socket.
+                # docs/protocol.md §10.3 #25: never the runner's stdin; input goes through the user-input socket.
                 stdin=subprocess.DEVNULL,
             )
         except OSError as exc:
@@ -563,7 +563,7 @@ class LangRunnerActor(SupervisedActor):
         job = self._job
         if job is not None and job.task is not None:
             if job.step is not None:
-                # The whole process group, not only `sh`, so the command really stops (spec §10.3 #22).
+                # The whole process group, not only `sh`, so the command really stops (docs/protocol.md §10.3 #22).
                 self.log.info("interrupt: SIGINT to process group {}", job.step.handle.pid)
                 if job.interrupted:
                     job.step.handle.signal_group(signal.SIGINT)  # again, as a second ^C; the escalation runs already
@@ -600,7 +600,7 @@ class LangRunnerActor(SupervisedActor):
 
     def _ask_agent_for_input(self) -> None:
         self.log.info("a process waits for user input")
-        # Batch mode sends JSON too (spec §10.1 #7); a socket client cannot say whether it wants a password.
+        # Batch mode sends JSON too (docs/protocol.md §10.1 #7); a socket client cannot say whether it wants a password.
         self._router.tell(WaitingInput(is_password=False))
 
     def _handle_input_abandoned(self, message: InputAbandoned) -> None:
@@ -622,14 +622,14 @@ class LangRunnerActor(SupervisedActor):
         if self._delegated is not None:
             self.tell_child(self._delegated.child_id, message)
             return
-        # spec §10.3 #30: upstream queued it and answered a later prompt with it; we drop it.
+        # docs/protocol.md §10.3 #30: upstream queued it and answered a later prompt with it; we drop it.
         self.log.info("input dropped: nothing is waiting for input")
 
     def _handle_complete_code(self, message: CompleteCode) -> None:
         if isinstance(self.spec.query, JupyterQuery):
             self.tell_child(KERNEL_CHILD, message)
             return
-        # spec §10.1 #1: always answer, or the agent waits for ever.
+        # docs/protocol.md §10.1 #1: always answer, or the agent waits for ever.
         self._router.tell(CompletionResult(items=()))
 
 

@@ -49,7 +49,7 @@ class ServiceRun:
     # Prestart actions plus rendering (file and process I/O, so never on the actor thread); raises ServiceStartError.
     prepare: Callable[[], ServiceCommand]
     port: int | None
-    # spec §6.7 fix: a noop service is up at once; nothing is prepared or spawned.
+    # docs/protocol.md §6.7 fix: a noop service is up at once; nothing is prepared or spawned.
     noop: bool = False
     launch_timeout_s: float = 8.0
     # Who gets told when the service's process ends or its port opens (a model service's health checker).
@@ -99,7 +99,7 @@ class Preparer(threading.Thread):
             command = self._prepare()
         except ServiceStartError as exc:
             error = exc.reply_text
-        except Exception as exc:  # noqa: BLE001 - any failure becomes the reply's error text (spec §6.2 step 11)
+        except Exception as exc:  # noqa: BLE001 - any failure becomes the reply's error text (docs/protocol.md §6.2 step 11)
             error = repr(exc)
         tell_if_alive(self._owner, PrepareDone(command=command, error=error))
 
@@ -204,7 +204,7 @@ class ServiceActor(SupervisedActor):
     def start_child(self) -> None:
         self.set_state(ChildState.STARTING)
         if self.run.noop:
-            # spec §6.7: a noop service has nothing to run; it is up at once and no prestart runs.
+            # docs/protocol.md §6.7: a noop service has nothing to run; it is up at once and no prestart runs.
             self.log.info("noop service: nothing to spawn")
             self._become_ready()
             return
@@ -260,7 +260,7 @@ class ServiceActor(SupervisedActor):
             self._fail_start(f"the target file is not executable: {argv[0]}", StartFailed(error="not executable"))
             return
         except FileNotFoundError:
-            # spec §6.2 step 11: the same text whether the program or the working directory is missing.
+            # docs/protocol.md §6.2 step 11: the same text whether the program or the working directory is missing.
             self._fail_start(f"the executable file is not found: {argv[0]}", StartFailed(error="not found"))
             return
         except OSError as exc:
@@ -321,7 +321,7 @@ class ServiceActor(SupervisedActor):
         self._exit = message
         if self._port_waiter is not None:
             self._port_waiter.cancelled.set()
-        # Anything left in the group (grandchildren) goes with the service: no orphans (spec §6.13).
+        # Anything left in the group (grandchildren) goes with the service: no orphans (docs/protocol.md §6.13).
         if self._handle is not None:
             self._handle.kill_tree()
         if self._open_pipes == 0:

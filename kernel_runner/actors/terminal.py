@@ -1,4 +1,4 @@
-"""TerminalActor: the git runner's pty shell behind the terminal SUB/PUB sockets, and its `%` commands (spec §8.3).
+"""TerminalActor: the git runner's pty shell behind the terminal SUB/PUB sockets, and its `%` commands (docs/protocol.md §8.3).
 
 Who owns what. Every ZeroMQ socket and every fd has exactly one owning thread, which is also the one that closes it
 (the helper threads TermInputReceiver, PtyReader and GitGraphJob are described in terminal_io.py):
@@ -104,12 +104,12 @@ BIND_TIMEOUT_S = 5.0
 JOIN_TIMEOUT_S = 1.0
 PUB_LINGER_MS = 100
 
-RESTARTING_BANNER = b"Restarting...\r\n"  # spec §8.3
-TERMINATED_BANNER = b"Terminated.\r\n"  # spec §8.3
+RESTARTING_BANNER = b"Restarting...\r\n"  # docs/protocol.md §8.3
+TERMINATED_BANNER = b"Terminated.\r\n"  # docs/protocol.md §8.3
 
 
 def default_shell_argv(env: Mapping[str, str]) -> list[str]:
-    """$SHELL split shell-style, or /bin/bash (spec §8.3)."""
+    """$SHELL split shell-style, or /bin/bash (docs/protocol.md §8.3)."""
     try:
         argv = shlex.split(env.get("SHELL") or DEFAULT_SHELL)
     except ValueError:
@@ -140,7 +140,7 @@ class _Shell:
 
 
 class TerminalActor(SupervisedActor):
-    """A pty shell published over PUB/SUB, restarted when it exits; `code` ops are `%` commands (spec §8.3)."""
+    """A pty shell published over PUB/SUB, restarted when it exits; `code` ops are `%` commands (docs/protocol.md §8.3)."""
 
     redeliverable = (RunTask,)
 
@@ -161,7 +161,7 @@ class TerminalActor(SupervisedActor):
         self._runner = runner
         self._ports = ports
         self._zmq = zmq_context or zmq.Context.instance()
-        # spec §1.4: the pty shell gets the runner's own environment (with environ.txt), not the batch child env.
+        # docs/protocol.md §1.4: the pty shell gets the runner's own environment (with environ.txt), not the batch child env.
         self._env: dict[str, str] = dict(runner.runner_env or os.environ)
         self._env.setdefault("TERM", "xterm")
         self._shell_argv = list(shell_argv) if shell_argv else default_shell_argv(self._env)
@@ -344,7 +344,7 @@ class TerminalActor(SupervisedActor):
         try:
             shell = self._shell
             if self._stopping or shell is None or shell.exited is not None or shell.master_fd is None:
-                # spec §8.3: input is taken only while a shell is accepting it (not while restarting).
+                # docs/protocol.md §8.3: input is taken only while a shell is accepting it (not while restarting).
                 self.log.debug("terminal input dropped ({} bytes): no shell is running", len(message.data))
                 return
             if len(self._pending_input) + len(message.data) > PENDING_INPUT_LIMIT:
@@ -507,7 +507,7 @@ class TerminalActor(SupervisedActor):
                     return self._resize(parsed)
                 case ShowGraph():
                     return self._start_graph(task, parsed)
-        except Exception as exc:  # noqa: BLE001 - spec §8.3: a failing command answers on stderr with 1
+        except Exception as exc:  # noqa: BLE001 - docs/protocol.md §8.3: a failing command answers on stderr with 1
             self.log.opt(exception=exc).error("code op {} failed: {!r}", task.run_id, exc)
             self._reply("stderr", f"kernel-runner: the command failed: {exc!r}\n")
             return EXIT_FAILED
@@ -539,7 +539,7 @@ class TerminalActor(SupervisedActor):
         job.start()
 
     def _resolve_path(self, raw: str) -> Path:
-        """`.` and other relative paths are taken from the shell's current folder (spec §8.3: `.` is the shell's)."""
+        """`.` and other relative paths are taken from the shell's current folder (docs/protocol.md §8.3: `.` is the shell's)."""
         path = Path(os.path.expanduser(raw))
         if not path.is_absolute():
             path = self._shell_cwd() / path
@@ -564,7 +564,7 @@ class TerminalActor(SupervisedActor):
         if message.stderr:
             self._runner.router.tell(Output(stream="stderr", data=message.stderr))
         if message.commits is not None:
-            # spec §8.3: `data` is the list of commit objects itself; wire.encode serialises it as JSON unchanged.
+            # docs/protocol.md §8.3: `data` is the list of commit objects itself; wire.encode serialises it as JSON unchanged.
             commits = [dict(commit) for commit in message.commits]
             self._runner.router.tell(Media(mime=GITGRAPH_MIME, data=commits))  # type: ignore[arg-type]
         self._send_finished(task, message.exit_code)
@@ -574,7 +574,7 @@ class TerminalActor(SupervisedActor):
         self._runner.router.tell(Output(stream=stream, data=text.encode("utf-8")))
 
     def _send_finished(self, task: RunTask, exit_code: int, note: str | None = None) -> None:
-        """The language runner sends the op's one Finished (upstream sent two, spec §10.1 #6) once it hears this."""
+        """The language runner sends the op's one Finished (upstream sent two, docs/protocol.md §10.1 #6) once it hears this."""
         self.tell_child(LANG_CHILD, RunDone(run_id=task.run_id, exit_code=exit_code, note=note))
 
     def _answer_unfinished(self) -> None:

@@ -1,4 +1,4 @@
-"""The TerminalActor's helper threads (SUB socket, pty output, `%show graph`'s git) and its pty helpers (spec §8.3).
+"""The TerminalActor's helper threads (SUB socket, pty output, `%show graph`'s git) and its pty helpers (docs/protocol.md §8.3).
 
 Who owns what (the actor's own share is described in terminal.py):
 
@@ -53,7 +53,7 @@ from kernel_runner.terminal_commands import (
 )
 
 POLL_MS = 100
-READ_CHUNK = 4096  # spec §8.3: the output pump publishes reads of up to 4096 bytes, untransformed
+READ_CHUNK = 4096  # docs/protocol.md §8.3: the output pump publishes reads of up to 4096 bytes, untransformed
 DRAIN_QUIET_MS = 100
 DRAIN_MAX_S = 1.0
 REAP_TIMEOUT_S = 1.0
@@ -123,7 +123,7 @@ class TermInputReceiver(threading.Thread):
                     frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                # spec §8.3: the first frame of each message is written to the pty.
+                # docs/protocol.md §8.3: the first frame of each message is written to the pty.
                 if not frames or not frames[0] or not self._credits.take(self.stopping):
                     continue
                 if not tell_if_alive(self._owner, TerminalInput(data=frames[0])):

@@ -1,4 +1,4 @@
-"""UserInputServer: the batch-mode user-input socket (spec §5.6), owned by one thread that tells the runner."""
+"""UserInputServer: the batch-mode user-input socket (docs/protocol.md §5.6), owned by one thread that tells the runner."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class UserInputServer(threading.Thread):
 
     The thread owns the listening socket and every connection from bind to close; the actor only decides
     (`answer`). Each connection is watched for a hang-up, so a prompt whose process died is not answered
-    with the next input. The connection carries no request data (spec §5.6): whatever a client sends is read
+    with the next input. The connection carries no request data (docs/protocol.md §5.6): whatever a client sends is read
     and discarded.
     """
 
@@ -76,7 +76,7 @@ class UserInputServer(threading.Thread):
         else:
             if not stat.S_ISSOCK(st.st_mode):
                 raise UserInputError(f"{self.path} exists and is not a socket; not replacing it")
-            # spec §1.5: a stale socket file (left by an earlier runner) is replaced.
+            # docs/protocol.md §1.5: a stale socket file (left by an earlier runner) is replaced.
             os.unlink(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

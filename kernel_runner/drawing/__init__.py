@@ -1,4 +1,4 @@
-"""Legacy drawing helpers for query mode (spec §8.4): `Canvas`, `Turtle` and colours, emitted as
+"""Legacy drawing helpers for query mode (docs/protocol.md §8.4): `Canvas`, `Turtle` and colours, emitted as
 `application/x-sorna-drawing` media (base64 of msgpack of the command list). Standard library only.
 
 Inside the Python kernel::

@@ -1,4 +1,4 @@
-"""Canvas and its drawing objects: every call appends one command; `update()` emits the batch (spec §8.4)."""
+"""Canvas and its drawing objects: every call appends one command; `update()` emits the batch (docs/protocol.md §8.4)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ if TYPE_CHECKING:
 
 DRAWING_MIME = "application/x-sorna-drawing"
 
-# Canvas ids are process-wide, from 0; object ids count per canvas, from 0 (spec §8.4).
+# Canvas ids are process-wide, from 0; object ids count per canvas, from 0 (docs/protocol.md §8.4).
 _canvas_ids = itertools.count()
 
 
 class MediaRecord:
-    """What a legacy `builtins._sorna_emit` hook receives (spec §8.4 `python/types.py`)."""
+    """What a legacy `builtins._sorna_emit` hook receives (docs/protocol.md §8.4 `python/types.py`)."""
 
     __slots__ = ("data", "type")
 
@@ -190,7 +190,7 @@ class Canvas:
 
 
 class DrawingObject:
-    """One object on a canvas; setters for properties its type does not have emit nothing (spec §8.4)."""
+    """One object on a canvas; setters for properties its type does not have emit nothing (docs/protocol.md §8.4)."""
 
     properties: frozenset[str] = frozenset()
     stroke_property = "border"

@@ -1,4 +1,4 @@
-"""Colours as `#rrggbbaa` strings, alpha always included (spec §8.4)."""
+"""Colours as `#rrggbbaa` strings, alpha always included (docs/protocol.md §8.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Turtle graphics on a Canvas: a triangle cursor that draws translucent red lines as it moves (spec §8.4)."""
+"""Turtle graphics on a Canvas: a triangle cursor that draws translucent red lines as it moves (docs/protocol.md §8.4)."""
 
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ REGISTRY: Mapping[str, LangSpec] = MappingProxyType({spec.name: spec for spec in
 
 
 class UnknownLanguage(LookupError):
-    """The command line named a language the runner does not have (spec §1.2)."""
+    """The command line named a language the runner does not have (docs/protocol.md §1.2)."""
 
     def __init__(self, name: str, known: Iterable[str]) -> None:
         self.name = name
@@ -91,7 +91,7 @@ def get_lang(name: str) -> LangSpec:
 
 
 def resolve_runtime(spec: LangSpec, override: str | None, fs: FsView = LOCAL_FS) -> str | None:
-    """The command-line RUNTIME_PATH if given, else the first `runtime_glob` match, else the default (spec §1.2)."""
+    """The command-line RUNTIME_PATH if given, else the first `runtime_glob` match, else the default (docs/protocol.md §1.2)."""
     if override is not None:
         return override
     if spec.runtime_glob is not None:
@@ -102,24 +102,24 @@ def resolve_runtime(spec: LangSpec, override: str | None, fs: FsView = LOCAL_FS)
 
 
 def batch_env(spec: LangSpec, ctx: LangContext) -> dict[str, str]:
-    """Extra env of batch-flagged children (spec §5.4), plus the python input hook's folder (spec §5.6)."""
+    """Extra env of batch-flagged children (docs/protocol.md §5.4), plus the python input hook's folder (§5.6)."""
     env = {BATCH_MODE_VAR: "1"}
     if spec.python_input_hook and ctx.python_site_dir is not None:
         current = ctx.env.get("PYTHONPATH", "")
-        # No trailing ':' when PYTHONPATH was empty: that would add the cwd to sys.path (spec §10.3 #28).
+        # No trailing ':' when PYTHONPATH was empty: that would add the cwd to sys.path (docs/protocol.md §10.3 #28).
         env["PYTHONPATH"] = f"{ctx.python_site_dir}:{current}" if current else str(ctx.python_site_dir)
         env[INPUT_SOCKET_VAR] = str(ctx.input_socket)
     return env
 
 
 def plan_batch(spec: LangSpec, kind: BatchKind, command: str, ctx: LangContext) -> StepPlan:
-    """What a `clean`/`build`/`exec` op runs (spec §5.1); the caller still applies the failed-build rule (§5.2)."""
+    """What a `clean`/`build`/`exec` op runs (docs/protocol.md §5.1); the caller still applies the failed-build rule (§5.2)."""
     if not command.strip():
-        return NoStep(exit_code=0)  # spec §5.1: nothing runs, the op still finishes with 0
+        return NoStep(exit_code=0)  # docs/protocol.md §5.1: nothing runs, the op still finishes with 0
     if command != "*":
         return ShellStep(command=command, env_extra=batch_env(spec, ctx) if kind == "exec" else {})
     if kind == "build" and ctx.fs.is_file(ctx.work_dir / "Makefile"):
-        return ShellStep(command="make")  # spec §5.1: before the language's own heuristic, whatever the language
+        return ShellStep(command="make")  # docs/protocol.md §5.1: before the language's own heuristic, whatever the language
     heuristic: Heuristic = {"clean": spec.clean, "build": spec.build, "exec": spec.exec}[kind]
     try:
         for candidate in heuristic.candidates:
@@ -132,7 +132,7 @@ def plan_batch(spec: LangSpec, kind: BatchKind, command: str, ctx: LangContext) 
 
 
 def plan_query(spec: LangSpec, source: str, ctx: LangContext, tmp_dir: Path) -> QueryPlan | NoStep:
-    """Files and steps of a compile-and-run `code` request (spec §8.1).
+    """Files and steps of a compile-and-run `code` request (docs/protocol.md §8.1).
 
     `tmp_dir` must be a fresh directory private to this run (e.g. from tempfile.mkdtemp); binaries go there.
     The source itself goes into the work dir, as upstream did, so relative imports and includes still work;
@@ -156,7 +156,7 @@ def plan_query(spec: LangSpec, source: str, ctx: LangContext, tmp_dir: Path) -> 
 
 
 def plan_init(spec: LangSpec) -> tuple[ShellStep, ...]:
-    """Language-init commands (spec §8.1); run once before serving, a failure only shows in its exit code."""
+    """Language-init commands (docs/protocol.md §8.1); run once before serving, a failure only shows in its exit code."""
     return tuple(ShellStep(command=command) for command in spec.init_commands)
 
 

@@ -21,7 +21,7 @@ from kernel_runner.langs.spec import (
 QueryHook = Callable[[LangSpec, str, LangContext, Path], QueryPlan]
 
 # --------------------------------------------------------------------------------------------
-# Java query (spec §8.2)
+# Java query (docs/protocol.md §8.2)
 # --------------------------------------------------------------------------------------------
 
 _PUBLIC_CLASS = re.compile(r"\bpublic\s+(?:(?:final|abstract|strictfp)\s+)*class\s+([A-Za-z_$][\w$]*)[^{;]*\{")
@@ -29,9 +29,9 @@ _PACKAGE = re.compile(r"^\s*package\s+([\w.]+)\s*;", re.MULTILINE)
 _STDIN_CLASS_NAME = "BackendAiKernelStdin"
 _INSTALL_STDIN = f" static {{ {_STDIN_CLASS_NAME}.install(); }}"
 
-# Replaces upstream's LablupPatches.java, which could never connect (spec §8.2, §10.6 #49). Java 8 has no
+# Replaces upstream's LablupPatches.java, which could never connect (docs/protocol.md §8.2, §10.6 #49). Java 8 has no
 # Unix sockets, so each read after the buffer runs dry asks a tiny Python helper to fetch one input from the
-# runner's socket (spec §5.6). Fully qualified names only: an `import` before a `package` line would not compile.
+# runner's socket (docs/protocol.md §5.6). Fully qualified names only: an `import` before a `package` line would not compile.
 _HELPER_PY = (
     "import socket, sys\\n"
     "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\\n"
@@ -125,7 +125,7 @@ def java_query(spec: LangSpec, source: str, ctx: LangContext, tmp_dir: Path) -> 
     """Compile into the run's temp dir and run the first public class, with System.in wired to input ops."""
     found = _PUBLIC_CLASS.search(source)
     if found is None:
-        class_name, patched = "main", source  # spec §8.2: no public class → main.java
+        class_name, patched = "main", source  # docs/protocol.md §8.2: no public class → main.java
     else:
         class_name = found.group(1)
         patched = source[: found.end()] + _INSTALL_STDIN + source[found.end() :]
@@ -149,7 +149,7 @@ def java_query(spec: LangSpec, source: str, ctx: LangContext, tmp_dir: Path) -> 
 QUERY_HOOKS: Mapping[str, QueryHook] = {"java": java_query}
 
 # --------------------------------------------------------------------------------------------
-# Python batch input (spec §5.6)
+# Python batch input (docs/protocol.md §5.6)
 # --------------------------------------------------------------------------------------------
 
 
@@ -157,7 +157,7 @@ def batch_site_dir() -> Path:
     """The folder holding the batch-input sitecustomize.py: a data file of this package, never copied.
 
     Upstream copied the hook into the user's site-packages on every start, overwriting the user's own
-    sitecustomize.py (spec §10.3 #28), and the copy outlived the runner and went stale. Ours lives only in
+    sitecustomize.py (docs/protocol.md §10.3 #28), and the copy outlived the runner and went stale. Ours lives only in
     the installed package, and the planner puts this folder first on PYTHONPATH for batch-flagged children
     only, so nothing is written at runtime and nothing stale can be left behind. The hook chain-loads the
     sitecustomize it shadows, so images and venvs that ship one keep it.

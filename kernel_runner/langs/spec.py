@@ -12,13 +12,13 @@ from typing import Literal, Protocol, Union
 import attrs
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
-# What `interrupt` does when no subprocess is running; a running subprocess always gets SIGINT first (spec §4.5).
+# What `interrupt` does when no subprocess is running; a running subprocess always gets SIGINT first (docs/protocol.md §4.5).
 InterruptMode = Literal["jupyter", "none", "worker"]
 
-BATCH_MODE_VAR = "_BACKEND_BATCH_MODE"  # spec §5.4
+BATCH_MODE_VAR = "_BACKEND_BATCH_MODE"  # docs/protocol.md §5.4
 INPUT_SOCKET_VAR = "_BACKEND_INPUT_SOCKET"  # ours: lets input helpers find a non-default socket path
 INPUT_PYTHON_VAR = "_BACKEND_INPUT_PYTHON"  # ours: the interpreter the Java stdin helper runs
-DEFAULT_INPUT_SOCKET = Path("/tmp/bai-user-input.sock")  # spec §5.6
+DEFAULT_INPUT_SOCKET = Path("/tmp/bai-user-input.sock")  # docs/protocol.md §5.6
 # Shipped inside the package and put on PYTHONPATH for batch children only (hooks.batch_site_dir says why).
 BATCH_SITE_DIR = Path(__file__).resolve().parent / "batch_site"
 
@@ -64,7 +64,7 @@ LOCAL_FS = LocalFs()
 
 
 # --------------------------------------------------------------------------------------------
-# PATH promotions (spec §1.4 steps 6-7)
+# PATH promotions (docs/protocol.md §1.4 steps 6-7)
 # --------------------------------------------------------------------------------------------
 
 
@@ -87,20 +87,20 @@ PathPromotion = Union[Promote, PromoteFirstMatch]
 
 
 # --------------------------------------------------------------------------------------------
-# Query modes (spec §4, §8)
+# Query modes (docs/protocol.md §4, §8)
 # --------------------------------------------------------------------------------------------
 
 
 @attrs.frozen(kw_only=True)
 class JupyterQuery:
-    """`code` runs in a Jupyter kernel whose kernelspec name matches `kernelspec_name` (spec §4.1)."""
+    """`code` runs in a Jupyter kernel whose kernelspec name matches `kernelspec_name` (docs/protocol.md §4.1)."""
 
     kernelspec_name: str
 
     def pick(self, available: Sequence[str]) -> str | None:
         """Exact name, else first name starting with it, else first containing it; an empty name matches nothing.
 
-        Upstream takes the first substring match, so an empty name matched any kernel (spec §10.2 #14).
+        Upstream takes the first substring match, so an empty name matched any kernel (docs/protocol.md §10.2 #14).
         """
         if not self.kernelspec_name:
             return None
@@ -113,10 +113,10 @@ class JupyterQuery:
 
 @attrs.frozen(kw_only=True)
 class CompileAndRunQuery:
-    """`code` is written to a temp source file, then shell steps compile and/or run it (spec §8.1).
+    """`code` is written to a temp source file, then shell steps compile and/or run it (docs/protocol.md §8.1).
 
     Step templates know `{runtime}`, `{src}` (the source, relative to the work dir) and `{out}` (the run's
-    private temp dir, where binaries go instead of the user's `./main`, spec §10.6 #48). All are shell-quoted.
+    private temp dir, where binaries go instead of the user's `./main`, docs/protocol.md §10.6 #48). All are shell-quoted.
     """
 
     suffix: str
@@ -127,22 +127,19 @@ class CompileAndRunQuery:
 
 @attrs.frozen(kw_only=True)
 class TerminalQuery:
-    """`code` is a `%command` for the pty terminal (spec §8.3)."""
-
-    shell: str = "/bin/bash"
-    auto_restart: bool = True
+    """`code` is a `%command` for the pty terminal (docs/protocol.md §8.3); the shell is $SHELL or /bin/bash."""
 
 
 @attrs.frozen(kw_only=True)
 class ExternalQuery:
-    """`code` goes to a dedicated component outside langs (vendor.aws_polly, spec §8.5)."""
+    """`code` goes to a dedicated component outside langs (vendor.aws_polly, docs/protocol.md §8.5)."""
 
     handler: str
 
 
 @attrs.frozen(kw_only=True)
 class NoQuery:
-    """`code` finishes with 127 and this message (spec §4.2 "query mode is disabled")."""
+    """`code` finishes with 127 and this message (docs/protocol.md §4.2 "query mode is disabled")."""
 
     reason: str
 
@@ -168,7 +165,7 @@ class NoStep:
     """Run nothing and finish with `exit_code`.
 
     `stderr_text` is for the user (sent as stderr output before `finished`); `log_text` is for the runner log.
-    Upstream only logged, and its logs reached the user as stderr (spec §9.2); we no longer forward logs.
+    Upstream only logged, and its logs reached the user as stderr (docs/protocol.md §9.2); we no longer forward logs.
     """
 
     exit_code: int
@@ -190,7 +187,7 @@ class FileToWrite:
 class QueryPlan:
     """Write `files` (creating parent dirs), run `steps` in order until one fails, then remove `cleanup`.
 
-    The exit code is the last step's (a failed compile ends the run, spec §8.1). `cleanup` holds files and
+    The exit code is the last step's (a failed compile ends the run, docs/protocol.md §8.1). `cleanup` holds files and
     directories to remove recursively, whatever the outcome; upstream left its temp files behind.
     """
 
@@ -200,7 +197,7 @@ class QueryPlan:
 
 
 # --------------------------------------------------------------------------------------------
-# Batch `*` heuristics (spec §5.1, §8.1) as ordered candidate rules
+# Batch `*` heuristics (docs/protocol.md §5.1, §8.1) as ordered candidate rules
 # --------------------------------------------------------------------------------------------
 
 
@@ -210,7 +207,7 @@ class RunIfFile:
 
     path: str
     command: str
-    batch_mode: bool = False  # spec §5.4: only the python exec heuristic sets it
+    batch_mode: bool = False  # docs/protocol.md §5.4: only the python exec heuristic sets it
 
 
 @attrs.frozen(kw_only=True)
@@ -227,7 +224,7 @@ class CompileEachThenLink:
     """If `if_file` exists: compile every source on its own, stopping at the first failure, then link.
 
     Objects sit next to their sources (`a/x.c` → `a/x.o`) so two `x.c` in different folders do not collide
-    (spec §10.6 #47). Templates: `{runtime}`, `{source}`, `{object}`, `{objects}`.
+    (docs/protocol.md §10.6 #47). Templates: `{runtime}`, `{source}`, `{object}`, `{objects}`.
     """
 
     if_file: str
@@ -255,7 +252,7 @@ class Heuristic:
 
 
 def missing(text: str, exit_code: int = 127) -> NoStep:
-    """A heuristic that found nothing to run: an error for the user and the log (spec §5.1: 127)."""
+    """A heuristic that found nothing to run: an error for the user and the log (docs/protocol.md §5.1: 127)."""
     return NoStep(exit_code=exit_code, stderr_text=text + "\n", log_text=text, log_level="ERROR")
 
 
@@ -274,23 +271,23 @@ def info_ok(text: str) -> NoStep:
 
 @attrs.frozen(kw_only=True)
 class LangSpec:
-    """Everything that differs between languages (spec §8.1), as data; see table.py for the rows."""
+    """Everything that differs between languages (docs/protocol.md §8.1), as data; see table.py for the rows."""
 
     name: str
     log_prefix: str
     default_runtime_path: str | None
-    runtime_glob: str | None = None  # tried before the default (java: spec §8.1 "first /usr/lib/jvm/java-*/bin/java")
+    runtime_glob: str | None = None  # tried before the default (java: docs/protocol.md §8.1 "first /usr/lib/jvm/java-*/bin/java")
     query: QueryMode
     interrupt: InterruptMode = "none"
-    input_queue: bool = False  # spec §4.4: the runner keeps a user-input queue
-    python_input_hook: bool = False  # spec §5.6: batch children get the input()-patching sitecustomize
-    env_inherit: tuple[str, ...] = ()  # keys copied from the runner env, "" when unset (spec §1.4 step 2)
+    input_queue: bool = False  # docs/protocol.md §4.4: the runner keeps a user-input queue
+    python_input_hook: bool = False  # docs/protocol.md §5.6: batch children get the input()-patching sitecustomize
+    env_inherit: tuple[str, ...] = ()  # keys copied from the runner env, "" when unset (docs/protocol.md §1.4 step 2)
     env_defaults: Mapping[str, str] = attrs.field(factory=dict)  # forced values; `{home}` is the work dir
-    path_promotions: tuple[PathPromotion, ...] = ()  # spec §1.4 step 7, applied in order (last ends first)
+    path_promotions: tuple[PathPromotion, ...] = ()  # docs/protocol.md §1.4 step 7, applied in order (last ends first)
     clean: Heuristic = Heuristic()
     build: Heuristic
     exec: Heuristic
-    init_commands: tuple[str, ...] = ()  # shell commands run once at language init (spec §8.1 "Language-init")
+    init_commands: tuple[str, ...] = ()  # shell commands run once at language init (docs/protocol.md §8.1 "Language-init")
 
 
 @attrs.frozen(kw_only=True)

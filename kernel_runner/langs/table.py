@@ -1,4 +1,4 @@
-"""The language table (spec §8.1) as data rows, one LangSpec per selectable key of spec §1.2."""
+"""The language table (docs/protocol.md §8.1) as data rows, one LangSpec per selectable key of docs/protocol.md §1.2."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from kernel_runner.langs.spec import (
     warn_ok,
 )
 
-# Each heuristic below is spec §8.1's column; the Makefile check for build `*` comes first for every
-# language (spec §5.1) and lives in the planner, not here.
+# Each heuristic below is docs/protocol.md §8.1's column; the Makefile check for build `*` comes first for every
+# language (docs/protocol.md §5.1) and lives in the planner, not here.
 
 
 def _no_build(lang: str) -> Heuristic:
@@ -40,7 +40,7 @@ def _c_family(*, name: str, log_prefix: str, compiler: str, suffix: str) -> Lang
         log_prefix=log_prefix,
         default_runtime_path=compiler,
         query=CompileAndRunQuery(suffix=suffix, steps=(f"{{runtime}} {{src}} -Wall -o {{out}}/main {libs}", "{out}/main")),
-        input_queue=name == "c",  # spec §8.1: c has an input queue, cpp does not
+        input_queue=name == "c",  # docs/protocol.md §8.1: c has an input queue, cpp does not
         clean=Heuristic(
             candidates=(RunIfFile(path="Makefile", command="make clean"),),
             otherwise=warn_ok("cannot find Makefile; nothing to clean"),
@@ -76,7 +76,7 @@ LANGS: tuple[LangSpec, ...] = (
         name="app",
         log_prefix="app-kernel",
         default_runtime_path="/opt/backend.ai/bin/python",
-        # Upstream ran `code` in whatever kernelspec came first (spec §10.2 #14); app is for services only.
+        # Upstream ran `code` in whatever kernelspec came first (docs/protocol.md §10.2 #14); app is for services only.
         query=NoQuery(reason="query mode is not supported by the app kernel"),
         build=_APP_BATCH,
         exec=_APP_BATCH,
@@ -96,7 +96,7 @@ LANGS: tuple[LangSpec, ...] = (
             otherwise=missing("cannot find main.py"),
         ),
     ),
-    # spec §10.6 #46: upstream compiled C with g++.
+    # docs/protocol.md §10.6 #46: upstream compiled C with g++.
     _c_family(name="c", log_prefix="c-kernel", compiler="/usr/bin/gcc", suffix=".c"),
     _c_family(name="cpp", log_prefix="cpp-kernel", compiler="/usr/bin/g++", suffix=".cpp"),
     LangSpec(
@@ -107,7 +107,7 @@ LANGS: tuple[LangSpec, ...] = (
         env_defaults={"GOPATH": "{home}"},
         path_promotions=(Promote(path="/go/bin"), Promote(path="/usr/local/go/bin"), Promote(path="{home}/bin")),
         build=Heuristic(
-            # spec §10.6 #47: upstream also passed an empty-string argument to `go build`.
+            # docs/protocol.md §10.6 #47: upstream also passed an empty-string argument to `go build`.
             candidates=(RunWithSources(if_file="main.go", sources="**/*.go", command="{runtime} build -o main {sources}"),),
             otherwise=missing("cannot find main.go"),
         ),
@@ -134,7 +134,7 @@ LANGS: tuple[LangSpec, ...] = (
     LangSpec(
         name="java",
         log_prefix="java-kernel",
-        # Upstream fell back to the folder /usr/bin (spec §10.6 #46); `java` follows the promoted PATH.
+        # Upstream fell back to the folder /usr/bin (docs/protocol.md §10.6 #46); `java` follows the promoted PATH.
         default_runtime_path="java",
         runtime_glob="/usr/lib/jvm/java-*/bin/java",
         query=CompileAndRunQuery(suffix=".java", hook="java"),
@@ -144,7 +144,7 @@ LANGS: tuple[LangSpec, ...] = (
             PromoteFirstMatch(pattern="/usr/lib/jvm/java-*/bin"),
         ),
         build=Heuristic(
-            # spec §10.6 #47: upstream passed all sources as ONE argument, with JVM flags JDK >= 10 rejects.
+            # docs/protocol.md §10.6 #47: upstream passed all sources as ONE argument, with JVM flags JDK >= 10 rejects.
             candidates=(RunWithSources(sources="**/*.java", command="javac -d . {sources}"),),
             otherwise=missing("cannot find any .java source file"),
         ),
@@ -203,7 +203,7 @@ LANGS: tuple[LangSpec, ...] = (
     LangSpec(
         name="nodejs",
         log_prefix="nodejs-kernel",
-        default_runtime_path="/usr/local/bin/node",  # spec §10.6 #46: upstream had /usr/bin/local/node
+        default_runtime_path="/usr/local/bin/node",  # docs/protocol.md §10.6 #46: upstream had /usr/bin/local/node
         query=CompileAndRunQuery(suffix=".js", steps=("{runtime} {src}",)),
         build=_no_build("nodejs"),
         exec=_exec_main("main.js", "{runtime} main.js"),
@@ -214,7 +214,7 @@ LANGS: tuple[LangSpec, ...] = (
         default_runtime_path="/usr/bin/octave-cli",
         query=CompileAndRunQuery(suffix=".m", steps=("{runtime} {src}",)),
         build=_no_build("octave"),
-        exec=_exec_main("main.m", "{runtime} main.m"),  # spec §10.6 #47: upstream checked main.js
+        exec=_exec_main("main.m", "{runtime} main.m"),  # docs/protocol.md §10.6 #47: upstream checked main.js
     ),
     LangSpec(
         name="php",
@@ -237,7 +237,7 @@ LANGS: tuple[LangSpec, ...] = (
     LangSpec(
         name="scheme",
         log_prefix="scheme-kernel",
-        default_runtime_path="scheme",  # upstream's /usr/bin/rustc was a copy-paste slip (spec §10.6 #46)
+        default_runtime_path="scheme",  # upstream's /usr/bin/rustc was a copy-paste slip (docs/protocol.md §10.6 #46)
         query=CompileAndRunQuery(suffix=".scm", steps=("{runtime} --quiet < {src}",)),
         build=Heuristic(),
         exec=Heuristic(),
@@ -264,12 +264,12 @@ LANGS: tuple[LangSpec, ...] = (
         name="vendor.h2o",
         log_prefix="h2o-kernel",
         default_runtime_path="/opt/h2oai/dai/python/bin/python",
-        # Upstream's empty kspec name matched any kernel (spec §10.2 #14); H2O ships a Python kernel.
+        # Upstream's empty kspec name matched any kernel (docs/protocol.md §10.2 #14); H2O ships a Python kernel.
         query=JupyterQuery(kernelspec_name="python"),
         interrupt="jupyter",
         input_queue=True,
         build=_PYTHON_BUILD,
-        exec=Heuristic(  # as python, but without the batch flag (spec §8.1)
+        exec=Heuristic(  # as python, but without the batch flag (docs/protocol.md §8.1)
             candidates=(RunIfFile(path="main.py", command="{runtime} main.py"),),
             otherwise=missing("cannot find main.py"),
         ),

@@ -1,4 +1,7 @@
-"""Service definitions as data: schema, loader, templates, prestart actions, legacy and intrinsic services (spec §6)."""
+"""Service definitions as data: schema, loader, templates, prestart actions, legacy and intrinsic services.
+
+See docs/protocol.md §6.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The service catalog: loads definitions, answers get-apps, and turns a start request into a launch plan (spec §6.2)."""
+"""The service catalog: loads definitions, answers get-apps, and turns a start request into a launch plan.
+
+See docs/protocol.md §6.2.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from typing import Any, Literal
 
 import attrs
 
+from kernel_runner.childenv import strip_runner_libraries
 from kernel_runner.messages import ModelInfo, ServiceInfo, ServiceOptions, ServiceResult
 from kernel_runner.servicedefs.errors import (
     DefinitionError,
@@ -29,15 +33,14 @@ from kernel_runner.servicedefs.schema import (
 )
 from kernel_runner.servicedefs.template import interpolate
 
-# spec §6.2 step 8: the krunner's private libraries would break the image's own binaries.
-KRUNNER_LIB_PREFIX = "/opt/backend.ai/lib:"
+# docs/protocol.md §6.2 step 8: the krunner's private libraries would break the image's own binaries.
 
 LaunchOrigin = Literal["intrinsic", "definition", "legacy"]
 
 
 @attrs.frozen(kw_only=True)
 class ServiceCommand:
-    """What to spawn: argv (no shell), the full environment and the working directory (spec §6.2 step 9)."""
+    """What to spawn: argv (no shell), the full environment and the working directory (docs/protocol.md §6.2 step 9)."""
 
     argv: tuple[str, ...]
     env: Mapping[str, str]
@@ -49,35 +52,35 @@ class ServiceLaunch:
     """A start request that passed every check; what is left needs I/O: prestart actions, then spawning.
 
     The argv cannot be final yet, because templates may use refs that only the prestart actions produce
-    (spec §6.4, e.g. `--config {jupyter_config}`). Call `prepare()` (prestart + render) or `render(refs)`.
+    (docs/protocol.md §6.4, e.g. `--config {jupyter_config}`). Call `prepare()` (prestart + render) or `render(refs)`.
     """
 
     name: str
     origin: LaunchOrigin
     cwd: Path
-    # The port to wait for (spec §6.2 step 10); None means the program listens on none, so do not wait.
+    # The port to wait for (docs/protocol.md §6.2 step 10); None means the program listens on none, so do not wait.
     port: int | None
-    # spec §6.7 fix: reply started, spawn nothing, run no prestart actions.
+    # docs/protocol.md §6.7 fix: reply started, spawn nothing, run no prestart actions.
     noop: bool = False
     prestart: tuple[PrestartAction, ...] = ()
     # Template variables before prestart refs are added: ports, runtime_path and the catalog's own.
     variables: Mapping[str, Any] = attrs.field(factory=dict)
     restart: RestartOverride | None = None
-    # Templates (spec §6.4).
+    # Templates (docs/protocol.md §6.4).
     command: tuple[str, ...] = ()
-    # Literal flags and values appended after the command; never interpolated (spec §6.4 "Not interpolated").
+    # Literal flags and values appended after the command; never interpolated (docs/protocol.md §6.4 "Not interpolated").
     arguments: tuple[str, ...] = ()
     # The definition's env; keys and values are templates.
     env_templates: Mapping[str, str] = attrs.field(factory=dict)
-    # User-supplied values, already checked against allowed_envs and the frozen names (spec §6.6 step 3).
+    # User-supplied values, already checked against allowed_envs and the frozen names (docs/protocol.md §6.6 step 3).
     user_env: Mapping[str, str] = attrs.field(factory=dict)
-    # child_env (spec §1.4), under everything else.
+    # child_env (docs/protocol.md §1.4), under everything else.
     base_env: Mapping[str, str] = attrs.field(factory=dict)
 
     @property
     def prestart_env(self) -> Mapping[str, str]:
-        """The environment for run_command (upstream used the runner's own os.environ, spec §10.4 item 34)."""
-        return _strip_krunner_libs(self.base_env)
+        """The environment for run_command (upstream used the runner's own os.environ, docs/protocol.md §10.4 item 34)."""
+        return strip_runner_libraries(self.base_env)
 
     def render(self, refs: Mapping[str, Any] | None = None) -> ServiceCommand:
         """Interpolate with the variables plus the prestart refs.
@@ -89,8 +92,8 @@ class ServiceLaunch:
         argv = tuple(interpolate(part, scope) for part in self.command) + self.arguments
         env = dict(self.base_env)
         env.update({interpolate(key, scope): interpolate(value, scope) for key, value in self.env_templates.items()})
-        env.update(self.user_env)  # user values win over the definition's (spec §6.6 step 3.2)
-        return ServiceCommand(argv=argv, env=_strip_krunner_libs(env), cwd=self.cwd)
+        env.update(self.user_env)  # user values win over the definition's (docs/protocol.md §6.6 step 3.2)
+        return ServiceCommand(argv=argv, env=strip_runner_libraries(env), cwd=self.cwd)
 
     def prepare(self, *, log: PrestartLog, timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S) -> ServiceCommand:
         """Run the prestart actions (blocking, each command bounded) and render; noop gives an empty argv.
@@ -99,7 +102,7 @@ class ServiceLaunch:
             ServiceStartError: reply `{"status": "failed", "error": exc.reply_text}`.
         """
         if self.noop:
-            return ServiceCommand(argv=(), env=_strip_krunner_libs(self.base_env), cwd=self.cwd)
+            return ServiceCommand(argv=(), env=strip_runner_libraries(self.base_env), cwd=self.cwd)
         refs = run_prestart(
             self.prestart, env=self.prestart_env, work_dir=self.cwd, variables=self.variables, log=log, timeout_s=timeout_s
         )
@@ -117,16 +120,16 @@ class BrokenDefinition:
 
 @attrs.frozen(kw_only=True)
 class ServiceCatalog:
-    """Every way a service name can be started, in upstream's precedence (spec §6.2 step 5-7).
+    """Every way a service name can be started, in upstream's precedence (docs/protocol.md §6.2 step 5-7).
 
     Immutable: `with_definition`/`with_model_service` return a new catalog, so one actor can own the current
     value and hand copies to others without locks.
     """
 
-    # Insertion order is the get-apps order: files, then model services as they are added (spec §6.8).
+    # Insertion order is the get-apps order: files, then model services as they are added (docs/protocol.md §6.8).
     definitions: Mapping[str, ServiceDefinition] = attrs.field(factory=dict)
     broken: Mapping[str, BrokenDefinition] = attrs.field(factory=dict)
-    # Upstream had a parser only if the service-defs folder existed; without it get-apps data is [] (spec §6.8).
+    # Upstream had a parser only if the service-defs folder existed; without it get-apps data is [] (docs/protocol.md §6.8).
     has_parser: bool = False
     # Extra template variables for every definition (upstream's parser variables besides ports/runtime_path).
     variables: Mapping[str, Any] = attrs.field(factory=dict)
@@ -136,7 +139,7 @@ class ServiceCatalog:
         return (*BASE_VARIABLES, *self.variables)
 
     def apps(self, name: str | None) -> list[dict[str, Any]]:
-        """The get-apps data (spec §6.8): name, then url_template/allowed_arguments/allowed_envs when non-empty."""
+        """The get-apps data (docs/protocol.md §6.8): name, then url_template/allowed_arguments/allowed_envs when non-empty."""
         if not self.has_parser:
             return []
         if name:
@@ -163,7 +166,7 @@ class ServiceCatalog:
         return attrs.evolve(self, definitions=definitions, broken=broken, has_parser=True)
 
     def with_model_service(self, model: ModelInfo) -> tuple[ServiceCatalog, ServiceInfo]:
-        """Register `<name>-<port>` (spec §7.2 step 2) and return the fixed request to resolve it with (step 3).
+        """Register `<name>-<port>` (docs/protocol.md §7.2 step 2) and return the fixed request to resolve it with (step 3).
 
         Unlike 23.3.5, a catalog without a service-defs folder accepts it (its missing parser lost the reply).
 
@@ -187,7 +190,7 @@ class ServiceCatalog:
         sshd: IntrinsicLauncher | None = None,
         ttyd: IntrinsicLauncher | None = None,
     ) -> ServiceLaunch | ServiceResult:
-        """spec §6.2 steps 1 and 3-8, without I/O: a launch plan, or the reply to send right away.
+        """docs/protocol.md §6.2 steps 1 and 3-8, without I/O: a launch plan, or the reply to send right away.
 
         The caller checks "already running" (step 2) first, except for protocol preopen, which wins even over
         a running service. `sshd`/`ttyd` None means that intrinsic is unavailable, so the name is looked up
@@ -222,7 +225,7 @@ class ServiceCatalog:
 def model_service_definition(
     model: ModelInfo, *, known_variables: Sequence[str] = BASE_VARIABLES
 ) -> tuple[str, ServiceDefinition]:
-    """spec §7.2 step 2: command = start_command, prestart = pre_start_actions, no env or argument rules.
+    """docs/protocol.md §7.2 step 2: command = start_command, prestart = pre_start_actions, no env or argument rules.
 
     Raises:
         DefinitionError: see ServiceCatalog.with_model_service.
@@ -230,7 +233,7 @@ def model_service_definition(
     source = f"model {model.name}"
     service = model.service
     if service is None:
-        # spec §7.2 step 1's intended text (23.3.5 overwrote it with "service unhealthy").
+        # docs/protocol.md §7.2 step 1's intended text (23.3.5 overwrote it with "service unhealthy").
         raise DefinitionError((f"{source}: service info not provided @ $.service",), reply="service info not provided")
     name = f"{model.name}-{service.port}"
     if isinstance(service.start_command, str):
@@ -261,9 +264,9 @@ def load_service_definitions(
 ) -> tuple[ServiceCatalog, list[str]]:
     """Load every `*.json` in `directory`; a broken file is reported and skipped, the others still load.
 
-    Upstream aborted the whole runner on the first bad file (spec §6.3). Files load in name order (upstream:
+    Upstream aborted the whole runner on the first bad file (docs/protocol.md §6.3). Files load in name order (upstream:
     directory-listing order, which is arbitrary), and that order is the get-apps order. A missing folder gives
-    an empty catalog without a parser (spec §6.8).
+    an empty catalog without a parser (docs/protocol.md §6.8).
     """
     extra = dict(variables or {})
     table = legacy if legacy is not None else bundled_legacy()
@@ -287,7 +290,7 @@ def load_service_definitions(
         except DefinitionError as exc:
             problems += exc.problems
             # The reply names the file and the JSON path, so the user can fix it; upstream's exact text is kept
-            # only for an unknown action (spec §6.2 step 11).
+            # only for an unknown action (docs/protocol.md §6.2 step 11).
             reply = exc.reply if "used invalid action" in exc.reply else _invalid(name, exc.problems[0])
             broken[name] = BrokenDefinition(name=name, problems=exc.problems, reply=reply)
     return ServiceCatalog(definitions=definitions, broken=broken, has_parser=True, variables=extra, legacy=table), problems
@@ -297,7 +300,7 @@ def _load_file(path: Path, *, name: str, known: Sequence[str]) -> ServiceDefinit
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeError) as exc:
-        message = f"could not read the service-def file: {path} ({exc})"  # spec §6.3 wording, plus the reason
+        message = f"could not read the service-def file: {path} ({exc})"  # docs/protocol.md §6.3 wording, plus the reason
         raise DefinitionError((message,), reply=_invalid(name, message)) from exc
     try:
         raw = json.loads(text)
@@ -317,7 +320,7 @@ def _definition_launch(
     work_dir: Path,
 ) -> ServiceLaunch:
     if definition.noop:
-        # spec §6.7: upstream returned before the prestart actions and the option checks.
+        # docs/protocol.md §6.7: upstream returned before the prestart actions and the option checks.
         return ServiceLaunch(name=info.name, origin="definition", cwd=work_dir, port=port, noop=True, base_env=child_env)
     # Checked before any prestart action runs, so a refused start leaves no files behind (upstream ran them first).
     arguments = _merged_arguments(info.name, definition, info.options)
@@ -339,7 +342,7 @@ def _definition_launch(
 
 
 def _merged_arguments(name: str, definition: ServiceDefinition, options: ServiceOptions) -> tuple[str, ...]:
-    """spec §6.6 step 2: defaults first, user flags override or follow; a default cannot be removed."""
+    """docs/protocol.md §6.6 step 2: defaults first, user flags override or follow; a default cannot be removed."""
     merged: dict[str, object] = {**definition.default_arguments}
     for flag, value in (options.arguments or {}).items():
         if flag not in definition.allowed_arguments:
@@ -352,14 +355,14 @@ def _merged_arguments(name: str, definition: ServiceDefinition, options: Service
             argv.append(merged_value)
         elif isinstance(merged_value, list | tuple):
             argv.extend(str(item) for item in merged_value)
-        # None, or any other type such as a number: a bare flag (spec §6.6 step 2.3).
+        # None, or any other type such as a number: a bare flag (docs/protocol.md §6.6 step 2.3).
     return tuple(argv)
 
 
 def _checked_envs(
     name: str, definition: ServiceDefinition, options: ServiceOptions, child_env: Mapping[str, str]
 ) -> dict[str, str]:
-    """spec §6.6 step 3.2: allowed first, then "frozen" = every key of child_env (spec §10.4 item 36, kept)."""
+    """docs/protocol.md §6.6 step 3.2: allowed first, then "frozen" = every key of child_env (§10.4 item 36, kept)."""
     accepted: dict[str, str] = {}
     for env_name, value in (options.envs or {}).items():
         if env_name not in definition.allowed_envs:
@@ -386,7 +389,7 @@ def _legacy_launch(
     return ServiceLaunch(
         name=name,
         origin="legacy",
-        cwd=work_dir / row.cwd if row.cwd is not None else work_dir,  # spec §6.2 step 6: a 3-tuple overrides cwd
+        cwd=work_dir / row.cwd if row.cwd is not None else work_dir,  # docs/protocol.md §6.2 step 6: a 3-tuple overrides cwd
         port=port if row.waits_for_port else None,
         noop=definition.noop,
         prestart=() if definition.noop else definition.prestart_actions,
@@ -408,13 +411,6 @@ def _intrinsic_launch(
     except ValueError as exc:
         return _failed(str(exc))
     return ServiceLaunch(name=name, origin="intrinsic", cwd=work_dir, port=port, arguments=argv, base_env=child_env)
-
-
-def _strip_krunner_libs(env: Mapping[str, str]) -> dict[str, str]:
-    result = dict(env)
-    if "LD_LIBRARY_PATH" in result:
-        result["LD_LIBRARY_PATH"] = result["LD_LIBRARY_PATH"].replace(KRUNNER_LIB_PREFIX, "")
-    return result
 
 
 def _escape_braces(text: str) -> str:

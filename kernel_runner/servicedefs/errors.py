@@ -12,7 +12,7 @@ class ServiceStartError(Exception):
 
 
 class TemplateError(ServiceStartError):
-    """A template that cannot be rendered (spec §6.4); upstream let the bare KeyError/IndexError escape."""
+    """A template that cannot be rendered (docs/protocol.md §6.4); upstream let the bare KeyError/IndexError escape."""
 
 
 class DefinitionError(Exception):
@@ -21,25 +21,25 @@ class DefinitionError(Exception):
     def __init__(self, problems: tuple[str, ...], *, reply: str) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
-        # What a start request for this definition answers (spec §6.2 step 11 text where upstream has one).
+        # What a start request for this definition answers (docs/protocol.md §6.2 step 11 text where upstream has one).
         self.reply = reply
 
 
 class SshdSetupError(Exception):
-    """sshd key preparation failed (spec §6.10 step 2.5: `sshd init error: <stderr>`); the remaining steps are skipped."""
+    """sshd key preparation failed (docs/protocol.md §6.10 step 2.5: `sshd init error: <stderr>`); the rest is skipped."""
 
 
 # The three classes below exist only so that `repr(exc)` yields upstream's reply text byte for byte
-# (spec §6.2 step 11, §6.6): e.g. DisallowedEnvironment("Environment variable HOME can't be overwritten").
+# (docs/protocol.md §6.2 step 11, §6.6): e.g. DisallowedEnvironment("Environment variable HOME can't be overwritten").
 
 
 class DisallowedArgument(Exception):
-    """spec §6.6 step 2.2."""
+    """docs/protocol.md §6.6 step 2.2."""
 
 
 class DisallowedEnvironment(Exception):
-    """spec §6.6 step 3.2."""
+    """docs/protocol.md §6.6 step 3.2."""
 
 
 class InvalidServiceDefinition(Exception):
-    """spec §6.5: an action name outside the whitelist."""
+    """docs/protocol.md §6.5: an action name outside the whitelist."""

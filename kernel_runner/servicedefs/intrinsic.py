@@ -1,4 +1,7 @@
-"""The intrinsic sshd (dropbear) and ttyd services of spec §6.10-6.11: their command lines and the sshd key-setup plan."""
+"""The intrinsic sshd (dropbear) and ttyd services: their command lines and the sshd key-setup plan.
+
+See docs/protocol.md §6.10-6.11.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from kernel_runner.servicedefs.prestart import CommandTimedOut, run_bounded
 DEFAULT_KEY_DIR = Path("/tmp/dropbear")
 HOST_KEY_NAME = "dropbear_rsa_host_key"
 USER_KEY_NAME = "id_dropbear"
-# spec §6.11: the first shell found, else sh; ash gets no `-c` (it is busybox without tmux in practice).
+# docs/protocol.md §6.11: the first shell found, else sh; ash gets no `-c` (it is busybox without tmux in practice).
 SHELL_ORDER: tuple[str, ...] = ("zsh", "bash", "ash")
 DEFAULT_KEY_TOOL_TIMEOUT_S = 30.0
 
@@ -34,10 +37,10 @@ IntrinsicLauncher = Callable[[int], tuple[str, ...]]
 
 
 def sshd_argv(port: int | Sequence[int], *, dropbear: Sequence[str], host_key: Path) -> tuple[str, ...]:
-    """spec §6.10: foreground dropbear, log to stderr, no password or root login, 15 s keepalive, no idle timeout."""
+    """docs/protocol.md §6.10: foreground dropbear, log to stderr, no password or root login, 15 s keepalive, no idle timeout."""
     ports = (port,) if isinstance(port, int) else tuple(port)
     if not ports or not all(isinstance(p, int) and not isinstance(p, bool) for p in ports):
-        # Upstream iterated a string port character by character (spec §10.5 item 43).
+        # Upstream iterated a string port character by character (docs/protocol.md §10.5 item 43).
         raise ValueError(f"sshd needs integer ports, got {port!r}")
     argv = [*dropbear, "-r", str(host_key), "-E", "-F", "-g", "-w", "-K", "15", "-I", "0"]
     for number in ports:
@@ -46,12 +49,12 @@ def sshd_argv(port: int | Sequence[int], *, dropbear: Sequence[str], host_key: P
 
 
 def pick_shell(bin_dir: Path = Path("/bin")) -> str:
-    """spec §6.11: zsh, else bash, else ash, else sh."""
+    """docs/protocol.md §6.11: zsh, else bash, else ash, else sh."""
     return next((name for name in SHELL_ORDER if (bin_dir / name).exists()), "sh")
 
 
 def ttyd_argv(port: int, *, ttyd: Path, shell: str, bin_dir: Path, tmux: Path | None) -> tuple[str, ...]:
-    """spec §6.11: every tab attaches to the one tmux session that the agent's ~/.tmux.conf creates."""
+    """docs/protocol.md §6.11: every tab attaches to the one tmux session that the agent's ~/.tmux.conf creates."""
     shell_path = str(bin_dir / shell)
     argv = [str(ttyd), "-p", str(port), shell_path]
     if shell != "ash" and tmux is not None:
@@ -91,13 +94,13 @@ def intrinsic_launchers(config: RunnerConfig, *, bin_dir: Path = Path("/bin"), k
 
 
 # --------------------------------------------------------------------------------------------
-# sshd key preparation (spec §6.10 steps 1-6) as a plan of steps, executed later by apply_sshd_setup
+# sshd key preparation (docs/protocol.md §6.10 steps 1-6) as a plan of steps, executed later by apply_sshd_setup
 # --------------------------------------------------------------------------------------------
 
 
 @attrs.frozen(kw_only=True)
 class RemoveKeyDir:
-    """24.03.5's fix for spec §10.5 item 41: dropbearkey refuses to overwrite keys left from a container restart."""
+    """24.03.5's fix for docs/protocol.md §10.5 item 41: dropbearkey refuses to overwrite keys left from a container restart."""
 
     path: Path
 
@@ -126,7 +129,7 @@ class SavePublicKey:
 
 @attrs.frozen(kw_only=True)
 class TightenMode:
-    """chmod to `mode` only if group or other bits are set; a failure is a warning (spec §6.10 step 3)."""
+    """chmod to `mode` only if group or other bits are set; a failure is a warning (docs/protocol.md §6.10 step 3)."""
 
     path: Path
     mode: int
@@ -134,7 +137,7 @@ class TightenMode:
 
 @attrs.frozen(kw_only=True)
 class AppendOnce:
-    """Append `text` unless a line equal to `marker` is already there (spec §10.5 item 42: upstream piled up)."""
+    """Append `text` unless a line equal to `marker` is already there (docs/protocol.md §10.5 item 42: upstream piled up)."""
 
     path: Path
     text: str
@@ -199,7 +202,7 @@ def plan_sshd_setup(config: RunnerConfig, *, environ: Mapping[str, str], key_dir
 
 
 def parse_cluster_replicas(text: str | None) -> tuple[tuple[str, int], ...]:
-    """`role:count,role:count` (spec §6.10 step 5), default `main:1`; a bad entry raises ValueError."""
+    """`role:count,role:count` (docs/protocol.md §6.10 step 5), default `main:1`; a bad entry raises ValueError."""
     pairs: list[tuple[str, int]] = []
     for item in (text or "main:1").split(","):
         role, sep, count = item.strip().partition(":")
@@ -234,7 +237,7 @@ def apply_sshd_setup(plan: SshdSetupPlan, *, env: Mapping[str, str], timeout_s: 
     """Execute the plan in order (blocking, each tool bounded by `timeout_s`); returns the warnings met.
 
     Raises:
-        SshdSetupError: a key tool failed (spec §6.10: the rest is skipped; the runner keeps going).
+        SshdSetupError: a key tool failed (docs/protocol.md §6.10: the rest is skipped; the runner keeps going).
     """
     warnings = list(plan.warnings)
     for step in plan.steps:
@@ -280,7 +283,7 @@ def _run_tool(argv: tuple[str, ...], *, env: Mapping[str, str], timeout_s: float
 
 
 def _public_key_line(output: str, argv: tuple[str, ...]) -> str:
-    # Upstream took output line 2 by position (spec §10.5 item 44); we take the line that is a key.
+    # Upstream took output line 2 by position (docs/protocol.md §10.5 item 44); we take the line that is a key.
     for line in output.splitlines():
         if line.startswith(("ssh-", "ecdsa-", "sk-")):
             return line.strip()

@@ -1,4 +1,4 @@
-"""The per-language legacy services of spec §6.9 as bundled data rows, used only when no definition file matches."""
+"""The per-language legacy services of docs/protocol.md §6.9 as bundled data rows, used only when no definition file matches."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class LegacyRow:
 
     langs: tuple[str, ...]
     names: tuple[str, ...] = ()
-    # vendor.h2o answers any name containing "h2o" (spec §6.9).
+    # vendor.h2o answers any name containing "h2o" (docs/protocol.md §6.9).
     name_contains: str | None = None
     # spectravis ran in its own folder; None keeps the runner's working directory.
     cwd: str | None = None

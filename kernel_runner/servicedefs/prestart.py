@@ -1,4 +1,4 @@
-"""Runs the five whitelisted prestart actions (spec §6.5) with bounded waits; the caller is a service actor's helper."""
+"""Runs the five whitelisted prestart actions (docs/protocol.md §6.5) with bounded waits, in a service's helper thread."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from kernel_runner.servicedefs.template import interpolate
 # Called as log(level, text); loguru's `logger.log` fits as is. The text is never used as a format string.
 PrestartLog = Callable[[str, str], object]
 
-# Upstream waited for run_command without any bound (spec §6.5); the agent gives a whole start 10 s (§6.12).
+# Upstream waited for run_command without any bound (docs/protocol.md §6.5); the agent gives a whole start 10 s (§6.12).
 DEFAULT_COMMAND_TIMEOUT_S = 5.0
 _REAP_GRACE_S = 1.0
 
@@ -46,8 +46,8 @@ def run_prestart(
 ) -> dict[str, Any]:
     """Run the actions in order and return the refs they defined, for the templates that follow.
 
-    Each action sees `variables` plus the refs of the actions before it (spec §6.4). Unlike upstream, refs are
-    returned to the caller instead of leaking into a process-global map (spec §10.4 item 35). Relative paths
+    Each action sees `variables` plus the refs of the actions before it (docs/protocol.md §6.4). Unlike upstream, refs are
+    returned to the caller instead of leaking into a process-global map (docs/protocol.md §10.4 item 35). Relative paths
     are taken from `work_dir`, which is what upstream's process-wide current directory was.
 
     Raises:
@@ -63,7 +63,7 @@ def run_prestart(
         except (OSError, UnicodeError, ValueError) as exc:
             raise ServiceStartError(f"prestart action #{index} ({action.ACTION}) failed: {exc}") from exc
         if action.ref is not None:
-            # spec §6.5: actions without a result store None, which renders as "None".
+            # docs/protocol.md §6.5: actions without a result store None, which renders as "None".
             refs[action.ref] = result
     return refs
 
@@ -81,13 +81,13 @@ def _run_one(
         case WriteFile(args=args):
             path = work_dir / interpolate(args.filename, scope)
             text = "".join(interpolate(line, scope) + "\n" for line in args.body)  # a newline after each line (V)
-            # Upstream opened append=true files with truncation (spec §10.4 item 33); we really append.
+            # Upstream opened append=true files with truncation (docs/protocol.md §10.4 item 33); we really append.
             with path.open("a" if args.append else "w", encoding="utf-8") as fh:
                 fh.write(text)
             path.chmod(int(args.mode, 8))
             return None
         case WriteTempfile(args=args):
-            text = "".join(interpolate(line, scope) for line in args.body)  # no newline added (spec §6.5)
+            text = "".join(interpolate(line, scope) for line in args.body)  # no newline added (docs/protocol.md §6.5)
             fd, name = tempfile.mkstemp(suffix=".py")  # never deleted: the service reads it after we return
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
@@ -106,7 +106,7 @@ def _run_one(
             except PermissionError as exc:
                 raise ServiceStartError(f"prestart run_command: the target file is not executable: {argv[0]}") from exc
             if done.returncode != 0:
-                # Upstream ignores the exit code (spec §6.5); so do we, but the log says so.
+                # Upstream ignores the exit code (docs/protocol.md §6.5); so do we, but the log says so.
                 log("WARNING", f"prestart run_command {argv[0]} exited with code {done.returncode}")
             return {"out": done.stdout, "err": done.stderr}
         case Mkdir(args=args):
@@ -141,7 +141,7 @@ def run_bounded(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, timeo
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         raise CommandTimedOut(f"{argv[0]} did not finish within {timeout_s:g} s") from None
-    # Decoded leniently: upstream's strict UTF-8 decoding could fail a start on odd output (spec §10.4 item 34).
+    # Decoded leniently: upstream's strict UTF-8 decoding could fail a start on odd output (docs/protocol.md §10.4 item 34).
     return CommandOutput(
         returncode=proc.returncode,
         stdout=out.decode("utf-8", errors="replace"),

@@ -1,4 +1,4 @@
-"""The service-definition JSON schema (spec §6.3, §6.5) as frozen attrs classes, parsed by one strict cattrs converter."""
+"""The service-definition JSON schema (docs/protocol.md §6.3, §6.5) as frozen attrs classes, parsed by one cattrs converter."""
 
 from __future__ import annotations
 
@@ -17,15 +17,15 @@ from cattrs.v import format_exception as cattrs_format_exception
 from kernel_runner.servicedefs.errors import DefinitionError, InvalidServiceDefinition
 from kernel_runner.servicedefs.template import template_problem
 
-# Template variables every start request provides (spec §6.4); prestart refs and catalog variables add to these.
+# Template variables every start request provides (docs/protocol.md §6.4); prestart refs and catalog variables add to these.
 BASE_VARIABLES: tuple[str, ...] = ("ports", "runtime_path")
 
 RestartPolicyName = Literal["permanent", "transient", "temporary"]
-# A run_command piece: upstream converts each piece to text before interpolating it (spec §6.5).
+# A run_command piece: upstream converts each piece to text before interpolating it (docs/protocol.md §6.5).
 CommandPiece = NewType("CommandPiece", str)
-# An octal permission string such as "644"; upstream raised TypeError on a JSON number (spec §6.5).
+# An octal permission string such as "644"; upstream raised TypeError on a JSON number (docs/protocol.md §6.5).
 FileMode = NewType("FileMode", str)
-# default_arguments values (spec §6.6 step 2.3): text, a list of texts, or None for a bare flag.
+# default_arguments values (docs/protocol.md §6.6 step 2.3): text, a list of texts, or None for a bare flag.
 ArgValue = Union[str, tuple[str, ...], None]
 
 
@@ -34,7 +34,7 @@ class SchemaError(ValueError):
 
 
 class UnknownAction(SchemaError):
-    """A prestart action outside the five whitelisted ones (spec §6.5, §10.4 item 32)."""
+    """A prestart action outside the five whitelisted ones (docs/protocol.md §6.5, §10.4 item 32)."""
 
     def __init__(self, action: object) -> None:
         super().__init__(f"unknown action {action!r}; known actions: {', '.join(ACTION_NAMES)}")
@@ -42,7 +42,7 @@ class UnknownAction(SchemaError):
 
 
 # --------------------------------------------------------------------------------------------
-# Prestart actions (spec §6.5): {"action": <name>, "args": {...}, "ref": <name>?}
+# Prestart actions (docs/protocol.md §6.5): {"action": <name>, "args": {...}, "ref": <name>?}
 # --------------------------------------------------------------------------------------------
 
 
@@ -50,7 +50,7 @@ class UnknownAction(SchemaError):
 class WriteFileArgs:
     filename: str
     body: tuple[str, ...]
-    mode: FileMode = FileMode("644")  # the code's default; upstream docs wrongly say "755" (spec §6.5)
+    mode: FileMode = FileMode("644")  # the code's default; upstream docs wrongly say "755" (docs/protocol.md §6.5)
     append: bool = False
 
 
@@ -72,7 +72,7 @@ class MkdirArgs:
 
 @attrs.frozen(kw_only=True)
 class LogArgs:
-    message: str  # upstream docs call it `body`; the code reads `message` (spec §6.5)
+    message: str  # upstream docs call it `body`; the code reads `message` (docs/protocol.md §6.5)
     debug: bool = False
 
 
@@ -119,13 +119,13 @@ ACTION_NAMES: tuple[str, ...] = tuple(_ACTION_CLASSES)
 
 
 # --------------------------------------------------------------------------------------------
-# The definition itself (spec §6.3) plus the kernel-runner-only `restart` key
+# The definition itself (docs/protocol.md §6.3) plus the kernel-runner-only `restart` key
 # --------------------------------------------------------------------------------------------
 
 
 @attrs.frozen(kw_only=True)
 class RestartOverride:
-    """Optional per-service supervision knobs; absent fields fall back to RunnerConfig.restart (anchors §8)."""
+    """Optional per-service supervision knobs; absent fields fall back to RunnerConfig.restart (docs/architecture.md §4)."""
 
     policy: RestartPolicyName | None = None
     max_restarts: int | None = None
@@ -149,7 +149,7 @@ class ServiceDefinition:
     restart: RestartOverride | None = None
 
     def refs(self) -> tuple[str, ...]:
-        """Names the prestart actions define, in order (spec §6.5 `ref`)."""
+        """Names the prestart actions define, in order (docs/protocol.md §6.5 `ref`)."""
         return tuple(action.ref for action in self.prestart_actions if action.ref is not None)
 
 
@@ -191,7 +191,7 @@ def _structure_float(value: object, _type: object) -> float:
 
 
 def _structure_command_piece(value: object, _type: object) -> CommandPiece:
-    # spec §6.5: run_command converts each piece to text; containers and null are surely mistakes.
+    # docs/protocol.md §6.5: run_command converts each piece to text; containers and null are surely mistakes.
     if value is None or isinstance(value, list | dict):
         raise SchemaError(f"expected a string or number, got {_kind(value)}")
     return CommandPiece(value if isinstance(value, str) else str(value))
@@ -214,7 +214,7 @@ def _structure_arg_value(value: object, _type: object) -> ArgValue:
             raise SchemaError("a list argument value must hold only strings")
         return tuple(value)
     if isinstance(value, bool | int | float):
-        # spec §6.6 step 2.3: any other value gives a bare flag; kept for compatibility with upstream files.
+        # docs/protocol.md §6.6 step 2.3: any other value gives a bare flag; kept for compatibility with upstream files.
         return None
     raise SchemaError(f"expected a string, a list of strings or null, got {_kind(value)}")
 
@@ -228,7 +228,7 @@ def _strict_tuple_factory(tp: Any, converter: cattrs.Converter) -> Callable[[obj
     inner = homogenous_tuple_structure_factory(tp, converter)
 
     def structure(value: object, cl: Any) -> tuple[Any, ...]:
-        # cattrs would turn "abc" into ("a", "b", "c"), the same trap as spec §10.5 item 43.
+        # cattrs would turn "abc" into ("a", "b", "c"), the same trap as docs/protocol.md §10.5 item 43.
         if not isinstance(value, list):
             raise SchemaError(f"expected a list, got {_kind(value)}")
         return cast(tuple[Any, ...], inner(value, cl))
@@ -280,12 +280,12 @@ def _definition_hook(converter: cattrs.Converter) -> Callable[[object, Any], Ser
             raise SchemaError(f"a service definition must be a JSON object, got {_kind(value)}")
         if "prestart" in value:
             if "prestart_actions" in value:
-                raise SchemaError('both "prestart" and "prestart_actions" are given; they are aliases (spec §6.3)')
-            # spec §6.3: `prestart` is renamed to `prestart_actions`.
+                raise SchemaError('both "prestart" and "prestart_actions" are given; they are aliases (docs/protocol.md §6.3)')
+            # docs/protocol.md §6.3: `prestart` is renamed to `prestart_actions`.
             value = {("prestart_actions" if key == "prestart" else key): item for key, item in value.items()}
         result = generated(value, cl)
         if not result.command and not result.noop:
-            # Upstream tried to spawn an empty argv (spec §6.7); say so instead of failing at every start.
+            # Upstream tried to spawn an empty argv (docs/protocol.md §6.7); say so instead of failing at every start.
             raise SchemaError('"command" is empty; set "noop": true for a service with nothing to run')
         return result
 
@@ -306,7 +306,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook_factory(_is_literal, _literal_factory)
 
     def structure_action(value: object, _type: object) -> PrestartAction:
-        # A tagged union on "action" (spec §6.5); unlike upstream's getattr lookup only the five names exist.
+        # A tagged union on "action" (docs/protocol.md §6.5); unlike upstream's getattr lookup only the five names exist.
         if not isinstance(value, Mapping):
             raise SchemaError(f"a prestart action must be an object, got {_kind(value)}")
         if "action" not in value:
@@ -361,7 +361,7 @@ def parse_definition(
     """
     aliases = dict(path_aliases or {})
     if isinstance(raw, Mapping) and "prestart" in raw:
-        # The converter renames `prestart` (spec §6.3); errors keep naming the key the file used.
+        # The converter renames `prestart` (docs/protocol.md §6.3); errors keep naming the key the file used.
         aliases.setdefault("$.prestart_actions", "$.prestart")
     try:
         definition = CONVERTER.structure(raw, ServiceDefinition)
@@ -376,7 +376,7 @@ def parse_definition(
 
 
 def template_problems(definition: ServiceDefinition, known_variables: Collection[str]) -> list[str]:
-    """Templates that would fail at every start (spec §6.4): bad syntax or a name nothing defines.
+    """Templates that would fail at every start (docs/protocol.md §6.4): bad syntax or a name nothing defines.
 
     Each action sees the variables plus the refs of the actions before it; command and env see all refs.
     """
@@ -402,7 +402,7 @@ def template_problems(definition: ServiceDefinition, known_variables: Collection
 
 
 def _action_templates(action: PrestartAction) -> Iterator[tuple[str, str]]:
-    # spec §6.4 "Interpolated": which action arguments are templates.
+    # docs/protocol.md §6.4 "Interpolated": which action arguments are templates.
     match action:
         case WriteFile(args=args):
             yield args.filename, ".filename"
@@ -437,7 +437,7 @@ def _alias(line: str, aliases: Mapping[str, str]) -> str:
 def _fail(name: str, source: str, lines: list[str], *, unknown_action: object = None) -> NoReturn:
     problems = tuple(f"{source}: {line}" for line in lines)
     if unknown_action is not None:
-        # spec §6.2 step 11: upstream's exact reply for a non-whitelisted action.
+        # docs/protocol.md §6.2 step 11: upstream's exact reply for a non-whitelisted action.
         reply = repr(InvalidServiceDefinition(f"Service-def for {name} used invalid action: {unknown_action}"))
     else:
         reply = repr(InvalidServiceDefinition(f"Service-def for {name} is invalid: {lines[0]}"))

@@ -1,4 +1,4 @@
-"""Placeholder interpolation for service definitions: `str.format_map` rules (spec §6.4) with readable errors."""
+"""Placeholder interpolation for service definitions: `str.format_map` rules (docs/protocol.md §6.4) with readable errors."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def interpolate(template: str, variables: Mapping[str, Any]) -> str:
     """Render one template; unknown names and bad syntax become TemplateError instead of a bare KeyError.
 
     Raises:
-        TemplateError: the text starts with upstream's repr (`KeyError('x')`, spec §6.4) and then says why.
+        TemplateError: the text starts with upstream's repr (`KeyError('x')`, docs/protocol.md §6.4) and then says why.
     """
     try:
         return template.format_map(variables)

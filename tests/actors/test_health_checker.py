@@ -290,7 +290,7 @@ def test_budget_and_reply_deadline_numbers(config: RunnerConfig) -> None:
     runner = RunnerContext(config=config, router=RouterLink(1))
     plain = health_plan("m", "m-1", 1, HealthCheck(path="health", max_retries=10, max_wait_time=5.0), runner)
     assert plain.url == "http://127.0.0.1:1/health"
-    assert plain.startup_budget_s == 50.0 and plain.reply_within_s == 50.0  # the agent waits 60 s (spec §3.5)
+    assert plain.startup_budget_s == 50.0 and plain.reply_within_s == 50.0  # the agent waits 60 s (docs/protocol.md §3.5)
     assert plain.read_timeout_s == 5.0 and plain.connect_timeout_s == 1.0 and plain.interval_s == 10.0
     slow = health_plan("m", "m-1", 1, HealthCheck(path="/h", max_retries=2, max_wait_time=1.0, initial_delay=60.0,
                                                   interval=3.0), runner)

@@ -59,7 +59,7 @@ def test_kernelspec_lookup_is_exact(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert spec.interrupt_mode == "message"
     assert spec.env == {"FROM_SPEC": "{resource_dir}/x"}
     assert find_kernelspec("python3").interrupt_mode == "signal"
-    # Upstream's substring match would take `python3` for `python` and anything for an empty name (spec §10.2 #14).
+    # Upstream's substring match would take `python3` for `python` and anything for an empty name (docs/protocol.md §10.2 #14).
     with pytest.raises(KernelSpecError, match=r"no Jupyter kernelspec named 'python' \(installed: .*python3"):
         find_kernelspec("python")
     with pytest.raises(KernelSpecError, match="no kernelspec name"):
@@ -158,7 +158,7 @@ def test_child_spec_is_permanent_bounded_and_tiered_with_the_language(runner_con
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# drawing helpers (spec §8.4)
+# drawing helpers (docs/protocol.md §8.4)
 # ---------------------------------------------------------------------------------------------------------------------
 
 

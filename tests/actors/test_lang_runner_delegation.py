@@ -157,7 +157,7 @@ def test_completion_always_goes_to_the_kernel_for_jupyter_languages(langs: LangR
     agent = start_with_kernel(langs, delegates)
     assert agent.complete("pri") == ["pri-completed"]
     c_agent = langs.start("c")
-    assert c_agent.complete("pri") == []  # spec §10.1 #1: other languages answer an empty list
+    assert c_agent.complete("pri") == []  # docs/protocol.md §10.1 #1: other languages answer an empty list
 
 
 def test_git_code_goes_to_the_terminal_child_and_batch_star_is_refused(langs: LangRunners, delegates: Delegates) -> None:

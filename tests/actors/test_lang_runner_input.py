@@ -1,4 +1,4 @@
-"""UserInputServer, the batch-input socket thread (spec §5.6), with a RecorderActor as its owner."""
+"""UserInputServer, the batch-input socket thread (docs/protocol.md §5.6), with a RecorderActor as its owner."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ def test_status_reports_started_at_and_the_supervision_tree(agent: AgentClient) 
 
 
 def test_app_batch_answers_each_step_with_exit_zero(agent: AgentClient, log_lines: list[str]) -> None:
-    # spec §8.1: app's build/exec heuristics only warn; an explicit command would really run (spec §5.1).
+    # docs/protocol.md §8.1: app's build/exec heuristics only warn; an explicit command would really run (docs/protocol.md §5.1).
     results = agent.batch(clean="", build="*", exec="*")
     assert [(r.status, r.exit_code) for r in results] == [("clean-finished", 0), ("build-finished", 0), ("finished", 0)]
     assert any("batch-mode execution is not supported" in line for line in log_lines)

@@ -46,7 +46,7 @@ def tool_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def ssh_home() -> Iterator[Path]:
-    """A throwaway login user whose home is the runner's work dir (dropbear -w refuses root, as spec §6.10 wants)."""
+    """A throwaway login user whose home is the runner's work dir (dropbear -w refuses root, as docs/protocol.md §6.10 wants)."""
     if os.geteuid() != 0:
         pytest.skip("needs root to create the throwaway login user (CI and the dev machines run as root)")
     home = Path("/tmp") / f"kr-sshd-home-{os.getpid()}"

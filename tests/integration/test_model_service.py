@@ -81,14 +81,14 @@ def model(name: str, port: int, *server_args: str, health: dict[str, Any] | None
     service: dict[str, Any] = {
         "start_command": command if command is not None else [sys.executable, SERVER, str(port), *server_args],
         "port": port,
-        "pre_start_actions": None,  # what the agent's schema sends for "none" (spec §7.1); must not fail
+        "pre_start_actions": None,  # what the agent's schema sends for "none" (docs/protocol.md §7.1); must not fail
         "health_check": health,
     }
     return {"name": name, "model_path": "/models/" + name, "service": service}
 
 
 def check(**fields: Any) -> dict[str, Any]:
-    # The agent's schema sends every optional field, null when unset (spec §7.1).
+    # The agent's schema sends every optional field, null when unset (docs/protocol.md §7.1).
     body: dict[str, Any] = {"path": "/health", "max_retries": None, "max_wait_time": None,
                             "expected_status_code": None}
     body.update(fields)
@@ -144,7 +144,7 @@ def test_without_a_health_check_started_when_the_port_opens(models: Any) -> None
     started = time.monotonic()
     result = runner.agent.start_model_service(model("plain", port, "--listen-after", "0.3"), timeout=15)
     took = time.monotonic() - started
-    assert result == {"status": "started"}  # not upstream's `service unhealthy` (spec §10.1 item 9)
+    assert result == {"status": "started"}  # not upstream's `service unhealthy` (docs/protocol.md §10.1 item 9)
     assert 0.3 <= took < 2.0
     ids = [c.child_id for c in runner.handle.which_children()]
     assert f"service:plain-{port}" in ids and f"health:plain-{port}" not in ids

@@ -1,4 +1,4 @@
-"""Batch mode through the wire (spec §5): the whole tree in-process, real shells and processes, an agent client."""
+"""Batch mode through the wire (docs/protocol.md §5): the whole tree in-process, real shells and processes, an agent client."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def test_command_not_found_is_the_shells_127(agent: AgentClient) -> None:
 def test_a_failed_build_skips_the_next_exec_only(agent: AgentClient, work_dir: Path) -> None:
     results = agent.batch(build="echo broken >&2; exit 2", exec="touch ran; echo ran")
     assert [(r.status, r.exit_code) for r in results] == [("clean-finished", 0), ("build-finished", 2), ("finished", 127)]
-    assert results[2].records == ()  # spec §5.2: no output, nothing ran
+    assert results[2].records == ()  # docs/protocol.md §5.2: no output, nothing ran
     assert not (work_dir / "ran").exists()
     again = agent.run("exec", "echo ran")
     assert (again.exit_code, again.stdout) == (0, b"ran\n")
@@ -262,7 +262,7 @@ def test_a_background_grandchild_holding_the_pipes_does_not_hang_the_op(agent: A
     assert agent.run("exec", "echo next").stdout == b"next\n"
 
 
-# ---- user input (spec §5.6) ------------------------------------------------------------------------------
+# ---- user input (docs/protocol.md §5.6) ------------------------------------------------------------------------------
 
 
 def test_python_input_in_batch_mode_goes_through_the_agent(agent: AgentClient, work_dir: Path) -> None:
@@ -324,7 +324,7 @@ def test_bootstrap_runs_once_logged_and_status_waits_for_it(
         agent.send("status")
         wait_until((work_dir / "bootstrap.count").exists, timeout=10, what="bootstrap.sh to start")
         with pytest.raises(TimeoutError):
-            agent.expect("status", timeout=0.3)  # spec §1.6: no status before bootstrap has finished
+            agent.expect("status", timeout=0.3)  # docs/protocol.md §1.6: no status before bootstrap has finished
         (work_dir / "release").touch()
         status = agent.expect("status", timeout=10)
         assert status.payload

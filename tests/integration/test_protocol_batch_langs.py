@@ -1,4 +1,4 @@
-"""Every compile-and-run language of spec §8.1 for real, through the wire: a query, a batch build+exec, an interrupt.
+"""Every compile-and-run language of docs/protocol.md §8.1 for real, through the wire: a query, a batch build+exec, an interrupt.
 
 Each test starts the whole runner for its language and drives it as the agent does. Toolchains come from
 .ci/apt-packages.txt (heavy ones from .ci/apt-packages-heavy.txt, `make test-heavy`); a test whose toolchain
@@ -103,7 +103,7 @@ def test_c(langs: LangRunners, work_dir: Path) -> None:
     agent = langs.start("c")
     assert_query(agent, C_HELLO, b"hello from c\n")
     assert_no_leftovers(work_dir)
-    # Build `*` without a Makefile: every **/*.c compiled on its own, then linked into ./main (spec §8.1).
+    # Build `*` without a Makefile: every **/*.c compiled on its own, then linked into ./main (docs/protocol.md §8.1).
     (work_dir / "lib").mkdir()
     (work_dir / "lib" / "util.c").write_text("int twice(int x) { return 2 * x; }\n")
     (work_dir / "main.c").write_text(
@@ -156,7 +156,7 @@ public class Greeter {
 def test_java(langs: LangRunners, work_dir: Path) -> None:
     need("javac", "java")
     agent = langs.start("java")
-    # spec §8.2: System.in of a query reads the agent's `input` (through the user-input socket).
+    # docs/protocol.md §8.2: System.in of a query reads the agent's `input` (through the user-input socket).
     first = agent.code(JAVA_GREET, timeout=60)
     assert first.status == "waiting-input", first.stderr
     assert first.stdout == b"name? "
@@ -240,7 +240,7 @@ def test_lua(langs: LangRunners, work_dir: Path) -> None:
 def test_php(langs: LangRunners, work_dir: Path) -> None:
     need("php")
     agent = langs.start("php", runtime_path=which("php"))
-    # spec §8.1: the query gets `<?php` and a blank line put in front.
+    # docs/protocol.md §8.1: the query gets `<?php` and a blank line put in front.
     assert_query(agent, 'echo "hello from php\\n";', b"hello from php\n")
     (work_dir / "main.php").write_text("<?php\necho 6 * 7, \"\\n\";\n")
     assert_batch(agent, build="*", exec="*", expected=b"42\n")
@@ -251,7 +251,7 @@ def test_scheme(langs: LangRunners, work_dir: Path) -> None:
     need("scheme")
     agent = langs.start("scheme")
     assert_query(agent, '(display "hello from scheme")\n(newline)\n', b"hello from scheme\n")
-    # spec §8.1: build and exec `*` are no-ops for scheme; explicit commands run as for any language.
+    # docs/protocol.md §8.1: build and exec `*` are no-ops for scheme; explicit commands run as for any language.
     (work_dir / "main.scm").write_text("(display (* 6 7))\n(newline)\n")
     assert_batch(agent, build="*", exec="scheme --quiet < main.scm", expected=b"42\n")
     assert [(r.status, r.exit_code) for r in agent.batch(build="*", exec="*")] == [
@@ -324,7 +324,7 @@ def test_octave(langs: LangRunners, work_dir: Path) -> None:
 
 @pytest.mark.heavy
 def test_r_batch(langs: LangRunners, work_dir: Path) -> None:
-    # R's query mode is the Jupyter IRkernel (spec §8.1); its batch mode is Rscript.
+    # R's query mode is the Jupyter IRkernel (docs/protocol.md §8.1); its batch mode is Rscript.
     need("Rscript")
     agent = langs.start("r")
     (work_dir / "main.R").write_text("cat(6 * 7, '\\n')\n")

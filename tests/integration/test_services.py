@@ -131,7 +131,7 @@ def test_status_shows_service_state_pid_and_restarts(services_runner: tuple[Runn
 
 
 def test_legacy_service_for_the_language_when_no_definition_matches(runner_config: RunnerConfig) -> None:
-    # A `python` runner has legacy services (spec §6.9); with no definitions at all get-apps is still [] (no parser).
+    # A `python` runner has legacy services (docs/protocol.md §6.9); with no definitions at all get-apps is still [] (no parser).
     config = attrs.evolve(runner_config, lang="python")
     handle = start(config)
     try:

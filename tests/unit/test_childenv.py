@@ -1,4 +1,4 @@
-"""The child environment (spec §1.4): defaults, PATH promotions, environ.txt, and the service env."""
+"""The child environment (docs/protocol.md §1.4): defaults, PATH promotions, environ.txt, and the service env."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from kernel_runner.childenv import DEFAULT_PATH, build_child_env, promote_path, read_environ_file, service_env
+from kernel_runner.childenv import DEFAULT_PATH, build_child_env, promote_path, read_environ_file, strip_runner_libraries
 from kernel_runner.langs import get_lang
 
 
@@ -83,7 +83,7 @@ def test_path_and_shell_fill_in() -> None:
 
 
 def test_golang_worked_example() -> None:
-    # spec §1.4 step 7 (V): the last promotion applied ends up first.
+    # docs/protocol.md §1.4 step 7 (V): the last promotion applied ends up first.
     env = _env("golang", base={"PATH": "/usr/bin:/go/bin"})
     assert env["PATH"] == "/home/work/bin:/usr/local/go/bin:/go/bin:/home/work/.local/bin:/usr/bin"
 
@@ -174,11 +174,10 @@ def test_child_env_is_read_only() -> None:
         ("", ""),
     ],
 )
-def test_service_env_drops_krunner_libraries(ld_path: str, expected: str) -> None:
-    env = service_env({"LD_LIBRARY_PATH": ld_path, "A": "1"}, {"B": "2"})
-    assert env == {"LD_LIBRARY_PATH": expected, "A": "1", "B": "2"}
+def test_the_runner_libraries_are_stripped_as_one_exact_entry(ld_path: str, expected: str) -> None:
+    env = strip_runner_libraries({"LD_LIBRARY_PATH": ld_path, "A": "1"})
+    assert env == {"LD_LIBRARY_PATH": expected, "A": "1"}
 
 
-def test_service_env_strips_after_the_overlay() -> None:
-    env = service_env({"LD_LIBRARY_PATH": "/a", "A": "1"}, {"LD_LIBRARY_PATH": "/opt/backend.ai/lib:/svc", "A": "x"})
-    assert env == {"LD_LIBRARY_PATH": "/svc", "A": "x"}
+def test_an_env_without_ld_library_path_is_left_alone() -> None:
+    assert strip_runner_libraries({"A": "1"}) == {"A": "1"}

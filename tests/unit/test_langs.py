@@ -34,7 +34,7 @@ from kernel_runner.langs import (
 from kernel_runner.langs.spec import BATCH_MODE_VAR, INPUT_SOCKET_VAR
 from kernel_runner.messages import BatchKind
 
-# spec §1.2, in its order
+# docs/protocol.md §1.2, in its order
 SPEC_KEYS = [
     *("app", "python", "c", "cpp", "golang", "rust", "java", "haskell", "julia"),
     *("lua", "nodejs", "octave", "php", "r", "scheme", "git", "vendor.aws_polly", "vendor.h2o"),
@@ -135,7 +135,7 @@ def test_log_prefixes_follow_the_spec_table() -> None:
 
 
 def test_input_queue_languages() -> None:
-    # spec §4.4: python, julia, r, c, java, git, vendor.h2o
+    # docs/protocol.md §4.4: python, julia, r, c, java, git, vendor.h2o
     assert {n for n, s in REGISTRY.items() if s.input_queue} == {"python", "julia", "r", "c", "java", "git", "vendor.h2o"}
 
 
@@ -145,7 +145,7 @@ def test_only_jupyter_languages_interrupt_the_kernel() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Runtime paths (spec §10.6 #46)
+# Runtime paths (docs/protocol.md §10.6 #46)
 # --------------------------------------------------------------------------------------------
 
 
@@ -169,7 +169,7 @@ def test_java_runtime_is_first_jvm_binary_then_plain_java() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Batch planning (spec §5.1)
+# Batch planning (docs/protocol.md §5.1)
 # --------------------------------------------------------------------------------------------
 
 
@@ -270,7 +270,7 @@ HEURISTIC_CASES: list[tuple[str, BatchKind, list[str], str | int]] = [
     ("nodejs", "exec", ["main.js"], "/usr/local/bin/node main.js"),
     ("nodejs", "exec", [], 127),
     ("octave", "exec", ["main.m"], "/usr/bin/octave-cli main.m"),
-    ("octave", "exec", ["main.js"], 127),  # spec §10.6 #47: upstream looked for main.js
+    ("octave", "exec", ["main.js"], 127),  # docs/protocol.md §10.6 #47: upstream looked for main.js
     ("php", "exec", ["main.php"], "/usr/bin/php main.php"),
     ("php", "exec", [], 127),
     ("r", "build", [], 0),
@@ -400,7 +400,7 @@ def test_c_build_and_exec_plans_run_in_a_real_shell(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Query planning (spec §8.1, §8.2)
+# Query planning (docs/protocol.md §8.1, §8.2)
 # --------------------------------------------------------------------------------------------
 
 
@@ -426,7 +426,7 @@ def test_c_query_keeps_the_binary_out_of_the_work_dir() -> None:
     plan = plan_query(get_lang("c"), "int main(){}", _ctx("c"), tmp)
     assert isinstance(plan, QueryPlan)
     (source,) = plan.files
-    assert source.path.parent == WORK  # relative #include "x.h" keeps working (spec §8.1)
+    assert source.path.parent == WORK  # relative #include "x.h" keeps working (docs/protocol.md §8.1)
     assert source.path.suffix == ".c"
     assert [s.command for s in plan.steps] == [
         f"/usr/bin/gcc {source.path.name} -Wall -o /tmp/krq_ab12/main -lrt -lm -lpthread -ldl",
@@ -578,7 +578,7 @@ def test_kernelspec_pick_prefers_exact_then_prefix_then_substring() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Batch-mode input() hook (spec §5.6), run in a real interpreter
+# Batch-mode input() hook (docs/protocol.md §5.6), run in a real interpreter
 # --------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Loading definition folders, get-apps, and resolving start requests (spec §6.2-6.8, §7.2)."""
+"""Loading definition folders, get-apps, and resolving start requests (docs/protocol.md §6.2-6.8, §7.2)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ CHILD_ENV = {
     "LANG": "C.UTF-8",
 }
 
-# The definition used for spec §6.6 item 4 and §6.8's (V) observations.
+# The definition used for docs/protocol.md §6.6 item 4 and §6.8's (V) observations.
 WEB = {
     "command": ["{runtime_path}", "-m", "http.server", "{ports[0]}"],
     "url_template": "http://{host}:{port}/",
@@ -140,7 +140,7 @@ def test_catalog_variables_are_known_to_templates(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# get-apps (spec §6.8)
+# get-apps (docs/protocol.md §6.8)
 # --------------------------------------------------------------------------------------------
 
 
@@ -169,7 +169,7 @@ def test_model_services_are_listed_after_files_and_keep_position_when_replaced(t
 
 
 # --------------------------------------------------------------------------------------------
-# resolve (spec §6.2, §6.6, §6.7)
+# resolve (docs/protocol.md §6.2, §6.6, §6.7)
 # --------------------------------------------------------------------------------------------
 
 
@@ -187,7 +187,7 @@ def test_unknown_name_is_unsupported(tmp_path: Path) -> None:
 
 
 def test_arguments_and_env_as_observed_upstream(tmp_path: Path) -> None:
-    # spec §6.6 item 4 (V): defaults first, then user flags; def env interpolated, user env added.
+    # docs/protocol.md §6.6 item 4 (V): defaults first, then user flags; def env interpolated, user env added.
     catalog = catalog_with(tmp_path, {"web": WEB})
     launch = launch_of(resolve(catalog, info("web", arguments={"--directory": "/tmp"}, envs={"FOO": "bar"})))
     command = launch.render()
@@ -228,7 +228,7 @@ def test_disallowed_env_uses_upstreams_texts(tmp_path: Path) -> None:
     assert resolve(catalog, info("web", envs={"BAR": "1"})) == failed(
         "DisallowedEnvironment('Environment variable BAR not allowed for service web')"
     )
-    # spec §6.2 step 11 (V): allowed, but already in child_env, so frozen.
+    # docs/protocol.md §6.2 step 11 (V): allowed, but already in child_env, so frozen.
     assert resolve(catalog, info("web", envs={"HOME": "/tmp"})) == failed(
         'DisallowedEnvironment("Environment variable HOME can\'t be overwritten")'
     )
@@ -293,7 +293,7 @@ def test_ports_fall_back_to_the_single_port(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Intrinsic and legacy precedence (spec §6.2 steps 5-6)
+# Intrinsic and legacy precedence (docs/protocol.md §6.2 steps 5-6)
 # --------------------------------------------------------------------------------------------
 
 
@@ -319,7 +319,7 @@ def test_definitions_win_over_legacy_and_legacy_is_per_language(tmp_path: Path) 
 
 
 # --------------------------------------------------------------------------------------------
-# Model services (spec §7.2)
+# Model services (docs/protocol.md §7.2)
 # --------------------------------------------------------------------------------------------
 
 

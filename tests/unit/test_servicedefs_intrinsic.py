@@ -1,4 +1,4 @@
-"""Intrinsic sshd and ttyd (spec §6.10-6.11): command lines, missing binaries, and the key-setup plan run on fakes."""
+"""Intrinsic sshd and ttyd (docs/protocol.md §6.10-6.11): command lines, missing binaries, and the key-setup plan run on fakes."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from kernel_runner.servicedefs.intrinsic import (
     ttyd_argv,
 )
 
-# A stand-in for dropbearkey that, like the real one, refuses to overwrite an existing key (spec §10.5 item 41).
+# A stand-in for dropbearkey that, like the real one, refuses to overwrite an existing key (docs/protocol.md §10.5 item 41).
 FAKE_DROPBEARKEY = """\
 import os, sys
 target = sys.argv[sys.argv.index("-f") + 1]
@@ -203,7 +203,7 @@ def test_apply_generates_keys_and_survives_a_container_restart(config: RunnerCon
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     assert apply_sshd_setup(plan_sshd_setup(config, environ={}, key_dir=key_dir), env=env) == []
     authorized = config.work_dir / ".ssh" / "authorized_keys"
-    # The key line is found by content, not by position (spec §10.5 item 44), and written without a newline.
+    # The key line is found by content, not by position (docs/protocol.md §10.5 item 44), and written without a newline.
     assert authorized.read_text() == "ssh-rsa AAAAfakeid_dropbear root@container"
     assert stat.S_IMODE(authorized.stat().st_mode) == 0o600
     assert stat.S_IMODE((config.work_dir / ".ssh").stat().st_mode) == 0o700
@@ -229,7 +229,7 @@ def test_cluster_config_from_replicas_is_appended_once(config: RunnerConfig, tmp
     (cluster / "id_cluster.pub").write_text("ssh-rsa CLUSTER cluster\n")
     environ = {"BACKENDAI_CLUSTER_REPLICAS": "main:1,sub:2"}
     key_dir = tmp_path / "dropbear"
-    for _ in range(2):  # spec §10.5 item 42: upstream appended the blocks and the key again on every start
+    for _ in range(2):  # docs/protocol.md §10.5 item 42: upstream appended the blocks and the key again on every start
         apply_sshd_setup(plan_sshd_setup(config, environ=environ, key_dir=key_dir), env={})
     ssh_config = (config.work_dir / ".ssh" / "config").read_text()
     identity = f"\tStrictHostKeyChecking no\n\tIdentityFile {cluster / 'id_cluster'}\n"

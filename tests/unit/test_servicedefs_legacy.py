@@ -1,4 +1,4 @@
-"""The bundled legacy services of spec §6.9, chosen by language when no definition file matches."""
+"""The bundled legacy services of docs/protocol.md §6.9, chosen by language when no definition file matches."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Each prestart action of spec §6.5 on a temporary folder, with real (short, bounded) commands."""
+"""Each prestart action of docs/protocol.md §6.5 on a temporary folder, with real (short, bounded) commands."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_write_file_interpolates_adds_newlines_and_chmods(tmp_path: Path) -> Non
 
 
 def test_write_file_append_really_appends(tmp_path: Path) -> None:
-    # spec §10.4 item 33: upstream truncated even with append=true.
+    # docs/protocol.md §10.4 item 33: upstream truncated even with append=true.
     (tmp_path / "log.txt").write_text("old\n")
     run(tmp_path, {"action": "write_file", "args": {"filename": "log.txt", "body": ["new"], "append": True}})
     assert (tmp_path / "log.txt").read_text() == "old\nnew\n"

@@ -1,4 +1,4 @@
-"""Schema of service-definition files (spec §6.3, §6.5): what is accepted, and the exact path of what is not."""
+"""Schema of service-definition files (docs/protocol.md §6.3, §6.5): what is accepted, and the exact path of what is not."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_every_action_parses_to_its_class_with_defaults() -> None:
     assert isinstance(write_tempfile, WriteTempfile)
     assert write_tempfile.ref == "tmp"
     assert isinstance(run_command, RunCommand)
-    assert run_command.args.command == ("echo", "1", "2.5")  # pieces are converted to text (spec §6.5)
+    assert run_command.args.command == ("echo", "1", "2.5")  # pieces are converted to text (docs/protocol.md §6.5)
     assert isinstance(mkdir, Mkdir)
     assert isinstance(log, Log)
     assert log.args.debug is False
@@ -135,12 +135,12 @@ def test_unknown_action_is_rejected_and_the_reply_is_upstreams() -> None:
     assert error.problems == (
         "web.json: unknown action 'nosuch'; known actions: write_file, write_tempfile, run_command, mkdir, log @ $.prestart[0]",
     )
-    # spec §6.2 step 11 (V): the text a start request for this service gets.
+    # docs/protocol.md §6.2 step 11 (V): the text a start request for this service gets.
     assert error.reply == "InvalidServiceDefinition('Service-def for web used invalid action: nosuch')"
 
 
 def test_module_level_names_are_not_actions() -> None:
-    # spec §10.4 item 32: upstream accepted any callable attribute of its actions module.
+    # docs/protocol.md §10.4 item 32: upstream accepted any callable attribute of its actions module.
     error = problems_of({"command": ["a"], "prestart": [{"action": "interpolate", "args": {}}]})
     assert "used invalid action: interpolate" in error.reply
 

@@ -1,4 +1,4 @@
-"""Template interpolation (spec §6.4): format_map rules, and errors that say what went wrong."""
+"""Template interpolation (docs/protocol.md §6.4): format_map rules, and errors that say what went wrong."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ VARIABLES = {"ports": [18080, 18081], "runtime_path": "/usr/bin/python3", "ref":
         ("{ports[0]:>7}", "  18080"),
         ("{runtime_path!r}", "'/usr/bin/python3'"),
         ("{{literal}}", "{literal}"),
-        ("{none}", "None"),  # spec §6.4: an unset runtime path / None ref renders as "None"
+        ("{none}", "None"),  # docs/protocol.md §6.4: an unset runtime path / None ref renders as "None"
         ("plain", "plain"),
     ],
 )

@@ -1,4 +1,4 @@
-"""kernel-runner batch-input hook: routes input() through the runner's user-input socket (spec §5.6).
+"""kernel-runner batch-input hook: routes input() through the runner's user-input socket (docs/protocol.md §5.6).
 
 The runner puts this folder first on PYTHONPATH for batch-mode children only, and the hook stays dormant
 unless _BACKEND_BATCH_MODE is a non-zero integer. Written for Python 2.7 and 3.x alike (type comments, no
@@ -33,7 +33,7 @@ def _read_input(prompt=""):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
-        while True:  # upstream did a single 1024-byte recv (spec §10.3 #29)
+        while True:  # upstream did a single 1024-byte recv (docs/protocol.md §10.3 #29)
             chunk = sock.recv(65536)
             if not chunk:
                 break
