@@ -25,3 +25,30 @@ def machine_line() -> str:
 
 def median_p99(samples: Sequence[float]) -> tuple[float, float]:
     return statistics.median(samples), statistics.quantiles(samples, n=100)[98]
+
+
+class RawAgent:
+    """The agent side at its barest (PUSH/PULL, no decoding), so a round trip measures the server alone."""
+
+    def __init__(self, port_in: int, port_out: int) -> None:
+        import zmq
+
+        ctx = zmq.Context.instance()
+        self._push, self._pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+        self._push.connect(f"tcp://127.0.0.1:{port_in}")
+        self._pull.connect(f"tcp://127.0.0.1:{port_out}")
+
+    def round_trips(self, frames: list[bytes], rounds: int) -> list[float]:
+        import time
+
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            self._push.send_multipart(frames)
+            self._pull.recv_multipart()
+            times.append(time.perf_counter() - t0)
+        return times
+
+    def close(self) -> None:
+        self._push.close(linger=0)
+        self._pull.close(linger=0)

@@ -231,11 +231,6 @@ class BadFrame:
     reply: ToAgent | None = None
 
 
-@attrs.frozen(kw_only=True)
-class FlushOutbox:
-    """Router self-tick: try again to send what the PUSH socket refused (HWM reached or no agent)."""
-
-
 # --------------------------------------------------------------------------------------------
 # Processes and pumps
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ whole tree, read top to bottom in one thread so the owning actor never waits (do
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -115,6 +116,99 @@ def describe_returncode(returncode: int) -> tuple[int, int | None]:
     return returncode, None
 
 
+OutputSink = Callable[[StreamName, bytes], None]
+
+
+class ProcessWatcher(threading.Thread):
+    """One thread per process: reads its pipes until EOF into a sink and reports its exit, in whatever order they come.
+
+    It tells its owner `ProcessExited` once the process has been reaped (it waits for that pid only: never
+    waitpid(-1), which would steal other children's exit statuses) and `PipeClosed` for each pipe at EOF, each chunk
+    having gone to the sink before. The sink may block (output credits): that is the backpressure on the child.
+    A pidfd makes the exit one more event to wait for, so a spawn costs one thread, not three.
+    """
+
+    def __init__(
+        self,
+        handle: ProcessHandle,
+        owner: pykka.ActorRef[Any],
+        *,
+        sink: OutputSink | None = None,
+        clock: Clock = REAL_CLOCK,
+        chunk_size: int = READ_CHUNK,
+    ) -> None:
+        super().__init__(name=f"ProcessWatcher-{handle.pid}", daemon=True)
+        self._handle = handle
+        self._owner = owner
+        self._sink = sink
+        self._clock = clock
+        self._chunk_size = chunk_size
+        popen = handle.popen
+        streams: tuple[tuple[IO[bytes] | None, StreamName], ...] = ((popen.stdout, "stdout"), (popen.stderr, "stderr"))
+        self._pipes: dict[int, tuple[IO[bytes], StreamName]] = {
+            stream.fileno(): (stream, name) for stream, name in streams if stream is not None
+        }
+
+    def run(self) -> None:
+        try:
+            pidfd: int | None = os.pidfd_open(self._handle.pid)
+        except OSError:  # the process is gone already (reaped elsewhere is impossible: only we wait for it)
+            pidfd = None
+        poller = select.poll()
+        for fd in self._pipes:
+            poller.register(fd, select.POLLIN)
+        if pidfd is not None:
+            poller.register(pidfd, select.POLLIN)
+        else:  # no pidfd on this kernel: wait for the exit in a thread of its own, so pipes never stall it
+            threading.Thread(target=self._reap, name=f"Reaper-{self._handle.pid}", daemon=True).start()
+        try:
+            while self._pipes or pidfd is not None:
+                for fd, _event in poller.poll():
+                    if fd == pidfd:
+                        poller.unregister(pidfd)
+                        os.close(pidfd)
+                        pidfd = None
+                        self._reap()
+                    elif fd in self._pipes:
+                        self._read(fd, poller)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+            for stream, _name in self._pipes.values():
+                stream.close()
+
+    def _read(self, fd: int, poller: select.poll) -> None:
+        stream, name = self._pipes[fd]
+        try:
+            data = os.read(fd, self._chunk_size)
+        except OSError as exc:
+            logger.bind(child="pump").debug("read from {} failed: {}", name, exc)
+            data = b""
+        if data:
+            if self._sink is not None:
+                self._sink(name, data)
+            return
+        poller.unregister(fd)
+        del self._pipes[fd]
+        stream.close()
+        tell_if_alive(self._owner, PipeClosed(pid=self._handle.pid, stream=name))
+
+    def _reap(self) -> None:
+        returncode = self._handle.popen.wait()
+        self._handle.exited.set()
+        _, sig = describe_returncode(returncode)
+        tell_if_alive(self._owner, ProcessExited(
+            pid=self._handle.pid, returncode=returncode, signal=sig, at=self._clock.monotonic()))
+
+
+def watch_process(
+    handle: ProcessHandle, owner: pykka.ActorRef[Any], *, sink: OutputSink | None = None, clock: Clock = REAL_CLOCK
+) -> ProcessWatcher:
+    watcher = ProcessWatcher(handle, owner, sink=sink, clock=clock)
+    watcher.start()
+    return watcher
+
+
 class ExitWatcher(threading.Thread):
     """Waits for exactly one pid (never waitpid(-1), which steals other children's statuses) and tells its owner."""
 
@@ -140,9 +234,6 @@ class ExitWatcher(threading.Thread):
         _, sig = describe_returncode(returncode)
         tell_if_alive(self._owner, ProcessExited(
             pid=self._handle.pid, returncode=returncode, signal=sig, at=self._clock.monotonic()))
-
-
-OutputSink = Callable[[StreamName, bytes], None]
 
 
 class PipePump(threading.Thread):

@@ -157,9 +157,7 @@ def start(
     started_at = clock.monotonic()
 
     def make_router(ctx: ChildContext) -> pykka.ActorRef[Any]:
-        ref = RouterActor.start(ctx=ctx, runner=runner, ports=ports, board=board, started_at=started_at)
-        link.attach(ref)
-        return ref
+        return RouterActor.start(ctx=ctx, runner=runner, ports=ports, board=board, started_at=started_at)
 
     def make_lang(ctx: ChildContext) -> pykka.ActorRef[Any]:
         return LangRunnerActor.start(ctx=ctx, runner=runner)

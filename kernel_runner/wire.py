@@ -286,6 +286,7 @@ def child_info_to_dict(info: ChildInfo, now: float) -> dict[str, Any]:
 
 
 _UPTIME_KEY = msgpack.packb("uptime_s")
+UPTIME_TICKS_PER_S = 100
 
 
 class StatusEncoder:
@@ -298,8 +299,19 @@ class StatusEncoder:
 
     def __init__(self) -> None:
         self._packed: dict[ChildId, tuple[ChildInfo, bytes]] = {}
+        self._last: tuple[Sequence[ChildInfo], bool, int, Frames] | None = None
 
     def encode(self, *, started_at: float, ready: bool, children: Sequence[ChildInfo], now: float) -> Frames:
+        """Uptimes are given to the 10 ms; within one such tick an unchanged tree is answered with the same bytes."""
+        tick = int(now * UPTIME_TICKS_PER_S)
+        last = self._last
+        if last is not None and last[0] is children and last[1] == ready and last[2] == tick:
+            return last[3]
+        frames = self._encode(started_at, ready, children, tick / UPTIME_TICKS_PER_S)
+        self._last = (children, ready, tick, frames)
+        return frames
+
+    def _encode(self, started_at: float, ready: bool, children: Sequence[ChildInfo], now: float) -> Frames:
         parts = [
             msgpack.packb({"started_at": started_at, "kernel_runner": {"ready": ready, "children": None}})[:-1]
         ]  # the body up to the children's placeholder (nil, the last byte), then the array itself
@@ -308,7 +320,7 @@ class StatusEncoder:
             parts.append(self._fixed_part(child))
             parts.append(_UPTIME_KEY)
             uptime = child.uptime_s(now)
-            parts.append(b"\xc0" if uptime is None else struct.pack(">Bd", 0xCB, uptime))
+            parts.append(b"\xc0" if uptime is None else struct.pack(">Bd", 0xCB, round(uptime, 2)))
         if len(self._packed) > 2 * len(children) + 16:
             alive = {child.child_id for child in children}
             self._packed = {key: value for key, value in self._packed.items() if key in alive}

@@ -1,8 +1,19 @@
-"""AgentReceiver: the router's thread that owns the PULL socket, decodes every frame and routes it at once."""
+"""AgentLink: the router's I/O thread, the only owner of the agent's two sockets.
+
+It binds PULL and PUSH, then waits on three things at once (never on a timeout while idle): a request on PULL, a
+wake-up from the RouterLink when something was put for the agent, and room on PUSH while its own outbox is not empty.
+A request is decoded and routed at once (`route`, one hop to the child that handles it); `status` is answered right
+here from the pushed tree snapshot, with no hop at all (docs/architecture.md §5.5).
+
+    bind ──▶ serving ──(stop requested: wake)──▶ final flush ──▶ sockets closed
+                │  └─ an exception ──▶ `failed(error)` told to the router actor, sockets closed
+"""
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -12,52 +23,187 @@ import zmq
 from loguru import logger
 
 from kernel_runner import wire
-from kernel_runner.messages import AgentRequest, BadFrame
+from kernel_runner.messages import AgentRequest, BadFrame, Output, StatusRequest
+from kernel_runner.outbox import RouterLink
 from kernel_runner.sockets import bind_socket
+from kernel_runner.status import StartupGate
 
-POLL_MS = 100
+Frames = list[bytes]
+# Where a decoded request goes; raises pykka.ActorDeadError once the tree is gone (the thread then ends).
+Route = Callable[[AgentRequest], None]
+StatusFrames = Callable[[], Frames]
+CLOSE_LINGER_MS = 200
+MAX_SENDS_PER_WAKE = 256  # then look at PULL again, so a flood of output never starves requests
 
-# Where a decoded request goes; raises pykka.ActorDeadError once the router is gone (the thread then ends).
-Route = Callable[[AgentRequest | BadFrame], None]
 
+class AgentLink(threading.Thread):
+    """Receives, routes and answers; sends everything the RouterLink collects, in order, without ever blocking."""
 
-class AgentReceiver(threading.Thread):
-    """Creates, binds, polls and closes the PULL socket in its own thread (ZeroMQ sockets are not thread-safe)."""
-
-    def __init__(self, *, context: zmq.Context[Any], bind: str, port: int, route: Route) -> None:
-        super().__init__(name="AgentReceiver", daemon=True)
+    def __init__(
+        self,
+        *,
+        context: zmq.Context[Any],
+        bind: str,
+        ports: tuple[int, int],
+        link: RouterLink,
+        route: Route,
+        status_frames: StatusFrames,
+        gate: StartupGate,
+        outbox_limit: int,
+        on_failure: Callable[[str], object],
+    ) -> None:
+        super().__init__(name="AgentLink", daemon=True)
         self._context = context
         self._bind = bind
-        self._port = port
+        self._ports = ports
+        self._link = link
         self._route = route
-        self.bound: concurrent.futures.Future[int] = concurrent.futures.Future()
-        self.stopping = threading.Event()
+        self._status_frames = status_frames
+        self._gate = gate
+        self._outbox_limit = outbox_limit
+        self._on_failure = on_failure
+        self.bound: concurrent.futures.Future[tuple[int, int]] = concurrent.futures.Future()
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._outbox: collections.deque[tuple[Frames, bool]] = collections.deque()
+        self._held_status = 0
+        self._startup_finished = False
+        self._outbox_warned = False
         self.log = logger.bind(child="router")
 
-    def run(self) -> None:
-        sock: zmq.Socket[bytes] = self._context.socket(zmq.PULL)
+    # ---- other threads --------------------------------------------------------------------------------------------
+    def wake(self) -> None:
         try:
-            sock.setsockopt(zmq.LINGER, 0)
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already
+
+    def stop(self, timeout: float) -> None:
+        self._stopping.set()
+        self.wake()
+        self.join(timeout=timeout)
+
+    # ---- the thread -------------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        pull: zmq.Socket[bytes] = self._context.socket(zmq.PULL)
+        push: zmq.Socket[bytes] = self._context.socket(zmq.PUSH)
+        try:
+            pull.setsockopt(zmq.LINGER, 0)
             try:
-                port = bind_socket(sock, self._bind, self._port)
+                ports = bind_socket(pull, self._bind, self._ports[0]), bind_socket(push, self._bind, self._ports[1])
             except zmq.ZMQError as exc:
                 self.bound.set_exception(exc)
                 return
-            self.bound.set_result(port)
-            poller = zmq.Poller()
-            poller.register(sock, zmq.POLLIN)
-            while not self.stopping.is_set():
-                if not poller.poll(POLL_MS):
-                    continue
-                while not self.stopping.is_set():
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    try:
-                        self._route(wire.decode(frames))
-                    except pykka.ActorDeadError:
-                        self.log.debug("router stopped; receiver exits")
-                        return
+            self.bound.set_result(ports)
+            self._link.consume(self.wake)
+            self._serve(pull, push)
+            self._collect()
+            while self._flush(push):  # the last answers of a shutdown still go out, as far as the agent takes them
+                pass
+            if self._outbox:
+                self.log.warning("{} message(s) undelivered at close (no agent reading)", len(self._outbox))
+        except Exception as exc:  # noqa: BLE001 - a bug here must reach the supervisor, not vanish with the thread
+            self.log.opt(exception=exc).error("agent link failed: {!r}", exc)
+            self._on_failure(repr(exc))
         finally:
-            sock.close(linger=0)
+            self._link.consume(None)
+            for _, credited in self._outbox:
+                if credited:
+                    self._link.return_credit()
+            self._outbox.clear()
+            pull.close(linger=0)
+            push.close(linger=CLOSE_LINGER_MS)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _serve(self, pull: zmq.Socket[bytes], push: zmq.Socket[bytes]) -> None:
+        poller = zmq.Poller()
+        poller.register(pull, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        waiting_for_room = False
+        while not self._stopping.is_set():
+            if bool(self._outbox) != waiting_for_room:
+                waiting_for_room = bool(self._outbox)
+                poller.modify(push, zmq.POLLOUT if waiting_for_room else 0)
+            events = dict(poller.poll())
+            if self._wake_r in events:
+                self._drain_wakeups()
+                self._collect()
+            if pull in events:
+                self._receive(pull)
+            if self._flush(push):
+                self.wake()  # more to send: come back after a look at PULL
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _collect(self) -> None:
+        for message in self._link.take():
+            self._outbox.append((wire.encode(message), isinstance(message, Output) and message.credited))
+        if self._startup_finished and self._held_status:
+            self.log.info("ready; answering {} held status request(s)", self._held_status)
+            for _ in range(self._held_status):
+                self._outbox.append((self._status_frames(), False))
+            self._held_status = 0
+        if len(self._outbox) > self._outbox_limit and not self._outbox_warned:
+            self._outbox_warned = True
+            self.log.warning("agent is not reading: {} messages waiting", len(self._outbox))
+
+    def _receive(self, pull: zmq.Socket[bytes]) -> None:
+        try:
+            frames = pull.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        request = wire.decode(frames)
+        match request:
+            case StatusRequest():
+                self._answer_status()
+            case BadFrame():
+                self.log.warning("dropped bad frame (op={}, frames={}): {}", request.op, request.frame_count,
+                                 request.reason)
+                if request.reply is not None:
+                    self._outbox.append((wire.encode(request.reply), False))
+            case _:
+                try:
+                    self._route(request)
+                except pykka.ActorDeadError:
+                    self.log.warning("no child to take {}; dropped", type(request).__name__)
+
+    def _answer_status(self) -> None:
+        if self._gate.is_open:
+            self._outbox.append((self._status_frames(), False))
+            return
+        # The agent reads the first status reply as "bootstrap has finished" (docs/protocol.md §1.6).
+        self._held_status += 1
+        if self._held_status == 1:
+            self._gate.when_open(self._startup_done)
+
+    def _startup_done(self) -> None:
+        """Runs in whichever thread opened the gate."""
+        self._startup_finished = True
+        self.wake()
+
+    def _flush(self, push: zmq.Socket[bytes]) -> bool:
+        """Send what PUSH takes now; True when more is left that PUSH would take (a batch was sent)."""
+        for _ in range(MAX_SENDS_PER_WAKE):
+            if not self._outbox:
+                self._outbox_warned = False
+                return False
+            frames, credited = self._outbox[0]
+            try:
+                push.send_multipart(frames, zmq.NOBLOCK, copy=len(frames[-1]) < 65536)
+            except zmq.Again:
+                return False  # no agent, or it is not reading: POLLOUT wakes us when there is room
+            self._outbox.popleft()
+            if credited:
+                self._link.return_credit()
+        return True
+
+
+__all__ = ["AgentLink"]

@@ -153,12 +153,12 @@ class SupervisedActor(pykka.ThreadingActor):
             return None
 
     def on_stop(self) -> None:
-        self._end(self._finish_reason or NormalExit())
+        self._end_incarnation(self._finish_reason or NormalExit())
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        self._end(Crashed(error=repr(exception_value)))
+        self._end_incarnation(Crashed(error=repr(exception_value)))
 
-    def _end(self, reason: ExitReason) -> None:
+    def _end_incarnation(self, reason: ExitReason) -> None:
         self.ctx.directory.detach(self.child_id, self.generation)
         if not self._cleaned_up:
             self._cleaned_up = True

@@ -1,64 +1,47 @@
-"""RouterActor: owns the agent-facing PUSH socket, the only code that writes frames to the agent.
+"""RouterActor: the supervised owner of the agent's sockets, which its I/O thread (AgentLink) drives.
 
-Requests never wait in the router's inbox: its reader thread (AgentReceiver) routes each decoded request straight
-to the child that handles it, through the child directory (`route_request`). The router itself only sends: replies,
-output, and `status`, which it answers from the tree snapshot the supervisor pushes (docs/architecture.md §5).
+Requests never wait in an actor's inbox: AgentLink routes each decoded request straight to the child that handles it
+(`route_request`, through the child directory) and answers `status` itself from the tree snapshot the supervisor
+pushes. Everything for the agent is put into the RouterLink, which AgentLink drains in order
+(docs/architecture.md §5). The actor itself only starts the thread, reports its life to the supervisor, and ends
+(so it is restarted on the same ports) when the thread fails.
 """
 
 from __future__ import annotations
 
-import collections
 import sys
 import threading
 from typing import Any
 
 import attrs
-import pykka
 import zmq
 
 from kernel_runner import wire
-from kernel_runner.actors.agent_link import AgentReceiver
+from kernel_runner.actors.agent_link import AgentLink
 from kernel_runner.actors.base import SupervisedActor
 from kernel_runner.context import RunnerContext
 from kernel_runner.directory import ChildDirectory
+from kernel_runner.exits import Crashed
 from kernel_runner.ids import LANG_CHILD, SERVICES_CHILD, next_run_id
 from kernel_runner.messages import (
     AgentRequest,
-    AppsResult,
-    BadFrame,
     CompleteCode,
-    CompletionResult,
     FeedInput,
-    Finished,
-    FlushOutbox,
     GetApps,
-    Html,
     InterruptRun,
-    LogRecord,
-    Media,
-    ModelServiceResult,
-    ModelServiceStatus,
-    Output,
     RunBatch,
     RunCode,
     RunTask,
-    ServiceResult,
     ShutdownService,
     StartModelService,
     StartService,
-    StatusRequest,
-    WaitingInput,
 )
 from kernel_runner.refs import tell_if_alive
-from kernel_runner.sockets import bind_socket
 from kernel_runner.status import StatusBoard
 from kernel_runner.supervision import ChildContext, ChildState
 
-OUTGOING = (Output, Media, Html, Finished, WaitingInput, ServiceResult, ModelServiceResult, ModelServiceStatus,
-            AppsResult, CompletionResult, LogRecord)
-FLUSH_DELAYS_S = (0.002, 0.005, 0.01, 0.02, 0.05)
-CLOSE_LINGER_MS = 200
 BIND_TIMEOUT_S = 5.0
+STOP_TIMEOUT_S = 2.0
 
 
 class BoundPorts:
@@ -75,8 +58,8 @@ class BoundPorts:
         self.bound.set()
 
 
-def route_request(request: AgentRequest | BadFrame, *, directory: ChildDirectory, router: pykka.ActorRef[Any]) -> None:
-    """Runs in the reader thread: every op goes straight to the child that handles it (one hop)."""
+def route_request(request: AgentRequest, *, directory: ChildDirectory) -> None:
+    """Runs in AgentLink's thread: every op goes straight to the child that handles it (one hop)."""
     match request:
         case RunBatch():
             directory.tell(LANG_CHILD, RunTask(run_id=next_run_id(), kind=request.kind, text=request.command))
@@ -86,17 +69,15 @@ def route_request(request: AgentRequest | BadFrame, *, directory: ChildDirectory
             directory.tell(LANG_CHILD, request)
         case StartService() | ShutdownService() | GetApps() | StartModelService():
             directory.tell(SERVICES_CHILD, request)
-        case _:
-            router.tell(request)  # status and bad frames: the router answers them itself
 
 
 @attrs.frozen(kw_only=True)
-class _StartupFinished:
-    """The start-up gate opened: answer the status requests held until now."""
+class _LinkFailed:
+    error: str
 
 
 class RouterActor(SupervisedActor):
-    """Sends every reply without ever blocking on the socket; answers `status` from the pushed snapshot."""
+    """Owns AgentLink from start to stop; a failed link ends this incarnation so the supervisor restarts it."""
 
     def __init__(
         self,
@@ -110,156 +91,58 @@ class RouterActor(SupervisedActor):
     ) -> None:
         super().__init__(ctx=ctx)
         self._runner = runner
-        self._link = runner.router
         self._ports = ports
         self._board = board
         self._started_at = started_at
-        self._status = wire.StatusEncoder()
-        self._held_status_requests = 0
         self._zmq = zmq_context or zmq.Context.instance()
-        self._push: zmq.Socket[bytes] | None = None
-        self._receiver: AgentReceiver | None = None
-        self._outbox: collections.deque[tuple[list[bytes], bool]] = collections.deque()
-        self._flush_scheduled = False
-        self._flush_attempt = 0
-        self._outbox_warned = False
+        self._agent_link: AgentLink | None = None
 
-    # ---- life ---------------------------------------------------------------------------------------------------------
     def start_child(self) -> None:
+        config = self._runner.config
+        directory, clock, gate, board = self.ctx.directory, self.ctx.clock, self._runner.gate, self._board
+        encoder, started_at, me = wire.StatusEncoder(), self._started_at, self.actor_ref
+
+        def status_frames() -> list[bytes]:
+            return encoder.encode(started_at=started_at, ready=gate.is_open, children=board.snapshot.children,
+                                  now=clock.monotonic())
+
+        link = AgentLink(
+            context=self._zmq,
+            bind=config.bind,
+            ports=(self._ports.port_in, self._ports.port_out),
+            link=self._runner.router,
+            route=lambda request: route_request(request, directory=directory),
+            status_frames=status_frames,
+            gate=gate,
+            outbox_limit=config.outbox_limit,
+            on_failure=lambda error: tell_if_alive(me, _LinkFailed(error=error)),
+        )
+        self._agent_link = link
+        link.start()
         try:
-            self._bind_sockets()
+            self._ports.port_in, self._ports.port_out = link.bound.result(timeout=BIND_TIMEOUT_S)
         except Exception as exc:
             self._ports.report(f"cannot bind the agent sockets: {exc}")
             raise
         self._ports.report(None)
-        self.set_state(ChildState.RUNNING)
-
-    def _bind_sockets(self) -> None:
-        bind = self._runner.config.bind
-        push: zmq.Socket[bytes] = self._zmq.socket(zmq.PUSH)
-        self._push = push
-        self._ports.port_out = bind_socket(push, bind, self._ports.port_out)
-        directory, me = self.ctx.directory, self.actor_ref
-
-        def route(request: AgentRequest | BadFrame) -> None:
-            route_request(request, directory=directory, router=me)
-
-        receiver = AgentReceiver(context=self._zmq, bind=bind, port=self._ports.port_in, route=route)
-        self._receiver = receiver
-        receiver.start()
-        self._ports.port_in = receiver.bound.result(timeout=BIND_TIMEOUT_S)
         # Upstream prints these two lines to stdout (docs/protocol.md §9.2); ops scripts grep for them.
-        print(f"binding to tcp://{bind}:{self._ports.port_in}", flush=True)
-        print(f"binding to tcp://{bind}:{self._ports.port_out}", flush=True)
+        print(f"binding to tcp://{config.bind}:{self._ports.port_in}", flush=True)
+        print(f"binding to tcp://{config.bind}:{self._ports.port_out}", flush=True)
         sys.stdout.flush()
         self.log.info("listening: PULL :{} PUSH :{}", self._ports.port_in, self._ports.port_out)
+        self.set_state(ChildState.RUNNING)
 
     def cleanup(self) -> None:
-        if self._receiver is not None:
-            self._receiver.stopping.set()
-            self._receiver.join(timeout=1.0)
-        if self._push is not None:
-            self._flush()
-            if self._outbox:
-                self.log.warning("{} message(s) undelivered at close (no agent reading)", len(self._outbox))
-            for _, credited in self._outbox:
-                if credited:
-                    self._link.return_credit()
-            self._outbox.clear()
-            self._push.close(linger=CLOSE_LINGER_MS)
-            self._push = None
+        if self._agent_link is not None:
+            self._agent_link.stop(timeout=STOP_TIMEOUT_S)
+            self._agent_link = None
 
-    # ---- dispatch -----------------------------------------------------------------------------------------------------
     def handle(self, message: object) -> object:
         match message:
-            case _ if isinstance(message, OUTGOING):
-                return self._send(wire.encode(message), credited=isinstance(message, Output) and message.credited)
-            case StatusRequest():
-                return self._handle_status_request()
-            case _StartupFinished():
-                return self._handle_startup_finished()
-            case BadFrame():
-                return self._handle_bad_frame(message)
-            case FlushOutbox():
-                return self._handle_flush_outbox()
+            case _LinkFailed():
+                return self.finish(Crashed(error=f"agent link failed: {message.error}"))
             case _:
                 return super().handle(message)
-
-    def _handle_status_request(self) -> None:
-        gate = self._runner.gate
-        if gate.is_open:
-            self._send_status()
-            return
-        # The agent reads the first status reply as "bootstrap has finished" (docs/protocol.md §1.6).
-        self._held_status_requests += 1
-        if self._held_status_requests == 1:
-            me = self.actor_ref
-            gate.when_open(lambda: tell_if_alive(me, _StartupFinished()))
-
-    def _handle_startup_finished(self) -> None:
-        held, self._held_status_requests = self._held_status_requests, 0
-        self.log.info("ready; answering {} held status request(s)", held)
-        for _ in range(held):
-            self._send_status()
-
-    def _send_status(self) -> None:
-        frames = self._status.encode(
-            started_at=self._started_at,
-            ready=self._runner.gate.is_open,
-            children=self._board.snapshot.children,
-            now=self.ctx.clock.monotonic(),
-        )
-        self._send(frames, credited=False)
-
-    def _handle_bad_frame(self, message: BadFrame) -> None:
-        self.log.warning("dropped bad frame (op={}, frames={}): {}", message.op, message.frame_count, message.reason)
-        if message.reply is not None:
-            self._send(wire.encode(message.reply), credited=False)
-
-    # ---- sending ------------------------------------------------------------------------------------------------------
-    def _send(self, frames: list[bytes], *, credited: bool) -> None:
-        if self._outbox or not self._try_send(frames):
-            self._outbox.append((frames, credited))
-            if len(self._outbox) > self._runner.config.outbox_limit and not self._outbox_warned:
-                self._outbox_warned = True
-                self.log.warning("agent is not reading: {} messages waiting", len(self._outbox))
-            self._schedule_flush()
-            return
-        if credited:
-            self._link.return_credit()
-
-    def _try_send(self, frames: list[bytes]) -> bool:
-        assert self._push is not None
-        try:
-            self._push.send_multipart(frames, zmq.NOBLOCK, copy=len(frames[1]) < 65536)
-        except zmq.Again:
-            return False
-        return True
-
-    def _flush(self) -> None:
-        while self._outbox:
-            frames, credited = self._outbox[0]
-            if not self._try_send(frames):
-                return
-            self._outbox.popleft()
-            self._flush_attempt = 0
-            if credited:
-                self._link.return_credit()
-        self._outbox_warned = False
-
-    def _schedule_flush(self) -> None:
-        if self._flush_scheduled:
-            return
-        self._flush_scheduled = True
-        delay = FLUSH_DELAYS_S[min(self._flush_attempt, len(FLUSH_DELAYS_S) - 1)]
-        self._flush_attempt += 1
-        self.schedule(delay, FlushOutbox())
-
-    def _handle_flush_outbox(self) -> None:
-        self._flush_scheduled = False
-        self._flush()
-        if self._outbox:
-            self._schedule_flush()
 
 
 __all__ = ["BoundPorts", "RouterActor", "route_request"]

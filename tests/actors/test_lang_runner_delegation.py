@@ -181,7 +181,7 @@ def test_a_gone_delegate_is_answered_by_its_reject_and_the_language_runner_still
     agent_side, lang_side = Recorder(), Recorder()
     try:
         link = RouterLink(4)
-        link.attach(agent_side.ref)
+        link.forward_to(agent_side.ref)
         directory = ChildDirectory()
         directory.register(LANG_CHILD, None)
         directory.attach(LANG_CHILD, 1, lang_side.ref)

@@ -39,7 +39,7 @@ class Tree:
         self.ticker = Ticker()
         self.directory = ChildDirectory()
         self.link = RouterLink(credits)
-        self.link.attach(self.recorder.ref)  # the recorder stands in for the router: it receives ToAgent replies
+        self.link.forward_to(self.recorder.ref)  # the recorder stands in for the router: it receives ToAgent replies
         self.runner = RunnerContext(
             config=config or RunnerConfig(lang="app"), router=self.link, env=dict(os.environ),
             runner_env=dict(os.environ), gate=StartupGate(), directory=self.directory,

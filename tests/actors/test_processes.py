@@ -1,0 +1,105 @@
+"""The process mechanism with real processes: one watcher thread per process, and the one stop escalation."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from loguru import logger
+
+from kernel_runner.messages import PipeClosed, ProcessExited
+from kernel_runner.procs import ProcessHandle, StopStep, stop_process, term_then_kill, watch_process
+from tests.support.procs import alive, assert_gone
+from tests.support.waiting import Recorder, wait_until
+
+LOG = logger.bind(child="test")
+
+
+@pytest.fixture
+def owner() -> Iterator[Recorder]:
+    made = Recorder()
+    yield made
+    made.stop()
+
+
+def spawn(script: str, tmp_path: Path) -> ProcessHandle:
+    return ProcessHandle.spawn(["/bin/sh", "-c", script], env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path,
+                               stdin=subprocess.DEVNULL)
+
+
+def test_one_watcher_delivers_both_streams_in_order_then_the_exit(owner: Recorder, tmp_path: Path) -> None:
+    chunks: list[tuple[str, bytes]] = []
+    lock = threading.Lock()
+
+    def sink(stream: str, data: bytes) -> None:
+        with lock:
+            chunks.append((stream, data))
+
+    handle = spawn("for i in 1 2 3; do echo out$i; echo err$i >&2; done; exit 7", tmp_path)
+    watch_process(handle, owner.ref, sink=sink)
+    exited = owner.wait_for(lambda m: isinstance(m, ProcessExited), timeout=10, what="the exit")
+    wait_until(lambda: len([m for m in owner.messages if isinstance(m, PipeClosed)]) == 2, timeout=10,
+               what="both pipes closed")
+    assert exited.returncode == 7 and exited.signal is None and handle.exited.is_set()
+    with lock:
+        out = b"".join(data for stream, data in chunks if stream == "stdout")
+        err = b"".join(data for stream, data in chunks if stream == "stderr")
+    assert (out, err) == (b"out1\nout2\nout3\n", b"err1\nerr2\nerr3\n")
+    assert sorted(m.stream for m in owner.messages if isinstance(m, PipeClosed)) == ["stderr", "stdout"]
+
+
+def test_the_exit_is_reported_while_a_grandchild_still_holds_the_pipes(owner: Recorder, tmp_path: Path) -> None:
+    handle = spawn("sleep 30 & echo started", tmp_path)
+    watch_process(handle, owner.ref, sink=lambda stream, data: None)
+    owner.wait_for(lambda m: isinstance(m, ProcessExited), timeout=10, what="the exit before EOF")
+    assert not [m for m in owner.messages if isinstance(m, PipeClosed)], "the sleeper keeps the pipes open"
+    handle.kill_tree()
+    wait_until(lambda: len([m for m in owner.messages if isinstance(m, PipeClosed)]) == 2, timeout=10,
+               what="EOF once the sleeper is killed")
+
+
+def test_a_killed_process_reports_its_signal(owner: Recorder, tmp_path: Path) -> None:
+    handle = spawn("exec sleep 30", tmp_path)
+    watch_process(handle, owner.ref)
+    handle.signal_group(signal.SIGKILL)
+    exited = owner.wait_for(lambda m: isinstance(m, ProcessExited), timeout=10, what="the exit")
+    assert (exited.returncode, exited.signal) == (-9, 9)
+
+
+IGNORE_TERM = ("import os, signal, subprocess, sys, time\n"
+               "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+               "child = subprocess.Popen(['sleep', '60'], start_new_session=True)\n"  # leaves the group
+               "print(child.pid, flush=True)\n"
+               "time.sleep(60)\n")
+
+
+def test_stop_escalates_to_kill_the_whole_tree_when_term_is_ignored(owner: Recorder, tmp_path: Path,
+                                                                     log_lines: list[str]) -> None:
+    handle = ProcessHandle.spawn([sys.executable, "-c", IGNORE_TERM], env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path,
+                                 stdin=subprocess.DEVNULL)
+    assert handle.popen.stdout is not None
+    escaped = int(handle.popen.stdout.readline())
+    watch_process(handle, owner.ref)
+    stopper = stop_process(handle, term_then_kill(0.3), log=LOG, what="the stubborn one")
+    exited = owner.wait_for(lambda m: isinstance(m, ProcessExited), timeout=10, what="the exit")
+    stopper.join(timeout=5)
+    assert exited.signal == signal.SIGKILL
+    assert_gone([handle.pid, escaped], timeout=5)
+    assert any("did not stop within its grace; SIGKILL to its tree" in line for line in log_lines)
+
+
+def test_stop_ends_at_the_first_step_that_works(owner: Recorder, tmp_path: Path, log_lines: list[str]) -> None:
+    handle = spawn("trap 'exit 5' TERM; while :; do sleep 0.05; done", tmp_path)
+    watch_process(handle, owner.ref)
+    stopper = stop_process(handle, (StopStep((signal.SIGTERM,), 10.0),), log=LOG, what="the polite one")
+    exited = owner.wait_for(lambda m: isinstance(m, ProcessExited), timeout=10, what="the exit")
+    stopper.join(timeout=5)
+    assert not stopper.is_alive()
+    assert exited.returncode == 5
+    assert not any("SIGKILL" in line for line in log_lines)
+    assert not alive(handle.pid)
