@@ -18,11 +18,40 @@ routine and must neither close the sockets (subscribers would have to re-join, p
 supervisor's restart intensity (5 per minute would turn the terminal FATAL after a few `exit`s). A shell that keeps
 dying at start (10 times in a row) ends the actor with ProcessDied and the supervisor's backoff and intensity decide;
 so do bind failures, a missing shell binary and actor crashes.
+
+Life of one incarnation: one `Phase`, changed only through `self._life` (docs/architecture.md §3.4):
+
+    STARTING ──(sockets bound, first shell spawned)──> SHELL_RUNNING ──(the shell exited, or its pty closed)──┐
+                                                            ^                                                v
+                                                            │ backoff over:                            SHELL_ENDING
+                                                            │ the next shell spawned                         │ exit and pty
+                                                            │                                                │ EOF both in
+                                                       RESPAWN_WAIT <──(`Restarting...`, backoff scheduled)──┘
+                                                       (input dropped)
+
+    SHELL_RUNNING, SHELL_ENDING, RESPAWN_WAIT ──StopRequested──> STOPPING ──(the shell exited, or none was left)──> ENDED
+                                                    (SIGHUP, then TERM, then KILL: stop_process)
+
+    ──> ENDED also from STARTING (start failed), SHELL_ENDING (the shell died within QUICK_EXIT_S of starting
+        max_quick_exits times in a row: ProcessDied), RESPAWN_WAIT (the next shell cannot be spawned: StartFailed),
+        and any phase when the actor crashes or is stopped from outside (cleanup).
+
+The supervisor sees RUNNING from SHELL_RUNNING through RESPAWN_WAIT (its pid follows each new shell; `status` shows
+`shell_state` running/restarting), STOPPING in STOPPING; the end itself is the ChildExited. Terminal input is written
+to the pty only in SHELL_RUNNING. A shell's exit and its pty's EOF arrive in either order: which of the two is in is
+per-shell data (`_Shell.exited`, `_Shell.pty_closed`), and SHELL_ENDING lasts until both are.
+
+`code` ops (the `%` commands) do not depend on the shell's phase, as before: they run one at a time, in arrival
+order, in every phase until ENDED, so `%ping` and `%resize` work while the shell restarts (a size set then applies to
+the next shell) and `%show graph .` falls back to the work dir when no shell runs. The queue, the current op and its
+git job are per-run data, not life-cycle state; at ENDED, `cleanup` answers every op still queued or running with its
+one RunDone (127).
 """
 
 from __future__ import annotations
 
 import collections
+import enum
 import os
 import random
 import shlex
@@ -39,7 +68,7 @@ import psutil
 import pykka
 import zmq
 
-from kernel_runner.actors.base import SupervisedActor
+from kernel_runner.actors.base import PhaseMachine, SupervisedActor
 from kernel_runner.actors.terminal_io import (
     CTTY_SHIM,
     EXIT_UNAVAILABLE,
@@ -50,7 +79,7 @@ from kernel_runner.actors.terminal_io import (
     set_winsize,
 )
 from kernel_runner.context import RunnerContext
-from kernel_runner.exits import ProcessDied, ShutdownExit, StartFailed
+from kernel_runner.exits import ExitReason, ProcessDied, ShutdownExit, StartFailed
 from kernel_runner.ids import LANG_CHILD, TERMINAL_CHILD
 from kernel_runner.messages import (
     GitGraphDone,
@@ -106,6 +135,44 @@ PUB_LINGER_MS = 100
 
 RESTARTING_BANNER = b"Restarting...\r\n"  # docs/protocol.md §8.3
 TERMINATED_BANNER = b"Terminated.\r\n"  # docs/protocol.md §8.3
+
+
+class Phase(enum.Enum):
+    """Where one incarnation of the terminal is in its life (see the module docstring's diagram)."""
+
+    STARTING = "starting"
+    """Binding the sockets and spawning the first shell (inside start_child)."""
+    SHELL_RUNNING = "shell-running"
+    """A shell runs on the pty; typed input is written to it."""
+    SHELL_ENDING = "shell-ending"
+    """The shell exited or its pty closed; waiting for the other before the `Restarting...` banner. Input dropped."""
+    RESPAWN_WAIT = "respawn-wait"
+    """No shell: the backoff before the next one runs. Input is dropped (docs/protocol.md §8.3)."""
+    STOPPING = "stopping"
+    """A stop was requested: the shell is being hung up, then terminated, then killed (stop_process)."""
+    ENDED = "ended"
+    """The incarnation is over (finish called or cleanup ran); nothing follows."""
+
+
+TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
+    Phase.STARTING: frozenset({Phase.SHELL_RUNNING, Phase.ENDED}),
+    Phase.SHELL_RUNNING: frozenset({Phase.SHELL_ENDING, Phase.STOPPING, Phase.ENDED}),
+    Phase.SHELL_ENDING: frozenset({Phase.RESPAWN_WAIT, Phase.STOPPING, Phase.ENDED}),
+    Phase.RESPAWN_WAIT: frozenset({Phase.SHELL_RUNNING, Phase.STOPPING, Phase.ENDED}),
+    Phase.STOPPING: frozenset({Phase.ENDED}),
+    Phase.ENDED: frozenset(),
+}
+
+# The supervisor's view of each phase; None: nothing to report (ENDED is reported by ChildExited).
+CHILD_STATE: Mapping[Phase, ChildState | None] = {
+    Phase.STARTING: ChildState.STARTING,
+    Phase.SHELL_RUNNING: ChildState.RUNNING,
+    # A user's `exit` is routine: the terminal stays RUNNING while its shell restarts (`shell_state` tells).
+    Phase.SHELL_ENDING: ChildState.RUNNING,
+    Phase.RESPAWN_WAIT: ChildState.RUNNING,
+    Phase.STOPPING: ChildState.STOPPING,
+    Phase.ENDED: None,
+}
 
 
 def default_shell_argv(env: Mapping[str, str]) -> list[str]:
@@ -184,15 +251,44 @@ class TerminalActor(SupervisedActor):
         self._queue: collections.deque[RunTask] = collections.deque()
         self._current: RunTask | None = None
         self._graph_job: GitGraphJob | None = None
-        self._stopping = False
         self._stop_snapshot: list[psutil.Process] = []
         self._rng = random.Random()
+        # What the supervisor was last told (it starts every incarnation as STARTING, with no pid).
+        self._reported: tuple[ChildState, int | None] = (ChildState.STARTING, None)
+        self._life = PhaseMachine(Phase.STARTING, TRANSITIONS, log=self.log, on_change=self._phase_changed)
+
+    @property
+    def phase(self) -> Phase:
+        return self._life.phase
+
+    @property
+    def accepting_input(self) -> bool:
+        """Typed input reaches the pty only while a shell runs (docs/protocol.md §8.3: not while restarting)."""
+        return self.phase is Phase.SHELL_RUNNING
+
+    def _phase_changed(self, old: Phase, new: Phase) -> None:
+        """The one place the supervisor hears this child's state: when it changes, or a new shell brings a new pid."""
+        state = CHILD_STATE[new]
+        if state is None:
+            return
+        shell = self._shell
+        pid = shell.handle.pid if new is Phase.SHELL_RUNNING and shell is not None else None
+        last_state, last_pid = self._reported
+        if state is last_state and (pid is None or pid == last_pid):
+            return
+        self._reported = (state, pid if pid is not None else last_pid)
+        self.set_state(state, pid=pid)
+
+    def _end_life(self, reason: ExitReason, why: str) -> None:
+        """-> ENDED, then end this incarnation with `reason` (the supervisor decides what follows)."""
+        self._life.to(Phase.ENDED, why)
+        self.finish(reason)
 
     # ---- life ----------------------------------------------------------------------------------------------------
     def start_child(self) -> None:
         self._bind_sockets()
         shell = self._spawn_shell()
-        self.set_state(ChildState.RUNNING, pid=shell.handle.pid)
+        self._life.to(Phase.SHELL_RUNNING, f"shell {shell.handle.pid} spawned")  # STARTING -> SHELL_RUNNING
         self._report_info()
 
     def _bind_sockets(self) -> None:
@@ -255,11 +351,13 @@ class TerminalActor(SupervisedActor):
 
     def request_stop(self, message: StopRequested) -> None:
         """SIGHUP (then SIGCONT) to the shell's group, SIGTERM at half the grace, SIGKILL to the tree at the end."""
-        self._stopping = True
-        self.set_state(ChildState.STOPPING)
+        if self.phase is Phase.STOPPING:
+            self.log.debug("stop requested again ({}); the stop in progress goes on", message.reason)
+            return
+        self._life.to(Phase.STOPPING, message.reason)  # SHELL_RUNNING / SHELL_ENDING / RESPAWN_WAIT -> STOPPING
         shell = self._shell
         if shell is None or shell.exited is not None:
-            self.finish(ShutdownExit())
+            self._end_life(ShutdownExit(), "no shell left to stop")  # STOPPING -> ENDED
             return
         self._stop_snapshot = shell.handle.descendants()
         self.log.info("stopping ({}): SIGHUP to the shell's process group", message.reason)
@@ -269,6 +367,9 @@ class TerminalActor(SupervisedActor):
         stop_process(shell.handle, steps, log=self.log, what="the shell")
 
     def cleanup(self) -> None:
+        if self.phase is not Phase.ENDED:
+            # any phase -> ENDED: a failed start, a crash, or the actor stopped from outside
+            self._life.to(Phase.ENDED, "cleanup")
         if self._receiver is not None:
             self._receiver.stopping.set()
             self._receiver.join(timeout=JOIN_TIMEOUT_S)
@@ -342,8 +443,7 @@ class TerminalActor(SupervisedActor):
 
     def _handle_terminal_input(self, message: TerminalInput) -> None:
         try:
-            shell = self._shell
-            if self._stopping or shell is None or shell.exited is not None or shell.master_fd is None:
+            if not self.accepting_input:
                 # docs/protocol.md §8.3: input is taken only while a shell is accepting it (not while restarting).
                 self.log.debug("terminal input dropped ({} bytes): no shell is running", len(message.data))
                 return
@@ -401,9 +501,11 @@ class TerminalActor(SupervisedActor):
         self.log.bind(pid=message.pid).info(
             "exited code={} signal={} after {:.1f}s", code, sig, message.at - shell.started_at
         )
-        if self._stopping:
-            self.finish(ShutdownExit())
+        if self.phase is Phase.STOPPING:
+            self._end_life(ShutdownExit(), "the shell exited")  # STOPPING -> ENDED
             return
+        if self.phase is Phase.SHELL_RUNNING:
+            self._life.to(Phase.SHELL_ENDING, "the shell exited")  # SHELL_RUNNING -> SHELL_ENDING
         # Hang up what the shell left in its own process group, as a terminal hangup would.
         shell.handle.signal_group(signal.SIGHUP)
         shell.reader.drain()
@@ -417,8 +519,9 @@ class TerminalActor(SupervisedActor):
         shell.pty_closed = True
         if shell.exited is not None:
             self._shell_gone(shell)
-        elif not self._stopping:
+        elif self.phase is Phase.SHELL_RUNNING:
             # Nobody reads this pty any more, so the terminal is useless: end the shell; its exit restarts it.
+            self._life.to(Phase.SHELL_ENDING, "the pty closed")  # SHELL_RUNNING -> SHELL_ENDING
             self.log.warning("the pty closed while the shell {} runs; killing it so it restarts", shell.handle.pid)
             shell.handle.kill_tree()
 
@@ -437,25 +540,26 @@ class TerminalActor(SupervisedActor):
                 QUICK_EXIT_S,
                 self._quick_exits,
             )
-            self.finish(ProcessDied(code=code, signal=sig))
+            self._end_life(ProcessDied(code=code, signal=sig), "the shell keeps dying")  # SHELL_ENDING -> ENDED
             return
         delay = self._shell_backoff.delay(self._quick_exits, self._rng)
+        self._life.to(Phase.RESPAWN_WAIT, f"next shell in {delay:.2f}s")  # SHELL_ENDING -> RESPAWN_WAIT
         self._publish(RESTARTING_BANNER)
         self.log.warning("shell exited; restart-scheduled in {:.2f}s", delay)
         self._report_info()
         self.schedule(delay, ShellRespawnDue(after_shell_id=shell.shell_id))
 
     def _handle_shell_respawn_due(self, message: ShellRespawnDue) -> None:
-        if self._stopping or self._shell is not None or message.after_shell_id != self._shell_seq:
+        if self.phase is not Phase.RESPAWN_WAIT or message.after_shell_id != self._shell_seq:
             return
         try:
             shell = self._spawn_shell()
         except (OSError, ValueError) as exc:
             self.log.error("cannot restart the shell: {!r}", exc)
-            self.finish(StartFailed(error=repr(exc)))
+            self._end_life(StartFailed(error=repr(exc)), "cannot restart the shell")  # RESPAWN_WAIT -> ENDED
             return
         self._shell_restarts += 1
-        self.set_state(ChildState.RUNNING, pid=shell.handle.pid)
+        self._life.to(Phase.SHELL_RUNNING, f"shell {shell.handle.pid} spawned")  # RESPAWN_WAIT -> SHELL_RUNNING
         self._report_info()
 
     def _report_info(self) -> None:
@@ -465,7 +569,7 @@ class TerminalActor(SupervisedActor):
                 "term_in_port": self._ports.term_in,
                 "term_out_port": self._ports.term_out,
                 "shell_pid": shell.handle.pid if shell is not None else None,
-                "shell_state": "running" if shell is not None else "restarting",
+                "shell_state": "restarting" if self.phase is Phase.RESPAWN_WAIT else "running",
                 "shell_restarts": self._shell_restarts,
                 "rows": self._size[0],
                 "cols": self._size[1],
@@ -631,6 +735,9 @@ def terminal_child_spec(
 
 
 __all__ = [
+    "CHILD_STATE",
+    "TRANSITIONS",
+    "Phase",
     "TerminalActor",
     "TerminalPorts",
     "default_shell_argv",

@@ -14,10 +14,18 @@ import attrs
 import pykka
 import pytest
 import zmq
+from loguru import logger
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
-from kernel_runner.actors.base import SupervisedActor
-from kernel_runner.actors.terminal import TerminalActor, TerminalPorts, terminal_child_spec
+from kernel_runner.actors.base import InvalidTransition, PhaseMachine, SupervisedActor
+from kernel_runner.actors.terminal import (
+    CHILD_STATE,
+    TRANSITIONS,
+    Phase,
+    TerminalActor,
+    TerminalPorts,
+    terminal_child_spec,
+)
 from kernel_runner.client import AgentClient, RunResult
 from kernel_runner.config import RestartDefaults
 from kernel_runner.context import RunnerContext
@@ -528,3 +536,157 @@ def test_agent_code_ops_reach_the_terminal_through_the_language_runner(term_runn
     assert (third.exit_code, third.stdout) == (0, b"OK; terminal resized to 50 lines and 120 columns")
     with pytest.raises(TimeoutError):
         term_agent.recv(timeout=0.3)
+
+
+# ---- the life of one incarnation, as phases ----------------------------------------------------------------------
+
+PHASE_LINE = re.compile(rf"\[{TERMINAL_CHILD}\] phase (\w+) -> (\w+)")
+
+
+def terminal_phases(lines: list[str]) -> list[tuple[str, str]]:
+    """The terminal's phase changes, in order, from PhaseMachine's debug lines."""
+    return [(found.group(1), found.group(2)) for line in list(lines) if (found := PHASE_LINE.search(line))]
+
+
+def test_a_normal_life_goes_through_every_phase_in_order(log_lines: list[str], term_config: RunnerConfig) -> None:
+    handle = start(term_config, extra_children=[lambda runner: terminal_child_spec(runner, shell_argv=SHELL)])
+    try:
+        info = wait_terminal(handle.which_children, has_ports, what="terminal ports")
+        first_pid = info.extra["shell_pid"]
+        assert terminal_phases(log_lines) == [("STARTING", "SHELL_RUNNING")]
+        client = TermClient(term_in=info.extra["term_in_port"], term_out=info.extra["term_out_port"])
+        try:
+            client.sync()
+            since = client.mark()
+            client.type("exit\n")
+            client.wait_for(rb"Restarting\.\.\.\r\n", since=since)
+            second = wait_terminal(
+                handle.which_children,
+                lambda i: i.extra.get("shell_state") == "running" and i.extra["shell_pid"] != first_pid,
+                what="a new shell",
+            )
+            # The supervisor's pid follows the new shell although its state stayed RUNNING throughout.
+            assert (second.state, second.pid) == (ChildState.RUNNING, second.extra["shell_pid"])
+            client.sync()
+            assert handle.stop(timeout=5)
+        finally:
+            client.close()
+    finally:
+        handle.stop(timeout=5)
+    assert terminal_phases(log_lines) == [
+        ("STARTING", "SHELL_RUNNING"),
+        ("SHELL_RUNNING", "SHELL_ENDING"),
+        ("SHELL_ENDING", "RESPAWN_WAIT"),
+        ("RESPAWN_WAIT", "SHELL_RUNNING"),
+        ("SHELL_RUNNING", "STOPPING"),
+        ("STOPPING", "ENDED"),
+    ]
+
+
+def test_while_the_shell_restarts_input_is_dropped_and_commands_still_run(log_lines: list[str],
+                                                                          term_config: RunnerConfig) -> None:
+    # A backoff far longer than the test: the terminal stays in RESPAWN_WAIT until it is stopped.
+    long_wait = Backoff(initial_s=60.0, factor=1.0, cap_s=60.0, jitter=0.0)
+    handle = start(term_config, extra_children=[
+        lambda runner: terminal_child_spec(runner, shell_argv=SHELL, shell_backoff=long_wait)])
+    try:
+        info = wait_terminal(handle.which_children, has_ports, what="terminal ports")
+        client = TermClient(term_in=info.extra["term_in_port"], term_out=info.extra["term_out_port"])
+        try:
+            with AgentClient(port_in=handle.ports.port_in, port_out=handle.ports.port_out) as agent:
+                client.sync()
+                since = client.mark()
+                client.type("exit\n")
+                client.wait_for(rb"Restarting\.\.\.\r\n", since=since)
+                waiting = wait_terminal(handle.which_children, lambda i: i.extra.get("shell_state") == "restarting",
+                                        what="the shell restarting")
+                assert waiting.state is ChildState.RUNNING
+
+                client.type("echo typed-while-restarting\n")
+                wait_until(lambda: any(f"[{TERMINAL_CHILD}] terminal input dropped" in line for line in list(log_lines)),
+                           timeout=5, what="the typed input dropped")
+                # `code` ops do not wait for a shell.
+                assert code(handle, agent, "%ping").stdout == b"pong!"
+                resized = code(handle, agent, "%resize 33 99")
+                assert (resized.exit_code, resized.stdout) == (0, b"OK; terminal resized to 33 lines and 99 columns")
+                info = terminal_info(handle)
+                assert (info.extra["shell_state"], info.extra["rows"], info.extra["cols"]) == ("restarting", 33, 99)
+
+                since = client.mark()
+                assert handle.stop(timeout=5)
+                client.wait_for(rb"Terminated\.\r\n", since=since, timeout=2)
+        finally:
+            client.close()
+    finally:
+        handle.stop(timeout=5)
+    assert terminal_phases(log_lines)[-3:] == [
+        ("SHELL_ENDING", "RESPAWN_WAIT"),
+        ("RESPAWN_WAIT", "STOPPING"),
+        ("STOPPING", "ENDED"),
+    ]
+    assert ("RESPAWN_WAIT", "SHELL_RUNNING") not in terminal_phases(log_lines)
+
+
+def test_a_shell_that_keeps_dying_ends_from_shell_ending(log_lines: list[str], term_config: RunnerConfig) -> None:
+    config = attrs.evolve(
+        term_config,
+        restart=RestartDefaults(backoff_initial_s=0.01, backoff_cap_s=0.02, backoff_jitter=0.0,
+                                intensity_max_restarts=0, intensity_period_s=60.0),
+    )
+    tree = BareTree(config, lambda runner: terminal_child_spec(
+        runner,
+        shell_argv=["/bin/sh", "-c", "exit 3"],
+        shell_backoff=Backoff(initial_s=0.01, factor=1.0, cap_s=0.01, jitter=0.0),
+        max_quick_exits=2,
+    ))
+    try:
+        info = wait_terminal(tree.children_list, lambda t: t.state is ChildState.FATAL, what="terminal FATAL")
+        assert info.last_exit == "process exited with code 3"
+    finally:
+        tree.close()
+    assert terminal_phases(log_lines) == [
+        ("STARTING", "SHELL_RUNNING"),
+        ("SHELL_RUNNING", "SHELL_ENDING"),
+        ("SHELL_ENDING", "RESPAWN_WAIT"),
+        ("RESPAWN_WAIT", "SHELL_RUNNING"),
+        ("SHELL_RUNNING", "SHELL_ENDING"),
+        ("SHELL_ENDING", "ENDED"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (Phase.STOPPING, Phase.SHELL_RUNNING),  # no shell is spawned once a stop was requested
+        (Phase.STOPPING, Phase.RESPAWN_WAIT),
+        (Phase.SHELL_RUNNING, Phase.RESPAWN_WAIT),  # the banner waits for both the exit and the pty's end
+        (Phase.RESPAWN_WAIT, Phase.SHELL_ENDING),  # no shell to end while waiting
+        (Phase.STARTING, Phase.STOPPING),  # on_start runs before any StopRequested
+        (Phase.ENDED, Phase.STARTING),
+        (Phase.ENDED, Phase.SHELL_RUNNING),
+        (Phase.SHELL_RUNNING, Phase.SHELL_RUNNING),
+    ],
+)
+def test_the_transition_table_rejects_edges_that_must_never_happen(log_lines: list[str], old: Phase,
+                                                                   new: Phase) -> None:
+    life = PhaseMachine(old, TRANSITIONS, log=logger.bind(child="table"))
+    with pytest.raises(InvalidTransition, match=f"{old.name} -> {new.name}"):
+        life.to(new, "test")
+    assert life.phase is old
+    assert not any("phase" in line for line in log_lines if "[table]" in line)
+
+
+def test_the_transition_table_covers_every_phase_and_every_phase_can_end(log_lines: list[str]) -> None:
+    assert set(TRANSITIONS) == set(Phase) == set(CHILD_STATE)
+    assert TRANSITIONS[Phase.ENDED] == frozenset()
+    assert all(Phase.ENDED in TRANSITIONS[phase] for phase in Phase if phase is not Phase.ENDED)
+    # A whole normal life walks the table without a refusal, and each step is logged.
+    life = PhaseMachine(Phase.STARTING, TRANSITIONS, log=logger.bind(child="table"))
+    walk = [Phase.SHELL_RUNNING, Phase.SHELL_ENDING, Phase.RESPAWN_WAIT, Phase.SHELL_RUNNING, Phase.STOPPING,
+            Phase.ENDED]
+    for phase in walk:
+        life.to(phase)
+    assert [line.split("phase ", 1)[1].strip() for line in log_lines if "[table] phase" in line] == [
+        "STARTING -> SHELL_RUNNING", "SHELL_RUNNING -> SHELL_ENDING", "SHELL_ENDING -> RESPAWN_WAIT",
+        "RESPAWN_WAIT -> SHELL_RUNNING", "SHELL_RUNNING -> STOPPING", "STOPPING -> ENDED",
+    ]
