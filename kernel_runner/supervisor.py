@@ -78,10 +78,8 @@ class _Child:
     def __init__(self, spec: ChildSpec, order: int, rng: random.Random) -> None:
         self.spec = spec
         self.order = order
-        self.tracker = RestartTracker(
-            restart=spec.restart, backoff=spec.backoff, intensity=spec.intensity,
-            stable_after_s=spec.stable_after_s, retry_failed_start=spec.retry_failed_start, rng=rng,
-        )
+        self._rng = rng
+        self.tracker = self.new_tracker()
         self.ref: pykka.ActorRef[Any] | None = None
         self.generation = 0
         self.state = ChildState.STARTING
@@ -96,6 +94,12 @@ class _Child:
         self.stop: Literal["forget", "restart"] | None = None
         self.restart_reason: ExitReason | None = None
         self._info: ChildInfo | None = None
+
+    def new_tracker(self) -> RestartTracker:
+        spec = self.spec
+        return RestartTracker(restart=spec.restart, backoff=spec.backoff, intensity=spec.intensity,
+                              stable_after_s=spec.stable_after_s, retry_failed_start=spec.retry_failed_start,
+                              rng=self._rng)
 
     @property
     def child_id(self) -> ChildId:
@@ -363,7 +367,7 @@ class SupervisorActor(pykka.ThreadingActor):
         if child.ref is None:
             if child.state is ChildState.FATAL:
                 log.info("restart requested ({}) after it gave up; starting it afresh", message.reason.describe())
-                child.tracker = _Child(child.spec, child.order, self._rng).tracker
+                child.tracker = child.new_tracker()
             if child.restart_timer is not None:
                 child.restart_timer.cancel()
             if self._spawn(child) is not None:

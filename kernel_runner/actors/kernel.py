@@ -6,11 +6,40 @@ socket to it), and the pure kernelspec and output-mapping pieces in kernel_runne
 * ``ExitWatcher`` and ``PipePump`` from procs.py: the kernel's exit, and its own log lines (into our log).
 
 The actor itself never blocks: it decides, signals the process group, and queues commands.
+
+Life of one incarnation: one ``Phase``, changed only through ``self._life``; ``TRANSITIONS`` is every allowed edge.
+
+    LAUNCHING   KernelStarter finds the kernelspec and spawns the kernel; runs queue
+        │ KernelLaunched
+        v
+    CONNECTING  the channel thread waits for a kernel_info_reply, IOPub and the stdin handshake; runs queue
+        │ KernelReady
+        v
+    READY       one cell at a time (the current run and the queue are data); completions go to the kernel
+        │ an interrupt ignored for `interrupt_kill_after_s`: SIGKILL to the kernel's tree
+        v
+    KILLING     waits for the killed kernel's exit; the interrupted run ends with 130 when it comes
+
+    LAUNCHING, CONNECTING, READY, KILLING ── the kernel exited, could not start, or its channels failed ──> DYING
+    DYING     the running cell is ended through the channel thread (its last outputs first, then a stderr note),
+              or by END_RUN_TIMEOUT_S ──> RETIRING
+    RETIRING  queued runs were handed back for the next incarnation (answered with the start error after a failed
+              start) and pending completions answered; our _Retire comes through the inbox after what was already
+              in it (handed back too) ──> ENDED, with the death's reason (ProcessDied, StartFailed, Crashed)
+
+    LAUNCHING, CONNECTING, READY, KILLING ── StopRequested ──> STOPPING: a shutdown_request first (READY only),
+              then stop_process ── the process is gone (or never was) ──> ENDED, with ShutdownExit
+    A stop requested while DYING or RETIRING changes nothing: the death ends the incarnation by itself, promptly.
+
+The supervisor sees STARTING (LAUNCHING, CONNECTING), RUNNING (READY, KILLING), BACKOFF (DYING, RETIRING) and
+STOPPING, reported from ``_phase_changed`` only. Every accepted run gets exactly one RunDone to the language runner,
+whatever way the incarnation ends (the language runner sends the run's Finished), and every completion one answer.
 """
 
 from __future__ import annotations
 
 import collections
+import enum
 import itertools
 import os
 import shutil
@@ -23,7 +52,7 @@ from typing import Any
 import attrs
 import pykka
 
-from kernel_runner.actors.base import SupervisedActor
+from kernel_runner.actors.base import PhaseMachine, SupervisedActor
 from kernel_runner.actors.kernel_channels import (
     READY_TIMEOUT_S,
     CompleteCommand,
@@ -75,6 +104,59 @@ KERNEL_STABLE_AFTER_S = 10.0
 
 
 # ======================================================================================================================
+# Phases
+# ======================================================================================================================
+
+
+class Phase(enum.Enum):
+    """One kernel incarnation's life (the diagram in the module docstring)."""
+
+    LAUNCHING = "launching"
+    """KernelStarter finds the kernelspec and spawns the kernel; runs queue."""
+    CONNECTING = "connecting"
+    """The process is up; the channel thread waits for kernel_info, IOPub and the stdin handshake; runs queue."""
+    READY = "ready"
+    """The kernel answers: runs execute one at a time (the current run and the queue are data); completions go to it."""
+    KILLING = "killing"
+    """An interrupt was ignored for `interrupt_kill_after_s`: the kernel's tree was SIGKILLed; waiting for its exit."""
+    DYING = "dying"
+    """The kernel exited, could not start, or its channels failed: the running cell is being ended, once."""
+    RETIRING = "retiring"
+    """Queued work was handed back; our _Retire, behind what the inbox already held, ends the incarnation."""
+    STOPPING = "stopping"
+    """A stop was requested: a shutdown_request (READY only), then stop_process; the process's exit ends us."""
+    ENDED = "ended"
+    """finish() was called; the base hands back whatever still arrives."""
+
+
+# Phases in which the kernel is alive or on its way up: a death or a stop request can still change them.
+_ALIVE = (Phase.LAUNCHING, Phase.CONNECTING, Phase.READY, Phase.KILLING)
+
+TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
+    Phase.LAUNCHING: frozenset({Phase.CONNECTING, Phase.DYING, Phase.STOPPING}),
+    Phase.CONNECTING: frozenset({Phase.READY, Phase.DYING, Phase.STOPPING}),
+    Phase.READY: frozenset({Phase.KILLING, Phase.DYING, Phase.STOPPING}),
+    Phase.KILLING: frozenset({Phase.DYING, Phase.STOPPING}),
+    Phase.DYING: frozenset({Phase.RETIRING}),
+    Phase.RETIRING: frozenset({Phase.ENDED}),
+    Phase.STOPPING: frozenset({Phase.ENDED}),
+    Phase.ENDED: frozenset(),
+}
+
+# What the supervisor is told for each phase (None: nothing; the base reports the exit).
+CHILD_STATES: Mapping[Phase, ChildState | None] = {
+    Phase.LAUNCHING: ChildState.STARTING,
+    Phase.CONNECTING: ChildState.STARTING,
+    Phase.READY: ChildState.RUNNING,
+    Phase.KILLING: ChildState.RUNNING,
+    Phase.DYING: ChildState.BACKOFF,
+    Phase.RETIRING: ChildState.BACKOFF,
+    Phase.STOPPING: ChildState.STOPPING,
+    Phase.ENDED: None,
+}
+
+
+# ======================================================================================================================
 # KernelActor
 # ======================================================================================================================
 
@@ -102,7 +184,6 @@ class _Retire:
 @attrs.define(kw_only=True)
 class _Run:
     task: RunTask
-    started: bool = False
     waiting_input: bool = False
     interrupted: bool = False
 
@@ -139,17 +220,33 @@ class KernelActor(SupervisedActor):
         self._starter: KernelStarter | None = None
         self._channels: KernelChannels | None = None
         self._watcher: ExitWatcher | None = None
-        self._launched: KernelLaunched | None = None
-        self._ready = False
+        self._launched: KernelLaunched | None = None  # what KernelStarter spawned (its interrupt mode)
         self._queue: collections.deque[RunTask] = collections.deque()
         self._current: _Run | None = None
         self._completions: set[int] = set()
         self._completion_ids = itertools.count(1)
-        self._stopping = False
-        self._dying: ExitReason | None = None
+        # Why it is dying, set with the edge to DYING; after a failed start, the text that answers handed-back runs.
+        self._death: ExitReason | None = None
         self._start_error: str | None = None
-        self._retire_sent = False
-        self._killed_for_interrupt = False
+        # What the supervisor last heard from us; it set STARTING itself when it spawned this incarnation.
+        self._reported: tuple[ChildState, int | None] = (ChildState.STARTING, None)
+        self._life = PhaseMachine(Phase.LAUNCHING, TRANSITIONS, log=self.log, on_change=self._phase_changed)
+
+    @property
+    def phase(self) -> Phase:
+        return self._life.phase
+
+    def _phase_changed(self, old: Phase, new: Phase) -> None:
+        """The one place the supervisor hears this incarnation's state; the pid goes with it once known."""
+        state = CHILD_STATES[new]
+        if state is None:
+            return  # ENDED: the base reports the exit
+        handle = self._box.handle if self._box is not None else None
+        pid = handle.pid if handle is not None else None
+        if (state, pid) == self._reported:
+            return
+        self._reported = (state, pid)
+        self.set_state(state, pid=pid)
 
     # ---- life ------------------------------------------------------------------------------------------------
     def start_child(self) -> None:
@@ -159,8 +256,7 @@ class KernelActor(SupervisedActor):
         work_dir = self._runner.config.work_dir
         cwd = work_dir if work_dir.is_dir() else None
         self._starter = KernelStarter(kernel_name=self.kernel_name, box=self._box, env=env, cwd=cwd, owner=self.actor_ref)
-        self._starter.start()
-        self.set_state(ChildState.STARTING)
+        self._starter.start()  # LAUNCHING, the initial phase
         self.update_info({"kernel": self.kernel_name, "ready": False})
 
     def _kernel_env(self) -> dict[str, str]:
@@ -187,16 +283,22 @@ class KernelActor(SupervisedActor):
                 self._watcher.join(timeout=1.0)
         if box is not None:
             shutil.rmtree(box.directory, ignore_errors=True)
-        self._abandon_work("the runner is stopping" if self._stopping else "the Jupyter kernel actor ended")
+        # A death hands its work back before ENDED, so work left here was left by a stop (or by a crash).
+        stopped = self.phase in (Phase.STOPPING, Phase.ENDED)
+        self._abandon_work("the runner is stopping" if stopped else "the Jupyter kernel actor ended")
 
     def request_stop(self, message: StopRequested) -> None:
-        self._stopping = True
-        handle = self._box.handle if self._box is not None else None
-        if handle is None or handle.poll() is not None:
-            self.finish(ShutdownExit())
+        if self.phase not in _ALIVE:
+            # DYING, RETIRING: the death ends this incarnation by itself, promptly; STOPPING: already on its way.
+            self.log.info("stop requested while {}: {}; it is ending already", self.phase.name, message.reason)
             return
-        self.set_state(ChildState.STOPPING, pid=handle.pid)
-        if self._channels is not None and self._ready:
+        polite = self.phase is Phase.READY  # the channels saw it answer, so a shutdown_request can reach it
+        handle = self._box.handle if self._box is not None else None
+        self._life.to(Phase.STOPPING, message.reason)  # LAUNCHING/CONNECTING/READY/KILLING -> STOPPING
+        if handle is None or handle.poll() is not None:
+            self._exit(ShutdownExit(), "no kernel process to stop")  # STOPPING -> ENDED
+            return
+        if polite and self._channels is not None:
             # Jupyter's polite way first (a shutdown_request), then SIGTERM to the group, then SIGKILL to the tree.
             self._channels.submit(RequestShutdownCommand())
             steps: tuple[StopStep, ...] = (
@@ -204,6 +306,11 @@ class KernelActor(SupervisedActor):
         else:
             steps = (StopStep((signal.SIGTERM,), message.grace_s * 0.9),)
         stop_process(handle, steps, log=self.log, what=f"the {self.kernel_name} kernel")
+
+    def _exit(self, reason: ExitReason, why: str) -> None:
+        """The one way this incarnation ends itself (the base then detaches, cleans up and reports the exit)."""
+        self._life.to(Phase.ENDED, why)  # STOPPING/RETIRING -> ENDED
+        self.finish(reason)
 
     # ---- dispatch --------------------------------------------------------------------------------------------
     def handle(self, message: object) -> object:
@@ -253,7 +360,8 @@ class KernelActor(SupervisedActor):
         self._launched = message
         self.log = self.log.bind(pid=handle.pid)
         self.log.info("spawned kernel {} argv={} cwd={}", message.kernel_name, handle.argv, handle.cwd)
-        self.set_state(ChildState.STARTING, pid=handle.pid)
+        if self.phase is not Phase.STOPPING:
+            self._life.to(Phase.CONNECTING, f"pid {handle.pid}")  # LAUNCHING -> CONNECTING
         self.update_info(
             {"kernel_pid": handle.pid, "connection_file": message.connection_file, "interrupt_mode": message.interrupt_mode}
         )
@@ -267,8 +375,11 @@ class KernelActor(SupervisedActor):
                         kernel_log.info("kernel says: {}", line)
 
             PipePump(stdout, name="stdout", pid=handle.pid, sink=log_kernel_output, owner=self.actor_ref).start()
+        # Also when STOPPING (spawned while the stop was on its way): stop_process has the handle, and the exit ends us.
         self._watcher = ExitWatcher(handle, self.actor_ref, clock=self.ctx.clock)
         self._watcher.start()
+        if self.phase is not Phase.CONNECTING:
+            return
         self._channels = KernelChannels(
             connection=box.connection,
             owner=self.actor_ref,
@@ -280,32 +391,32 @@ class KernelActor(SupervisedActor):
         self._channels.start()
 
     def _handle_kernel_ready(self, message: KernelReady) -> None:
-        if self._dying is not None or self._stopping:
+        if self.phase is not Phase.CONNECTING:
+            self.log.debug("kernel ready while {}: ignored", self.phase.name)
             return
-        self._ready = True
-        pid = self._launched.pid if self._launched is not None else None
         self.log.info("healthy: kernel {} ({} {}, protocol {})", self.kernel_name, message.implementation,
                       message.language, message.protocol_version)
-        self.set_state(ChildState.RUNNING, pid=pid)
+        self._life.to(Phase.READY, "the kernel answered")  # CONNECTING -> READY
         self.update_info({"ready": True})
         self._start_next()
 
     def _handle_kernel_start_failed(self, message: KernelStartFailed) -> None:
-        if self._stopping:
-            self.finish(ShutdownExit())
-            return
-        self.log.error("the {} kernel failed to start: {}", self.kernel_name, message.error)
-        self._start_error = message.error
-        self._die(StartFailed(error=message.error))
+        match self.phase:
+            case Phase.STOPPING:
+                self._exit(ShutdownExit(), "the start failed while stopping")  # STOPPING -> ENDED
+            case Phase.LAUNCHING | Phase.CONNECTING:
+                self.log.error("the {} kernel failed to start: {}", self.kernel_name, message.error)
+                self._die(StartFailed(error=message.error), start_error=message.error)
+            case _:
+                self.log.debug("start failure while {} ignored: {}", self.phase.name, message.error)
 
     def _handle_kernel_channels_closed(self, message: KernelChannelsClosed) -> None:
-        if self._stopping:
-            return
-        self._die(Crashed(error=f"kernel channels failed: {message.error}"))
+        if self.phase in _ALIVE:  # STOPPING: the stop ends us; DYING, RETIRING: dying already
+            self._die(Crashed(error=f"kernel channels failed: {message.error}"))
 
     # ---- runs ---------------------------------------------------------------------------------------------------
     def _handle_run_task(self, task: RunTask) -> None:
-        if self._dying is not None:
+        if self.phase in (Phase.DYING, Phase.RETIRING):
             self._handback(task)
             return
         if task.kind != "code":
@@ -316,12 +427,10 @@ class KernelActor(SupervisedActor):
         self._start_next()
 
     def _start_next(self) -> None:
-        if self._current is not None or not self._ready or self._dying is not None or self._stopping:
-            return
-        if not self._queue or self._channels is None:
+        if self.phase is not Phase.READY or self._current is not None or not self._queue or self._channels is None:
             return
         task = self._queue.popleft()
-        self._current = _Run(task=task, started=True)
+        self._current = _Run(task=task)
         self.log.debug("run {}: executing {} bytes", task.run_id, len(task.text))
         self._channels.submit(ExecuteCommand(run_id=task.run_id, code=task.text))
 
@@ -339,10 +448,10 @@ class KernelActor(SupervisedActor):
         self._current = None
         self._tell_run_done(run.task.run_id, exit_code, note)
         self.log.debug("run {} finished with exit code {}", run.task.run_id, exit_code)
-        if self._dying is not None:
+        if self.phase is Phase.DYING:
             self._retire()
         else:
-            self._start_next()
+            self._start_next()  # only READY starts one: a killed or stopping kernel takes no more code
 
     def _tell_run_done(self, run_id: RunId, exit_code: int, note: str | None = None) -> None:
         """The language runner sends the run's one Finished (after `note` on stderr)."""
@@ -378,13 +487,16 @@ class KernelActor(SupervisedActor):
     def _handle_interrupt_run(self, message: InterruptRun) -> None:
         run = self._current
         if run is None:
-            if self._queue and not self._ready and self._dying is None:
-                # Code waiting for the kernel to come up: the interrupt cancels it (exactly one Finished).
+            if self._queue:
+                # Code waiting for a kernel that is not up (yet): the interrupt cancels it (exactly one Finished).
                 task = self._queue.popleft()
                 self.log.info("interrupt: run {} cancelled before the kernel was ready", task.run_id)
                 self._tell_run_done(task.run_id, INTERRUPTED_EXIT, "KeyboardInterrupt (the kernel was not ready yet)\n")
                 return
             self.log.info("interrupt: nothing is running")
+            return
+        if self.phase not in (Phase.READY, Phase.STOPPING):
+            self.log.info("interrupt: run {} is ending already ({})", run.task.run_id, self.phase.name)
             return
         run.waiting_input = False
         launched = self._launched
@@ -401,18 +513,18 @@ class KernelActor(SupervisedActor):
 
     def _handle_interrupt_deadline(self, message: _InterruptDeadline) -> None:
         run = self._current
-        if run is None or run.task.run_id != message.run_id or self._dying is not None:
-            return
         handle = self._box.handle if self._box is not None else None
+        # Only a READY kernel is killed here: a stopping one is being stopped, a dying one is gone.
+        if run is None or run.task.run_id != message.run_id or self.phase is not Phase.READY or handle is None:
+            return
         self.log.warning(
             "the kernel ignored the interrupt for {:g} s; killing it so the run ends", self._interrupt_kill_after_s
         )
-        if handle is not None:
-            self._killed_for_interrupt = True
-            handle.kill_tree()
+        self._life.to(Phase.KILLING, f"run {run.task.run_id} ignored the interrupt")  # READY -> KILLING
+        handle.kill_tree()
 
     def _handle_complete_code(self, message: CompleteCode) -> None:
-        if not self._ready or self._channels is None or self._dying is not None or self._stopping:
+        if self.phase is not Phase.READY or self._channels is None:
             self._runner.router.tell(CompletionResult(items=()))
             return
         request_id = next(self._completion_ids)
@@ -436,29 +548,38 @@ class KernelActor(SupervisedActor):
     # ---- death, restart hand-off and stop -----------------------------------------------------------------------
     def _handle_process_exited(self, message: ProcessExited) -> None:
         code, sig = describe_returncode(message.returncode)
-        if self._stopping:
-            self.log.info("exited: kernel stopped (code {})", code)
-            self.finish(ShutdownExit())
-            return
         how = f"killed by signal {sig}" if sig is not None else f"exit code {code}"
-        self.log.warning("exited: the {} kernel died ({})", self.kernel_name, how)
-        if not self._ready and self._start_error is None:
-            self._start_error = f"the {self.kernel_name} kernel exited during start ({how})"
-        self._die(ProcessDied(code=message.returncode, signal=sig), note_how=how, returncode=message.returncode)
+        match self.phase:
+            case Phase.STOPPING:
+                self.log.info("exited: kernel stopped (code {})", code)
+                self._exit(ShutdownExit(), "the kernel process is gone")  # STOPPING -> ENDED
+            case Phase.DYING | Phase.RETIRING:
+                self.log.info("exited: the {} kernel ({}), which is dying already", self.kernel_name, how)
+            case _:
+                self.log.warning("exited: the {} kernel died ({})", self.kernel_name, how)
+                starting = self.phase in (Phase.LAUNCHING, Phase.CONNECTING)
+                self._die(
+                    ProcessDied(code=message.returncode, signal=sig),
+                    start_error=f"the {self.kernel_name} kernel exited during start ({how})" if starting else None,
+                    note_how=how,
+                    returncode=message.returncode,
+                )
 
-    def _die(self, reason: ExitReason, *, note_how: str | None = None, returncode: int = 1) -> None:
-        if self._dying is not None:
-            return
-        self._dying = reason
+    def _die(
+        self, reason: ExitReason, *, start_error: str | None = None, note_how: str | None = None, returncode: int = 1
+    ) -> None:
+        """The kernel is gone or unusable: end the running cell once, then hand the rest back and exit with `reason`."""
+        killed_for_interrupt = self.phase is Phase.KILLING
+        self._death, self._start_error = reason, start_error
         # Detach first, so code told from now on waits for the next incarnation, not for us.
         self.ctx.directory.detach(self.child_id, self.generation)
-        self.set_state(ChildState.BACKOFF)
+        self._life.to(Phase.DYING, reason.describe())  # LAUNCHING/CONNECTING/READY/KILLING -> DYING
         self.update_info({"ready": False})
         run = self._current
         if run is None:
             self._retire()
             return
-        if self._killed_for_interrupt:
+        if killed_for_interrupt:
             exit_code = INTERRUPTED_EXIT
             note = (
                 f"kernel-runner: the Jupyter kernel ({self.kernel_name}) did not respond to the interrupt within "
@@ -485,9 +606,7 @@ class KernelActor(SupervisedActor):
 
     def _retire(self) -> None:
         """Hand queued work back, then exit once messages already in our inbox have been handed back too."""
-        if self._retire_sent:
-            return
-        self._retire_sent = True
+        self._life.to(Phase.RETIRING, "no cell runs any more")  # DYING -> RETIRING
         while self._queue:
             self._handback(self._queue.popleft())
         for _ in range(len(self._completions)):
@@ -496,8 +615,8 @@ class KernelActor(SupervisedActor):
         self.actor_ref.tell(_Retire())
 
     def _handle_retire(self) -> None:
-        assert self._dying is not None
-        self.finish(self._dying)
+        assert self.phase is Phase.RETIRING and self._death is not None
+        self._exit(self._death, "what was in the inbox has been handed back")  # RETIRING -> ENDED
 
     def _abandon_work(self, why: str) -> None:
         """Every accepted run still ends exactly once, whatever way this actor ends."""
@@ -556,4 +675,4 @@ def kernel_child_spec(
     )
 
 
-__all__ = ["KernelActor", "kernel_child_spec"]
+__all__ = ["CHILD_STATES", "TRANSITIONS", "KernelActor", "Phase", "kernel_child_spec"]

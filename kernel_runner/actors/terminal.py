@@ -6,7 +6,7 @@ Who owns what. Every ZeroMQ socket and every fd has exactly one owning thread, w
 * TerminalActor (actor thread): the PUB socket, bound on `term_out_port` (sends are NOBLOCK; a PUB socket drops
   instead of blocking, so the actor never waits on it); the pty master fd, used for input writes (non-blocking,
   leftovers retried on a tick) and TIOCSWINSZ; the shell process; the queue of `code` ops.
-* ExitWatcher (one thread per shell): waits for the shell's pid only.
+* ProcessWatcher (one thread per shell): waits for the shell's pid only (the pty is read by PtyReader).
 
 The PUB socket belongs to the actor rather than to a pty reader because it has to outlive each shell (subscribers
 stay connected across restarts) and because the actor orders the `Restarting...`/`Terminated.` banners after the
@@ -97,7 +97,7 @@ from kernel_runner.messages import (
 )
 from kernel_runner.outbox import Credits
 from kernel_runner.policy import Backoff
-from kernel_runner.procs import ExitWatcher, ProcessHandle, StopStep, describe_returncode, stop_process
+from kernel_runner.procs import ProcessHandle, StopStep, describe_returncode, stop_process, watch_process
 from kernel_runner.rejects import delegate_reject
 from kernel_runner.sockets import bind_socket
 from kernel_runner.supervision import ChildContext, ChildSpec, ChildState, StopRequested
@@ -345,7 +345,7 @@ class TerminalActor(SupervisedActor):
         )
         self._shell = shell
         reader.start()
-        ExitWatcher(handle, self.actor_ref, clock=self.ctx.clock).start()
+        watch_process(handle, self.actor_ref, clock=self.ctx.clock)
         self.log.bind(pid=handle.pid).info("spawned argv={} cwd={} size={}x{}", argv, cwd, *self._size)
         return shell
 

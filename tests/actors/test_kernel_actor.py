@@ -1,12 +1,15 @@
 """KernelActor pieces without a real ipykernel: kernelspec lookup, output mapping, exit codes, the drawing helpers,
-and the actor's start failures (missing kernelspec, a kernel that exits or never answers) inside a real tree."""
+the phase table, and the actor's start failures (missing kernelspec, a kernel that exits or never answers) and a stop
+before the kernel is ready, inside a real tree."""
 
 from __future__ import annotations
 
 import base64
 import builtins
+import itertools
 import json
 import math
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +18,11 @@ from typing import Any
 import attrs
 import msgpack
 import pytest
+from loguru import logger
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
-from kernel_runner.actors.kernel import kernel_child_spec
+from kernel_runner.actors.base import InvalidTransition, PhaseMachine
+from kernel_runner.actors.kernel import CHILD_STATES, TRANSITIONS, Phase, kernel_child_spec
 from kernel_runner.client import AgentClient, RunResult
 from kernel_runner.config import RestartDefaults
 from kernel_runner.context import RunnerContext
@@ -37,6 +42,7 @@ from kernel_runner.jupyter import (
 from kernel_runner.messages import Html, Media
 from kernel_runner.outbox import RouterLink
 from kernel_runner.supervision import ChildSpec, ChildState
+from tests.support.procs import assert_gone
 from tests.support.waiting import wait_until
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -351,3 +357,105 @@ def test_a_kernel_that_never_answers_is_killed_after_the_ready_timeout(
     assert b"did not become ready within 0.5 s" in result.stderr
     # The mute processes are killed at each failed start; the autouse check asserts none is left at the end.
     wait_until(lambda: kernel_state(handle) is ChildState.FATAL, timeout=10, what="the kernel child to be FATAL")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# phases: the table, and the lives the failing kernels above go through
+# ---------------------------------------------------------------------------------------------------------------------
+
+L, C, R, K, D, T, S, E = (Phase.LAUNCHING, Phase.CONNECTING, Phase.READY, Phase.KILLING, Phase.DYING, Phase.RETIRING,
+                          Phase.STOPPING, Phase.ENDED)
+PHASE_LINE = re.compile(r"\[kernel\] phase (\w+) -> (\w+)")
+
+
+def kernel_phases(log_lines: list[str]) -> list[tuple[Phase, Phase]]:
+    """The kernel child's phase edges, in order, from PhaseMachine's debug lines (all incarnations, one after another)."""
+    return [(Phase[m[1]], Phase[m[2]]) for line in list(log_lines) if (m := PHASE_LINE.search(line))]
+
+
+def edges(*phases: Phase) -> list[tuple[Phase, Phase]]:
+    return list(itertools.pairwise(phases))
+
+
+def reachable(start: Phase) -> set[Phase]:
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in TRANSITIONS[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_every_phase_is_reachable_and_every_life_can_only_end() -> None:
+    assert set(TRANSITIONS) == set(Phase) == set(CHILD_STATES)
+    assert reachable(L) == set(Phase)
+    assert all(E in reachable(phase) for phase in Phase)
+    assert TRANSITIONS[E] == frozenset()
+    # Once dying, the incarnation ends: nothing leads back to running code or to a stop.
+    assert reachable(D) == {D, T, E}
+
+
+def test_the_supervisor_sees_starting_running_backoff_and_stopping() -> None:
+    assert [phase for phase in Phase if CHILD_STATES[phase] is ChildState.STARTING] == [L, C]
+    assert [phase for phase in Phase if CHILD_STATES[phase] is ChildState.RUNNING] == [R, K]
+    assert [phase for phase in Phase if CHILD_STATES[phase] is ChildState.BACKOFF] == [D, T]
+    assert CHILD_STATES[S] is ChildState.STOPPING and CHILD_STATES[E] is None
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (L, R),  # code runs only once the channels saw the kernel answer
+        (C, K),  # nothing to interrupt before the kernel is ready
+        (K, R),  # a kernel killed for an ignored interrupt never runs code again
+        (D, R),  # nor does a dead one
+        (D, S),  # a stop while dying changes nothing: the death ends the incarnation
+        (T, S),
+        (D, E),  # not before the running cell ended and the queue was handed back
+        (S, D),  # a kernel that exits while stopping was stopped, it did not die
+        (E, L),  # the next incarnation is a new actor
+    ],
+)
+def test_the_table_rejects_edges_that_must_never_happen(old: Phase, new: Phase) -> None:
+    life = PhaseMachine(old, TRANSITIONS, log=logger.bind(child="test"))
+    with pytest.raises(InvalidTransition, match=f"{old.name} -> {new.name} is not allowed"):
+        life.to(new, "a bug")
+    assert life.phase is old
+
+
+@pytest.mark.parametrize(
+    ("tree", "life"),
+    [
+        (("no-such-kernel", 5.0), edges(L, D, T, E)),  # no kernelspec: it never spawns
+        (("exits", 5.0), edges(L, C, D, T, E)),  # spawned, then exited before it answered
+        (("mute", 0.5), edges(L, C, D, T, E)),  # spawned, never answered within the ready timeout
+    ],
+    indirect=["tree"],
+)
+def test_each_failed_start_dies_retires_and_ends(
+    bad_kernels: Path, tree: tuple[RunnerHandle, AgentClient], life: list[tuple[Phase, Phase]], log_lines: list[str]
+) -> None:
+    handle, _client = tree
+    wait_until(lambda: kernel_state(handle) is ChildState.FATAL, timeout=10, what="the kernel child to be FATAL")
+    assert kernel_phases(log_lines) == life * 3  # first start + 2 restarts, each the same life
+
+
+@pytest.mark.parametrize("tree", [("mute", 30.0)], indirect=True)
+def test_an_interrupt_cancels_queued_code_and_a_stop_ends_a_connecting_kernel(
+    bad_kernels: Path, tree: tuple[RunnerHandle, AgentClient], log_lines: list[str]
+) -> None:
+    handle, client = tree
+    client.send("code", "print(1)")
+    wait_until(lambda: any("[lang] run" in line and "code delegated to kernel" in line for line in list(log_lines)),
+               timeout=5, what="the run to be delegated to the kernel")
+    wait_until(lambda: (L, C) in kernel_phases(log_lines), timeout=5, what="the kernel to be connecting")
+    client.interrupt()
+    result = client.collect_run(5)
+    assert (result.status, result.exit_code) == ("finished", 130)
+    assert b"KeyboardInterrupt (the kernel was not ready yet)" in result.stderr
+    [info] = [info for info in handle.which_children() if info.child_id == KERNEL_CHILD]
+    assert info.state is ChildState.STARTING and info.pid == info.extra["kernel_pid"]
+    assert handle.stop(timeout=5)
+    assert kernel_phases(log_lines) == edges(L, C, S, E)  # stopped: no death, no restart
+    assert_gone([info.extra["kernel_pid"]], timeout=2)

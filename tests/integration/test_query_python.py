@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -23,7 +24,7 @@ import msgpack
 import pytest
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
-from kernel_runner.actors.kernel import kernel_child_spec
+from kernel_runner.actors.kernel import Phase, kernel_child_spec
 from kernel_runner.client import AgentClient, RunResult
 from kernel_runner.context import RunnerContext
 from kernel_runner.drawing import DRAWING_MIME
@@ -33,6 +34,18 @@ from tests.support.procs import alive, assert_gone
 from tests.support.waiting import wait_until
 
 RUN_TIMEOUT_S = 20.0  # includes the kernel start when the run is queued before the kernel is ready
+PHASE_LINE = re.compile(r"\[kernel\] phase (\w+) -> (\w+)")
+
+
+def kernel_phases(log_lines: list[str]) -> list[Phase]:
+    """The kernel child's phases in order, from PhaseMachine's debug lines ("phase A -> B"); an edge that does not
+    start where the previous one ended (a new incarnation's LAUNCHING) adds both of its phases."""
+    found: list[Phase] = []
+    for line in list(log_lines):
+        if m := PHASE_LINE.search(line):
+            old, new = Phase[m[1]], Phase[m[2]]
+            found += [new] if found and found[-1] is old else [old, new]
+    return found
 
 
 class Query:
@@ -290,6 +303,42 @@ def test_code_op_through_the_language_runner(runner_config: RunnerConfig) -> Non
         assert client.collect_run(5).exit_code == 130
         # The language runner got RunDone for each run, so the next code op runs (it would queue for ever otherwise).
         assert client.code("print('done')", timeout=RUN_TIMEOUT_S).stdout == b"done\n"
+    finally:
+        client.close()
+        handle.stop(timeout=5)
+
+
+def test_a_normal_life_goes_through_the_phases_in_order(runner_config: RunnerConfig, log_lines: list[str]) -> None:
+    handle, client = start_query(runner_config)
+    try:
+        query = Query(handle, client)
+        assert query.run("print('up')").stdout == b"up\n"
+        assert query.ready_kernel().pid == query.kernel_info().extra["kernel_pid"]
+        assert kernel_phases(log_lines) == [Phase.LAUNCHING, Phase.CONNECTING, Phase.READY]
+    finally:
+        client.close()
+        assert handle.stop(timeout=5)
+    # READY -> STOPPING: a shutdown_request, and the kernel's exit ends the incarnation (no death, no restart).
+    assert kernel_phases(log_lines) == [Phase.LAUNCHING, Phase.CONNECTING, Phase.READY, Phase.STOPPING, Phase.ENDED]
+
+
+def test_a_kernel_killed_for_an_ignored_interrupt_dies_retires_and_is_replaced(
+    runner_config: RunnerConfig, log_lines: list[str]
+) -> None:
+    handle, client = start_query(runner_config, interrupt_kill_after_s=0.5)
+    try:
+        query = Query(handle, client)
+        query.send("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                   "print('deaf', flush=True)\ntime.sleep(30)")
+        assert client.expect("stdout", RUN_TIMEOUT_S).payload == b"deaf\n"
+        query.client.interrupt()
+        assert client.collect_run(5).exit_code == 130
+        assert query.run("print('fresh')").stdout == b"fresh\n"
+        assert kernel_phases(log_lines) == [
+            Phase.LAUNCHING, Phase.CONNECTING, Phase.READY, Phase.KILLING, Phase.DYING, Phase.RETIRING, Phase.ENDED,
+            Phase.LAUNCHING, Phase.CONNECTING, Phase.READY,  # the next incarnation, which ran print('fresh')
+        ]
+        assert query.kernel_info().generation == 2
     finally:
         client.close()
         handle.stop(timeout=5)
