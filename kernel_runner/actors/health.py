@@ -1,32 +1,45 @@
 """HealthCheckerActor: decides when one model service counts as up and alive; the HTTP calls happen in Prober.
 
-Life of one model service with a health check (docs/protocol.md §7, docs/architecture.md §4):
+Life of one model service with a health check (docs/protocol.md §7, docs/architecture.md §4), one `phase`
+(Phase, TRANSITIONS) changed only through `self._life`:
 
-    startup ── probe every `startup_period_s` (50 ms) ──> healthy: reply `started`, status is_healthy=true
-       │                                                  └─> liveness: probe every `interval`
-       ├─ server process ended / could not start ──> reply `failed` at once; both children stop for good
-       └─ budget (max_retries × max_wait_time + initial_delay) spent ──> reply `failed` "service unhealthy";
-                                                        server stopped (configurable); this checker ends
-    liveness: max_retries consecutive failures or a dead process ──> status is_healthy=false (once per
-        transition), `unhealthy` log line, server restarted through the supervisor (StopUnhealthy);
+    STARTUP ── probe every `startup_period_s` (50 ms) ──> healthy: reply `started`, status is_healthy=true
+       │                                                  └─> LIVENESS: probe every `interval`
+       ├─ the agent's reply deadline comes before the budget ends (a long initial_delay) ──> reply `failed`;
+       │      still STARTUP
+       ├─ server process ended / could not start ──> reply `failed` at once; both children stop for good: DONE
+       └─ budget (max_retries × max_wait_time + initial_delay) spent ──> reply `failed` "service unhealthy"
+              (status is_healthy=false if the agent was answered already), then
+              ├─ server stopped (model_stop_on_startup_failure, the default) ──> DONE: this checker ends
+              └─ server kept ──> LIVENESS with health unhealthy (a late recovery is reported)
+    LIVENESS: max_retries consecutive failures or a dead process ──> status is_healthy=false (once per
+        transition), `unhealthy` log line, server restarted through the supervisor (RestartChild(Unhealthy));
         a success after that ──> status is_healthy=true.
+    DONE: nothing left to watch; an incarnation started in DONE ends at once.
 
-The supervisor restarts this actor if it crashes; what the agent was already told lives in a HealthMemo
-shared by the incarnations (only one runs at a time), so the agent gets exactly one reply and no repeated
-transition.
+The phase says how probes are scheduled and what a result means. `health` (unknown/healthy/unhealthy) and
+`replied` are what the agent has heard, kept apart from it: health flips back and forth within LIVENESS (as
+phases it would add edges that change neither the schedule nor what a probe means), and the early reply or a
+stop answers the agent without changing how the checker probes.
+
+The supervisor restarts this actor if it crashes; the phase and what the agent was already told live in a
+HealthMemo shared by the incarnations (only one runs at a time), so a new incarnation goes on in the phase the
+last one reached, and the agent gets exactly one reply and no repeated transition.
 """
 
 from __future__ import annotations
 
+import enum
 import queue
 import threading
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import attrs
 import pykka
 import requests
 
-from kernel_runner.actors.base import SupervisedActor
+from kernel_runner.actors.base import PhaseMachine, SupervisedActor
 from kernel_runner.clock import Clock
 from kernel_runner.context import RunnerContext
 from kernel_runner.exits import NormalExit, ShutdownExit, Unhealthy
@@ -53,7 +66,31 @@ MIN_READ_TIMEOUT_S = 0.001
 MAX_CONNECT_TIMEOUT_S = 1.0
 UNHEALTHY_TEXT = "service unhealthy"  # upstream's reply text (docs/protocol.md §7.2 step 5)
 
-Phase = Literal["startup", "liveness", "done"]
+
+class Phase(enum.Enum):
+    """The checker's regimen for one model service (see the module docstring); its value is what `status` shows."""
+
+    STARTUP = "startup"
+    """Probing every `startup_period_s` until the first success or the end of the startup budget."""
+    LIVENESS = "liveness"
+    """Up once (or kept after a failed start): probing every `interval`; consecutive failures restart the server."""
+    DONE = "done"
+    """Terminal: the start failed and the server was stopped for good; nothing is left to watch."""
+
+
+TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
+    Phase.STARTUP: frozenset({Phase.LIVENESS, Phase.DONE}),
+    Phase.LIVENESS: frozenset(),
+    Phase.DONE: frozenset(),
+}
+
+# The supervisor's view of each phase; None: nothing to report (the checker ends in it).
+CHILD_STATES: Mapping[Phase, ChildState | None] = {
+    Phase.STARTUP: ChildState.RUNNING,
+    Phase.LIVENESS: ChildState.RUNNING,
+    Phase.DONE: None,
+}
+
 Health = Literal["unknown", "healthy", "unhealthy"]
 
 
@@ -95,11 +132,14 @@ class HealthPlan:
 
 @attrs.define(kw_only=True)
 class HealthMemo:
-    """What the agent has been told about this model service; survives checker restarts (one incarnation at a time)."""
+    """The phase and what the agent has been told; survives checker restarts (one incarnation at a time).
+
+    `phase` is written only by the current incarnation's PhaseMachine (HealthCheckerActor._phase_changed).
+    """
 
     started_at: float | None = None
     replied: bool = False
-    phase: Phase = "startup"
+    phase: Phase = Phase.STARTUP
     health: Health = "unknown"
 
 
@@ -239,20 +279,37 @@ class HealthCheckerActor(SupervisedActor):
         # After a restart, failures do not count toward the next one until the server had its startup budget again.
         self._grace_until = 0.0
         self._last: ProbeResult | None = None
+        # An incarnation goes on in the phase the previous one reached.
+        self._life = PhaseMachine(memo.phase, TRANSITIONS, log=self.log, on_change=self._phase_changed)
+
+    @property
+    def phase(self) -> Phase:
+        return self._life.phase
+
+    def _phase_changed(self, old: Phase, new: Phase) -> None:
+        """The one place a phase change is written back to the memo and reported to the supervisor."""
+        self.memo.phase = new
+        if CHILD_STATES[new] is not CHILD_STATES[old]:
+            self._report_state()
+
+    def _report_state(self) -> None:
+        state = CHILD_STATES[self.phase]
+        if state is not None:
+            self.set_state(state)
 
     # ---- life -----------------------------------------------------------------------------------------
     def start_child(self) -> None:
         now = self.ctx.clock.monotonic()
         if self.memo.started_at is None:
             self.memo.started_at = now
-        if self.memo.phase == "done":
+        if self.phase is Phase.DONE:
             # The previous incarnation ended the model service; nothing is left to watch.
             self.finish(NormalExit())
             return
         self._prober = Prober(owner=self.actor_ref, clock=self.ctx.clock, name=self.plan.service_name)
         self._prober.start()
-        self.set_state(ChildState.RUNNING)
-        if self.memo.phase == "startup":
+        self._report_state()  # the phase this incarnation inherited (no edge, so no _phase_changed)
+        if self.phase is Phase.STARTUP:
             elapsed = now - self.memo.started_at
             if not self.memo.replied:
                 self.schedule(max(0.0, self.plan.reply_within_s - elapsed), StartupDeadline())
@@ -352,18 +409,18 @@ class HealthCheckerActor(SupervisedActor):
 
     def _handle_outcome(self, result: ProbeResult) -> None:
         self._record(result)
-        if self.memo.phase == "startup":
+        if self.phase is Phase.STARTUP:
             if result.ok:
                 self._startup_succeeded(result)
                 return
             self._schedule_next(self.plan.startup_period_s)
             return
-        if self.memo.phase == "liveness":
+        if self.phase is Phase.LIVENESS:
             if result.ok:
                 self._failures_since_restart = 0
                 if self.memo.health != "healthy":
                     self.log.info("healthy again: status {} in {:.1f} ms", result.status_code, result.latency_s * 1000)
-                    self._transition("healthy")
+                    self._set_health("healthy")
             elif self._failures_since_restart >= self.plan.check.max_retries:
                 self._liveness_failed()
             self._schedule_next(self.plan.interval_s)
@@ -384,15 +441,15 @@ class HealthCheckerActor(SupervisedActor):
     def _startup_succeeded(self, result: ProbeResult) -> None:
         assert self.memo.started_at is not None
         took = self.ctx.clock.monotonic() - self.memo.started_at
-        self.memo.phase = "liveness"
+        self._life.to(Phase.LIVENESS, f"healthy after {took:.3f}s")  # STARTUP -> LIVENESS
         self._failures_since_restart = 0
         self.log.info("healthy after {:.3f}s ({} probe(s); status {})", took, self._probes, result.status_code)
         self._reply_once("started", None)
-        self._transition("healthy")
+        self._set_health("healthy")
         self._schedule_next(self.plan.interval_s)
 
     def _handle_startup_deadline(self) -> None:
-        if self.memo.phase != "startup":
+        if self.phase is not Phase.STARTUP:
             return
         assert self.memo.started_at is not None
         elapsed = self.ctx.clock.monotonic() - self.memo.started_at
@@ -409,44 +466,45 @@ class HealthCheckerActor(SupervisedActor):
         self._startup_failed(UNHEALTHY_TEXT, keep_server=not self.plan.stop_on_startup_failure)
 
     def _handle_service_process_ended(self, message: ServiceProcessEnded) -> None:
-        if self.memo.phase == "startup":
+        if self.phase is Phase.STARTUP:
             error = f"the model service exited during startup (code {message.exit_code})"
             if message.output_tail:
                 error += f"; last output:\n{message.output_tail}"
             self.log.warning("unhealthy: {}", error)
             self._startup_failed(error, keep_server=False)
             return
-        if self.memo.phase == "liveness":
+        if self.phase is Phase.LIVENESS:
             # Never a stale "healthy" after the process died (Backend.AI #1833); the supervisor restarts it.
             self.log.warning("unhealthy: the server process exited (code {}); the supervisor restarts it",
                              message.exit_code)
             self._restart_grace()
-            self._transition("unhealthy")
+            self._set_health("unhealthy")
             self._publish()
 
     def _handle_service_start_failed(self, message: ServiceStartFailed) -> None:
-        if self.memo.phase == "startup":
+        if self.phase is Phase.STARTUP:
             self.log.warning("unhealthy: the server could not start: {}", message.error)
             self._startup_failed(message.error, keep_server=False)
-        elif self.memo.phase == "liveness":
+        elif self.phase is Phase.LIVENESS:
             self.log.warning("unhealthy: the restarted server could not start: {}", message.error)
-            self._transition("unhealthy")
+            self._set_health("unhealthy")
             self._publish()
 
     def _startup_failed(self, error: str, *, keep_server: bool) -> None:
         replied_before = self.memo.replied
         self._reply_once("failed", error)
         if replied_before:
-            self._transition("unhealthy")  # the agent heard `failed` already; the later verdict goes as a status
+            self._set_health("unhealthy")  # the agent heard `failed` already; the later verdict goes as a status
+        first_line = error.partition("\n")[0]
         if keep_server:
             # Upstream left an unhealthy model running; we keep watching it, so a late recovery is reported.
-            self.memo.phase = "liveness"
+            self._life.to(Phase.LIVENESS, f"start failed, server kept: {first_line}")  # STARTUP -> LIVENESS
             self.memo.health = "unhealthy"
             self._failures_since_restart = 0
             self._publish()
             self._schedule_next(self.plan.interval_s)
             return
-        self.memo.phase = "done"
+        self._life.to(Phase.DONE, f"start failed: {first_line}")  # STARTUP -> DONE
         self._publish()
         tell_if_alive(self.ctx.supervisor, StopChild(child_id=self.plan.server_child, reason=f"model unhealthy: {error}"))
         # Its job is done: a normal end, which the spec (transient) does not restart.
@@ -457,7 +515,7 @@ class HealthCheckerActor(SupervisedActor):
         detail = f"{self._failures_since_restart} consecutive failed probes (last: {self._describe_last()})"
         if self.memo.health != "unhealthy":
             self.log.warning("unhealthy: {}", detail)
-            self._transition("unhealthy")
+            self._set_health("unhealthy")
         if self.plan.restart_on_unhealthy:
             self.log.warning("asking the supervisor to restart {} ({})", self.plan.server_child, detail)
             tell_if_alive(self.ctx.supervisor, RestartChild(child_id=self.plan.server_child, reason=Unhealthy(detail=detail)))
@@ -470,7 +528,8 @@ class HealthCheckerActor(SupervisedActor):
         self._failures_since_restart = 0
         self._grace_until = self.ctx.clock.monotonic() + self.plan.startup_budget_s
 
-    def _transition(self, health: Health) -> None:
+    def _set_health(self, health: Health) -> None:
+        """A new verdict (not a phase change): published, and told the agent once per change."""
         if self.memo.health == health:
             return
         self.memo.health = health
@@ -500,7 +559,7 @@ class HealthCheckerActor(SupervisedActor):
             "model": self.plan.model_name,
             "service": self.plan.service_name,
             "url": self.plan.url,
-            "phase": self.memo.phase,
+            "phase": self.phase.value,
             "health": self.memo.health,
             "consecutive_failures": self._consecutive_failures,
             "probes": self._probes,

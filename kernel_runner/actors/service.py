@@ -1,23 +1,47 @@
-"""ServiceActor: one service process: prestart, spawn, port wait, exit report, graceful stop of its whole tree."""
+"""ServiceActor: one service process: prestart, spawn, port wait, exit report, graceful stop of its whole tree.
+
+Life of one incarnation: one `phase`, changed only through `self._life`, which checks the edge against TRANSITIONS
+and logs it (docs/architecture.md §3.4):
+
+    PREPARING ──spawned──────────────────────> STARTING ──port open, or no port to wait for──> RUNNING
+      │  │                                       │  │                                           ^  │
+      │  └──nothing to run (noop, empty command)─┼──┼───────────────────────────────────────────┘  │ process exited
+      │                                          │  └──port wait timed out (tree killed)──┐        v
+      │                                          │ process exited before its port opened  │     EXITING
+      │                                          v                                        v        │ pipes drained
+      │                                       FAILING ──pipes drained (last output)──> FAILED      v
+      └──prestart or spawn failed─────────────────────────────────────────────────────────┘      ENDED
+                                                                                                   ^
+    any phase but FAILED, ENDED ──stop requested──> STOPPING ──the process is gone, pipes drained──┘
+                              (or nothing was spawned; from PREPARING: once the Preparer is back)
+
+The agent's one reply (first incarnation only, `reply_kind`) goes with an edge: `started` on entering RUNNING;
+`failed` on entering FAILED, or on entering STOPPING before RUNNING ("the process did not start properly").
+A watcher (a model's health checker) hears ServicePortOpened on entering RUNNING (with a port),
+ServiceProcessEnded when an EXITING or FAILING process's pipes are drained, and ServiceStartFailed on entering
+FAILED from anywhere else. The supervisor's view (ChildState) follows from the phase (CHILD_STATES); `_phase_changed`
+reports it, with the pid, whenever either changes.
+"""
 
 from __future__ import annotations
 
 import collections
+import enum
 import errno
 import socket
 import subprocess
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import pykka
 
-from kernel_runner.actors.base import SupervisedActor
+from kernel_runner.actors.base import PhaseMachine, SupervisedActor
 from kernel_runner.clock import Clock
 from kernel_runner.context import RunnerContext
-from kernel_runner.exits import NormalExit, ProcessDied, ShutdownExit, StartFailed
+from kernel_runner.exits import ExitReason, NormalExit, ProcessDied, ShutdownExit, StartFailed
 from kernel_runner.ids import ChildId
 from kernel_runner.messages import (
     ModelServiceResult,
@@ -33,6 +57,9 @@ from kernel_runner.procs import ExitWatcher, PipePump, ProcessHandle, describe_r
 from kernel_runner.refs import tell_if_alive
 from kernel_runner.servicedefs import ServiceCommand, ServiceStartError
 from kernel_runner.supervision import ChildContext, ChildState, StopRequested
+
+if TYPE_CHECKING:
+    from loguru import Record
 
 TAIL_LINES = 20
 PORT_PROBE_FIRST_DELAY_S = 0.002
@@ -61,6 +88,55 @@ class ServiceRun:
         """A service whose command needs no prestart (intrinsic services, tests)."""
         command = ServiceCommand(argv=argv, env=dict(env), cwd=cwd)
         return cls(name=name, prepare=lambda: command, port=port, noop=not argv, **kwargs)
+
+
+class Phase(enum.Enum):
+    """One incarnation's life (see the module docstring for the diagram)."""
+
+    PREPARING = "preparing"
+    """The first phase: prestart actions and rendering run in the Preparer thread; no process yet."""
+    STARTING = "starting"
+    """The process is spawned; its port is awaited (PortWaiter)."""
+    RUNNING = "running"
+    """Up: the port opened, or there is no port to wait for, or nothing to run; `started` was answered."""
+    EXITING = "exiting"
+    """The process exited by itself after it was up; its pipes drain before the exit is reported."""
+    FAILING = "failing"
+    """The process exited before it was up; its pipes drain so the `failed` reply carries its last output."""
+    STOPPING = "stopping"
+    """A stop was asked for: SIGTERM to the group, grace, SIGKILL to the tree (procs.stop_process), or waiting
+    for the Preparer to come back; ends once nothing of the process is left."""
+    FAILED = "failed"
+    """Terminal: the start failed; `failed` was answered and the incarnation ends with StartFailed/ProcessDied."""
+    ENDED = "ended"
+    """Terminal: the incarnation ends (process exit after it was up, or a requested stop)."""
+
+
+TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
+    Phase.PREPARING: frozenset({Phase.STARTING, Phase.RUNNING, Phase.FAILED, Phase.STOPPING}),
+    Phase.STARTING: frozenset({Phase.RUNNING, Phase.FAILING, Phase.FAILED, Phase.STOPPING}),
+    Phase.RUNNING: frozenset({Phase.EXITING, Phase.STOPPING}),
+    Phase.EXITING: frozenset({Phase.ENDED, Phase.STOPPING}),
+    Phase.FAILING: frozenset({Phase.FAILED, Phase.STOPPING}),
+    Phase.STOPPING: frozenset({Phase.ENDED}),
+    Phase.FAILED: frozenset(),
+    Phase.ENDED: frozenset(),
+}
+
+# The supervisor's view of each phase; None: nothing to report (the supervisor reports the exit itself).
+CHILD_STATES: Mapping[Phase, ChildState | None] = {
+    Phase.PREPARING: ChildState.STARTING,
+    Phase.STARTING: ChildState.STARTING,
+    Phase.RUNNING: ChildState.RUNNING,
+    Phase.EXITING: ChildState.RUNNING,
+    Phase.FAILING: ChildState.STARTING,
+    Phase.STOPPING: ChildState.STOPPING,
+    Phase.FAILED: None,
+    Phase.ENDED: None,
+}
+
+# Phases in which `started` has been answered (a stop then answers nothing).
+UP_PHASES = frozenset({Phase.RUNNING, Phase.EXITING})
 
 
 # ---- messages private to this actor and its threads ---------------------------------------------------
@@ -177,11 +253,7 @@ class OutputTail:
 
 
 class ServiceActor(SupervisedActor):
-    """Supervises one service process; the supervisor decides about restarts, this actor about one life.
-
-    Life: [prestart] → spawned → port-open (RUNNING, reply `started`) → exited (report) | stop requested
-    (SIGTERM to the group, grace, SIGKILL to the tree).
-    """
+    """Supervises one service process; the supervisor decides about restarts, this actor about one life (Phase)."""
 
     def __init__(self, *, ctx: ChildContext, runner: RunnerContext, run: ServiceRun, reply: ReplyKind) -> None:
         super().__init__(ctx=ctx)
@@ -194,19 +266,41 @@ class ServiceActor(SupervisedActor):
         self._tail = OutputTail(self.log)
         self._command: ServiceCommand | None = None
         self._spawned_at: float | None = None
-        self._ready = False
+        # The process's exit status, kept until its pipes are drained (PipeClosed for each that was opened).
         self._exit: ProcessExited | None = None
         self._open_pipes = 0
-        self._stopping = False
-        self._replied = False
+        # What the supervisor was last told; a new incarnation starts as STARTING with no pid (supervisor._spawn).
+        self._reported: tuple[ChildState, int | None] = (ChildState.STARTING, None)
+        # The phase lines carry the pid once there is one, as every other line does (docs/architecture.md §8).
+        self._life = PhaseMachine(Phase.PREPARING, TRANSITIONS, log=self.log.patch(self._with_pid),
+                                  on_change=self._phase_changed)
+
+    @property
+    def phase(self) -> Phase:
+        return self._life.phase
+
+    @property
+    def pid(self) -> int | None:
+        return self._handle.pid if self._handle is not None else None
+
+    def _with_pid(self, record: Record) -> None:
+        if self._handle is not None:
+            record["extra"].setdefault("pid", self._handle.pid)
+
+    def _phase_changed(self, old: Phase, new: Phase) -> None:
+        """The one place the supervisor hears about this life: when the mapped state or the known pid changes."""
+        state = CHILD_STATES[new]
+        if state is None or (state, self.pid) == self._reported:
+            return
+        self._reported = (state, self.pid)
+        self.set_state(state, pid=self.pid)
 
     # ---- life -----------------------------------------------------------------------------------
     def start_child(self) -> None:
-        self.set_state(ChildState.STARTING)
         if self.run.noop:
             # docs/protocol.md §6.7: a noop service has nothing to run; it is up at once and no prestart runs.
             self.log.info("noop service: nothing to spawn")
-            self._become_ready()
+            self._become_ready("noop service")  # PREPARING -> RUNNING
             return
         Preparer(self.run.prepare, self.actor_ref).start()
 
@@ -232,25 +326,32 @@ class ServiceActor(SupervisedActor):
             case _:
                 return super().handle(message)
 
+    def _conclude(self, reason: ExitReason, why: str) -> None:
+        """-> ENDED: this incarnation is over (not a failed start); the supervisor decides what comes next."""
+        self._life.to(Phase.ENDED, why)
+        self.finish(reason)
+
     # ---- start ------------------------------------------------------------------------------------
     def _handle_prepare_done(self, message: PrepareDone) -> None:
-        if self._stopping:
-            self.finish(ShutdownExit())
+        if self.phase is Phase.STOPPING:
+            # STOPPING -> ENDED: the stop came while the prestart ran (answered then); nothing was spawned.
+            self._conclude(ShutdownExit(), "the Preparer is back after a stop")
             return
         if message.command is None:
             error = message.error or "prestart failed"
             self.log.error("prestart failed: {}", error)
-            self._fail_start(error, StartFailed(error=error))
+            self._fail_start(error, StartFailed(error=error))  # PREPARING -> FAILED
             return
         self._command = message.command
         if not message.command.argv:
             self.log.info("nothing to run: the command is empty")
-            self._become_ready()
+            self._become_ready("empty command")  # PREPARING -> RUNNING
             return
         self._spawn(message.command)
 
     def _spawn(self, command: ServiceCommand) -> None:
         argv = command.argv
+        # A failure here is PREPARING -> FAILED.
         try:
             handle = ProcessHandle.spawn(
                 argv, env=command.env, cwd=command.cwd, stdin=subprocess.DEVNULL,
@@ -274,45 +375,47 @@ class ServiceActor(SupervisedActor):
         self.log = self.log.bind(pid=handle.pid)
         self._tail = OutputTail(self.log)
         self.log.info("spawned pid={} argv={} cwd={}", handle.pid, list(argv), command.cwd)
-        self.set_state(ChildState.STARTING, pid=handle.pid)
+        self._life.to(Phase.STARTING, f"spawned pid {handle.pid}")  # PREPARING -> STARTING
         for stream, name in ((handle.popen.stdout, "stdout"), (handle.popen.stderr, "stderr")):
             if stream is not None:
                 self._open_pipes += 1
                 PipePump(stream, name=name, pid=handle.pid, sink=self._tail.feed, owner=self.actor_ref).start()  # type: ignore[arg-type]
         ExitWatcher(handle, self.actor_ref, clock=self.ctx.clock).start()
         if self.run.port is None:
-            self._become_ready()
+            self._become_ready("no port to wait for")  # STARTING -> RUNNING
             return
         self._port_waiter = PortWaiter(self.run.port, self.run.launch_timeout_s, self.actor_ref, self.ctx.clock)
         self._port_waiter.start()
 
     def _handle_port_opened(self, message: PortOpened) -> None:
-        if self._exit is not None or self._stopping:
-            return
+        if self.phase is not Phase.STARTING:
+            return  # the process exited or a stop came first; the waiter was cancelled too late
         self.log.info("port-open port={} after {:.3f}s", message.port, message.waited_s)
-        self._become_ready()
+        self._become_ready(f"port {message.port} open")  # STARTING -> RUNNING
 
-    def _become_ready(self) -> None:
-        self._ready = True
-        pid = self._handle.pid if self._handle is not None else None
-        self.set_state(ChildState.RUNNING, pid=pid)
+    def _become_ready(self, why: str) -> None:
+        self._life.to(Phase.RUNNING, why)
         self.update_info({"name": self.run.name, "port": self.run.port})
         if self.run.watcher is not None and self.run.port is not None:
             self._tell_watcher(ServicePortOpened(name=self.run.name, port=self.run.port))
         self._reply("started", None)
 
     def _handle_port_wait_timed_out(self, message: PortWaitTimedOut) -> None:
-        if self._exit is not None or self._stopping:
-            return
+        if self.phase is not Phase.STARTING:
+            return  # the process exited or a stop came first
         self.log.error("port {} did not open within {:.1f}s", message.port, message.waited_s)
+        # STARTING -> FAILED
         self._fail_start(f"opening the service port timed out: {self.run.name}", StartFailed(error="port timed out"))
 
     def _fail_start(self, error: str, reason: StartFailed | ProcessDied) -> None:
         """Answered `failed`; whether it is tried again is the supervisor's call (its spec: not after a first start)."""
+        before = self.phase
+        self._life.to(Phase.FAILED, error.partition("\n")[0])
         self._reply("failed", error)
-        if self.run.watcher is not None and self._exit is None:  # an exit was told as ServiceProcessEnded already
+        if self.run.watcher is not None and before is not Phase.FAILING:  # FAILING told ServiceProcessEnded already
             self._tell_watcher(ServiceStartFailed(name=self.run.name, error=error))
-        if self._handle is not None and self._exit is None:
+        if before is Phase.STARTING:
+            assert self._handle is not None
             self._handle.kill_tree()
         self.finish(reason)
 
@@ -324,6 +427,11 @@ class ServiceActor(SupervisedActor):
         # Anything left in the group (grandchildren) goes with the service: no orphans (docs/protocol.md §6.13).
         if self._handle is not None:
             self._handle.kill_tree()
+        why = f"pid {message.pid} exited ({message.returncode})"
+        if self.phase is Phase.STARTING:
+            self._life.to(Phase.FAILING, why)  # STARTING -> FAILING
+        elif self.phase is not Phase.STOPPING:
+            self._life.to(Phase.EXITING, why)  # RUNNING -> EXITING (from anywhere else: InvalidTransition)
         if self._open_pipes == 0:
             self._after_exit()
 
@@ -333,6 +441,7 @@ class ServiceActor(SupervisedActor):
             self._after_exit()
 
     def _after_exit(self) -> None:
+        """The process has exited and its pipes are drained: its whole output is in the tail."""
         exit_msg = self._exit
         assert exit_msg is not None
         self._tail.flush()
@@ -340,51 +449,56 @@ class ServiceActor(SupervisedActor):
         uptime = exit_msg.at - (self._spawned_at or exit_msg.at)
         how = f"signal {sig}" if sig is not None else f"code {code}"
         self.log.info("exited {} after {:.1f}s", how, uptime)
-        if self.run.watcher is not None and not self._stopping:
+        if self.phase is Phase.STOPPING:
             # A stop was asked for (shutdown-service, runner shutdown, the watcher's own restart): nothing to report.
-            self._tell_watcher(ServiceProcessEnded(name=self.run.name, exit_code=code, output_tail=self._tail.text()))
-        if self._stopping:
-            self.finish(ShutdownExit())
+            self._conclude(ShutdownExit(), f"stopped; exited {how}")  # STOPPING -> ENDED
             return
-        if not self._ready:
+        if self.run.watcher is not None:
+            self._tell_watcher(ServiceProcessEnded(name=self.run.name, exit_code=code, output_tail=self._tail.text()))
+        if self.phase is Phase.FAILING:
             tail = self._tail.text()
             error = f"the service exited before its port opened ({how})"
             if tail:
                 error += f"; last output:\n{tail}"
-            self._fail_start(error, ProcessDied(code=code, signal=sig))
+            self._fail_start(error, ProcessDied(code=code, signal=sig))  # FAILING -> FAILED
             return
-        self.finish(ProcessDied(code=code, signal=sig) if (code != 0 or sig is not None) else NormalExit())
+        # EXITING -> ENDED
+        self._conclude(ProcessDied(code=code, signal=sig) if (code != 0 or sig is not None) else NormalExit(),
+                       f"exited {how}")
 
     # ---- stop ------------------------------------------------------------------------------------
     def request_stop(self, message: StopRequested) -> None:
-        self._stopping = True
+        before = self.phase
+        if before is Phase.STOPPING:
+            self.log.debug("stop requested again ({}); the stop under way goes on", message.reason)
+            return
         if self._port_waiter is not None:
             self._port_waiter.cancelled.set()
-        program = self._command.argv[0] if self._command is not None and self._command.argv else self.run.name
-        preparing = self._command is None and not self.run.noop and not self._replied
-        self._reply("failed", f"the process did not start properly: {program}")
-        if preparing:
-            return  # the prestart thread is still out; PrepareDone finishes us when it is back
-        if self._handle is None or self._exit is not None:
-            if self._exit is None or self._open_pipes == 0:
-                self.finish(ShutdownExit())
+        self._life.to(Phase.STOPPING, message.reason)  # PREPARING|STARTING|RUNNING|EXITING|FAILING -> STOPPING
+        if before not in UP_PHASES:
+            program = self._command.argv[0] if self._command is not None and self._command.argv else self.run.name
+            self._reply("failed", f"the process did not start properly: {program}")
+        if before is Phase.PREPARING:
+            return  # the prestart thread is still out; PrepareDone ends us when it is back
+        if before in (Phase.EXITING, Phase.FAILING):
+            return  # the process is gone; the last PipeClosed ends us
+        if self._handle is None:
+            self._conclude(ShutdownExit(), "nothing was spawned")  # STOPPING -> ENDED
             return
         self.log.info("stopping ({}): SIGTERM to group {}, grace {:.1f}s", message.reason, self._handle.pid, message.grace_s)
-        self.set_state(ChildState.STOPPING, pid=self._handle.pid)
         stop_process(self._handle, term_then_kill(message.grace_s), log=self.log, what=f"service {self.run.name}")
 
     # ---- replies ------------------------------------------------------------------------------------
     def _reply(self, status: Literal["started", "failed"], error: str | None) -> None:
-        if self._replied or self.reply_kind == "none":
+        """Called on the reply edges only (entering RUNNING, FAILED, or STOPPING before RUNNING): at most once."""
+        if self.reply_kind == "none":
             return
-        self._replied = True
         if self.reply_kind == "service":
             self._runner.router.tell(ServiceResult(status=status, error=error))
         else:
             self._runner.router.tell(ModelServiceResult(status=status, error=error))
         if status == "started":
-            self.log.info("Service {} has started (pid: {}, port: {})", self.run.name,
-                          self._handle.pid if self._handle else None, self.run.port)
+            self.log.info("Service {} has started (pid: {}, port: {})", self.run.name, self.pid, self.run.port)
 
     def _tell_watcher(self, message: object) -> None:
         assert self.run.watcher is not None

@@ -14,11 +14,15 @@ import attrs
 import pykka
 import pytest
 import requests
+from loguru import logger
 
 from kernel_runner.actors import health
+from kernel_runner.actors.base import InvalidTransition, PhaseMachine
 from kernel_runner.actors.health import (
+    TRANSITIONS,
     HealthCheckerActor,
     HealthMemo,
+    Phase,
     ProbeRequest,
     probe_once,
 )
@@ -332,3 +336,111 @@ def test_a_probe_that_never_ends_counts_as_failed(harness: Harness, tmp_path: Pa
     assert time.monotonic() - flipped < 0.3 + 0.3 + health.PROBE_OVERDUE_SLACK_S + 1.0
     extra = harness.children()[health_child(f"drip-{port}")].extra
     assert extra["last_probe"]["error"] in ("the probe hung past its timeouts", "the previous probe is still hanging")
+
+
+# ---- the checker's phase, carried across incarnations by the memo ---------------------------------------
+
+
+def phase_edges(log_lines: list[str], child_id: str) -> list[str]:
+    """The phase changes a child's actors logged, in order: ["STARTUP -> LIVENESS", ...]."""
+    tag = f"[{child_id}] phase "
+    return [line.split(tag, 1)[1].split(":", 1)[0] for line in log_lines if tag in line]
+
+
+def test_a_healthy_model_goes_from_startup_to_liveness(harness: Harness, log_lines: list[str]) -> None:
+    port = free_port()
+    harness.start_model("up", port, HealthCheck(path="/health", max_retries=10, max_wait_time=1.0, interval=5.0),
+                        "--healthy-after", "0.1")
+    harness.wait_for(ModelServiceResult, timeout=10, status="started")
+    checker = health_child(f"up-{port}")
+    assert phase_edges(log_lines, checker) == ["STARTUP -> LIVENESS"]
+    assert harness.children()[checker].extra["phase"] == "liveness"
+    # The server has no port of its own to wait for (the checker's probe decides): up as soon as it is spawned.
+    assert phase_edges(log_lines, service_child(f"up-{port}")) == ["PREPARING -> STARTING", "STARTING -> RUNNING"]
+
+
+def test_a_server_that_exits_during_startup_ends_the_checker_done(harness: Harness, log_lines: list[str]) -> None:
+    port = free_port()
+    harness.start_model("dies", port, HealthCheck(path="/health", max_retries=10, max_wait_time=1.0),
+                        "--healthy-after", "999", "--exit-after", "0.2", "--code", "4")
+    result = harness.wait_for(ModelServiceResult, timeout=10)
+    assert result.status == "failed" and result.error.startswith("the model service exited during startup (code 4)")
+    wait_until(lambda: not harness.children().keys() - {"router", "lang"}, timeout=5, what="both children forgotten")
+    assert phase_edges(log_lines, health_child(f"dies-{port}")) == ["STARTUP -> DONE"]
+    # The server told its watcher (ServiceProcessEnded) once its exit was drained.
+    assert phase_edges(log_lines, service_child(f"dies-{port}"))[:4] == [
+        "PREPARING -> STARTING", "STARTING -> RUNNING", "RUNNING -> EXITING", "EXITING -> ENDED",
+    ]
+    assert len(harness.of_type(ModelServiceResult)) == 1
+
+
+def test_a_restarted_checker_goes_on_in_the_phase_its_memo_carries(harness: Harness, log_lines: list[str]) -> None:
+    class CrashingChecker(HealthCheckerActor):
+        def handle(self, message: object) -> object:
+            if message == "crash":
+                raise RuntimeError("checker bug")
+            return super().handle(message)
+
+    port = free_port()
+    check = HealthCheck(path="/health", max_retries=2, max_wait_time=1.0, interval=0.05)
+    server, checker = model_child_specs(
+        ModelInfo(name="memo", service=ModelServiceSpec(start_command=("x",), port=port, health_check=check)),
+        harness.launch("memo", port), harness.runner,
+    )
+    plan = health_plan("memo", f"memo-{port}", port, check, harness.runner)
+    memo = HealthMemo()
+
+    def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
+        return CrashingChecker.start(ctx=ctx, runner=harness.runner, plan=plan, memo=memo)
+
+    harness.start(server)
+    harness.start(attrs.evolve(checker, factory=factory))
+    harness.wait_for(ModelServiceResult, timeout=10, status="started")
+    assert memo.phase is Phase.LIVENESS
+    checker_id = health_child(f"memo-{port}")
+    harness.tell_child(checker_id, "crash")
+    info = harness.wait_child(checker_id, lambda c: c.generation == 2 and c.state is ChildState.RUNNING,
+                              what="checker generation 2")
+    # The second incarnation started in LIVENESS: no second startup, no second STARTUP -> LIVENESS.
+    assert phase_edges(log_lines, checker_id) == ["STARTUP -> LIVENESS"]
+    assert any(f"[{checker_id}] restarted; probing" in line for line in log_lines)
+    assert info.extra["phase"] == "liveness" and memo.phase is Phase.LIVENESS
+
+
+def test_a_checker_whose_memo_is_done_ends_at_once(harness: Harness, log_lines: list[str]) -> None:
+    port = free_port()
+    check = HealthCheck(path="/health", max_retries=2, max_wait_time=1.0)
+    _server, checker = model_child_specs(
+        ModelInfo(name="over", service=ModelServiceSpec(start_command=("x",), port=port, health_check=check)),
+        harness.launch("over", port), harness.runner,
+    )
+    plan = health_plan("over", f"over-{port}", port, check, harness.runner)
+    memo = HealthMemo(started_at=0.0, replied=True, phase=Phase.DONE, health="unhealthy")
+
+    def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
+        return HealthCheckerActor.start(ctx=ctx, runner=harness.runner, plan=plan, memo=memo)
+
+    checker_id = health_child(f"over-{port}")
+    harness.start(attrs.evolve(checker, factory=factory, binds_to=None))
+    wait_until(lambda: checker_id not in harness.children(), timeout=5, what="a done checker forgotten")
+    assert not any(f"[{checker_id}] probing" in line for line in log_lines)
+    assert phase_edges(log_lines, checker_id) == []
+    assert harness.of_type(ModelServiceResult) == [] and harness.of_type(ModelServiceStatus) == []
+    assert memo.phase is Phase.DONE
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (Phase.LIVENESS, Phase.STARTUP),  # a restarted server is probed in liveness (with its grace), never re-started
+        (Phase.LIVENESS, Phase.DONE),  # liveness restarts the server; it never ends the model service
+        (Phase.DONE, Phase.LIVENESS),
+        (Phase.DONE, Phase.STARTUP),
+        (Phase.STARTUP, Phase.STARTUP),
+    ],
+)
+def test_the_transition_table_rejects_edges_that_must_never_happen(old: Phase, new: Phase) -> None:
+    machine = PhaseMachine(old, TRANSITIONS, log=logger)
+    with pytest.raises(InvalidTransition):
+        machine.to(new)
+    assert machine.phase is old

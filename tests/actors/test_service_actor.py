@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
+from loguru import logger
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
-from kernel_runner.actors.service import ServiceActor, ServiceRun
+from kernel_runner.actors.base import InvalidTransition, PhaseMachine
+from kernel_runner.actors.service import CHILD_STATES, TRANSITIONS, Phase, ServiceActor, ServiceRun
 from kernel_runner.client import AgentClient
 from kernel_runner.context import RunnerContext
 from kernel_runner.ids import ChildId, service_child
@@ -255,3 +259,108 @@ def test_shutdown_during_a_start_answers_did_not_start_properly(make_services: A
     reply = services.agent.expect("service-result", timeout=10).json()
     assert reply == {"status": "failed", "error": f"the process did not start properly: {sys.executable}"}
     wait_until(lambda: services.child("slow") is None, timeout=10, what="slow gone")
+
+
+# ---- the life as phases ----------------------------------------------------------------------------------
+
+
+def phase_edges(log_lines: list[str], name: str) -> list[str]:
+    """The phase changes the service's actors logged, in order: ["PREPARING -> STARTING", ...]."""
+    tag = f"[service:{name}] phase "
+    return [line.split(tag, 1)[1].split(":", 1)[0] for line in log_lines if tag in line]
+
+
+def test_a_normal_life_goes_through_its_phases(make_services: Any, work_dir: Path, log_lines: list[str]) -> None:
+    services = make_services({"web": listener("web", free_port(), cwd=work_dir)})
+    assert services.start("web") == {"status": "started"}
+    services.agent.shutdown_service("web")
+    wait_until(lambda: services.child("web") is None, timeout=5, what="web gone from the tree")
+    assert phase_edges(log_lines, "web") == [
+        "PREPARING -> STARTING", "STARTING -> RUNNING", "RUNNING -> STOPPING", "STOPPING -> ENDED",
+    ]
+
+
+def test_an_exit_after_the_port_opened_drains_and_ends(make_services: Any, work_dir: Path,
+                                                       log_lines: list[str]) -> None:
+    services = make_services({"once": listener("once", free_port(), "--exit-after", "0.2", "--code", "0",
+                                               cwd=work_dir)})
+    assert services.start("once") == {"status": "started"}
+    wait_until(lambda: "RUNNING -> EXITING" in phase_edges(log_lines, "once") and services.child("once") is None,
+               timeout=5, what="a clean exit forgotten (transient)")
+    assert phase_edges(log_lines, "once") == [
+        "PREPARING -> STARTING", "STARTING -> RUNNING", "RUNNING -> EXITING", "EXITING -> ENDED",
+    ]
+
+
+def test_an_exit_before_the_port_opened_is_a_failed_start(make_services: Any, work_dir: Path,
+                                                         log_lines: list[str]) -> None:
+    run = ServiceRun.fixed(name="bad", argv=(sys.executable, str(CHILDREN / "fail_fast.py"), "3"), env={}, cwd=work_dir,
+                           port=free_port())
+    services = make_services({"bad": run})
+    assert services.start("bad")["status"] == "failed"
+    wait_until(lambda: services.child("bad") is None, timeout=5, what="failed first start forgotten")
+    assert phase_edges(log_lines, "bad") == ["PREPARING -> STARTING", "STARTING -> FAILING", "FAILING -> FAILED"]
+
+
+def test_a_stop_while_preparing_answers_failed_and_ends_when_the_preparer_is_back(
+    make_services: Any, work_dir: Path, log_lines: list[str]
+) -> None:
+    from kernel_runner.servicedefs import ServiceCommand
+
+    release = threading.Event()
+
+    def prepare() -> ServiceCommand:
+        release.wait(10)  # bounded: the test sets it
+        return ServiceCommand(argv=(sys.executable, "-c", "pass"), env={}, cwd=work_dir)
+
+    services = make_services({"prep": attrs.evolve(listener("prep", free_port(), cwd=work_dir), prepare=prepare)})
+    services.agent.send("start-service", json.dumps({"name": "prep", "port": 0, "protocol": "tcp"}))
+    wait_until(lambda: services.child("prep") is not None, timeout=5, what="prep in the tree")
+    services.agent.shutdown_service("prep")
+    reply = services.agent.expect("service-result", timeout=5).json()
+    # No command yet, so the service's name stands for the program.
+    assert reply == {"status": "failed", "error": "the process did not start properly: prep"}
+    assert phase_edges(log_lines, "prep") == ["PREPARING -> STOPPING"], "it must wait for the Preparer"
+    assert services.child("prep").state is ChildState.STOPPING
+    release.set()
+    wait_until(lambda: services.child("prep") is None, timeout=5, what="prep gone")
+    assert phase_edges(log_lines, "prep") == ["PREPARING -> STOPPING", "STOPPING -> ENDED"]
+    assert not any("[service:prep] spawned" in line for line in log_lines), "nothing is spawned after a stop"
+    assert not [r for r in services.agent._stash if r.type == "service-result"], "exactly one reply"
+
+
+def test_a_noop_service_goes_straight_to_running(make_services: Any, work_dir: Path, log_lines: list[str]) -> None:
+    services = make_services({"noop": ServiceRun.fixed(name="noop", argv=(), env={}, cwd=work_dir, port=None)})
+    assert services.start("noop") == {"status": "started"}
+    services.agent.shutdown_service("noop")
+    wait_until(lambda: services.child("noop") is None, timeout=5, what="noop gone")
+    assert phase_edges(log_lines, "noop") == ["PREPARING -> RUNNING", "RUNNING -> STOPPING", "STOPPING -> ENDED"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (Phase.RUNNING, Phase.STARTING),  # a life never goes back
+        (Phase.STOPPING, Phase.RUNNING),  # a port that opens after a stop must not answer `started`
+        (Phase.STOPPING, Phase.FAILED),  # a stopped start was answered already
+        (Phase.RUNNING, Phase.FAILED),  # `started` was answered: a later failure is an exit, not a failed start
+        (Phase.EXITING, Phase.FAILED),
+        (Phase.PREPARING, Phase.EXITING),  # no process to exit yet
+        (Phase.STARTING, Phase.ENDED),  # a start ends as RUNNING, FAILED or through STOPPING, never silently
+        (Phase.ENDED, Phase.STOPPING),
+        (Phase.FAILED, Phase.RUNNING),
+    ],
+)
+def test_the_transition_table_rejects_edges_that_must_never_happen(old: Phase, new: Phase) -> None:
+    machine = PhaseMachine(old, TRANSITIONS, log=logger)
+    with pytest.raises(InvalidTransition):
+        machine.to(new)
+    assert machine.phase is old
+
+
+def test_the_tables_cover_every_phase_and_the_ends_are_terminal() -> None:
+    assert set(TRANSITIONS) == set(Phase) == set(CHILD_STATES)
+    assert [p for p, edges in TRANSITIONS.items() if not edges] == [Phase.FAILED, Phase.ENDED]
+    # Every phase but the ends can be stopped, and every life can reach an end.
+    assert all(Phase.STOPPING in TRANSITIONS[p] for p in Phase if p not in (Phase.STOPPING, Phase.FAILED, Phase.ENDED))
+    assert {CHILD_STATES[Phase.FAILED], CHILD_STATES[Phase.ENDED]} == {None}
