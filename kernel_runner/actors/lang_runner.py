@@ -4,6 +4,28 @@ One op runs at a time. Its processes run in their own session; two PipePumps str
 agent through the router's credits (backpressure) and an ExitWatcher reports the exit. Inline ops (input,
 interrupt, complete) are handled between those events, because no handler here ever waits.
 
+Life of one incarnation: one `Phase`, changed only through `self._life` (docs/architecture.md §3.4)::
+
+                                                               ┌──(`code` told to the kernel / terminal)──▶ DELEGATED
+                                                               │ ┌──────────────────(RunDone)───────────────────┘
+    STARTING ──(start-up items done: gate "bootstrap" done)──▶ IDLE ──(clean/build/exec, compile-and-run)──▶ RUNNING_JOB
+    init, bootstrap.sh: one job at a time                        ▲                                                │
+    (generation ≥ 2: none)                                       └────────────────(its job ended)─────────────────┘
+
+    An item that ends at once (NoStep, a skipped exec, a step that cannot be spawned) leaves the phase IDLE (or
+    STARTING), and the loop in `_run_next` takes the next one: nothing re-enters it.
+
+    STARTING, RUNNING_JOB ──StopRequested, a step still runs──▶ STOPPING ──(the stopped job ended)──▶ ENDED
+                                (stop_process: SIGTERM to the group, then SIGKILL to the tree)
+    STARTING, IDLE, RUNNING_JOB, DELEGATED ──StopRequested, no step to wait for──▶ ENDED
+    ──▶ ENDED also from any phase when the actor crashes or is stopped from outside (cleanup).
+
+Queued runs start only in IDLE; start-up items only in STARTING, one job at a time. The current job, the delegated
+run and the queue are data. Input and interrupt go to the delegate only in DELEGATED (a Jupyter language's completion
+goes to the kernel in every phase). The supervisor sees RUNNING from STARTING on (the actor takes runs from its first
+message, and the first `status` reply, released by STARTING -> IDLE, must already show it RUNNING), STOPPING in
+STOPPING; the end itself is the ChildExited.
+
 Life of one op::
 
     queued ──▶ planned (langs) ──▶ step spawned ──▶ exit + both pipes closed ──▶ next step | Finished
@@ -19,6 +41,7 @@ output logged; then the start-up gate hears that "bootstrap" is done, which rele
 from __future__ import annotations
 
 import collections
+import enum
 import os
 import shutil
 import signal
@@ -30,7 +53,7 @@ from typing import Literal
 
 import attrs
 
-from kernel_runner.actors.base import SupervisedActor
+from kernel_runner.actors.base import PhaseMachine, SupervisedActor
 from kernel_runner.actors.job import LineLogger, StepSink, TaskLog
 from kernel_runner.actors.user_input import InputAbandoned, InputRequested, UserInputServer
 from kernel_runner.context import RunnerContext
@@ -85,6 +108,44 @@ UNSUPPORTED_INPUT = b"<user-input is unsupported>"  # docs/protocol.md §5.6, fo
 JobKind = Literal["clean", "build", "exec", "code", "init", "bootstrap"]
 
 
+class Phase(enum.Enum):
+    """Where one incarnation of the language runner is in its life (see the module docstring's diagram)."""
+
+    STARTING = "starting"
+    """Start-up items run one job at a time (language init, bootstrap.sh); queued runs wait for IDLE."""
+    IDLE = "idle"
+    """Nothing is current: the next queued run may start (the queue is empty whenever a handler sees IDLE)."""
+    RUNNING_JOB = "running-job"
+    """A run's job is current: a process step of clean/build/exec or of a compile-and-run `code`."""
+    DELEGATED = "delegated"
+    """A `code` run is with the kernel or the terminal; waiting for its RunDone. Input and interrupt go there."""
+    STOPPING = "stopping"
+    """A stop was requested while a step ran: the step is being stopped (stop_process); the actor ends after it."""
+    ENDED = "ended"
+    """The incarnation is over (finish called, or cleanup ran); nothing follows."""
+
+
+TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
+    Phase.STARTING: frozenset({Phase.IDLE, Phase.STOPPING, Phase.ENDED}),
+    Phase.IDLE: frozenset({Phase.RUNNING_JOB, Phase.DELEGATED, Phase.ENDED}),
+    Phase.RUNNING_JOB: frozenset({Phase.IDLE, Phase.STOPPING, Phase.ENDED}),
+    Phase.DELEGATED: frozenset({Phase.IDLE, Phase.ENDED}),
+    Phase.STOPPING: frozenset({Phase.ENDED}),
+    Phase.ENDED: frozenset(),
+}
+
+# The supervisor's view of each phase; None: nothing to report (ENDED is reported by ChildExited).
+CHILD_STATE: Mapping[Phase, ChildState | None] = {
+    # Runs are taken (queued) from the first message on, so start-up already counts as RUNNING, as it always did.
+    Phase.STARTING: ChildState.RUNNING,
+    Phase.IDLE: ChildState.RUNNING,
+    Phase.RUNNING_JOB: ChildState.RUNNING,
+    Phase.DELEGATED: ChildState.RUNNING,
+    Phase.STOPPING: ChildState.STOPPING,
+    Phase.ENDED: None,
+}
+
+
 # ---- messages private to this actor ------------------------------------------------------------------
 
 
@@ -103,9 +164,9 @@ class _JobTimeoutDue:
 
 @attrs.frozen(kw_only=True)
 class _Internal:
-    """A start-up item of the queue: language init, the bootstrap script, or the "ready" marker."""
+    """A start-up item: language init, or the bootstrap script. When none is left, STARTING ends."""
 
-    kind: Literal["init", "bootstrap", "ready"]
+    kind: Literal["init", "bootstrap"]
     command: str = ""
 
 
@@ -151,7 +212,8 @@ class LangRunnerActor(SupervisedActor):
     """Runs queued tasks one at a time; inline ops (input, interrupt, complete) are answered while a task runs.
 
     The only sender of `finished`: its own runs end in `_finish_task`, delegated runs when the delegate reports
-    RunDone, and runs it cannot take any more (it is stopping) through rejects.untaken_run_answers.
+    RunDone, and runs it cannot take any more (it is stopping) through rejects.untaken_run_answers. Every RunTask
+    gets exactly one, in order: runs start only in IDLE, so a run's Finished is sent before the next one starts.
     """
 
     redeliverable = (RunTask, CompleteCode)
@@ -168,17 +230,42 @@ class LangRunnerActor(SupervisedActor):
             runtime_path=None, work_dir=self._config.work_dir, env=self._env,
             input_socket=self._config.user_input_socket,
         )
-        self._queue: collections.deque[RunTask | _Internal] = collections.deque()
-        self._job: _Job | None = None
-        self._delegated: _Delegated | None = None
+        self._startup: collections.deque[_Internal] = collections.deque()  # STARTING's items
+        self._queue: collections.deque[RunTask] = collections.deque()  # runs; they start in IDLE
+        self._job: _Job | None = None  # the current job: a run's (RUNNING_JOB) or a start-up item's (STARTING)
+        self._delegated: _Delegated | None = None  # the run with the kernel / terminal (DELEGATED)
         self._job_ids = 0
-        self._in_run_next = False
         self._build_ok: bool | None = None  # docs/protocol.md §5.2: None = no build recorded
         self._input_server: UserInputServer | None = None
         self._input_waiters: collections.deque[int] = collections.deque()
         self._groups: dict[int, ProcessHandle] = {}  # every spawned group that may still have members
         self._lingering: dict[int, _Step] = {}  # finished steps whose pipes a grandchild still holds
-        self._stopping = False
+        self._reported = ChildState.STARTING  # what the supervisor holds a new incarnation to be
+        self._life = PhaseMachine(Phase.STARTING, TRANSITIONS, log=self.log, on_change=self._phase_changed)
+
+    @property
+    def phase(self) -> Phase:
+        return self._life.phase
+
+    @property
+    def _delegated_now(self) -> _Delegated | None:
+        """The run the kernel or terminal has, while that is what this actor waits for (DELEGATED)."""
+        return self._delegated if self.phase is Phase.DELEGATED else None
+
+    def _phase_changed(self, old: Phase, new: Phase) -> None:
+        self._report_child_state()
+
+    def _report_child_state(self) -> None:
+        """The one place the supervisor hears this child's state: the current phase's, when it differs."""
+        state = CHILD_STATE[self.phase]
+        if state is None or state is self._reported:
+            return
+        self._reported = state
+        self.set_state(state)
+
+    def _shut_down(self, why: str) -> None:
+        self._life.to(Phase.ENDED, why)
+        self.finish(ShutdownExit())
 
     # ---- life ---------------------------------------------------------------------------------------
     def start_child(self) -> None:
@@ -186,17 +273,17 @@ class LangRunnerActor(SupervisedActor):
         runtime = resolve_runtime(self.spec, config.runtime_path)
         self._lctx = attrs.evolve(self._lctx, runtime_path=runtime)
         self._start_input_server()
-        self.set_state(ChildState.RUNNING)
+        # No edge is taken here, but STARTING already counts as RUNNING (CHILD_STATE): tell the supervisor now.
+        self._report_child_state()
         self.update_info({"lang": self.lang, "runtime_path": runtime})
         self.log.info("language {} (runtime {}), work dir {}", self.lang, runtime, config.work_dir)
         if self.generation == 1:
             for step in plan_init(self.spec):
-                self._queue.append(_Internal(kind="init", command=step.command))
-            self._queue.append(_Internal(kind="bootstrap"))
+                self._startup.append(_Internal(kind="init", command=step.command))
+            self._startup.append(_Internal(kind="bootstrap"))
         else:
             # Start-up steps ran in the first incarnation; a restarted runner must not repeat them.
             self.log.info("restarted (generation {}); language init and bootstrap.sh are not run again", self.generation)
-        self._queue.append(_Internal(kind="ready"))
         self._run_next()
 
     def _start_input_server(self) -> None:
@@ -212,6 +299,8 @@ class LangRunnerActor(SupervisedActor):
         self._input_server = server
 
     def cleanup(self) -> None:
+        if self.phase is not Phase.ENDED:
+            self._life.to(Phase.ENDED, "cleanup")  # any phase -> ENDED: crashed, or stopped from outside
         if self._input_server is not None:
             self._input_server.stop()
             self._input_server = None
@@ -228,10 +317,8 @@ class LangRunnerActor(SupervisedActor):
         if self._delegated is not None:
             self._answer_stopped(self._delegated.task)
             self._delegated = None
-        while self._queue:
-            item = self._queue.popleft()
-            if isinstance(item, RunTask):  # the next incarnation runs it; a runner that is gone answers it
-                self.ctx.directory.hand_back(self.child_id, self.generation, item)
+        while self._queue:  # the next incarnation runs them; a runner that is gone answers them
+            self.ctx.directory.hand_back(self.child_id, self.generation, self._queue.popleft())
         for handle in list(self._groups.values()):
             if handle.group_alive():
                 self.log.warning("killing the process tree of group {} on the way out", handle.pid)
@@ -244,15 +331,18 @@ class LangRunnerActor(SupervisedActor):
             self._router.tell(reply)
 
     def request_stop(self, message: StopRequested) -> None:
-        self._stopping = True
+        if self.phase is Phase.STOPPING:
+            self.log.info("stop requested again ({}); the stop under way goes on", message.reason)
+            return
         job = self._job
         if job is None or job.step is None or job.step.exit is not None:
-            self.finish(ShutdownExit())
+            # STARTING / IDLE / RUNNING_JOB / DELEGATED -> ENDED; cleanup answers the current run, if any.
+            self._shut_down(f"stop requested ({message.reason}); no step to wait for")
             return
         job.interrupted = True
         pid = job.step.handle.pid
         self.log.info("stopping ({}): SIGTERM to group {}, grace {:.1f}s", message.reason, pid, message.grace_s)
-        self.set_state(ChildState.STOPPING)
+        self._life.to(Phase.STOPPING, message.reason)  # STARTING / RUNNING_JOB -> STOPPING
         stop_process(job.step.handle, term_then_kill(message.grace_s), log=self.log, what=f"the {job.kind} job")
 
     # ---- dispatch ----------------------------------------------------------------------------------
@@ -290,24 +380,28 @@ class LangRunnerActor(SupervisedActor):
         self._run_next()
 
     def _run_next(self) -> None:
-        if self._in_run_next:
-            return  # an item that finished synchronously; the loop below goes on
-        self._in_run_next = True
-        try:
-            while self._job is None and self._delegated is None and self._queue and not self._stopping:
-                item = self._queue.popleft()
-                if isinstance(item, RunTask):
-                    self._start_task(item)
-                else:
-                    self._start_internal(item)
-        finally:
-            self._in_run_next = False
+        """Start what the phase lets start. Handlers call it last, after whatever ended the current item.
+
+        Nothing inside an item calls it: an item that ends at once leaves the phase IDLE (or STARTING with no job),
+        and this loop looks again. Any other phase (a job or a delegated run is current, STOPPING, ENDED) waits.
+        """
+        while True:
+            if self.phase is Phase.IDLE and self._queue:
+                self._start_task(self._queue.popleft())
+            elif self.phase is Phase.STARTING and self._job is None:
+                self._next_startup_item()
+            else:
+                return
+
+    def _next_startup_item(self) -> None:
+        if self._startup:
+            self._start_internal(self._startup.popleft())
+            return
+        self.log.info("start-up steps done")
+        self._runner.gate.done(BOOTSTRAP_STEP)
+        self._life.to(Phase.IDLE, "start-up steps done")  # STARTING -> IDLE
 
     def _start_internal(self, item: _Internal) -> None:
-        if item.kind == "ready":
-            self.log.info("start-up steps done")
-            self._runner.gate.done(BOOTSTRAP_STEP)
-            return
         if item.kind == "init":
             self.log.info("language init: {}", item.command)
             self._start_job("init", None, [_shell(ShellStep(command=item.command))])
@@ -377,15 +471,17 @@ class LangRunnerActor(SupervisedActor):
     def _delegate(self, task: RunTask, child_id: ChildId) -> None:
         self.log.debug("run {}: code delegated to {}", task.run_id, child_id)
         self._delegated = _Delegated(task=task, child_id=child_id)
+        self._life.to(Phase.DELEGATED, f"run {task.run_id} to {child_id}")  # IDLE -> DELEGATED
         self.tell_child(child_id, task)
 
     def _handle_run_done(self, message: RunDone) -> None:
-        current = self._delegated
+        current = self._delegated_now
         if current is None or current.task.run_id != message.run_id:
             self.log.debug("RunDone for run {} which is not the current one; ignored", message.run_id)
             return
         self.log.debug("run {}: {} finished it with exit code {}", message.run_id, current.child_id, message.exit_code)
         self._delegated = None
+        self._life.to(Phase.IDLE, f"run {message.run_id} done")  # DELEGATED -> IDLE
         if message.note:
             self._router.tell(Output(stream="stderr", data=message.note.encode("utf-8", errors="replace")))
         self._finish_task(current.task, message.exit_code)
@@ -417,6 +513,8 @@ class LangRunnerActor(SupervisedActor):
         job = _Job(job_id=self._job_ids, kind=kind, task=task, steps=collections.deque(steps), cleanup=cleanup)
         job.task_log = TaskLog.open(self._config.work_dir, self._env, self.log)
         self._job = job
+        if task is not None:
+            self._life.to(Phase.RUNNING_JOB, f"run {task.run_id} {kind}")  # IDLE -> RUNNING_JOB
         self._spawn_next_step(job)
         return job
 
@@ -470,6 +568,7 @@ class LangRunnerActor(SupervisedActor):
         step.sink.mark_exited()
         if step.open_pipes == 0:
             self._step_done(job, step)
+            self._run_next()
         else:
             self.schedule(PIPE_GRACE_S, _PipeGraceDue(pid=message.pid))
 
@@ -488,6 +587,7 @@ class LangRunnerActor(SupervisedActor):
         step.open_pipes -= 1
         if step.open_pipes == 0 and step.exit is not None:
             self._step_done(job, step)
+            self._run_next()
 
     def _handle_pipe_grace_due(self, message: _PipeGraceDue) -> None:
         found = self._current_step(message.pid)
@@ -510,6 +610,7 @@ class LangRunnerActor(SupervisedActor):
         )
         self._lingering[message.pid] = step
         self._step_done(job, step)
+        self._run_next()
 
     def _step_done(self, job: _Job, step: _Step) -> None:
         assert step.exit is not None
@@ -521,12 +622,13 @@ class LangRunnerActor(SupervisedActor):
         job.exit_code = code
         how = f"signal {sig}" if sig is not None else f"code {code}"
         self.log.debug("pid {} ({} job) exited with {}", step.handle.pid, job.kind, how)
-        if job.interrupted or code != 0 or not job.steps or self._stopping:
+        if job.interrupted or code != 0 or not job.steps or self.phase is Phase.STOPPING:
             self._end_job(job)
         else:
             self._spawn_next_step(job)
 
     def _end_job(self, job: _Job) -> None:
+        """The job's last step is done (or could not start): its one Finished; the caller's handler runs `_run_next`."""
         if job.timer is not None:
             job.timer.cancel()
         self._remove_paths(job.cleanup)
@@ -539,10 +641,11 @@ class LangRunnerActor(SupervisedActor):
         else:
             level = "INFO" if job.exit_code == 0 else "WARNING"
             self.log.log(level, "{} job finished with exit code {}", job.kind, job.exit_code)
-        if self._stopping:
-            self.finish(ShutdownExit())
-            return
-        self._run_next()
+        if self.phase is Phase.STOPPING:
+            self._shut_down(f"the stopped {job.kind} job ended")  # STOPPING -> ENDED
+        elif job.task is not None:
+            self._life.to(Phase.IDLE, f"run {job.task.run_id} {job.kind} ended")  # RUNNING_JOB -> IDLE
+        # A start-up job leaves the phase STARTING; `_run_next` starts the next start-up item.
 
     def _forget_group_if_gone(self, handle: ProcessHandle) -> None:
         if not handle.group_alive():
@@ -571,8 +674,9 @@ class LangRunnerActor(SupervisedActor):
                     stop_process(job.step.handle, INTERRUPT_STEPS, log=self.log, what=f"the {job.kind} job")
             job.interrupted = True
             return
-        if self._delegated is not None:
-            self.tell_child(self._delegated.child_id, message)
+        delegated = self._delegated_now
+        if delegated is not None:
+            self.tell_child(delegated.child_id, message)
             return
         if job is not None:
             self.log.info("interrupt ignored: the start-up step {} is running", job.kind)
@@ -619,8 +723,9 @@ class LangRunnerActor(SupervisedActor):
             if self._input_waiters:
                 self._ask_agent_for_input()
             return
-        if self._delegated is not None:
-            self.tell_child(self._delegated.child_id, message)
+        delegated = self._delegated_now
+        if delegated is not None:
+            self.tell_child(delegated.child_id, message)
             return
         # docs/protocol.md §10.3 #30: upstream queued it and answered a later prompt with it; we drop it.
         self.log.info("input dropped: nothing is waiting for input")
@@ -638,4 +743,4 @@ def _not_available(reason: str) -> NoStep:
     return NoStep(exit_code=EXIT_NOT_RUN, stderr_text=text + "\n", log_text=text, log_level="WARNING")
 
 
-__all__ = ["BOOTSTRAP_STEP", "LangRunnerActor"]
+__all__ = ["BOOTSTRAP_STEP", "CHILD_STATE", "TRANSITIONS", "LangRunnerActor", "Phase"]

@@ -3,7 +3,8 @@
 The real kernel and terminal actors have their own tests; here a tiny fake delegate (a SupervisedActor
 registered as the extra child "kernel" or "terminal") stands in for them, so these tests check only the
 runner's side of the contract: forward the run, keep the queue waiting until RunDone, route input, interrupt
-and completion to the delegate while its run is current.
+and completion to the delegate while its run is current. The last tests check the runner's phases (one `Phase`,
+changed through a PhaseMachine that logs "phase A -> B") and its transition table.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Any
 
 import pykka
 import pytest
+from loguru import logger
 
 from kernel_runner import RunnerConfig, runtime
-from kernel_runner.actors.base import SupervisedActor
+from kernel_runner.actors.base import InvalidTransition, PhaseMachine, SupervisedActor
+from kernel_runner.actors.lang_runner import CHILD_STATE, TRANSITIONS, Phase
 from kernel_runner.client import AgentClient
 from kernel_runner.context import RunnerContext
 from kernel_runner.directory import ChildDirectory
@@ -34,8 +37,8 @@ from kernel_runner.messages import (
 from kernel_runner.outbox import RouterLink
 from kernel_runner.rejects import delegate_reject, lang_runner_reject
 from kernel_runner.runtime import ChildPlan
-from kernel_runner.supervision import ChildContext, ChildSpec, ChildState
-from tests.support.runners import LangRunners
+from kernel_runner.supervision import ChildContext, ChildSpec, ChildState, StopRequested
+from tests.support.runners import LangRunners, read_until
 from tests.support.waiting import Recorder, wait_until
 
 
@@ -200,3 +203,95 @@ def test_a_gone_delegate_is_answered_by_its_reject_and_the_language_runner_still
     finally:
         agent_side.stop()
         lang_side.stop()
+
+
+# ---- phases ----------------------------------------------------------------------------------------------------
+
+
+def lang_phases(log_lines: list[str]) -> list[str]:
+    """The language runner's phase changes, as "OLD -> NEW", in order (PhaseMachine logs each one at DEBUG)."""
+    prefix = "DEBUG [lang] phase "
+    return [line.removeprefix(prefix).split(":", 1)[0] for line in log_lines if line.startswith(prefix)]
+
+
+def test_a_normal_life_goes_through_its_phases(langs: LangRunners, delegates: Delegates, log_lines: list[str]) -> None:
+    agent = start_with_kernel(langs, delegates)
+    assert agent.code("1 + 1").exit_code == 0
+    assert agent.run("exec", "echo batch").stdout == b"batch\n"
+    assert agent.run("exec", "").exit_code == 0  # nothing to run: it ends at once, and the phase stays IDLE
+    assert langs.handles[0].stop(timeout=5)
+    assert lang_phases(log_lines) == [
+        "STARTING -> IDLE",
+        "IDLE -> DELEGATED",
+        "DELEGATED -> IDLE",
+        "IDLE -> RUNNING_JOB",
+        "RUNNING_JOB -> IDLE",
+        "IDLE -> ENDED",
+    ]
+
+
+def test_a_stop_while_the_kernel_has_the_run_answers_it_once(
+    langs: LangRunners, delegates: Delegates, log_lines: list[str]
+) -> None:
+    agent = start_with_kernel(langs, delegates)
+    agent.send("code", "hold")
+    wait_until(lambda: delegates.of_type(RunTask), timeout=5, what="the kernel to get the run")
+    assert langs.handles[0].stop(timeout=5)
+    result = agent.collect_run(timeout=5)
+    assert (result.status, result.exit_code) == ("finished", 127)
+    assert b"language runner is not available" in result.stderr
+    assert lang_phases(log_lines)[-1] == "DELEGATED -> ENDED"
+
+
+def test_a_second_stop_request_while_stopping_is_ignored(langs: LangRunners, log_lines: list[str]) -> None:
+    agent = langs.start("c")
+    handle = langs.handles[0]
+    agent.send("exec", "trap '' TERM; echo ready; while :; do sleep 0.05; done")
+    read_until(agent, b"ready")
+    handle.tell_child(LANG_CHILD, StopRequested(reason="first", grace_s=0.5))
+    handle.tell_child(LANG_CHILD, StopRequested(reason="second", grace_s=0.5))
+    result = agent.collect_run(timeout=10)
+    # The run's own end (SIGTERM ignored, SIGKILL after the first grace), not a crash's 127 from cleanup.
+    assert (result.status, result.exit_code) == ("finished", 128 + 9)
+    assert any("stop requested again (second)" in line for line in log_lines)
+    assert lang_phases(log_lines)[-3:] == ["IDLE -> RUNNING_JOB", "RUNNING_JOB -> STOPPING", "STOPPING -> ENDED"]
+    # It ended with ShutdownExit, which the supervisor does not restart; a later run is still answered (its reject).
+    later = agent.run("exec", "echo later", timeout=10)
+    assert (later.exit_code, later.stdout) == (127, b"")
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (Phase.STARTING, Phase.RUNNING_JOB),  # no run starts before the start-up steps are done
+        (Phase.STARTING, Phase.DELEGATED),
+        (Phase.DELEGATED, Phase.RUNNING_JOB),  # one op at a time: nothing starts while the kernel has a run
+        (Phase.RUNNING_JOB, Phase.DELEGATED),
+        (Phase.RUNNING_JOB, Phase.RUNNING_JOB),
+        (Phase.DELEGATED, Phase.STOPPING),  # no step of ours to stop: a delegated run ends with the actor
+        (Phase.IDLE, Phase.STOPPING),  # nothing to wait for: an idle runner ends at once
+        (Phase.STOPPING, Phase.IDLE),  # a stopping runner takes no more work
+        (Phase.STOPPING, Phase.STOPPING),
+        (Phase.ENDED, Phase.IDLE),
+        (Phase.ENDED, Phase.STARTING),
+    ],
+)
+def test_the_transition_table_refuses_edges_that_must_never_happen(old: Phase, new: Phase) -> None:
+    life = PhaseMachine(old, TRANSITIONS, log=logger)
+    with pytest.raises(InvalidTransition):
+        life.to(new, "test")
+    assert life.phase is old
+
+
+def test_every_phase_can_end_and_the_supervisor_sees_running_until_stopping() -> None:
+    assert set(TRANSITIONS) == set(Phase) == set(CHILD_STATE)
+    # cleanup moves any phase to ENDED (a crash, or a stop from outside), so that edge must exist everywhere.
+    assert all(Phase.ENDED in TRANSITIONS[phase] for phase in Phase if phase is not Phase.ENDED)
+    assert TRANSITIONS[Phase.ENDED] == frozenset()
+    running = {phase for phase, state in CHILD_STATE.items() if state is ChildState.RUNNING}
+    assert running == {Phase.STARTING, Phase.IDLE, Phase.RUNNING_JOB, Phase.DELEGATED}
+    assert CHILD_STATE[Phase.STOPPING] is ChildState.STOPPING
+    life = PhaseMachine(Phase.STARTING, TRANSITIONS, log=logger)
+    for phase in (Phase.IDLE, Phase.DELEGATED, Phase.IDLE, Phase.RUNNING_JOB, Phase.STOPPING, Phase.ENDED):
+        life.to(phase, "a whole life")
+    assert life.phase is Phase.ENDED

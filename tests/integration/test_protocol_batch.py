@@ -19,6 +19,7 @@ from kernel_runner import RunnerConfig, RunnerHandle, start
 from kernel_runner.actors import lang_runner
 from kernel_runner.client import AgentClient
 from kernel_runner.procs import StopStep
+from kernel_runner.supervision import ChildState
 from tests.conftest import CHILDREN
 from tests.support.procs import assert_gone, descendants
 from tests.support.runners import LangRunners, interrupt_run, read_until, running
@@ -74,6 +75,36 @@ def test_many_queued_ops_get_exactly_one_end_message_each_in_order(agent: AgentC
     ]
     agent.send("status")
     assert agent.recv().type == "status"  # nothing else (no stray `finished`) was sent in between
+
+
+def test_hundreds_of_runs_that_end_at_once_are_answered_in_order(
+    agent: AgentClient, work_dir: Path, log_lines: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Runs whose step cannot even be spawned end inside the loop that starts them (IDLE -> RUNNING_JOB -> IDLE):
+    # the loop goes on without re-entering itself, however many there are (nested calls would hit the recursion limit).
+    count = 400
+    agent.send("exec", "echo holding; while [ ! -f go ]; do sleep 0.02; done")
+    read_until(agent, b"holding")
+    for index in range(count):
+        agent.send("exec", f"echo {index}")
+    wait_until(lambda: any(f"({count - 1} queued before it)" in line for line in log_lines), timeout=10,
+               what="every run to be queued behind the holding one")
+
+    class NoSpawn:
+        @staticmethod
+        def spawn(*args: object, **kwargs: object) -> None:
+            raise OSError("no more processes (test)")
+
+    monkeypatch.setattr(lang_runner, "ProcessHandle", NoSpawn)
+    (work_dir / "go").touch()
+    assert agent.collect_run().exit_code == 0
+    results = [agent.collect_run() for _ in range(count)]
+    assert [(r.status, r.exit_code) for r in results] == [("finished", lang_runner.EXIT_MACHINERY_FAILED)] * count
+    assert [r.stderr for r in results] == [
+        f"kernel-runner: cannot start 'echo {index}': no more processes (test)\n".encode() for index in range(count)
+    ]
+    monkeypatch.undo()
+    assert agent.run("exec", "echo spawned again").stdout == b"spawned again\n"
 
 
 def test_empty_commands_finish_with_zero_without_running_anything(agent: AgentClient) -> None:
@@ -356,6 +387,28 @@ def test_a_hung_bootstrap_is_stopped_at_its_timeout(
     with running(py_config) as (_handle, agent):
         assert "started_at" in agent.status(timeout=10)
     assert any("bootstrap did not finish within" in line for line in log_lines)
+
+
+def lang_phases(log_lines: list[str]) -> list[str]:
+    """The language runner's phase changes, as "OLD -> NEW", in order (PhaseMachine logs each one at DEBUG)."""
+    prefix = "DEBUG [lang] phase "
+    return [line.removeprefix(prefix).split(":", 1)[0] for line in log_lines if line.startswith(prefix)]
+
+
+def test_a_stop_during_bootstrap_stops_it_and_start_up_counts_as_running(
+    py_config: RunnerConfig, work_dir: Path, log_lines: list[str]
+) -> None:
+    (work_dir / "bootstrap.sh").write_text("touch bootstrap.started\nwhile :; do sleep 0.05; done\n")
+    with running(py_config) as (handle, _agent):
+        wait_until((work_dir / "bootstrap.started").exists, timeout=10, what="bootstrap.sh to start")
+        sleepers = wait_until(sleeping, timeout=5, what="the bootstrap's sleep")
+        # The supervisor sees RUNNING while start-up runs (as before phases), so the first `status` shows it so.
+        wait_until(lambda: [c.state for c in handle.which_children() if c.child_id == "lang"] == [ChildState.RUNNING],
+                   timeout=5, what="the language runner RUNNING during bootstrap")
+        assert handle.stop(timeout=5)
+    assert lang_phases(log_lines) == ["STARTING -> STOPPING", "STOPPING -> ENDED"]
+    assert any("bootstrap job finished with exit code 143" in line for line in log_lines)
+    assert_gone(sleepers, timeout=2)
 
 
 def test_output_is_also_appended_to_the_task_log(runner_config: RunnerConfig, work_dir: Path) -> None:
