@@ -255,7 +255,7 @@ class SupervisorActor(pykka.ThreadingActor):
         child = self._current(message.child_id, message.generation)
         if child is None or child.ref is None:
             return
-        if child.stop is None or message.state is not ChildState.RUNNING:
+        if child.stop is None:  # once a stop was asked for, the child stays STOPPING whatever it reports
             child.state = message.state
         if message.pid is not None:
             child.pid = message.pid
