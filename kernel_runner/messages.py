@@ -251,6 +251,14 @@ class PipeClosed:
 
 
 @attrs.frozen(kw_only=True)
+class OutputSynced:
+    """ProcessWatcher → owner: the output the process had written when `sync(token)` was asked has gone out."""
+
+    pid: Pid
+    token: object
+
+
+@attrs.frozen(kw_only=True)
 class RunTask:
     run_id: RunId
     kind: RunKind

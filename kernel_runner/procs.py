@@ -6,10 +6,13 @@ whole tree, read top to bottom in one thread so the owning actor never waits (do
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import signal
+import struct
 import subprocess
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,7 +26,7 @@ from loguru import logger
 
 from kernel_runner.clock import REAL_CLOCK, Clock
 from kernel_runner.ids import Pid
-from kernel_runner.messages import PipeClosed, ProcessExited, StreamName
+from kernel_runner.messages import OutputSynced, PipeClosed, ProcessExited, StreamName
 from kernel_runner.refs import tell_if_alive
 
 if TYPE_CHECKING:
@@ -41,7 +44,7 @@ class ProcessHandle:
         self.pid = Pid(popen.pid)
         self.argv = tuple(argv)
         self.cwd = cwd
-        # Set by the ExitWatcher once the process has been reaped.
+        # Set by the ProcessWatcher once the process has been reaped.
         self.exited = threading.Event()
 
     @classmethod
@@ -126,6 +129,10 @@ class ProcessWatcher(threading.Thread):
     waitpid(-1), which would steal other children's exit statuses) and `PipeClosed` for each pipe at EOF, each chunk
     having gone to the sink before. The sink may block (output credits): that is the backpressure on the child.
     A pidfd makes the exit one more event to wait for, so a spawn costs one thread, not three.
+
+    `sync(token)` orders the owner's own messages after the process's output: the thread reads whatever the pipes
+    hold at that moment into the sink, then tells `OutputSynced(token)` (a prompt the process printed before it
+    asked for input reaches the agent before the owner's `waiting-input`).
     """
 
     def __init__(
@@ -148,13 +155,45 @@ class ProcessWatcher(threading.Thread):
         self._pipes: dict[int, tuple[IO[bytes], StreamName]] = {
             stream.fileno(): (stream, name) for stream, name in streams if stream is not None
         }
+        self._lock = threading.Lock()
+        self._syncs: list[object] = []
+        self._done = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    def sync(self, token: object) -> bool:
+        """Ask for OutputSynced(token) once the output written so far went to the sink; False: the watcher has ended
+        (everything was delivered already), so nothing will be told."""
+        with self._lock:
+            if self._done:
+                return False
+            self._syncs.append(token)
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass  # a wake-up is pending already
+        return True
 
     def run(self) -> None:
+        try:
+            self._watch()
+        finally:
+            with self._lock:
+                self._done = True
+                pending, self._syncs = self._syncs, []
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+            for token in pending:  # everything has been read: the answer is due at once
+                tell_if_alive(self._owner, OutputSynced(pid=self._handle.pid, token=token))
+
+    def _watch(self) -> None:
         try:
             pidfd: int | None = os.pidfd_open(self._handle.pid)
         except OSError:  # the process is gone already (reaped elsewhere is impossible: only we wait for it)
             pidfd = None
         poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
         for fd in self._pipes:
             poller.register(fd, select.POLLIN)
         if pidfd is not None:
@@ -171,13 +210,31 @@ class ProcessWatcher(threading.Thread):
                         self._reap()
                     elif fd in self._pipes:
                         self._read(fd, poller)
+                    elif fd == self._wake_r:
+                        self._answer_syncs(poller)
         finally:
             if pidfd is not None:
                 os.close(pidfd)
             for stream, _name in self._pipes.values():
                 stream.close()
 
-    def _read(self, fd: int, poller: select.poll) -> None:
+    def _answer_syncs(self, poller: select.poll) -> None:
+        with self._lock:
+            tokens, self._syncs = self._syncs, []
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        for fd in list(self._pipes):  # what the pipes hold now, not what a chatty process writes meanwhile
+            pending = _bytes_waiting(fd)
+            while pending > 0 and fd in self._pipes:
+                pending -= self._read(fd, poller)
+        for token in tokens:
+            tell_if_alive(self._owner, OutputSynced(pid=self._handle.pid, token=token))
+
+    def _read(self, fd: int, poller: select.poll) -> int:
+        """One read into the sink; at EOF the pipe is closed and PipeClosed told. Returns the bytes read."""
         stream, name = self._pipes[fd]
         try:
             data = os.read(fd, self._chunk_size)
@@ -187,11 +244,12 @@ class ProcessWatcher(threading.Thread):
         if data:
             if self._sink is not None:
                 self._sink(name, data)
-            return
+            return len(data)
         poller.unregister(fd)
         del self._pipes[fd]
         stream.close()
         tell_if_alive(self._owner, PipeClosed(pid=self._handle.pid, stream=name))
+        return 0
 
     def _reap(self) -> None:
         returncode = self._handle.popen.wait()
@@ -201,80 +259,18 @@ class ProcessWatcher(threading.Thread):
             pid=self._handle.pid, returncode=returncode, signal=sig, at=self._clock.monotonic()))
 
 
+def _bytes_waiting(fd: int) -> int:
+    """How many bytes a pipe holds right now (FIONREAD)."""
+    count: int = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    return count
+
+
 def watch_process(
     handle: ProcessHandle, owner: pykka.ActorRef[Any], *, sink: OutputSink | None = None, clock: Clock = REAL_CLOCK
 ) -> ProcessWatcher:
     watcher = ProcessWatcher(handle, owner, sink=sink, clock=clock)
     watcher.start()
     return watcher
-
-
-class ExitWatcher(threading.Thread):
-    """Waits for exactly one pid (never waitpid(-1), which steals other children's statuses) and tells its owner."""
-
-    def __init__(
-        self,
-        handle: ProcessHandle,
-        owner: pykka.ActorRef[Any],
-        *,
-        clock: Clock = REAL_CLOCK,
-        before_report: Callable[[], None] | None = None,
-    ) -> None:
-        super().__init__(name=f"ExitWatcher-{handle.pid}", daemon=True)
-        self._handle = handle
-        self._owner = owner
-        self._clock = clock
-        self._before_report = before_report
-
-    def run(self) -> None:
-        returncode = self._handle.popen.wait()
-        self._handle.exited.set()
-        if self._before_report is not None:
-            self._before_report()
-        _, sig = describe_returncode(returncode)
-        tell_if_alive(self._owner, ProcessExited(
-            pid=self._handle.pid, returncode=returncode, signal=sig, at=self._clock.monotonic()))
-
-
-class PipePump(threading.Thread):
-    """Reads one pipe until EOF and hands each chunk to a sink; the sink may block, which is the backpressure."""
-
-    def __init__(
-        self,
-        stream: IO[bytes],
-        *,
-        name: StreamName,
-        pid: Pid,
-        sink: OutputSink,
-        owner: pykka.ActorRef[Any] | None,
-        chunk_size: int = READ_CHUNK,
-    ) -> None:
-        super().__init__(name=f"PipePump-{name}-{pid}", daemon=True)
-        self._stream = stream
-        self._name: StreamName = name
-        self._pid = pid
-        self._sink = sink
-        self._owner = owner
-        self._chunk_size = chunk_size
-
-    def run(self) -> None:
-        fd = self._stream.fileno()
-        try:
-            while True:
-                try:
-                    data = os.read(fd, self._chunk_size)
-                except OSError as exc:
-                    logger.bind(child="pump").debug("read from {} failed: {}", self._name, exc)
-                    break
-                if not data:
-                    break
-                self._sink(self._name, data)
-        finally:
-            try:
-                self._stream.close()
-            except OSError:
-                pass
-            tell_if_alive(self._owner, PipeClosed(pid=self._pid, stream=self._name))
 
 
 @attrs.frozen
@@ -294,7 +290,7 @@ class GroupStopper(threading.Thread):
     """Walks one process group down its stop steps and ends with SIGKILL to the tree, unless the group is gone first.
 
     Runs as its own thread from top to bottom, so the owning actor never waits; the process's exit still reaches the
-    owner through its ExitWatcher, as any exit does.
+    owner through its ProcessWatcher, as any exit does.
     """
 
     def __init__(self, handle: ProcessHandle, steps: Sequence[StopStep], *, log: Logger, what: str) -> None:

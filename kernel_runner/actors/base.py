@@ -47,9 +47,10 @@ class PhaseMachine(Generic[P]):
         initial: P,
         edges: Mapping[P, Collection[P]],
         *,
-        log: Logger,
+        log: Callable[[], Logger],
         on_change: Callable[[P, P], None] | None = None,
     ) -> None:
+        """`log` gives the owner's current logger, so the lines carry whatever it binds later (its pid)."""
         self._phase = initial
         self._edges = edges
         self._log = log
@@ -64,7 +65,7 @@ class PhaseMachine(Generic[P]):
         if new not in self._edges.get(old, ()):
             raise InvalidTransition(f"{old.name} -> {new.name} is not allowed" + (f" ({why})" if why else ""))
         self._phase = new
-        self._log.debug("phase {} -> {}{}", old.name, new.name, f": {why}" if why else "")
+        self._log().debug("phase {} -> {}{}", old.name, new.name, f": {why}" if why else "")
         if self._on_change is not None:
             self._on_change(old, new)
 
@@ -86,6 +87,8 @@ class SupervisedActor(pykka.ThreadingActor):
         self.generation = ctx.generation
         self.log: Logger = logger.bind(child=ctx.child_id)
         self._exit_reported = False
+        # What the supervisor holds this incarnation to be: it marks every new one STARTING, with no pid yet.
+        self._reported: tuple[ChildState, int | None] = (ChildState.STARTING, None)
         self._finish_reason: ExitReason | None = None
         self._cleaned_up = False
 
@@ -116,7 +119,12 @@ class SupervisedActor(pykka.ThreadingActor):
     def finishing(self) -> bool:
         return self._finish_reason is not None
 
-    def set_state(self, state: ChildState, *, pid: int | None = None) -> None:
+    def set_state(self, state: ChildState | None, *, pid: int | None = None) -> None:
+        """Tell the supervisor this incarnation's state, and its pid once known; a repeat is not sent (None: nothing)."""
+        last_state, last_pid = self._reported
+        if state is None or (state is last_state and pid in (None, last_pid)):
+            return
+        self._reported = (state, pid if pid is not None else last_pid)
         tell_if_alive(self.ctx.supervisor, ChildStateChanged(
             child_id=self.child_id, generation=self.generation, state=state, pid=pid))
 

@@ -280,7 +280,7 @@ class HealthCheckerActor(SupervisedActor):
         self._grace_until = 0.0
         self._last: ProbeResult | None = None
         # An incarnation goes on in the phase the previous one reached.
-        self._life = PhaseMachine(memo.phase, TRANSITIONS, log=self.log, on_change=self._phase_changed)
+        self._life = PhaseMachine(memo.phase, TRANSITIONS, log=lambda: self.log, on_change=self._phase_changed)
 
     @property
     def phase(self) -> Phase:
@@ -289,13 +289,7 @@ class HealthCheckerActor(SupervisedActor):
     def _phase_changed(self, old: Phase, new: Phase) -> None:
         """The one place a phase change is written back to the memo and reported to the supervisor."""
         self.memo.phase = new
-        if CHILD_STATES[new] is not CHILD_STATES[old]:
-            self._report_state()
-
-    def _report_state(self) -> None:
-        state = CHILD_STATES[self.phase]
-        if state is not None:
-            self.set_state(state)
+        self.set_state(CHILD_STATES[new])
 
     # ---- life -----------------------------------------------------------------------------------------
     def start_child(self) -> None:
@@ -308,7 +302,7 @@ class HealthCheckerActor(SupervisedActor):
             return
         self._prober = Prober(owner=self.actor_ref, clock=self.ctx.clock, name=self.plan.service_name)
         self._prober.start()
-        self._report_state()  # the phase this incarnation inherited (no edge, so no _phase_changed)
+        self.set_state(CHILD_STATES[self.phase])  # the phase this incarnation inherited (no edge, so no _phase_changed)
         if self.phase is Phase.STARTUP:
             elapsed = now - self.memo.started_at
             if not self.memo.replied:

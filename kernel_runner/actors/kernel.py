@@ -3,7 +3,7 @@
 Its helper threads live in kernel_channels.py (``KernelStarter`` spawns the kernel, ``KernelChannels`` owns every
 socket to it), and the pure kernelspec and output-mapping pieces in kernel_runner/jupyter.py. It also runs:
 
-* ``ExitWatcher`` and ``PipePump`` from procs.py: the kernel's exit, and its own log lines (into our log).
+* ``ProcessWatcher`` from procs.py: the kernel's exit, and its own log lines (into our log).
 
 The actor itself never blocks: it decides, signals the process group, and queues commands.
 
@@ -88,7 +88,15 @@ from kernel_runner.messages import (
     StreamName,
     WaitingInput,
 )
-from kernel_runner.procs import ExitWatcher, PipePump, ProcessHandle, StopStep, describe_returncode, stop_process
+from kernel_runner.procs import (
+    OutputSink,
+    ProcessHandle,
+    ProcessWatcher,
+    StopStep,
+    describe_returncode,
+    stop_process,
+    watch_process,
+)
 from kernel_runner.rejects import delegate_reject
 from kernel_runner.supervision import ChildContext, ChildSpec, ChildState, StopRequested
 
@@ -219,7 +227,7 @@ class KernelActor(SupervisedActor):
         self._box: LaunchBox | None = None
         self._starter: KernelStarter | None = None
         self._channels: KernelChannels | None = None
-        self._watcher: ExitWatcher | None = None
+        self._watcher: ProcessWatcher | None = None
         self._launched: KernelLaunched | None = None  # what KernelStarter spawned (its interrupt mode)
         self._queue: collections.deque[RunTask] = collections.deque()
         self._current: _Run | None = None
@@ -228,9 +236,7 @@ class KernelActor(SupervisedActor):
         # Why it is dying, set with the edge to DYING; after a failed start, the text that answers handed-back runs.
         self._death: ExitReason | None = None
         self._start_error: str | None = None
-        # What the supervisor last heard from us; it set STARTING itself when it spawned this incarnation.
-        self._reported: tuple[ChildState, int | None] = (ChildState.STARTING, None)
-        self._life = PhaseMachine(Phase.LAUNCHING, TRANSITIONS, log=self.log, on_change=self._phase_changed)
+        self._life = PhaseMachine(Phase.LAUNCHING, TRANSITIONS, log=lambda: self.log, on_change=self._phase_changed)
 
     @property
     def phase(self) -> Phase:
@@ -238,15 +244,8 @@ class KernelActor(SupervisedActor):
 
     def _phase_changed(self, old: Phase, new: Phase) -> None:
         """The one place the supervisor hears this incarnation's state; the pid goes with it once known."""
-        state = CHILD_STATES[new]
-        if state is None:
-            return  # ENDED: the base reports the exit
         handle = self._box.handle if self._box is not None else None
-        pid = handle.pid if handle is not None else None
-        if (state, pid) == self._reported:
-            return
-        self._reported = (state, pid)
-        self.set_state(state, pid=pid)
+        self.set_state(CHILD_STATES[new], pid=handle.pid if handle is not None else None)
 
     # ---- life ------------------------------------------------------------------------------------------------
     def start_child(self) -> None:
@@ -366,18 +365,16 @@ class KernelActor(SupervisedActor):
             {"kernel_pid": handle.pid, "connection_file": message.connection_file, "interrupt_mode": message.interrupt_mode}
         )
         stdout = handle.popen.stdout
-        if stdout is not None:
-            kernel_log = self.log.bind(stream="kernel")
+        kernel_log = self.log.bind(stream="kernel")
 
-            def log_kernel_output(_stream: StreamName, data: bytes) -> None:
-                for line in data.decode("utf-8", errors="replace").splitlines():
-                    if line.strip():
-                        kernel_log.info("kernel says: {}", line)
+        def log_kernel_output(_stream: StreamName, data: bytes) -> None:
+            for line in data.decode("utf-8", errors="replace").splitlines():
+                if line.strip():
+                    kernel_log.info("kernel says: {}", line)
 
-            PipePump(stdout, name="stdout", pid=handle.pid, sink=log_kernel_output, owner=self.actor_ref).start()
+        sink: OutputSink | None = log_kernel_output if stdout is not None else None
         # Also when STOPPING (spawned while the stop was on its way): stop_process has the handle, and the exit ends us.
-        self._watcher = ExitWatcher(handle, self.actor_ref, clock=self.ctx.clock)
-        self._watcher.start()
+        self._watcher = watch_process(handle, self.actor_ref, sink=sink, clock=self.ctx.clock)
         if self.phase is not Phase.CONNECTING:
             return
         self._channels = KernelChannels(

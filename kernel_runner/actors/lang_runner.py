@@ -1,7 +1,7 @@
 """LangRunnerActor: the serial queue of clean/build/exec/code for the runner's language (docs/protocol.md §2.3, §5, §8).
 
-One op runs at a time. Its processes run in their own session; two PipePumps stream their output to the
-agent through the router's credits (backpressure) and an ExitWatcher reports the exit. Inline ops (input,
+One op runs at a time. Its processes run in their own session; one ProcessWatcher per process streams both pipes
+to the agent through the router's credits (backpressure) and reports the exit. Inline ops (input,
 interrupt, complete) are handled between those events, because no handler here ever waits.
 
 Life of one incarnation: one `Phase`, changed only through `self._life` (docs/architecture.md §3.4)::
@@ -81,13 +81,22 @@ from kernel_runner.messages import (
     Finished,
     InterruptRun,
     Output,
+    OutputSynced,
     PipeClosed,
     ProcessExited,
     RunDone,
     RunTask,
     WaitingInput,
 )
-from kernel_runner.procs import ExitWatcher, PipePump, ProcessHandle, StopStep, describe_returncode, stop_process, term_then_kill
+from kernel_runner.procs import (
+    ProcessHandle,
+    ProcessWatcher,
+    StopStep,
+    describe_returncode,
+    stop_process,
+    term_then_kill,
+    watch_process,
+)
 from kernel_runner.rejects import EXIT_NOT_RUN, untaken_run_answers
 from kernel_runner.supervision import ChildContext, ChildState, StopRequested
 from kernel_runner.timers import TimerHandle
@@ -184,6 +193,7 @@ def _shell(step: ShellStep) -> _StepSpec:
 class _Step:
     handle: ProcessHandle
     sink: StepSink
+    watcher: ProcessWatcher | None = None
     open_pipes: int = 2
     exit: ProcessExited | None = None
 
@@ -240,8 +250,7 @@ class LangRunnerActor(SupervisedActor):
         self._input_waiters: collections.deque[int] = collections.deque()
         self._groups: dict[int, ProcessHandle] = {}  # every spawned group that may still have members
         self._lingering: dict[int, _Step] = {}  # finished steps whose pipes a grandchild still holds
-        self._reported = ChildState.STARTING  # what the supervisor holds a new incarnation to be
-        self._life = PhaseMachine(Phase.STARTING, TRANSITIONS, log=self.log, on_change=self._phase_changed)
+        self._life = PhaseMachine(Phase.STARTING, TRANSITIONS, log=lambda: self.log, on_change=self._phase_changed)
 
     @property
     def phase(self) -> Phase:
@@ -253,15 +262,8 @@ class LangRunnerActor(SupervisedActor):
         return self._delegated if self.phase is Phase.DELEGATED else None
 
     def _phase_changed(self, old: Phase, new: Phase) -> None:
-        self._report_child_state()
-
-    def _report_child_state(self) -> None:
-        """The one place the supervisor hears this child's state: the current phase's, when it differs."""
-        state = CHILD_STATE[self.phase]
-        if state is None or state is self._reported:
-            return
-        self._reported = state
-        self.set_state(state)
+        """The one place the supervisor hears this child's state (the base sends only changes)."""
+        self.set_state(CHILD_STATE[new])
 
     def _shut_down(self, why: str) -> None:
         self._life.to(Phase.ENDED, why)
@@ -274,7 +276,7 @@ class LangRunnerActor(SupervisedActor):
         self._lctx = attrs.evolve(self._lctx, runtime_path=runtime)
         self._start_input_server()
         # No edge is taken here, but STARTING already counts as RUNNING (CHILD_STATE): tell the supervisor now.
-        self._report_child_state()
+        self.set_state(CHILD_STATE[self.phase])
         self.update_info({"lang": self.lang, "runtime_path": runtime})
         self.log.info("language {} (runtime {}), work dir {}", self.lang, runtime, config.work_dir)
         if self.generation == 1:
@@ -362,6 +364,8 @@ class LangRunnerActor(SupervisedActor):
                 return self._handle_input_requested(message)
             case InputAbandoned():
                 return self._handle_input_abandoned(message)
+            case OutputSynced():
+                return self._handle_output_synced(message)
             case InterruptRun():
                 return self._handle_interrupt_run(message)
             case CompleteCode():
@@ -547,10 +551,7 @@ class LangRunnerActor(SupervisedActor):
         job.step = step
         self._groups[handle.pid] = handle
         self.log.debug("spawned pid={} for {} job: {}", handle.pid, job.kind, list(step_spec.argv))
-        for stream, name in ((handle.popen.stdout, "stdout"), (handle.popen.stderr, "stderr")):
-            assert stream is not None
-            PipePump(stream, name=name, pid=handle.pid, sink=sink, owner=self.actor_ref).start()  # type: ignore[arg-type]
-        ExitWatcher(handle, self.actor_ref, clock=self.ctx.clock).start()
+        step.watcher = watch_process(handle, self.actor_ref, sink=sink, clock=self.ctx.clock)
 
     def _current_step(self, pid: int) -> tuple[_Job, _Step] | None:
         job = self._job
@@ -703,6 +704,17 @@ class LangRunnerActor(SupervisedActor):
             self._ask_agent_for_input()
 
     def _ask_agent_for_input(self) -> None:
+        """After the output the process wrote before it asked (its prompt): the watcher syncs first."""
+        step = self._job.step if self._job is not None else None
+        if step is not None and step.watcher is not None and step.watcher.sync(self._input_waiters[0]):
+            return  # OutputSynced comes back once the prompt is on its way
+        self._send_waiting_input()
+
+    def _handle_output_synced(self, message: OutputSynced) -> None:
+        if self._input_waiters and self._input_waiters[0] == message.token:
+            self._send_waiting_input()
+
+    def _send_waiting_input(self) -> None:
         self.log.info("a process waits for user input")
         # Batch mode sends JSON too (docs/protocol.md §10.1 #7); a socket client cannot say whether it wants a password.
         self._router.tell(WaitingInput(is_password=False))

@@ -53,13 +53,13 @@ from kernel_runner.messages import (
     ServiceStartFailed,
     StreamName,
 )
-from kernel_runner.procs import ExitWatcher, PipePump, ProcessHandle, describe_returncode, stop_process, term_then_kill
+from kernel_runner.procs import ProcessHandle, describe_returncode, stop_process, term_then_kill, watch_process
 from kernel_runner.refs import tell_if_alive
 from kernel_runner.servicedefs import ServiceCommand, ServiceStartError
 from kernel_runner.supervision import ChildContext, ChildState, StopRequested
 
 if TYPE_CHECKING:
-    from loguru import Record
+    pass
 
 TAIL_LINES = 20
 PORT_PROBE_FIRST_DELAY_S = 0.002
@@ -269,11 +269,7 @@ class ServiceActor(SupervisedActor):
         # The process's exit status, kept until its pipes are drained (PipeClosed for each that was opened).
         self._exit: ProcessExited | None = None
         self._open_pipes = 0
-        # What the supervisor was last told; a new incarnation starts as STARTING with no pid (supervisor._spawn).
-        self._reported: tuple[ChildState, int | None] = (ChildState.STARTING, None)
-        # The phase lines carry the pid once there is one, as every other line does (docs/architecture.md §8).
-        self._life = PhaseMachine(Phase.PREPARING, TRANSITIONS, log=self.log.patch(self._with_pid),
-                                  on_change=self._phase_changed)
+        self._life = PhaseMachine(Phase.PREPARING, TRANSITIONS, log=lambda: self.log, on_change=self._phase_changed)
 
     @property
     def phase(self) -> Phase:
@@ -283,17 +279,9 @@ class ServiceActor(SupervisedActor):
     def pid(self) -> int | None:
         return self._handle.pid if self._handle is not None else None
 
-    def _with_pid(self, record: Record) -> None:
-        if self._handle is not None:
-            record["extra"].setdefault("pid", self._handle.pid)
-
     def _phase_changed(self, old: Phase, new: Phase) -> None:
         """The one place the supervisor hears about this life: when the mapped state or the known pid changes."""
-        state = CHILD_STATES[new]
-        if state is None or (state, self.pid) == self._reported:
-            return
-        self._reported = (state, self.pid)
-        self.set_state(state, pid=self.pid)
+        self.set_state(CHILD_STATES[new], pid=self.pid)
 
     # ---- life -----------------------------------------------------------------------------------
     def start_child(self) -> None:
@@ -305,6 +293,9 @@ class ServiceActor(SupervisedActor):
         Preparer(self.run.prepare, self.actor_ref).start()
 
     def cleanup(self) -> None:
+        if self.phase in (Phase.PREPARING, Phase.STARTING, Phase.FAILING):
+            # Ended before its answer (a crash, or stopped from outside): the agent still gets its one reply.
+            self._reply("failed", f"the process did not start properly: {self.run.name}")
         if self._port_waiter is not None:
             self._port_waiter.cancelled.set()
         if self._handle is not None and self._exit is None:
@@ -376,11 +367,8 @@ class ServiceActor(SupervisedActor):
         self._tail = OutputTail(self.log)
         self.log.info("spawned pid={} argv={} cwd={}", handle.pid, list(argv), command.cwd)
         self._life.to(Phase.STARTING, f"spawned pid {handle.pid}")  # PREPARING -> STARTING
-        for stream, name in ((handle.popen.stdout, "stdout"), (handle.popen.stderr, "stderr")):
-            if stream is not None:
-                self._open_pipes += 1
-                PipePump(stream, name=name, pid=handle.pid, sink=self._tail.feed, owner=self.actor_ref).start()  # type: ignore[arg-type]
-        ExitWatcher(handle, self.actor_ref, clock=self.ctx.clock).start()
+        self._open_pipes = sum(stream is not None for stream in (handle.popen.stdout, handle.popen.stderr))
+        watch_process(handle, self.actor_ref, sink=self._tail.feed, clock=self.ctx.clock)
         if self.run.port is None:
             self._become_ready("no port to wait for")  # STARTING -> RUNNING
             return

@@ -253,9 +253,7 @@ class TerminalActor(SupervisedActor):
         self._graph_job: GitGraphJob | None = None
         self._stop_snapshot: list[psutil.Process] = []
         self._rng = random.Random()
-        # What the supervisor was last told (it starts every incarnation as STARTING, with no pid).
-        self._reported: tuple[ChildState, int | None] = (ChildState.STARTING, None)
-        self._life = PhaseMachine(Phase.STARTING, TRANSITIONS, log=self.log, on_change=self._phase_changed)
+        self._life = PhaseMachine(Phase.STARTING, TRANSITIONS, log=lambda: self.log, on_change=self._phase_changed)
 
     @property
     def phase(self) -> Phase:
@@ -268,16 +266,8 @@ class TerminalActor(SupervisedActor):
 
     def _phase_changed(self, old: Phase, new: Phase) -> None:
         """The one place the supervisor hears this child's state: when it changes, or a new shell brings a new pid."""
-        state = CHILD_STATE[new]
-        if state is None:
-            return
         shell = self._shell
-        pid = shell.handle.pid if new is Phase.SHELL_RUNNING and shell is not None else None
-        last_state, last_pid = self._reported
-        if state is last_state and (pid is None or pid == last_pid):
-            return
-        self._reported = (state, pid if pid is not None else last_pid)
-        self.set_state(state, pid=pid)
+        self.set_state(CHILD_STATE[new], pid=shell.handle.pid if new is Phase.SHELL_RUNNING and shell else None)
 
     def _end_life(self, reason: ExitReason, why: str) -> None:
         """-> ENDED, then end this incarnation with `reason` (the supervisor decides what follows)."""

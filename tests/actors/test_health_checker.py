@@ -440,7 +440,7 @@ def test_a_checker_whose_memo_is_done_ends_at_once(harness: Harness, log_lines: 
     ],
 )
 def test_the_transition_table_rejects_edges_that_must_never_happen(old: Phase, new: Phase) -> None:
-    machine = PhaseMachine(old, TRANSITIONS, log=logger)
+    machine = PhaseMachine(old, TRANSITIONS, log=lambda: logger)
     with pytest.raises(InvalidTransition):
         machine.to(new)
     assert machine.phase is old

@@ -418,7 +418,7 @@ def test_the_supervisor_sees_starting_running_backoff_and_stopping() -> None:
     ],
 )
 def test_the_table_rejects_edges_that_must_never_happen(old: Phase, new: Phase) -> None:
-    life = PhaseMachine(old, TRANSITIONS, log=logger.bind(child="test"))
+    life = PhaseMachine(old, TRANSITIONS, log=lambda: logger.bind(child="test"))
     with pytest.raises(InvalidTransition, match=f"{old.name} -> {new.name} is not allowed"):
         life.to(new, "a bug")
     assert life.phase is old

@@ -277,7 +277,7 @@ def test_a_second_stop_request_while_stopping_is_ignored(langs: LangRunners, log
     ],
 )
 def test_the_transition_table_refuses_edges_that_must_never_happen(old: Phase, new: Phase) -> None:
-    life = PhaseMachine(old, TRANSITIONS, log=logger)
+    life = PhaseMachine(old, TRANSITIONS, log=lambda: logger)
     with pytest.raises(InvalidTransition):
         life.to(new, "test")
     assert life.phase is old
@@ -291,7 +291,7 @@ def test_every_phase_can_end_and_the_supervisor_sees_running_until_stopping() ->
     running = {phase for phase, state in CHILD_STATE.items() if state is ChildState.RUNNING}
     assert running == {Phase.STARTING, Phase.IDLE, Phase.RUNNING_JOB, Phase.DELEGATED}
     assert CHILD_STATE[Phase.STOPPING] is ChildState.STOPPING
-    life = PhaseMachine(Phase.STARTING, TRANSITIONS, log=logger)
+    life = PhaseMachine(Phase.STARTING, TRANSITIONS, log=lambda: logger)
     for phase in (Phase.IDLE, Phase.DELEGATED, Phase.IDLE, Phase.RUNNING_JOB, Phase.STOPPING, Phase.ENDED):
         life.to(phase, "a whole life")
     assert life.phase is Phase.ENDED

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
-from kernel_runner.messages import PipeClosed, ProcessExited
+from kernel_runner.messages import OutputSynced, PipeClosed, ProcessExited
 from kernel_runner.procs import ProcessHandle, StopStep, stop_process, term_then_kill, watch_process
 from tests.support.procs import alive, assert_gone
 from tests.support.waiting import Recorder, wait_until
@@ -103,3 +103,27 @@ def test_stop_ends_at_the_first_step_that_works(owner: Recorder, tmp_path: Path,
     assert exited.returncode == 5
     assert not any("SIGKILL" in line for line in log_lines)
     assert not alive(handle.pid)
+
+
+def test_sync_answers_after_the_output_written_so_far(owner: Recorder, tmp_path: Path) -> None:
+    delivered: list[bytes] = []
+
+    def sink(stream: str, data: bytes) -> None:
+        delivered.append(data)
+        owner.ref.tell(("chunk", data))
+
+    ready = tmp_path / "ready"
+    handle = spawn(f"printf 'prompt> '; touch {ready}; sleep 30", tmp_path)
+    watcher = watch_process(handle, owner.ref, sink=sink)
+    wait_until(ready.exists, timeout=10, what="the prompt written")
+    assert watcher.sync("token")
+    synced = owner.wait_for(lambda m: isinstance(m, OutputSynced), timeout=10, what="OutputSynced")
+    assert synced.token == "token"
+    messages = owner.messages
+    chunks = [m for m in messages if isinstance(m, tuple)]
+    assert b"".join(m[1] for m in chunks) == b"prompt> "
+    assert messages.index(chunks[-1]) < messages.index(synced), "the prompt goes before the answer"
+    handle.kill_tree()
+    owner.wait_for(lambda m: isinstance(m, ProcessExited), timeout=10, what="the exit")
+    wait_until(lambda: not watcher.is_alive(), timeout=10, what="the watcher ended")
+    assert watcher.sync("late") is False  # ended: nothing will be told, the owner goes on at once

@@ -21,6 +21,7 @@ from kernel_runner.context import RunnerContext
 from kernel_runner.ids import ChildId, service_child
 from kernel_runner.messages import AppsResult, ModelServiceResult, ServiceResult, StartModelService, StartService
 from kernel_runner.policy import Backoff, IntensityLimit
+from kernel_runner.servicedefs import ServiceCommand
 from kernel_runner.supervision import ChildContext, ChildSpec, ChildState
 from tests.conftest import CHILDREN
 from tests.support.ports import free_port
@@ -237,7 +238,7 @@ def test_runner_stop_terminates_running_services(runner_config: RunnerConfig, wo
 
 
 def test_prestart_failure_is_the_reply(make_services: Any, work_dir: Path) -> None:
-    from kernel_runner.servicedefs import ServiceCommand, ServiceStartError
+    from kernel_runner.servicedefs import ServiceStartError
 
     def prepare() -> ServiceCommand:
         raise ServiceStartError("InvalidServiceDefinition('Service-def for x used invalid action: nosuch')")
@@ -259,6 +260,30 @@ def test_shutdown_during_a_start_answers_did_not_start_properly(make_services: A
     reply = services.agent.expect("service-result", timeout=10).json()
     assert reply == {"status": "failed", "error": f"the process did not start properly: {sys.executable}"}
     wait_until(lambda: services.child("slow") is None, timeout=10, what="slow gone")
+
+
+def test_an_actor_that_ends_before_its_answer_still_answers_failed(make_services: Any, work_dir: Path) -> None:
+    import json
+
+    import pykka
+
+    release = threading.Event()
+    command = ServiceCommand(argv=(sys.executable, "-c", "pass"), env={"PATH": "/usr/bin:/bin"}, cwd=work_dir)
+
+    def prepare() -> ServiceCommand:
+        release.wait(20)  # a prestart that takes its time: the actor stays PREPARING
+        return command
+
+    services = make_services({"stuck": ServiceRun(name="stuck", prepare=prepare, port=free_port())})
+    try:
+        services.agent.send("start-service", json.dumps({"name": "stuck", "port": 0, "protocol": "tcp"}))
+        wait_until(lambda: services.child("stuck") is not None, timeout=10, what="the child")
+        (actor,) = pykka.ActorRegistry.get_by_class(ServiceActor)
+        actor.stop(timeout=5)  # ended from outside, as a crash would end it: no phase edge ran
+        reply = services.agent.expect("service-result", timeout=10).json()
+        assert reply == {"status": "failed", "error": "the process did not start properly: stuck"}
+    finally:
+        release.set()
 
 
 # ---- the life as phases ----------------------------------------------------------------------------------
@@ -352,7 +377,7 @@ def test_a_noop_service_goes_straight_to_running(make_services: Any, work_dir: P
     ],
 )
 def test_the_transition_table_rejects_edges_that_must_never_happen(old: Phase, new: Phase) -> None:
-    machine = PhaseMachine(old, TRANSITIONS, log=logger)
+    machine = PhaseMachine(old, TRANSITIONS, log=lambda: logger)
     with pytest.raises(InvalidTransition):
         machine.to(new)
     assert machine.phase is old

@@ -669,7 +669,7 @@ def test_a_shell_that_keeps_dying_ends_from_shell_ending(log_lines: list[str], t
 )
 def test_the_transition_table_rejects_edges_that_must_never_happen(log_lines: list[str], old: Phase,
                                                                    new: Phase) -> None:
-    life = PhaseMachine(old, TRANSITIONS, log=logger.bind(child="table"))
+    life = PhaseMachine(old, TRANSITIONS, log=lambda: logger.bind(child="table"))
     with pytest.raises(InvalidTransition, match=f"{old.name} -> {new.name}"):
         life.to(new, "test")
     assert life.phase is old
@@ -681,7 +681,7 @@ def test_the_transition_table_covers_every_phase_and_every_phase_can_end(log_lin
     assert TRANSITIONS[Phase.ENDED] == frozenset()
     assert all(Phase.ENDED in TRANSITIONS[phase] for phase in Phase if phase is not Phase.ENDED)
     # A whole normal life walks the table without a refusal, and each step is logged.
-    life = PhaseMachine(Phase.STARTING, TRANSITIONS, log=logger.bind(child="table"))
+    life = PhaseMachine(Phase.STARTING, TRANSITIONS, log=lambda: logger.bind(child="table"))
     walk = [Phase.SHELL_RUNNING, Phase.SHELL_ENDING, Phase.RESPAWN_WAIT, Phase.SHELL_RUNNING, Phase.STOPPING,
             Phase.ENDED]
     for phase in walk:
