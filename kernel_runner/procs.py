@@ -7,7 +7,9 @@ whole tree, read top to bottom in one thread so the owning actor never waits (do
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
+import queue
 import select
 import signal
 import struct
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from loguru import Logger
 
 READ_CHUNK = 64 * 1024
+BURST_POLLS = 4
 GROUP_POLL_S = 0.02
 
 
@@ -122,13 +125,14 @@ def describe_returncode(returncode: int) -> tuple[int, int | None]:
 OutputSink = Callable[[StreamName, bytes], None]
 
 
-class ProcessWatcher(threading.Thread):
-    """One thread per process: reads its pipes until EOF into a sink and reports its exit, in whatever order they come.
+class ProcessWatcher:
+    """Watches one process: reads its pipes until EOF into a sink and reports its exit, in whatever order they come.
 
     It tells its owner `ProcessExited` once the process has been reaped (it waits for that pid only: never
     waitpid(-1), which would steal other children's exit statuses) and `PipeClosed` for each pipe at EOF, each chunk
     having gone to the sink before. The sink may block (output credits): that is the backpressure on the child.
-    A pidfd makes the exit one more event to wait for, so a spawn costs one thread, not three.
+    A pidfd makes the exit one more event to wait for, so one thread watches it all; the thread comes from a small
+    pool of idle ones (`watch_process`), because starting a thread costs more than spawning the process.
 
     `sync(token)` orders the owner's own messages after the process's output: the thread reads whatever the pipes
     hold at that moment into the sink, then tells `OutputSynced(token)` (a prompt the process printed before it
@@ -144,7 +148,6 @@ class ProcessWatcher(threading.Thread):
         clock: Clock = REAL_CLOCK,
         chunk_size: int = READ_CHUNK,
     ) -> None:
-        super().__init__(name=f"ProcessWatcher-{handle.pid}", daemon=True)
         self._handle = handle
         self._owner = owner
         self._sink = sink
@@ -158,6 +161,10 @@ class ProcessWatcher(threading.Thread):
         self._lock = threading.Lock()
         self._syncs: list[object] = []
         self._done = False
+        self._finished = threading.Event()
+        self._thread: threading.Thread | None = None  # the pool thread running it
+        self._pidfd: int | None = None
+        self._reports: list[object] = []  # owner messages of the current burst
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -175,7 +182,14 @@ class ProcessWatcher(threading.Thread):
                 pass  # a wake-up is pending already
         return True
 
+    def is_alive(self) -> bool:
+        return not self._finished.is_set()
+
+    def join(self, timeout: float) -> bool:
+        return self._finished.wait(timeout)
+
     def run(self) -> None:
+        self._thread = threading.current_thread()
         try:
             self._watch()
         finally:
@@ -186,37 +200,61 @@ class ProcessWatcher(threading.Thread):
                 os.close(self._wake_w)
             for token in pending:  # everything has been read: the answer is due at once
                 tell_if_alive(self._owner, OutputSynced(pid=self._handle.pid, token=token))
+            self._finished.set()
 
     def _watch(self) -> None:
         try:
-            pidfd: int | None = os.pidfd_open(self._handle.pid)
+            self._pidfd = os.pidfd_open(self._handle.pid)
         except OSError:  # the process is gone already (reaped elsewhere is impossible: only we wait for it)
-            pidfd = None
+            self._pidfd = None
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
         for fd in self._pipes:
             poller.register(fd, select.POLLIN)
-        if pidfd is not None:
-            poller.register(pidfd, select.POLLIN)
+        if self._pidfd is not None:
+            poller.register(self._pidfd, select.POLLIN)
         else:  # no pidfd on this kernel: wait for the exit in a thread of its own, so pipes never stall it
             threading.Thread(target=self._reap, name=f"Reaper-{self._handle.pid}", daemon=True).start()
         try:
-            while self._pipes or pidfd is not None:
-                for fd, _event in poller.poll():
-                    if fd == pidfd:
-                        poller.unregister(pidfd)
-                        os.close(pidfd)
-                        pidfd = None
-                        self._reap()
-                    elif fd in self._pipes:
-                        self._read(fd, poller)
-                    elif fd == self._wake_r:
-                        self._answer_syncs(poller)
+            while self._pipes or self._pidfd is not None:
+                events = poller.poll()
+                # A process's end is a burst (EOF on each pipe, then the exit): take what is ready at once, then
+                # tell the owner everything together, instead of waking it (and trading the GIL) once per event.
+                for _ in range(BURST_POLLS):
+                    for fd, _event in events:
+                        self._handle_event(fd, poller)
+                    events = poller.poll(0) if self._pipes or self._pidfd is not None else []
+                    if not events:
+                        break
+                self._tell_reports()
         finally:
-            if pidfd is not None:
-                os.close(pidfd)
+            if self._pidfd is not None:
+                os.close(self._pidfd)
             for stream, _name in self._pipes.values():
                 stream.close()
+            self._tell_reports()
+
+    def _handle_event(self, fd: int, poller: select.poll) -> None:
+        if fd == self._pidfd:
+            poller.unregister(fd)
+            os.close(fd)
+            self._pidfd = None
+            self._reap()
+        elif fd in self._pipes:
+            self._read(fd, poller)
+        elif fd == self._wake_r:
+            self._answer_syncs(poller)
+
+    def _report(self, message: object) -> None:
+        if threading.current_thread() is self._thread:
+            self._reports.append(message)  # told at the end of the burst, in order
+        else:
+            tell_if_alive(self._owner, message)  # the fallback reaper thread
+
+    def _tell_reports(self) -> None:
+        reports, self._reports = self._reports, []
+        for message in reports:
+            tell_if_alive(self._owner, message)
 
     def _answer_syncs(self, poller: select.poll) -> None:
         with self._lock:
@@ -231,7 +269,7 @@ class ProcessWatcher(threading.Thread):
             while pending > 0 and fd in self._pipes:
                 pending -= self._read(fd, poller)
         for token in tokens:
-            tell_if_alive(self._owner, OutputSynced(pid=self._handle.pid, token=token))
+            self._report(OutputSynced(pid=self._handle.pid, token=token))
 
     def _read(self, fd: int, poller: select.poll) -> int:
         """One read into the sink; at EOF the pipe is closed and PipeClosed told. Returns the bytes read."""
@@ -248,15 +286,14 @@ class ProcessWatcher(threading.Thread):
         poller.unregister(fd)
         del self._pipes[fd]
         stream.close()
-        tell_if_alive(self._owner, PipeClosed(pid=self._handle.pid, stream=name))
+        self._report(PipeClosed(pid=self._handle.pid, stream=name))
         return 0
 
     def _reap(self) -> None:
         returncode = self._handle.popen.wait()
         self._handle.exited.set()
         _, sig = describe_returncode(returncode)
-        tell_if_alive(self._owner, ProcessExited(
-            pid=self._handle.pid, returncode=returncode, signal=sig, at=self._clock.monotonic()))
+        self._report(ProcessExited(pid=self._handle.pid, returncode=returncode, signal=sig, at=self._clock.monotonic()))
 
 
 def _bytes_waiting(fd: int) -> int:
@@ -265,11 +302,50 @@ def _bytes_waiting(fd: int) -> int:
     return count
 
 
+class WorkerPool:
+    """Threads that run one job after another: a few idle ones wait (blocked, no timeout) for the next job.
+
+    A job is handed to an idle thread in microseconds; when none is idle a new thread is started, and a thread that
+    finds `keep_idle` others idle already ends instead of waiting.
+    """
+
+    def __init__(self, name: str, keep_idle: int) -> None:
+        self._name = name
+        self._keep_idle = keep_idle
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._started = itertools.count(1)
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                self._jobs.put(job)
+                return
+        threading.Thread(target=self._work, args=(job,), name=f"{self._name}-{next(self._started)}", daemon=True).start()
+
+    def _work(self, job: Callable[[], None]) -> None:
+        while True:
+            try:
+                job()
+            except Exception as exc:  # noqa: BLE001 - a job's bug must not cost the pool a thread silently
+                logger.bind(child="pool").opt(exception=exc).error("{} job failed: {!r}", self._name, exc)
+            with self._lock:
+                if self._idle >= self._keep_idle:
+                    return
+                self._idle += 1
+            job = self._jobs.get()
+
+
+WATCHERS = WorkerPool("ProcessWatcher", keep_idle=4)
+
+
 def watch_process(
     handle: ProcessHandle, owner: pykka.ActorRef[Any], *, sink: OutputSink | None = None, clock: Clock = REAL_CLOCK
 ) -> ProcessWatcher:
     watcher = ProcessWatcher(handle, owner, sink=sink, clock=clock)
-    watcher.start()
+    WATCHERS.submit(watcher.run)
     return watcher
 
 

@@ -13,7 +13,7 @@ import pytest
 from loguru import logger
 
 from kernel_runner.messages import OutputSynced, PipeClosed, ProcessExited
-from kernel_runner.procs import ProcessHandle, StopStep, stop_process, term_then_kill, watch_process
+from kernel_runner.procs import ProcessHandle, StopStep, WorkerPool, stop_process, term_then_kill, watch_process
 from tests.support.procs import alive, assert_gone
 from tests.support.waiting import Recorder, wait_until
 
@@ -127,3 +127,45 @@ def test_sync_answers_after_the_output_written_so_far(owner: Recorder, tmp_path:
     owner.wait_for(lambda m: isinstance(m, ProcessExited), timeout=10, what="the exit")
     wait_until(lambda: not watcher.is_alive(), timeout=10, what="the watcher ended")
     assert watcher.sync("late") is False  # ended: nothing will be told, the owner goes on at once
+
+
+def test_the_worker_pool_reuses_idle_threads_and_keeps_only_a_few() -> None:
+    pool = WorkerPool("test-pool", keep_idle=1)
+    first_done = threading.Event()
+    names: list[str] = []
+
+    def job(done: threading.Event) -> None:
+        names.append(threading.current_thread().name)
+        done.set()
+
+    pool.submit(lambda: job(first_done))
+    assert first_done.wait(5)
+    wait_until(lambda: pool_idle(pool) == 1, timeout=5, what="the thread idle in the pool")
+    second_done = threading.Event()
+    pool.submit(lambda: job(second_done))
+    assert second_done.wait(5)
+    assert names[0] == names[1], "an idle thread takes the next job"
+    # Two jobs at once need two threads; afterwards only one of them stays.
+    gate, started = threading.Event(), threading.Barrier(3)
+    for _ in range(2):
+        pool.submit(lambda: (started.wait(5), gate.wait(5)))
+    started.wait(5)
+    gate.set()
+    wait_until(lambda: pool_idle(pool) == 1, timeout=5, what="one idle thread kept")
+    workers = [t for t in threading.enumerate() if t.name.startswith("test-pool-")]
+    wait_until(lambda: len([t for t in workers if t.is_alive()]) == 1, timeout=5, what="the extra thread gone")
+
+
+def test_a_failing_job_does_not_cost_the_pool_its_thread(log_lines: list[str]) -> None:
+    pool = WorkerPool("test-pool-failing", keep_idle=1)
+    pool.submit(lambda: 1 / 0)
+    wait_until(lambda: pool_idle(pool) == 1, timeout=5, what="the thread back in the pool")
+    done = threading.Event()
+    pool.submit(done.set)
+    assert done.wait(5)
+    assert any("job failed: ZeroDivisionError" in line for line in log_lines)
+
+
+def pool_idle(pool: WorkerPool) -> int:
+    with pool._lock:
+        return pool._idle
