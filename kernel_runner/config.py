@@ -71,7 +71,8 @@ class RunnerConfig:
     service_launch_timeout_s: float = 8.0
     service_stop_grace_s: float = 2.0
     shutdown_deadline_s: float = 15.0
-    output_credits: int = 256
+    # Output chunks (each up to procs.READ_CHUNK, 256 KiB) in flight between producers and the agent socket.
+    output_credits: int = 64
     outbox_limit: int = 4096
     restart: RestartDefaults = attrs.field(factory=RestartDefaults)
     # Model services (docs/protocol.md §7, docs/architecture.md §4). Startup probes run this often until the first

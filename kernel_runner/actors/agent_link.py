@@ -33,6 +33,7 @@ Frames = list[bytes]
 Route = Callable[[AgentRequest], None]
 StatusFrames = Callable[[], Frames]
 CLOSE_LINGER_MS = 200
+PUSH_HWM = 128
 MAX_SENDS_PER_WAKE = 256  # then look at PULL again, so a flood of output never starves requests
 
 
@@ -91,6 +92,9 @@ class AgentLink(threading.Thread):
         push: zmq.Socket[bytes] = self._context.socket(zmq.PUSH)
         try:
             pull.setsockopt(zmq.LINGER, 0)
+            # ZeroMQ's queue counts messages, not bytes: with output chunks of up to 256 KiB, the default 1000 would
+            # hold 250 MiB for an agent that stopped reading. This bound plus the output credits keeps it to ~48 MiB.
+            push.setsockopt(zmq.SNDHWM, PUSH_HWM)
             try:
                 ports = bind_socket(pull, self._bind, self._ports[0]), bind_socket(push, self._bind, self._ports[1])
             except zmq.ZMQError as exc:

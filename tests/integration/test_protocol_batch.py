@@ -220,13 +220,15 @@ def test_a_stalled_agent_slows_the_child_and_memory_stays_bounded(py_config: Run
 
             # The agent reads again: everything arrives, in order, and the op finishes normally.
             received = 0
-            expected_block = bytes(range(256)) * 256
             deadline = time.monotonic() + 60
             while True:
                 assert pull.poll(int(max(0.0, deadline - time.monotonic()) * 1000)), "no message"
                 kind, payload = pull.recv_multipart()
                 if kind == b"stdout":
-                    assert payload == expected_block[: len(payload)]
+                    # The stream repeats bytes(range(256)): each record must continue it exactly where it stands.
+                    offset = received % 256
+                    assert payload == (bytes(range(256)) * (len(payload) // 256 + 2))[offset: offset + len(payload)]
+                    assert len(payload) <= 1024 * 1024
                     received += len(payload)
                 elif kind == b"finished":
                     assert payload == b'{"exitCode": 0}'
