@@ -2,7 +2,8 @@
 
 The runner's round trip is agent → PULL (AgentLink) → language runner → spawn (new session, one ProcessWatcher)
 → `finished` → PUSH → agent, measured with the bare client (common.RawAgent: `true` prints nothing, so `finished`
-is the one reply). The two are measured in alternating blocks, so load on the machine falls on both alike.
+is the one reply). The runner runs as its own process (`python -m kernel_runner`, as the agent meets it), and the
+two are measured in alternating blocks, so load on the machine falls on both alike.
 Target: at most 1.8x.
 """
 
@@ -13,9 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RawAgent, machine_line, median_p99, silence_logs
-
-from kernel_runner import RunnerConfig, start
+from common import RawAgent, RunnerProcess, machine_line, median_p99, silence_logs
 
 BLOCKS = 15
 ROUNDS_PER_BLOCK = 20
@@ -35,12 +34,8 @@ def bare_round_trips(rounds: int) -> list[float]:
 def main() -> None:
     silence_logs()
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        config = RunnerConfig(lang="c", bind="127.0.0.1", port_in=0, port_out=0, config_dir=root, work_dir=root,
-                              service_defs_dir=root / "defs", user_input_socket=root / "input.sock",
-                              start_intrinsic_services=False)
-        handle = start(config)
-        agent = RawAgent(handle.ports.port_in, handle.ports.port_out)
+        runner_process = RunnerProcess("c", Path(tmp))
+        agent = RawAgent(runner_process.port_in, runner_process.port_out)
         try:
             agent.round_trips([b"status", b""], 1)  # answered once bootstrap is done: the runner is ready
             bare_round_trips(WARMUP)
@@ -52,7 +47,7 @@ def main() -> None:
                 runner += agent.round_trips(EXEC_TRUE, ROUNDS_PER_BLOCK)
         finally:
             agent.close()
-            handle.stop(timeout=5)
+            runner_process.stop()
     bare_med, bare_p99 = median_p99(bare)
     run_med, run_p99 = median_p99(runner)
     print(machine_line())

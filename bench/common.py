@@ -6,6 +6,7 @@ import os
 import platform
 import statistics
 from collections.abc import Sequence
+from pathlib import Path
 
 from loguru import logger
 
@@ -52,3 +53,38 @@ class RawAgent:
     def close(self) -> None:
         self._push.close(linger=0)
         self._pull.close(linger=0)
+
+
+class RunnerProcess:
+    """`python -m kernel_runner` as its own process, as the agent meets it: its threads do not share this process's GIL
+    with the measuring client (an in-process runner would slow the client and the runner down alike)."""
+
+    def __init__(self, lang: str, root: Path, *extra: str) -> None:
+        import subprocess
+        import sys
+
+        (root / "work").mkdir(exist_ok=True)
+        self.log_path = root / "runner.log"
+        self._log = self.log_path.open("wb")
+        argv = [sys.executable, "-m", "kernel_runner", lang, "--bind", "127.0.0.1", "--port-in", "0", "--port-out",
+                "0", "--config-dir", str(root), "--work-dir", str(root / "work"), "--service-defs-dir",
+                str(root / "defs"), "--user-input-socket", str(root / "input.sock"), "--no-intrinsic-services", *extra]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log)
+        assert self.proc.stdout is not None
+        ports = []
+        while len(ports) < 2:
+            line = self.proc.stdout.readline().decode()
+            if not line:
+                raise RuntimeError(f"the runner ended before binding; see {self.log_path}")
+            if line.startswith("binding to tcp://"):
+                ports.append(int(line.rsplit(":", 1)[1]))
+        self.port_in, self.port_out = ports
+
+    def stop(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        self._log.close()

@@ -33,11 +33,10 @@ import enum
 import queue
 import threading
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import pykka
-import requests
 
 from kernel_runner.actors.base import PhaseMachine, SupervisedActor
 from kernel_runner.clock import Clock
@@ -54,6 +53,9 @@ from kernel_runner.messages import (
 )
 from kernel_runner.refs import tell_if_alive
 from kernel_runner.supervision import ChildContext, ChildState, RestartChild, StopChild, StopRequested
+
+if TYPE_CHECKING:
+    import requests
 
 # docs/protocol.md §3.5: the agent waits `max_retries × max_wait_time + 10` s; we answer at least this much earlier, because its
 # clock started before ours (request transit, supervisor, spawn).
@@ -209,6 +211,8 @@ class Prober(threading.Thread):
             pass  # a request is pending; the loop takes it, sees the flag and ends
 
     def run(self) -> None:
+        import requests  # here, not at import time: a runner without model services never needs it (~50 ms)
+
         session = requests.Session()
         session.trust_env = False  # a 127.0.0.1 probe never goes through HTTP(S)_PROXY or reads ~/.netrc
         try:
@@ -226,6 +230,8 @@ class Prober(threading.Thread):
 
 
 def probe_once(session: requests.Session, request: ProbeRequest, clock: Clock) -> ProbeResult:
+    import requests
+
     """One GET with explicit (connect, read) timeouts; the body is never read, the response always closed."""
     started = clock.monotonic()
     status: int | None = None

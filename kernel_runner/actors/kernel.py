@@ -381,6 +381,7 @@ class KernelActor(SupervisedActor):
             connection=box.connection,
             owner=self.actor_ref,
             router=self._runner.router,
+            run_done=self._tell_run_done,
             pid=handle.pid,
             ready_timeout_s=self._ready_timeout_s,
             log=self.log,
@@ -436,14 +437,15 @@ class KernelActor(SupervisedActor):
         if run is None or run.task.run_id != message.run_id:
             self.log.debug("late end of run {} ignored", message.run_id)
             return
-        self._end_current(message.exit_code)
+        self._end_current(message.exit_code, reported=True)  # the channel thread told the language runner
 
-    def _end_current(self, exit_code: int, note: str | None = None) -> None:
+    def _end_current(self, exit_code: int, note: str | None = None, *, reported: bool = False) -> None:
         run = self._current
         if run is None:
             return
         self._current = None
-        self._tell_run_done(run.task.run_id, exit_code, note)
+        if not reported:
+            self._tell_run_done(run.task.run_id, exit_code, note)
         self.log.debug("run {} finished with exit code {}", run.task.run_id, exit_code)
         if self.phase is Phase.DYING:
             self._retire()
@@ -451,7 +453,8 @@ class KernelActor(SupervisedActor):
             self._start_next()  # only READY starts one: a killed or stopping kernel takes no more code
 
     def _tell_run_done(self, run_id: RunId, exit_code: int, note: str | None = None) -> None:
-        """The language runner sends the run's one Finished (after `note` on stderr)."""
+        """The language runner sends the run's one Finished (after `note` on stderr). Thread-safe: the channel
+        thread calls it too, when a run ends normally."""
         self.tell_child(LANG_CHILD, RunDone(run_id=run_id, exit_code=exit_code, note=note))
 
     def _answer_without_kernel(self, task: RunTask, text: str) -> None:

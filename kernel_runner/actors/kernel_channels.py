@@ -217,6 +217,7 @@ class KernelChannels(threading.Thread):
         connection: Mapping[str, Any],
         owner: pykka.ActorRef[Any],
         router: RouterLink,
+        run_done: Callable[[RunId, int], None],
         pid: int,
         ready_timeout_s: float = READY_TIMEOUT_S,
         log: Any,
@@ -225,6 +226,7 @@ class KernelChannels(threading.Thread):
         self._connection = dict(connection)
         self._owner = owner
         self._router = router
+        self._run_done = run_done
         self._ready_timeout_s = ready_timeout_s
         self._log = log
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
@@ -281,6 +283,12 @@ class KernelChannels(threading.Thread):
 
     def _tell(self, message: object) -> None:
         tell_if_alive(self._owner, message)
+
+    def _run_ended(self, run_id: RunId, exit_code: int) -> None:
+        """After the run's last output: the language runner hears it first (it sends the one Finished, one hop
+        sooner than through the actor), then the actor, which moves on to the next cell."""
+        self._run_done(run_id, exit_code)
+        self._tell(KernelRunEnded(run_id=run_id, exit_code=exit_code))
 
     def _url(self, channel: str) -> str:
         info = self._connection
@@ -402,16 +410,18 @@ class KernelChannels(threading.Thread):
         for channel in ("iopub", "shell", "stdin", "control"):
             poller.register(self._sockets[channel], zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        handlers: tuple[tuple[str, Callable[[dict[str, Any]], None]], ...] = (
+            # IOPub first: outputs of a run come before its end, which needs both reply and idle.
+            ("iopub", self._on_iopub), ("shell", self._on_shell), ("stdin", self._on_stdin), ("control", _ignore),
+        )
         while not self._stopping.is_set():
             events = dict(poller.poll(self._poll_timeout_ms()))
             if self._wake_r in events:
                 self._drain_wake()
             self._run_commands()
-            # IOPub first: outputs of a run come before its end, which needs both reply and idle.
-            self._drain("iopub", self._on_iopub)
-            self._drain("shell", self._on_shell)
-            self._drain("stdin", self._on_stdin)
-            self._drain("control", lambda msg: None)
+            for channel, handler in handlers:
+                if self._sockets[channel] in events:  # a socket with nothing to read costs a raised zmq.Again
+                    self._drain(channel, handler)
             self._check_run_end()
 
     def _poll_timeout_ms(self) -> int:
@@ -454,7 +464,7 @@ class KernelChannels(threading.Thread):
     def _execute(self, command: ExecuteCommand) -> None:
         if self._execution is not None:
             self._log.error("run {} asked to start while run {} runs; refused", command.run_id, self._execution.run_id)
-            self._tell(KernelRunEnded(run_id=command.run_id, exit_code=NO_KERNEL_EXIT))
+            self._run_ended(command.run_id, NO_KERNEL_EXIT)
             return
         content = {
             "code": command.code,
@@ -557,19 +567,19 @@ class KernelChannels(threading.Thread):
             return
         self._execution = None
         self._input_parent = None
-        self._tell(KernelRunEnded(run_id=execution.run_id, exit_code=exit_code))
+        self._run_ended(execution.run_id, exit_code)
 
     def _end_dead_run(self, command: EndRunCommand) -> None:
         execution = self._execution
         if execution is None or execution.run_id != command.run_id:
-            self._tell(KernelRunEnded(run_id=command.run_id, exit_code=command.exit_code))
+            self._run_ended(command.run_id, command.exit_code)
             return
         self._drain("iopub", self._on_iopub)
         if command.note:
             self._emit("stderr", command.note)
         self._execution = None
         self._input_parent = None
-        self._tell(KernelRunEnded(run_id=command.run_id, exit_code=command.exit_code))
+        self._run_ended(command.run_id, command.exit_code)
 
     # ---- outbound to the agent ----------------------------------------------------------------------------
     def _emit(self, stream: StreamName, text: str) -> None:
@@ -584,6 +594,10 @@ class KernelChannels(threading.Thread):
             self._emit("stdout", mapped)
         else:
             self._router.tell(mapped)
+
+
+def _ignore(_msg: dict[str, Any]) -> None:
+    """Control replies (shutdown, interrupt) carry nothing the runner acts on."""
 
 
 __all__ = [
