@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 READ_CHUNK = 256 * 1024
 PIPE_SIZE = 1024 * 1024  # room for a fast writer while the reader hands a chunk on (Linux's default limit)
 BURST_POLLS = 4
+EXIT_AFTER_EOF_MS = 5
 READS_PER_EVENT = 8
 GROUP_POLL_S = 0.02
 
@@ -225,10 +226,16 @@ class ProcessWatcher:
                 events = poller.poll()
                 # A process's end is a burst (EOF on each pipe, then the exit): take what is ready at once, then
                 # tell the owner everything together, instead of waking it (and trading the GIL) once per event.
+                had_pipes = bool(self._pipes)
                 for _ in range(BURST_POLLS):
                     for fd, _event in events:
                         self._handle_event(fd, poller)
                     events = poller.poll(0) if self._pipes or self._pidfd is not None else []
+                    if not events and had_pipes and not self._pipes and self._pidfd is not None:
+                        # The last pipe just closed: the exit is usually a moment behind. Waiting a little for it
+                        # tells the owner the whole end at once (one wake-up of the owner instead of two).
+                        had_pipes = False
+                        events = poller.poll(EXIT_AFTER_EOF_MS)
                     if not events:
                         break
                 self._tell_reports()
