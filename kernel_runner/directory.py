@@ -44,6 +44,8 @@ class _Entry:
     held: collections.deque[object] = attrs.field(factory=collections.deque)
     # How many handed-back messages sit at the front of `held` (they are older than the rest).
     handed_back: int = 0
+    # The newest generation that has ended (detached itself): attaching it would deliver into a dead inbox.
+    ended: int = 0
     closed_because: str | None = None
 
 
@@ -74,16 +76,24 @@ class ChildDirectory:
     def attach(self, child_id: ChildId, generation: int, ref: pykka.ActorRef[Any]) -> None:
         with self._lock:
             entry = self._entries.setdefault(child_id, _Entry(reject=None))
-            entry.ref, entry.generation, entry.handed_back = ref, generation, 0
-            entry.closed_because = None
-            while entry.held:
-                ref.tell(entry.held.popleft())  # still under the lock: nothing newer can overtake these
+            entry.generation, entry.handed_back, entry.closed_because = generation, 0, None
+            entry.ref = ref if generation > entry.ended else None  # it may have ended already (a failed start)
+            while entry.held and entry.ref is not None:
+                try:
+                    ref.tell(entry.held[0])  # still under the lock: nothing newer can overtake these
+                except pykka.ActorDeadError:
+                    entry.ref = None  # it ended meanwhile; its exit report decides where the rest goes
+                    break
+                entry.held.popleft()
 
     def detach(self, child_id: ChildId, generation: int) -> None:
         """The incarnation is ending (idempotent): hold new messages for the next one."""
         with self._lock:
             entry = self._entries.get(child_id)
-            if entry is not None and entry.generation == generation and entry.ref is not None:
+            if entry is None:
+                return
+            entry.ended = max(entry.ended, generation)
+            if entry.generation == generation and entry.ref is not None:
                 entry.ref, entry.handed_back = None, 0
 
     def close(self, child_id: ChildId, why: str) -> None:
@@ -109,8 +119,11 @@ class ChildDirectory:
                     entry.handed_back += 1
                     return
                 if entry.ref is not None and entry.generation > generation:
-                    entry.ref.tell(message)  # the next incarnation is up already
-                    return
+                    try:
+                        entry.ref.tell(message)  # the next incarnation is up already
+                        return
+                    except pykka.ActorDeadError:
+                        entry.ref = None
         self.tell(child_id, message)
 
     # ---- everyone's side --------------------------------------------------------------------------------------------

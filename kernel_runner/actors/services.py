@@ -142,6 +142,10 @@ class ServicesActor(SupervisedActor):
 
     def _start(self, specs: Sequence[ChildSpec], *, running: ToAgent, failed: Callable[[str], ToAgent]) -> None:
         first, *rest = specs
+        for helper in rest:
+            # The first child may tell its helper something before the helper is started (a server that cannot
+            # even spawn tells its checker at once): the directory holds it for the helper instead of dropping it.
+            self.ctx.directory.register(helper.child_id, helper.reject)
         self._pending.setdefault(first.child_id, collections.deque()).append(
             _PendingStart(rest=tuple(rest), running=running, failed=failed)
         )

@@ -202,22 +202,23 @@ def test_a_hanging_server_is_bounded_by_max_wait_time(harness: Harness, tmp_path
     assert any("not healthy within" in line and "no answer within 0.3s" in line for line in log_lines)
 
 
-def test_a_crashed_checker_is_restarted_and_never_replies_twice(harness: Harness, tmp_path: Path) -> None:
-    class CrashingChecker(HealthCheckerActor):
-        def handle(self, message: object) -> object:
-            if message == "crash":
-                raise RuntimeError("checker bug")
-            return super().handle(message)
+class CrashingChecker(HealthCheckerActor):
+    """A checker with a bug the test can trigger: "crash" raises in its handler."""
 
-    port = free_port()
-    control = tmp_path / "control"
-    control.write_text("")
-    check = HealthCheck(path="/health", max_retries=2, max_wait_time=1.5, interval=0.05)
+    def handle(self, message: object) -> object:
+        if message == "crash":
+            raise RuntimeError("checker bug")
+        return super().handle(message)
+
+
+def start_with_crashing_checker(harness: Harness, name: str, port: int, check: HealthCheck,
+                                *server_args: str) -> HealthMemo:
+    """A model service whose checker can be crashed; returns the memo its incarnations share."""
     server, checker = model_child_specs(
-        ModelInfo(name="crash", service=ModelServiceSpec(start_command=("x",), port=port, health_check=check)),
-        harness.launch("crash", port, "--control", str(control)), harness.runner,
+        ModelInfo(name=name, service=ModelServiceSpec(start_command=("x",), port=port, health_check=check)),
+        harness.launch(name, port, *server_args), harness.runner,
     )
-    plan = health_plan("crash", f"crash-{port}", port, check, harness.runner)
+    plan = health_plan(name, f"{name}-{port}", port, check, harness.runner)
     memo = HealthMemo()
 
     def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
@@ -226,6 +227,15 @@ def test_a_crashed_checker_is_restarted_and_never_replies_twice(harness: Harness
     harness.start(server)
     harness.start(attrs.evolve(checker, factory=factory))
     harness.wait_for(ModelServiceResult, timeout=10, status="started")
+    return memo
+
+
+def test_a_crashed_checker_is_restarted_and_never_replies_twice(harness: Harness, tmp_path: Path) -> None:
+    port = free_port()
+    control = tmp_path / "control"
+    control.write_text("")
+    check = HealthCheck(path="/health", max_retries=2, max_wait_time=1.5, interval=0.05)
+    start_with_crashing_checker(harness, "crash", port, check, "--control", str(control))
     harness.tell_child(health_child(f"crash-{port}"), "crash")
     wait_until(lambda: (c := harness.children().get(health_child(f"crash-{port}"))) is not None
                and c.generation == 2 and c.state is ChildState.RUNNING, timeout=5, what="checker generation 2")
@@ -375,27 +385,9 @@ def test_a_server_that_exits_during_startup_ends_the_checker_done(harness: Harne
 
 
 def test_a_restarted_checker_goes_on_in_the_phase_its_memo_carries(harness: Harness, log_lines: list[str]) -> None:
-    class CrashingChecker(HealthCheckerActor):
-        def handle(self, message: object) -> object:
-            if message == "crash":
-                raise RuntimeError("checker bug")
-            return super().handle(message)
-
     port = free_port()
     check = HealthCheck(path="/health", max_retries=2, max_wait_time=1.0, interval=0.05)
-    server, checker = model_child_specs(
-        ModelInfo(name="memo", service=ModelServiceSpec(start_command=("x",), port=port, health_check=check)),
-        harness.launch("memo", port), harness.runner,
-    )
-    plan = health_plan("memo", f"memo-{port}", port, check, harness.runner)
-    memo = HealthMemo()
-
-    def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
-        return CrashingChecker.start(ctx=ctx, runner=harness.runner, plan=plan, memo=memo)
-
-    harness.start(server)
-    harness.start(attrs.evolve(checker, factory=factory))
-    harness.wait_for(ModelServiceResult, timeout=10, status="started")
+    memo = start_with_crashing_checker(harness, "memo", port, check)
     assert memo.phase is Phase.LIVENESS
     checker_id = health_child(f"memo-{port}")
     harness.tell_child(checker_id, "crash")

@@ -479,18 +479,24 @@ def test_fixed_ports_are_kept_across_actor_restarts(term_config: RunnerConfig) -
 
 
 
-def test_a_shell_that_keeps_dying_is_left_to_the_supervisor(term_config: RunnerConfig) -> None:
+def dying_shell_tree(term_config: RunnerConfig, *, max_restarts: int, max_quick_exits: int) -> BareTree:
+    """A terminal whose shell exits at once, every time: it gives up after `max_quick_exits` shells, and the
+    supervisor after `max_restarts` restarts of the actor."""
     config = attrs.evolve(
         term_config,
         restart=RestartDefaults(backoff_initial_s=0.01, backoff_cap_s=0.02, backoff_jitter=0.0,
-                                intensity_max_restarts=1, intensity_period_s=60.0),
+                                intensity_max_restarts=max_restarts, intensity_period_s=60.0),
     )
-    tree = BareTree(config, lambda runner: terminal_child_spec(
+    return BareTree(config, lambda runner: terminal_child_spec(
         runner,
         shell_argv=["/bin/sh", "-c", "exit 3"],
         shell_backoff=Backoff(initial_s=0.01, factor=1.0, cap_s=0.01, jitter=0.0),
-        max_quick_exits=3,
+        max_quick_exits=max_quick_exits,
     ))
+
+
+def test_a_shell_that_keeps_dying_is_left_to_the_supervisor(term_config: RunnerConfig) -> None:
+    tree = dying_shell_tree(term_config, max_restarts=1, max_quick_exits=3)
     try:
         # 3 quick exits per incarnation end the actor with ProcessDied; the supervisor restarts it once, then gives up.
         info = wait_terminal(tree.children_list, lambda t: t.state is ChildState.FATAL, what="terminal FATAL")
@@ -628,17 +634,7 @@ def test_while_the_shell_restarts_input_is_dropped_and_commands_still_run(log_li
 
 
 def test_a_shell_that_keeps_dying_ends_from_shell_ending(log_lines: list[str], term_config: RunnerConfig) -> None:
-    config = attrs.evolve(
-        term_config,
-        restart=RestartDefaults(backoff_initial_s=0.01, backoff_cap_s=0.02, backoff_jitter=0.0,
-                                intensity_max_restarts=0, intensity_period_s=60.0),
-    )
-    tree = BareTree(config, lambda runner: terminal_child_spec(
-        runner,
-        shell_argv=["/bin/sh", "-c", "exit 3"],
-        shell_backoff=Backoff(initial_s=0.01, factor=1.0, cap_s=0.01, jitter=0.0),
-        max_quick_exits=2,
-    ))
+    tree = dying_shell_tree(term_config, max_restarts=0, max_quick_exits=2)
     try:
         info = wait_terminal(tree.children_list, lambda t: t.state is ChildState.FATAL, what="terminal FATAL")
         assert info.last_exit == "process exited with code 3"
