@@ -115,10 +115,6 @@ class SupervisedActor(pykka.ThreadingActor):
             self.ctx.directory.detach(self.child_id, self.generation)
         self.stop()
 
-    @property
-    def finishing(self) -> bool:
-        return self._finish_reason is not None
-
     def set_state(self, state: ChildState | None, *, pid: int | None = None) -> None:
         """Tell the supervisor this incarnation's state, and its pid once known; a repeat is not sent (None: nothing)."""
         last_state, last_pid = self._reported
