@@ -20,7 +20,7 @@ setup: $(STAMP)
 $(STAMP): setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,aws]'
 	touch $(STAMP)
 
 # Installs the Debian packages listed in .ci/apt-packages.txt that are missing (needs root; skipped otherwise).

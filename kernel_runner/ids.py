@@ -21,6 +21,7 @@ LANG_CHILD = ChildId("lang")
 ROUTER_CHILD = ChildId("router")
 KERNEL_CHILD = ChildId("kernel")
 TERMINAL_CHILD = ChildId("terminal")
+POLLY_CHILD = ChildId("polly")  # vendor.aws_polly's query delegate (docs/protocol.md §8.5)
 
 
 def service_child(name: str) -> ChildId:

@@ -51,6 +51,9 @@ def configure_logging(*, debug: bool, json_lines: bool) -> None:
     logging.basicConfig(handlers=[InterceptHandler()], level=logging.DEBUG if debug else logging.INFO, force=True)
     for noisy in ("asyncio", "traitlets", "tornado", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for secretive in ("boto3", "botocore"):
+        # Their DEBUG lines (on with --debug) print every request's headers, an AWS session token among them.
+        logging.getLogger(secretive).setLevel(logging.INFO)
 
 
 def install_thread_dump_signal() -> None:

@@ -389,6 +389,44 @@ class KernelCompletion:
 
 
 # --------------------------------------------------------------------------------------------
+# Amazon Polly (vendor.aws_polly, docs/protocol.md §8.5): a PollyCall job → PollyActor (actors/polly_worker.py)
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class PollyCallSending:
+    """The boto3 client is ready and the request is being sent: the actor's call deadline starts now."""
+
+    call_id: int
+
+
+@attrs.frozen(kw_only=True)
+class PollySynthesized:
+    """The call succeeded: the audio and its content type as Polly gave them."""
+
+    call_id: int
+    content_type: str
+    audio: bytes
+
+
+@attrs.frozen(kw_only=True)
+class PollyCallFailed:
+    """The call ended without audio (an AWS error, no boto3): `text` is the one stderr line for the user."""
+
+    call_id: int
+    exit_code: int
+    text: str
+
+
+@attrs.frozen(kw_only=True)
+class PollyWorkerDied:
+    """The job raised something that is not an AWS error (a bug): the actor ends the run and lets itself restart."""
+
+    call_id: int
+    error: str
+
+
+# --------------------------------------------------------------------------------------------
 # A service process → whoever watches it (a model service's health checker), through the child directory
 # --------------------------------------------------------------------------------------------
 

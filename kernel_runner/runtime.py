@@ -17,6 +17,7 @@ from loguru import logger
 
 from kernel_runner.actors.kernel import kernel_child_spec
 from kernel_runner.actors.lang_runner import BOOTSTRAP_STEP, LangRunnerActor
+from kernel_runner.actors.polly import polly_child_spec
 from kernel_runner.actors.router import BoundPorts, RouterActor
 from kernel_runner.actors.services import INTRINSIC_STEP, ServicePlanner, ServicesActor
 from kernel_runner.actors.terminal import terminal_child_spec
@@ -27,7 +28,7 @@ from kernel_runner.context import RunnerContext
 from kernel_runner.directory import ChildDirectory
 from kernel_runner.ids import LANG_CHILD, ROUTER_CHILD, SERVICES_CHILD, ChildId
 from kernel_runner.jupyter import kernelspec_names
-from kernel_runner.langs import JupyterQuery, TerminalQuery, get_lang, resolve_runtime
+from kernel_runner.langs import POLLY_HANDLER, ExternalQuery, JupyterQuery, TerminalQuery, get_lang, resolve_runtime
 from kernel_runner.logs import add_agent_log_sink
 from kernel_runner.messages import LogRecord, Output
 from kernel_runner.outbox import RouterLink
@@ -216,11 +217,14 @@ def build_environments(config: RunnerConfig) -> tuple[dict[str, str], dict[str, 
 
 
 def delegate_children(runner: RunnerContext) -> list[ChildSpec]:
-    """The language's query delegate: the Jupyter kernel (python, julia, r, h2o) or the pty terminal (git)."""
+    """The language's query delegate: the Jupyter kernel (python, julia, r, h2o), the pty terminal (git) or the
+    Amazon Polly actor (vendor.aws_polly; boto3 is imported only once it makes a call)."""
     config = runner.config
     query = get_lang(config.lang).query
     if isinstance(query, TerminalQuery):
         return [terminal_child_spec(runner)]
+    if isinstance(query, ExternalQuery) and query.handler == POLLY_HANDLER:
+        return [polly_child_spec(runner)]
     if isinstance(query, JupyterQuery):
         # The table names a kernelspec loosely ("python"); the installed one may be "python3" (§4.1). An unknown
         # name still makes a kernel child: it fails with the list of installed kernelspecs, and queries get that reason.

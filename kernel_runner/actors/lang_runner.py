@@ -6,7 +6,7 @@ interrupt, complete) are handled between those events, because no handler here e
 
 Life of one incarnation: one `Phase`, changed only through `self._life` (docs/architecture.md §3.4)::
 
-                                                               ┌──(`code` told to the kernel / terminal)──▶ DELEGATED
+                                                               ┌──(`code` told to its delegate)──────────▶ DELEGATED
                                                                │ ┌──────────────────(RunDone)───────────────────┘
     STARTING ──(start-up items done: gate "bootstrap" done)──▶ IDLE ──(clean/build/exec, compile-and-run)──▶ RUNNING_JOB
     init, bootstrap.sh: one job at a time                        ▲                                                │
@@ -32,7 +32,7 @@ Life of one op::
                   │                     │  └─ exit, pipes idle for PIPE_GRACE_S ──▶ detach the pumps, go on
                   │                     └─ interrupt: SIGINT group ─2 s─▶ SIGTERM group ─2 s─▶ SIGKILL tree
                   ├─ NoStep: optional stderr line, Finished(code)
-                  └─ Jupyter / terminal `code`: told to the delegate, which reports RunDone; this actor sends Finished
+                  └─ Jupyter / terminal / Polly `code`: told to the delegate, which reports RunDone; this actor sends Finished
 
 Start-up (docs/protocol.md §1.6 B, §5.7): language init and `<work>/bootstrap.sh` run as the first internal jobs, their
 output logged; then the start-up gate hears that "bootstrap" is done, which releases `status`.
@@ -58,8 +58,9 @@ from kernel_runner.actors.job import LineLogger, StepSink, TaskLog
 from kernel_runner.actors.user_input import InputAbandoned, InputRequested, UserInputServer
 from kernel_runner.context import RunnerContext
 from kernel_runner.exits import ShutdownExit
-from kernel_runner.ids import KERNEL_CHILD, TERMINAL_CHILD, ChildId
+from kernel_runner.ids import KERNEL_CHILD, POLLY_CHILD, TERMINAL_CHILD, ChildId
 from kernel_runner.langs import (
+    POLLY_HANDLER,
     CompileAndRunQuery,
     ExternalQuery,
     JupyterQuery,
@@ -243,7 +244,7 @@ class LangRunnerActor(SupervisedActor):
         self._startup: collections.deque[_Internal] = collections.deque()  # STARTING's items
         self._queue: collections.deque[RunTask] = collections.deque()  # runs; they start in IDLE
         self._job: _Job | None = None  # the current job: a run's (RUNNING_JOB) or a start-up item's (STARTING)
-        self._delegated: _Delegated | None = None  # the run with the kernel / terminal (DELEGATED)
+        self._delegated: _Delegated | None = None  # the run with the delegate: kernel, terminal or Polly (DELEGATED)
         self._job_ids = 0
         self._build_ok: bool | None = None  # docs/protocol.md §5.2: None = no build recorded
         self._input_server: UserInputServer | None = None
@@ -258,7 +259,7 @@ class LangRunnerActor(SupervisedActor):
 
     @property
     def _delegated_now(self) -> _Delegated | None:
-        """The run the kernel or terminal has, while that is what this actor waits for (DELEGATED)."""
+        """The run the delegate (kernel, terminal, Polly) has, while that is what this actor waits for (DELEGATED)."""
         return self._delegated if self.phase is Phase.DELEGATED else None
 
     def _phase_changed(self, old: Phase, new: Phase) -> None:
@@ -446,6 +447,8 @@ class LangRunnerActor(SupervisedActor):
                 self._start_compile_and_run(task)
             case NoQuery():
                 self._answer_no_step(task, _not_available(query.reason))
+            case ExternalQuery() if query.handler == POLLY_HANDLER:
+                self._delegate(task, POLLY_CHILD)  # docs/protocol.md §8.5
             case ExternalQuery():
                 reason = f"the {query.handler} query handler is not part of this runner"
                 self._answer_no_step(task, _not_available(reason))

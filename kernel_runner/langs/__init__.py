@@ -14,6 +14,7 @@ from kernel_runner.langs.spec import (
     BATCH_MODE_VAR,
     INPUT_SOCKET_VAR,
     LOCAL_FS,
+    POLLY_HANDLER,
     Candidate,
     CompileAndRunQuery,
     CompileEachThenLink,
@@ -41,6 +42,7 @@ from kernel_runner.langs.table import LANGS
 from kernel_runner.messages import BatchKind
 
 __all__ = [
+    "POLLY_HANDLER",
     "REGISTRY",
     "CompileAndRunQuery",
     "ExternalQuery",

@@ -130,9 +130,16 @@ class TerminalQuery:
     """`code` is a `%command` for the pty terminal (docs/protocol.md §8.3); the shell is $SHELL or /bin/bash."""
 
 
+POLLY_HANDLER = "aws_polly"  # ExternalQuery.handler of vendor.aws_polly: Amazon Polly speech synthesis (docs/protocol.md §8.5)
+
+
 @attrs.frozen(kw_only=True)
 class ExternalQuery:
-    """`code` goes to a dedicated component outside langs (vendor.aws_polly, docs/protocol.md §8.5)."""
+    """`code` goes to a dedicated delegate outside langs, named by `handler`.
+
+    POLLY_HANDLER (vendor.aws_polly) is the only one: the runtime starts the Polly child for it and the language
+    runner hands it each `code` (docs/protocol.md §8.5). Any other handler answers "not part of this runner".
+    """
 
     handler: str
 

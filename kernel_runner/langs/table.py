@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kernel_runner.langs.spec import (
+    POLLY_HANDLER,
     CompileAndRunQuery,
     CompileEachThenLink,
     ExternalQuery,
@@ -255,7 +256,7 @@ LANGS: tuple[LangSpec, ...] = (
         name="vendor.aws_polly",
         log_prefix="vendor.aws_polly-kernel",
         default_runtime_path=None,
-        query=ExternalQuery(handler="aws_polly"),
+        query=ExternalQuery(handler=POLLY_HANDLER),
         interrupt="worker",
         build=_UNSUPPORTED_BATCH,
         exec=_UNSUPPORTED_BATCH,

@@ -23,6 +23,7 @@ ACTOR_HELPERS = {
     "kernel_runner.actors.user_input": "kernel_runner.actors.lang_runner",
     "kernel_runner.actors.kernel_channels": "kernel_runner.actors.kernel",
     "kernel_runner.actors.terminal_io": "kernel_runner.actors.terminal",
+    "kernel_runner.actors.polly_worker": "kernel_runner.actors.polly",
 }
 SHARED_ACTOR_MODULES = {"kernel_runner.actors", "kernel_runner.actors.base"}
 # What the generic supervisor may build on, directly or through its imports: no domain module in here.
