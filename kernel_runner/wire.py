@@ -260,7 +260,9 @@ def decode(frames: Sequence[bytes]) -> AgentRequest | BadFrame:
         return parser(text)
     except PayloadError as exc:
         reason = f"invalid {op} payload: {exc}"
-        return BadFrame(reason=reason, frame_count=2, op=op, reply=_failure_reply(op, reason))
+    except Exception as exc:  # noqa: BLE001 - a parser slip (a wrong type, nesting too deep) must not escape either
+        reason = f"invalid {op} payload: {type(exc).__name__}: {str(exc)[:200]}"
+    return BadFrame(reason=reason, frame_count=2, op=op, reply=_failure_reply(op, reason))
 
 
 def _json(value: Any) -> bytes:

@@ -65,6 +65,8 @@ class AgentLink(threading.Thread):
         self._on_failure = on_failure
         self.bound: concurrent.futures.Future[tuple[int, int]] = concurrent.futures.Future()
         self._stopping = threading.Event()
+        self._fd_lock = threading.Lock()  # wake() from other threads must never write to a closed (reused) fd
+        self._fds_open = True
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -76,10 +78,13 @@ class AgentLink(threading.Thread):
 
     # ---- other threads --------------------------------------------------------------------------------------------
     def wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full of wake-ups already
+        with self._fd_lock:
+            if not self._fds_open:
+                return
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full of wake-ups already
 
     def stop(self, timeout: float) -> None:
         self._stopping.set()
@@ -119,8 +124,10 @@ class AgentLink(threading.Thread):
             self._outbox.clear()
             pull.close(linger=0)
             push.close(linger=CLOSE_LINGER_MS)
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            with self._fd_lock:
+                self._fds_open = False
+                os.close(self._wake_r)
+                os.close(self._wake_w)
 
     def _serve(self, pull: zmq.Socket[bytes], push: zmq.Socket[bytes]) -> None:
         poller = zmq.Poller()
@@ -164,6 +171,14 @@ class AgentLink(threading.Thread):
             frames = pull.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return
+        try:
+            self._handle_request(frames)
+        except Exception as exc:  # noqa: BLE001 - one bad frame must never cost the agent its socket
+            op = frames[0][:64] if frames else b""
+            self.log.opt(exception=exc).error("could not handle a frame (op {!r}, {} frame(s)): {!r}", op, len(frames),
+                                              exc)
+
+    def _handle_request(self, frames: list[bytes]) -> None:
         request = wire.decode(frames)
         match request:
             case StatusRequest():

@@ -391,11 +391,13 @@ def test_a_restarted_checker_goes_on_in_the_phase_its_memo_carries(harness: Harn
     assert memo.phase is Phase.LIVENESS
     checker_id = health_child(f"memo-{port}")
     harness.tell_child(checker_id, "crash")
-    info = harness.wait_child(checker_id, lambda c: c.generation == 2 and c.state is ChildState.RUNNING,
-                              what="checker generation 2")
+    # The incarnation reports RUNNING, then logs its start and publishes its figures: wait for all of it, bounded.
+    info = harness.wait_child(checker_id, lambda c: c.generation == 2 and c.state is ChildState.RUNNING
+                              and "phase" in c.extra, what="checker generation 2 with its figures")
+    wait_until(lambda: any(f"[{checker_id}] restarted; probing" in line for line in log_lines), timeout=5,
+               what="the second incarnation's start line")
     # The second incarnation started in LIVENESS: no second startup, no second STARTUP -> LIVENESS.
     assert phase_edges(log_lines, checker_id) == ["STARTUP -> LIVENESS"]
-    assert any(f"[{checker_id}] restarted; probing" in line for line in log_lines)
     assert info.extra["phase"] == "liveness" and memo.phase is Phase.LIVENESS
 
 

@@ -55,6 +55,14 @@ def test_bad_input_is_logged_and_the_runner_keeps_serving(agent: AgentClient, fr
     wait_until(lambda: any(logged in line for line in log_lines), timeout=5, what=f"a log line with {logged!r}")
 
 
+def test_a_payload_that_trips_the_parser_is_answered_and_the_socket_keeps_serving(agent: AgentClient) -> None:
+    agent.send("start-service", b'{"name": "x", "port": 1, "ports": 5}')
+    assert agent.expect("service-result").json()["status"] == "failed"
+    agent.send("start-service", b"[" * 100_000)  # nested deeper than the JSON parser goes
+    assert agent.expect("service-result").json()["status"] == "failed"
+    assert "started_at" in agent.status(timeout=10)
+
+
 def test_bad_service_payloads_get_failed_replies(agent: AgentClient) -> None:
     agent.send("start-service", b"{broken")
     reply = agent.expect("service-result").json()

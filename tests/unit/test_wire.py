@@ -148,6 +148,9 @@ def test_invalid_model_payloads_get_a_failed_reply_naming_the_field(payload: dic
         ([b"shutdown-service", b"42"], "non-empty JSON string", None),
         ([b"complete", b"imp"], "not valid JSON", CompletionResult),
         ([b"get-apps", b"\xff"], "not UTF-8", AppsResult),
+        # Slips past the validators must not escape decode either (it runs in the thread that owns the socket).
+        ([b"start-service", b'{"name": "x", "port": 1, "ports": 5}'], "TypeError", ServiceResult),
+        ([b"start-model-service", b"[" * 100_000], "invalid start-model-service payload", ModelServiceResult),
     ],
 )
 def test_malformed_frames_become_bad_frames(frames: list[bytes], reason_part: str, reply_type: type | None) -> None:
