@@ -30,6 +30,7 @@ from kernel_runner.clock import REAL_CLOCK, Clock
 from kernel_runner.ids import Pid
 from kernel_runner.messages import OutputSynced, PipeClosed, ProcessExited, StreamName
 from kernel_runner.refs import tell_if_alive
+from kernel_runner.wakeup import WakeupPipe
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -171,9 +172,7 @@ class ProcessWatcher:
         self._thread: threading.Thread | None = None  # the pool thread running it
         self._pidfd: int | None = None
         self._reports: list[object] = []  # owner messages of the current burst
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wakeup = WakeupPipe()
 
     def sync(self, token: object) -> bool:
         """Ask for OutputSynced(token) once the output written so far went to the sink; False: the watcher has ended
@@ -182,10 +181,7 @@ class ProcessWatcher:
             if self._done:
                 return False
             self._syncs.append(token)
-            try:
-                os.write(self._wake_w, b"\0")
-            except BlockingIOError:
-                pass  # a wake-up is pending already
+            self._wakeup.wake()
         return True
 
     def is_alive(self) -> bool:
@@ -202,8 +198,7 @@ class ProcessWatcher:
             with self._lock:
                 self._done = True
                 pending, self._syncs = self._syncs, []
-                os.close(self._wake_r)
-                os.close(self._wake_w)
+                self._wakeup.close()
             for token in pending:  # everything has been read: the answer is due at once
                 tell_if_alive(self._owner, OutputSynced(pid=self._handle.pid, token=token))
             self._finished.set()
@@ -214,7 +209,7 @@ class ProcessWatcher:
         except OSError:  # the process is gone already (reaped elsewhere is impossible: only we wait for it)
             self._pidfd = None
         poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
+        poller.register(self._wakeup.fd, select.POLLIN)
         for fd in self._pipes:
             poller.register(fd, select.POLLIN)
         if self._pidfd is not None:
@@ -254,7 +249,7 @@ class ProcessWatcher:
             self._reap()
         elif fd in self._pipes:
             self._read(fd, poller)
-        elif fd == self._wake_r:
+        elif fd == self._wakeup.fd:
             self._answer_syncs(poller)
 
     def _report(self, message: object) -> None:
@@ -271,11 +266,7 @@ class ProcessWatcher:
     def _answer_syncs(self, poller: select.poll) -> None:
         with self._lock:
             tokens, self._syncs = self._syncs, []
-            try:
-                while os.read(self._wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
+            self._wakeup.drain()
         for fd in list(self._pipes):  # what the pipes hold now, not what a chatty process writes meanwhile
             pending = _bytes_waiting(fd)
             while pending > 0 and fd in self._pipes:

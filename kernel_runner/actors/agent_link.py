@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +26,7 @@ from kernel_runner.messages import AgentRequest, BadFrame, Output, StatusRequest
 from kernel_runner.outbox import RouterLink
 from kernel_runner.sockets import bind_socket
 from kernel_runner.status import StartupGate
+from kernel_runner.wakeup import WakeupPipe
 
 Frames = list[bytes]
 # Where a decoded request goes; raises pykka.ActorDeadError once the tree is gone (the thread then ends).
@@ -65,11 +65,7 @@ class AgentLink(threading.Thread):
         self._on_failure = on_failure
         self.bound: concurrent.futures.Future[tuple[int, int]] = concurrent.futures.Future()
         self._stopping = threading.Event()
-        self._fd_lock = threading.Lock()  # wake() from other threads must never write to a closed (reused) fd
-        self._fds_open = True
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wakeup = WakeupPipe()
         self._outbox: collections.deque[tuple[Frames, bool]] = collections.deque()
         self._held_status = 0
         self._startup_finished = False
@@ -78,13 +74,7 @@ class AgentLink(threading.Thread):
 
     # ---- other threads --------------------------------------------------------------------------------------------
     def wake(self) -> None:
-        with self._fd_lock:
-            if not self._fds_open:
-                return
-            try:
-                os.write(self._wake_w, b"\0")
-            except BlockingIOError:
-                pass  # the pipe is full of wake-ups already
+        self._wakeup.wake()
 
     def stop(self, timeout: float) -> None:
         self._stopping.set()
@@ -124,35 +114,25 @@ class AgentLink(threading.Thread):
             self._outbox.clear()
             pull.close(linger=0)
             push.close(linger=CLOSE_LINGER_MS)
-            with self._fd_lock:
-                self._fds_open = False
-                os.close(self._wake_r)
-                os.close(self._wake_w)
+            self._wakeup.close()
 
     def _serve(self, pull: zmq.Socket[bytes], push: zmq.Socket[bytes]) -> None:
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._wakeup.fd, zmq.POLLIN)
         waiting_for_room = False
         while not self._stopping.is_set():
             if bool(self._outbox) != waiting_for_room:
                 waiting_for_room = bool(self._outbox)
                 poller.modify(push, zmq.POLLOUT if waiting_for_room else 0)
             events = dict(poller.poll())
-            if self._wake_r in events:
-                self._drain_wakeups()
+            if self._wakeup.fd in events:
+                self._wakeup.drain()
                 self._collect()
             if pull in events:
                 self._receive(pull)
             if self._flush(push):
                 self.wake()  # more to send: come back after a look at PULL
-
-    def _drain_wakeups(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
 
     def _collect(self) -> None:
         for message in self._link.take():

@@ -52,6 +52,7 @@ from kernel_runner.messages import (
 from kernel_runner.outbox import RouterLink
 from kernel_runner.procs import ProcessHandle
 from kernel_runner.refs import tell_if_alive
+from kernel_runner.wakeup import WakeupPipe
 
 # ---- knobs (docs/architecture.md §4; docs/protocol.md §4) -----------------------------------------------------------
 READY_TIMEOUT_S = 30.0  # upstream waits 10 s; a cold ipykernel on a loaded machine can need more
@@ -231,11 +232,7 @@ class KernelChannels(threading.Thread):
         self._log = log
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._stopping = threading.Event()
-        self._fd_lock = threading.Lock()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._fds_open = True
+        self._wakeup = WakeupPipe()
         self._session: Any = None
         self._sockets: dict[str, zmq.Socket[bytes]] = {}
         self._stdin_monitor: zmq.Socket[bytes] | None = None
@@ -246,20 +243,11 @@ class KernelChannels(threading.Thread):
     # ---- called from the actor thread ----------------------------------------------------------------
     def submit(self, command: _Command) -> None:
         self._commands.put(command)
-        self._wake()
+        self._wakeup.wake()
 
     def close(self) -> None:
         self._stopping.set()
-        self._wake()
-
-    def _wake(self) -> None:
-        with self._fd_lock:
-            if not self._fds_open:
-                return
-            try:
-                os.write(self._wake_w, b"\0")
-            except BlockingIOError:
-                pass  # the pipe is full of wake-ups already
+        self._wakeup.wake()
 
     # ---- the thread ------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -276,10 +264,7 @@ class KernelChannels(threading.Thread):
             for sock in self._sockets.values():
                 sock.close(linger=0)
             self._sockets.clear()
-            with self._fd_lock:
-                self._fds_open = False
-                os.close(self._wake_r)
-                os.close(self._wake_w)
+            self._wakeup.close()
 
     def _tell(self, message: object) -> None:
         tell_if_alive(self._owner, message)
@@ -348,7 +333,7 @@ class KernelChannels(threading.Thread):
         poller = zmq.Poller()
         poller.register(self._sockets["shell"], zmq.POLLIN)
         poller.register(self._sockets["iopub"], zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._wakeup.fd, zmq.POLLIN)
         if monitor is not None:
             poller.register(monitor, zmq.POLLIN)
         while not self._stopping.is_set():
@@ -371,8 +356,8 @@ class KernelChannels(threading.Thread):
                 self._send("shell", "kernel_info_request", {})
                 last_sent = now
             events = dict(poller.poll(int(min(KERNEL_INFO_RETRY_S, deadline - now) * 1000) + 1))
-            if self._wake_r in events:
-                self._drain_wake()
+            if self._wakeup.fd in events:
+                self._wakeup.drain()
             while (msg := self._recv("shell")) is not None:
                 if msg.get("msg_type") == "kernel_info_reply":
                     got_reply = dict(msg.get("content", {}))
@@ -398,26 +383,19 @@ class KernelChannels(threading.Thread):
         self._stdin_monitor.close(linger=0)
         self._stdin_monitor = None
 
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
     def _loop(self) -> None:
         poller = zmq.Poller()
         for channel in ("iopub", "shell", "stdin", "control"):
             poller.register(self._sockets[channel], zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._wakeup.fd, zmq.POLLIN)
         handlers: tuple[tuple[str, Callable[[dict[str, Any]], None]], ...] = (
             # IOPub first: outputs of a run come before its end, which needs both reply and idle.
             ("iopub", self._on_iopub), ("shell", self._on_shell), ("stdin", self._on_stdin), ("control", _ignore),
         )
         while not self._stopping.is_set():
             events = dict(poller.poll(self._poll_timeout_ms()))
-            if self._wake_r in events:
-                self._drain_wake()
+            if self._wakeup.fd in events:
+                self._wakeup.drain()
             self._run_commands()
             for channel, handler in handlers:
                 if self._sockets[channel] in events:  # a socket with nothing to read costs a raised zmq.Again

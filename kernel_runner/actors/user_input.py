@@ -17,6 +17,7 @@ import pykka
 from loguru import logger
 
 from kernel_runner.refs import tell_if_alive
+from kernel_runner.wakeup import WakeupPipe
 
 LISTEN_BACKLOG = 16
 ANSWER_TIMEOUT_S = 2.0
@@ -57,9 +58,7 @@ class UserInputServer(threading.Thread):
         self._listener: socket.socket | None = None
         self._inode: int | None = None
         self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wakeup = WakeupPipe()
         self._answers: queue.SimpleQueue[tuple[int, bytes]] = queue.SimpleQueue()
         self._conns: dict[int, socket.socket] = {}
         self._ids = itertools.count(1)
@@ -93,11 +92,11 @@ class UserInputServer(threading.Thread):
     def answer(self, conn_id: int, data: bytes) -> None:
         """Thread-safe: write `data` to that connection and close it (nothing happens if it hung up)."""
         self._answers.put((conn_id, data))
-        self._wake()
+        self._wakeup.wake()
 
     def stop(self) -> None:
         self._stopping.set()
-        self._wake()
+        self._wakeup.wake()
         if self.is_alive():
             self.join(timeout=STOP_JOIN_S)
         else:
@@ -108,14 +107,14 @@ class UserInputServer(threading.Thread):
         listener = self._listener
         assert listener is not None, "bind() first"
         self._selector.register(listener, selectors.EVENT_READ, "listen")
-        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._selector.register(self._wakeup.fd, selectors.EVENT_READ, "wake")
         try:
             while not self._stopping.is_set():
                 for key, _ in self._selector.select(timeout=1.0):
                     if key.data == "listen":
                         self._accept(listener)
                     elif key.data == "wake":
-                        self._drain_wake()
+                        self._wakeup.drain()
                     else:
                         self._readable(int(key.data))
                 self._write_answers()
@@ -189,19 +188,6 @@ class UserInputServer(threading.Thread):
         self._stopping.set()
         return False
 
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass  # a full wake pipe already wakes the thread
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-
     def _close_all(self) -> None:
         for conn_id in list(self._conns):
             self._drop(conn_id)
@@ -215,9 +201,4 @@ class UserInputServer(threading.Thread):
             except OSError:
                 pass
         self._selector.close()
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._wake_r = self._wake_w = -1
+        self._wakeup.close()
