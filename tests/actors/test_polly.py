@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import pykka
 import pytest
 from loguru import logger
 
 from kernel_runner import RunnerConfig
-from kernel_runner.actors.base import InvalidTransition, PhaseMachine, SupervisedActor
+from kernel_runner.actors.base import InvalidTransition, PhaseMachine
 from kernel_runner.actors.polly import CHILD_STATE, TRANSITIONS, Phase, polly_child_spec
 from kernel_runner.actors.polly_worker import (
     ClientBox,
@@ -33,7 +32,7 @@ from kernel_runner.actors.polly_worker import (
 )
 from kernel_runner.config import RestartDefaults
 from kernel_runner.context import RunnerContext
-from kernel_runner.ids import LANG_CHILD, POLLY_CHILD, RunId, next_run_id
+from kernel_runner.ids import POLLY_CHILD, RunId, next_run_id
 from kernel_runner.messages import (
     Finished,
     InterruptRun,
@@ -44,7 +43,7 @@ from kernel_runner.messages import (
     RunDone,
     RunTask,
 )
-from kernel_runner.supervision import ChildContext, ChildInfo, ChildSpec, ChildState, StopRequested
+from kernel_runner.supervision import ChildInfo, ChildState, StopRequested
 from tests.support.polly import ACCESS_KEY, REGION, SECRET_KEY, FakePolly, clear_aws_settings
 from tests.support.tree import Tree
 from tests.support.waiting import wait_until
@@ -100,21 +99,6 @@ def test_a_call_without_the_actor_reports_aws_errors_as_failures(fake: FakePolly
 # ---- the contract with the language runner (bare supervisor) -----------------------------------------------------
 
 
-class ForwardingLang(SupervisedActor):
-    """Stands in for the language runner: records what the Polly actor tells LANG_CHILD."""
-
-    def __init__(self, *, ctx: ChildContext, recorder: pykka.ActorRef[Any]) -> None:
-        super().__init__(ctx=ctx)
-        self.recorder = recorder
-
-    def start_child(self) -> None:
-        self.set_state(ChildState.RUNNING)
-
-    def handle(self, message: object) -> object:
-        self.recorder.tell(("lang", message))
-        return None
-
-
 class PollyTree(Tree):
     """The Polly actor (its child env pointing at the stand-in) and a stand-in language runner; the recorder is the
     router. Restarts are quick, so a test of a restart does not wait for the production backoff."""
@@ -125,8 +109,7 @@ class PollyTree(Tree):
         env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": REGION,
                "AWS_ENDPOINT_URL_POLLY": fake.url}
         runner: RunnerContext = attrs.evolve(self.runner, env=env)
-        recorder = self.recorder.ref
-        self.start(ChildSpec(child_id=LANG_CHILD, factory=lambda ctx: ForwardingLang.start(ctx=ctx, recorder=recorder)))
+        self.start_forwarding_lang()
         self.start(polly_child_spec(runner, **knobs))
         self.wait_child(POLLY_CHILD, lambda info: info.state is ChildState.RUNNING, what="the Polly actor running")
 

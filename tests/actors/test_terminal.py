@@ -17,7 +17,7 @@ import zmq
 from loguru import logger
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
-from kernel_runner.actors.base import InvalidTransition, PhaseMachine, SupervisedActor
+from kernel_runner.actors.base import InvalidTransition, PhaseMachine
 from kernel_runner.actors.terminal import (
     CHILD_STATE,
     TRANSITIONS,
@@ -29,10 +29,10 @@ from kernel_runner.actors.terminal import (
 from kernel_runner.client import AgentClient, RunResult
 from kernel_runner.config import RestartDefaults
 from kernel_runner.context import RunnerContext
-from kernel_runner.ids import LANG_CHILD, TERMINAL_CHILD, next_run_id
+from kernel_runner.ids import TERMINAL_CHILD, next_run_id
 from kernel_runner.messages import Finished, Output, RunDone, RunTask
 from kernel_runner.policy import Backoff
-from kernel_runner.supervision import ChildContext, ChildInfo, ChildSpec, ChildState
+from kernel_runner.supervision import ChildInfo, ChildSpec, ChildState
 from kernel_runner.terminal_commands import GITGRAPH_MIME
 from tests.support.procs import alive, assert_gone
 from tests.support.tree import Tree
@@ -378,28 +378,12 @@ def test_show_graph_of_an_empty_repository_is_an_empty_graph(term_runner: Runner
 # ---- the contract with the language runner (bare supervisor) -----------------------------------------------------
 
 
-class ForwardingLang(SupervisedActor):
-    """Stands in for the language runner: records what the terminal tells LANG_CHILD."""
-
-    def __init__(self, *, ctx: ChildContext, recorder: pykka.ActorRef[Any]) -> None:
-        super().__init__(ctx=ctx)
-        self.recorder = recorder
-
-    def start_child(self) -> None:
-        self.set_state(ChildState.RUNNING)
-
-    def handle(self, message: object) -> object:
-        self.recorder.tell(("lang", message))
-        return None
-
-
 class BareTree(Tree):
     """The terminal and a stand-in language runner under a real supervisor; the recorder stands in for the router."""
 
     def __init__(self, config: RunnerConfig, terminal: Callable[[RunnerContext], ChildSpec]) -> None:
         super().__init__(config)
-        recorder = self.recorder.ref
-        self.start(ChildSpec(child_id=LANG_CHILD, factory=lambda ctx: ForwardingLang.start(ctx=ctx, recorder=recorder)))
+        self.start_forwarding_lang()
         self.start(terminal(self.runner))
 
     def children_list(self) -> list[ChildInfo]:

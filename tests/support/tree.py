@@ -8,16 +8,19 @@ from typing import Any, cast
 
 import pykka
 
+from kernel_runner.actors.base import SupervisedActor
 from kernel_runner.clock import REAL_CLOCK
 from kernel_runner.config import RunnerConfig
 from kernel_runner.context import RunnerContext
 from kernel_runner.directory import ChildDirectory
-from kernel_runner.ids import ChildId
+from kernel_runner.ids import LANG_CHILD, ChildId
 from kernel_runner.outbox import RouterLink
 from kernel_runner.status import StartupGate
 from kernel_runner.supervision import (
+    ChildContext,
     ChildInfo,
     ChildSpec,
+    ChildState,
     ShutdownTree,
     StartAnswer,
     StartChild,
@@ -29,6 +32,21 @@ from kernel_runner.timers import Ticker
 from tests.support.waiting import Recorder, wait_until
 
 ASK_S = 2.0
+
+
+class ForwardingLang(SupervisedActor):
+    """Stands in for the language runner: what other children tell LANG_CHILD lands in the recorder as ("lang", msg)."""
+
+    def __init__(self, *, ctx: ChildContext, recorder: pykka.ActorRef[Any]) -> None:
+        super().__init__(ctx=ctx)
+        self.recorder = recorder
+
+    def start_child(self) -> None:
+        self.set_state(ChildState.RUNNING)
+
+    def handle(self, message: object) -> object:
+        self.recorder.tell(("lang", message))
+        return None
 
 
 class Tree:
@@ -53,6 +71,11 @@ class Tree:
 
     def start(self, spec: ChildSpec) -> StartAnswer:
         return cast(StartAnswer, self.supervisor.ask(StartChild(spec=spec), timeout=ASK_S))
+
+    def start_forwarding_lang(self) -> StartAnswer:
+        """A stand-in language runner as LANG_CHILD, for children that tell it (the terminal, the Polly actor)."""
+        recorder = self.recorder.ref
+        return self.start(ChildSpec(child_id=LANG_CHILD, factory=lambda ctx: ForwardingLang.start(ctx=ctx, recorder=recorder)))
 
     def tell_child(self, child_id: str, message: object) -> None:
         self.directory.tell(ChildId(child_id), message)
