@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
 import attrs
 
+from kernel_runner.excerpts import excerpt
 from kernel_runner.langs.spec import LOCAL_FS, FsView, LangSpec, PathPromotion, Promote, PromoteFirstMatch
 
 DEFAULT_ENVIRON_FILE = Path("/home/config/environ.txt")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KRUNNER_LIB_DIR = "/opt/backend.ai/lib"
+# Linux's MAX_ARG_STRLEN: the most one argument or one KEY=VALUE string may hold (128 KiB with 4 KiB pages).
+MAX_ARG_STRLEN = 32 * os.sysconf("SC_PAGE_SIZE")
 
 # docs/protocol.md §1.4 step 2: always present, kept from the runner env or "".
 _INHERITED_KEYS = ("LD_LIBRARY_PATH", "LD_PRELOAD", "SSH_AUTH_SOCK", "SSH_AGENT_PID")
@@ -86,6 +90,10 @@ def read_environ_file(path: Path) -> tuple[dict[str, str], list[str]]:
             problems.append(f"{path}:{lineno}: no '=' in line; skipped")
         elif not key or "\0" in line:
             problems.append(f"{path}:{lineno}: not a valid KEY=VALUE pair; skipped")
+        elif (size := len(os.fsencode(line)) + 1) > MAX_ARG_STRLEN:
+            # Linux refuses a longer KEY=VALUE string (E2BIG), which would make every process the runner starts fail.
+            problems.append(f"{path}:{lineno}: {excerpt(key)} is {size} bytes, over Linux's limit of "
+                            f"{MAX_ARG_STRLEN} bytes for one variable; dropped")
         else:
             pairs[key] = value
     return pairs, problems

@@ -1,23 +1,35 @@
-"""Command line: argv → RunnerConfig, logging, start the tree, wait for a signal, stop within a bound, exit code."""
+"""Command line: argv → RunnerConfig, logging, start the tree, wait for a signal, stop within a bound, exit code.
+
+The process's own life is here: the stop signals, the runner as its children's subreaper, and the shutdown
+deadline, which is hard (docs/architecture.md §3.5 and §6).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import select
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
-import psutil
+import pykka
 from loguru import logger
 
 from kernel_runner.config import ConfigError, RunnerConfig, read_intrinsic_ports
 from kernel_runner.langs import REGISTRY
 from kernel_runner.logs import configure_logging, install_thread_dump_signal
-from kernel_runner.runtime import RunnerStartError, start
+from kernel_runner.reaper import OrphanReaper, become_subreaper, kill_descendants
+from kernel_runner.runtime import RunnerHandle, RunnerStartError, start
+from kernel_runner.wakeup import WakeupPipe
+
+if TYPE_CHECKING:
+    from loguru import Logger
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,15 +101,85 @@ def set_process_title(lang: str) -> None:
         pass
 
 
-def reap_leftovers() -> list[int]:
-    """Last safety net: anything still below us after the orderly stop is killed and named in the log."""
-    leftovers = psutil.Process().children(recursive=True)
-    for proc in leftovers:
+STOP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
+# Of the shutdown deadline, the actor tree gets all but this much (at most a quarter of it): killing what is left
+# below us, the leftover actors and the last log lines fit in the rest.
+FINAL_RESERVE_S = 2.0
+# Past the deadline a watchdog thread logs and exits; this much later SIGALRM ends the process from the kernel's
+# side, for the case where no Python thread can run any more (a hang in interpreter teardown).
+ALARM_AFTER_S = 1.0
+EXIT_STOP_OVERRAN = 1
+
+
+class StopSignals:
+    """SIGHUP, SIGINT, SIGTERM and SIGQUIT each ask for the orderly stop; the main thread logs them.
+
+    The handler only records (the wakeup fd wakes the main thread): it runs between two bytecodes of whatever the
+    main thread is doing, maybe inside a log call, so it must not log itself.
+    """
+
+    def __init__(self) -> None:
+        self.seen: list[signal.Signals] = []
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.seen.append(signal.Signals(signum))
+
+
+class HardDeadline:
+    """The stop's deadline is hard: once it passes, whatever is still alive is logged, everything below us is
+    killed and the process exits, whatever hangs (a non-daemon thread stuck in a handler would otherwise hold
+    interpreter shutdown, and the ports, for ever)."""
+
+    def __init__(self, deadline_s: float, *, log: Logger) -> None:
+        self._deadline_s = deadline_s
+        self._log = log
+        self._thread = threading.Thread(target=self._run, name="HardDeadline", daemon=True)
+
+    def arm(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, self._deadline_s + ALARM_AFTER_S)  # SIGALRM's default: terminate
+        self._thread.start()
+
+    def _run(self) -> None:
+        time.sleep(self._deadline_s)  # this thread only marks the time: nothing ever wakes it earlier
+        self._log.error("the stop did not finish within {:g}s; still alive: {}; exiting now", self._deadline_s,
+                        describe_alive() or "nothing we know of")
+        kill_descendants()
+        _exit_now(EXIT_STOP_OVERRAN)
+
+
+def describe_alive() -> str:
+    """The actors and the non-daemon threads still running: what would keep the interpreter from exiting."""
+    actors = [ref.actor_class.__name__ for ref in pykka.ActorRegistry.get_all()]
+    threads = [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+    return "; ".join(part for part in (
+        f"actors {', '.join(actors)}" if actors else "",
+        f"threads {', '.join(threads)}" if threads else "",
+    ) if part)
+
+
+def stop_leftover_actors(timeout_s: float) -> None:
+    """Actors a forced stop left behind (their threads are not daemons): ask each to stop, wait within one bound."""
+    futures = [ref.stop(block=False) for ref in pykka.ActorRegistry.get_all()]
+    deadline = time.monotonic() + timeout_s
+    for future in futures:
         try:
-            proc.kill()
-        except psutil.Error:
+            future.get(timeout=max(0.0, deadline - time.monotonic()))
+        except (pykka.Timeout, pykka.ActorDeadError):
+            pass  # a stuck actor is reported by the caller; a dead one is what we wanted
+
+
+def _exit_now(code: int) -> None:
+    """Leave without interpreter teardown (it would join the stuck threads); the logs are written first."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
             pass
-    return [proc.pid for proc in leftovers]
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -120,35 +202,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         file_ports = {}
     set_process_title(config.lang)
     install_thread_dump_signal()
-
-    wake = threading.Event()
-    signals_seen: list[int] = []
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        signals_seen.append(signum)
-        wake.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_signals = StopSignals()
+    stop_signals.install()
+    wakeups = WakeupPipe()
+    signal.set_wakeup_fd(wakeups.write_fd, warn_on_full_buffer=False)  # every handled signal wakes the main thread
+    # Orphans of our children (a user's daemon) stay ours: reaped when they end, killed at the stop (§6).
+    reaper = OrphanReaper() if become_subreaper() or os.getpid() == 1 else None
+    if reaper is not None:
+        reaper.install()
     try:
         handle = start(config, file_ports=file_ports)
     except RunnerStartError as exc:
         log.error("cannot start: {}", exc)
+        kill_descendants()
         return 1
+    handle.escalation_listeners.append(wakeups.wake)
     ports = handle.ports
     log.info("kernel-runner {} serving on :{} / :{} (pid {})", config.lang, ports.port_in, ports.port_out, os.getpid())
-    # The main thread only waits on an Event with a timeout, so signals stay live (docs/architecture.md §7).
-    while not wake.wait(timeout=0.5) and not handle.escalated.is_set():
-        pass
-    if signals_seen:
-        log.info("received {}; shutting down", signal.Signals(signals_seen[0]).name)
-    # A second signal during shutdown is noted, not fatal: the stop is bounded anyway.
-    clean = handle.stop()
-    left = reap_leftovers()
-    if left:
-        log.warning("killed {} process(es) left behind: {}", len(left), left)
-    log.info("stopped ({})", "clean" if clean else "deadline passed")
-    if handle.escalated.is_set() and not signals_seen:
+    # The main thread sleeps in poll() until a signal or the escalation writes the pipe (docs/architecture.md §7).
+    poller = select.poll()
+    poller.register(wakeups.fd, select.POLLIN)
+    while not stop_signals.seen and not handle.escalated.is_set():
+        poller.poll()
+        wakeups.drain()
+        if reaper is not None:
+            reaper.reap_adopted()
+    return stop(handle, config.shutdown_deadline_s, stop_signals, reaper, log)
+
+
+def stop(handle: RunnerHandle, deadline_s: float, stop_signals: StopSignals, reaper: OrphanReaper | None,
+         log: Logger) -> int:
+    """The orderly stop, all of it within `deadline_s` of the signal: the tree, what is left below us, the rest."""
+    started = time.monotonic()
+    HardDeadline(deadline_s, log=log).arm()
+    if stop_signals.seen:
+        log.info("received {}; shutting down within {:g}s", stop_signals.seen[0].name, deadline_s)
+    clean = handle.stop(timeout=deadline_s - min(FINAL_RESERVE_S, deadline_s / 4))
+    killed = kill_descendants()
+    if killed:
+        log.warning("killed {} process(es) left behind: {}", len(killed), killed)
+    if reaper is not None:
+        reaper.reap_adopted()  # the orphans just killed: no zombie is handed on to whoever adopts them next
+    stop_leftover_actors(timeout_s=max(0.0, deadline_s - (time.monotonic() - started)) / 2)
+    later = stop_signals.seen[1:]
+    if later:  # a second signal during the stop is noted, not obeyed: the stop is bounded anyway
+        log.info("also received {} during the stop", ", ".join(sig.name for sig in later))
+    code = 0
+    if handle.escalated.is_set() and not stop_signals.seen:
         log.error("exiting after escalation: {}", handle.escalation_reason)
-        return 1
-    return 0
+        code = 1
+    alive = describe_alive()
+    outcome = "clean" if clean else f"forced: {', '.join(handle.forced) or 'the tree did not stop in time'}"
+    log.info("stopped ({}) in {:.2f}s", outcome, time.monotonic() - started)
+    if alive:
+        log.error("still alive after the stop: {}; exiting without waiting for them", alive)
+        _exit_now(code)
+    return code

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -52,6 +53,14 @@ class ReplyTimeout(TimeoutError):
 
 
 RUN_END_TYPES = {"finished": "finished", "clean-finished": "clean-finished", "build-finished": "build-finished"}
+# Replies that answer other requests (or report a model's health): a run's reader keeps them for `expect`.
+NOT_RUN_TYPES = frozenset(
+    {"status", "service-result", "model-service-result", "model-service-status", "apps-result", "completion"}
+)
+
+
+def _belongs_to_a_run(reply: Reply) -> bool:
+    return reply.type not in NOT_RUN_TYPES
 
 
 class AgentClient:
@@ -86,52 +95,52 @@ class AgentClient:
         self._push.send_multipart(list(frames))
 
     def recv(self, timeout: float = DEFAULT_TIMEOUT_S) -> Reply:
-        if self._stash:
-            return self._stash.pop(0)
-        if not self._pull.poll(int(timeout * 1000)):
-            raise ReplyTimeout(f"no message from the runner within {timeout:.1f}s")
-        frames = self._pull.recv_multipart()
-        if len(frames) != 2:
-            raise ValueError(f"runner sent {len(frames)} frames")
-        return Reply(type=frames[0].decode("ascii"), payload=frames[1])
+        """The next message, kept ones first."""
+        return self._next(lambda _reply: True, time.monotonic() + timeout, what=f"message within {timeout:.1f}s")
 
     def expect(self, kind: str, timeout: float = DEFAULT_TIMEOUT_S) -> Reply:
         """Wait for the next message of `kind`, keeping the others for later reads (like the agent's per-type queues)."""
-        deadline = time.monotonic() + timeout
-        for index, stashed in enumerate(self._stash):
-            if stashed.type == kind:
-                return self._stash.pop(index)
-        skipped: list[Reply] = []
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ReplyTimeout(f"no {kind!r} from the runner within {timeout:.1f}s")
-                if not self._pull.poll(int(remaining * 1000) + 1):
-                    continue
-                frames = self._pull.recv_multipart()
-                reply = Reply(type=frames[0].decode("ascii"), payload=frames[1] if len(frames) > 1 else b"")
-                if reply.type == kind:
-                    return reply
-                skipped.append(reply)
-        finally:
-            self._stash.extend(skipped)
+        return self._next(lambda reply: reply.type == kind, time.monotonic() + timeout,
+                          what=f"{kind!r} within {timeout:.1f}s")
 
     def collect_run(self, timeout: float = DEFAULT_TIMEOUT_S, *, stop_at_input: bool = True) -> RunResult:
         """Read until the run's end message, as the agent's run loop does (docs/protocol.md §3.3)."""
         deadline = time.monotonic() + timeout
         records: list[Reply] = []
         while True:
-            reply = self.recv(timeout=max(0.0, deadline - time.monotonic()))
+            reply = self._next(_belongs_to_a_run, deadline, what=f"end of the run within {timeout:.1f}s")
             if reply.type in RUN_END_TYPES:
                 code = reply.json().get("exitCode")
                 return RunResult(status=reply.type, exit_code=code, records=tuple(records))
             if reply.type == "waiting-input" and stop_at_input:
                 return RunResult(status="waiting-input", exit_code=None, records=(*records, reply))
-            if reply.type in ("status", "service-result", "model-service-result", "apps-result", "completion"):
-                self._stash.append(reply)
-                continue
             records.append(reply)
+
+    def _next(self, wanted: Callable[[Reply], bool], deadline: float, *, what: str) -> Reply:
+        """The oldest message `wanted` takes, kept ones first; the others are kept, in order, for later reads.
+
+        Every wait ends by `deadline` (monotonic): a kept message that `wanted` refuses is never read again here
+        (reading it back before looking at the clock once made a run loop spin for ever).
+        """
+        for index, kept in enumerate(self._stash):
+            if wanted(kept):
+                return self._stash.pop(index)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ReplyTimeout(f"no {what} from the runner")
+            if not self._pull.poll(max(1, math.ceil(remaining * 1000))):
+                continue
+            reply = self._read()
+            if wanted(reply):
+                return reply
+            self._stash.append(reply)
+
+    def _read(self) -> Reply:
+        frames = self._pull.recv_multipart()
+        if len(frames) != 2:
+            raise ValueError(f"runner sent {len(frames)} frames")
+        return Reply(type=frames[0].decode("ascii"), payload=frames[1])
 
     # ---- typed helpers -------------------------------------------------------------------------------
     def status(self, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:

@@ -13,7 +13,8 @@ Per child id, one of three situations holds:
        │       back what it will not do, ahead of everything that arrived after it detached
      close
        ▼
-    closed ─── gone for good: every held and every later message gets the child's reject answer
+    closed ─── gone for good: every held and every later message gets the child's reject answer (a child
+               that gave up may be tried again: a later message also tells the supervisor it is needed)
 
 Rejects run outside the lock, in the caller's thread, so a reject may itself tell through the directory.
 """
@@ -31,8 +32,10 @@ from loguru import logger
 
 from kernel_runner.ids import ChildId
 
-# Answers a message no incarnation of the child can take; the child's spec supplies it (see runs.py).
+# Answers a message no incarnation of the child can take; the child's spec supplies it (see rejects.py).
 Reject = Callable[[object], None]
+# Told that a message arrived for a closed child (the supervisor: a child that gave up may be tried again).
+Demand = Callable[[ChildId], None]
 HELD_LIMIT = 1000
 
 
@@ -47,6 +50,7 @@ class _Entry:
     # The newest generation that has ended (detached itself): attaching it would deliver into a dead inbox.
     ended: int = 0
     closed_because: str | None = None
+    demand: Demand | None = None
 
 
 class ChildDirectory:
@@ -76,7 +80,7 @@ class ChildDirectory:
     def attach(self, child_id: ChildId, generation: int, ref: pykka.ActorRef[Any]) -> None:
         with self._lock:
             entry = self._entries.setdefault(child_id, _Entry(reject=None))
-            entry.generation, entry.handed_back, entry.closed_because = generation, 0, None
+            entry.generation, entry.handed_back, entry.closed_because, entry.demand = generation, 0, None, None
             entry.ref = ref if generation > entry.ended else None  # it may have ended already (a failed start)
             while entry.held and entry.ref is not None:
                 try:
@@ -96,13 +100,16 @@ class ChildDirectory:
             if entry.generation == generation and entry.ref is not None:
                 entry.ref, entry.handed_back = None, 0
 
-    def close(self, child_id: ChildId, why: str) -> None:
-        """Gone for good (gave up, stopped, forgotten): reject what is held and everything that comes later."""
+    def close(self, child_id: ChildId, why: str, *, demand: Demand | None = None) -> None:
+        """Gone for good (gave up, stopped, forgotten): reject what is held and everything that comes later.
+
+        `demand` is called (after the reject, in the sender's thread) for each later message: the child is needed.
+        """
         with self._lock:
             entry = self._entries.get(child_id)
             if entry is None:
                 return
-            entry.ref, entry.closed_because, entry.handed_back = None, why, 0
+            entry.ref, entry.closed_because, entry.handed_back, entry.demand = None, why, 0, demand
             held, entry.held = list(entry.held), collections.deque()
         for message in held:
             self._reject(child_id, entry.reject, message, why)
@@ -128,6 +135,7 @@ class ChildDirectory:
 
     # ---- everyone's side --------------------------------------------------------------------------------------------
     def tell(self, child_id: ChildId, message: object) -> None:
+        demand: Demand | None = None
         with self._lock:
             entry = self._entries.get(child_id)
             if entry is not None and entry.closed_because is None:
@@ -144,7 +152,10 @@ class ChildDirectory:
                 why = f"{len(entry.held)} messages are already waiting for it"
             else:
                 why = entry.closed_because if entry is not None and entry.closed_because else "no such child"
+                demand = entry.demand if entry is not None else None
         self._reject(child_id, entry.reject if entry is not None else None, message, why)
+        if demand is not None:
+            demand(child_id)
 
     def ref(self, child_id: ChildId) -> pykka.ActorRef[Any] | None:
         """The live incarnation, if any (for introspection and last-resort stops; never cache it)."""
@@ -166,4 +177,4 @@ class ChildDirectory:
             self.log.warning("{} cannot take {} ({}); dropped", child_id, type(message).__name__, why)
 
 
-__all__ = ["HELD_LIMIT", "ChildDirectory", "Reject"]
+__all__ = ["HELD_LIMIT", "ChildDirectory", "Demand", "Reject"]

@@ -18,6 +18,12 @@ MAX_RECORD_BYTES = 1 << 20
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports an interrupted command
 NO_KERNEL_EXIT = 127  # docs/protocol.md §4.2: query mode disabled
 DISPLAY_PREFERENCE = ("image/png", "image/jpeg", "image/svg+xml", "text/html", DRAWING_MIME)
+# docs/protocol.md §4.7: a ping on the heartbeat channel this often; unanswered this long, the kernel counts as hung.
+HEARTBEAT_INTERVAL_S = 3.0
+HEARTBEAT_TIMEOUT_S = 15.0
+# Kernels (kernel_info's `implementation`) that echo heartbeats from a thread of their own, so they keep beating while
+# a cell runs: ipykernel and IJulia. Others, IRkernel among them, echo between cells only (docs/protocol.md §4.7).
+BEATS_WHILE_BUSY = frozenset({"ipython", "ijulia"})
 
 InterruptMode = Literal["signal", "message"]
 
@@ -185,6 +191,55 @@ def exit_code_from_reply(content: Mapping[str, Any] | None) -> int:
     return 1
 
 
+@attrs.define(kw_only=True)
+class HeartbeatWatch:
+    """When to ping a kernel's heartbeat channel and when its silence means it hangs (docs/protocol.md §4.7).
+
+    Pure bookkeeping with explicit times; the channel thread owns the socket. Only an unanswered ping counts: time
+    in which nobody pinged (the channel thread blocked on output credits, or a busy kernel that beats between cells
+    only) never makes a kernel hung.
+    """
+
+    interval_s: float
+    timeout_s: float
+    next_ping_at: float
+    unanswered_since: float | None = None  # the first ping that no echo has followed yet
+
+    @classmethod
+    def starting(cls, now: float, *, interval_s: float, timeout_s: float) -> HeartbeatWatch:
+        return cls(interval_s=interval_s, timeout_s=timeout_s, next_ping_at=now)
+
+    def ping_due(self, now: float) -> bool:
+        return now >= self.next_ping_at
+
+    def pinged(self, now: float) -> None:
+        self.next_ping_at = now + self.interval_s
+        if self.unanswered_since is None:
+            self.unanswered_since = now
+
+    def echoed(self) -> None:
+        self.unanswered_since = None
+
+    def pause(self, now: float) -> None:
+        """Stop judging while a kernel that beats between cells only runs one: nothing is outstanding, and the next
+        ping is due as soon as the caller pings again."""
+        self.unanswered_since = None
+        self.next_ping_at = now
+
+    def silent_for(self, now: float) -> float:
+        """Seconds a ping has gone unanswered (0 when none is outstanding)."""
+        return 0.0 if self.unanswered_since is None else now - self.unanswered_since
+
+    def is_lost(self, now: float) -> bool:
+        return self.silent_for(now) >= self.timeout_s
+
+    def next_due(self) -> float:
+        """The next moment something is due: a ping, or the verdict on the outstanding one."""
+        if self.unanswered_since is None:
+            return self.next_ping_at
+        return min(self.next_ping_at, self.unanswered_since + self.timeout_s)
+
+
 def death_exit_code(returncode: int) -> int:
     """A run whose kernel died ends non-zero: 128+N for a signal, the kernel's code, or 1 for a clean exit."""
     code, _ = describe_returncode(returncode)
@@ -192,7 +247,11 @@ def death_exit_code(returncode: int) -> int:
 
 
 __all__ = [
+    "BEATS_WHILE_BUSY",
     "DRAWING_MIME",
+    "HEARTBEAT_INTERVAL_S",
+    "HEARTBEAT_TIMEOUT_S",
+    "HeartbeatWatch",
     "KernelSpecError",
     "exit_code_from_reply",
     "find_kernelspec",

@@ -1,7 +1,8 @@
-"""Every message that crosses an actor boundary, as frozen keyword-only values. No logic."""
+"""Every message that crosses an actor boundary, as frozen keyword-only values. No logic but the range checks (Bounds)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Literal, Union
 
@@ -84,15 +85,63 @@ class GetApps:
 
 
 @attrs.frozen(kw_only=True)
+class Bounds:
+    """The range a number from the wire must fall in before it may become a timer or a count (docs/protocol.md §2.7).
+
+    NaN, infinity, booleans and anything outside [low, high] are refused (`low_open`: low itself too). Usable as an
+    attrs validator, so a value out of range cannot even be built.
+    """
+
+    low: float
+    high: float
+    low_open: bool = False
+    unit: str = ""
+
+    def problem(self, value: object) -> str | None:
+        """Why `value` is not acceptable, as the rest of a sentence that starts with the field's name; None if it is."""
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return f"must be a finite number {self.describe()}, got {value!r}"
+        if value < self.low or (self.low_open and value == self.low) or value > self.high:
+            return f"must be {self.describe()}, got {value!r}"
+        return None
+
+    def describe(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        low = f"greater than {self.low:g}" if self.low_open else f"at least {self.low:g}"
+        return f"{low} and at most {self.high:g}{unit}"
+
+    def __call__(self, _instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is None:
+            return
+        problem = self.problem(value)
+        if problem is not None:
+            raise ValueError(f"{attribute.name} {problem}")
+
+
+# docs/protocol.md §7.1: the numbers of a health check, each of which becomes a timer or bounds one. The maxima are far
+# above any real model's needs; an infinite or 1e10 s wait once killed the runner's shared timer thread.
+HEALTH_CHECK_BOUNDS: Mapping[str, Bounds] = {
+    "max_retries": Bounds(low=1, high=1000),
+    "max_wait_time": Bounds(low=0, high=600, unit="s"),
+    "expected_status_code": Bounds(low=100, high=599),
+    "interval": Bounds(low=0, high=3600, low_open=True, unit="s"),
+    "initial_delay": Bounds(low=0, high=86400, unit="s"),
+}
+PORT_BOUNDS = Bounds(low=1, high=65535)
+# A service port of 0 is no port to connect to, but harmless: its start simply never sees the port open.
+SERVICE_PORT_BOUNDS = Bounds(low=0, high=65535)
+
+
+@attrs.frozen(kw_only=True)
 class HealthCheck:
     """docs/protocol.md §7.1 plus the later upstream `interval`/`initial_delay` fields (docs/protocol.md §7.5)."""
 
     path: str
-    max_retries: int = 10
-    max_wait_time: float = 5.0
-    expected_status_code: int = 200
-    interval: float | None = None
-    initial_delay: float | None = None
+    max_retries: int = attrs.field(default=10, validator=HEALTH_CHECK_BOUNDS["max_retries"])
+    max_wait_time: float = attrs.field(default=5.0, validator=HEALTH_CHECK_BOUNDS["max_wait_time"])
+    expected_status_code: int = attrs.field(default=200, validator=HEALTH_CHECK_BOUNDS["expected_status_code"])
+    interval: float | None = attrs.field(default=None, validator=HEALTH_CHECK_BOUNDS["interval"])
+    initial_delay: float | None = attrs.field(default=None, validator=HEALTH_CHECK_BOUNDS["initial_delay"])
 
 
 @attrs.frozen(kw_only=True)

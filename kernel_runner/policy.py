@@ -27,9 +27,13 @@ class Backoff:
     cap_s: float = 30.0
     jitter: float = 0.2
 
+    def base(self, attempt: int) -> float:
+        """The delay before jitter: `attempt` counts consecutive restarts from 0."""
+        return float(min(self.cap_s, self.initial_s * (self.factor ** max(0, attempt))))
+
     def delay(self, attempt: int, rng: random.Random) -> float:
         """`attempt` counts consecutive restarts from 0; jitter spreads restarts of many children apart."""
-        base = min(self.cap_s, self.initial_s * (self.factor ** max(0, attempt)))
+        base = self.base(attempt)
         spread = base * self.jitter
         return max(0.0, min(self.cap_s, base + rng.uniform(-spread, spread)))
 
@@ -62,12 +66,32 @@ class IntensityLimit:
         return found
 
 
+@attrs.frozen(kw_only=True)
+class FatalRetry:
+    """When a child that gave up is tried again, so FATAL is not for ever.
+
+    systemd counts its start limit within StartLimitIntervalSec only; Kubernetes never stops retrying, it waits
+    longer. Here a child that gave up stays FATAL (requests for it get its reject answer at once) until either:
+    """
+
+    # the restart-limit window (the intensity period) has passed since it gave up: the supervisor retries by itself;
+    after_window: bool = True
+    # or a request needs it, once the backoff its next restart would have waited has passed since it gave up.
+    on_demand: bool = True
+
+
+NO_FATAL_RETRY = FatalRetry(after_window=False, on_demand=False)
+
+
 class IntensityWindow:
     """Sliding record of one child's restart times."""
 
     def __init__(self, limit: IntensityLimit) -> None:
         self._limit = limit
         self._times: collections.deque[float] = collections.deque()
+
+    def clear(self) -> None:
+        self._times.clear()
 
     def record(self, now: float) -> bool:
         """Record a restart at `now`; True if this restart would exceed the limit."""
@@ -86,6 +110,8 @@ class Restart:
 @attrs.frozen(kw_only=True)
 class GiveUp:
     reason: str
+    # When the supervisor tries the child again by itself (None: only on demand, or never; see FatalRetry).
+    retry_in_s: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -120,17 +146,21 @@ class RestartTracker:
         intensity: IntensityLimit,
         stable_after_s: float,
         retry_failed_start: bool = True,
+        fatal_retry: FatalRetry = NO_FATAL_RETRY,
         rng: random.Random | None = None,
     ) -> None:
         self.restart = restart
         self.backoff = backoff
         self.stable_after_s = stable_after_s
         self.retry_failed_start = retry_failed_start
+        self.fatal_retry = fatal_retry
         self._window = IntensityWindow(intensity)
         self._intensity = intensity
         self._rng = rng or random.Random()
         self.attempt = 0
         self.total_restarts = 0
+        # When it last gave up; None while it has not (or was retried since).
+        self.gave_up_at: float | None = None
 
     def decide(self, reason: ExitReason, *, now: float, uptime_s: float | None, first_start: bool = False) -> Decision:
         """`first_start`: this was the child's first incarnation and it never came up (a failed first start)."""
@@ -143,13 +173,32 @@ class RestartTracker:
             # A child that ran stably has recovered: the next failure starts backoff from the beginning.
             self.attempt = 0
         if self._window.record(now):
+            self.gave_up_at = now
             return GiveUp(
                 reason=(
                     f"more than {self._intensity.max_restarts} restarts within "
                     f"{self._intensity.period_s:g}s (last: {reason.describe()})"
-                )
+                ),
+                retry_in_s=self._intensity.period_s if self.fatal_retry.after_window else None,
             )
         decision = Restart(delay_s=self.backoff.delay(self.attempt, self._rng), attempt=self.attempt)
         self.attempt += 1
         self.total_restarts += 1
         return decision
+
+    def demand_retry_in(self, now: float) -> float | None:
+        """A request needs the child that gave up: how long until it may be retried (0: now; None: never).
+
+        The wait is the backoff its next restart would have had, counted from the give-up, so requests cannot turn
+        a crash loop back on faster than the backoff would have.
+        """
+        if self.gave_up_at is None or not self.fatal_retry.on_demand:
+            return None
+        return max(0.0, self.gave_up_at + self.backoff.base(self.attempt) - now)
+
+    def revive(self) -> None:
+        """The child is tried again after it gave up: a new restart-limit window begins, and the backoff goes on
+        from where it was (a child that keeps failing is retried ever more slowly, up to the cap)."""
+        self._window.clear()
+        self.gave_up_at = None
+        self.total_restarts += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -37,13 +38,24 @@ from kernel_runner.rejects import lang_runner_reject, services_reject, unknown_c
 from kernel_runner.servicedefs import intrinsic_launchers, load_service_definitions
 from kernel_runner.services import ServiceDirectory
 from kernel_runner.status import StartupGate, StatusBoard
-from kernel_runner.supervision import ChildContext, ChildInfo, ChildSpec, ShutdownTree, StartChild, WhichChildrenQuery
+from kernel_runner.supervision import (
+    ChildContext,
+    ChildInfo,
+    ChildSpec,
+    ShutdownDone,
+    ShutdownTree,
+    StartChild,
+    WhichChildrenQuery,
+)
 from kernel_runner.supervisor import SupervisorActor
 from kernel_runner.timers import Ticker
 
 ASK_TIMEOUT_S = 2.0
 BIND_WAIT_S = 10.0
 SERVICES_TIER = 4  # the service manager stops first: no new service starts while the others stop
+# Of a stop's one deadline, the tree gets all but this much (at most a quarter): the supervisor, the ticker and
+# what a forced stop left over are stopped in the rest.
+STOP_RESERVE_S = 1.0
 
 # A child a harness adds to the tree; it gets the runner's context to build its spec (rejects, router, env).
 ChildPlan = Callable[[RunnerContext], ChildSpec]
@@ -69,7 +81,11 @@ class RunnerHandle:
         self._ticker = ticker
         self.escalated = threading.Event()
         self.escalation_reason: str | None = None
+        # Called (from the escalating thread) right after `escalated` is set: the CLI wakes its main thread.
+        self.escalation_listeners: list[Callable[[], None]] = []
         self.log_sink_id: int | None = None
+        # After stop(): the children the supervisor had to stop by force (they did not end within their grace).
+        self.forced: list[ChildId] = []
         self._stopped = False
 
     @property
@@ -91,30 +107,43 @@ class RunnerHandle:
     def escalate(self, reason: str) -> None:
         self.escalation_reason = reason
         self.escalated.set()
+        for listener in list(self.escalation_listeners):
+            listener()
 
     def stop(self, timeout: float | None = None) -> bool:
-        """Stop children in tier order within one deadline; True when everything stopped in time."""
+        """Stop children in tier order, all of it within `timeout` (default: the configured shutdown deadline);
+        True when everything stopped by itself in time."""
         if self._stopped:
             return True
         self._stopped = True
         if self.log_sink_id is not None:
             logger.remove(self.log_sink_id)
-        deadline_s = timeout if timeout is not None else self.config.shutdown_deadline_s
+        budget_s = timeout if timeout is not None else self.config.shutdown_deadline_s
+        deadline = time.monotonic() + budget_s
+        reserve_s = min(STOP_RESERVE_S, budget_s / 4)
+
+        def remaining(keep_s: float = 0.0) -> float:
+            return max(0.01, deadline - keep_s - time.monotonic())
+
         clean = True
         try:
-            done = cast(threading.Event, self.supervisor.ask(ShutdownTree(grace_s=deadline_s), timeout=ASK_TIMEOUT_S))
-            clean = done.wait(timeout=deadline_s + 1.0)
+            asked = self.supervisor.ask(ShutdownTree(grace_s=budget_s - reserve_s), timeout=remaining(reserve_s))
+            done = cast(ShutdownDone, asked)
+            # The supervisor forces what is left at its deadline; waiting a little past it covers a busy machine.
+            clean = done.wait(timeout=remaining(reserve_s / 2)) and not done.forced
+            self.forced = list(done.forced)
         except (pykka.ActorDeadError, pykka.Timeout) as exc:
             logger.bind(child="runner").error("the supervisor did not take the shutdown request: {!r}", exc)
             clean = False
+        if not clean:
             for ref in self.runner.directory.live_refs():  # last resort: each child still cleans up after itself
                 ref.stop(block=False)
         self.runner.router.closed.set()
         try:
-            self.supervisor.stop(block=True, timeout=ASK_TIMEOUT_S)
+            self.supervisor.stop(block=True, timeout=remaining())
         except (pykka.Timeout, pykka.ActorDeadError):
             clean = False
-        self._ticker.stop()
+        self._ticker.stop(timeout=remaining())
         return clean
 
 
@@ -145,8 +174,9 @@ def start(
     if start_intrinsics:
         gate.add(INTRINSIC_STEP, SERVICES_CHILD)
     board = StatusBoard(gate)
-    ticker = Ticker(clock)
     handle_box: list[RunnerHandle] = []
+    # Without timers nothing is restarted or stopped on time: a ticker that gives up takes the runner down.
+    ticker = Ticker(clock, on_give_up=lambda reason: handle_box[0].escalate(reason) if handle_box else None)
     supervisor = SupervisorActor.start(
         directory=directory,
         clock=clock,

@@ -21,13 +21,14 @@ from kernel_runner.actors.service import ServiceActor, ServiceRun
 from kernel_runner.context import RunnerContext
 from kernel_runner.ids import ChildId, health_child, service_child
 from kernel_runner.messages import HealthCheck, ModelInfo
-from kernel_runner.policy import RestartType
+from kernel_runner.policy import NO_FATAL_RETRY, FatalRetry, RestartType
 from kernel_runner.servicedefs import RestartOverride, ServiceLaunch
 from kernel_runner.supervision import ChildContext, ChildSpec
 
 # A service that stays up this long counts as recovered: its next crash starts backoff from the beginning.
 SERVICE_STABLE_AFTER_S = 3.0
-SERVICE_TIER = 2
+# The language runner's tier: services stop together with it and the kernel, within the one deadline.
+SERVICE_TIER = 1
 # Probes (tier 3) stop before the servers they watch (tier 2), so a stopping server is not reported unhealthy.
 HEALTH_TIER = 3
 HEALTH_SHUTDOWN_S = 1.0
@@ -77,6 +78,8 @@ def service_child_spec(
         intensity=config.restart.intensity(max_restarts=override.max_restarts, period_s=override.period_s),
         stable_after_s=SERVICE_STABLE_AFTER_S,
         retry_failed_start=False,
+        # A model server's checker is stopped for good when the server gives up: retried alone, it would run unwatched.
+        fatal_retry=NO_FATAL_RETRY if watcher is not None else FatalRetry(),
         tier=SERVICE_TIER,
     )
 

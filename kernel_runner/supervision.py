@@ -7,6 +7,7 @@ module needs the supervisor (docs/architecture.md §2).
 from __future__ import annotations
 
 import enum
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Union
 
@@ -17,7 +18,7 @@ from kernel_runner.clock import Clock
 from kernel_runner.directory import ChildDirectory, Reject
 from kernel_runner.exits import ExitReason
 from kernel_runner.ids import ChildId
-from kernel_runner.policy import RESTART_TYPES, Backoff, IntensityLimit, RestartType
+from kernel_runner.policy import RESTART_TYPES, Backoff, FatalRetry, IntensityLimit, RestartType
 from kernel_runner.timers import Ticker
 
 # What happens when a child gives up (more restarts than its intensity allows): it stays FATAL, visible in the
@@ -55,6 +56,8 @@ class ChildSpec:
     # a service whose start was answered `failed` is not retried behind the agent's back.
     retry_failed_start: bool = True
     on_give_up: GiveUpAction = "stay_fatal"
+    # When a child that gave up (and stays FATAL) is tried again: after the restart-limit window, and on demand.
+    fatal_retry: FatalRetry = attrs.field(factory=FatalRetry)
     # systemd's BindsTo=: when that child is gone for good (forgotten, stopped or given up), stop this one for good.
     binds_to: ChildId | None = None
     # Higher tiers stop first at shutdown; children of one tier stop together.
@@ -217,9 +220,17 @@ class WhichChildrenQuery:
 
 @attrs.frozen(kw_only=True)
 class ShutdownTree:
-    """Ask only: stop every child, highest tier first, within one deadline; the answer is a threading.Event."""
+    """Ask only: stop every child, highest tier first, within one deadline; the answer is a ShutdownDone."""
 
     grace_s: float
+
+
+class ShutdownDone(threading.Event):
+    """Set once every child is gone; `forced` names those whose actor the supervisor had to stop itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forced: list[ChildId] = []
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -247,6 +258,7 @@ __all__ = [
     "ChildStateChanged",
     "GiveUpAction",
     "RestartChild",
+    "ShutdownDone",
     "ShutdownTree",
     "StartAnswer",
     "StartChild",

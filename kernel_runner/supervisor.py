@@ -9,13 +9,15 @@ Life of one child, as the supervisor sees it:
 
     StartChild ──▶ STARTING ──(child reports)──▶ RUNNING ──▶ exit ──▶ policy: Restart ──▶ BACKOFF ──▶ STARTING …
                       │                                        │       Forget  ──▶ removed (directory closed)
-                      └─ StopChild / RestartChild ──▶ STOPPING ┘       GiveUp  ──▶ FATAL (until started again)
+                      └─ StopChild / RestartChild ──▶ STOPPING ┘       GiveUp  ──▶ FATAL ──▶ retried: STARTING …
+
+A FATAL child answers requests through its reject at once; it is retried once the restart-limit window has passed,
+or sooner when a request needs it (its spec's FatalRetry), or when someone starts it again.
 """
 
 from __future__ import annotations
 
 import random
-import threading
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -39,6 +41,7 @@ from kernel_runner.supervision import (
     ChildState,
     ChildStateChanged,
     RestartChild,
+    ShutdownDone,
     ShutdownTree,
     StartAnswer,
     StartChild,
@@ -59,6 +62,22 @@ STOP_MARGIN_S = 1.0
 class _RestartDue:
     child_id: ChildId
     generation: int
+
+
+@attrs.frozen(kw_only=True)
+class _RetryDue:
+    """A child that gave up may be tried again now (`why` goes to the log)."""
+
+    child_id: ChildId
+    generation: int
+    why: str
+
+
+@attrs.frozen(kw_only=True)
+class _RetryDemanded:
+    """A message arrived for a child that gave up (told by the child directory, from the sender's thread)."""
+
+    child_id: ChildId
 
 
 @attrs.frozen(kw_only=True)
@@ -88,7 +107,9 @@ class _Child:
         self.ran = False  # this incarnation reached RUNNING at least once
         self.last_exit: str | None = None
         self.extra: dict[str, Any] = {}
+        # BACKOFF: the restart; FATAL: the retry after the window or on demand (one timer at a time).
         self.restart_timer: TimerHandle | None = None
+        self.retry_at: float | None = None  # FATAL: when restart_timer tries it again (clock time)
         self.stop_timer: TimerHandle | None = None
         # A stop someone asked for: forget the child afterwards, or restart it as if it had ended with restart_reason.
         self.stop: Literal["forget", "restart"] | None = None
@@ -99,7 +120,7 @@ class _Child:
         spec = self.spec
         return RestartTracker(restart=spec.restart, backoff=spec.backoff, intensity=spec.intensity,
                               stable_after_s=spec.stable_after_s, retry_failed_start=spec.retry_failed_start,
-                              rng=self._rng)
+                              fatal_retry=spec.fatal_retry, rng=self._rng)
 
     @property
     def child_id(self) -> ChildId:
@@ -143,9 +164,10 @@ class SupervisorActor(pykka.ThreadingActor):
         self._order = 0
         self._version = 0
         self._dirty = False
-        self._shutdown_done: threading.Event | None = None
+        self._shutdown_done: ShutdownDone | None = None
         self._shutdown_tier: int | None = None
         self._shutdown_timer: TimerHandle | None = None
+        self._shutdown_deadline: float | None = None
 
     # ---- dispatch -------------------------------------------------------------------------------------------------
     def on_receive(self, message: object) -> object:
@@ -170,6 +192,10 @@ class SupervisorActor(pykka.ThreadingActor):
                 return self._handle_restart_child(message)
             case _RestartDue():
                 return self._handle_restart_due(message)
+            case _RetryDue():
+                return self._handle_retry_due(message)
+            case _RetryDemanded():
+                return self._handle_retry_demanded(message)
             case _StopOverdue():
                 return self._handle_stop_overdue(message)
             case WhichChildrenQuery():
@@ -205,6 +231,8 @@ class SupervisorActor(pykka.ThreadingActor):
             return AlreadyStarted(child_id=spec.child_id, state=existing.state)
         if existing is not None:
             self.log.bind(child=spec.child_id).info("started again after it gave up")
+            if existing.restart_timer is not None:
+                existing.restart_timer.cancel()
             del self._children[spec.child_id]
         self._order += 1
         child = _Child(spec, self._order, self._rng)
@@ -309,12 +337,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 log.info("exited: {}; not restarted ({})", reason.describe(), decision.reason)
                 self._forget(child, "it ended")
             case GiveUp():
-                child.state = ChildState.FATAL
-                log.error("gave-up: {}", decision.reason)
-                self._directory.close(child.child_id, f"it gave up: {decision.reason}")
-                self._stop_bound_to(child.child_id, "gave up")
-                if child.spec.on_give_up == "shut_down_runner":
-                    self._escalate(f"{child.child_id} gave up: {decision.reason}")
+                self._give_up(child, decision)
             case Restart():
                 child.state = ChildState.BACKOFF
                 log.warning("exited: {}; restart-scheduled in {:.2f}s (attempt {})",
@@ -322,6 +345,76 @@ class SupervisorActor(pykka.ThreadingActor):
                 child.restart_timer = self._ticker.schedule(
                     decision.delay_s, self.actor_ref, _RestartDue(child_id=child.child_id, generation=child.generation)
                 )
+
+    # ---- giving up, and trying again ---------------------------------------------------------------------------
+    def _give_up(self, child: _Child, decision: GiveUp) -> None:
+        log = self.log.bind(child=child.child_id)
+        child.state = ChildState.FATAL
+        child.changed()
+        if child.spec.on_give_up == "shut_down_runner":
+            log.error("gave-up: {}", decision.reason)
+            self._directory.close(child.child_id, f"it gave up: {decision.reason}")
+            self._stop_bound_to(child.child_id, "gave up")
+            self._escalate(f"{child.child_id} gave up: {decision.reason}")
+            return
+        on_demand = child.spec.fatal_retry.on_demand
+        when = [f"in {decision.retry_in_s:g}s"] if decision.retry_in_s is not None else []
+        when += ["when a request needs it"] if on_demand else []
+        log.error("gave-up: {}; {}", decision.reason, "retrying " + " or ".join(when) if when else "not retried")
+        self._directory.close(child.child_id, f"it gave up: {decision.reason}",
+                              demand=self._demand_hook() if on_demand else None)
+        self._stop_bound_to(child.child_id, "gave up")
+        if decision.retry_in_s is not None:
+            self._schedule_retry(child, decision.retry_in_s,
+                                 f"the restart-limit window of {decision.retry_in_s:g}s has passed")
+
+    def _schedule_retry(self, child: _Child, delay_s: float, why: str) -> None:
+        if child.restart_timer is not None:
+            child.restart_timer.cancel()
+        child.retry_at = self._clock.monotonic() + delay_s
+        child.restart_timer = self._ticker.schedule(delay_s, self.actor_ref, _RetryDue(
+            child_id=child.child_id, generation=child.generation, why=why))
+
+    def _demand_hook(self) -> Callable[[ChildId], None]:
+        """What the directory calls, from the sender's thread, when a message arrives for a child that gave up."""
+        supervisor = self.actor_ref
+
+        def demanded(child_id: ChildId) -> None:
+            tell_if_alive(supervisor, _RetryDemanded(child_id=child_id))
+
+        return demanded
+
+    def _handle_retry_demanded(self, message: _RetryDemanded) -> None:
+        child = self._children.get(message.child_id)
+        if child is None or child.state is not ChildState.FATAL or self._shutdown_done is not None:
+            return
+        delay = child.tracker.demand_retry_in(self._clock.monotonic())
+        if delay is None:
+            return
+        why = "a request needs it"
+        if delay <= 0:
+            self._retry(child, why)
+        elif child.retry_at is None or child.retry_at > self._clock.monotonic() + delay:
+            self.log.bind(child=child.child_id).info("{}; retrying in {:.2f}s (its backoff since it gave up)", why, delay)
+            self._schedule_retry(child, delay, why)
+
+    def _handle_retry_due(self, message: _RetryDue) -> None:
+        child = self._current(message.child_id, message.generation)
+        if child is None or child.state is not ChildState.FATAL or self._shutdown_done is not None:
+            return
+        self._retry(child, message.why)
+
+    def _retry(self, child: _Child, why: str) -> None:
+        """Try a child that gave up again: the same child (its generations go on), with a new restart-limit window."""
+        if child.restart_timer is not None:
+            child.restart_timer.cancel()
+        child.restart_timer, child.retry_at = None, None
+        self.log.bind(child=child.child_id).warning("retrying after it gave up: {}", why)
+        child.tracker.revive()
+        self._directory.register(child.child_id, child.spec.reject)  # reopens it: messages wait for the new start
+        error = self._spawn(child)
+        if error is not None:
+            self._child_ended(child, StartFailed(error=error))
 
     def _remove(self, child: _Child, why: str) -> None:
         self._children.pop(child.child_id, None)
@@ -370,6 +463,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 child.tracker = child.new_tracker()
             if child.restart_timer is not None:
                 child.restart_timer.cancel()
+            child.restart_timer, child.retry_at = None, None
             if self._spawn(child) is not None:
                 self._child_ended(child, StartFailed(error="the factory failed"))
             return
@@ -382,10 +476,13 @@ class SupervisorActor(pykka.ThreadingActor):
         child.state = ChildState.STOPPING
         child.changed()
         self._dirty = True
+        grace_s = child.spec.shutdown_s
+        if self._shutdown_deadline is not None:  # no child's grace reaches past the runner's one deadline
+            grace_s = max(0.0, min(grace_s, self._shutdown_deadline - self._clock.monotonic() - STOP_MARGIN_S))
         self.log.bind(child=child.child_id).info("stopping: {}", reason)
-        tell_if_alive(child.ref, StopRequested(reason=reason, grace_s=child.spec.shutdown_s))
+        tell_if_alive(child.ref, StopRequested(reason=reason, grace_s=grace_s))
         child.stop_timer = self._ticker.schedule(
-            child.spec.shutdown_s + STOP_MARGIN_S, self.actor_ref,
+            grace_s + STOP_MARGIN_S, self.actor_ref,
             _StopOverdue(child_id=child.child_id, generation=child.generation),
         )
 
@@ -393,16 +490,21 @@ class SupervisorActor(pykka.ThreadingActor):
         child = self._current(message.child_id, message.generation)
         if child is None or child.ref is None:
             return
-        self.log.bind(child=child.child_id).warning(
-            "did not stop within {:.1f}s of being asked; stopping its actor", child.spec.shutdown_s + STOP_MARGIN_S
-        )
+        self.log.bind(child=child.child_id).warning("did not stop within its grace and {:.1f}s more; stopping its actor",
+                                                    STOP_MARGIN_S)
         child.ref.stop(block=False)
+        if self._shutdown_done is not None:
+            # A stuck actor may never report its exit: the lower tiers do not wait for it any longer.
+            self._shutdown_done.forced.append(child.child_id)
+            self._remove(child, "the runner is shutting down")
+            self._continue_shutdown()
 
     # ---- orderly shutdown -------------------------------------------------------------------------------------------
-    def _handle_shutdown_tree(self, message: ShutdownTree) -> threading.Event:
+    def _handle_shutdown_tree(self, message: ShutdownTree) -> ShutdownDone:
         if self._shutdown_done is not None:
             return self._shutdown_done
-        self._shutdown_done = threading.Event()
+        self._shutdown_done = ShutdownDone()
+        self._shutdown_deadline = self._clock.monotonic() + message.grace_s
         self.log.info("shutting down {} child(ren) within {:.1f}s", len(self._children), message.grace_s)
         self._shutdown_timer = self._ticker.schedule(message.grace_s, self.actor_ref, _ShutdownDeadline())
         for child in [c for c in self._children.values() if c.ref is None]:
@@ -431,6 +533,7 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         stuck = list(self._children.values())
         self.log.error("shutdown deadline passed; forcing stop of {}", ", ".join(c.child_id for c in stuck))
+        self._shutdown_done.forced.extend(child.child_id for child in stuck)
         for child in stuck:
             if child.ref is not None:
                 child.ref.stop(block=False)

@@ -13,6 +13,8 @@ from typing import Any, Union
 
 import attrs
 
+from kernel_runner.excerpts import EXCERPT_CHARS, excerpt
+
 GITGRAPH_MIME = "application/vnd.sorna.gitgraph"
 
 # Exit codes of a `code` op on the terminal (each op ends with exactly one Finished).
@@ -28,7 +30,10 @@ USAGE = "usage: %ping | %resize ROWS COLS | %show graph PATH"
 
 # struct winsize holds unsigned shorts; 0 means "unknown" to programs, so a real size starts at 1.
 MAX_WINSIZE = 65535
-_NUMBER = re.compile(r"[0-9]+", re.ASCII)
+# A `%` command is a few words and a path (PATH_MAX is 4096); shlex's time grows with the square of a word's length,
+# so a longer text is refused before it is parsed (2 MB would hold the terminal for minutes).
+MAX_COMMAND_CHARS = 8192
+_NUMBER = re.compile(r"[0-9]{1,5}", re.ASCII)  # a size fits in 5 digits; int() refuses over 4300 of them (it raises)
 
 
 @attrs.frozen(kw_only=True)
@@ -73,6 +78,9 @@ def parse_command(text: str) -> ParseResult:
     stripped = text.strip()
     if not stripped.startswith("%"):
         return NotACommand()
+    if len(stripped) > MAX_COMMAND_CHARS:
+        return CommandError(message=f"the command is {len(stripped)} characters long; a % command takes at most "
+                                    f"{MAX_COMMAND_CHARS}: {excerpt(stripped)}; {USAGE}")
     try:
         words = shlex.split(stripped[1:], comments=True)
     except ValueError as exc:  # unbalanced quotes and the like
@@ -88,7 +96,8 @@ def parse_command(text: str) -> ParseResult:
         case "show":
             return _parse_show(args)
         case _:
-            return CommandError(message=f"unknown command %{name}; {USAGE}")
+            shown = name if len(name) <= EXCERPT_CHARS else f"{name[:EXCERPT_CHARS]}…"
+            return CommandError(message=f"unknown command %{shown}; {USAGE}")
 
 
 def _parse_ping(args: Sequence[str]) -> ParseResult:
@@ -104,7 +113,7 @@ def _parse_resize(args: Sequence[str]) -> ParseResult:
     for label, word in zip(("ROWS", "COLS"), args, strict=True):
         value = int(word) if _NUMBER.fullmatch(word) else 0
         if not 1 <= value <= MAX_WINSIZE:
-            return CommandError(message=f"%resize: {label} must be a whole number from 1 to {MAX_WINSIZE}, got {word!r}")
+            return CommandError(message=f"%resize: {label} must be a whole number from 1 to {MAX_WINSIZE}, got {excerpt(word)}")
         sizes.append(value)
     return Resize(rows=sizes[0], cols=sizes[1])
 
@@ -113,7 +122,7 @@ def _parse_show(args: Sequence[str]) -> ParseResult:
     if not args:
         return CommandError(message="usage: %show graph PATH")
     if args[0] != "graph":
-        return CommandError(message=f"%show: unsupported target {args[0]!r}; usage: %show graph PATH")
+        return CommandError(message=f"%show: unsupported target {excerpt(args[0])}; usage: %show graph PATH")
     if len(args) != 2:
         return CommandError(message="usage: %show graph PATH")
     return ShowGraph(path=args[1])

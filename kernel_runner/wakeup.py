@@ -21,6 +21,11 @@ class WakeupPipe:
     def fd(self) -> int:
         return self._read
 
+    @property
+    def write_fd(self) -> int:
+        """For `signal.set_wakeup_fd`: the C side of a signal handler writes there (the CLI's main thread)."""
+        return self._write
+
     def wake(self) -> None:
         with self._lock:
             if not self._open:

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import cattrs
 import msgpack
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
+from cattrs.v import format_exception as cattrs_format_exception
 
+from kernel_runner.excerpts import excerpt
 from kernel_runner.ids import ChildId
 from kernel_runner.messages import (
+    HEALTH_CHECK_BOUNDS,
+    PORT_BOUNDS,
+    SERVICE_PORT_BOUNDS,
     AgentRequest,
     AppsResult,
     BadFrame,
+    Bounds,
     CompleteCode,
     CompletionResult,
     FeedInput,
@@ -49,8 +56,38 @@ from kernel_runner.supervision import ChildInfo
 Frames = list[bytes]
 
 
+MiB = 1024 * 1024
+# docs/protocol.md §2.7. ZeroMQ drops a peer that sends a bigger frame (ZMQ_MAXMSGSIZE), so memory stays bounded; it is
+# far above any real cell or command, and the only limit on `clean`, `build`, `exec`, `code` and `input`.
+MAX_FRAME_BYTES = 64 * MiB
+MAX_OP_BYTES = 32  # the longest op name is 19 bytes
+# Payloads parsed as JSON or naming a service: checked right after the receive, before any decoding.
+MAX_CONTROL_PAYLOAD_BYTES = 1 * MiB
+MAX_COMPLETE_PAYLOAD_BYTES = 16 * MiB  # `complete` carries the whole cell
+MAX_JSON_DEPTH = 32  # the deepest real payload (a model's pre_start_actions) nests 6 levels
+MAX_NAME_CHARS = 256
+MAX_URL_PATH_CHARS = 2048  # a health check's path: it is put in a URL and in log lines
+_URL_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
+MAX_PORTS = 64
+_MAX_ERROR_LINES = 8
+_MAX_ERROR_LINE_CHARS = 300
+
+
 class PayloadError(ValueError):
     """A payload that cannot become a typed request; the text names the bad field."""
+
+
+def _text(value: Any, what: str = "a string") -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected {what}, got {_kind(value)}")
+    if "\0" in value:
+        # It would reach an argv, an environment or a file name, where the spawn or open fails with a bare ValueError.
+        raise ValueError("a NUL character is not allowed")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
 
 
 def _build_converter() -> cattrs.Converter:
@@ -59,11 +96,11 @@ def _build_converter() -> cattrs.Converter:
     def structure_command(value: Any, _type: Any) -> tuple[str, ...] | str:
         # Later upstream accepts a string run through the shell as well as an argv list (docs/protocol.md §7.5).
         if isinstance(value, str):
-            return value
-        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return _text(value)
+        if isinstance(value, list):
             if not value:
                 raise ValueError("start_command must not be empty")
-            return tuple(value)
+            return tuple(_text(item, "a list of strings") for item in value)
         raise ValueError("start_command must be a list of strings or a string")
 
     conv.register_structure_hook(tuple[str, ...] | str, structure_command)
@@ -71,41 +108,49 @@ def _build_converter() -> cattrs.Converter:
     def structure_argument(value: Any, _type: Any) -> str | list[str] | None:
         # docs/protocol.md §6.1: an argument's value is a string, a list of strings, or null.
         if value is None or isinstance(value, str):
-            return value
-        if isinstance(value, list) and all(isinstance(item, str) for item in value):
-            return list(value)
-        raise ValueError(f"expected a string, a list of strings or null, got {value!r}")
+            return value if value is None else _text(value)
+        if isinstance(value, list):
+            return [_text(item, "a list of strings") for item in value]
+        raise ValueError(f"expected a string, a list of strings or null, got {_kind(value)}")
 
     conv.register_structure_hook(str | list[str] | None, structure_argument)
 
     def structure_strict_int(value: Any, _type: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {value!r}")
+            raise ValueError(f"expected an integer, got {_kind(value)}")
         return value
 
     def structure_strict_float(value: Any, _type: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"expected a number, got {value!r}")
+            raise ValueError(f"expected a number, got {_kind(value)}")
         return float(value)
-
-    def structure_strict_str(value: Any, _type: Any) -> str:
-        if not isinstance(value, str):
-            raise ValueError(f"expected a string, got {value!r}")
-        return value
 
     conv.register_structure_hook(int, structure_strict_int)
     conv.register_structure_hook(float, structure_strict_float)
-    conv.register_structure_hook(str, structure_strict_str)
+    conv.register_structure_hook(str, lambda value, _type: _text(value))
     return conv
 
 
 converter = _build_converter()
 
 
+def _format_exception(exc: BaseException, tp: type | None) -> str:
+    # Our hooks' own texts say what was expected; they never quote the value (it may be a megabyte long).
+    if isinstance(exc, ValueError) and not isinstance(exc, cattrs.BaseValidationError):
+        return str(exc)
+    return cattrs_format_exception(exc, tp)
+
+
 def _errors_text(exc: Exception) -> str:
     if isinstance(exc, (ClassValidationError, ForbiddenExtraKeysError)):
-        return "; ".join(cattrs.transform_error(exc, path="$"))
-    return str(exc)
+        lines = cattrs.transform_error(exc, path="$", format_exception=_format_exception)
+    else:
+        lines = [str(exc)]
+    # A path quotes the wire's own mapping keys: each line is kept short, and so is their number.
+    shown = [excerpt(line, _MAX_ERROR_LINE_CHARS, quote=False) for line in lines[:_MAX_ERROR_LINES]]
+    if len(lines) > _MAX_ERROR_LINES:
+        shown.append(f"and {len(lines) - _MAX_ERROR_LINES} more")
+    return "; ".join(shown)
 
 
 def _structure_or_raise(data: Any, cls: type[Any]) -> Any:
@@ -115,14 +160,62 @@ def _structure_or_raise(data: Any, cls: type[Any]) -> Any:
         raise PayloadError(_errors_text(exc)) from exc
 
 
-def _json_object(text: str) -> dict[str, Any]:
+# A JSON string (skipped whole, escapes included) or one bracket: enough to measure nesting without parsing.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+
+
+def _nests_deeper_than(text: str, limit: int) -> bool:
+    """Measured before parsing: the parser recurses once per level, and 100 000 `[` once ended in RecursionError."""
+    depth = 0
+    for match in _JSON_TOKEN.finditer(text):
+        token = match.group()
+        if token in {"[", "{"}:
+            depth += 1
+            if depth > limit:
+                return True
+        elif token in {"]", "}"}:
+            depth -= 1
+    return False
+
+
+def _json_value(text: str, *, expected: str = "valid JSON") -> Any:
+    if _nests_deeper_than(text, MAX_JSON_DEPTH):
+        raise PayloadError(f"payload nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        value = json.loads(text)
+        # NaN and Infinity are taken, as the agent's encoder may write them; the range checks refuse them by field name.
+        return json.loads(text)
     except ValueError as exc:
-        raise PayloadError(f"payload is not valid JSON: {exc}") from exc
+        raise PayloadError(f"payload is not {expected}: {excerpt(str(exc), quote=False)}") from exc
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    value = _json_value(text)
     if not isinstance(value, dict):
         raise PayloadError(f"payload must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def _name_problem(name: str) -> str | None:
+    """Why a service or model name from the wire is refused, or None: names end up in child ids and log lines."""
+    if not name:
+        return "must not be empty"
+    if len(name) > MAX_NAME_CHARS:
+        return f"must be at most {MAX_NAME_CHARS} characters, got {len(name)}"
+    if any(ord(char) < 32 or ord(char) == 127 for char in name):
+        return "must not contain control characters"
+    return None
+
+
+def _check_name(name: str, path: str) -> None:
+    problem = _name_problem(name)
+    if problem is not None:
+        raise PayloadError(f"name {problem} @ {path}")
+
+
+def _check_bound(value: Any, bounds: Bounds, field: str, path: str) -> None:
+    problem = bounds.problem(value)
+    if problem is not None:
+        raise PayloadError(f"{field} {problem} @ {path}")
 
 
 def parse_service_info(text: str) -> ServiceInfo:
@@ -130,14 +223,26 @@ def parse_service_info(text: str) -> ServiceInfo:
     options = raw.get("options") or {}
     if not isinstance(options, dict):
         raise PayloadError("options must be an object @ $.options")
+    ports = raw.get("ports")
+    if ports is None:
+        ports = []
+    elif not isinstance(ports, list):
+        raise PayloadError(f"ports must be a list of integers, got {_kind(ports)} @ $.ports")
+    elif len(ports) > MAX_PORTS:
+        raise PayloadError(f"ports must hold at most {MAX_PORTS} ports, got {len(ports)} @ $.ports")
     normalized = {
         "name": raw.get("name"),
         "port": raw.get("port"),
-        "ports": tuple(raw.get("ports") or ()),
+        "ports": tuple(ports),
         "protocol": raw.get("protocol") or "tcp",
         "options": {"arguments": options.get("arguments"), "envs": options.get("envs")},
     }
     info: ServiceInfo = _structure_or_raise(normalized, ServiceInfo)
+    _check_name(info.name, "$.name")
+    if info.port is not None:
+        _check_bound(info.port, SERVICE_PORT_BOUNDS, "port", "$.port")
+    for index, port in enumerate(info.ports):
+        _check_bound(port, SERVICE_PORT_BOUNDS, "port", f"$.ports[{index}]")
     return info
 
 
@@ -151,44 +256,46 @@ def parse_model_info(text: str) -> ModelInfo:
         health = service.get("health_check")
         if isinstance(health, dict):
             # The agent's schema turns missing optional numbers into null; null means "the default" (docs/protocol.md §7.1).
-            service = {**service, "health_check": {k: v for k, v in health.items() if v is not None}}
+            health = {k: v for k, v in health.items() if v is not None}
+            _check_health_numbers(health)
+            service = {**service, "health_check": health}
         raw = {**raw, "service": service}
     model: ModelInfo = _structure_or_raise(raw, ModelInfo)
-    _check_model_ranges(model)
+    _check_name(model.name, "$.name")
+    if model.service is not None:
+        _check_bound(model.service.port, PORT_BOUNDS, "port", "$.service.port")
+        if not model.service.shell:
+            raise PayloadError("shell must not be empty @ $.service.shell")
+        check = model.service.health_check
+        if check is not None and (len(check.path) > MAX_URL_PATH_CHARS or _URL_UNSAFE.search(check.path)):
+            raise PayloadError(f"path must be at most {MAX_URL_PATH_CHARS} characters without spaces or control "
+                               "characters @ $.service.health_check.path")
     return model
 
 
-def _check_model_ranges(model: ModelInfo) -> None:
-    if not model.name:
-        raise PayloadError("name must not be empty @ $.name")
-    if model.service is None:
-        return
-    if not 0 < model.service.port < 65536:
-        raise PayloadError(f"port must be 1..65535, got {model.service.port} @ $.service.port")
-    check = model.service.health_check
-    if check is None:
-        return
-    if check.max_retries < 1:
-        raise PayloadError("max_retries must be >= 1 @ $.service.health_check.max_retries")
-    if check.max_wait_time < 0:
-        raise PayloadError("max_wait_time must be >= 0 @ $.service.health_check.max_wait_time")
-    if check.expected_status_code < 100:
-        raise PayloadError("expected_status_code must be >= 100 @ $.service.health_check.expected_status_code")
-    if check.interval is not None and check.interval <= 0:
-        raise PayloadError("interval must be > 0 @ $.service.health_check.interval")
-    if check.initial_delay is not None and check.initial_delay < 0:
-        raise PayloadError("initial_delay must be >= 0 @ $.service.health_check.initial_delay")
+def _check_health_numbers(health: dict[str, Any]) -> None:
+    """docs/protocol.md §7.1: every number is checked before it can become a timer; HealthCheck refuses them too,
+    but only here does the reply name the exact field."""
+    for field, bounds in HEALTH_CHECK_BOUNDS.items():
+        value = health.get(field)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            _check_bound(value, bounds, field, f"$.service.health_check.{field}")
 
 
-def _parse_shutdown_name(text: str) -> str:
+def _parse_name(text: str) -> str:
     # docs/protocol.md §2.4: the payload is a JSON string such as "\"jupyter\"".
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise PayloadError(f"payload is not a JSON string: {exc}") from exc
+    value = _json_value(text, expected="a JSON string")
     if not isinstance(value, str) or not value:
-        raise PayloadError(f"payload must be a non-empty JSON string, got {value!r}")
+        raise PayloadError(f"payload must be a non-empty JSON string, got {_kind(value) if value else repr(value)}")
+    _check_name(value, "$")
     return value
+
+
+def _parse_get_apps(text: str) -> GetApps:
+    if not text:
+        return GetApps(name=None)
+    _check_name(text, "the payload")
+    return GetApps(name=text)
 
 
 def _parse_complete(text: str) -> CompleteCode:
@@ -217,12 +324,22 @@ _PARSERS: dict[str, Callable[[str], AgentRequest]] = {
     "status": lambda _text: StatusRequest(),
     "start-service": lambda text: StartService(info=parse_service_info(text)),
     "start-model-service": lambda text: StartModelService(model=parse_model_info(text)),
-    "shutdown-service": lambda text: ShutdownService(name=_parse_shutdown_name(text)),
-    "get-apps": lambda text: GetApps(name=text or None),
+    "shutdown-service": lambda text: ShutdownService(name=_parse_name(text)),
+    "get-apps": _parse_get_apps,
 }
 
 OPS = frozenset(_PARSERS)
 _LOSSLESS_TEXT_OPS = frozenset({"clean", "build", "exec", "code", "input"})
+# The agent sends these empty; whatever they carry is never decoded, so `status` is answered whatever comes with it.
+_IGNORED_PAYLOAD_OPS = frozenset({"status", "interrupt"})
+PAYLOAD_LIMITS: Mapping[str, int] = {
+    **{op: MAX_FRAME_BYTES for op in _LOSSLESS_TEXT_OPS | _IGNORED_PAYLOAD_OPS},
+    "complete": MAX_COMPLETE_PAYLOAD_BYTES,
+    "start-service": MAX_CONTROL_PAYLOAD_BYTES,
+    "start-model-service": MAX_CONTROL_PAYLOAD_BYTES,
+    "shutdown-service": MAX_CONTROL_PAYLOAD_BYTES,
+    "get-apps": MAX_CONTROL_PAYLOAD_BYTES,
+}
 
 
 def _failure_reply(op: str, error: str) -> ToAgent | None:
@@ -238,21 +355,37 @@ def _failure_reply(op: str, error: str) -> ToAgent | None:
     return None
 
 
+def size_text(size: int) -> str:
+    return f"{size // MiB} MiB" if size >= MiB and size % MiB == 0 else f"{size} bytes"
+
+
 def decode(frames: Sequence[bytes]) -> AgentRequest | BadFrame:
-    """Never raises: anything malformed becomes a BadFrame with its reason (docs/protocol.md §2.2)."""
+    """Never raises: anything malformed becomes a BadFrame with its reason (docs/protocol.md §2.2).
+
+    Sizes are checked before anything is decoded, and JSON nesting before it is parsed (docs/protocol.md §2.7).
+    """
     if len(frames) != 2:
         return BadFrame(reason=f"expected 2 frames, got {len(frames)}", frame_count=len(frames), op=None)
+    op_frame, payload = frames
+    if len(op_frame) > MAX_OP_BYTES:
+        return BadFrame(reason=f"unknown op {excerpt(op_frame, MAX_OP_BYTES)}", frame_count=2, op=None)
     try:
-        op = frames[0].decode("ascii")
+        op = op_frame.decode("ascii")
     except UnicodeDecodeError:
-        return BadFrame(reason="op frame is not ASCII", frame_count=2, op=None)
+        return BadFrame(reason=f"op frame is not ASCII: {excerpt(op_frame)}", frame_count=2, op=None)
     parser = _PARSERS.get(op)
     if parser is None:
-        return BadFrame(reason=f"unknown op {op!r}", frame_count=2, op=op)
+        # The op is logged as is: a control character in it could forge a log line, so such an op is only quoted.
+        return BadFrame(reason=f"unknown op {op!r}", frame_count=2, op=op if op.isprintable() else None)
+    if len(payload) > PAYLOAD_LIMITS[op]:
+        reason = f"payload of {len(payload)} bytes is over the {size_text(PAYLOAD_LIMITS[op])} limit for {op}"
+        return BadFrame(reason=reason, frame_count=2, op=op, reply=_failure_reply(op, reason))
+    if op in _IGNORED_PAYLOAD_OPS:
+        return parser("")
     # Commands, code and input keep undecodable bytes (surrogateescape) rather than being dropped as upstream does.
     errors = "surrogateescape" if op in _LOSSLESS_TEXT_OPS else "strict"
     try:
-        text = frames[1].decode("utf-8", errors=errors)
+        text = payload.decode("utf-8", errors=errors)
     except UnicodeDecodeError as exc:
         reason = f"payload is not UTF-8: {exc}"
         return BadFrame(reason=reason, frame_count=2, op=op, reply=_failure_reply(op, reason))
@@ -261,7 +394,7 @@ def decode(frames: Sequence[bytes]) -> AgentRequest | BadFrame:
     except PayloadError as exc:
         reason = f"invalid {op} payload: {exc}"
     except Exception as exc:  # noqa: BLE001 - a parser slip (a wrong type, nesting too deep) must not escape either
-        reason = f"invalid {op} payload: {type(exc).__name__}: {str(exc)[:200]}"
+        reason = f"invalid {op} payload: {type(exc).__name__}: {excerpt(str(exc), quote=False)}"
     return BadFrame(reason=reason, frame_count=2, op=op, reply=_failure_reply(op, reason))
 
 

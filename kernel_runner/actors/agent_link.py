@@ -1,7 +1,8 @@
 """AgentLink: the router's I/O thread, the only owner of the agent's two sockets.
 
-It binds PULL and PUSH, then waits on three things at once (never on a timeout while idle): a request on PULL, a
-wake-up from the RouterLink when something was put for the agent, and room on PUSH while its own outbox is not empty.
+It binds PULL and PUSH, then waits on four things at once (never on a timeout while idle): a request on PULL, a
+wake-up from the RouterLink when something was put for the agent, room on PUSH while its own outbox is not empty, and
+a peer dropping off PULL (the only trace of a frame over the size limit, docs/protocol.md §2.7).
 A request is decoded and routed at once (`route`, one hop to the child that handles it); `status` is answered right
 here from the pushed tree snapshot, with no hop at all (docs/architecture.md §5.5).
 
@@ -20,8 +21,10 @@ from typing import Any
 import pykka
 import zmq
 from loguru import logger
+from zmq.utils.monitor import recv_monitor_message
 
 from kernel_runner import wire
+from kernel_runner.excerpts import excerpt
 from kernel_runner.messages import AgentRequest, BadFrame, Output, StatusRequest
 from kernel_runner.outbox import RouterLink
 from kernel_runner.sockets import bind_socket
@@ -85,8 +88,13 @@ class AgentLink(threading.Thread):
     def run(self) -> None:
         pull: zmq.Socket[bytes] = self._context.socket(zmq.PULL)
         push: zmq.Socket[bytes] = self._context.socket(zmq.PUSH)
+        monitor: zmq.Socket[bytes] | None = None
         try:
             pull.setsockopt(zmq.LINGER, 0)
+            # A bigger frame is never read into memory: ZeroMQ drops the peer instead (docs/protocol.md §2.7), and
+            # the monitor lets the log say so.
+            pull.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME_BYTES)
+            monitor = pull.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             # ZeroMQ's queue counts messages, not bytes: with output chunks of up to 256 KiB, the default 1000 would
             # hold 250 MiB for an agent that stopped reading. This bound plus the output credits keeps it to ~48 MiB.
             push.setsockopt(zmq.SNDHWM, PUSH_HWM)
@@ -97,7 +105,7 @@ class AgentLink(threading.Thread):
                 return
             self.bound.set_result(ports)
             self._link.consume(self.wake)
-            self._serve(pull, push)
+            self._serve(pull, push, monitor)
             self._collect()
             while self._flush(push):  # the last answers of a shutdown still go out, as far as the agent takes them
                 pass
@@ -112,14 +120,18 @@ class AgentLink(threading.Thread):
                 if credited:
                     self._link.return_credit()
             self._outbox.clear()
+            if monitor is not None:
+                pull.disable_monitor()
+                monitor.close(linger=0)
             pull.close(linger=0)
             push.close(linger=CLOSE_LINGER_MS)
             self._wakeup.close()
 
-    def _serve(self, pull: zmq.Socket[bytes], push: zmq.Socket[bytes]) -> None:
+    def _serve(self, pull: zmq.Socket[bytes], push: zmq.Socket[bytes], monitor: zmq.Socket[bytes]) -> None:
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         poller.register(self._wakeup.fd, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         waiting_for_room = False
         while not self._stopping.is_set():
             if bool(self._outbox) != waiting_for_room:
@@ -131,6 +143,8 @@ class AgentLink(threading.Thread):
                 self._collect()
             if pull in events:
                 self._receive(pull)
+            if monitor in events:
+                self._peer_dropped(monitor)
             if self._flush(push):
                 self.wake()  # more to send: come back after a look at PULL
 
@@ -154,9 +168,19 @@ class AgentLink(threading.Thread):
         try:
             self._handle_request(frames)
         except Exception as exc:  # noqa: BLE001 - one bad frame must never cost the agent its socket
-            op = frames[0][:64] if frames else b""
-            self.log.opt(exception=exc).error("could not handle a frame (op {!r}, {} frame(s)): {!r}", op, len(frames),
-                                              exc)
+            op = excerpt(frames[0], wire.MAX_OP_BYTES) if frames else "none"
+            self.log.opt(exception=exc).error("could not handle a frame (op {}, {} frame(s)): {}", op, len(frames),
+                                              excerpt(repr(exc), quote=False))
+
+    def _peer_dropped(self, monitor: zmq.Socket[bytes]) -> None:
+        try:
+            event = recv_monitor_message(monitor, zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        # An agent that goes away is no error, so this is no warning; but it is the one trace an oversized frame leaves.
+        self.log.info("a peer of the input socket {} disconnected (ZeroMQ drops a peer that sends a frame over {}, "
+                      "with whatever else it had in flight)", event["endpoint"].decode(errors="replace"),
+                      wire.size_text(wire.MAX_FRAME_BYTES))
 
     def _handle_request(self, frames: list[bytes]) -> None:
         request = wire.decode(frames)
@@ -164,6 +188,7 @@ class AgentLink(threading.Thread):
             case StatusRequest():
                 self._answer_status()
             case BadFrame():
+                # The op is at most MAX_OP_BYTES and the reason quotes the wire only through excerpt().
                 self.log.warning("dropped bad frame (op={}, frames={}): {}", request.op, request.frame_count,
                                  request.reason)
                 if request.reply is not None:

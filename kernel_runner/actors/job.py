@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from kernel_runner.excerpts import excerpt
 from kernel_runner.messages import StreamName
 
 if TYPE_CHECKING:
@@ -140,6 +141,7 @@ class StepSink:
         self._chunks_since_check = 0
 
     def __call__(self, stream: StreamName, data: bytes) -> None:
+        """Never raises: the pipe pump that calls it must go on reading, or the step's end would never be told."""
         with self._lock:
             detached = self._detached
             self._chunks_since_check += 1
@@ -147,20 +149,24 @@ class StepSink:
                 self.bytes_after_exit += len(data)
             if not detached:
                 self._busy += 1
-        if self._task_log is not None:
-            self._task_log.write(data)
-        if detached:
-            if self._line_logger is not None:
-                self._line_logger.feed(stream, data)
-            return
         try:
-            if self._deliver is not None:
+            if self._task_log is not None:
+                self._task_log.write(data)
+            if detached:
+                if self._line_logger is not None:
+                    self._line_logger.feed(stream, data)
+            elif self._deliver is not None:
                 self._deliver(stream, data)
             elif self._line_logger is not None:
                 self._line_logger.feed(stream, data)
+        except Exception as exc:  # noqa: BLE001 - one lost chunk is logged; a dead pump would hang the run
+            self._log.opt(exception=exc).error(
+                "{} chunk of {} bytes lost: {!r}; it starts {}", stream, len(data), exc, excerpt(data)
+            )
         finally:
-            with self._lock:
-                self._busy -= 1
+            if not detached:
+                with self._lock:
+                    self._busy -= 1
 
     def mark_exited(self) -> None:
         with self._lock:

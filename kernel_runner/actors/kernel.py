@@ -21,6 +21,7 @@ Life of one incarnation: one ``Phase``, changed only through ``self._life``; ``T
     KILLING     waits for the killed kernel's exit; the interrupted run ends with 130 when it comes
 
     LAUNCHING, CONNECTING, READY, KILLING ── the kernel exited, could not start, or its channels failed ──> DYING
+    READY ── its heartbeat went unanswered (stopped or hung, docs/protocol.md §4.7): SIGKILL to its tree ──> DYING
     DYING     the running cell is ended through the channel thread (its last outputs first, then a stderr note),
               or by END_RUN_TIMEOUT_S ──> RETIRING
     RETIRING  queued runs were handed back for the next incarnation (answered with the start error after a failed
@@ -59,6 +60,7 @@ from kernel_runner.actors.kernel_channels import (
     EndRunCommand,
     ExecuteCommand,
     KernelChannels,
+    KernelHeartbeatLost,
     KernelStarter,
     LaunchBox,
     RequestShutdownCommand,
@@ -66,9 +68,16 @@ from kernel_runner.actors.kernel_channels import (
     SendInterruptCommand,
 )
 from kernel_runner.context import RunnerContext
-from kernel_runner.exits import Crashed, ExitReason, ProcessDied, ShutdownExit, StartFailed
+from kernel_runner.excerpts import excerpt
+from kernel_runner.exits import Crashed, ExitReason, ProcessDied, ShutdownExit, StartFailed, Unhealthy
 from kernel_runner.ids import KERNEL_CHILD, LANG_CHILD, RunId
-from kernel_runner.jupyter import INTERRUPTED_EXIT, NO_KERNEL_EXIT, death_exit_code
+from kernel_runner.jupyter import (
+    HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_TIMEOUT_S,
+    INTERRUPTED_EXIT,
+    NO_KERNEL_EXIT,
+    death_exit_code,
+)
 from kernel_runner.messages import (
     CompleteCode,
     CompletionResult,
@@ -109,6 +118,7 @@ INTERRUPT_KILL_AFTER_S = 10.0
 END_RUN_TIMEOUT_S = 2.0
 KERNEL_SHUTDOWN_S = 3.0
 KERNEL_STABLE_AFTER_S = 10.0
+KERNEL_LOG_LINE_CHARS = 4096  # what the kernel process itself prints goes to our log, a line at most this long
 
 
 # ======================================================================================================================
@@ -216,6 +226,8 @@ class KernelActor(SupervisedActor):
         ready_timeout_s: float = READY_TIMEOUT_S,
         complete_timeout_s: float = COMPLETE_TIMEOUT_S,
         interrupt_kill_after_s: float = INTERRUPT_KILL_AFTER_S,
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+        heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
     ) -> None:
         super().__init__(ctx=ctx)
         self._runner = runner
@@ -224,6 +236,8 @@ class KernelActor(SupervisedActor):
         self._ready_timeout_s = ready_timeout_s
         self._interrupt_kill_after_s = interrupt_kill_after_s
         self._complete_timeout_s = complete_timeout_s
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._heartbeat_timeout_s = heartbeat_timeout_s
         self._box: LaunchBox | None = None
         self._starter: KernelStarter | None = None
         self._channels: KernelChannels | None = None
@@ -330,6 +344,8 @@ class KernelActor(SupervisedActor):
                 return self._handle_kernel_start_failed(message)
             case KernelChannelsClosed():
                 return self._handle_kernel_channels_closed(message)
+            case KernelHeartbeatLost():
+                return self._handle_kernel_heartbeat_lost(message)
             case KernelRunEnded():
                 return self._handle_kernel_run_ended(message)
             case KernelInputRequested():
@@ -368,9 +384,12 @@ class KernelActor(SupervisedActor):
         kernel_log = self.log.bind(stream="kernel")
 
         def log_kernel_output(_stream: StreamName, data: bytes) -> None:
-            for line in data.decode("utf-8", errors="replace").splitlines():
-                if line.strip():
-                    kernel_log.info("kernel says: {}", line)
+            try:
+                for line in data.decode("utf-8", errors="replace").splitlines():
+                    if line.strip():
+                        kernel_log.info("kernel says: {}", excerpt(line, KERNEL_LOG_LINE_CHARS, quote=False))
+            except Exception as exc:  # noqa: BLE001 - the watcher must go on reading, or the kernel's exit is lost
+                kernel_log.error("kernel output of {} bytes not logged: {!r}; it starts {}", len(data), exc, excerpt(data))
 
         sink: OutputSink | None = log_kernel_output if stdout is not None else None
         # Also when STOPPING (spawned while the stop was on its way): stop_process has the handle, and the exit ends us.
@@ -384,6 +403,8 @@ class KernelActor(SupervisedActor):
             run_done=self._tell_run_done,
             pid=handle.pid,
             ready_timeout_s=self._ready_timeout_s,
+            heartbeat_interval_s=self._heartbeat_interval_s,
+            heartbeat_timeout_s=self._heartbeat_timeout_s,
             log=self.log,
         )
         self._channels.start()
@@ -411,6 +432,24 @@ class KernelActor(SupervisedActor):
     def _handle_kernel_channels_closed(self, message: KernelChannelsClosed) -> None:
         if self.phase in _ALIVE:  # STOPPING: the stop ends us; DYING, RETIRING: dying already
             self._die(Crashed(error=f"kernel channels failed: {message.error}"))
+
+    def _handle_kernel_heartbeat_lost(self, message: KernelHeartbeatLost) -> None:
+        """A stopped or hung kernel never exits by itself: kill it, end its run, and let the supervisor restart it."""
+        handle = self._box.handle if self._box is not None else None
+        if self.phase is not Phase.READY or handle is None:
+            # KILLING, STOPPING: being killed or stopped already; DYING, RETIRING: gone already.
+            self.log.info("heartbeat lost while {}: nothing more to do", self.phase.name)
+            return
+        detail = f"no heartbeat for {message.silent_s:.0f} s"
+        self.log.error("unhealthy: the {} kernel has not answered its heartbeat for {:.1f} s (stopped or hung); "
+                       "SIGKILL to its tree", self.kernel_name, message.silent_s)
+        handle.kill_tree()  # a stopped process dies of SIGKILL too; its exit reaches us while DYING
+        note = (
+            f"kernel-runner: the Jupyter kernel ({self.kernel_name}) did not answer its heartbeat for "
+            f"{message.silent_s:.0f} s while this code ran (it is stopped or hung), so it was killed; "
+            "it is being restarted\n"
+        )
+        self._die(Unhealthy(detail=detail), run_end=(death_exit_code(-signal.SIGKILL), note))
 
     # ---- runs ---------------------------------------------------------------------------------------------------
     def _handle_run_task(self, task: RunTask) -> None:
@@ -566,9 +605,16 @@ class KernelActor(SupervisedActor):
                 )
 
     def _die(
-        self, reason: ExitReason, *, start_error: str | None = None, note_how: str | None = None, returncode: int = 1
+        self,
+        reason: ExitReason,
+        *,
+        start_error: str | None = None,
+        note_how: str | None = None,
+        returncode: int = 1,
+        run_end: tuple[int, str] | None = None,
     ) -> None:
-        """The kernel is gone or unusable: end the running cell once, then hand the rest back and exit with `reason`."""
+        """The kernel is gone or unusable: end the running cell once (with `run_end`'s exit code and note, if given),
+        then hand the rest back and exit with `reason`."""
         killed_for_interrupt = self.phase is Phase.KILLING
         self._death, self._start_error = reason, start_error
         # Detach first, so code told from now on waits for the next incarnation, not for us.
@@ -579,7 +625,9 @@ class KernelActor(SupervisedActor):
         if run is None:
             self._retire()
             return
-        if killed_for_interrupt:
+        if run_end is not None:
+            exit_code, note = run_end
+        elif killed_for_interrupt:
             exit_code = INTERRUPTED_EXIT
             note = (
                 f"kernel-runner: the Jupyter kernel ({self.kernel_name}) did not respond to the interrupt within "
@@ -643,11 +691,14 @@ def kernel_child_spec(
     ready_timeout_s: float = READY_TIMEOUT_S,
     complete_timeout_s: float = COMPLETE_TIMEOUT_S,
     interrupt_kill_after_s: float = INTERRUPT_KILL_AFTER_S,
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
 ) -> ChildSpec:
     """The Jupyter kernel as a permanent child: restarted with backoff, FATAL after too many restarts (docs/architecture.md §4).
 
     `kernel_name` is matched exactly (python: `python3`, the kernelspec ipykernel installs); `env` is the kernel's
-    environment (default: the runner environment from the context, as upstream gives the kernel os.environ).
+    environment (default: the runner environment from the context, as upstream gives the kernel os.environ);
+    `heartbeat_interval_s` and `heartbeat_timeout_s` are its hang detection (docs/protocol.md §4.7).
     """
     restart = runner.config.restart
 
@@ -660,6 +711,8 @@ def kernel_child_spec(
             ready_timeout_s=ready_timeout_s,
             complete_timeout_s=complete_timeout_s,
             interrupt_kill_after_s=interrupt_kill_after_s,
+            heartbeat_interval_s=heartbeat_interval_s,
+            heartbeat_timeout_s=heartbeat_timeout_s,
         )
 
     return ChildSpec(

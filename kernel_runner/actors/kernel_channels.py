@@ -5,10 +5,15 @@ Threads and what they own:
 * ``KernelStarter`` (one per incarnation): looks the kernelspec up, writes the connection file, spawns the kernel in
   its own session and tells the actor ``KernelLaunched``. It never touches a socket.
 * ``KernelChannels`` (the IOPub pump): creates, uses and closes every ZeroMQ socket to the kernel (shell, iopub,
-  stdin, control). It waits for readiness (``KernelReady``), sends what the actor asks for through a command queue
+  stdin, control, hb). It waits for readiness (``KernelReady``), sends what the actor asks for through a command queue
   woken by a pipe, and maps IOPub/stdin traffic to agent messages. Outputs go straight to the router (credited,
   split into records of at most 1 MiB); the run's end goes to the actor as ``KernelRunEnded`` *after* its outputs,
-  so the actor's single ``Finished`` always comes last.
+  so the actor's single ``Finished`` always comes last. It also pings the kernel's heartbeat channel and tells the
+  actor ``KernelHeartbeatLost`` when the kernel stops echoing (docs/protocol.md §4.7).
+
+A message that makes a handler fail is logged (with a bounded prefix) and skipped; the thread goes on. If the thread
+ends anyway, whatever the cause, the actor hears ``KernelChannelsClosed`` (or the start failure) and ends its
+incarnation, so the supervisor restarts the kernel.
 """
 
 from __future__ import annotations
@@ -28,9 +33,14 @@ import pykka
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from kernel_runner.excerpts import excerpt
 from kernel_runner.ids import RunId
 from kernel_runner.jupyter import (
+    BEATS_WHILE_BUSY,
+    HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_TIMEOUT_S,
     NO_KERNEL_EXIT,
+    HeartbeatWatch,
     KernelSpecError,
     exit_code_from_reply,
     fill_template,
@@ -60,6 +70,15 @@ KERNEL_INFO_RETRY_S = 0.25
 # After execute_reply, how long IOPub may lag before the run ends without its idle status (and vice versa).
 END_GRACE_S = 2.0
 MAX_MESSAGES_PER_WAKE = 256
+IDLE_POLL_MS = 60_000  # nothing to time while idle but the heartbeat, which sets its own (shorter) deadline
+HB_SNDHWM = 16  # pings waiting for a kernel that does not read them: more would say nothing new
+
+
+@attrs.frozen(kw_only=True)
+class KernelHeartbeatLost:
+    """The kernel left a heartbeat ping unanswered for `silent_s` (docs/protocol.md §4.7): it is stopped or hung."""
+
+    silent_s: float
 
 
 # ======================================================================================================================
@@ -145,14 +164,17 @@ class KernelStarter(threading.Thread):
         self._owner = owner
 
     def run(self) -> None:
+        # Whatever ends this thread, the actor hears how the start went (it would wait in LAUNCHING for ever).
+        message: object = KernelStartFailed(error=f"the {self._kernel_name} kernel starter thread ended unexpectedly")
         try:
-            message: object = self._launch()
+            message = self._launch()
         except KernelSpecError as exc:
             message = KernelStartFailed(error=str(exc))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a message, never a dead thread
             message = KernelStartFailed(error=f"the {self._kernel_name} kernel could not be started: {exc!r}")
-        if message is not None:
-            tell_if_alive(self._owner, message)
+        finally:
+            if message is not None:
+                tell_if_alive(self._owner, message)
 
     def _launch(self) -> KernelLaunched | None:
         from jupyter_client.connect import write_connection_file
@@ -221,6 +243,8 @@ class KernelChannels(threading.Thread):
         run_done: Callable[[RunId, int], None],
         pid: int,
         ready_timeout_s: float = READY_TIMEOUT_S,
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+        heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
         log: Any,
     ) -> None:
         super().__init__(name=f"KernelChannels-{pid}", daemon=True)
@@ -229,6 +253,10 @@ class KernelChannels(threading.Thread):
         self._router = router
         self._run_done = run_done
         self._ready_timeout_s = ready_timeout_s
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._heartbeat_timeout_s = heartbeat_timeout_s
+        self._heartbeat: HeartbeatWatch | None = None  # None: not watched (before ready, or once lost)
+        self._beats_while_busy = False
         self._log = log
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._stopping = threading.Event()
@@ -251,14 +279,20 @@ class KernelChannels(threading.Thread):
 
     # ---- the thread ------------------------------------------------------------------------------------
     def run(self) -> None:
+        ended_as_planned = False
         try:
             self._open()
             if self._handshake():
                 self._loop()
+            ended_as_planned = True  # stopping, or the handshake told the actor why it failed
         except Exception as exc:  # noqa: BLE001 - tell the owner; it decides (restart) and cleans up
             self._log.opt(exception=exc).error("kernel channels failed: {!r}", exc)
             self._tell(KernelChannelsClosed(error=repr(exc)))
+            ended_as_planned = True
         finally:
+            if not ended_as_planned:  # something no handler could catch: the actor must still hear of it
+                self._log.error("the kernel channel thread ended unexpectedly")
+                self._tell(KernelChannelsClosed(error="the channel thread ended unexpectedly"))
             if "stdin" in self._sockets:
                 self._close_stdin_monitor()
             for sock in self._sockets.values():
@@ -293,9 +327,13 @@ class KernelChannels(threading.Thread):
         )
         context: zmq.Context[Any] = zmq.Context.instance()
         identity: bytes = self._session.bsession
-        for channel, kind in (("shell", zmq.DEALER), ("control", zmq.DEALER), ("stdin", zmq.DEALER), ("iopub", zmq.SUB)):
+        channels = (("shell", zmq.DEALER), ("control", zmq.DEALER), ("stdin", zmq.DEALER), ("iopub", zmq.SUB),
+                    ("hb", zmq.DEALER))
+        for channel, kind in channels:
             sock: zmq.Socket[bytes] = context.socket(kind)
             sock.setsockopt(zmq.LINGER, 0)
+            if channel == "hb":
+                sock.setsockopt(zmq.SNDHWM, HB_SNDHWM)
             if channel in ("shell", "stdin"):
                 # The kernel routes input_request to the stdin socket that shares the shell socket's identity.
                 sock.setsockopt(zmq.IDENTITY, identity)
@@ -339,6 +377,7 @@ class KernelChannels(threading.Thread):
         while not self._stopping.is_set():
             if got_reply is not None and got_iopub and got_stdin:
                 self._close_stdin_monitor()
+                self._watch_heartbeat(str(got_reply.get("implementation", "")))
                 language = got_reply.get("language_info", {}).get("name", "")
                 self._tell(
                     KernelReady(
@@ -385,7 +424,7 @@ class KernelChannels(threading.Thread):
 
     def _loop(self) -> None:
         poller = zmq.Poller()
-        for channel in ("iopub", "shell", "stdin", "control"):
+        for channel in ("iopub", "shell", "stdin", "control", "hb"):
             poller.register(self._sockets[channel], zmq.POLLIN)
         poller.register(self._wakeup.fd, zmq.POLLIN)
         handlers: tuple[tuple[str, Callable[[dict[str, Any]], None]], ...] = (
@@ -401,13 +440,19 @@ class KernelChannels(threading.Thread):
                 if self._sockets[channel] in events:  # a socket with nothing to read costs a raised zmq.Again
                     self._drain(channel, handler)
             self._check_run_end()
+            self._beat()
 
     def _poll_timeout_ms(self) -> int:
+        deadlines = []
         execution = self._execution
         if execution is not None and execution.half_done_at is not None:
-            left = execution.half_done_at + END_GRACE_S - time.monotonic()
-            return max(1, int(left * 1000) + 1)
-        return 1000
+            deadlines.append(execution.half_done_at + END_GRACE_S)
+        heartbeat = self._heartbeat
+        if heartbeat is not None and not self._heartbeat_paused():
+            deadlines.append(heartbeat.next_due())
+        if not deadlines:
+            return IDLE_POLL_MS
+        return max(1, int((min(deadlines) - time.monotonic()) * 1000) + 1)
 
     def _drain(self, channel: str, handler: Callable[[dict[str, Any]], None]) -> None:
         for _ in range(MAX_MESSAGES_PER_WAKE):
@@ -415,7 +460,64 @@ class KernelChannels(threading.Thread):
             if msg is None:
                 return
             if msg:
-                handler(msg)
+                self._handle_message(channel, handler, msg)
+
+    def _handle_message(self, channel: str, handler: Callable[[dict[str, Any]], None], msg: dict[str, Any]) -> None:
+        """One message; a handler that fails on it costs that message only (logged), never the channel thread."""
+        try:
+            handler(msg)
+        except Exception as exc:  # noqa: BLE001 - logged with a bounded prefix, and the thread goes on
+            self._log.opt(exception=exc).error(
+                "a {} {} message could not be handled: {!r}; skipped; its content starts {}",
+                channel, msg.get("msg_type"), exc, excerpt(repr(msg.get("content"))),
+            )
+
+    # ---- the heartbeat (docs/protocol.md §4.7) -------------------------------------------------------------
+    def _watch_heartbeat(self, implementation: str) -> None:
+        self._beats_while_busy = implementation.lower() in BEATS_WHILE_BUSY
+        self._heartbeat = HeartbeatWatch.starting(
+            time.monotonic(), interval_s=self._heartbeat_interval_s, timeout_s=self._heartbeat_timeout_s
+        )
+        self._log.info(
+            "heartbeat: a ping every {:g} s; hung after {:g} s without an echo ({})",
+            self._heartbeat_interval_s, self._heartbeat_timeout_s,
+            "also while a cell runs" if self._beats_while_busy else f"between cells only: {implementation or '?'} "
+            "echoes from its main loop",
+        )
+
+    def _heartbeat_paused(self) -> bool:
+        """A kernel that echoes from its main loop cannot while it runs a cell: only its idle silence counts."""
+        return self._execution is not None and not self._beats_while_busy
+
+    def _beat(self) -> None:
+        """Read the echoes (also those that came while this thread was blocked on output), then judge, then ping."""
+        heartbeat = self._heartbeat
+        if heartbeat is None:
+            return
+        sock = self._sockets["hb"]
+        while True:
+            try:
+                sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            heartbeat.echoed()
+        now = time.monotonic()
+        if self._heartbeat_paused():
+            heartbeat.pause(now)
+            return
+        if heartbeat.is_lost(now):
+            silent_s = heartbeat.silent_for(now)
+            self._heartbeat = None  # told once; the actor kills the kernel
+            self._log.debug("no heartbeat echo for {:.1f} s; telling the actor", silent_s)
+            self._tell(KernelHeartbeatLost(silent_s=silent_s))
+            return
+        if heartbeat.ping_due(now):
+            try:
+                # The empty frame is REQ's envelope: a kernel's REP socket (IRkernel) needs it, a ROUTER echo keeps it.
+                sock.send_multipart([b"", b"ping"], zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # the kernel is not reading pings: the one outstanding already says so
+            heartbeat.pinged(now)
 
     def _run_commands(self) -> None:
         while True:
@@ -580,6 +682,7 @@ def _ignore(_msg: dict[str, Any]) -> None:
 
 __all__ = [
     "KernelChannels",
+    "KernelHeartbeatLost",
     "KernelStarter",
     "LaunchBox",
 ]

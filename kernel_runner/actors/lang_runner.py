@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import errno
 import os
 import shutil
 import signal
@@ -55,8 +56,10 @@ import attrs
 
 from kernel_runner.actors.base import PhaseMachine, SupervisedActor
 from kernel_runner.actors.job import LineLogger, StepSink, TaskLog
-from kernel_runner.actors.user_input import InputAbandoned, InputRequested, UserInputServer
+from kernel_runner.actors.user_input import InputAbandoned, InputRequested, InputServerFailed, UserInputServer
+from kernel_runner.childenv import MAX_ARG_STRLEN
 from kernel_runner.context import RunnerContext
+from kernel_runner.excerpts import excerpt
 from kernel_runner.exits import ShutdownExit
 from kernel_runner.ids import KERNEL_CHILD, POLLY_CHILD, TERMINAL_CHILD, ChildId
 from kernel_runner.langs import (
@@ -89,6 +92,7 @@ from kernel_runner.messages import (
     RunTask,
     WaitingInput,
 )
+from kernel_runner.notices import notice_bytes
 from kernel_runner.procs import (
     ProcessHandle,
     ProcessWatcher,
@@ -112,8 +116,9 @@ PIPE_DRAIN_LIMIT = 4 * 1024 * 1024
 # Interrupt: SIGINT to the group, then SIGTERM if anything of it still lives after 2 s, then SIGKILL to the tree.
 INTERRUPT_STEPS = (StopStep((signal.SIGINT,), 2.0), StopStep((signal.SIGTERM,), 2.0))
 STOP_KILL_AFTER_S = 2.0  # bootstrap timeout: SIGTERM, then SIGKILL
-EXIT_MACHINERY_FAILED = -1  # docs/protocol.md §5.1: an exception inside the machinery
+EXIT_MACHINERY_FAILED = -1  # docs/protocol.md §5.1: the runner could not prepare the step (a query source)
 UNSUPPORTED_INPUT = b"<user-input is unsupported>"  # docs/protocol.md §5.6, for languages without an input queue
+INPUT_SERVER_RESTART_S = 1.0  # a user-input server whose thread died is replaced after this pause (no hot loop)
 
 JobKind = Literal["clean", "build", "exec", "code", "init", "bootstrap"]
 
@@ -167,6 +172,11 @@ class _PipeGraceDue:
 @attrs.frozen(kw_only=True)
 class _JobTimeoutDue:
     job_id: int
+
+
+@attrs.frozen(kw_only=True)
+class _InputServerRestartDue:
+    pass
 
 
 # ---- queue items and jobs -----------------------------------------------------------------------------
@@ -365,6 +375,10 @@ class LangRunnerActor(SupervisedActor):
                 return self._handle_input_requested(message)
             case InputAbandoned():
                 return self._handle_input_abandoned(message)
+            case InputServerFailed():
+                return self._handle_input_server_failed(message)
+            case _InputServerRestartDue():
+                return self._handle_input_server_restart_due()
             case OutputSynced():
                 return self._handle_output_synced(message)
             case InterruptRun():
@@ -490,7 +504,7 @@ class LangRunnerActor(SupervisedActor):
         self._delegated = None
         self._life.to(Phase.IDLE, f"run {message.run_id} done")  # DELEGATED -> IDLE
         if message.note:
-            self._router.tell(Output(stream="stderr", data=message.note.encode("utf-8", errors="replace")))
+            self._notice(message.note)
         self._finish_task(current.task, message.exit_code)
         self._run_next()
 
@@ -498,13 +512,17 @@ class LangRunnerActor(SupervisedActor):
         if plan.log_text:
             self.log.log(plan.log_level, "run {} {}: {}", task.run_id, task.kind, plan.log_text)
         if plan.stderr_text:
-            self._router.tell(Output(stream="stderr", data=plan.stderr_text.encode("utf-8", errors="replace")))
+            self._notice(plan.stderr_text)
         self._finish_task(task, plan.exit_code)
 
     def _fail_task(self, task: RunTask, text: str) -> None:
         self.log.error("run {} {}: {}", task.run_id, task.kind, text)
-        self._router.tell(Output(stream="stderr", data=f"kernel-runner: {text}\n".encode("utf-8", errors="replace")))
+        self._notice(f"kernel-runner: {text}\n")
         self._finish_task(task, EXIT_MACHINERY_FAILED)
+
+    def _notice(self, text: str) -> None:
+        """The runner's own words to the user: one stderr record, bounded whatever it quotes (docs/protocol.md §2.5)."""
+        self._router.tell(Output(stream="stderr", data=notice_bytes(text)))
 
     def _finish_task(self, task: RunTask, exit_code: int) -> None:
         if task.kind == "build":
@@ -527,20 +545,21 @@ class LangRunnerActor(SupervisedActor):
 
     def _spawn_next_step(self, job: _Job) -> None:
         step_spec = job.steps.popleft()
+        env = {**self._env, **step_spec.env_extra}
         try:
             handle = ProcessHandle.spawn(
                 step_spec.argv,
-                env={**self._env, **step_spec.env_extra},
+                env=env,
                 cwd=self._config.work_dir,
                 # docs/protocol.md §10.3 #25: never the runner's stdin; input goes through the user-input socket.
                 stdin=subprocess.DEVNULL,
             )
-        except OSError as exc:
-            text = f"cannot start {step_spec.argv[-1]!r}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - docs/protocol.md §5.1: a step that cannot start ends its run, not us
+            text = spawn_failure_text(step_spec.argv, env, exc)
             if job.task is not None:
-                self._router.tell(Output(stream="stderr", data=f"kernel-runner: {text}\n".encode(errors="replace")))
-            self.log.error("{} job: {}", job.kind, text)
-            job.exit_code = EXIT_MACHINERY_FAILED
+                self._notice(f"kernel-runner: the {job.kind} command could not start: {text}\n")
+            self.log.error("{} job: the command could not start: {}", job.kind, text)
+            job.exit_code = EXIT_NOT_RUN
             self._end_job(job)
             return
         internal = job.task is None
@@ -553,7 +572,7 @@ class LangRunnerActor(SupervisedActor):
         step = _Step(handle=handle, sink=sink)
         job.step = step
         self._groups[handle.pid] = handle
-        self.log.debug("spawned pid={} for {} job: {}", handle.pid, job.kind, list(step_spec.argv))
+        self.log.debug("spawned pid={} for {} job: {}", handle.pid, job.kind, excerpt(" ".join(step_spec.argv)))
         step.watcher = watch_process(handle, self.actor_ref, sink=sink, clock=self.ctx.clock)
 
     def _current_step(self, pid: int) -> tuple[_Job, _Step] | None:
@@ -731,6 +750,20 @@ class LangRunnerActor(SupervisedActor):
         if was_head and self._input_waiters:
             self._ask_agent_for_input()
 
+    def _handle_input_server_failed(self, message: InputServerFailed) -> None:
+        server = self._input_server
+        if server is None or server.server_id != message.server_id:
+            return
+        # Its thread closed every connection; the processes that waited get <user-input-unavailable> (§5.6).
+        self.log.error("the user-input server died ({}); a new one starts in {:g}s", message.error, INPUT_SERVER_RESTART_S)
+        self._input_server = None
+        self._input_waiters.clear()
+        self.schedule(INPUT_SERVER_RESTART_S, _InputServerRestartDue())
+
+    def _handle_input_server_restart_due(self) -> None:
+        if self._input_server is None and self.phase not in (Phase.STOPPING, Phase.ENDED):
+            self._start_input_server()
+
     def _handle_feed_input(self, message: FeedInput) -> None:
         if self._input_waiters and self._input_server is not None:
             conn_id = self._input_waiters.popleft()
@@ -751,6 +784,24 @@ class LangRunnerActor(SupervisedActor):
             return
         # docs/protocol.md §10.1 #1: always answer, or the agent waits for ever.
         self._router.tell(CompletionResult(items=()))
+
+
+def spawn_failure_text(argv: tuple[str, ...], env: Mapping[str, str], exc: Exception) -> str:
+    """Why a step could not start, on one line, quoting only a prefix of the command (docs/protocol.md §5.1)."""
+    command = argv[-1]
+    if any("\0" in part for part in argv):
+        return f"it contains a NUL byte, which no program can receive in an argument: {excerpt(command)}"
+    if isinstance(exc, ValueError) and "null byte" in str(exc):
+        names = sorted(key for key, value in env.items() if "\0" in key or "\0" in value)
+        return f"the environment holds a NUL byte (in {', '.join(excerpt(name) for name in names) or 'a variable'})"
+    if isinstance(exc, OSError) and exc.errno == errno.E2BIG:
+        size = len(os.fsencode(command))
+        if size + 1 > MAX_ARG_STRLEN:  # a longer `sh -c` command cannot be passed at all
+            return (f"it is {size} bytes long, and Linux passes at most {MAX_ARG_STRLEN - 1} bytes in one argument "
+                    f"(E2BIG); put it in a file and run that instead: {excerpt(command)}")
+        return f"it ({size} bytes) and the environment together are too large for a new program (E2BIG): {excerpt(command)}"
+    why = exc.strerror or str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+    return f"cannot run {argv[0]}: {excerpt(why, quote=False)}; the command: {excerpt(command)}"
 
 
 def _not_available(reason: str) -> NoStep:

@@ -41,6 +41,7 @@ import pykka
 from kernel_runner.actors.base import PhaseMachine, SupervisedActor
 from kernel_runner.clock import Clock
 from kernel_runner.context import RunnerContext
+from kernel_runner.excerpts import excerpt
 from kernel_runner.exits import ExitReason, NormalExit, ProcessDied, ShutdownExit, StartFailed
 from kernel_runner.ids import ChildId
 from kernel_runner.messages import (
@@ -346,7 +347,7 @@ class ServiceActor(SupervisedActor):
         try:
             handle = ProcessHandle.spawn(
                 argv, env=command.env, cwd=command.cwd, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, dies_with_spawning_thread=True,
             )
         except PermissionError:
             self._fail_start(f"the target file is not executable: {argv[0]}", StartFailed(error="not executable"))
@@ -361,11 +362,15 @@ class ServiceActor(SupervisedActor):
             else:
                 self._fail_start(repr(exc), StartFailed(error=repr(exc)))
             return
+        except ValueError as exc:  # a NUL byte in an argument or the environment (from a definition file): no crash
+            self._fail_start(f"cannot start {argv[0]}: {exc}", StartFailed(error=repr(exc)))
+            return
         self._handle = handle
         self._spawned_at = self.ctx.clock.monotonic()
         self.log = self.log.bind(pid=handle.pid)
         self._tail = OutputTail(self.log)
-        self.log.info("spawned pid={} argv={} cwd={}", handle.pid, list(argv), command.cwd)
+        # A model's argv came over the wire (docs/protocol.md §2.8): the log quotes a bounded prefix of it.
+        self.log.info("spawned pid={} argv={} cwd={}", handle.pid, excerpt(" ".join(argv), 1000), command.cwd)
         self._life.to(Phase.STARTING, f"spawned pid {handle.pid}")  # PREPARING -> STARTING
         self._open_pipes = sum(stream is not None for stream in (handle.popen.stdout, handle.popen.stderr))
         watch_process(handle, self.actor_ref, sink=self._tail.feed, clock=self.ctx.clock)

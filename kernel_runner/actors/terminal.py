@@ -34,7 +34,8 @@ Life of one incarnation: one `Phase`, changed only through `self._life` (docs/ar
 
     ──> ENDED also from STARTING (start failed), SHELL_ENDING (the shell died within QUICK_EXIT_S of starting
         max_quick_exits times in a row: ProcessDied), RESPAWN_WAIT (the next shell cannot be spawned: StartFailed),
-        and any phase when the actor crashes or is stopped from outside (cleanup).
+        SHELL_RUNNING, SHELL_ENDING, RESPAWN_WAIT (the input receiver thread died: Crashed), and any phase when the
+        actor crashes or is stopped from outside (cleanup).
 
 The supervisor sees RUNNING from SHELL_RUNNING through RESPAWN_WAIT (its pid follows each new shell; `status` shows
 `shell_state` running/restarting), STOPPING in STOPPING; the end itself is the ChildExited. Terminal input is written
@@ -76,10 +77,12 @@ from kernel_runner.actors.terminal_io import (
     GitGraphJob,
     PtyReader,
     TermInputReceiver,
+    TermInputReceiverDied,
     set_winsize,
 )
 from kernel_runner.context import RunnerContext
-from kernel_runner.exits import ExitReason, ProcessDied, ShutdownExit, StartFailed
+from kernel_runner.excerpts import excerpt
+from kernel_runner.exits import Crashed, ExitReason, ProcessDied, ShutdownExit, StartFailed
 from kernel_runner.ids import LANG_CHILD, TERMINAL_CHILD
 from kernel_runner.messages import (
     GitGraphDone,
@@ -95,6 +98,7 @@ from kernel_runner.messages import (
     TerminalInput,
     TerminalInputFlushDue,
 )
+from kernel_runner.notices import notice_bytes
 from kernel_runner.outbox import Credits
 from kernel_runner.policy import Backoff
 from kernel_runner.procs import ProcessHandle, StopStep, describe_returncode, stop_process, watch_process
@@ -411,6 +415,8 @@ class TerminalActor(SupervisedActor):
                 return self._handle_terminal_input_flush_due()
             case GitGraphDone():
                 return self._handle_git_graph_done(message)
+            case TermInputReceiverDied():
+                return self._handle_term_input_receiver_died(message)
             case _:
                 return super().handle(message)
 
@@ -470,6 +476,13 @@ class TerminalActor(SupervisedActor):
         delay = INPUT_RETRY_S[min(self._input_flush_attempt, len(INPUT_RETRY_S) - 1)]
         self._input_flush_attempt += 1
         self.schedule(delay, TerminalInputFlushDue())
+
+    def _handle_term_input_receiver_died(self, message: TermInputReceiverDied) -> None:
+        """Without its receiver the terminal takes no input: this incarnation ends, and the supervisor decides."""
+        if self.phase in (Phase.STOPPING, Phase.ENDED):
+            return
+        self.log.error("the terminal input receiver died ({}); ending this incarnation", message.error)
+        self._end_life(Crashed(error=f"terminal input receiver died: {message.error}"), "input receiver died")
 
     def _handle_terminal_input_flush_due(self) -> None:
         self._input_flush_scheduled = False
@@ -585,8 +598,8 @@ class TerminalActor(SupervisedActor):
         if task.kind != "code":
             self._reply("stderr", f"kernel-runner: the terminal takes only `code` (% commands), not {task.kind}\n")
             return EXIT_UNAVAILABLE
-        parsed = parse_command(task.text)
         try:
+            parsed = parse_command(task.text)  # inside: a parser bug must answer this op, not crash the terminal
             match parsed:
                 case NotACommand():
                     self._reply("stderr", INVALID_COMMAND_TEXT)
@@ -603,7 +616,7 @@ class TerminalActor(SupervisedActor):
                     return self._start_graph(task, parsed)
         except Exception as exc:  # noqa: BLE001 - docs/protocol.md §8.3: a failing command answers on stderr with 1
             self.log.opt(exception=exc).error("code op {} failed: {!r}", task.run_id, exc)
-            self._reply("stderr", f"kernel-runner: the command failed: {exc!r}\n")
+            self._reply("stderr", f"kernel-runner: the command failed: {excerpt(repr(exc))}\n")
             return EXIT_FAILED
         return EXIT_FAILED  # unreachable: parse_command returns one of the cases above
 
@@ -665,7 +678,8 @@ class TerminalActor(SupervisedActor):
         self._run_next()
 
     def _reply(self, stream: StreamName, text: str) -> None:
-        self._runner.router.tell(Output(stream=stream, data=text.encode("utf-8")))
+        """One bounded record (docs/protocol.md §2.5), whatever the text quotes of the user's command."""
+        self._runner.router.tell(Output(stream=stream, data=notice_bytes(text)))
 
     def _send_finished(self, task: RunTask, exit_code: int, note: str | None = None) -> None:
         """The language runner sends the op's one Finished (upstream sent two, docs/protocol.md §10.1 #6) once it hears this."""

@@ -8,6 +8,11 @@ Who owns what (the actor's own share is described in terminal.py):
   actor `PtyOutput`, and at EOF/EIO closes its fd and tells `PtyClosed`. The actor publishes the chunk and gives the
   credit back, so a chatty shell cannot flood the actor's inbox.
 * GitGraphJob (one thread per `%show graph`): runs git with a bound and tells `GitGraphDone`.
+
+A chunk or message that makes a reader's handler fail is logged (with a bounded prefix) and dropped; the reader goes
+on. If a reader thread ends anyway, the actor hears it: PtyReader always ends with `PtyClosed` (the shell is then
+restarted with a new reader), TermInputReceiver with `TermInputReceiverDied` (the actor ends its incarnation and the
+supervisor restarts it), GitGraphJob with its `GitGraphDone`.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pykka
 import zmq
 from loguru import logger
 
+from kernel_runner.excerpts import excerpt
 from kernel_runner.ids import TERMINAL_CHILD, RunId
 from kernel_runner.messages import (
     GitGraphDone,
@@ -36,6 +43,7 @@ from kernel_runner.messages import (
     PtyOutput,
     TerminalInput,
 )
+from kernel_runner.notices import notice_bytes
 from kernel_runner.outbox import Credits
 from kernel_runner.procs import ProcessHandle, describe_returncode
 from kernel_runner.refs import tell_if_alive
@@ -73,6 +81,13 @@ CTTY_SHIM = (
 )
 
 
+@attrs.frozen(kw_only=True)
+class TermInputReceiverDied:
+    """The terminal input thread ended without being asked to: terminal input is gone until the actor is restarted."""
+
+    error: str
+
+
 def set_winsize(fd: int, rows: int, cols: int) -> None:
     """TIOCSWINSZ on the pty master; the kernel sends SIGWINCH to the shell's foreground job."""
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
@@ -99,18 +114,28 @@ class TermInputReceiver(threading.Thread):
 
     def run(self) -> None:
         sock: zmq.Socket[bytes] = self._context.socket(zmq.SUB)
+        died: str | None = "the thread ended unexpectedly"  # cleared on every planned way out
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SUBSCRIBE, b"")
             try:
                 port = bind_socket(sock, self._bind, self._port)
             except zmq.ZMQError as exc:
+                died = None  # the actor's start fails with this, through `bound`
                 self.bound.set_exception(exc)
                 return
             self.bound.set_result(port)
             self._serve(sock)
+            died = None
+        except Exception as exc:  # noqa: BLE001 - the actor hears of it below and ends its incarnation
+            died = repr(exc)
+            self.log.opt(exception=exc).error("terminal input receiver failed: {!r}", exc)
         finally:
             sock.close(linger=0)
+            if died is not None and not self.stopping.is_set():
+                if not self.bound.done():
+                    self.bound.set_exception(RuntimeError(died))
+                tell_if_alive(self._owner, TermInputReceiverDied(error=died))
 
     def _serve(self, sock: zmq.Socket[bytes]) -> None:
         poller = zmq.Poller()
@@ -123,12 +148,26 @@ class TermInputReceiver(threading.Thread):
                     frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                # docs/protocol.md §8.3: the first frame of each message is written to the pty.
-                if not frames or not frames[0] or not self._credits.take(self.stopping):
-                    continue
-                if not tell_if_alive(self._owner, TerminalInput(data=frames[0])):
+                if not self._take(frames):
                     self.log.debug("terminal actor stopped; input receiver exits")
                     return
+
+    def _take(self, frames: list[bytes]) -> bool:
+        """One message; False once the actor is gone. A failure drops that message (logged), never the thread."""
+        try:
+            return self._forward(frames)
+        except Exception as exc:  # noqa: BLE001 - logged with a bounded prefix, and the receiver goes on
+            first = frames[0] if frames else b""
+            self.log.opt(exception=exc).error(
+                "terminal input of {} bytes dropped: {!r}; it starts {}", len(first), exc, excerpt(first)
+            )
+            return True
+
+    def _forward(self, frames: list[bytes]) -> bool:
+        # docs/protocol.md §8.3: the first frame of each message is written to the pty.
+        if not frames or not frames[0] or not self._credits.take(self.stopping):
+            return True
+        return tell_if_alive(self._owner, TerminalInput(data=frames[0]))
 
 
 class PtyReader(threading.Thread):
@@ -151,7 +190,10 @@ class PtyReader(threading.Thread):
     def run(self) -> None:
         try:
             self._pump()
+        except Exception as exc:  # noqa: BLE001 - PtyClosed below makes the actor restart the shell (and a reader)
+            logger.bind(child=TERMINAL_CHILD).opt(exception=exc).error("pty reader {} failed: {!r}", self._shell_id, exc)
         finally:
+            # Always told, however this thread ends: the actor then ends the shell, whose restart brings a new reader.
             os.close(self._fd)
             tell_if_alive(self._owner, PtyClosed(shell_id=self._shell_id))
 
@@ -175,10 +217,23 @@ class PtyReader(threading.Thread):
                 continue
             except OSError:  # EIO: every slave fd is closed, the shell and its jobs are gone
                 return
-            if not data or not self._credits.take(self.stopping):
+            if not data or not self._take(data):
                 return
-            if not tell_if_alive(self._owner, PtyOutput(shell_id=self._shell_id, data=data)):
-                return
+
+    def _take(self, data: bytes) -> bool:
+        """One chunk; False when the reader should end. A failure drops that chunk (logged), never the thread."""
+        try:
+            return self._forward(data)
+        except Exception as exc:  # noqa: BLE001 - logged with a bounded prefix, and the reader goes on
+            logger.bind(child=TERMINAL_CHILD).opt(exception=exc).error(
+                "pty output of {} bytes dropped: {!r}; it starts {}", len(data), exc, excerpt(data)
+            )
+            return True
+
+    def _forward(self, data: bytes) -> bool:
+        if not self._credits.take(self.stopping):
+            return False
+        return tell_if_alive(self._owner, PtyOutput(shell_id=self._shell_id, data=data))
 
 
 class GitGraphJob(threading.Thread):
@@ -213,20 +268,24 @@ class GitGraphJob(threading.Thread):
             handle.kill_tree()
 
     def run(self) -> None:
+        # The op must end with one Finished however this thread ends: the result is told in any case.
+        result = self._failed(EXIT_FAILED, "kernel-runner: %show graph failed\n")
         try:
             result = self._graph()
-        except Exception as exc:  # noqa: BLE001 - the op must still end with one Finished
+        except Exception as exc:  # noqa: BLE001 - logged; the op ends with the failure
             logger.bind(child=TERMINAL_CHILD).opt(exception=exc).error("%show graph failed: {!r}", exc)
-            result = self._failed(EXIT_FAILED, f"kernel-runner: %show graph failed: {exc!r}\n")
-        tell_if_alive(self._owner, result)
+            result = self._failed(EXIT_FAILED, f"kernel-runner: %show graph failed: {excerpt(repr(exc))}\n")
+        finally:
+            tell_if_alive(self._owner, result)
 
     def _failed(self, exit_code: int, text: str | bytes) -> GitGraphDone:
-        data = text.encode() if isinstance(text, str) else text
+        """A failure notice, bounded (docs/protocol.md §2.5): git's stderr or ours, which may quote the user's path."""
+        data = notice_bytes(text if isinstance(text, str) else text.decode("utf-8", errors="replace"))
         return GitGraphDone(run_id=self._run_id, exit_code=exit_code, commits=None, stderr=data)
 
     def _graph(self) -> GitGraphDone:
         if not self._path.is_dir():
-            return self._failed(EXIT_FAILED, f"kernel-runner: %show graph: {self._path} is not a directory\n")
+            return self._failed(EXIT_FAILED, f"kernel-runner: %show graph: {excerpt(str(self._path))} is not a directory\n")
         deadline = time.monotonic() + self._timeout_s
         branches = self._git(BRANCH_LOG_ARGS, deadline)
         if isinstance(branches, GitGraphDone):
@@ -277,5 +336,6 @@ __all__ = [
     "GitGraphJob",
     "PtyReader",
     "TermInputReceiver",
+    "TermInputReceiverDied",
     "set_winsize",
 ]

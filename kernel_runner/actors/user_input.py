@@ -16,6 +16,7 @@ import attrs
 import pykka
 from loguru import logger
 
+from kernel_runner.excerpts import excerpt
 from kernel_runner.refs import tell_if_alive
 from kernel_runner.wakeup import WakeupPipe
 
@@ -38,6 +39,14 @@ class InputAbandoned:
     conn_id: int
 
 
+@attrs.frozen(kw_only=True)
+class InputServerFailed:
+    """The server's thread ended by an error (its connections are closed): the owner starts a new server."""
+
+    server_id: int
+    error: str
+
+
 class UserInputError(OSError):
     """The socket path cannot be used (for example it names a regular file we must not delete)."""
 
@@ -48,11 +57,15 @@ class UserInputServer(threading.Thread):
     The thread owns the listening socket and every connection from bind to close; the actor only decides
     (`answer`). Each connection is watched for a hang-up, so a prompt whose process died is not answered
     with the next input. The connection carries no request data (docs/protocol.md §5.6): whatever a client sends is read
-    and discarded.
+    and discarded. An error on one connection costs that connection only; if the thread ends anyway, it tells its
+    owner `InputServerFailed`, and the owner starts a new server.
     """
 
+    _serials = itertools.count(1)
+
     def __init__(self, path: Path, owner: pykka.ActorRef[Any]) -> None:
-        super().__init__(name="UserInputServer", daemon=True)
+        self.server_id = next(UserInputServer._serials)
+        super().__init__(name=f"UserInputServer-{self.server_id}", daemon=True)
         self.path = path
         self._owner = owner
         self._listener: socket.socket | None = None
@@ -104,24 +117,41 @@ class UserInputServer(threading.Thread):
 
     # ---- the thread ---------------------------------------------------------------------------
     def run(self) -> None:
+        error = "the thread ended unexpectedly"
+        try:
+            self._serve()
+        except Exception as exc:  # noqa: BLE001 - a dying server must say why; its owner starts a new one
+            error = repr(exc)
+            self.log.opt(exception=exc).error("user-input server failed: {!r}", exc)
+        finally:
+            self._close_all()
+            if not self._stopping.is_set():  # not asked to stop: the owner must hear that batch input is gone
+                tell_if_alive(self._owner, InputServerFailed(server_id=self.server_id, error=error))
+
+    def _serve(self) -> None:
         listener = self._listener
         assert listener is not None, "bind() first"
         self._selector.register(listener, selectors.EVENT_READ, "listen")
         self._selector.register(self._wakeup.fd, selectors.EVENT_READ, "wake")
+        while not self._stopping.is_set():
+            for key, _ in self._selector.select(timeout=1.0):
+                self._on_event(key.data, listener)
+            self._write_answers()
+
+    def _on_event(self, what: str, listener: socket.socket) -> None:
+        """One event; an error in it costs that connection at most, never the server."""
         try:
-            while not self._stopping.is_set():
-                for key, _ in self._selector.select(timeout=1.0):
-                    if key.data == "listen":
-                        self._accept(listener)
-                    elif key.data == "wake":
-                        self._wakeup.drain()
-                    else:
-                        self._readable(int(key.data))
-                self._write_answers()
-        except Exception as exc:  # noqa: BLE001 - a dying server must say why; the runner keeps serving
-            self.log.opt(exception=exc).error("user-input server failed: {!r}", exc)
-        finally:
-            self._close_all()
+            if what == "listen":
+                self._accept(listener)
+            elif what == "wake":
+                self._wakeup.drain()
+            else:
+                self._readable(int(what))
+        except Exception as exc:  # noqa: BLE001 - logged, and the server goes on
+            self.log.opt(exception=exc).error("user-input event {} failed: {!r}; going on", what, exc)
+            if what not in ("listen", "wake"):
+                self._drop(int(what))
+                self._tell(InputAbandoned(conn_id=int(what)))
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -150,6 +180,7 @@ class UserInputServer(threading.Thread):
         except OSError:
             data = b""
         if data:
+            self.log.debug("connection {} sent {} bytes, discarded: {}", conn_id, len(data), excerpt(data))
             return  # no request data is defined; discard
         self._drop(conn_id)
         self._tell(InputAbandoned(conn_id=conn_id))
@@ -168,8 +199,8 @@ class UserInputServer(threading.Thread):
                 conn.setblocking(True)
                 conn.settimeout(ANSWER_TIMEOUT_S)
                 conn.sendall(data)
-            except OSError as exc:
-                self.log.warning("writing input to connection {} failed: {}", conn_id, exc)
+            except Exception as exc:  # noqa: BLE001 - this answer is lost (logged); the others still go out
+                self.log.warning("writing input {} to connection {} failed: {!r}", excerpt(data), conn_id, exc)
             self._drop(conn_id)
 
     def _drop(self, conn_id: int) -> None:

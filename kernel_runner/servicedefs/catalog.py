@@ -13,6 +13,7 @@ from typing import Any, Literal
 import attrs
 
 from kernel_runner.childenv import strip_runner_libraries
+from kernel_runner.excerpts import excerpt
 from kernel_runner.messages import ModelInfo, ServiceInfo, ServiceOptions, ServiceResult
 from kernel_runner.servicedefs.errors import (
     DefinitionError,
@@ -35,7 +36,9 @@ from kernel_runner.servicedefs.template import interpolate
 
 # docs/protocol.md §6.2 step 8: the krunner's private libraries would break the image's own binaries.
 
-LaunchOrigin = Literal["intrinsic", "definition", "legacy"]
+# "model": a definition that came over the wire (start-model-service), so its prestart actions are confined
+# (docs/protocol.md §2.8); the others come from the image.
+LaunchOrigin = Literal["intrinsic", "definition", "legacy", "model"]
 
 
 @attrs.frozen(kw_only=True)
@@ -104,7 +107,8 @@ class ServiceLaunch:
         if self.noop:
             return ServiceCommand(argv=(), env=strip_runner_libraries(self.base_env), cwd=self.cwd)
         refs = run_prestart(
-            self.prestart, env=self.prestart_env, work_dir=self.cwd, variables=self.variables, log=log, timeout_s=timeout_s
+            self.prestart, env=self.prestart_env, work_dir=self.cwd, variables=self.variables, log=log,
+            timeout_s=timeout_s, confined=self.origin == "model",
         )
         return self.render(refs)
 
@@ -134,6 +138,8 @@ class ServiceCatalog:
     # Extra template variables for every definition (upstream's parser variables besides ports/runtime_path).
     variables: Mapping[str, Any] = attrs.field(factory=dict)
     legacy: LegacyTable = attrs.field(factory=bundled_legacy)
+    # Names registered by start-model-service: their definitions came over the wire (docs/protocol.md §2.8).
+    model_services: frozenset[str] = frozenset()
 
     def known_variables(self) -> tuple[str, ...]:
         return (*BASE_VARIABLES, *self.variables)
@@ -159,11 +165,12 @@ class ServiceCatalog:
         return apps
 
     def with_definition(self, name: str, definition: ServiceDefinition) -> ServiceCatalog:
-        """Add or replace one definition; a replaced name keeps its get-apps position, as a dict assignment."""
+        """Add or replace one definition (an image's); a replaced name keeps its get-apps position, as a dict assignment."""
         definitions = dict(self.definitions)
         definitions[name] = definition
         broken = {key: value for key, value in self.broken.items() if key != name}
-        return attrs.evolve(self, definitions=definitions, broken=broken, has_parser=True)
+        return attrs.evolve(self, definitions=definitions, broken=broken, has_parser=True,
+                            model_services=self.model_services - {name})
 
     def with_model_service(self, model: ModelInfo) -> tuple[ServiceCatalog, ServiceInfo]:
         """Register `<name>-<port>` (docs/protocol.md §7.2 step 2) and return the fixed request to resolve it with (step 3).
@@ -177,7 +184,8 @@ class ServiceCatalog:
         service = model.service
         assert service is not None  # model_service_definition raised otherwise
         info = ServiceInfo(name=name, port=service.port, ports=(service.port,), protocol="http", options=ServiceOptions())
-        return self.with_definition(name, definition), info
+        catalog = self.with_definition(name, definition)
+        return attrs.evolve(catalog, model_services=catalog.model_services | {name}), info
 
     def resolve(
         self,
@@ -210,9 +218,11 @@ class ServiceCatalog:
             return _failed(self.broken[info.name].reply)
         definition = self.definitions.get(info.name)
         if definition is not None:
+            origin: LaunchOrigin = "model" if info.name in self.model_services else "definition"
             try:
                 return _definition_launch(
-                    info, definition, variables=variables, port=port, child_env=child_env, work_dir=work_dir
+                    info, definition, variables=variables, port=port, child_env=child_env, work_dir=work_dir,
+                    origin=origin,
                 )
             except ServiceStartError as exc:
                 return _failed(exc.reply_text)
@@ -318,16 +328,17 @@ def _definition_launch(
     port: int | None,
     child_env: Mapping[str, str],
     work_dir: Path,
+    origin: LaunchOrigin = "definition",
 ) -> ServiceLaunch:
     if definition.noop:
         # docs/protocol.md §6.7: upstream returned before the prestart actions and the option checks.
-        return ServiceLaunch(name=info.name, origin="definition", cwd=work_dir, port=port, noop=True, base_env=child_env)
+        return ServiceLaunch(name=info.name, origin=origin, cwd=work_dir, port=port, noop=True, base_env=child_env)
     # Checked before any prestart action runs, so a refused start leaves no files behind (upstream ran them first).
     arguments = _merged_arguments(info.name, definition, info.options)
     user_env = _checked_envs(info.name, definition, info.options, child_env)
     return ServiceLaunch(
         name=info.name,
-        origin="definition",
+        origin=origin,
         cwd=work_dir,
         port=port,
         prestart=definition.prestart_actions,
@@ -346,7 +357,9 @@ def _merged_arguments(name: str, definition: ServiceDefinition, options: Service
     merged: dict[str, object] = {**definition.default_arguments}
     for flag, value in (options.arguments or {}).items():
         if flag not in definition.allowed_arguments:
-            raise ServiceStartError(repr(DisallowedArgument(f"Argument {flag} not allowed for service {name}")))
+            # Upstream's text; the flag came over the wire, so it is cut short (repr() escapes what is left).
+            flag_text = excerpt(flag, quote=False)
+            raise ServiceStartError(repr(DisallowedArgument(f"Argument {flag_text} not allowed for service {name}")))
         merged[flag] = value
     argv: list[str] = []
     for flag, merged_value in merged.items():
@@ -365,12 +378,13 @@ def _checked_envs(
     """docs/protocol.md §6.6 step 3.2: allowed first, then "frozen" = every key of child_env (§10.4 item 36, kept)."""
     accepted: dict[str, str] = {}
     for env_name, value in (options.envs or {}).items():
+        env_text = excerpt(env_name, quote=False)
         if env_name not in definition.allowed_envs:
             raise ServiceStartError(
-                repr(DisallowedEnvironment(f"Environment variable {env_name} not allowed for service {name}"))
+                repr(DisallowedEnvironment(f"Environment variable {env_text} not allowed for service {name}"))
             )
         if env_name in child_env:
-            raise ServiceStartError(repr(DisallowedEnvironment(f"Environment variable {env_name} can't be overwritten")))
+            raise ServiceStartError(repr(DisallowedEnvironment(f"Environment variable {env_text} can't be overwritten")))
         accepted[env_name] = value if isinstance(value, str) else str(value)
     return accepted
 

@@ -14,9 +14,13 @@ from cattrs.errors import ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn
 from cattrs.v import format_exception as cattrs_format_exception
 
+from kernel_runner.excerpts import excerpt
+from kernel_runner.messages import Bounds
 from kernel_runner.servicedefs.errors import DefinitionError, InvalidServiceDefinition
 from kernel_runner.servicedefs.template import template_problem
 
+_MAX_PROBLEMS = 20
+_MAX_PROBLEM_CHARS = 400
 # Template variables every start request provides (docs/protocol.md §6.4); prestart refs and catalog variables add to these.
 BASE_VARIABLES: tuple[str, ...] = ("ports", "runtime_path")
 
@@ -29,6 +33,20 @@ FileMode = NewType("FileMode", str)
 ArgValue = Union[str, tuple[str, ...], None]
 
 
+# docs/protocol.md §6.3 `restart`: each becomes a timer or a count of the supervisor's, so each has a ceiling too.
+RESTART_BOUNDS: Mapping[str, Bounds] = {
+    "max_restarts": Bounds(low=0, high=1000),
+    "period_s": Bounds(low=0, high=86400, low_open=True, unit="s"),
+    "backoff_initial_s": Bounds(low=0, high=3600, unit="s"),
+    "backoff_cap_s": Bounds(low=0, high=3600, unit="s"),
+}
+
+
+def _quoted(value: object) -> str:
+    # A model's pre_start_actions come over the wire (docs/protocol.md §2.8): a value may be a megabyte long.
+    return excerpt(value) if isinstance(value, str) else excerpt(repr(value), quote=False)
+
+
 class SchemaError(ValueError):
     """A value the schema rejects; its text is shown to the image author as is."""
 
@@ -37,7 +55,7 @@ class UnknownAction(SchemaError):
     """A prestart action outside the five whitelisted ones (docs/protocol.md §6.5, §10.4 item 32)."""
 
     def __init__(self, action: object) -> None:
-        super().__init__(f"unknown action {action!r}; known actions: {', '.join(ACTION_NAMES)}")
+        super().__init__(f"unknown action {_quoted(action)}; known actions: {', '.join(ACTION_NAMES)}")
         self.action = action
 
 
@@ -202,7 +220,7 @@ _OCTAL_MODE = re.compile(r"^[0-7]{3,4}$")
 
 def _structure_file_mode(value: object, _type: object) -> FileMode:
     if not isinstance(value, str) or not _OCTAL_MODE.match(value):
-        raise SchemaError(f'mode must be an octal string such as "644", got {value!r}')
+        raise SchemaError(f'mode must be an octal string such as "644", got {_quoted(value)}')
     return FileMode(value)
 
 
@@ -245,7 +263,7 @@ def _literal_factory(tp: Any, _converter: cattrs.Converter) -> Callable[[object,
 
     def structure(value: object, _cl: Any) -> object:
         if value not in choices or isinstance(value, bool):
-            raise SchemaError(f"expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+            raise SchemaError(f"expected one of {', '.join(repr(c) for c in choices)}, got {_quoted(value)}")
         return value
 
     return structure
@@ -256,14 +274,11 @@ def _restart_hook(converter: cattrs.Converter) -> Callable[[object, Any], Restar
 
     def structure(value: object, cl: Any) -> RestartOverride:
         result = generated(cast(Mapping[str, Any], value), cl)
-        if result.max_restarts is not None and result.max_restarts < 0:
-            raise SchemaError("max_restarts must be 0 or more")
-        for field in ("period_s", "backoff_initial_s", "backoff_cap_s"):
+        for field, bounds in RESTART_BOUNDS.items():
             number = getattr(result, field)
-            if number is not None and number < 0:
-                raise SchemaError(f"{field} must be 0 or more")
-        if result.period_s == 0:
-            raise SchemaError("period_s must be greater than 0")
+            problem = None if number is None else bounds.problem(number)
+            if problem is not None:
+                raise SchemaError(f"{field} {problem}")
         initial, cap = result.backoff_initial_s, result.backoff_cap_s
         if initial is not None and cap is not None and cap < initial:
             raise SchemaError("backoff_cap_s must not be smaller than backoff_initial_s")
@@ -435,10 +450,16 @@ def _alias(line: str, aliases: Mapping[str, str]) -> str:
 
 
 def _fail(name: str, source: str, lines: list[str], *, unknown_action: object = None) -> NoReturn:
-    problems = tuple(f"{source}: {line}" for line in lines)
+    # Each line is kept short and so is their number: a model's definition comes over the wire (a JSON path quotes
+    # its keys), and each problem becomes a log line.
+    shown = [excerpt(line, _MAX_PROBLEM_CHARS, quote=False) for line in lines[:_MAX_PROBLEMS]]
+    if len(lines) > _MAX_PROBLEMS:
+        shown.append(f"and {len(lines) - _MAX_PROBLEMS} more problem(s)")
+    problems = tuple(f"{source}: {line}" for line in shown)
     if unknown_action is not None:
         # docs/protocol.md §6.2 step 11: upstream's exact reply for a non-whitelisted action.
-        reply = repr(InvalidServiceDefinition(f"Service-def for {name} used invalid action: {unknown_action}"))
+        action = excerpt(str(unknown_action), quote=False)
+        reply = repr(InvalidServiceDefinition(f"Service-def for {name} used invalid action: {action}"))
     else:
-        reply = repr(InvalidServiceDefinition(f"Service-def for {name} is invalid: {lines[0]}"))
+        reply = repr(InvalidServiceDefinition(f"Service-def for {name} is invalid: {shown[0]}"))
     raise DefinitionError(problems, reply=reply)

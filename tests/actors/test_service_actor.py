@@ -24,7 +24,7 @@ from kernel_runner.policy import Backoff, IntensityLimit
 from kernel_runner.servicedefs import ServiceCommand
 from kernel_runner.supervision import ChildContext, ChildSpec, ChildState
 from tests.conftest import CHILDREN
-from tests.support.ports import free_port
+from tests.support.ports import free_port, free_ports
 from tests.support.procs import alive, assert_gone
 from tests.support.waiting import wait_until
 
@@ -206,7 +206,7 @@ def test_service_ignoring_sigterm_is_killed_with_its_grandchildren(make_services
 
 
 def test_fifty_services_start_concurrently(make_services: Any, work_dir: Path) -> None:
-    ports = [free_port() for _ in range(50)]
+    ports = free_ports(50)
     runs = {f"s{i}": listener(f"s{i}", port, cwd=work_dir, timeout=20) for i, port in enumerate(ports)}
     services = make_services(runs)
     import json

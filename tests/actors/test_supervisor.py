@@ -14,7 +14,7 @@ from kernel_runner.actors.base import SupervisedActor
 from kernel_runner.exits import Crashed, NormalExit, ShutdownExit, Unhealthy
 from kernel_runner.ids import ChildId
 from kernel_runner.messages import Output
-from kernel_runner.policy import Backoff, IntensityLimit
+from kernel_runner.policy import NO_FATAL_RETRY, Backoff, IntensityLimit
 from kernel_runner.supervision import (
     AlreadyStarted,
     ChildContext,
@@ -64,6 +64,7 @@ class Crashy(SupervisedActor):
 
     def request_stop(self, message: StopRequested) -> None:
         self.recorder.tell(("stopping", self.child_id))
+        self.recorder.tell(("stop-grace", self.child_id, message.grace_s))
         if not self.ignore_stop:
             self.finish(ShutdownExit())
 
@@ -295,6 +296,74 @@ def test_shutdown_stops_higher_tiers_first_and_is_bounded_by_one_deadline() -> N
     assert stops[:2] == ["high", "stuck"]
     assert "low" not in stops, "tier 1 waits for tier 2, which never stopped by itself"
     tree.close()
+
+
+def test_no_child_gets_a_grace_that_reaches_past_the_shutdown_deadline() -> None:
+    tree = Harness()
+    tree.start(tree.spec("slow", shutdown_s=30.0))
+    tree.started("slow", 1)
+    done: threading.Event = tree.supervisor.ask(ShutdownTree(grace_s=2.0), timeout=2)
+    _, _, grace = tree.recorder.wait_for(lambda m: m[:2] == ("stop-grace", "slow"), timeout=5, what="the stop request")
+    assert grace <= 2.0 - STOP_MARGIN_S, "its grace and the supervisor's margin must fit in the one deadline"
+    assert done.wait(5)
+    tree.close()
+
+
+def rejecting(tree: Harness, spec: ChildSpec) -> ChildSpec:
+    """The spec with a reject that puts `rejected <message>` on stderr, where the recorder sees it."""
+    link = tree.link
+    return attrs.evolve(spec, reject=lambda msg: link.tell(Output(stream="stderr", data=f"rejected {msg}".encode())))
+
+
+def fatal_in_snapshots(tree: Harness, name: str) -> bool:
+    return any((info := snapshot.get(ChildId(name))) is not None and info.state is ChildState.FATAL
+               for snapshot in list(tree.snapshots))
+
+
+def test_a_fatal_child_is_tried_again_once_the_restart_limit_window_has_passed(tree: Harness,
+                                                                               log_lines: list[str]) -> None:
+    # Issue 14: six kernel kills in a minute ended query mode until the whole runner restarted.
+    tree.start(tree.spec("a", intensity=IntensityLimit(max_restarts=1, period_s=1.0)))
+    tree.started("a", 1)
+    tree.tell_child("a", "crash")
+    tree.started("a", 2)
+    tree.tell_child("a", "crash")  # the second restart within the window: it gives up
+    tree.started("a", 3)  # ... and is tried again when the window has passed
+    info = tree.state_of("a", ChildState.RUNNING)
+    assert fatal_in_snapshots(tree, "a")
+    assert (info.generation, info.restarts) == (3, 2), "the same child goes on: its generations and restarts count on"
+    assert any("[a]" in line and "gave-up" in line and "retrying in 1s or when a request needs it" in line
+               for line in log_lines)
+    assert any("[a]" in line and "retrying after it gave up: the restart-limit window of 1s has passed" in line
+               for line in log_lines)
+
+
+def test_a_request_for_a_fatal_child_gets_its_reject_at_once_and_brings_it_back(tree: Harness,
+                                                                                log_lines: list[str]) -> None:
+    tree.start(rejecting(tree, tree.spec("a", intensity=IntensityLimit(max_restarts=0, period_s=60))))
+    tree.started("a", 1)
+    tree.tell_child("a", "crash")
+    tree.state_of("a", ChildState.FATAL)  # for a minute, unless something needs it
+    tree.tell_child("a", "ping")
+    tree.recorder.wait_for(lambda m: m == Output(stream="stderr", data=b"rejected ping"), timeout=5,
+                           what="the reject answer for a request that came while it was FATAL")
+    tree.started("a", 2)
+    tree.tell_child("a", "ping")
+    tree.recorder.wait_for(lambda m: m == ("pong", "a", 2), timeout=5, what="the retried child answering")
+    assert any("[a]" in line and "retrying after it gave up: a request needs it" in line for line in log_lines)
+
+
+def test_a_child_whose_spec_says_so_stays_fatal(tree: Harness, log_lines: list[str]) -> None:
+    spec = attrs.evolve(tree.spec("a", intensity=IntensityLimit(max_restarts=0, period_s=0.1)),
+                        fatal_retry=NO_FATAL_RETRY)
+    tree.start(rejecting(tree, spec))
+    tree.started("a", 1)
+    tree.tell_child("a", "crash")
+    tree.state_of("a", ChildState.FATAL)
+    tree.tell_child("a", "ping")
+    tree.recorder.wait_for(lambda m: m == Output(stream="stderr", data=b"rejected ping"), timeout=5, what="reject")
+    assert tree.children()["a"].state is ChildState.FATAL
+    assert any("[a]" in line and "gave-up" in line and "not retried" in line for line in log_lines)
 
 
 class Quitter(SupervisedActor):

@@ -26,6 +26,7 @@ from kernel_runner.actors.terminal import (
     TerminalPorts,
     terminal_child_spec,
 )
+from kernel_runner.actors.terminal_io import PtyReader, TermInputReceiver
 from kernel_runner.client import AgentClient, RunResult
 from kernel_runner.config import RestartDefaults
 from kernel_runner.context import RunnerContext
@@ -670,3 +671,99 @@ def test_the_transition_table_covers_every_phase_and_every_phase_can_end(log_lin
         "STARTING -> SHELL_RUNNING", "SHELL_RUNNING -> SHELL_ENDING", "SHELL_ENDING -> RESPAWN_WAIT",
         "RESPAWN_WAIT -> SHELL_RUNNING", "SHELL_RUNNING -> STOPPING", "STOPPING -> ENDED",
     ]
+
+
+# ---- bounded notices; helper threads survive a bad chunk, and a dead one is noticed (docs/architecture.md §7) -------
+
+
+def test_a_huge_bad_command_is_answered_with_an_excerpt(term_runner: RunnerHandle, term_agent: AgentClient) -> None:
+    huge = code(term_runner, term_agent, "%" + "x" * 2_000_000, timeout=30)  # refused before it is parsed
+    assert (huge.status, huge.exit_code) == ("finished", 2)
+    assert huge.stderr.startswith(b"the command is 2000001 characters long; a % command takes at most 8192: '%xxx")
+    assert len(huge.stderr) < 1024
+    unknown = code(term_runner, term_agent, "%" + "x" * 8000)
+    assert unknown.stderr.startswith(b"unknown command %xxx") and len(unknown.stderr) < 1024
+    resize = code(term_runner, term_agent, "%resize " + "9" * 8000 + " 10")
+    assert resize.exit_code == 2 and b"(8000 characters)" in resize.stderr and len(resize.stderr) < 1024
+
+
+def poison(method: Callable[..., Any], marker: bytes, exception: BaseException) -> Callable[..., Any]:
+    """`method`, raising `exception` for a chunk or message that holds `marker` (a fault injected into a real thread)."""
+
+    def patched(self: Any, data: Any) -> Any:
+        if marker in (data[0] if isinstance(data, list) else data):
+            raise exception
+        return method(self, data)
+
+    return patched
+
+
+def test_input_that_breaks_its_handler_is_dropped_and_the_receiver_goes_on(
+    monkeypatch: pytest.MonkeyPatch, term_runner: RunnerHandle, term: TermClient, log_lines: list[str]
+) -> None:
+    monkeypatch.setattr(TermInputReceiver, "_forward",
+                        poison(TermInputReceiver._forward, b"poison", RuntimeError("handler bug (test)")))
+    term.type("echo poison-$((40+2))\n")
+    term.echo("healthy")  # typed after the poisoned message, and it arrives: the receiver went on
+    assert b"poison-42" not in term.buffer
+    assert any("terminal input of" in line and "handler bug (test)" in line and "poison" in line for line in log_lines)
+    assert terminal_info(term_runner).generation == 1
+
+
+def test_pty_output_that_breaks_its_handler_is_dropped_and_the_reader_goes_on(
+    monkeypatch: pytest.MonkeyPatch, term_runner: RunnerHandle, term: TermClient, log_lines: list[str]
+) -> None:
+    monkeypatch.setattr(PtyReader, "_forward", poison(PtyReader._forward, b"poison-42", RuntimeError("handler bug (test)")))
+    term.type("echo poison-$((40+2))\n")  # the typed line echoes as `$((40+2))`; only the output holds poison-42
+    wait_until(lambda: any("pty output of" in line and "handler bug (test)" in line for line in log_lines), timeout=10,
+               what="the dropped chunk's log line")
+    term.echo("healthy")
+    assert b"poison-42" not in term.buffer
+    info = terminal_info(term_runner)
+    assert (info.generation, info.extra["shell_restarts"]) == (1, 0)
+
+
+# The injected SystemExit really ends the thread: that is the point, so pytest's report of it is expected.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_pty_reader_restarts_the_shell_with_a_new_reader(
+    monkeypatch: pytest.MonkeyPatch, term_runner: RunnerHandle, term: TermClient
+) -> None:
+    first_pid = terminal_info(term_runner).extra["shell_pid"]
+    monkeypatch.setattr(PtyReader, "_forward", poison(PtyReader._forward, b"die-42", SystemExit("reader killed (test)")))
+    since = term.mark()
+    term.type("echo die-$((40+2))\n")
+    info = wait_terminal(term_runner.which_children, lambda i: i.extra.get("shell_restarts") == 1
+                         and i.extra.get("shell_state") == "running", what="a new shell (and reader)")
+    assert info.generation == 1 and info.extra["shell_pid"] != first_pid
+    assert_gone([first_pid], timeout=5)
+    term.wait_for(rb"Restarting\.\.\.\r\n", since=since)
+    term.sync()
+    term.echo("back")
+
+
+# The injected SystemExit really ends the thread: that is the point, so pytest's report of it is expected.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_input_receiver_ends_the_incarnation_and_the_terminal_comes_back(
+    monkeypatch: pytest.MonkeyPatch, term_config: RunnerConfig, log_lines: list[str]
+) -> None:
+    ports = TerminalPorts(0, 0)
+    tree = BareTree(term_config, lambda runner: terminal_child_spec(runner, ports=ports, shell_argv=SHELL))
+    try:
+        first = wait_terminal(tree.children_list, has_ports, what="terminal ports")
+        client = TermClient(term_in=ports.term_in, term_out=ports.term_out)
+        try:
+            client.sync()
+            monkeypatch.setattr(TermInputReceiver, "_forward",
+                                poison(TermInputReceiver._forward, b"die-now", SystemExit("receiver killed (test)")))
+            client.type("die-now\n")
+            second = wait_terminal(tree.children_list, lambda t: t.generation == 2 and has_ports(t),
+                                   what="the terminal restarted by the supervisor")
+            assert (second.extra["term_in_port"], second.extra["term_out_port"]) == (ports.term_in, ports.term_out)
+            assert_gone([first.extra["shell_pid"]], timeout=5)
+            assert any("the terminal input receiver died" in line for line in log_lines)
+            client.sync()  # the new receiver takes input again (the client's PUB reconnects by itself)
+            client.echo("back")
+        finally:
+            client.close()
+    finally:
+        tree.close()

@@ -2,32 +2,42 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from kernel_runner.client import AgentClient
-from tests.support.procs import assert_gone
+from tests.conftest import CHILDREN
+from tests.support.ports import free_port
+from tests.support.procs import assert_gone, descendants
+from tests.support.waiting import wait_until
 
 BIND_LINE = re.compile(rb"binding to tcp://[^:]+:(\d+)")
 
 
 class RunnerProcess:
-    def __init__(self, tmp_path: Path, *extra: str, lang: str = "app", ports: tuple[int, int] = (0, 0)) -> None:
+    def __init__(self, tmp_path: Path, *extra: str, lang: str = "app", ports: tuple[int, int] = (0, 0),
+                 program: Sequence[str] = ("-m", "kernel_runner"), service_defs: dict[str, Any] | None = None) -> None:
         self.config_dir = tmp_path / "config"
         self.work_dir = tmp_path / "work"
         self.config_dir.mkdir(exist_ok=True)
         self.work_dir.mkdir(exist_ok=True)
+        (tmp_path / "defs").mkdir(exist_ok=True)
+        for name, body in (service_defs or {}).items():
+            (tmp_path / "defs" / f"{name}.json").write_text(json.dumps(body))
         self.argv = [
-            sys.executable, "-m", "kernel_runner", lang,
+            sys.executable, *program, lang,
             "--config-dir", str(self.config_dir), "--work-dir", str(self.work_dir),
             "--service-defs-dir", str(tmp_path / "defs"), "--bind", "127.0.0.1",
             "--user-input-socket", str(tmp_path / "input.sock"), "--no-intrinsic-services",
@@ -57,6 +67,9 @@ class RunnerProcess:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 @pytest.fixture
@@ -179,3 +192,125 @@ def test_client_cli_talks_to_a_running_runner(spawn: type[RunnerProcess]) -> Non
     assert apps.returncode == 0 and b'"status": "done"' in apps.stdout
     runner.proc.send_signal(signal.SIGTERM)
     assert runner.proc.wait(timeout=10) == 0
+
+
+# ---- the runner's own life (issue 14) --------------------------------------------------------------------------------
+
+
+def listener(*flags: str) -> dict[str, Any]:
+    return {"command": [sys.executable, str(CHILDREN / "listener.py"), "{ports[0]}", *flags]}
+
+
+def start_services(agent: AgentClient, names: Sequence[str]) -> None:
+    for name in names:
+        port = free_port()
+        reply = agent.start_service({"name": name, "port": port, "ports": [port], "protocol": "tcp", "options": {}},
+                                    timeout=20)
+        assert reply == {"status": "started"}, (name, reply)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT])
+def test_each_stop_signal_is_logged_and_stops_everything(spawn: type[RunnerProcess], stop_signal: signal.Signals) -> None:
+    # Issue 14: SIGHUP killed the runner without a log line and left its services running under PID 1.
+    runner = spawn(service_defs={"web": listener()})
+    port_in, port_out = runner.read_ports()
+    with AgentClient(port_in=port_in, port_out=port_out) as agent:
+        start_services(agent, ["web"])
+    below = [proc.pid for proc in descendants(runner.proc.pid)]
+    assert below, "the service runs below the runner"
+    runner.proc.send_signal(stop_signal)
+    assert runner.proc.wait(timeout=30) == 0
+    log = runner.stderr()
+    assert f"received {stop_signal.name}; shutting down" in log and "stopped (clean)" in log, log
+    assert_gone(below, timeout=5)
+    assert port_is_free(port_in) and port_is_free(port_out)
+
+
+def test_a_daemon_that_an_exec_started_goes_with_the_runner(spawn: type[RunnerProcess]) -> None:
+    runner = spawn()
+    port_in, port_out = runner.read_ports()
+    with AgentClient(port_in=port_in, port_out=port_out) as agent:
+        result = agent.run("exec", f"{sys.executable} {CHILDREN / 'daemonize.py'} 600", timeout=30)
+    assert result.exit_code == 0
+    daemon = int(result.stdout.split()[1])
+    # Its parents are gone: as their subreaper, the runner adopted it (without, it would now belong to PID 1).
+    assert psutil.Process(daemon).ppid() == runner.proc.pid
+    runner.proc.send_signal(signal.SIGTERM)
+    assert runner.proc.wait(timeout=30) == 0
+    assert_gone([daemon], timeout=5)
+    assert f"left behind: [{daemon}]" in runner.stderr()
+
+
+def test_adopted_orphans_are_reaped_and_no_exit_status_is_stolen(spawn: type[RunnerProcess]) -> None:
+    runner = spawn()
+    port_in, port_out = runner.read_ports()
+    with AgentClient(port_in=port_in, port_out=port_out) as agent:
+        daemons = []
+        for _ in range(3):
+            result = agent.run("exec", f"{sys.executable} {CHILDREN / 'daemonize.py'} 0.2", timeout=30)
+            daemons.append(int(result.stdout.split()[1]))
+        # Each daemon ends by itself; reaped, it is gone from the process table (a zombie would stay listed).
+        wait_until(lambda: not any(psutil.pid_exists(pid) for pid in daemons), timeout=10, what="the orphans reaped")
+        # The runner's own children keep their exit statuses while orphans are reaped around them.
+        codes = [agent.run("exec", f"exit {code}", timeout=30).exit_code for code in (7, 0, 3)]
+    assert codes == [7, 0, 3]
+    runner.proc.send_signal(signal.SIGTERM)
+    assert runner.proc.wait(timeout=30) == 0
+
+
+def test_services_that_ignore_sigterm_are_gone_after_the_stop(spawn: type[RunnerProcess]) -> None:
+    runner = spawn(service_defs={
+        "deaf": listener("--ignore-term"),
+        "deaf-family": listener("--ignore-term", "--grandchild"),
+        "polite": listener(),
+    })
+    port_in, port_out = runner.read_ports()
+    with AgentClient(port_in=port_in, port_out=port_out) as agent:
+        start_services(agent, ["deaf", "deaf-family", "polite"])
+    below = [proc.pid for proc in descendants(runner.proc.pid)]
+    assert len(below) >= 4, "three services and one grandchild"
+    runner.proc.send_signal(signal.SIGTERM)
+    assert runner.proc.wait(timeout=30) == 0
+    assert_gone(below, timeout=5)
+    log = runner.stderr()
+    assert "service deaf did not stop within its grace; SIGKILL to its tree" in log
+    assert "stopped (clean)" in log
+
+
+def test_a_stuck_actor_cannot_keep_the_process_past_its_deadline(spawn: type[RunnerProcess]) -> None:
+    # Issue 14: the stop was logged, but a non-daemon actor thread held the exit for ever, and the ports with it.
+    runner = spawn("--shutdown-deadline", "3", program=(str(CHILDREN / "stuck_runner.py"),))
+    port_in, port_out = runner.read_ports()
+    runner.proc.send_signal(signal.SIGTERM)
+    runner.proc.wait(timeout=30)  # a hang fails here
+    log = runner.stderr()
+    assert "stopped (forced: stuck)" in log, log
+    assert "still alive after the stop: actors StuckOnStop" in log
+    assert port_is_free(port_in) and port_is_free(port_out)
+
+
+def test_the_hard_deadline_ends_a_process_that_hangs_anyway() -> None:
+    hang = ("import threading\nfrom loguru import logger\nfrom kernel_runner.cli import HardDeadline\n"
+            "HardDeadline(0.5, log=logger).arm()\nthreading.Event().wait()\n")
+    proc = subprocess.run([sys.executable, "-c", hang], capture_output=True, timeout=30)
+    assert proc.returncode == 1
+    assert b"the stop did not finish within 0.5s" in proc.stderr
+
+
+def test_the_hard_deadline_holds_even_when_no_python_thread_can_run() -> None:
+    # A regular expression that backtracks for ages holds the GIL, so the watchdog thread never runs: SIGALRM,
+    # left to its default action, ends the process from the kernel's side.
+    hang = ("import re\nfrom loguru import logger\nfrom kernel_runner.cli import HardDeadline\n"
+            "HardDeadline(0.2, log=logger).arm()\nre.match(r'(a*)*b', 'a' * 64)\n")
+    proc = subprocess.run([sys.executable, "-c", hang], capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGALRM

@@ -99,9 +99,10 @@ def test_hundreds_of_runs_that_end_at_once_are_answered_in_order(
     (work_dir / "go").touch()
     assert agent.collect_run().exit_code == 0
     results = [agent.collect_run() for _ in range(count)]
-    assert [(r.status, r.exit_code) for r in results] == [("finished", lang_runner.EXIT_MACHINERY_FAILED)] * count
+    assert [(r.status, r.exit_code) for r in results] == [("finished", 127)] * count  # docs/protocol.md §5.1
     assert [r.stderr for r in results] == [
-        f"kernel-runner: cannot start 'echo {index}': no more processes (test)\n".encode() for index in range(count)
+        f"kernel-runner: the exec command could not start: cannot run /bin/sh: no more processes (test); "
+        f"the command: 'echo {index}'\n".encode() for index in range(count)
     ]
     monkeypatch.undo()
     assert agent.run("exec", "echo spawned again").stdout == b"spawned again\n"

@@ -181,3 +181,29 @@ def test_the_runner_libraries_are_stripped_as_one_exact_entry(ld_path: str, expe
 
 def test_an_env_without_ld_library_path_is_left_alone() -> None:
     assert strip_runner_libraries({"A": "1"}) == {"A": "1"}
+
+
+def test_the_whole_child_env_listed(tmp_path: Path) -> None:
+    """Every key a child gets, and nothing else (docs/protocol.md §1.4): the runner's env, the fixed keys, environ.txt."""
+    envfile = tmp_path / "environ.txt"
+    envfile.write_text("BACKENDAI_KERNEL_ID=k1\nLD_LIBRARY_PATH=/opt/backend.ai/lib:/usr/lib\n")
+    built = build_child_env(base_environ={"PATH": "/usr/bin", "SECRET_OF_THE_RUNNER": "kept, as upstream",
+                                          "TERM": "dumb"},
+                            lang=get_lang("python"), environ_file=envfile, home="/w", fs=FakeFs())
+    assert dict(built.env) == {
+        "PATH": "/w/.local/bin:/usr/bin",
+        "SECRET_OF_THE_RUNNER": "kept, as upstream",
+        "LANG": "C.UTF-8",
+        "HOME": "/w",
+        "TERM": "xterm",
+        "LD_LIBRARY_PATH": "/opt/backend.ai/lib:/usr/lib",
+        "LD_PRELOAD": "",
+        "SSH_AUTH_SOCK": "",
+        "SSH_AGENT_PID": "",
+        "PYTHONPATH": "",
+        "SHELL": "/bin/bash",
+        "BACKENDAI_KERNEL_ID": "k1",
+    }
+    # A service gets the same, without the runner's own libraries (docs/protocol.md §6.2 step 8).
+    service_env = strip_runner_libraries(built.env)
+    assert service_env == {**built.env, "LD_LIBRARY_PATH": "/usr/lib"}

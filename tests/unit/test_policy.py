@@ -8,7 +8,9 @@ import pytest
 
 from kernel_runner.exits import Crashed, NormalExit, ProcessDied, ShutdownExit
 from kernel_runner.policy import (
+    NO_FATAL_RETRY,
     Backoff,
+    FatalRetry,
     Forget,
     GiveUp,
     IntensityLimit,
@@ -94,3 +96,42 @@ def test_tracker_forgets_children_whose_restart_type_accepts_the_exit() -> None:
     assert isinstance(make_tracker(restart="transient").decide(NormalExit(), now=0, uptime_s=1), Forget)
     assert isinstance(make_tracker(restart="temporary").decide(Crashed(error="x"), now=0, uptime_s=1), Forget)
     assert isinstance(make_tracker().decide(ShutdownExit(), now=0, uptime_s=1), Forget)
+
+
+def give_up(tracker: RestartTracker, *, at: float) -> GiveUp:
+    """Fail the child until the tracker gives up, the last failure at `at`."""
+    died = ProcessDied(code=1)
+    while True:
+        decision = tracker.decide(died, now=at, uptime_s=0.1)
+        if isinstance(decision, GiveUp):
+            return decision
+
+
+def test_a_give_up_says_when_the_child_is_tried_again() -> None:
+    assert give_up(make_tracker(fatal_retry=FatalRetry()), at=5.0).retry_in_s == 60.0  # the intensity period
+    assert give_up(make_tracker(fatal_retry=FatalRetry(after_window=False)), at=5.0).retry_in_s is None
+    assert give_up(make_tracker(), at=5.0).retry_in_s is None  # the tracker's default: never (NO_FATAL_RETRY)
+
+
+def test_a_request_may_bring_a_fatal_child_back_once_its_next_backoff_has_passed() -> None:
+    tracker = make_tracker(fatal_retry=FatalRetry())
+    assert tracker.demand_retry_in(0.0) is None, "it has not given up"
+    give_up(tracker, at=10.0)
+    # Three restarts were made (1 s, 2 s, 4 s): the next one would have waited 8 s.
+    assert tracker.demand_retry_in(10.0) == 8.0
+    assert tracker.demand_retry_in(15.0) == 3.0
+    assert tracker.demand_retry_in(30.0) == 0.0
+    assert make_tracker(fatal_retry=NO_FATAL_RETRY).demand_retry_in(30.0) is None
+    never_on_demand = make_tracker(fatal_retry=FatalRetry(on_demand=False))
+    give_up(never_on_demand, at=10.0)
+    assert never_on_demand.demand_retry_in(100.0) is None
+
+
+def test_a_revived_child_gets_a_new_window_and_keeps_its_backoff() -> None:
+    tracker = make_tracker(fatal_retry=FatalRetry())
+    give_up(tracker, at=10.0)
+    restarts, attempt = tracker.total_restarts, tracker.attempt
+    tracker.revive()
+    assert tracker.total_restarts == restarts + 1 and tracker.demand_retry_in(11.0) is None
+    # The window starts afresh (no give-up on the next failure), and the backoff goes on from where it was (capped).
+    assert tracker.decide(ProcessDied(code=1), now=11.0, uptime_s=0.1) == Restart(delay_s=8.0, attempt=attempt)

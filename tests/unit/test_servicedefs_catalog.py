@@ -22,6 +22,7 @@ from kernel_runner.servicedefs import (
     DefinitionError,
     ServiceCatalog,
     ServiceLaunch,
+    ServiceStartError,
     TemplateError,
     load_service_definitions,
 )
@@ -388,3 +389,46 @@ def test_model_service_with_an_empty_command_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DefinitionError) as empty:
         catalog_with(tmp_path, {}).with_model_service(model("m", 8000, command=[]))
     assert empty.value.problems == ("model m: start_command is empty @ $.service.start_command",)
+
+
+# --------------------------------------------------------------------------------------------
+# What came over the wire stays confined (docs/protocol.md §2.8)
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_models_definition_is_confined_and_an_images_is_not(tmp_path: Path) -> None:
+    (tmp_path / "work").mkdir()
+    catalog = catalog_with(tmp_path, {"web": {"command": ["a"], "prestart_actions": [
+        {"action": "write_file", "args": {"filename": "../image.txt", "body": ["ok"]}}]}})
+    escape = (PrestartActionSpec(action="write_file", args={"filename": "../model.txt", "body": ["no"]}),)
+    catalog, request = catalog.with_model_service(model("m", 8000, actions=escape))
+    model_launch = launch_of(resolve(catalog, request, work_dir=tmp_path / "work"))
+    assert model_launch.origin == "model"
+    with pytest.raises(ServiceStartError, match="leads outside the work dir"):
+        model_launch.prepare(log=lambda _level, _text: None)
+    assert not (tmp_path / "model.txt").exists()
+    image_launch = launch_of(resolve(catalog, info("web"), work_dir=tmp_path / "work"))
+    assert image_launch.origin == "definition"
+    image_launch.prepare(log=lambda _level, _text: None)
+    assert (tmp_path / "image.txt").read_text() == "ok\n"
+
+
+def test_a_models_start_command_cannot_reach_objects(tmp_path: Path) -> None:
+    with pytest.raises(DefinitionError) as attribute:
+        catalog_with(tmp_path, {}).with_model_service(model("m", 8000, command=["echo", "{ports.__class__}"]))
+    assert "{ports.__class__}: attribute access is not allowed" in attribute.value.reply
+    assert attribute.value.problems[0].endswith("@ $.service.start_command[1]")
+
+
+def test_user_arguments_and_envs_are_never_templates(tmp_path: Path) -> None:
+    launch = launch_of(resolve(catalog_with(tmp_path, {"web": WEB}), info(
+        "web", arguments={"--directory": "{ports.__class__}"}, envs={"FOO": "{runtime_path.__class__}"})))
+    command = launch.render()
+    assert command.argv[-2:] == ("--directory", "{ports.__class__}")
+    assert command.env["FOO"] == "{runtime_path.__class__}"
+
+
+def test_refused_wire_names_are_quoted_briefly(tmp_path: Path) -> None:
+    result = resolve(catalog_with(tmp_path, {"web": WEB}), info("web", arguments={"--" + "x" * 100_000: None}))
+    assert isinstance(result, ServiceResult) and result.error is not None
+    assert result.error.startswith("DisallowedArgument('Argument --xxx") and len(result.error) < 300

@@ -142,3 +142,20 @@ def test_bad_legacy_rows_are_rejected_with_paths() -> None:
     with pytest.raises(DefinitionError) as extra:
         parse_legacy_table([{"langs": ["python"], "definition": {"command": ["x"]}, "color": 1}], source="t.json")
     assert "unknown key 'color'" in extra.value.problems[0]
+
+
+def test_every_bundled_template_renders_as_str_format_map_did() -> None:
+    """Named placeholders only (docs/protocol.md §6.4) changed nothing for the bundled rows."""
+    from kernel_runner.servicedefs.schema import _action_templates
+    from kernel_runner.servicedefs.template import interpolate
+
+    variables = {"ports": [18080, 18081], "runtime_path": RT, "jupyter_config": "/tmp/tmpab12cd34.py"}
+    templates: list[str] = []
+    for row in bundled_legacy().rows:
+        templates += row.definition.command
+        templates += [part for item in row.definition.env.items() for part in item]
+        for action in row.definition.prestart_actions:
+            templates += [template for template, _path in _action_templates(action)]
+    assert any("{ports[0]}" in template for template in templates)
+    for template in templates:
+        assert interpolate(template, variables) == template.format_map(variables), template

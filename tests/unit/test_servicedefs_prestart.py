@@ -32,7 +32,8 @@ class LogRecorder:
         self.lines.append((level, text))
 
 
-def run(tmp_path: Path, *raw: dict[str, Any], log: LogRecorder | None = None, timeout_s: float = 5.0) -> dict[str, Any]:
+def run(tmp_path: Path, *raw: dict[str, Any], log: LogRecorder | None = None, timeout_s: float = 5.0,
+        confined: bool = False) -> dict[str, Any]:
     return run_prestart(
         actions(*raw),
         env=dict(os.environ),
@@ -40,6 +41,7 @@ def run(tmp_path: Path, *raw: dict[str, Any], log: LogRecorder | None = None, ti
         variables=VARIABLES,
         log=log or LogRecorder(),
         timeout_s=timeout_s,
+        confined=confined,
     )
 
 
@@ -197,3 +199,80 @@ def test_template_errors_pass_through(tmp_path: Path) -> None:
     with pytest.raises(TemplateError) as info:
         run(tmp_path, {"action": "log", "args": {"message": "{ports[3]}"}})
     assert "IndexError" in info.value.reply_text
+
+
+# ---- confined actions: a model's pre_start_actions came over the wire (docs/protocol.md §2.8) -------------------
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """A work dir with a sibling folder outside it, a symlink out of it and a symlink within it."""
+    (tmp_path / "work" / "inner").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "work" / "out-link").symlink_to(tmp_path / "outside")
+    (tmp_path / "work" / "in-link").symlink_to(tmp_path / "work" / "inner")
+    (tmp_path / "work" / "file-link").symlink_to(tmp_path / "outside" / "target.txt")
+    return tmp_path / "work"
+
+
+ESCAPES = [
+    ("../outside/escape.txt", "leads outside the work dir"),
+    ("inner/../../outside/escape.txt", "leads outside the work dir"),
+    ("{ports[0]}/../../outside/escape.txt", "leads outside the work dir"),
+    ("out-link/escape.txt", "leads outside the work dir"),
+    ("file-link", "leads outside the work dir"),
+    ("/tmp/kernel-runner-escape.txt", "is absolute"),
+]
+
+
+@pytest.mark.parametrize(("filename", "says"), ESCAPES)
+def test_a_confined_write_file_stays_in_the_work_dir(work: Path, filename: str, says: str) -> None:
+    with pytest.raises(ServiceStartError) as info:
+        run(work, {"action": "write_file", "args": {"filename": filename, "body": ["x"]}}, confined=True)
+    assert info.value.reply_text.startswith("prestart action #0 (write_file) failed: the path ")
+    assert says in info.value.reply_text
+    assert list((work.parent / "outside").iterdir()) == []
+    assert not Path("/tmp/kernel-runner-escape.txt").exists()
+
+
+@pytest.mark.parametrize(("path", "says"), [(f.replace("escape.txt", "made"), says) for f, says in ESCAPES])
+def test_a_confined_mkdir_stays_in_the_work_dir(work: Path, path: str, says: str) -> None:
+    with pytest.raises(ServiceStartError, match=says):
+        run(work, {"action": "mkdir", "args": {"path": path}}, confined=True)
+    assert list((work.parent / "outside").iterdir()) == []
+
+
+def test_a_symlink_loop_is_refused_not_raised(work: Path) -> None:
+    (work / "loop-a").symlink_to(work / "loop-b")
+    (work / "loop-b").symlink_to(work / "loop-a")
+    with pytest.raises(ServiceStartError, match="cannot be resolved"):
+        run(work, {"action": "write_file", "args": {"filename": "loop-a/x", "body": ["x"]}}, confined=True)
+
+
+def test_confined_paths_inside_the_work_dir_work_symlinks_included(work: Path) -> None:
+    run(work,
+        {"action": "mkdir", "args": {"path": "a/b"}},
+        {"action": "write_file", "args": {"filename": "a/b/../c.txt", "body": ["one"]}},
+        {"action": "write_file", "args": {"filename": "in-link/d.txt", "body": ["two"], "mode": "600"}},
+        confined=True)
+    assert (work / "a" / "c.txt").read_text() == "one\n"
+    assert (work / "inner" / "d.txt").read_text() == "two\n" and mode_of(work / "inner" / "d.txt") == 0o600
+
+
+def test_confined_modes_are_permission_bits_only(work: Path) -> None:
+    with pytest.raises(ServiceStartError, match="mode 4755 sets more than permission bits"):
+        run(work, {"action": "write_file", "args": {"filename": "s", "body": ["x"], "mode": "4755"}}, confined=True)
+    assert not (work / "s").exists()
+
+
+def test_confined_log_messages_are_quoted_briefly(work: Path) -> None:
+    log = LogRecorder()
+    run(work, {"action": "log", "args": {"message": "line\nforged " + "x" * 5000}}, log=log, confined=True)
+    ((level, text),) = log.lines
+    assert level == "INFO" and "\n" not in text and len(text) < 1100 and text.startswith("'line\\nforged ")
+
+
+def test_image_actions_are_not_confined(work: Path) -> None:
+    """Service definitions come from the image, which is trusted to write where it means to (docs/protocol.md §2.8)."""
+    run(work, {"action": "write_file", "args": {"filename": "../outside/image.txt", "body": ["ok"]}})
+    assert (work.parent / "outside" / "image.txt").read_text() == "ok\n"

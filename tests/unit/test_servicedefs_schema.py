@@ -164,9 +164,10 @@ def test_restart_override_is_optional_and_partial() -> None:
     ("restart", "expected"),
     [
         ({"policy": "always"}, "expected one of 'permanent', 'transient', 'temporary', got 'always' @ $.restart.policy"),
-        ({"max_restarts": -1}, "max_restarts must be 0 or more @ $.restart"),
+        ({"max_restarts": -1}, "max_restarts must be at least 0 and at most 1000, got -1 @ $.restart"),
+        ({"backoff_cap_s": 1e10}, "backoff_cap_s must be at least 0 and at most 3600 s, got 10000000000.0 @ $.restart"),
         ({"max_restarts": 1.5}, "expected an integer, got a number @ $.restart.max_restarts"),
-        ({"period_s": 0}, "period_s must be greater than 0 @ $.restart"),
+        ({"period_s": 0}, "period_s must be greater than 0 and at most 86400 s, got 0.0 @ $.restart"),
         ({"backoff_initial_s": 2, "backoff_cap_s": 1}, "backoff_cap_s must not be smaller than backoff_initial_s @ $.restart"),
         ({"jitter": 0.1}, "unknown key 'jitter'"),
     ],

@@ -145,12 +145,14 @@ def test_invalid_model_payloads_get_a_failed_reply_naming_the_field(payload: dic
         ([b"start-service", b"\xff"], "not UTF-8", ServiceResult),
         ([b"start-model-service", b"nope"], "not valid JSON", ModelServiceResult),
         ([b"shutdown-service", b"jupyter"], "not a JSON string", None),
-        ([b"shutdown-service", b"42"], "non-empty JSON string", None),
+        ([b"shutdown-service", b"42"], "non-empty JSON string, got int", None),
+        ([b"shutdown-service", b'""'], "non-empty JSON string, got ''", None),
+        ([b"shutdown-service", b'"a\\nb"'], "name must not contain control characters", None),
         ([b"complete", b"imp"], "not valid JSON", CompletionResult),
         ([b"get-apps", b"\xff"], "not UTF-8", AppsResult),
         # Slips past the validators must not escape decode either (it runs in the thread that owns the socket).
-        ([b"start-service", b'{"name": "x", "port": 1, "ports": 5}'], "TypeError", ServiceResult),
-        ([b"start-model-service", b"[" * 100_000], "invalid start-model-service payload", ModelServiceResult),
+        ([b"start-service", b'{"name": "x", "port": 1, "ports": 5}'], "ports must be a list of integers", ServiceResult),
+        ([b"start-model-service", b"[" * 100_000], "nests deeper than 32 levels", ModelServiceResult),
     ],
 )
 def test_malformed_frames_become_bad_frames(frames: list[bytes], reason_part: str, reply_type: type | None) -> None:
@@ -219,3 +221,167 @@ def test_status_is_msgpack_with_started_at_and_the_tree() -> None:
 def test_non_ascii_json_is_escaped_like_pythons_default_encoder() -> None:
     frames = wire.encode(ServiceResult(status="failed", error="caf\u00e9"))
     assert frames[1] == b'{"status": "failed", "error": "caf\\u00e9"}'
+
+
+
+# ---- hostile input: sizes, nesting, numbers and names (docs/protocol.md §2.7) ------------------------------------
+
+
+@pytest.mark.parametrize("ports", ["5", "true", "1.5", '"8080"', "{}"])
+def test_ports_that_are_not_a_list_name_the_field(ports: str) -> None:
+    result = wire.decode([b"start-service", f'{{"name": "x", "port": 1, "ports": {ports}}}'.encode()])
+    assert isinstance(result, BadFrame) and isinstance(result.reply, ServiceResult)
+    assert result.reply.error is not None and "ports must be a list of integers" in result.reply.error
+    assert "@ $.ports" in result.reply.error
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"name": "x", "port": -1}, "$.port"),
+        ({"name": "x", "port": 65536}, "$.port"),
+        ({"name": "x", "ports": [80, -1]}, "$.ports[1]"),
+        ({"name": "x", "ports": [80, 1.5]}, "$.ports[1]"),
+        ({"name": "x", "ports": list(range(1, 100))}, "$.ports"),
+        ({"name": ""}, "$.name"),
+        ({"name": "x" * 257}, "$.name"),
+        ({"name": "a\nb"}, "$.name"),
+        ({"name": "x", "options": {"arguments": {"--a": "nul\u0000"}}}, "$.options.arguments"),
+        ({"name": "x", "options": {"envs": {"A": 1}}}, "$.options.envs"),
+    ],
+)
+def test_service_info_numbers_and_names_are_range_checked(payload: dict[str, object], field: str) -> None:
+    result = wire.decode([b"start-service", json.dumps(payload).encode()])
+    assert isinstance(result, BadFrame) and isinstance(result.reply, ServiceResult)
+    assert result.reply.error is not None and field in result.reply.error
+
+
+HEALTH_LIMITS = [
+    ("max_wait_time", "Infinity", "finite"),
+    ("max_wait_time", "NaN", "finite"),
+    ("max_wait_time", "1e400", "finite"),
+    ("max_wait_time", "9.3e9", "at most 600 s"),
+    ("max_wait_time", "-1", "at least 0"),
+    ("interval", "Infinity", "finite"),
+    ("interval", "1e10", "at most 3600 s"),
+    ("interval", "0", "greater than 0"),
+    ("initial_delay", "-Infinity", "finite"),
+    ("initial_delay", "86401", "at most 86400 s"),
+    ("initial_delay", "-0.5", "at least 0"),
+    ("max_retries", "1001", "at most 1000"),
+    ("max_retries", "0", "at least 1"),
+    ("expected_status_code", "99", "at least 100"),
+    ("expected_status_code", "600", "at most 599"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "says"), HEALTH_LIMITS)
+def test_health_check_numbers_never_get_past_validation(field: str, value: str, says: str) -> None:
+    payload = ('{"name": "m", "service": {"start_command": ["x"], "port": 80, "health_check": {"path": "/", "'
+               + field + '": ' + value + "}}}")
+    result = wire.decode([b"start-model-service", payload.encode()])
+    assert isinstance(result, BadFrame) and isinstance(result.reply, ModelServiceResult)
+    error = result.reply.error
+    assert error is not None and says in error
+    assert f"{field} must be" in error and f"@ $.service.health_check.{field}" in error
+
+
+def test_health_check_refuses_out_of_range_values_even_when_built_in_code() -> None:
+    from kernel_runner.messages import HealthCheck
+
+    with pytest.raises(ValueError, match="max_wait_time must be a finite number"):
+        HealthCheck(path="/", max_wait_time=float("inf"))
+    with pytest.raises(ValueError, match="interval must be greater than 0"):
+        HealthCheck(path="/", interval=0.0)
+    assert HealthCheck(path="/", max_wait_time=600, interval=3600, initial_delay=86400).max_retries == 10
+
+
+def test_the_largest_allowed_health_numbers_are_accepted() -> None:
+    health = {"path": "/", "max_retries": 1000, "max_wait_time": 600, "interval": 3600, "initial_delay": 86400,
+              "expected_status_code": 599}
+    payload = {"name": "m", "service": {"start_command": ["x"], "port": 80, "health_check": health}}
+    result = wire.decode([b"start-model-service", json.dumps(payload).encode()])
+    assert isinstance(result, StartModelService)
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"name": "m" * 300, "service": {"start_command": ["x"], "port": 80}}, "$.name"),
+        ({"name": "m", "service": {"start_command": ["x", "a\u0000b"], "port": 80}}, "$.service.start_command"),
+        ({"name": "m", "service": {"start_command": "x", "port": 80, "shell": ""}}, "$.service.shell"),
+        ({"name": "m", "service": {"start_command": "x", "port": 80, "health_check": {"path": "/" + "p" * 3000}}},
+         "$.service.health_check.path"),
+        ({"name": "m", "service": {"start_command": "x", "port": 80, "health_check": {"path": "/a b\r\n"}}},
+         "$.service.health_check.path"),
+    ],
+)
+def test_model_names_commands_and_shell_are_checked(payload: dict[str, object], field: str) -> None:
+    result = wire.decode([b"start-model-service", json.dumps(payload).encode()])
+    assert isinstance(result, BadFrame) and isinstance(result.reply, ModelServiceResult)
+    assert result.reply.error is not None and field in result.reply.error
+
+
+@pytest.mark.parametrize(
+    ("op", "reply_type"),
+    [("start-service", ServiceResult), ("start-model-service", ModelServiceResult), ("get-apps", AppsResult),
+     ("shutdown-service", type(None))],
+)
+def test_a_control_payload_over_its_limit_is_refused_before_decoding(op: str, reply_type: type) -> None:
+    payload = b"\xff" * (wire.MAX_CONTROL_PAYLOAD_BYTES + 1)  # not even UTF-8: the size is checked first
+    result = wire.decode([op.encode(), payload])
+    assert isinstance(result, BadFrame)
+    assert f"payload of {len(payload)} bytes is over the 1 MiB limit for {op}" == result.reason
+    assert isinstance(result.reply, reply_type)
+    if isinstance(result.reply, ServiceResult | ModelServiceResult):
+        assert result.reply.error == result.reason
+
+
+def test_complete_has_a_larger_limit_and_answers_an_empty_list_beyond_it() -> None:
+    big_cell = json.dumps({"code": "x" * (2 * wire.MAX_CONTROL_PAYLOAD_BYTES)}).encode()
+    assert isinstance(wire.decode([b"complete", big_cell]), CompleteCode)
+    result = wire.decode([b"complete", b" " * (wire.MAX_COMPLETE_PAYLOAD_BYTES + 1)])
+    assert isinstance(result, BadFrame) and result.reply == CompletionResult(items=())
+    assert "16 MiB limit for complete" in result.reason
+
+
+def test_run_payloads_are_limited_only_by_the_frame_limit() -> None:
+    assert isinstance(wire.decode([b"code", b"x" * (2 * wire.MAX_CONTROL_PAYLOAD_BYTES)]), RunCode)
+    result = wire.decode([b"exec", b"x" * (wire.MAX_FRAME_BYTES + 1)])
+    assert isinstance(result, BadFrame) and result.reply is None
+    assert "64 MiB limit for exec" in result.reason
+
+
+@pytest.mark.parametrize("payload", [b"", b"\xff\xfe", b'{"x": 1}', b"[" * 1000])
+def test_status_and_interrupt_ignore_whatever_payload_comes(payload: bytes) -> None:
+    assert wire.decode([b"status", payload]) == StatusRequest()
+    assert wire.decode([b"interrupt", payload]) == InterruptRun()
+
+
+def test_nesting_is_measured_before_parsing_and_strings_do_not_count() -> None:
+    deep = b"[" * 33 + b"]" * 33
+    result = wire.decode([b"complete", b'{"code": "", "x": ' + deep + b"}"])
+    assert isinstance(result, BadFrame) and "nests deeper than 32 levels" in result.reason
+    brackets_in_a_string = json.dumps({"code": "[" * 5000 + '\\"{' * 100}).encode()
+    assert wire.decode([b"complete", brackets_in_a_string]) == CompleteCode(code="[" * 5000 + '\\"{' * 100)
+    just_deep_enough = json.dumps({"code": "", "x": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]})
+    assert isinstance(wire.decode([b"complete", just_deep_enough.encode()]), CompleteCode)
+
+
+def test_unknown_and_overlong_op_names_are_quoted_briefly() -> None:
+    long_op = b"x" * (64 * 1024 * 1024)
+    result = wire.decode([long_op, b""])
+    assert isinstance(result, BadFrame) and result.op is None
+    assert len(result.reason) < 200 and f"({len(long_op)} bytes)" in result.reason
+    odd = wire.decode([b"no\nsuch", b""])
+    assert isinstance(odd, BadFrame) and odd.reason == "unknown op 'no\\nsuch'" and odd.op is None
+    plain = wire.decode([b"no-such", b""])
+    assert isinstance(plain, BadFrame) and plain.op == "no-such"
+
+
+def test_error_texts_quote_wire_keys_briefly() -> None:
+    payload = {"name": "x", "options": {"envs": {"K" * 100_000: 1}}}
+    result = wire.decode([b"start-service", json.dumps(payload).encode()])
+    assert isinstance(result, BadFrame) and isinstance(result.reply, ServiceResult)
+    assert result.reply.error is not None and len(result.reply.error) < 1000
+    assert "characters)" in result.reply.error

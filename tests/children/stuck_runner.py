@@ -1,0 +1,40 @@
+"""`kernel-runner` (cli.main, argv as usual) with one extra child whose actor thread never returns once asked to
+stop: a bug of the kind that used to keep the process alive, and its ports bound, after the stop was logged."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+import pykka
+
+from kernel_runner import cli, runtime
+from kernel_runner.actors.base import SupervisedActor
+from kernel_runner.context import RunnerContext
+from kernel_runner.ids import ChildId
+from kernel_runner.supervision import ChildContext, ChildSpec, ChildState, StopRequested
+
+
+class StuckOnStop(SupervisedActor):
+    def start_child(self) -> None:
+        self.set_state(ChildState.RUNNING)
+
+    def request_stop(self, message: StopRequested) -> None:
+        threading.Event().wait()  # the bug: a handler that blocks, so this non-daemon thread never ends
+
+
+def stuck_child(_runner: RunnerContext) -> ChildSpec:
+    def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
+        return StuckOnStop.start(ctx=ctx)
+
+    return ChildSpec(child_id=ChildId("stuck"), factory=factory, shutdown_s=0.5, tier=3)
+
+
+def start_with_stuck_child(config: Any, **kwargs: Any) -> runtime.RunnerHandle:
+    return runtime.start(config, extra_children=[stuck_child], **kwargs)
+
+
+if __name__ == "__main__":
+    cli.start = start_with_stuck_child  # type: ignore[assignment]
+    sys.exit(cli.main())
