@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # Make's own variables must not leak into the runner's children (a user's `make` would print "Entering directory").
 CLEAN_ENV := env -u MAKELEVEL -u MAKEFLAGS -u MFLAGS
 
-.PHONY: setup system-deps run test lint typecheck unit test-heavy bench clean
+.PHONY: setup system-deps run test lint typecheck unit test-heavy chaos bench clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,11 @@ test: setup system-deps lint typecheck
 test-heavy: setup
 	@bash .ci/install-system-deps .ci/apt-packages-heavy.txt
 	$(CLEAN_ENV) $(PY) -m pytest -m heavy $(PYTEST_ARGS)
+
+# The long versions of the reliability suites (tests/fuzz, tests/chaos, tests/load: >= 10 000 fuzz examples,
+# repeated faults, bigger floods); ends with the table of tried / survived / lost per probe (tests/support/probes.py).
+chaos: setup system-deps
+	$(CLEAN_ENV) $(PY) -m pytest -m reliability --chaos tests/fuzz tests/chaos tests/load $(PYTEST_ARGS)
 
 bench: setup system-deps
 	@for script in bench/bench_*.py; do echo "== $$script"; $(CLEAN_ENV) $(PY) $$script || exit 1; done

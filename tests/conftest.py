@@ -17,6 +17,8 @@ from kernel_runner.client import AgentClient
 from kernel_runner.logs import configure_logging
 
 CHILDREN = Path(__file__).parent / "children"
+# The reliability suites (tests/fuzz, tests/chaos, tests/load): `--chaos` and the probe table of `make chaos`.
+pytest_plugins = ("tests.support.probes",)
 
 
 @pytest.fixture(scope="session", autouse=True)
