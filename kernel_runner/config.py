@@ -71,7 +71,8 @@ class RunnerConfig:
     service_launch_timeout_s: float = 8.0
     service_stop_grace_s: float = 2.0
     shutdown_deadline_s: float = 15.0
-    # Output chunks (each up to procs.READ_CHUNK, 256 KiB) in flight between producers and the agent socket.
+    # Output in flight between producers and the agent socket: a chunk takes one credit per started 256 KiB
+    # (outbox.credits_for), so 64 credits are at most 64 chunks and 16 MiB (docs/architecture.md §5.6).
     output_credits: int = 64
     outbox_limit: int = 4096
     restart: RestartDefaults = attrs.field(factory=RestartDefaults)

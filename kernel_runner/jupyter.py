@@ -21,6 +21,9 @@ DISPLAY_PREFERENCE = ("image/png", "image/jpeg", "image/svg+xml", "text/html", D
 # docs/protocol.md §4.7: a ping on the heartbeat channel this often; unanswered this long, the kernel counts as hung.
 HEARTBEAT_INTERVAL_S = 3.0
 HEARTBEAT_TIMEOUT_S = 15.0
+# While no cell runs, a ping this rarely: an idle runner wakes for nothing else, and a run pings at once when it starts,
+# so a kernel that hung while idle still fails its run within HEARTBEAT_TIMEOUT_S.
+HEARTBEAT_IDLE_INTERVAL_S = 60.0
 # Kernels (kernel_info's `implementation`) that echo heartbeats from a thread of their own, so they keep beating while
 # a cell runs: ipykernel and IJulia. Others, IRkernel among them, echo between cells only (docs/protocol.md §4.7).
 BEATS_WHILE_BUSY = frozenset({"ipython", "ijulia"})
@@ -204,18 +207,25 @@ class HeartbeatWatch:
     timeout_s: float
     next_ping_at: float
     unanswered_since: float | None = None  # the first ping that no echo has followed yet
+    idle_interval_s: float = HEARTBEAT_IDLE_INTERVAL_S  # between pings while no cell runs
 
     @classmethod
-    def starting(cls, now: float, *, interval_s: float, timeout_s: float) -> HeartbeatWatch:
-        return cls(interval_s=interval_s, timeout_s=timeout_s, next_ping_at=now)
+    def starting(cls, now: float, *, interval_s: float, timeout_s: float,
+                 idle_interval_s: float = HEARTBEAT_IDLE_INTERVAL_S) -> HeartbeatWatch:
+        return cls(interval_s=interval_s, timeout_s=timeout_s, next_ping_at=now,
+                   idle_interval_s=max(interval_s, idle_interval_s))
 
     def ping_due(self, now: float) -> bool:
         return now >= self.next_ping_at
 
-    def pinged(self, now: float) -> None:
-        self.next_ping_at = now + self.interval_s
+    def pinged(self, now: float, *, idle: bool = False) -> None:
+        self.next_ping_at = now + (self.idle_interval_s if idle else self.interval_s)
         if self.unanswered_since is None:
             self.unanswered_since = now
+
+    def run_started(self, now: float) -> None:
+        """A cell starts: ping at once (the idle schedule may be a minute away), then every `interval_s`."""
+        self.next_ping_at = min(self.next_ping_at, now)
 
     def echoed(self) -> None:
         self.unanswered_since = None
@@ -249,6 +259,7 @@ def death_exit_code(returncode: int) -> int:
 __all__ = [
     "BEATS_WHILE_BUSY",
     "DRAWING_MIME",
+    "HEARTBEAT_IDLE_INTERVAL_S",
     "HEARTBEAT_INTERVAL_S",
     "HEARTBEAT_TIMEOUT_S",
     "HeartbeatWatch",

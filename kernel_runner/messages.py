@@ -3,12 +3,48 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any, Literal, Union
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar, Union, dataclass_transform
 
 import attrs
 
 from kernel_runner.ids import Pid, RunId
+
+_Cls = TypeVar("_Cls", bound=type)
+
+
+def _values(value: Any) -> tuple[Any, ...]:
+    return tuple(getattr(value, field.name) for field in value.__attrs_attrs__)
+
+
+def _eq(self: Any, other: object) -> bool:
+    if other.__class__ is not self.__class__:
+        return NotImplemented  # type: ignore[no-any-return]  # lets Python try the other side, as attrs does
+    return bool(_values(self) == _values(other))
+
+
+def _hash(self: Any) -> int:
+    return hash((self.__class__, _values(self)))
+
+
+def _repr(self: Any) -> str:
+    fields = ", ".join(f"{field.name}={getattr(self, field.name)!r}" for field in self.__attrs_attrs__)
+    return f"{self.__class__.__qualname__}({fields})"
+
+
+@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(attrs.field,))
+def frozen_value(cls: _Cls) -> _Cls:
+    """`attrs.frozen(kw_only=True)`, with `==`, `hash` and `repr` shared by every class instead of generated.
+
+    attrs compiles those methods for each class, which made defining the 50-odd messages cost ~25 ms of every
+    start (docs/architecture.md §2.1); the shared ones compare, hash and print the same fields the same way.
+    Used for messages and the language table's values.
+    """
+    built: Any = attrs.frozen(kw_only=True, eq=False, repr=False)(cls)
+    methods: dict[str, Callable[..., Any]] = {"__eq__": _eq, "__hash__": _hash, "__repr__": _repr}
+    for name, method in methods.items():
+        setattr(built, name, method)
+    return built  # type: ignore[no-any-return]
 
 BatchKind = Literal["clean", "build", "exec"]
 RunKind = Literal["clean", "build", "exec", "code"]
@@ -19,46 +55,46 @@ StreamName = Literal["stdout", "stderr"]
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class RunBatch:
     kind: BatchKind
     command: str
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class RunCode:
     source: str
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class FeedInput:
     text: str
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class CompleteCode:
     code: str
     # The agent forwards the client's options verbatim (docs/protocol.md §3.5); kept as data, never interpreted here.
     options: Mapping[str, Any] = attrs.field(factory=dict)
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class InterruptRun:
     pass
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class StatusRequest:
     pass
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class ServiceOptions:
     arguments: Mapping[str, str | list[str] | None] | None = None
     envs: Mapping[str, str] | None = None
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class ServiceInfo:
     """The `start-service` payload (docs/protocol.md §6.1)."""
 
@@ -69,22 +105,22 @@ class ServiceInfo:
     options: ServiceOptions = attrs.field(factory=ServiceOptions)
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class StartService:
     info: ServiceInfo
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class ShutdownService:
     name: str
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class GetApps:
     name: str | None
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class Bounds:
     """The range a number from the wire must fall in before it may become a timer or a count (docs/protocol.md §2.7).
 
@@ -132,7 +168,7 @@ PORT_BOUNDS = Bounds(low=1, high=65535)
 SERVICE_PORT_BOUNDS = Bounds(low=0, high=65535)
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class HealthCheck:
     """docs/protocol.md §7.1 plus the later upstream `interval`/`initial_delay` fields (docs/protocol.md §7.5)."""
 
@@ -144,14 +180,14 @@ class HealthCheck:
     initial_delay: float | None = attrs.field(default=None, validator=HEALTH_CHECK_BOUNDS["initial_delay"])
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class PrestartActionSpec:
     action: str
     args: Mapping[str, Any] = attrs.field(factory=dict)
     ref: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class ModelServiceSpec:
     start_command: tuple[str, ...] | str
     port: int
@@ -160,14 +196,14 @@ class ModelServiceSpec:
     health_check: HealthCheck | None = None
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class ModelInfo:
     name: str
     model_path: str | None = None
     service: ModelServiceSpec | None = None
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class StartModelService:
     model: ModelInfo
 
@@ -190,7 +226,7 @@ AgentRequest = Union[
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class Output:
     stream: StreamName
     data: bytes
@@ -198,57 +234,57 @@ class Output:
     credited: bool = False
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class Media:
     mime: str
     data: str
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class Html:
     html: str
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class Finished:
     kind: RunKind
     exit_code: int
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class WaitingInput:
     is_password: bool = False
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class ServiceResult:
     status: Literal["started", "running", "failed"]
     error: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class ModelServiceResult:
     status: Literal["started", "running", "failed"]
     error: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class ModelServiceStatus:
     model_name: str
     is_healthy: bool
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class AppsResult:
     apps: tuple[Mapping[str, Any], ...]
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class CompletionResult:
     items: tuple[str, ...]
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class LogRecord:
     """A runner log line sent to the agent as the `log` type (only with --forward-logs=log)."""
 
@@ -270,7 +306,7 @@ ToAgent = Union[
 ]
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class BadFrame:
     """A frame that could not become an AgentRequest; logged, answered when the op has a reply (docs/protocol.md §2.2)."""
 
@@ -285,7 +321,7 @@ class BadFrame:
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class ProcessExited:
     pid: Pid
     returncode: int
@@ -293,13 +329,13 @@ class ProcessExited:
     at: float
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class PipeClosed:
     pid: Pid
     stream: StreamName
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class OutputSynced:
     """ProcessWatcher → owner: the output the process had written when `sync(token)` was asked has gone out."""
 
@@ -307,14 +343,14 @@ class OutputSynced:
     token: object
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class RunTask:
     run_id: RunId
     kind: RunKind
     text: str
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class RunDone:
     """A delegate (Jupyter kernel, terminal) → language runner: the run ended; its outputs have been sent.
 
@@ -331,14 +367,14 @@ class RunDone:
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class TerminalInput:
     """TermInputReceiver → TerminalActor: the first frame of one message from the terminal SUB socket."""
 
     data: bytes
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class PtyOutput:
     """PtyReader → TerminalActor: bytes the shell wrote to its pty; the actor publishes them on the PUB socket."""
 
@@ -346,26 +382,26 @@ class PtyOutput:
     data: bytes
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class PtyClosed:
     """PtyReader → TerminalActor: the reader saw EOF/EIO (or was told to stop) and closed its end of the pty."""
 
     shell_id: int
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class ShellRespawnDue:
     """TerminalActor self-tick: the backoff after a shell exit has passed; start a new shell."""
 
     after_shell_id: int
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class TerminalInputFlushDue:
     """TerminalActor self-tick: the pty refused input (its buffer was full); try the pending bytes again."""
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class GitGraphDone:
     """GitGraphJob → TerminalActor: the result of `%show graph` (commits is None when the command failed)."""
 
@@ -380,7 +416,7 @@ class GitGraphDone:
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class KernelLaunched:
     """KernelStarter → KernelActor: the kernel process runs (not ready yet); its handle is in the shared launch box."""
 
@@ -390,7 +426,7 @@ class KernelLaunched:
     interrupt_mode: Literal["signal", "message"]
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class KernelReady:
     """KernelChannels → KernelActor: kernel_info_reply arrived and IOPub delivers, so code can run."""
 
@@ -399,21 +435,21 @@ class KernelReady:
     language: str
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class KernelStartFailed:
     """KernelStarter/KernelChannels → KernelActor: no kernelspec, the spawn failed, or no readiness in time."""
 
     error: str
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class KernelChannelsClosed:
     """KernelChannels → KernelActor: the channel thread ended unexpectedly (the kernel can no longer be reached)."""
 
     error: str
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class KernelRunEnded:
     """KernelChannels → KernelActor: every output of the run has been sent; the actor sends the one Finished."""
 
@@ -421,7 +457,7 @@ class KernelRunEnded:
     exit_code: int
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class KernelInputRequested:
     """KernelChannels → KernelActor: the cell called input() (the prompt went out as stdout already)."""
 
@@ -429,7 +465,7 @@ class KernelInputRequested:
     is_password: bool
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class KernelCompletion:
     """KernelChannels → KernelActor: the complete_reply for one CompleteCode (empty on error)."""
 
@@ -442,14 +478,14 @@ class KernelCompletion:
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class PollyCallSending:
     """The boto3 client is ready and the request is being sent: the actor's call deadline starts now."""
 
     call_id: int
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class PollySynthesized:
     """The call succeeded: the audio and its content type as Polly gave them."""
 
@@ -458,7 +494,7 @@ class PollySynthesized:
     audio: bytes
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class PollyCallFailed:
     """The call ended without audio (an AWS error, no boto3): `text` is the one stderr line for the user."""
 
@@ -467,7 +503,7 @@ class PollyCallFailed:
     text: str
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class PollyWorkerDied:
     """The job raised something that is not an AWS error (a bug): the actor ends the run and lets itself restart."""
 
@@ -480,13 +516,13 @@ class PollyWorkerDied:
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class ServicePortOpened:
     name: str
     port: int
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class ServiceProcessEnded:
     """The service's process exited (not told when the exit was asked for)."""
 
@@ -495,7 +531,7 @@ class ServiceProcessEnded:
     output_tail: str
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class ServiceStartFailed:
     """The service could not be started at all (prestart, spawn or port wait failed)."""
 

@@ -36,8 +36,14 @@ from kernel_runner.wakeup import WakeupPipe
 if TYPE_CHECKING:
     from loguru import Logger
 
-READ_CHUNK = 256 * 1024
+READ_CHUNK = 1024 * 1024  # docs/protocol.md §2.5: a stdout/stderr record is at most 1 MiB
 PIPE_SIZE = 1024 * 1024  # room for a fast writer while the reader hands a chunk on (Linux's default limit)
+# A writer slower than the reader (most write 4-64 KiB at a time) would cost a hand-off per write: once a pipe is
+# drained with less than TRICKLE_BELOW bytes, for the second time within FLOW_GAP_S, the watcher lets the pipes fill
+# for TRICKLE_PAUSE_S before it reads again (docs/architecture.md §6). A first chunk (an `echo`) is never held.
+TRICKLE_BELOW = 256 * 1024
+TRICKLE_PAUSE_S = 0.0005
+FLOW_GAP_S = 0.005
 BURST_POLLS = 4
 EXIT_AFTER_EOF_MS = 5
 READS_PER_EVENT = 8
@@ -197,6 +203,8 @@ class ProcessWatcher:
         self._pidfd: int | None = None
         self._reports: list[object] = []  # owner messages of the current burst
         self._wakeup = WakeupPipe()
+        self._last_drained_at = -1.0  # when a read last found a pipe empty after taking some bytes
+        self._trickling = False
 
     def sync(self, token: object) -> bool:
         """Ask for OutputSynced(token) once the output written so far went to the sink; False: the watcher has ended
@@ -258,6 +266,10 @@ class ProcessWatcher:
                     if not events:
                         break
                 self._tell_reports()
+                if self._trickling:
+                    self._trickling = False
+                    if self._pipes:
+                        time.sleep(TRICKLE_PAUSE_S)  # the writer refills the pipe meanwhile: fewer, bigger chunks
         finally:
             if self._pidfd is not None:
                 os.close(self._pidfd)
@@ -312,6 +324,8 @@ class ProcessWatcher:
             try:
                 data = os.read(fd, self._chunk_size)
             except BlockingIOError:
+                if total:
+                    self._note_drained(total)
                 return total  # empty for now: back to poll
             except OSError as exc:
                 logger.bind(child="pump").debug("read from {} failed: {}", name, exc)
@@ -328,6 +342,13 @@ class ProcessWatcher:
         stream.close()
         self._report(PipeClosed(pid=self._handle.pid, stream=name))
         return total
+
+    def _note_drained(self, total: int) -> None:
+        """A pipe ran empty after `total` bytes: a small take soon after the last one means a writer slower than us."""
+        now = self._clock.monotonic()
+        if total < TRICKLE_BELOW and now - self._last_drained_at < FLOW_GAP_S:
+            self._trickling = True
+        self._last_drained_at = now
 
     def _reap(self) -> None:
         returncode = self._handle.popen.wait()

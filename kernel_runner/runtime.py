@@ -16,19 +16,23 @@ from typing import Any, cast
 import pykka
 from loguru import logger
 
-from kernel_runner.actors.kernel import kernel_child_spec
 from kernel_runner.actors.lang_runner import BOOTSTRAP_STEP, LangRunnerActor
-from kernel_runner.actors.polly import polly_child_spec
 from kernel_runner.actors.router import BoundPorts, RouterActor
 from kernel_runner.actors.services import INTRINSIC_STEP, ServicePlanner, ServicesActor
-from kernel_runner.actors.terminal import terminal_child_spec
 from kernel_runner.childenv import build_child_env
 from kernel_runner.clock import REAL_CLOCK, Clock
 from kernel_runner.config import RunnerConfig, resolve_ports
 from kernel_runner.context import RunnerContext
 from kernel_runner.directory import ChildDirectory
-from kernel_runner.ids import LANG_CHILD, ROUTER_CHILD, SERVICES_CHILD, ChildId
-from kernel_runner.jupyter import kernelspec_names
+from kernel_runner.ids import (
+    KERNEL_CHILD,
+    LANG_CHILD,
+    POLLY_CHILD,
+    ROUTER_CHILD,
+    SERVICES_CHILD,
+    TERMINAL_CHILD,
+    ChildId,
+)
 from kernel_runner.langs import POLLY_HANDLER, ExternalQuery, JupyterQuery, TerminalQuery, get_lang, resolve_runtime
 from kernel_runner.logs import add_agent_log_sink
 from kernel_runner.messages import LogRecord, Output
@@ -213,7 +217,9 @@ def start(
     ]
     extra = [plan(runner) for plan in extra_children]
     replaced = {spec.child_id for spec in extra}
-    specs += [spec for spec in delegate_children(runner) if spec.child_id not in replaced]
+    delegate = delegate_child_id(config.lang)
+    if delegate is not None and delegate not in replaced:
+        directory.register(delegate, None)  # a `code` that comes early waits for the delegate (§3.3)
     specs += extra
     for spec in specs:  # held messages wait for these ids from now on, even before the supervisor starts them
         directory.register(spec.child_id, spec.reject)
@@ -229,7 +235,40 @@ def start(
     if not ports.bound.wait(timeout=BIND_WAIT_S) or ports.error is not None:
         handle.stop(timeout=2.0)
         raise RunnerStartError(ports.error or f"the router did not bind its sockets within {BIND_WAIT_S:g} s")
+    if delegate is not None and delegate not in replaced:
+        threading.Thread(target=_start_delegate, args=(runner, delegate, supervisor), name="delegate-start",
+                         daemon=True).start()
     return handle
+
+
+def delegate_child_id(lang: str) -> ChildId | None:
+    """The id of the language's query delegate, known without importing its module."""
+    query = get_lang(lang).query
+    if isinstance(query, TerminalQuery):
+        return TERMINAL_CHILD
+    if isinstance(query, ExternalQuery) and query.handler == POLLY_HANDLER:
+        return POLLY_CHILD
+    if isinstance(query, JupyterQuery):
+        return KERNEL_CHILD
+    return None
+
+
+def _start_delegate(runner: RunnerContext, child_id: ChildId, supervisor: pykka.ActorRef[SupervisorActor]) -> None:
+    """Build the query delegate's spec and start it, off the start path: the kernelspec lookup imports
+    jupyter_client (a few hundred ms), and the first `status` does not wait for the kernel (docs/protocol.md §1.6)."""
+    try:
+        specs = delegate_children(runner)
+    except Exception as exc:  # noqa: BLE001 - a bug here must not leave `code` requests held for ever
+        logger.bind(child=child_id).exception("cannot plan the query delegate")
+        runner.directory.close(child_id, f"the query delegate could not be planned: {exc!r}")
+        return
+    if not specs:
+        runner.directory.close(child_id, "this runner has no query delegate")
+    for spec in specs:
+        try:
+            supervisor.tell(StartChild(spec=spec))
+        except pykka.ActorDeadError:
+            return  # the runner stopped meanwhile
 
 
 def build_environments(config: RunnerConfig) -> tuple[dict[str, str], dict[str, str]]:
@@ -249,13 +288,22 @@ def build_environments(config: RunnerConfig) -> tuple[dict[str, str], dict[str, 
 def delegate_children(runner: RunnerContext) -> list[ChildSpec]:
     """The language's query delegate: the Jupyter kernel (python, julia, r, h2o), the pty terminal (git) or the
     Amazon Polly actor (vendor.aws_polly; boto3 is imported only once it makes a call)."""
+    # Each delegate's module (and jupyter_client) is imported only for the language that has it (docs/architecture.md
+    # §2.1): an `app` runner never loads them.
     config = runner.config
     query = get_lang(config.lang).query
     if isinstance(query, TerminalQuery):
+        from kernel_runner.actors.terminal import terminal_child_spec
+
         return [terminal_child_spec(runner)]
     if isinstance(query, ExternalQuery) and query.handler == POLLY_HANDLER:
+        from kernel_runner.actors.polly import polly_child_spec
+
         return [polly_child_spec(runner)]
     if isinstance(query, JupyterQuery):
+        from kernel_runner.actors.kernel import kernel_child_spec
+        from kernel_runner.jupyter import kernelspec_names
+
         # The table names a kernelspec loosely ("python"); the installed one may be "python3" (§4.1). An unknown
         # name still makes a kernel child: it fails with the list of installed kernelspecs, and queries get that reason.
         installed = kernelspec_names()

@@ -11,19 +11,20 @@ Who answers the agent for a model service (docs/protocol.md §7):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pykka
 from loguru import logger
 
-from kernel_runner.actors.health import HealthCheckerActor, HealthMemo, HealthPlan
-from kernel_runner.actors.service import ServiceActor, ServiceRun
 from kernel_runner.context import RunnerContext
 from kernel_runner.ids import ChildId, health_child, service_child
 from kernel_runner.messages import HealthCheck, ModelInfo
 from kernel_runner.policy import NO_FATAL_RETRY, FatalRetry, RestartType
 from kernel_runner.servicedefs import RestartOverride, ServiceLaunch
 from kernel_runner.supervision import ChildContext, ChildSpec
+
+if TYPE_CHECKING:
+    from kernel_runner.actors.health import HealthPlan
 
 # A service that stays up this long counts as recovered: its next crash starts backoff from the beginning.
 SERVICE_STABLE_AFTER_S = 3.0
@@ -50,6 +51,8 @@ def service_child_spec(
     A failed first start is answered `failed` and not retried (the agent may ask again); a service that was up once
     is restarted by its policy when it dies.
     """
+    from kernel_runner.actors.service import ServiceActor, ServiceRun  # loaded with the first service (§2.1)
+
     config = runner.config
     log = logger.bind(child=service_child(launch.name))
     override = launch.restart or RestartOverride()
@@ -91,6 +94,8 @@ def model_child_specs(model: ModelInfo, launch: ServiceLaunch, runner: RunnerCon
     intensity limit); shutdown-service and a failed startup stop it for good. The checker is `transient`: it ends
     normally once the model service has ended, and is bound to its server, so it goes when the server gives up.
     """
+    from kernel_runner.actors.health import HealthCheckerActor, HealthMemo  # loaded with the first model (§2.1)
+
     service = model.service
     assert service is not None  # with_model_service refused a model without `service`
     check = service.health_check
@@ -122,6 +127,8 @@ def model_child_specs(model: ModelInfo, launch: ServiceLaunch, runner: RunnerCon
 
 
 def health_plan(model_name: str, service_name: str, port: int, check: HealthCheck, runner: RunnerContext) -> HealthPlan:
+    from kernel_runner.actors.health import HealthPlan
+
     config = runner.config
     path = check.path if check.path.startswith("/") else f"/{check.path}"  # upstream appended it verbatim (§7.2)
     return HealthPlan(

@@ -100,6 +100,21 @@ class Ticker:
             self._replace(thread, "its thread was found dead")
         return handle
 
+    def schedule_many(self, delay_s: float, jobs: list[tuple[pykka.ActorRef[Any], object]]) -> list[TimerHandle]:
+        """`schedule` for many messages due together, with one wake-up of the scheduler thread instead of one each
+        (the supervisor stops a whole tier at once: docs/architecture.md §3.2)."""
+        delay = checked_delay(delay_s)
+        handles = [TimerHandle() for _ in jobs]
+        with self._cond:
+            due = self._clock.monotonic() + delay
+            for handle, (target, message) in zip(handles, jobs, strict=True):
+                heapq.heappush(self._heap, (due, next(self._seq), handle, target, message))
+            self._cond.notify()
+            thread = self._thread
+        if not thread.is_alive():
+            self._replace(thread, "its thread was found dead")
+        return handles
+
     def stop(self, timeout: float = 1.0) -> None:
         with self._cond:
             self._stopping = True

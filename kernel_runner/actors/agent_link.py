@@ -25,7 +25,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from kernel_runner import wire
 from kernel_runner.excerpts import excerpt
-from kernel_runner.messages import AgentRequest, BadFrame, Output, StatusRequest
+from kernel_runner.messages import AgentRequest, BadFrame, StatusRequest
 from kernel_runner.outbox import RouterLink
 from kernel_runner.sockets import bind_socket
 from kernel_runner.status import StartupGate
@@ -36,7 +36,9 @@ Frames = list[bytes]
 Route = Callable[[AgentRequest], None]
 StatusFrames = Callable[[], Frames]
 CLOSE_LINGER_MS = 200
-PUSH_HWM = 128
+# ZeroMQ's queue counts messages, not bytes: with records of up to 1 MiB its default of 1000 would hold 1 GiB for an
+# agent that stopped reading. This cap plus the output credits bound it in bytes (docs/architecture.md §5.6).
+PUSH_HWM = 32
 MAX_SENDS_PER_WAKE = 256  # then look at PULL again, so a flood of output never starves requests
 
 
@@ -69,7 +71,8 @@ class AgentLink(threading.Thread):
         self.bound: concurrent.futures.Future[tuple[int, int]] = concurrent.futures.Future()
         self._stopping = threading.Event()
         self._wakeup = WakeupPipe()
-        self._outbox: collections.deque[tuple[Frames, bool]] = collections.deque()
+        # Frames to send, in order, each with the output credits it holds until it has left for the socket.
+        self._outbox: collections.deque[tuple[Frames, int]] = collections.deque()
         self._held_status = 0
         self._startup_finished = False
         self._outbox_warned = False
@@ -95,8 +98,6 @@ class AgentLink(threading.Thread):
             # the monitor lets the log say so.
             pull.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME_BYTES)
             monitor = pull.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-            # ZeroMQ's queue counts messages, not bytes: with output chunks of up to 256 KiB, the default 1000 would
-            # hold 250 MiB for an agent that stopped reading. This bound plus the output credits keeps it to ~48 MiB.
             push.setsockopt(zmq.SNDHWM, PUSH_HWM)
             try:
                 ports = bind_socket(pull, self._bind, self._ports[0]), bind_socket(push, self._bind, self._ports[1])
@@ -116,9 +117,9 @@ class AgentLink(threading.Thread):
             self._on_failure(repr(exc))
         finally:
             self._link.consume(None)
-            for _, credited in self._outbox:
-                if credited:
-                    self._link.return_credit()
+            for _, units in self._outbox:
+                if units:
+                    self._link.return_credit(units)
             self._outbox.clear()
             if monitor is not None:
                 pull.disable_monitor()
@@ -149,12 +150,12 @@ class AgentLink(threading.Thread):
                 self.wake()  # more to send: come back after a look at PULL
 
     def _collect(self) -> None:
-        for message in self._link.take():
-            self._outbox.append((wire.encode(message), isinstance(message, Output) and message.credited))
+        for message, units in self._link.take():
+            self._outbox.append((wire.encode(message), units))
         if self._startup_finished and self._held_status:
             self.log.info("ready; answering {} held status request(s)", self._held_status)
             for _ in range(self._held_status):
-                self._outbox.append((self._status_frames(), False))
+                self._outbox.append((self._status_frames(), 0))
             self._held_status = 0
         if len(self._outbox) > self._outbox_limit and not self._outbox_warned:
             self._outbox_warned = True
@@ -192,7 +193,7 @@ class AgentLink(threading.Thread):
                 self.log.warning("dropped bad frame (op={}, frames={}): {}", request.op, request.frame_count,
                                  request.reason)
                 if request.reply is not None:
-                    self._outbox.append((wire.encode(request.reply), False))
+                    self._outbox.append((wire.encode(request.reply), 0))
             case _:
                 try:
                     self._route(request)
@@ -201,7 +202,7 @@ class AgentLink(threading.Thread):
 
     def _answer_status(self) -> None:
         if self._gate.is_open:
-            self._outbox.append((self._status_frames(), False))
+            self._outbox.append((self._status_frames(), 0))
             return
         # The agent reads the first status reply as "bootstrap has finished" (docs/protocol.md §1.6).
         self._held_status += 1
@@ -219,14 +220,14 @@ class AgentLink(threading.Thread):
             if not self._outbox:
                 self._outbox_warned = False
                 return False
-            frames, credited = self._outbox[0]
+            frames, units = self._outbox[0]
             try:
                 push.send_multipart(frames, zmq.NOBLOCK, copy=len(frames[-1]) < 65536)
             except zmq.Again:
                 return False  # no agent, or it is not reading: POLLOUT wakes us when there is room
             self._outbox.popleft()
-            if credited:
-                self._link.return_credit()
+            if units:
+                self._link.return_credit(units)
         return True
 
 

@@ -7,11 +7,13 @@ Life of one model service with a health check (docs/protocol.md §7, docs/archit
        │                                                  └─> LIVENESS: probe every `interval`
        ├─ the agent's reply deadline comes before the budget ends (a long initial_delay) ──> reply `failed`;
        │      still STARTUP
-       ├─ server process ended / could not start ──> reply `failed` at once; both children stop for good: DONE
-       └─ budget (max_retries × max_wait_time + initial_delay) spent ──> reply `failed` "service unhealthy"
-              (status is_healthy=false if the agent was answered already), then
-              ├─ server stopped (model_stop_on_startup_failure, the default) ──> DONE: this checker ends
-              └─ server kept ──> LIVENESS with health unhealthy (a late recovery is reported)
+       ├─ server process ended / could not start ──> STOPPING_SERVER
+       └─ budget (max_retries × max_wait_time + initial_delay) spent, then
+              ├─ server stopped (model_stop_on_startup_failure, the default) ──> STOPPING_SERVER
+              └─ server kept ──> reply `failed` "service unhealthy" (status is_healthy=false if the agent was
+                     answered already) ──> LIVENESS with health unhealthy (a late recovery is reported)
+    STOPPING_SERVER: the supervisor stops the server for good; once it is gone (its binding stops this checker),
+        reply `failed` (so its port is free when the agent hears it, docs/protocol.md §7.2 step 4) ──> DONE
     LIVENESS: max_retries consecutive failures or a dead process ──> status is_healthy=false (once per
         transition), `unhealthy` log line, server restarted through the supervisor (RestartChild(Unhealthy));
         a success after that ──> status is_healthy=true.
@@ -76,13 +78,16 @@ class Phase(enum.Enum):
     """Probing every `startup_period_s` until the first success or the end of the startup budget."""
     LIVENESS = "liveness"
     """Up once (or kept after a failed start): probing every `interval`; consecutive failures restart the server."""
+    STOPPING_SERVER = "stopping-server"
+    """The start failed: the server is being stopped for good; `failed` goes out once it is gone (port free)."""
     DONE = "done"
     """Terminal: the start failed and the server was stopped for good; nothing is left to watch."""
 
 
 TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
-    Phase.STARTUP: frozenset({Phase.LIVENESS, Phase.DONE}),
+    Phase.STARTUP: frozenset({Phase.LIVENESS, Phase.STOPPING_SERVER}),
     Phase.LIVENESS: frozenset(),
+    Phase.STOPPING_SERVER: frozenset({Phase.DONE}),
     Phase.DONE: frozenset(),
 }
 
@@ -90,6 +95,8 @@ TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
 CHILD_STATES: Mapping[Phase, ChildState | None] = {
     Phase.STARTUP: ChildState.RUNNING,
     Phase.LIVENESS: ChildState.RUNNING,
+    # Not STOPPING: the supervisor must still ask this checker to stop at the runner's shutdown (it answers then).
+    Phase.STOPPING_SERVER: ChildState.RUNNING,
     Phase.DONE: None,
 }
 
@@ -143,6 +150,8 @@ class HealthMemo:
     replied: bool = False
     phase: Phase = Phase.STARTUP
     health: Health = "unknown"
+    # STOPPING_SERVER: the `failed` text the agent gets once the server is gone.
+    failure: str | None = None
 
 
 # ---- messages private to this actor and its thread ---------------------------------------------------------
@@ -306,6 +315,10 @@ class HealthCheckerActor(SupervisedActor):
             # The previous incarnation ended the model service; nothing is left to watch.
             self.finish(NormalExit())
             return
+        if self.phase is Phase.STOPPING_SERVER:
+            self.set_state(CHILD_STATES[self.phase])
+            self._stop_server()  # again: the previous incarnation may have died before the supervisor heard it
+            return
         self._prober = Prober(owner=self.actor_ref, clock=self.ctx.clock, name=self.plan.service_name)
         self._prober.start()
         self.set_state(CHILD_STATES[self.phase])  # the phase this incarnation inherited (no edge, so no _phase_changed)
@@ -348,6 +361,14 @@ class HealthCheckerActor(SupervisedActor):
                 return super().handle(message)
 
     def request_stop(self, message: StopRequested) -> None:
+        if self.phase is Phase.STOPPING_SERVER:
+            # The server is gone (this checker is bound to it), or the runner stops: answer the failure now.
+            assert self.memo.failure is not None
+            self._life.to(Phase.DONE, f"server stopped ({message.reason})")  # STOPPING_SERVER -> DONE
+            self._reply_once("failed", self.memo.failure)
+            self._publish()
+            self.finish(NormalExit())
+            return
         # Exactly one reply per request (docs/protocol.md §3.6): a model stopped while starting is answered too.
         self._reply_once("failed", f"the model service was stopped before it became healthy ({message.reason})")
         self.finish(ShutdownExit())
@@ -491,12 +512,12 @@ class HealthCheckerActor(SupervisedActor):
             self._publish()
 
     def _startup_failed(self, error: str, *, keep_server: bool) -> None:
-        replied_before = self.memo.replied
-        self._reply_once("failed", error)
-        if replied_before:
+        if self.memo.replied:
             self._set_health("unhealthy")  # the agent heard `failed` already; the later verdict goes as a status
         first_line = error.partition("\n")[0]
+        self._epoch += 1  # a probe tick still pending belongs to the start-up that just ended
         if keep_server:
+            self._reply_once("failed", error)
             # Upstream left an unhealthy model running; we keep watching it, so a late recovery is reported.
             self._life.to(Phase.LIVENESS, f"start failed, server kept: {first_line}")  # STARTUP -> LIVENESS
             self.memo.health = "unhealthy"
@@ -504,11 +525,20 @@ class HealthCheckerActor(SupervisedActor):
             self._publish()
             self._schedule_next(self.plan.interval_s)
             return
-        self._life.to(Phase.DONE, f"start failed: {first_line}")  # STARTUP -> DONE
+        # The agent may retry on the same port as soon as it hears `failed`: the server goes first. This checker is
+        # bound to it, so the supervisor stops us once it is gone for good, and request_stop answers then.
+        self.memo.failure = error
+        self._life.to(Phase.STOPPING_SERVER, f"start failed: {first_line}")  # STARTUP -> STOPPING_SERVER
         self._publish()
-        tell_if_alive(self.ctx.supervisor, StopChild(child_id=self.plan.server_child, reason=f"model unhealthy: {error}"))
-        # Its job is done: a normal end, which the spec (transient) does not restart.
-        self.finish(NormalExit())
+        self._stop_server()
+
+    def _stop_server(self) -> None:
+        assert self.memo.failure is not None
+        if self._prober is not None:
+            self._prober.stop()
+            self._prober = None
+        why = self.memo.failure.partition("\n")[0]
+        tell_if_alive(self.ctx.supervisor, StopChild(child_id=self.plan.server_child, reason=f"model unhealthy: {why}"))
 
     # ---- liveness ----------------------------------------------------------------------------------------
     def _liveness_failed(self) -> None:

@@ -28,7 +28,7 @@ Life of one incarnation: one ``Phase``, changed only through ``self._life``; ``T
               start) and pending completions answered; our _Retire comes through the inbox after what was already
               in it (handed back too) ──> ENDED, with the death's reason (ProcessDied, StartFailed, Crashed)
 
-    LAUNCHING, CONNECTING, READY, KILLING ── StopRequested ──> STOPPING: a shutdown_request first (READY only),
+    LAUNCHING, CONNECTING, READY, KILLING ── StopRequested ──> STOPPING: a shutdown_request first (READY, no cell running),
               then stop_process ── the process is gone (or never was) ──> ENDED, with ShutdownExit
     A stop requested while DYING or RETIRING changes nothing: the death ends the incarnation by itself, promptly.
 
@@ -72,6 +72,7 @@ from kernel_runner.excerpts import excerpt
 from kernel_runner.exits import Crashed, ExitReason, ProcessDied, ShutdownExit, StartFailed, Unhealthy
 from kernel_runner.ids import KERNEL_CHILD, LANG_CHILD, RunId
 from kernel_runner.jupyter import (
+    HEARTBEAT_IDLE_INTERVAL_S,
     HEARTBEAT_INTERVAL_S,
     HEARTBEAT_TIMEOUT_S,
     INTERRUPTED_EXIT,
@@ -228,6 +229,7 @@ class KernelActor(SupervisedActor):
         interrupt_kill_after_s: float = INTERRUPT_KILL_AFTER_S,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
         heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
+        heartbeat_idle_interval_s: float = HEARTBEAT_IDLE_INTERVAL_S,
     ) -> None:
         super().__init__(ctx=ctx)
         self._runner = runner
@@ -238,6 +240,7 @@ class KernelActor(SupervisedActor):
         self._complete_timeout_s = complete_timeout_s
         self._heartbeat_interval_s = heartbeat_interval_s
         self._heartbeat_timeout_s = heartbeat_timeout_s
+        self._heartbeat_idle_interval_s = heartbeat_idle_interval_s
         self._box: LaunchBox | None = None
         self._starter: KernelStarter | None = None
         self._channels: KernelChannels | None = None
@@ -305,7 +308,9 @@ class KernelActor(SupervisedActor):
             # DYING, RETIRING: the death ends this incarnation by itself, promptly; STOPPING: already on its way.
             self.log.info("stop requested while {}: {}; it is ending already", self.phase.name, message.reason)
             return
-        polite = self.phase is Phase.READY  # the channels saw it answer, so a shutdown_request can reach it
+        # The channels saw it answer, so a shutdown_request can reach it; but a kernel running a cell acts on it only
+        # once the cell ends, so waiting for that would only spend the stop's deadline (docs/protocol.md §1.7).
+        polite = self.phase is Phase.READY and self._current is None
         handle = self._box.handle if self._box is not None else None
         self._life.to(Phase.STOPPING, message.reason)  # LAUNCHING/CONNECTING/READY/KILLING -> STOPPING
         if handle is None or handle.poll() is not None:
@@ -405,6 +410,7 @@ class KernelActor(SupervisedActor):
             ready_timeout_s=self._ready_timeout_s,
             heartbeat_interval_s=self._heartbeat_interval_s,
             heartbeat_timeout_s=self._heartbeat_timeout_s,
+            heartbeat_idle_interval_s=self._heartbeat_idle_interval_s,
             log=self.log,
         )
         self._channels.start()
@@ -693,12 +699,14 @@ def kernel_child_spec(
     interrupt_kill_after_s: float = INTERRUPT_KILL_AFTER_S,
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
     heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
+    heartbeat_idle_interval_s: float = HEARTBEAT_IDLE_INTERVAL_S,
 ) -> ChildSpec:
     """The Jupyter kernel as a permanent child: restarted with backoff, FATAL after too many restarts (docs/architecture.md §4).
 
     `kernel_name` is matched exactly (python: `python3`, the kernelspec ipykernel installs); `env` is the kernel's
     environment (default: the runner environment from the context, as upstream gives the kernel os.environ);
-    `heartbeat_interval_s` and `heartbeat_timeout_s` are its hang detection (docs/protocol.md §4.7).
+    `heartbeat_interval_s` (while a cell runs), `heartbeat_idle_interval_s` and `heartbeat_timeout_s` are its hang
+    detection (docs/protocol.md §4.7).
     """
     restart = runner.config.restart
 
@@ -713,6 +721,7 @@ def kernel_child_spec(
             interrupt_kill_after_s=interrupt_kill_after_s,
             heartbeat_interval_s=heartbeat_interval_s,
             heartbeat_timeout_s=heartbeat_timeout_s,
+            heartbeat_idle_interval_s=heartbeat_idle_interval_s,
         )
 
     return ChildSpec(

@@ -37,6 +37,7 @@ from kernel_runner.excerpts import excerpt
 from kernel_runner.ids import RunId
 from kernel_runner.jupyter import (
     BEATS_WHILE_BUSY,
+    HEARTBEAT_IDLE_INTERVAL_S,
     HEARTBEAT_INTERVAL_S,
     HEARTBEAT_TIMEOUT_S,
     NO_KERNEL_EXIT,
@@ -245,6 +246,7 @@ class KernelChannels(threading.Thread):
         ready_timeout_s: float = READY_TIMEOUT_S,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
         heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
+        heartbeat_idle_interval_s: float = HEARTBEAT_IDLE_INTERVAL_S,
         log: Any,
     ) -> None:
         super().__init__(name=f"KernelChannels-{pid}", daemon=True)
@@ -255,6 +257,7 @@ class KernelChannels(threading.Thread):
         self._ready_timeout_s = ready_timeout_s
         self._heartbeat_interval_s = heartbeat_interval_s
         self._heartbeat_timeout_s = heartbeat_timeout_s
+        self._heartbeat_idle_interval_s = heartbeat_idle_interval_s
         self._heartbeat: HeartbeatWatch | None = None  # None: not watched (before ready, or once lost)
         self._beats_while_busy = False
         self._log = log
@@ -476,11 +479,12 @@ class KernelChannels(threading.Thread):
     def _watch_heartbeat(self, implementation: str) -> None:
         self._beats_while_busy = implementation.lower() in BEATS_WHILE_BUSY
         self._heartbeat = HeartbeatWatch.starting(
-            time.monotonic(), interval_s=self._heartbeat_interval_s, timeout_s=self._heartbeat_timeout_s
+            time.monotonic(), interval_s=self._heartbeat_interval_s, timeout_s=self._heartbeat_timeout_s,
+            idle_interval_s=self._heartbeat_idle_interval_s,
         )
         self._log.info(
-            "heartbeat: a ping every {:g} s; hung after {:g} s without an echo ({})",
-            self._heartbeat_interval_s, self._heartbeat_timeout_s,
+            "heartbeat: a ping every {:g} s while a cell runs, every {:g} s while idle; hung after {:g} s without an "
+            "echo ({})", self._heartbeat_interval_s, self._heartbeat.idle_interval_s, self._heartbeat_timeout_s,
             "also while a cell runs" if self._beats_while_busy else f"between cells only: {implementation or '?'} "
             "echoes from its main loop",
         )
@@ -517,7 +521,7 @@ class KernelChannels(threading.Thread):
                 sock.send_multipart([b"", b"ping"], zmq.NOBLOCK)
             except zmq.Again:
                 pass  # the kernel is not reading pings: the one outstanding already says so
-            heartbeat.pinged(now)
+            heartbeat.pinged(now, idle=self._execution is None)
 
     def _run_commands(self) -> None:
         while True:
@@ -556,6 +560,8 @@ class KernelChannels(threading.Thread):
         }
         msg_id = self._send("shell", "execute_request", content)
         self._execution = _Execution(run_id=command.run_id, msg_id=msg_id)
+        if self._heartbeat is not None:  # docs/protocol.md §4.7: idle pings are rare; a run is watched from its start
+            self._heartbeat.run_started(time.monotonic())
         self._input_parent = None
 
     def _send_input(self, command: SendInputCommand) -> None:

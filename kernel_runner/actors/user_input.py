@@ -134,7 +134,8 @@ class UserInputServer(threading.Thread):
         self._selector.register(listener, selectors.EVENT_READ, "listen")
         self._selector.register(self._wakeup.fd, selectors.EVENT_READ, "wake")
         while not self._stopping.is_set():
-            for key, _ in self._selector.select(timeout=1.0):
+            # No timeout: stop() and answer() wake the selector through the pipe (nothing to poll for while idle).
+            for key, _ in self._selector.select():
                 self._on_event(key.data, listener)
             self._write_answers()
 

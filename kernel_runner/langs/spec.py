@@ -11,6 +11,8 @@ from typing import Literal, Protocol, Union
 
 import attrs
 
+from kernel_runner.messages import frozen_value
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 # What `interrupt` does when no subprocess is running; a running subprocess always gets SIGINT first (docs/protocol.md §4.5).
 InterruptMode = Literal["jupyter", "none", "worker"]
@@ -68,7 +70,7 @@ LOCAL_FS = LocalFs()
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class Promote:
     """Put `path` first in PATH; with `if_dir`, only when that directory exists. `{home}` is the work dir."""
 
@@ -76,7 +78,7 @@ class Promote:
     if_dir: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class PromoteFirstMatch:
     """Put the first directory matching `pattern` (sorted, so the choice is stable) first in PATH."""
 
@@ -91,7 +93,7 @@ PathPromotion = Union[Promote, PromoteFirstMatch]
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class JupyterQuery:
     """`code` runs in a Jupyter kernel whose kernelspec name matches `kernelspec_name` (docs/protocol.md §4.1)."""
 
@@ -111,7 +113,7 @@ class JupyterQuery:
         return None
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class CompileAndRunQuery:
     """`code` is written to a temp source file, then shell steps compile and/or run it (docs/protocol.md §8.1).
 
@@ -125,7 +127,7 @@ class CompileAndRunQuery:
     hook: str | None = None  # name in hooks.QUERY_HOOKS that builds the whole plan instead (java)
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class TerminalQuery:
     """`code` is a `%command` for the pty terminal (docs/protocol.md §8.3); the shell is $SHELL or /bin/bash."""
 
@@ -133,7 +135,7 @@ class TerminalQuery:
 POLLY_HANDLER = "aws_polly"  # ExternalQuery.handler of vendor.aws_polly: Amazon Polly speech synthesis (docs/protocol.md §8.5)
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class ExternalQuery:
     """`code` goes to a dedicated delegate outside langs, named by `handler`.
 
@@ -144,7 +146,7 @@ class ExternalQuery:
     handler: str
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class NoQuery:
     """`code` finishes with 127 and this message (docs/protocol.md §4.2 "query mode is disabled")."""
 
@@ -159,7 +161,7 @@ QueryMode = Union[JupyterQuery, CompileAndRunQuery, TerminalQuery, ExternalQuery
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class ShellStep:
     """Run `command` with `/bin/sh -c` in the work dir, env = child env overlaid with `env_extra`."""
 
@@ -167,7 +169,7 @@ class ShellStep:
     env_extra: Mapping[str, str] = attrs.field(factory=dict)
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class NoStep:
     """Run nothing and finish with `exit_code`.
 
@@ -184,13 +186,13 @@ class NoStep:
 StepPlan = Union[ShellStep, NoStep]
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class FileToWrite:
     path: Path
     content: str
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class QueryPlan:
     """Write `files` (creating parent dirs), run `steps` in order until one fails, then remove `cleanup`.
 
@@ -208,7 +210,7 @@ class QueryPlan:
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class RunIfFile:
     """If `path` is a regular file in the work dir, run `command` (templates: `{runtime}`)."""
 
@@ -217,7 +219,7 @@ class RunIfFile:
     batch_mode: bool = False  # docs/protocol.md §5.4: only the python exec heuristic sets it
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class RunWithSources:
     """If `sources` matches files (and `if_file` exists), run `command` with `{sources}` = the quoted matches."""
 
@@ -226,7 +228,7 @@ class RunWithSources:
     if_file: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class CompileEachThenLink:
     """If `if_file` exists: compile every source on its own, stopping at the first failure, then link.
 
@@ -240,7 +242,7 @@ class CompileEachThenLink:
     link: str
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class RunFirstExecutable:
     """Run the first executable regular file found in `dirs`, tried in order (rust's target folders)."""
 
@@ -250,7 +252,7 @@ class RunFirstExecutable:
 Candidate = Union[RunIfFile, RunWithSources, CompileEachThenLink, RunFirstExecutable]
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class Heuristic:
     """Try `candidates` in order; the first that applies gives the step, otherwise `otherwise`."""
 
@@ -276,7 +278,7 @@ def info_ok(text: str) -> NoStep:
 # --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
+@frozen_value
 class LangSpec:
     """Everything that differs between languages (docs/protocol.md §8.1), as data; see table.py for the rows."""
 
@@ -297,7 +299,7 @@ class LangSpec:
     init_commands: tuple[str, ...] = ()  # shell commands run once at language init (docs/protocol.md §8.1 "Language-init")
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True)  # attrs.evolve needs the real decorator (mypy)
 class LangContext:
     """What the planners need to know about this runner instance."""
 

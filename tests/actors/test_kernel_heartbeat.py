@@ -24,12 +24,14 @@ from tests.support.waiting import wait_until
 # Small enough that a test notices a hang in seconds; ipykernel echoes from a thread of its own within milliseconds,
 # so a busy machine does not make a healthy kernel miss 3 s.
 INTERVAL_S, TIMEOUT_S = 0.2, 3.0
+IDLE_INTERVAL_S = 1.0  # a kernel stopped between runs is noticed by the rare idle pings (60 s in production)
 DETECT_S = 30.0
 
 
 @pytest.fixture
 def watched(runner_config: RunnerConfig) -> Iterator[Query]:
-    handle, client = start_query(runner_config, heartbeat_interval_s=INTERVAL_S, heartbeat_timeout_s=TIMEOUT_S)
+    handle, client = start_query(runner_config, heartbeat_interval_s=INTERVAL_S, heartbeat_timeout_s=TIMEOUT_S,
+                                 heartbeat_idle_interval_s=IDLE_INTERVAL_S)
     try:
         yield Query(handle, client)
     finally:

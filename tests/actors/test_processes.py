@@ -13,7 +13,15 @@ import pytest
 from loguru import logger
 
 from kernel_runner.messages import OutputSynced, PipeClosed, ProcessExited
-from kernel_runner.procs import ProcessHandle, StopStep, WorkerPool, stop_process, term_then_kill, watch_process
+from kernel_runner.procs import (
+    READ_CHUNK,
+    ProcessHandle,
+    StopStep,
+    WorkerPool,
+    stop_process,
+    term_then_kill,
+    watch_process,
+)
 from tests.support.procs import alive, assert_gone
 from tests.support.waiting import Recorder, wait_until
 
@@ -51,6 +59,38 @@ def test_one_watcher_delivers_both_streams_in_order_then_the_exit(owner: Recorde
         err = b"".join(data for stream, data in chunks if stream == "stderr")
     assert (out, err) == (b"out1\nout2\nout3\n", b"err1\nerr2\nerr3\n")
     assert sorted(m.stream for m in owner.messages if isinstance(m, PipeClosed)) == ["stderr", "stdout"]
+
+
+SMALL_WRITER = """
+import os
+for index in range(3000):
+    os.write(2 if index % 100 == 99 else 1, index.to_bytes(4, "big") * 1024)
+"""
+
+
+def test_many_small_writes_arrive_complete_in_order_and_in_bounded_chunks(owner: Recorder, tmp_path: Path) -> None:
+    """A writer slower than the reader (4 KiB writes) is read in fewer, bigger chunks (docs/architecture.md §6);
+    whatever the chunking, each stream's bytes arrive complete and in order, no chunk over READ_CHUNK."""
+    chunks: list[tuple[str, bytes]] = []
+    lock = threading.Lock()
+
+    def sink(stream: str, data: bytes) -> None:
+        with lock:
+            chunks.append((stream, data))
+
+    handle = ProcessHandle.spawn([sys.executable, "-c", SMALL_WRITER], env={}, cwd=tmp_path)
+    watch_process(handle, owner.ref, sink=sink)
+    exited = owner.wait_for(lambda m: isinstance(m, ProcessExited), timeout=30, what="the exit")
+    wait_until(lambda: len([m for m in owner.messages if isinstance(m, PipeClosed)]) == 2, timeout=30,
+               what="both pipes closed")
+    assert exited.returncode == 0
+    expected = {"stdout": b"", "stderr": b""}
+    for index in range(3000):
+        expected["stderr" if index % 100 == 99 else "stdout"] += index.to_bytes(4, "big") * 1024
+    with lock:
+        assert all(0 < len(data) <= READ_CHUNK for _, data in chunks)
+        got = {name: b"".join(data for stream, data in chunks if stream == name) for name in expected}
+    assert got == expected
 
 
 def test_the_exit_is_reported_while_a_grandchild_still_holds_the_pipes(owner: Recorder, tmp_path: Path) -> None:

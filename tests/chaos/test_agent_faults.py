@@ -31,7 +31,7 @@ pytestmark = pytest.mark.reliability
 PAUSED_WRITER = str(Path(__file__).parent / "children" / "paused_writer.py")
 FLOOD = str(CHILDREN / "flood.py")
 MIB = 1024 * 1024
-# docs/architecture.md §5.6: 64 credits of <= 256 KiB plus ZeroMQ's 128-message queue hold about 48 MiB; the rest is
+# docs/architecture.md §5.6: 64 credits (16 MiB) plus ZeroMQ's 32-message queue of <= 1 MiB hold about 48 MiB; the rest is
 # the margin of a busy machine (the in-process test in tests/integration/test_protocol_batch.py uses the same).
 RSS_GROWTH_LIMIT = 150 * MIB
 

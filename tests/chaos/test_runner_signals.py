@@ -22,14 +22,21 @@ from tests.conftest import CHILDREN
 from tests.support.ports import free_port
 from tests.support.probes import ProbeTally, Scale
 from tests.support.procs import alive, assert_gone
-from tests.support.reliability import RUN_END_TYPES, children, kernel_pid, one_run, ready_kernel
+from tests.support.reliability import (
+    RUN_END_TYPES,
+    START_TIMEOUT_S,
+    children,
+    kernel_pid,
+    one_run,
+    ready_kernel,
+)
 from tests.support.runner_process import EXIT_SLACK_S, RunnerProcess, RunnerProcesses
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.reliability
 
 STOP_SIGNALS = [signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT]
-DEADLINE_S = 5.0
+DEADLINE_S = 15.0  # the runner's default; a busy machine must not turn an orderly stop into an overrun
 WEB = {"web": {"command": [sys.executable, str(CHILDREN / "listener.py"), "{ports[0]}"]}}
 DAEMONIZE = str(CHILDREN / "daemonize.py")
 HEALTH_SERVER = str(CHILDREN / "health_server.py")
@@ -74,7 +81,7 @@ def test_signal_when_idle(runner_processes: RunnerProcesses, probes: ProbeTally,
         with attempt:
             runner = runner_processes.start("app", service_defs=WEB, shutdown_deadline_s=DEADLINE_S)
             agent = runner.agent()
-            assert agent.start_service(service_info("web", free_port()), timeout=20) == {"status": "started"}
+            assert agent.start_service(service_info("web", free_port()), timeout=START_TIMEOUT_S) == {"status": "started"}
             assert_stopped_by(runner, signum)
 
 
@@ -103,7 +110,7 @@ def test_signal_under_load(runner_processes: RunnerProcesses, probes: ProbeTally
             runner = runner_processes.start("python", service_defs=WEB, runtime_path=sys.executable,
                                             shutdown_deadline_s=DEADLINE_S)
             agent = runner.agent()
-            assert agent.start_service(service_info("web", free_port()), timeout=20) == {"status": "started"}
+            assert agent.start_service(service_info("web", free_port()), timeout=START_TIMEOUT_S) == {"status": "started"}
             runner.remember(kernel_pid(ready_kernel(agent)))
             agent.send("exec", "yes load")
             agent.send("code", "print('queued')")
@@ -146,7 +153,7 @@ def start_loaded(runner_processes: RunnerProcesses, **kwargs: Any) -> tuple[Runn
     runner = runner_processes.start("python", service_defs=WEB, runtime_path=sys.executable,
                                     shutdown_deadline_s=DEADLINE_S, **kwargs)
     agent = runner.agent()
-    assert agent.start_service(service_info("web", free_port()), timeout=20) == {"status": "started"}
+    assert agent.start_service(service_info("web", free_port()), timeout=START_TIMEOUT_S) == {"status": "started"}
     port = free_port()
     model = {"name": "m", "model_path": "/models/m", "service": {
         "start_command": [sys.executable, HEALTH_SERVER, str(port)], "port": port,

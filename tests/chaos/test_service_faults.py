@@ -18,7 +18,13 @@ from tests.conftest import CHILDREN
 from tests.support.ports import free_port
 from tests.support.probes import ProbeTally, Scale
 from tests.support.procs import alive, assert_gone
-from tests.support.reliability import assert_core_running, assert_no_stray_replies, children, wait_row
+from tests.support.reliability import (
+    START_TIMEOUT_S,
+    assert_core_running,
+    assert_no_stray_replies,
+    children,
+    wait_row,
+)
 from tests.support.runner_process import RunnerProcess, RunnerProcesses
 
 pytestmark = pytest.mark.reliability
@@ -26,7 +32,7 @@ pytestmark = pytest.mark.reliability
 LISTENER = str(CHILDREN / "listener.py")
 HEALTH_SERVER = str(CHILDREN / "health_server.py")
 RESTART_BOUND_S = 30.0  # backoff starts at 0.5 s (docs/architecture.md §4); this only bounds the wait
-STOP_DEADLINE_S = 5.0
+STOP_DEADLINE_S = 15.0  # the runner's default
 HEALTH_MESSAGES = frozenset({"model-service-status"})
 
 
@@ -66,7 +72,7 @@ def health(agent: AgentClient, timeout: float = RESTART_BOUND_S) -> dict[str, An
 
 
 def _start(agent: AgentClient, name: str, port: int) -> Any:
-    return agent.start_service(service_info(name, port), timeout=20)
+    return agent.start_service(service_info(name, port), timeout=START_TIMEOUT_S)
 
 
 def start_web(runner_processes: RunnerProcesses, **defs: dict[str, Any]) -> tuple[RunnerProcess, AgentClient]:

@@ -31,10 +31,13 @@ def stuck_child(_runner: RunnerContext) -> ChildSpec:
     return ChildSpec(child_id=ChildId("stuck"), factory=factory, shutdown_s=0.5, tier=3)
 
 
+real_start = runtime.start
+
+
 def start_with_stuck_child(config: Any, **kwargs: Any) -> runtime.RunnerHandle:
-    return runtime.start(config, extra_children=[stuck_child], **kwargs)
+    return real_start(config, extra_children=[stuck_child], **kwargs)
 
 
 if __name__ == "__main__":
-    cli.start = start_with_stuck_child  # type: ignore[assignment]
+    runtime.start = start_with_stuck_child  # cli.main imports `start` from runtime when it starts the runner
     sys.exit(cli.main())

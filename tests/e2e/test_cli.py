@@ -86,23 +86,26 @@ def spawn(tmp_path: Path) -> Iterator[type[RunnerProcess]]:
         runner.kill()
 
 
+# The stop's hard deadline is 120 s and the waits 60 s: only an orderly stop (not the deadline's watchdog) fits.
+STOP_DEADLINE = ("--shutdown-deadline", "120")
+
+
 def test_start_status_sigterm_exits_zero_without_leftovers(spawn: type[RunnerProcess]) -> None:
-    runner = spawn()
+    runner = spawn(*STOP_DEADLINE)
     port_in, port_out = runner.read_ports()
     with AgentClient(port_in=port_in, port_out=port_out) as agent:
-        body = agent.status(timeout=10)
+        body = agent.status(timeout=30)
     assert isinstance(body["started_at"], float)
     children = psutil.Process(runner.proc.pid).children(recursive=True)
-    started = time.monotonic()
     runner.proc.send_signal(signal.SIGTERM)
-    assert runner.proc.wait(timeout=10) == 0
-    assert time.monotonic() - started < 5
-    assert_gone([c.pid for c in children], timeout=2)
-    assert "shutting down" in runner.stderr()
+    assert runner.proc.wait(timeout=60) == 0
+    assert_gone([c.pid for c in children], timeout=30)
+    stderr = runner.stderr()
+    assert "shutting down" in stderr and "did not finish within" not in stderr
 
 
 def test_sigint_with_pending_output_and_no_agent_still_exits(spawn: type[RunnerProcess]) -> None:
-    runner = spawn()
+    runner = spawn(*STOP_DEADLINE)
     port_in, _ = runner.read_ports()
     # An agent that sends but never reads: the replies pile up in the runner's outbox.
     import zmq
@@ -114,9 +117,9 @@ def test_sigint_with_pending_output_and_no_agent_still_exits(spawn: type[RunnerP
         push.send_multipart([b"status", b""])
     push.close(linger=1000)
     runner.proc.send_signal(signal.SIGINT)
-    started = time.monotonic()
-    assert runner.proc.wait(timeout=10) == 0
-    assert time.monotonic() - started < 5, "pending output for an absent agent must not hold up the exit"
+    # Pending output for an absent agent must not hold up the exit until the deadline.
+    assert runner.proc.wait(timeout=60) == 0
+    assert "did not finish within" not in runner.stderr()
 
 
 def test_process_title_names_the_runner(spawn: type[RunnerProcess]) -> None:

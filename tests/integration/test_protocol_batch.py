@@ -257,14 +257,14 @@ def sleeping() -> list[int]:
 # ---- interrupt -----------------------------------------------------------------------------------------------
 
 
-def test_interrupted_sleep_finishes_within_a_second(agent: AgentClient) -> None:
-    agent.send("exec", "echo started; sleep 30")
+def test_an_interrupted_sleep_finishes_with_the_sigint_code(agent: AgentClient) -> None:
+    # A 600 s sleep against a 60 s wait: only the interrupt can end this run, and its exit code says so.
+    agent.send("exec", "echo started; sleep 600")
     read_until(agent, b"started")
-    sleepers = wait_until(sleeping, timeout=5, what="the sleep process")
-    result, took = interrupt_run(agent)
+    sleepers = wait_until(sleeping, timeout=30, what="the sleep process")
+    result, _ = interrupt_run(agent, timeout=60)
     assert (result.status, result.exit_code) == ("finished", 130)  # 128 + SIGINT, the shell convention
-    assert took < 1.0
-    assert_gone(sleepers, timeout=2)
+    assert_gone(sleepers, timeout=30)
 
 
 def test_interrupt_escalates_to_sigterm_then_sigkill(
@@ -274,9 +274,8 @@ def test_interrupt_escalates_to_sigterm_then_sigkill(
     monkeypatch.setattr(lang_runner, "INTERRUPT_STEPS", fast)
     agent.send("exec", "trap '' INT TERM; echo ready; while :; do sleep 0.05; done")
     read_until(agent, b"ready")
-    result, took = interrupt_run(agent)
-    assert result.exit_code == 128 + 9
-    assert took < 5
+    result, _ = interrupt_run(agent, timeout=60)
+    assert result.exit_code == 128 + 9  # the loop ignores INT and TERM: only the last step could end it
     assert any("still running; SIGTERM to group" in line for line in log_lines)
     assert any("SIGKILL to its tree" in line for line in log_lines)
 
@@ -288,10 +287,9 @@ def test_interrupt_with_nothing_running_is_logged(agent: AgentClient, log_lines:
 
 
 def test_a_background_grandchild_holding_the_pipes_does_not_hang_the_op(agent: AgentClient) -> None:
-    started = time.monotonic()
-    result = agent.run("exec", "sleep 30 & echo left a sleeper")
+    # The sleeper holds the pipes for 600 s, the wait is 60 s: only an op that ends with its shell gets an answer.
+    result = agent.run("exec", "sleep 600 & echo left a sleeper", timeout=60)
     assert (result.exit_code, result.stdout) == (0, b"left a sleeper\n")
-    assert time.monotonic() - started < 3
     # The queue goes on; the sleeper is killed with the runner (the leak check of conftest verifies it).
     assert agent.run("exec", "echo next").stdout == b"next\n"
 
@@ -324,8 +322,8 @@ def test_stale_input_is_dropped_not_kept_for_the_next_prompt(
 def test_interrupt_while_waiting_for_input(agent: AgentClient, work_dir: Path) -> None:
     (work_dir / "main.py").write_text("input('> ')\n")
     assert agent.run("exec", "*").status == "waiting-input"
-    result, took = interrupt_run(agent)
-    assert result.exit_code == 130 and took < 1.5
+    result, _ = interrupt_run(agent, timeout=60)  # a run still waiting for input would never end
+    assert result.exit_code == 130
     # Nothing waits any more: a late input is dropped, and the next prompt asks again.
     agent.feed_input("late")
     (work_dir / "main.py").write_text("print(input())\n")

@@ -5,6 +5,7 @@ step 5, §5.6). The whole tree in-process, real shells, a real agent client."""
 from __future__ import annotations
 
 import errno
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -183,10 +184,12 @@ def test_a_failing_input_event_costs_one_connection_and_the_server_goes_on(
 def test_a_dead_input_server_is_noticed_and_replaced(
     monkeypatch: pytest.MonkeyPatch, py_config: RunnerConfig, work_dir: Path, log_lines: list[str]
 ) -> None:
-    # Something no handler catches (SystemExit) ends the first server's thread on its first round.
-    monkeypatch.setattr(UserInputServer, "_write_answers",
-                        once(SystemExit("thread killed (test)"), UserInputServer._write_answers))
+    # Something no handler catches (SystemExit) ends the first server's thread at its first connection.
+    monkeypatch.setattr(UserInputServer, "_accept", once(SystemExit("thread killed (test)"), UserInputServer._accept))
     with running(py_config) as (handle, agent):
+        wait_until(py_config.user_input_socket.exists, timeout=30, what="the first input server's socket")
+        with socket.socket(socket.AF_UNIX) as knock:
+            knock.connect(str(py_config.user_input_socket))
         wait_until(lambda: any("the user-input server died" in line for line in log_lines), timeout=10,
                    what="the language runner to notice the dead input server")
         # The dead server removed its socket file before it told; the new one binds it again a second later.

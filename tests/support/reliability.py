@@ -13,6 +13,8 @@ from tests.support.waiting import wait_until
 RUN_END_TYPES = frozenset({"finished", "clean-finished", "build-finished"})
 CORE_CHILDREN = ("router", "lang", "services")
 KERNEL_READY_S = 60.0
+# A service start is answered within its launch timeout (8 s); this only bounds a lost answer on a very busy machine.
+START_TIMEOUT_S = 60.0
 
 
 def fence(agent: AgentClient, timeout: float = 20.0) -> list[Reply]:

@@ -35,7 +35,7 @@ class RunnerProcess:
     """
 
     def __init__(self, root: Path, lang: str = "app", *extra: str, runtime_path: str | None = None,
-                 shutdown_deadline_s: float = 5.0, service_defs: Mapping[str, Any] | None = None,
+                 shutdown_deadline_s: float = 15.0, service_defs: Mapping[str, Any] | None = None,
                  bootstrap: str | None = None, wait_for_bind: bool = True, prefix: Sequence[str] = ()) -> None:
         self.root = root
         self.config_dir = root / "config"

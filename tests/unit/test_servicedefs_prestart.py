@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import stat
 import sys
-import time
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,36 +135,55 @@ def test_run_command_missing_program_is_a_start_error(tmp_path: Path) -> None:
     assert info.value.reply_text == "prestart run_command: the executable file is not found: /nonexistent/tool"
 
 
+def raised_within(call: Callable[[], object], seconds: float) -> BaseException | None:
+    """What `call` raised, failing the test if it has not returned after `seconds` (its thread is left behind)."""
+    outcome: list[BaseException | None] = []
+
+    def body() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed back to the test, which checks its type
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=body, name="raised_within", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still running after {seconds} s"
+    return outcome[0]
+
+
 def test_run_command_is_bounded_and_kills_its_group(tmp_path: Path) -> None:
     pidfile = tmp_path / "grandchild.pid"
+    # The command and its grandchild sleep 600 s, the wait is 60 s: only a bounded run returns in it.
     script = (
         "import subprocess, sys, time;"
-        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']);"
         f"open({str(pidfile)!r}, 'w').write(str(p.pid));"
-        "time.sleep(60)"
+        "time.sleep(600)"
     )
-    started = time.monotonic()
-    # 3 s leaves a loaded machine time to start Python and write the pid file before the bound hits.
-    with pytest.raises(ServiceStartError) as info:
-        run(tmp_path, {"action": "run_command", "args": {"command": [sys.executable, "-c", script]}}, timeout_s=3.0)
-    assert time.monotonic() - started < 8.0
-    assert info.value.reply_text == f"prestart run_command timed out after 3 s: {sys.executable}"
-    assert_gone([int(pidfile.read_text())], timeout=3)  # killed with its group, not left running for 60 s
+    # 5 s leaves a loaded machine time to start Python and write the pid file before the bound hits.
+    error = raised_within(lambda: run(tmp_path, {"action": "run_command",
+                                                 "args": {"command": [sys.executable, "-c", script]}}, timeout_s=5.0),
+                          60)
+    assert isinstance(error, ServiceStartError)
+    assert error.reply_text == f"prestart run_command timed out after 5 s: {sys.executable}"
+    assert_gone([int(pidfile.read_text())], timeout=30)  # killed with its group, not left running for 600 s
 
 
 def test_run_bounded_survives_a_grandchild_that_left_the_group(tmp_path: Path) -> None:
     pidfile = tmp_path / "escaped.pid"
     script = (
         "import subprocess, sys, time;"
-        "p = subprocess.Popen([sys.executable, '-c', 'import os, time; os.setsid(); time.sleep(60)']);"
-        f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(60)"
+        "p = subprocess.Popen([sys.executable, '-c', 'import os, time; os.setsid(); time.sleep(600)']);"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(600)"
     )
-    started = time.monotonic()
     try:
-        with pytest.raises(CommandTimedOut):
-            run_bounded([sys.executable, "-c", script], env=dict(os.environ), cwd=tmp_path, timeout_s=1.0)
-        # 1 s budget + 1 s for the group to go + 1 s to reap: never the escaped process's 60 s.
-        assert time.monotonic() - started < 5.0
+        # The escaped process holds the pipes for 600 s, the wait is 60 s: only a run that stops waiting returns.
+        error = raised_within(lambda: run_bounded([sys.executable, "-c", script], env=dict(os.environ), cwd=tmp_path,
+                                                  timeout_s=1.0), 60)
+        assert isinstance(error, CommandTimedOut), error
     finally:
         if pidfile.exists():
             escaped = psutil.Process(int(pidfile.read_text()))

@@ -1,0 +1,57 @@
+"""SIGTERM to a runner with many services, two model services and a kernel running a cell: it exits 0 within its own
+deadline, nothing it started is left, and every port is closed (docs/protocol.md §1.7: one deadline, tiers stop in
+parallel)."""
+
+from __future__ import annotations
+
+import errno
+import signal
+import socket
+import sys
+
+import pytest
+
+from tests.conftest import CHILDREN
+from tests.support.ports import free_port
+from tests.support.runner_process import RunnerProcesses
+
+pytestmark = pytest.mark.reliability
+
+SERVICES = 30  # 100 in bench/bench_stop.py; enough here to make a slow fan-out show on a busy 2-core machine
+DEADLINE_S = 10.0
+LISTENER = str(CHILDREN / "listener.py")
+HEALTH_SERVER = str(CHILDREN / "health_server.py")
+
+
+def refused(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(2.0)
+        return sock.connect_ex(("127.0.0.1", port)) == errno.ECONNREFUSED
+
+
+def test_sigterm_with_many_services_exits_0_and_leaves_nothing(runner_processes: RunnerProcesses) -> None:
+    defs = {f"svc{i}": {"command": [sys.executable, LISTENER, "{ports[0]}"]} for i in range(SERVICES)}
+    runner = runner_processes.start("python", service_defs=defs, shutdown_deadline_s=DEADLINE_S)
+    agent = runner.agent()
+    assert agent.code("1", timeout=60).exit_code == 0
+    ports = []
+    for i in range(SERVICES):
+        port = free_port()
+        reply = agent.start_service({"name": f"svc{i}", "port": port, "ports": [port], "protocol": "http",
+                                     "options": {}}, timeout=30)
+        assert reply == {"status": "started"}, reply
+        ports.append(port)
+    for i in range(2):
+        port = free_port()
+        health = {"path": "/health", "max_retries": 20, "max_wait_time": 1, "expected_status_code": 200}
+        model = {"name": f"m{i}", "model_path": "/models/m", "service": {
+            "start_command": [sys.executable, HEALTH_SERVER, str(port)], "port": port, "pre_start_actions": None,
+            "health_check": health}}
+        assert agent.start_model_service(model, timeout=60) == {"status": "started"}
+        ports.append(port)
+    agent.send("code", "while True: pass")  # a busy kernel: its polite shutdown could never be answered
+    assert not any(refused(port) for port in ports)
+    assert runner.stop(signal.SIGTERM, timeout=DEADLINE_S + 5) == 0  # also checks that no process is left
+    closed = [port for port in ports if refused(port)]
+    assert closed == ports
+    assert "stopped (clean)" in runner.log_text()

@@ -1,0 +1,90 @@
+"""What each entry point imports (docs/architecture.md §2.1), checked in fresh interpreters: an `app` runner never
+loads jupyter_client or a query delegate's actor, `kernel-runner client` loads no actor code, and `import kernel_runner`
+loads nothing else. A `python` runner, which does need them, shows the check can fail."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+# Modules only a language with a query delegate, or a service / model request, may load.
+DELEGATE_ONLY = ("jupyter_client", "kernel_runner.actors.kernel", "kernel_runner.actors.kernel_channels",
+                 "kernel_runner.actors.terminal", "kernel_runner.actors.polly", "kernel_runner.actors.health")
+
+# Starts the runtime as the CLI does, answers one `status` and one `exec`, then prints the loaded module names.
+RUN_AND_LIST = """
+import json, sys
+from pathlib import Path
+from kernel_runner.config import RunnerConfig
+from kernel_runner.runtime import start
+from kernel_runner.client import AgentClient
+
+lang, root, op = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+(root / "work").mkdir(exist_ok=True)
+config = RunnerConfig(lang=lang, config_dir=root, work_dir=root / "work", service_defs_dir=root / "defs",
+                      bind="127.0.0.1", port_in=0, port_out=0, user_input_socket=root / "input.sock",
+                      start_intrinsic_services=False, shutdown_deadline_s=5.0)
+handle = start(config)
+agent = AgentClient(port_in=handle.ports.port_in, port_out=handle.ports.port_out)
+try:
+    status = agent.status(timeout=30)
+    result = agent.code("print(6 * 7)", timeout=60) if op == "code" else agent.run("exec", "true", timeout=30)
+    report = {"ready": status["kernel_runner"]["ready"], "run": result.status, "exit_code": result.exit_code,
+              "stdout": result.stdout.decode(), "modules": sorted(sys.modules)}
+finally:
+    agent.close()
+    handle.stop(timeout=5)
+print(json.dumps(report))
+"""
+
+
+def run_and_list(lang: str, tmp_path: Path, op: str) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-c", RUN_AND_LIST, lang, str(tmp_path), op], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return report
+
+
+def modules_after(statement: str) -> set[str]:
+    done = subprocess.run([sys.executable, "-c", f"{statement}\nimport sys\nprint('\\n'.join(sys.modules))"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    return set(done.stdout.split())
+
+
+def test_an_app_runner_does_not_import_jupyter_client_or_a_delegate(tmp_path: Path) -> None:
+    report = run_and_list("app", tmp_path, "exec")
+    assert (report["ready"], report["run"]) == (True, "finished")
+    loaded = set(report["modules"])
+    assert "kernel_runner.actors.lang_runner" in loaded  # the list is the runner's own
+    assert loaded.isdisjoint(DELEGATE_ONLY), sorted(loaded.intersection(DELEGATE_ONLY))
+
+
+def test_a_python_runner_loads_the_kernel_it_uses(tmp_path: Path) -> None:
+    report = run_and_list("python", tmp_path, "code")
+    assert (report["exit_code"], report["stdout"]) == (0, "42\n")
+    assert {"jupyter_client", "kernel_runner.actors.kernel"} <= set(report["modules"])
+
+
+def test_the_client_and_the_package_load_no_actor_code() -> None:
+    for statement in ("import kernel_runner.client", "import kernel_runner.client_cli",
+                      "from kernel_runner.cli import main"):
+        loaded = modules_after(statement)
+        actors = sorted(name for name in loaded if name.startswith("kernel_runner.actors") or name in {
+            "kernel_runner.runtime", "kernel_runner.supervisor", "jupyter_client"})
+        assert actors == [], f"{statement}: {actors}"
+    assert sorted(name for name in modules_after("import kernel_runner") if name.startswith("kernel_runner")) == [
+        "kernel_runner"]
+
+
+def test_kernel_runner_client_runs_without_actor_code() -> None:
+    """`kernel-runner client --help` through the CLI entry point, as ops call it."""
+    probe = ("import sys\nfrom kernel_runner.cli import main\nsys.argv = ['kernel-runner', 'client', '--help']\n"
+             "try:\n    main()\nexcept SystemExit:\n    pass\n"
+             "print('LOADED', ' '.join(m for m in sys.modules if m.startswith('kernel_runner.actors')))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert "usage" in done.stdout.lower()
+    assert done.stdout.strip().splitlines()[-1] == "LOADED"
