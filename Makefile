@@ -1,11 +1,21 @@
-# kernel-runner: `make run` starts the runner for python on its default ports; `make test` runs the whole suite.
-# Both set up what they need first (a local venv, and the Debian packages the tests use).
+# kernel-runner: `make run` starts the runner for python on its default ports, on 127.0.0.1; `make test` runs the
+# whole suite. Both set up what they need first: `run` a local venv with the runtime dependencies only, `test` the
+# test extras and the Debian packages the tests use as well.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LANG_TO_RUN ?= python
+# `make run` serves unauthenticated code execution: only this machine may reach it unless BIND says otherwise
+# (`make run BIND='*'`, every interface, as in a container). RUN_ARGS: more runner flags (`RUN_ARGS=--debug`).
+BIND ?= 127.0.0.1
+RUN_ARGS ?=
+# RUNTIME_PATH: the language's runtime, when its default (docs/protocol.md §8.1) is not where this machine has it.
+RUNTIME_PATH ?=
+# Only vendor.aws_polly needs an extra (boto3) to run.
+RUN_EXTRAS := $(if $(filter vendor.aws_polly,$(LANG_TO_RUN)),[aws])
+RUN_STAMP := $(VENV)/.installed-run$(if $(RUN_EXTRAS),-aws)
 # Outside a container /home/work and /home/config usually do not exist: use folders under .run/ instead.
 WORK_DIR ?= $(if $(wildcard /home/work),/home/work,$(CURDIR)/.run/work)
 CONFIG_DIR ?= $(if $(wildcard /home/config),/home/config,$(CURDIR)/.run/config)
@@ -23,13 +33,21 @@ $(STAMP): setup.cfg setup.py
 	$(PY) -m pip install --quiet -e '.[test,aws]'
 	touch $(STAMP)
 
+# The runtime dependencies only, for `make run` (the test extras are `setup`'s).
+$(RUN_STAMP): setup.cfg setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.$(RUN_EXTRAS)'
+	touch $(RUN_STAMP)
+
 # Installs the Debian packages listed in .ci/apt-packages.txt that are missing (needs root; skipped otherwise).
 system-deps:
 	@bash .ci/install-system-deps .ci/apt-packages.txt
 
-run: setup
+run: $(RUN_STAMP)
 	@mkdir -p $(WORK_DIR) $(CONFIG_DIR)
-	$(CLEAN_ENV) $(PY) -m kernel_runner $(LANG_TO_RUN) --work-dir $(WORK_DIR) --config-dir $(CONFIG_DIR)
+	$(CLEAN_ENV) $(PY) -m kernel_runner $(LANG_TO_RUN) $(RUNTIME_PATH) --work-dir $(WORK_DIR) --config-dir $(CONFIG_DIR) \
+		--bind '$(BIND)' $(RUN_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check kernel_runner tests bench

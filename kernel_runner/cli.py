@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import select
+import shutil
 import signal
 import sys
 import threading
@@ -21,8 +22,8 @@ from typing import TYPE_CHECKING, NoReturn
 import pykka
 from loguru import logger
 
-from kernel_runner.config import ConfigError, RunnerConfig, read_intrinsic_ports
-from kernel_runner.langs import REGISTRY
+from kernel_runner.config import ConfigError, RunnerConfig, port_number, read_intrinsic_ports
+from kernel_runner.langs import REGISTRY, get_lang, resolve_runtime
 from kernel_runner.logs import configure_logging, install_thread_dump_signal
 from kernel_runner.reaper import OrphanReaper, become_subreaper, kill_descendants
 from kernel_runner.wakeup import WakeupPipe
@@ -37,16 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kernel-runner",
         description="Runs user code and services inside a compute container for a Backend.AI-compatible agent.",
-        epilog="`kernel-runner client --help` talks to a running runner.",
+        epilog="`kernel-runner client --help`: a test and debugging tool that speaks the agent's side of the protocol.",
+        allow_abbrev=False,
     )
     parser.add_argument("--debug", action="store_true", help="debug-level logs")
     parser.add_argument("lang", metavar="LANG", help="runtime type, one of: " + ", ".join(REGISTRY))
     parser.add_argument("runtime_path", metavar="RUNTIME_PATH", nargs="?", default=None)
     parser.add_argument("--config-dir", type=Path, default=Path("/home/config"))
-    parser.add_argument("--work-dir", type=Path, default=Path("/home/work"))
+    parser.add_argument("--work-dir", type=Path, default=Path("/home/work"), help="the user's folder; must exist")
     parser.add_argument("--service-defs-dir", type=Path, default=Path("/etc/backend.ai/service-defs"))
-    parser.add_argument("--port-in", type=int, default=None, help="PULL port (default: intrinsic-ports.json or 2000)")
-    parser.add_argument("--port-out", type=int, default=None, help="PUSH port (default: intrinsic-ports.json or 2001)")
+    parser.add_argument("--port-in", type=port_number, default=None,
+                        help="PULL port, 0-65535, 0 any free one (default: intrinsic-ports.json or 2000)")
+    parser.add_argument("--port-out", type=port_number, default=None,
+                        help="PUSH port, 0-65535, 0 any free one (default: intrinsic-ports.json or 2001)")
     parser.add_argument("--bind", default="*", help="address to bind the agent sockets on (default: all)")
     parser.add_argument("--log-json", action="store_true", help="JSON lines on stderr instead of human lines")
     parser.add_argument(
@@ -60,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shutdown-deadline", type=float, default=15.0, help="seconds for the orderly stop")
     parser.add_argument("--service-launch-timeout", type=float, default=8.0,
                         help="seconds a service may take to open its port (the agent waits 10 s for the reply)")
-    parser.add_argument("--term-in-port", type=int, default=2002, help="git runner: terminal input (SUB) port")
-    parser.add_argument("--term-out-port", type=int, default=2003, help="git runner: terminal output (PUB) port")
+    parser.add_argument("--term-in-port", type=port_number, default=2002, help="git runner: terminal input (SUB) port")
+    parser.add_argument("--term-out-port", type=port_number, default=2003, help="git runner: terminal output (PUB) port")
     parser.add_argument("--dropbear-dir", type=Path, default=Path("/opt/kernel"),
                         help="where dropbear, dropbearkey, dropbearconvert and tmux live")
     parser.add_argument("--ttyd-path", type=Path, default=Path("/opt/kernel/ttyd"), help="the ttyd binary")
@@ -90,6 +94,30 @@ def config_from_args(args: argparse.Namespace) -> RunnerConfig:
         dropbear_dir=args.dropbear_dir,
         ttyd_path=args.ttyd_path,
     )
+
+
+def config_problems(config: RunnerConfig) -> tuple[list[str], list[str]]:
+    """What is wrong with the configuration, as (errors, warnings), each one line (docs/protocol.md §1.3 step 3).
+
+    An error is something the runner cannot serve without; a warning leaves it serving what it can (`status` and
+    services, say), told once at start-up rather than through a failing op later.
+    """
+    errors: list[str] = []
+    warnings: list[str] = []
+    if not config.work_dir.is_dir():
+        what = "is not a folder" if config.work_dir.exists() else "does not exist"
+        errors.append(f"the work dir {config.work_dir} {what} (--work-dir): ops, services and the kernel run in it")
+    runtime = resolve_runtime(get_lang(config.lang), config.runtime_path)
+    # A bare name (`rustc`, `ghc`) is looked up on the children's PATH when an op runs; only a path is checked here.
+    if runtime is not None and "/" in runtime and not Path(runtime).exists():
+        found = shutil.which(Path(runtime).name)
+        hint = f"; `{Path(runtime).name}` on PATH is {found}" if found else ""
+        warnings.append(f"the {config.lang} runtime {runtime} does not exist: ops that run it will fail "
+                        f"(give RUNTIME_PATH{hint})")
+    if not config.service_defs_dir.is_dir():
+        warnings.append(f"the service-defs dir {config.service_defs_dir} does not exist (--service-defs-dir): "
+                        "no service definitions are loaded")
+    return errors, warnings
 
 
 def set_process_title(lang: str) -> None:
@@ -196,6 +224,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kernel-runner: unknown LANG {args.lang!r}; valid: {', '.join(REGISTRY)}", file=sys.stderr)
         return 2
     config = config_from_args(args)
+    errors, warnings = config_problems(config)
+    for line in warnings:
+        log.warning("{}", line)
+    for line in errors:
+        log.error("cannot start: {}", line)
+    if errors:
+        return 1
     try:
         file_ports = read_intrinsic_ports(config.intrinsic_ports_file)
     except ConfigError as exc:

@@ -1,4 +1,8 @@
-"""The agent side of the protocol as a small blocking client, for tests, benchmarks and ops at a shell."""
+"""The agent side of the protocol as a small blocking client, for tests, benchmarks and debugging.
+
+It connects as the agent does, so next to a real agent it takes messages meant for the agent: the runner's output
+socket is a PUSH socket, which deals messages round-robin to every connected reader (docs/protocol.md §2.1).
+"""
 
 from __future__ import annotations
 
@@ -48,8 +52,52 @@ class RunResult:
         return [r for r in self.records if r.type == kind]
 
 
+@attrs.frozen(kw_only=True)
+class ChildRow:
+    """One child of the supervision tree in a `status` reply (docs/protocol.md §9.1)."""
+
+    id: str
+    state: str
+    pid: int | None
+    restarts: int
+    generation: int
+    last_exit: str | None
+    uptime_s: float | None
+    extra: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ChildRow:
+        return cls(id=str(row.get("id", "")), state=str(row.get("state", "")), pid=row.get("pid"),
+                   restarts=int(row.get("restarts", 0)), generation=int(row.get("generation", 0)),
+                   last_exit=row.get("last_exit"), uptime_s=row.get("uptime_s"), extra=dict(row.get("extra") or {}))
+
+
+@attrs.frozen(kw_only=True)
+class StatusReply:
+    """A `status` reply, typed (docs/protocol.md §9.1); `body` keeps the whole map for fields not named here."""
+
+    started_at: float
+    # None when the reply has no `kernel_runner` part (upstream's runner sends only `started_at`).
+    ready: bool | None
+    children: tuple[ChildRow, ...]
+    body: Mapping[str, Any]
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> StatusReply:
+        ours = body.get("kernel_runner") or {}
+        return cls(started_at=float(body.get("started_at", 0.0)), ready=ours.get("ready"),
+                   children=tuple(ChildRow.from_row(row) for row in ours.get("children") or ()), body=body)
+
+    def child(self, child_id: str) -> ChildRow | None:
+        return next((row for row in self.children if row.id == child_id), None)
+
+
 class ReplyTimeout(TimeoutError):
-    pass
+    """Nothing (wanted) arrived in time; `heard_from_runner` tells "no runner there" from "a runner, but slow"."""
+
+    def __init__(self, message: str, *, heard_from_runner: bool) -> None:
+        super().__init__(message)
+        self.heard_from_runner = heard_from_runner
 
 
 RUN_END_TYPES = {"finished": "finished", "clean-finished": "clean-finished", "build-finished": "build-finished"}
@@ -75,6 +123,8 @@ class AgentClient:
         self._push.connect(f"tcp://{host}:{port_in}")
         self._pull.connect(f"tcp://{host}:{port_out}")
         self._stash: list[Reply] = []
+        self.heard_from_runner = False  # any message read yet: a runner is (or was) there
+        self.endpoint = f"tcp://{host}:{port_in}"
 
     def close(self) -> None:
         self._push.close(linger=50)
@@ -128,7 +178,7 @@ class AgentClient:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ReplyTimeout(f"no {what} from the runner")
+                raise ReplyTimeout(f"no {what} from the runner", heard_from_runner=self.heard_from_runner)
             if not self._pull.poll(max(1, math.ceil(remaining * 1000))):
                 continue
             reply = self._read()
@@ -138,15 +188,20 @@ class AgentClient:
 
     def _read(self) -> Reply:
         frames = self._pull.recv_multipart()
+        self.heard_from_runner = True
         if len(frames) != 2:
             raise ValueError(f"runner sent {len(frames)} frames")
         return Reply(type=frames[0].decode("ascii"), payload=frames[1])
 
     # ---- typed helpers -------------------------------------------------------------------------------
     def status(self, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+        """The `status` reply as the map the runner sent; `status_reply` gives it typed."""
         self.send("status")
         body: dict[str, Any] = msgpack.unpackb(self.expect("status", timeout).payload, raw=False)
         return body
+
+    def status_reply(self, timeout: float = DEFAULT_TIMEOUT_S) -> StatusReply:
+        return StatusReply.from_body(self.status(timeout))
 
     def run(self, kind: str, text: str, timeout: float = DEFAULT_TIMEOUT_S) -> RunResult:
         self.send(kind, text)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -15,6 +17,36 @@ DEFAULT_SSHD_PORT = 2200
 DEFAULT_TTYD_PORT = 7681
 DEFAULT_TERM_IN_PORT = 2002
 DEFAULT_TERM_OUT_PORT = 2003
+HIGHEST_PORT = 65535
+
+
+def _port(text: str, lowest: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not lowest <= value <= HIGHEST_PORT:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number ({lowest}-{HIGHEST_PORT})")
+    return value
+
+
+def port_number(text: str) -> int:
+    """argparse type of a port to bind: 0-65535, 0 asking the OS for a free one.
+
+    Checked at parse time: libzmq would otherwise bind something else than the log line says (issue 11).
+    """
+    return _port(text, 0)
+
+
+def connect_port(text: str) -> int:
+    """argparse type of a port to connect to: 1-65535."""
+    return _port(text, 1)
+
+
+def _valid_port(_instance: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    """Embedders build RunnerConfig without the command line: the same bounds as `port_number`."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= HIGHEST_PORT):
+        raise ValueError(f"{attribute.name} must be a port number 0-{HIGHEST_PORT} (0: any free port), got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -55,12 +87,12 @@ class RunnerConfig:
     service_defs_dir: Path = Path("/etc/backend.ai/service-defs")
     bind: str = "*"
     # 0 asks the OS for a free port (tests and embedding); None means "from intrinsic-ports.json or the default".
-    port_in: int | None = None
-    port_out: int | None = None
-    sshd_port: int | None = None
-    ttyd_port: int | None = None
-    term_in_port: int = DEFAULT_TERM_IN_PORT
-    term_out_port: int = DEFAULT_TERM_OUT_PORT
+    port_in: int | None = attrs.field(default=None, validator=_valid_port)
+    port_out: int | None = attrs.field(default=None, validator=_valid_port)
+    sshd_port: int | None = attrs.field(default=None, validator=_valid_port)
+    ttyd_port: int | None = attrs.field(default=None, validator=_valid_port)
+    term_in_port: int = attrs.field(default=DEFAULT_TERM_IN_PORT, validator=_valid_port)
+    term_out_port: int = attrs.field(default=DEFAULT_TERM_OUT_PORT, validator=_valid_port)
     user_input_socket: Path = Path("/tmp/bai-user-input.sock")
     log_json: bool = False
     # "none" keeps runner logs off the agent's streams (docs/protocol.md §9.2 calls mixing them in upstream's worst habit).
