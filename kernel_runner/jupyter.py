@@ -52,20 +52,31 @@ class KernelLaunchSpec:
     language: str
 
 
+def _spec_manager() -> Any:
+    """jupyter_client's KernelSpecManager over the directories it searches by default, named here: its default asks
+    IPython for ~/.ipython, and importing IPython costs the runner 2.5 MB of RSS for one path
+    (docs/architecture.md §2.1). IPython's own rule: $IPYTHONDIR, else ~/.ipython."""
+    import os
+
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_core.paths import jupyter_path
+
+    ipython_dir = os.environ.get("IPYTHONDIR") or os.path.join(os.path.expanduser("~"), ".ipython")
+    return KernelSpecManager(kernel_dirs=[*jupyter_path("kernels"), os.path.join(ipython_dir, "kernels")])
+
+
 def kernelspec_names() -> list[str]:
     """Installed kernelspec names (for a caller that maps a language's kspec name to an exact one)."""
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    return sorted(KernelSpecManager().find_kernel_specs())
+    return sorted(_spec_manager().find_kernel_specs())
 
 
 def find_kernelspec(name: str) -> KernelLaunchSpec:
     """The kernelspec called exactly `name`; an empty name matches nothing (docs/protocol.md §10.2 items 14)."""
     if not name:
         raise KernelSpecError("no kernelspec name is configured for this language")
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    from jupyter_client.kernelspec import NoSuchKernel
 
-    manager = KernelSpecManager()
+    manager = _spec_manager()
     specs: dict[str, str] = manager.find_kernel_specs()
     if name not in specs:
         known = ", ".join(sorted(specs)) or "none"

@@ -21,13 +21,12 @@ from typing import Any
 import pykka
 import zmq
 from loguru import logger
-from zmq.utils.monitor import recv_monitor_message
 
 from kernel_runner import wire
 from kernel_runner.excerpts import excerpt
 from kernel_runner.messages import AgentRequest, BadFrame, StatusRequest
 from kernel_runner.outbox import RouterLink
-from kernel_runner.sockets import bind_socket
+from kernel_runner.sockets import bind_socket, recv_monitor_event
 from kernel_runner.status import StartupGate
 from kernel_runner.wakeup import WakeupPipe
 
@@ -175,12 +174,12 @@ class AgentLink(threading.Thread):
 
     def _peer_dropped(self, monitor: zmq.Socket[bytes]) -> None:
         try:
-            event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            event = recv_monitor_event(monitor, zmq.NOBLOCK)
         except zmq.Again:
             return
         # An agent that goes away is no error, so this is no warning; but it is the one trace an oversized frame leaves.
         self.log.info("a peer of the input socket {} disconnected (ZeroMQ drops a peer that sends a frame over {}, "
-                      "with whatever else it had in flight)", event["endpoint"].decode(errors="replace"),
+                      "with whatever else it had in flight)", event.endpoint.decode(errors="replace"),
                       wire.size_text(wire.MAX_FRAME_BYTES))
 
     def _handle_request(self, frames: list[bytes]) -> None:

@@ -31,7 +31,6 @@ from typing import Any
 import attrs
 import pykka
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from kernel_runner.excerpts import excerpt
 from kernel_runner.ids import RunId
@@ -63,6 +62,7 @@ from kernel_runner.messages import (
 from kernel_runner.outbox import RouterLink
 from kernel_runner.procs import ProcessHandle
 from kernel_runner.refs import tell_if_alive
+from kernel_runner.sockets import recv_monitor_event
 from kernel_runner.wakeup import WakeupPipe
 
 # ---- knobs (docs/architecture.md §4; docs/protocol.md §4) -----------------------------------------------------------
@@ -413,10 +413,10 @@ class KernelChannels(threading.Thread):
         seen = False
         while True:
             try:
-                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+                event = recv_monitor_event(monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return seen
-            seen = seen or event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+            seen = seen or event.event == zmq.EVENT_HANDSHAKE_SUCCEEDED
 
     def _close_stdin_monitor(self) -> None:
         if self._stdin_monitor is None:

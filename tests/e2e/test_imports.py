@@ -61,6 +61,8 @@ def test_an_app_runner_does_not_import_jupyter_client_or_a_delegate(tmp_path: Pa
     loaded = set(report["modules"])
     assert "kernel_runner.actors.lang_runner" in loaded  # the list is the runner's own
     assert loaded.isdisjoint(DELEGATE_ONLY), sorted(loaded.intersection(DELEGATE_ONLY))
+    # About 6 MB of idle RSS: loguru and pyzmq's monitor helpers would pull them in (architecture §2.1).
+    assert loaded.isdisjoint({"asyncio", "ssl"}), sorted(loaded.intersection({"asyncio", "ssl"}))
 
 
 def test_a_python_runner_loads_the_kernel_it_uses(tmp_path: Path) -> None:
@@ -88,3 +90,15 @@ def test_kernel_runner_client_runs_without_actor_code() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert "usage" in done.stdout.lower()
     assert done.stdout.strip().splitlines()[-1] == "LOADED"
+
+
+def test_loguru_coroutine_sinks_still_work_after_import_kernel_runner() -> None:
+    """The package hands loguru a twin of its asyncio helper module (architecture §2.1); a coroutine sink, the one
+    loguru feature that needs it, must behave as with loguru's own module."""
+    probe = ("import kernel_runner, sys, asyncio\nfrom loguru import logger\nlogger.remove()\nseen = []\n"
+             "async def sink(message):\n    seen.append(str(message))\n"
+             "async def main():\n    logger.add(sink, format='{message}')\n    logger.info('hello')\n"
+             "    await logger.complete()\n"
+             "asyncio.run(main())\nprint(repr(seen), type(sys.modules['loguru._asyncio_loop'].__spec__).__name__)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split() == ["['hello\\n']", "NoneType"], done.stdout + done.stderr
