@@ -51,6 +51,16 @@ def one_line(result: RunResult) -> str:
     return text
 
 
+def knocked(path: Path) -> bool:
+    """True once a connection to the unix socket at `path` was accepted (it is closed again at once)."""
+    with socket.socket(socket.AF_UNIX) as knock:
+        try:
+            knock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+    return True
+
+
 def once(exception: BaseException, original: Callable[..., Any]) -> Callable[..., Any]:
     """`original`, except that its first call raises `exception` (a fault injected into a real thread)."""
     calls = []
@@ -187,9 +197,8 @@ def test_a_dead_input_server_is_noticed_and_replaced(
     # Something no handler catches (SystemExit) ends the first server's thread at its first connection.
     monkeypatch.setattr(UserInputServer, "_accept", once(SystemExit("thread killed (test)"), UserInputServer._accept))
     with running(py_config) as (handle, agent):
-        wait_until(py_config.user_input_socket.exists, timeout=30, what="the first input server's socket")
-        with socket.socket(socket.AF_UNIX) as knock:
-            knock.connect(str(py_config.user_input_socket))
+        # The socket file appears at bind(), a moment before listen(): knock until a connection is taken.
+        wait_until(lambda: knocked(py_config.user_input_socket), timeout=30, what="the first input server")
         wait_until(lambda: any("the user-input server died" in line for line in log_lines), timeout=10,
                    what="the language runner to notice the dead input server")
         # The dead server removed its socket file before it told; the new one binds it again a second later.
