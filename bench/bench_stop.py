@@ -1,5 +1,6 @@
 """SIGTERM → exit of a runner with 100 services, two model services and a kernel running a cell, against the same
-runner with nothing started (`python`, kernel idle), in alternating blocks of the same run.
+runner with nothing started (`python`, kernel idle), in alternating blocks of the same run. The floor, in the same
+blocks: SIGTERM to 100 bare listeners (each its own session, as services are) and the wait for all their exits.
 
 The figure is from the signal to the process's exit as its parent sees it (wait), so it includes the tree's stop,
 killing what is left below the runner and leaving the process. Target (issue 12, point 5): exit 0 within 1.0 s,
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -73,22 +76,60 @@ def stop_seconds(root: Path, *, loaded: bool) -> float:
         runner.close()
 
 
+def floor_seconds() -> float:
+    """What the processes themselves take: one killpg each from here, then one poll on all their pidfds."""
+    ports = [free_port() for _ in range(SERVICES)]
+    procs = [subprocess.Popen([sys.executable, str(CHILDREN / "listener.py"), str(port)], start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for port in ports]
+    pidfds: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        for port in ports:
+            while refused(port):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"a listener did not open port {port}")
+                time.sleep(0.01)
+        pidfds = [os.pidfd_open(proc.pid) for proc in procs]
+        poller = select.poll()
+        for fd in pidfds:
+            poller.register(fd, select.POLLIN)
+        started = time.perf_counter()
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+        pending = set(pidfds)
+        while pending:
+            for fd, _event in poller.poll(30_000):
+                poller.unregister(fd)
+                pending.discard(fd)
+        return time.perf_counter() - started
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+        for fd in pidfds:
+            os.close(fd)
+
+
 def main() -> None:
     silence_logs()
     print(machine_line())
-    results: dict[str, list[float]] = {"nothing started": [], f"{SERVICES} services + 2 models + busy kernel": []}
+    loaded_name = f"{SERVICES} services + 2 models + busy kernel"
+    floor_name = f"floor: SIGTERM to {SERVICES} bare listeners"
+    results: dict[str, list[float]] = {"nothing started": [], loaded_name: [], floor_name: []}
     with tempfile.TemporaryDirectory() as tmp:
         for n in range(ROUNDS):
-            for loaded, name in ((False, "nothing started"), (True, f"{SERVICES} services + 2 models + busy kernel")):
+            for loaded, name in ((False, "nothing started"), (True, loaded_name)):
                 root = Path(tmp) / f"{n}-{loaded}"
                 root.mkdir()
                 results[name].append(stop_seconds(root, loaded=loaded))
+            results[floor_name].append(floor_seconds())
     print(f"SIGTERM → exit, {ROUNDS} blocks each, alternating:")
     for name, samples in results.items():
         print(f"  {name:40s} median {statistics.median(samples):.3f} s (min {min(samples):.3f}, max {max(samples):.3f})")
-    base, loaded_ = (statistics.median(v) for v in results.values())
-    print(f"  loaded / nothing started: {loaded_ / base:.2f}x;  loaded within 1.0 s: "
-          f"{'yes' if max(results[list(results)[1]]) <= 1.0 else 'NO'}")
+    base, loaded_, floor = (statistics.median(v) for v in results.values())
+    print(f"  loaded / nothing started: {loaded_ / base:.2f}x;  loaded / floor: {loaded_ / floor:.2f}x;  "
+          f"loaded within 1.0 s: {'yes' if max(results[loaded_name]) <= 1.0 else 'NO'}")
 
 
 if __name__ == "__main__":

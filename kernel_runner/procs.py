@@ -1,7 +1,8 @@
 """Process mechanism: spawn in a new session, signal the group, stop or kill the tree, and the threads that watch them.
 
-`stop_process` is the one way any actor stops a process: signal its group, wait, escalate, and finally SIGKILL the
-whole tree, read top to bottom in one thread so the owning actor never waits (docs/architecture.md §6).
+`stop_process` is the one way any actor stops a process: signal its group (at once, from the caller), wait,
+escalate, and finally SIGKILL the whole tree, the waiting done in a thread so the owning actor never waits
+(docs/architecture.md §6).
 """
 
 from __future__ import annotations
@@ -120,10 +121,16 @@ class ProcessHandle:
         return True
 
     def descendants(self) -> list[psutil.Process]:
-        try:
-            return psutil.Process(self.pid).children(recursive=True)
-        except psutil.Error:
-            return []
+        """Every process below this one, found through its threads' /proc children lists: a few small reads per
+        process of the tree, where psutil's `children` reads every process on the machine (with 100 services
+        stopping at once, that full scan per service was most of the runner's stop; docs/architecture.md §6)."""
+        found = []
+        for pid in descendant_pids(self.pid):
+            try:
+                found.append(psutil.Process(pid))
+            except psutil.Error:
+                pass  # ended meanwhile
+        return found
 
     def group_alive(self) -> bool:
         """True while any process of the group exists (signal 0 probes without signalling)."""
@@ -147,6 +154,37 @@ class ProcessHandle:
 
     def poll(self) -> int | None:
         return self.popen.poll()
+
+
+_HAS_CHILDREN_LISTS = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists()
+
+
+def descendant_pids(pid: int) -> list[int]:
+    """The pids below `pid` (children first), from /proc/<pid>/task/<tid>/children; psutil's full scan of /proc
+    on a kernel without those lists (CONFIG_PROC_CHILDREN). Like any scan it races with forks and exits; the
+    runner's last sweep (`reaper.kill_descendants`) still reads every process."""
+    if not _HAS_CHILDREN_LISTS:
+        try:
+            return [proc.pid for proc in psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            return []
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            threads = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue  # ended (or never ours to read): nothing below it is reachable this way
+        for tid in threads:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children", "rb") as lines:
+                    children = [int(child) for child in lines.read().split()]
+            except (OSError, ValueError):
+                continue
+            found.extend(children)
+            pending.extend(children)
+    return found
 
 
 def describe_returncode(returncode: int) -> tuple[int, int | None]:
@@ -434,8 +472,9 @@ def term_then_kill(grace_s: float) -> tuple[StopStep, ...]:
 class GroupStopper(threading.Thread):
     """Walks one process group down its stop steps and ends with SIGKILL to the tree, unless the group is gone first.
 
-    Runs as its own thread from top to bottom, so the owning actor never waits; the process's exit still reaches the
-    owner through its ProcessWatcher, as any exit does.
+    The first step's signals go out from the caller (`stop_process`), at once; the waits and any escalation run in
+    this thread, so the owning actor never waits; the process's exit still reaches the owner through its
+    ProcessWatcher, as any exit does.
     """
 
     def __init__(self, handle: ProcessHandle, steps: Sequence[StopStep], *, log: Logger, what: str) -> None:
@@ -445,24 +484,35 @@ class GroupStopper(threading.Thread):
         self._log = log
         self._what = what
         self._cancelled = threading.Event()
+        self._snapshot: list[psutil.Process] = []
 
     def cancel(self) -> None:
         """The owner no longer cares (it ended and killed the tree itself)."""
         self._cancelled.set()
 
+    def begin(self) -> None:
+        """The first step's signals, sent by the caller at once (a few syscalls, no wait): with 100 services
+        stopping together, a signal sent from each new thread would wait for that thread to get the GIL."""
+        self._snapshot = self._handle.descendants()  # a grandchild may leave the group; it still goes with the tree
+        if self._steps:
+            self._signal(self._steps[0])
+        self.start()
+
+    def _signal(self, step: StopStep) -> None:
+        for sig in step.signals:
+            self._handle.signal_group(sig)
+
     def run(self) -> None:
-        snapshot = self._handle.descendants()  # a grandchild may leave the group; it still goes with the tree
         for number, step in enumerate(self._steps):
-            names = "+".join(signal.Signals(sig).name for sig in step.signals) or "no signal"
             if number:
+                names = "+".join(signal.Signals(sig).name for sig in step.signals) or "no signal"
                 self._log.warning("{} still running; {} to group {}", self._what, names, self._handle.pid)
-            for sig in step.signals:
-                self._handle.signal_group(sig)
+                self._signal(step)
             if self._wait_gone(step.wait_s):
                 return
         if not self._cancelled.is_set():
             self._log.warning("{} did not stop within its grace; SIGKILL to its tree", self._what)
-            self._handle.kill_tree(also=snapshot)
+            self._handle.kill_tree(also=self._snapshot)
 
     def _wait_gone(self, timeout_s: float) -> bool:
         """True once the leader is reaped and nothing is left in its group (or the owner cancelled)."""
@@ -478,5 +528,5 @@ class GroupStopper(threading.Thread):
 def stop_process(handle: ProcessHandle, steps: Sequence[StopStep], *, log: Logger, what: str) -> GroupStopper:
     """Stop `handle`'s group per `steps`, then SIGKILL its tree; the one stop escalation every actor uses."""
     stopper = GroupStopper(handle, steps, log=log, what=what)
-    stopper.start()
+    stopper.begin()
     return stopper

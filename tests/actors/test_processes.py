@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from loguru import logger
 
@@ -18,6 +19,7 @@ from kernel_runner.procs import (
     ProcessHandle,
     StopStep,
     WorkerPool,
+    descendant_pids,
     stop_process,
     term_then_kill,
     watch_process,
@@ -134,8 +136,10 @@ def test_stop_escalates_to_kill_the_whole_tree_when_term_is_ignored(owner: Recor
 
 
 def test_stop_ends_at_the_first_step_that_works(owner: Recorder, tmp_path: Path, log_lines: list[str]) -> None:
-    handle = spawn("trap 'exit 5' TERM; while :; do sleep 0.05; done", tmp_path)
+    trapped = tmp_path / "trapped"
+    handle = spawn(f"trap 'exit 5' TERM; touch {trapped}; while :; do sleep 0.05; done", tmp_path)
     watch_process(handle, owner.ref)
+    wait_until(trapped.exists, timeout=30, what="the shell's trap in place")  # a SIGTERM before it would kill it
     stopper = stop_process(handle, (StopStep((signal.SIGTERM,), 10.0),), log=LOG, what="the polite one")
     exited = owner.wait_for(lambda m: isinstance(m, ProcessExited), timeout=10, what="the exit")
     stopper.join(timeout=5)
@@ -143,6 +147,56 @@ def test_stop_ends_at_the_first_step_that_works(owner: Recorder, tmp_path: Path,
     assert exited.returncode == 5
     assert not any("SIGKILL" in line for line in log_lines)
     assert not alive(handle.pid)
+
+
+TREE = ("import subprocess, sys, time\n"
+        "inner = subprocess.Popen(['sleep', '60'])\n"  # a grandchild below a child
+        "print(inner.pid, flush=True)\n"
+        "time.sleep(60)\n")
+
+
+def test_descendants_are_the_whole_tree_even_what_left_the_group(tmp_path: Path) -> None:
+    """Read from the tree's own /proc children lists (not a scan of every process): the same pids psutil finds."""
+    script = (f"import subprocess, sys, threading\n"
+              f"kid = subprocess.Popen([sys.executable, '-c', {TREE!r}], stdout=subprocess.PIPE)\n"
+              "grand = kid.stdout.readline().decode().strip()\n"
+              "box = []\n"  # a child forked by another thread than the main one is listed under that thread
+              "t = threading.Thread(target=lambda: box.append(subprocess.Popen(['sleep', '60'], start_new_session=True)))\n"
+              "t.start(); t.join()\n"
+              "print(kid.pid, grand, box[0].pid, flush=True)\n"
+              "import time; time.sleep(60)\n")
+    handle = ProcessHandle.spawn([sys.executable, "-c", script], env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path,
+                                 stdin=subprocess.DEVNULL)
+    try:
+        assert handle.popen.stdout is not None
+        expected = {int(pid) for pid in handle.popen.stdout.readline().split()}
+        assert len(expected) == 3
+        assert set(descendant_pids(handle.pid)) == expected
+        assert {proc.pid for proc in handle.descendants()} == expected
+        assert {proc.pid for proc in psutil.Process(handle.pid).children(recursive=True)} == expected
+    finally:
+        handle.kill_tree()
+        handle.popen.wait(timeout=10)
+    assert_gone(list(expected), timeout=5)
+    assert descendant_pids(handle.pid) == []  # gone (and reaped): nothing below it, no error
+
+
+def test_stop_process_sends_the_first_signal_before_it_returns(owner: Recorder, tmp_path: Path) -> None:
+    """With many stops at once, a signal left to a new thread waits for that thread's turn at the GIL. A stopped
+    process keeps a SIGTERM pending, so right after the call it must be in the process's pending set."""
+    handle = spawn("exec sleep 60", tmp_path)
+    watch_process(handle, owner.ref)
+    handle.signal_group(signal.SIGSTOP)
+    wait_until(lambda: psutil.Process(handle.pid).status() == psutil.STATUS_STOPPED, timeout=10, what="stopped")
+    stopper = stop_process(handle, term_then_kill(10.0), log=LOG, what="the stopped one")
+    status = Path(f"/proc/{handle.pid}/status").read_text()
+    pending = {line.split(":")[0]: int(line.split()[1], 16) for line in status.splitlines()
+               if line.startswith(("SigPnd:", "ShdPnd:"))}
+    assert (pending["SigPnd"] | pending["ShdPnd"]) & (1 << (signal.SIGTERM - 1))
+    handle.signal_group(signal.SIGCONT)
+    exited = owner.wait_for(lambda m: isinstance(m, ProcessExited), timeout=10, what="the exit")
+    stopper.join(timeout=5)
+    assert exited.signal == signal.SIGTERM and not stopper.is_alive()
 
 
 def test_sync_answers_after_the_output_written_so_far(owner: Recorder, tmp_path: Path) -> None:

@@ -54,4 +54,10 @@ def test_sigterm_with_many_services_exits_0_and_leaves_nothing(runner_processes:
     assert runner.stop(signal.SIGTERM, timeout=DEADLINE_S + 5) == 0  # also checks that no process is left
     closed = [port for port in ports if refused(port)]
     assert closed == ports
-    assert "stopped (clean)" in runner.log_text()
+    log = runner.log_text()
+    assert "stopped (clean)" in log
+    # Ops follow each service's stop in the log: its SIGTERM, then its exit by that signal; none needed SIGKILL.
+    for i in range(SERVICES):
+        assert f"[service:svc{i}] stopping (runner shutdown): SIGTERM to group" in log, f"svc{i}"
+        assert f"[service:svc{i}] exited signal 15" in log, f"svc{i}"
+    assert "did not stop within its grace" not in log
