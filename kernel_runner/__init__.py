@@ -14,15 +14,19 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from kernel_runner.client import AgentClient
     from kernel_runner.config import RunnerConfig
-    from kernel_runner.runtime import RunnerHandle, RunnerStartError, start
+    from kernel_runner.logs import configure_logging
+    from kernel_runner.runtime import RunnerHandle, RunnerStartError, run, start
 
 __version__ = "0.1.0"
 
-__all__ = ["RunnerConfig", "RunnerHandle", "RunnerStartError", "__version__", "start"]
+__all__ = ["AgentClient", "RunnerConfig", "RunnerHandle", "RunnerStartError", "__version__", "configure_logging", "run",
+           "start"]
 
 _LAZY = {"RunnerConfig": "kernel_runner.config", "RunnerHandle": "kernel_runner.runtime",
-         "RunnerStartError": "kernel_runner.runtime", "start": "kernel_runner.runtime"}
+         "RunnerStartError": "kernel_runner.runtime", "start": "kernel_runner.runtime", "run": "kernel_runner.runtime",
+         "AgentClient": "kernel_runner.client", "configure_logging": "kernel_runner.logs"}
 
 
 def _defer_loguru_asyncio() -> None:

@@ -130,7 +130,8 @@ def set_process_title(lang: str) -> None:
         pass
 
 
-STOP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
+RELOAD_SIGNAL = signal.SIGHUP  # rereads the service definitions (supervisord's `reread`; docs/protocol.md §1.3)
 # Of the shutdown deadline, the actor tree gets all but this much (at most a quarter of it): killing what is left
 # below us, the leftover actors and the last log lines fit in the rest.
 FINAL_RESERVE_S = 2.0
@@ -141,21 +142,33 @@ EXIT_STOP_OVERRAN = 1
 
 
 class StopSignals:
-    """SIGHUP, SIGINT, SIGTERM and SIGQUIT each ask for the orderly stop; the main thread logs them.
+    """SIGINT, SIGTERM and SIGQUIT each ask for the orderly stop; SIGHUP asks for a reload of the service
+    definitions. The main thread logs and acts on them.
 
-    The handler only records (the wakeup fd wakes the main thread): it runs between two bytecodes of whatever the
-    main thread is doing, maybe inside a log call, so it must not log itself.
+    The handlers only record (the wakeup fd wakes the main thread): they run between two bytecodes of whatever the
+    main thread is doing, maybe inside a log call, so they must not log themselves.
     """
 
     def __init__(self) -> None:
         self.seen: list[signal.Signals] = []
+        self.reloads: list[signal.Signals] = []
 
     def install(self) -> None:
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_signal)
+        signal.signal(RELOAD_SIGNAL, self._on_reload)
+
+    def take_reloads(self) -> int:
+        """How many reloads were asked for since the last call (several SIGHUPs in a row make one reload)."""
+        count = len(self.reloads)
+        del self.reloads[:count]  # one operation: a SIGHUP arriving meanwhile stays for the next call
+        return count
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.seen.append(signal.Signals(signum))
+
+    def _on_reload(self, signum: int, _frame: FrameType | None) -> None:
+        self.reloads.append(signal.Signals(signum))
 
 
 class HardDeadline:
@@ -261,6 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     poller = select.poll()
     poller.register(wakeups.fd, select.POLLIN)
     while not stop_signals.seen and not handle.escalated.is_set():
+        if stop_signals.take_reloads():  # also a SIGHUP that came during start(): the reload waits for start-up
+            log.info("received SIGHUP; rereading the service definitions in {}", config.service_defs_dir)
+            handle.reload_service_definitions()
         poller.poll()
         wakeups.drain()
         if reaper is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,33 @@ class RunnerConfig:
     model_stop_on_startup_failure: bool = True
     # After max_retries consecutive liveness failures: restart the server through the supervisor (upstream: report only).
     model_restart_on_unhealthy: bool = True
+
+    # A folder the runner made for itself (for_embedding): removed with everything in it when the runner stops.
+    temp_root: Path | None = None
+
+    @classmethod
+    def for_embedding(cls, lang: str, **overrides: Any) -> RunnerConfig:
+        """A config that touches nothing outside one new temp folder: work, config and service-defs folders and the
+        user-input socket in it, no intrinsic services (sshd, ttyd), agent and terminal sockets on 127.0.0.1 at
+        free ports. The folder goes when the runner stops; `overrides` replace any field (a folder given there is
+        used as it is, and not removed)."""
+        root = Path(tempfile.mkdtemp(prefix="kernel-runner-embedded-"))
+        folders = {"work_dir": root / "work", "config_dir": root / "config", "service_defs_dir": root / "service-defs"}
+        for field, folder in folders.items():
+            if field not in overrides:
+                folder.mkdir()
+        defaults: dict[str, Any] = {
+            **folders,
+            "user_input_socket": root / "user-input.sock",
+            "bind": "127.0.0.1",
+            "port_in": 0,
+            "port_out": 0,
+            "term_in_port": 0,
+            "term_out_port": 0,
+            "start_intrinsic_services": False,
+            "temp_root": root,
+        }
+        return cls(lang=lang, **{**defaults, **overrides})
 
     @property
     def environ_file(self) -> Path:

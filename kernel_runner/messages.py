@@ -537,3 +537,29 @@ class ServiceStartFailed:
 
     name: str
     error: str
+
+
+# --------------------------------------------------------------------------------------------
+# The process (SIGHUP) or an embedder → the service manager: reread the service definitions (docs/protocol.md §1.3)
+# --------------------------------------------------------------------------------------------
+
+
+@frozen_value
+class ServiceDefinitionsReloaded:
+    """What a reload changed; running services are not restarted, so a changed definition applies to the next start."""
+
+    loaded: int
+    added: tuple[str, ...]
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+    # Files that did not load; those whose name had a good definition before keep that one (`kept`).
+    invalid: tuple[str, ...]
+    kept: tuple[str, ...]
+
+
+@frozen_value
+class ReloadServiceDefinitions:
+    """Reread the service-defs folder; `reply`, if given, is called with the summary (from the service manager's
+    thread, so it must only hand the value on)."""
+
+    reply: Callable[[ServiceDefinitionsReloaded], None] | None = None

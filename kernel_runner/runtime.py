@@ -7,10 +7,13 @@ service manager). See docs/architecture.md §2 for the tree.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from types import TracebackType
 from typing import Any, cast
 
 import pykka
@@ -35,17 +38,18 @@ from kernel_runner.ids import (
 )
 from kernel_runner.langs import POLLY_HANDLER, ExternalQuery, JupyterQuery, TerminalQuery, get_lang, resolve_runtime
 from kernel_runner.logs import add_agent_log_sink
-from kernel_runner.messages import LogRecord, Output
+from kernel_runner.messages import LogRecord, Output, ReloadServiceDefinitions, ServiceDefinitionsReloaded
 from kernel_runner.outbox import RouterLink
 from kernel_runner.policy import Backoff
 from kernel_runner.rejects import lang_runner_reject, services_reject, unknown_child_reject
-from kernel_runner.servicedefs import intrinsic_launchers, load_service_definitions
-from kernel_runner.services import ServiceDirectory
+from kernel_runner.servicedefs import intrinsic_launchers
+from kernel_runner.services import ServiceDirectory, read_service_definitions
 from kernel_runner.status import StartupGate, StatusBoard
 from kernel_runner.supervision import (
     ChildContext,
     ChildInfo,
     ChildSpec,
+    ChildState,
     ShutdownDone,
     ShutdownTree,
     StartChild,
@@ -60,13 +64,17 @@ SERVICES_TIER = 4  # the service manager stops first: no new service starts whil
 # Of a stop's one deadline, the tree gets all but this much (at most a quarter): the supervisor, the ticker and
 # what a forced stop left over are stopped in the rest.
 STOP_RESERVE_S = 1.0
+READY_POLL_S = 0.02  # wait_ready(kernel=True) looks at the published tree this often
 
 # A child a harness adds to the tree; it gets the runner's context to build its spec (rejects, router, env).
 ChildPlan = Callable[[RunnerContext], ChildSpec]
 
 
 class RunnerHandle:
-    """A running actor tree: its bound ports, introspection, and an orderly bounded stop."""
+    """A running actor tree: its bound ports, introspection, and an orderly bounded stop.
+
+    A context manager: `with start(config) as handle:` stops the tree on exit (see also `run`).
+    """
 
     def __init__(
         self,
@@ -108,6 +116,53 @@ class RunnerHandle:
         """Deliver to whichever incarnation of `child_id` is current (or its reject answer)."""
         self.runner.directory.tell(child_id, message)
 
+    def __enter__(self) -> RunnerHandle:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
+
+    def wait_ready(self, timeout: float, *, kernel: bool = False) -> bool:
+        """True once start-up is done: the steps `status` waits for (bootstrap.sh, the intrinsic services;
+        docs/protocol.md §1.6). With `kernel=True` also the language's query delegate (the Jupyter kernel, the
+        terminal) must be running, which `status` does not wait for; a language without one is ready without it."""
+        deadline = time.monotonic() + timeout
+        opened = threading.Event()
+        self.runner.gate.when_open(opened.set)
+        if not opened.wait(timeout):
+            return False
+        delegate = delegate_child_id(self.config.lang)
+        if not kernel or delegate is None:
+            return True
+        pause = threading.Event()  # never set: a bounded pause between looks at the published tree
+        while True:
+            child = self.board.snapshot.get(delegate)
+            if child is not None and child.state is ChildState.RUNNING:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            pause.wait(min(READY_POLL_S, max(0.0, deadline - time.monotonic())))
+
+    def reload_service_definitions(self, timeout: float | None = None) -> ServiceDefinitionsReloaded | None:
+        """Reread the service-defs folder (what SIGHUP does, docs/protocol.md §1.3), once start-up is done.
+
+        Running services keep running; new and changed definitions apply to the next start-service. With a
+        `timeout`, waits for the summary (None if it did not come in time); without, returns at once.
+        """
+        done = threading.Event()
+        box: list[ServiceDefinitionsReloaded] = []
+
+        def reply(summary: ServiceDefinitionsReloaded) -> None:
+            box.append(summary)
+            done.set()
+
+        request = ReloadServiceDefinitions(reply=reply)
+        self.runner.gate.when_open(lambda: self.tell_child(SERVICES_CHILD, request))
+        if timeout is None or not done.wait(timeout):
+            return None
+        return box[0]
+
     def escalate(self, reason: str) -> None:
         self.escalation_reason = reason
         self.escalated.set()
@@ -148,6 +203,8 @@ class RunnerHandle:
         except (pykka.Timeout, pykka.ActorDeadError):
             clean = False
         self._ticker.stop(timeout=remaining())
+        if self.config.temp_root is not None:  # made by RunnerConfig.for_embedding for this runner alone
+            shutil.rmtree(self.config.temp_root, ignore_errors=True)
         return clean
 
 
@@ -241,6 +298,17 @@ def start(
     return handle
 
 
+@contextlib.contextmanager
+def run(config: RunnerConfig, *, stop_timeout: float | None = None, **start_kwargs: Any) -> Iterator[RunnerHandle]:
+    """`with kernel_runner.run(config) as handle:` starts the tree and stops it on the way out, within
+    `stop_timeout` (default: the configured shutdown deadline), also when the block raises."""
+    handle = start(config, **start_kwargs)
+    try:
+        yield handle
+    finally:
+        handle.stop(timeout=stop_timeout)
+
+
 def delegate_child_id(lang: str) -> ChildId | None:
     """The id of the language's query delegate, known without importing its module."""
     query = get_lang(lang).query
@@ -328,17 +396,17 @@ def build_service_directory(runner: RunnerContext) -> ServiceDirectory:
     config = runner.config
     log = logger.bind(child="services")
     runtime_path = resolve_runtime(get_lang(config.lang), config.runtime_path)
-    catalog, problems = load_service_definitions(config.service_defs_dir, variables={"runtime_path": str(runtime_path)})
-    for problem in problems:
+    loaded = read_service_definitions(config.service_defs_dir, runtime_path)
+    for problem in loaded.problems:
         log.error("service definition skipped: {}", problem)
     intrinsics = intrinsic_launchers(config)
     for warning in intrinsics.warnings:
         (log.warning if config.start_intrinsic_services else log.debug)("{}", warning)
-    return ServiceDirectory(runner=runner, catalog=catalog, intrinsics=intrinsics, runtime_path=runtime_path)
+    return ServiceDirectory(runner=runner, catalog=loaded.catalog, intrinsics=intrinsics, runtime_path=runtime_path)
 
 
 class RunnerStartError(RuntimeError):
     """The tree could not come up (for example the agent ports are taken)."""
 
 
-__all__ = ["ChildPlan", "RunnerHandle", "RunnerStartError", "start"]
+__all__ = ["ChildPlan", "RunnerHandle", "RunnerStartError", "run", "start"]

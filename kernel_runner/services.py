@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import attrs
 from loguru import logger
 
 from kernel_runner.context import RunnerContext
@@ -15,6 +16,7 @@ from kernel_runner.ids import ChildId, health_child, service_child
 from kernel_runner.messages import (
     AppsResult,
     ModelServiceResult,
+    ServiceDefinitionsReloaded,
     ServiceInfo,
     ServiceResult,
     StartModelService,
@@ -25,14 +27,30 @@ from kernel_runner.servicedefs import (
     DefinitionError,
     Intrinsics,
     ServiceCatalog,
+    ServiceDefinition,
     ServiceLaunch,
     SshdSetupError,
     apply_sshd_setup,
+    load_service_definitions,
     plan_sshd_setup,
 )
 from kernel_runner.supervision import ChildSpec
 
 INTRINSIC_NAMES = (("sshd", "sshd_port"), ("ttyd", "ttyd_port"))
+
+
+@attrs.frozen(kw_only=True)
+class LoadedDefinitions:
+    """One read of the service-defs folder: the catalog it makes and one line per problem."""
+
+    catalog: ServiceCatalog
+    problems: tuple[str, ...]
+
+
+def read_service_definitions(service_defs_dir: Path, runtime_path: str | None) -> LoadedDefinitions:
+    """Read every definition file (blocking file I/O: at start-up, or on a reload's helper thread)."""
+    catalog, problems = load_service_definitions(service_defs_dir, variables={"runtime_path": str(runtime_path)})
+    return LoadedDefinitions(catalog=catalog, problems=tuple(problems))
 
 
 class ServiceDirectory:
@@ -89,6 +107,49 @@ class ServiceDirectory:
             return ModelServiceResult(status="failed", error=launch.error)
         return model_child_specs(request.model, launch, self._runner)
 
+    def read_definitions(self) -> LoadedDefinitions:
+        """Reread the folder; safe on any thread (it reads only the config), so the actor can keep it off its own."""
+        return read_service_definitions(self._runner.config.service_defs_dir, self._runtime_path)
+
+    def apply_definitions(self, loaded: LoadedDefinitions) -> ServiceDefinitionsReloaded:
+        """Swap in a reread catalog (docs/protocol.md §6.3, "Reloading"), from the ServicesActor's thread.
+
+        A file that no longer loads keeps the last good definition of its name: a typo made while editing must not take
+        away a service that worked (the problem is logged; `start-service` keeps using the old one). A file that never
+        loaded is reported as at start-up. Model services came over the wire, not from the folder: they stay.
+        """
+        old, new = self._catalog, loaded.catalog
+        old_files = {name: d for name, d in old.definitions.items() if name not in old.model_services}
+        kept = {name: old_files[name] for name in new.broken if name in old_files}
+        files = {**new.definitions, **kept}
+        merged: dict[str, ServiceDefinition] = {
+            name: files[name] for name in sorted(files, key=lambda name: f"{name}.json")  # the loader's file order
+        }
+        models = {name: old.definitions[name] for name in old.definitions if name in old.model_services}
+        merged.update(models)
+        broken = {name: value for name, value in new.broken.items() if name not in kept and name not in models}
+        self._catalog = attrs.evolve(
+            new, definitions=merged, broken=broken, model_services=old.model_services,
+            has_parser=new.has_parser or bool(models),
+        )
+        for name, value in new.broken.items():
+            for problem in value.problems:
+                if name in kept:
+                    self.log.error("service definition not reloaded, keeping the previous one: {}", problem)
+                else:
+                    self.log.error("service definition skipped: {}", problem)
+        for problem in loaded.problems:
+            if not any(problem in value.problems for value in new.broken.values()):
+                self.log.error("{}", problem)  # not about one file (the folder could not be listed)
+        return ServiceDefinitionsReloaded(
+            loaded=len(new.definitions),
+            added=tuple(sorted(name for name in files if name not in old_files)),
+            changed=tuple(sorted(name for name in new.definitions if name in old_files and old_files[name] != files[name])),
+            removed=tuple(sorted(name for name in old_files if name not in files)),
+            invalid=tuple(new.broken),
+            kept=tuple(kept),
+        )
+
     def service_child_ids(self, name: str) -> Sequence[ChildId]:
         # The checker first: stopping the server first would make its checker report it unhealthy.
         return (health_child(name), service_child(name))
@@ -117,4 +178,4 @@ class ServiceDirectory:
         return specs
 
 
-__all__ = ["ServiceDirectory"]
+__all__ = ["LoadedDefinitions", "ServiceDirectory", "read_service_definitions"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import attrs
 
@@ -26,6 +26,8 @@ from kernel_runner.messages import (
     AppsResult,
     GetApps,
     ModelServiceResult,
+    ReloadServiceDefinitions,
+    ServiceDefinitionsReloaded,
     ServiceResult,
     ShutdownService,
     StartModelService,
@@ -44,6 +46,9 @@ from kernel_runner.supervision import (
     StopChild,
 )
 
+if TYPE_CHECKING:
+    from kernel_runner.services import LoadedDefinitions
+
 INTRINSIC_STEP = "intrinsic-services"  # the start-up step `status` waits for (docs/protocol.md §1.6)
 
 
@@ -59,6 +64,21 @@ class ServicePlanner(Protocol):
     def service_child_ids(self, name: str) -> Sequence[ChildId]: ...
 
     def intrinsic_specs(self) -> Sequence[ChildSpec]: ...
+
+
+@runtime_checkable
+class DefinitionsReloader(Protocol):
+    """A planner whose services come from the service-defs folder (services.ServiceDirectory): it can reread it."""
+
+    def read_definitions(self) -> LoadedDefinitions: ...
+
+    def apply_definitions(self, loaded: LoadedDefinitions) -> ServiceDefinitionsReloaded: ...
+
+
+@attrs.frozen(kw_only=True)
+class _DefinitionsRead:
+    loaded: LoadedDefinitions | None  # None: the reread failed (logged), the old definitions stay
+    requests: tuple[ReloadServiceDefinitions, ...]
 
 
 @attrs.frozen(kw_only=True)
@@ -81,7 +101,7 @@ class _IntrinsicsPlanned:
 class ServicesActor(SupervisedActor):
     """Owns the service ops; holds no processes itself (each service is a ServiceActor the supervisor starts)."""
 
-    redeliverable = (StartService, StartModelService, GetApps, ShutdownService)
+    redeliverable = (StartService, StartModelService, GetApps, ShutdownService, ReloadServiceDefinitions)
 
     def __init__(self, *, ctx: ChildContext, runner: RunnerContext, planner: ServicePlanner,
                  start_intrinsics: bool = False) -> None:
@@ -91,6 +111,9 @@ class ServicesActor(SupervisedActor):
         self._start_intrinsics = start_intrinsics
         # The supervisor answers StartChild in order, so each child id's pending starts form a queue.
         self._pending: dict[ChildId, collections.deque[_PendingStart]] = {}
+        # One reread at a time, so an older read never replaces a newer one; requests meanwhile share the next read.
+        self._reading = False
+        self._reloads_waiting: list[ReloadServiceDefinitions] = []
 
     def start_child(self) -> None:
         self.set_state(ChildState.RUNNING)
@@ -121,6 +144,10 @@ class ServicesActor(SupervisedActor):
                 return self._handle_start_answer(message)
             case _IntrinsicsPlanned():
                 return self._handle_intrinsics_planned(message)
+            case ReloadServiceDefinitions():
+                return self._handle_reload(message)
+            case _DefinitionsRead():
+                return self._handle_definitions_read(message)
             case _:
                 return super().handle(message)
 
@@ -185,5 +212,51 @@ class ServicesActor(SupervisedActor):
             self.ctx.supervisor.tell(StartChild(spec=spec))
         self._runner.gate.done(INTRINSIC_STEP)
 
+    def _handle_reload(self, message: ReloadServiceDefinitions) -> None:
+        if not isinstance(self._planner, DefinitionsReloader):
+            self.log.warning("nothing to reload: this runner's services do not come from a service-defs folder")
+            return
+        self._reloads_waiting.append(message)
+        if not self._reading:
+            self._start_read(self._planner)
 
-__all__ = ["INTRINSIC_STEP", "ServicePlanner", "ServicesActor"]
+    def _start_read(self, planner: DefinitionsReloader) -> None:
+        """Reading the folder is blocking file I/O: a helper thread reads, this actor swaps the catalog."""
+        requests, self._reloads_waiting = tuple(self._reloads_waiting), []
+        self._reading = True
+        threading.Thread(target=self._read_definitions, args=(planner, requests), name="ReloadServiceDefinitions",
+                         daemon=True).start()
+
+    def _read_definitions(self, planner: DefinitionsReloader, requests: tuple[ReloadServiceDefinitions, ...]) -> None:
+        loaded: LoadedDefinitions | None = None
+        try:
+            loaded = planner.read_definitions()
+        except Exception as exc:  # noqa: BLE001 - a bug in the reread must leave the old definitions in place
+            self.log.opt(exception=exc).error("cannot reread the service definitions: {!r}", exc)
+        tell_if_alive(self.actor_ref, _DefinitionsRead(loaded=loaded, requests=requests))
+
+    def _handle_definitions_read(self, message: _DefinitionsRead) -> None:
+        assert isinstance(self._planner, DefinitionsReloader)
+        self._reading = False
+        if self._reloads_waiting:
+            self._start_read(self._planner)
+        if message.loaded is None:
+            return
+        summary = self._planner.apply_definitions(message.loaded)
+        kept = f" (kept the previous definition of {_listed(summary.kept)})" if summary.kept else ""
+        self.log.info(
+            "reloaded service definitions: {} loaded, added {}, changed {}, removed {}, {} invalid{}; running services"
+            " are not restarted (a changed definition applies to the next start-service)",
+            summary.loaded, _listed(summary.added), _listed(summary.changed), _listed(summary.removed),
+            len(summary.invalid), kept,
+        )
+        for request in message.requests:
+            if request.reply is not None:
+                request.reply(summary)
+
+
+def _listed(names: Sequence[str]) -> str:
+    return f"[{', '.join(names)}]"
+
+
+__all__ = ["INTRINSIC_STEP", "DefinitionsReloader", "ServicePlanner", "ServicesActor"]

@@ -1,7 +1,8 @@
 """The runner process itself under fire: signals at start-up, idle and under load; a user's daemon; SIGKILL.
 
-docs/protocol.md §1.3 and §1.7: SIGHUP, SIGINT, SIGTERM and SIGQUIT each lead to the logged, ordered stop within the
+docs/protocol.md §1.3 and §1.7: SIGINT, SIGTERM and SIGQUIT each lead to the logged, ordered stop within the
 shutdown deadline and exit status 0; every op still waiting is answered once; nothing the runner started is left.
+SIGHUP rereads the service definitions instead: the runner keeps serving, every op is answered as without it.
 docs/architecture.md §6 says which of its children die with it when the runner itself is SIGKILLed.
 """
 
@@ -35,7 +36,8 @@ from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.reliability
 
-STOP_SIGNALS = [signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT]
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGQUIT]
+RELOADED = "reloaded service definitions:"
 DEADLINE_S = 15.0  # the runner's default; a busy machine must not turn an orderly stop into an overrun
 WEB = {"web": {"command": [sys.executable, str(CHILDREN / "listener.py"), "{ports[0]}"]}}
 DAEMONIZE = str(CHILDREN / "daemonize.py")
@@ -128,6 +130,87 @@ def test_signal_under_load(runner_processes: RunnerProcesses, probes: ProbeTally
             assert code == 0, f"exit status {code} after {name}:\n{runner.log_tail()}"
             assert name in runner.log_text()
             runner.assert_nothing_left()
+
+
+def add_definition_and_sighup(runner: RunnerProcess, name: str) -> None:
+    """A new service-definition file, then SIGHUP: the next start-service of `name` must find it."""
+    (runner.defs_dir / f"{name}.json").write_text(json.dumps(WEB["web"]))
+    runner.send_signal(signal.SIGHUP)
+
+
+def reload_lines(runner: RunnerProcess, name: str) -> list[str]:
+    return [line for line in runner.log_text().splitlines() if RELOADED in line and name in line]
+
+
+def wait_for_log(runner: RunnerProcess, text: str) -> None:
+    wait_until(lambda: text in runner.log_text(), timeout=30, what=f"the log line {text!r}")
+
+
+def wait_for_reload(runner: RunnerProcess, name: str) -> None:
+    wait_until(lambda: reload_lines(runner, name), timeout=30, what=f"the reload that adds {name}")
+    assert runner.running(), f"SIGHUP stopped the runner:\n{runner.log_tail()}"
+
+
+def assert_reloaded_and_serving(runner: RunnerProcess, agent: AgentClient, name: str) -> None:
+    """The reload is logged once, the new definition starts, `status` answers; then the ordinary stop still works."""
+    wait_for_reload(runner, name)
+    assert len(reload_lines(runner, name)) == 1, reload_lines(runner, name)
+    assert agent.start_service(service_info(name, free_port()), timeout=START_TIMEOUT_S) == {"status": "started"}
+    assert agent.status_reply(timeout=30).ready is True
+    assert runner.stop() == 0
+
+
+def test_sighup_during_start_up_reloads_once_start_up_is_done(runner_processes: RunnerProcesses, probes: ProbeTally,
+                                                                scale: Scale) -> None:
+    """§1.3: a SIGHUP while bootstrap.sh runs is kept and applied when start-up ends; the runner does not stop."""
+    for attempt in probes.repeat("SIGHUP at start-up (reload)", scale.pick(1, 5)):
+        with attempt:
+            runner = runner_processes.start("app", bootstrap="while [ ! -e go ]; do sleep 0.05; done\n",
+                                            shutdown_deadline_s=DEADLINE_S)
+            wait_for_bootstrap(runner)
+            add_definition_and_sighup(runner, "late")
+            wait_for_log(runner, "received SIGHUP; rereading the service definitions")
+            assert not reload_lines(runner, "late"), "reloaded before start-up ended"
+            (runner.work_dir / "go").touch()
+            assert_reloaded_and_serving(runner, runner.agent(), "late")
+
+
+def test_sighup_when_idle_reloads_and_keeps_the_running_service(runner_processes: RunnerProcesses, probes: ProbeTally,
+                                                                 scale: Scale) -> None:
+    for attempt in probes.repeat("SIGHUP when idle (reload)", scale.pick(1, 5)):
+        with attempt:
+            runner = runner_processes.start("app", service_defs=WEB, shutdown_deadline_s=DEADLINE_S)
+            agent = runner.agent()
+            assert agent.start_service(service_info("web", free_port()), timeout=START_TIMEOUT_S) == {"status": "started"}
+            web = children(agent)["service:web"]["pid"]
+            add_definition_and_sighup(runner, "extra")
+            wait_for_reload(runner, "extra")
+            assert children(agent)["service:web"]["pid"] == web, "a reload must not restart a running service"
+            assert_reloaded_and_serving(runner, agent, "extra")
+
+
+def test_sighup_under_load_answers_every_op_as_without_it(runner_processes: RunnerProcesses, probes: ProbeTally,
+                                                          scale: Scale) -> None:
+    """A service, a ready kernel, an `exec` writing 200 000 lines and two queued ops: SIGHUP in the middle changes
+    nothing the agent sees (each op ends 0, once, in order, its output whole) and the reload applies."""
+    expected = b"".join(b"%d\n" % i for i in range(1, 200_001))
+    for attempt in probes.repeat("SIGHUP under load (reload)", scale.pick(1, 5)):
+        with attempt:
+            runner = runner_processes.start("python", service_defs=WEB, runtime_path=sys.executable,
+                                            shutdown_deadline_s=DEADLINE_S)
+            agent = runner.agent()
+            assert agent.start_service(service_info("web", free_port()), timeout=START_TIMEOUT_S) == {"status": "started"}
+            runner.remember(kernel_pid(ready_kernel(agent)))
+            agent.send("exec", "seq 1 200000")
+            agent.send("code", "print('queued')")
+            agent.send("exec", "echo queued")
+            first = agent.expect("stdout", timeout=30).payload
+            add_definition_and_sighup(runner, "extra")
+            ends, stdout = read_ends(agent, 3, timeout=120)
+            assert [e["exitCode"] for e in ends] == [0, 0, 0], ends
+            assert first + stdout[0] == expected, "output altered or reordered by the reload"
+            assert stdout[1:] == [b"queued\n", b"queued\n"], stdout[1:]
+            assert_reloaded_and_serving(runner, agent, "extra")
 
 
 def test_a_daemon_started_by_exec_is_gone_after_the_stop(runner_processes: RunnerProcesses, probes: ProbeTally,

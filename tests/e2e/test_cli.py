@@ -222,9 +222,9 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT])
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM, signal.SIGQUIT])
 def test_each_stop_signal_is_logged_and_stops_everything(spawn: type[RunnerProcess], stop_signal: signal.Signals) -> None:
-    # Issue 14: SIGHUP killed the runner without a log line and left its services running under PID 1.
+    # Issue 14: a signal killed the runner without a log line and left its services running under PID 1.
     runner = spawn(service_defs={"web": listener()})
     port_in, port_out = runner.read_ports()
     with AgentClient(port_in=port_in, port_out=port_out) as agent:
@@ -237,6 +237,47 @@ def test_each_stop_signal_is_logged_and_stops_everything(spawn: type[RunnerProce
     assert f"received {stop_signal.name}; shutting down" in log and "stopped (clean)" in log, log
     assert_gone(below, timeout=5)
     assert port_is_free(port_in) and port_is_free(port_out)
+
+
+def app_names(agent: AgentClient) -> list[str]:
+    return [app["name"] for app in agent.get_apps(timeout=20)["data"]]
+
+
+def test_sighup_reloads_the_service_definitions_and_keeps_serving(spawn: type[RunnerProcess], tmp_path: Path) -> None:
+    # Issue 11 point 6: SIGHUP is supervisord's `reread`, not a stop; a running service is not restarted by it.
+    runner = spawn(service_defs={"web": listener(), "old": listener()})
+    port_in, port_out = runner.read_ports()
+    defs = tmp_path / "defs"
+    with AgentClient(port_in=port_in, port_out=port_out) as agent:
+        start_services(agent, ["web"])
+        web_pids = [proc.pid for proc in descendants(runner.proc.pid)]
+        (defs / "fresh.json").write_text(json.dumps(listener()))
+        (defs / "spare.json").write_text(json.dumps(listener()))
+        (defs / "web.json").write_text(json.dumps(listener("--grandchild")))
+        (defs / "old.json").unlink()
+        runner.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "fresh" in app_names(agent), timeout=30, what="the new definition listed by get-apps")
+        assert app_names(agent) == ["fresh", "spare", "web"]
+        start_services(agent, ["fresh"])
+        assert all(psutil.pid_exists(pid) for pid in web_pids), "the running service was not restarted"
+        # A file broken while editing: the old definition of that name stays, and the log says why.
+        (defs / "spare.json").write_text('{"command": ["oops",')
+        (defs / "later.json").write_text(json.dumps(listener()))
+        runner.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "later" in app_names(agent), timeout=30, what="the second reload")
+        start_services(agent, ["spare"])  # still the previous, good definition
+        assert runner.proc.poll() is None, "SIGHUP must not stop the runner"
+    runner.proc.send_signal(signal.SIGTERM)
+    assert runner.proc.wait(timeout=30) == 0
+    log = runner.stderr()
+    assert "received SIGHUP; rereading the service definitions" in log, log
+    assert "reloaded service definitions: 3 loaded, added [fresh, spare], changed [web], removed [old], 0 invalid" \
+        in log, log
+    assert "running services are not restarted" in log
+    assert "reloaded service definitions: 3 loaded, added [later], changed [], removed [], 1 invalid" in log, log
+    assert "kept the previous definition of [spare]" in log
+    assert "service definition not reloaded, keeping the previous one:" in log and "spare.json" in log
+    assert "stopped (clean)" in log
 
 
 def test_a_daemon_that_an_exec_started_goes_with_the_runner(spawn: type[RunnerProcess]) -> None:
