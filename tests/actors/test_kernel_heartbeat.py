@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +18,7 @@ from kernel_runner.actors.kernel_channels import KernelChannels
 from kernel_runner.jupyter import HeartbeatWatch
 from kernel_runner.supervision import ChildState
 from tests.integration.test_query_python import RUN_TIMEOUT_S, Query, kernel_phases, start_query
+from tests.support.faults import once
 from tests.support.procs import assert_gone
 from tests.support.waiting import wait_until
 
@@ -43,19 +44,6 @@ def stop_kernel(query: Query) -> int:
     pid = int(query.ready_kernel().extra["kernel_pid"])
     os.kill(pid, signal.SIGSTOP)
     return pid
-
-
-def once(exception: BaseException, original: Callable[..., Any]) -> Callable[..., Any]:
-    """`original`, except that its first call raises `exception` (a fault injected into a real thread)."""
-    calls = []
-
-    def patched(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 1:
-            raise exception
-        return original(*args, **kwargs)
-
-    return patched
 
 
 # ---- the bookkeeping -------------------------------------------------------------------------------------------------

@@ -7,9 +7,8 @@ from __future__ import annotations
 import errno
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import attrs
 import pytest
@@ -22,6 +21,7 @@ from kernel_runner.client import AgentClient, RunResult
 from kernel_runner.ids import LANG_CHILD
 from kernel_runner.notices import NOTICE_MAX_BYTES, notice_bytes
 from kernel_runner.supervision import ChildInfo, ChildState
+from tests.support.faults import once
 from tests.support.runners import running
 from tests.support.waiting import wait_until
 
@@ -59,19 +59,6 @@ def knocked(path: Path) -> bool:
         except (FileNotFoundError, ConnectionRefusedError):
             return False
     return True
-
-
-def once(exception: BaseException, original: Callable[..., Any]) -> Callable[..., Any]:
-    """`original`, except that its first call raises `exception` (a fault injected into a real thread)."""
-    calls = []
-
-    def patched(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 1:
-            raise exception
-        return original(*args, **kwargs)
-
-    return patched
 
 
 # ---- commands that cannot start ---------------------------------------------------------------------------------------

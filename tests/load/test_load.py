@@ -23,16 +23,7 @@ from tests.support.runner_process import RunnerProcesses
 pytestmark = pytest.mark.reliability
 
 HEALTH_SERVER = str(CHILDREN / "health_server.py")
-# A listener as light as Python gets (no site, no argparse), so fifty of them start quickly on two cores.
-TINY_LISTENER = (
-    "import socket, sys\n"
-    "s = socket.socket()\n"
-    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-    "s.bind(('127.0.0.1', int(sys.argv[1])))\n"
-    "s.listen(64)\n"
-    "while True:\n"
-    "    s.accept()[0].close()\n"
-)
+TINY_LISTENER = str(CHILDREN / "tiny_listener.py")  # run with -S: fifty start quickly on two cores
 # Fifty interpreters starting at once on a busy two-core machine may need more than the default 8 s to listen; the
 # test is about every start being answered, not about how fast.
 LAUNCH_TIMEOUT = ("--service-launch-timeout", "60")
@@ -98,7 +89,7 @@ def test_many_services_started_at_once(runner_processes: RunnerProcesses, probes
     count = scale.pick(50, 100)
     for attempt in probes.repeat(f"{count} services started at once", scale.pick(1, 3)):
         with attempt:
-            defs = {f"svc{i:03d}": {"command": [sys.executable, "-S", "-c", TINY_LISTENER, "{ports[0]}"]}
+            defs = {f"svc{i:03d}": {"command": [sys.executable, "-S", TINY_LISTENER, "{ports[0]}"]}
                     for i in range(count)}
             runner = runner_processes.start("app", *LAUNCH_TIMEOUT, service_defs=defs)
             agent = runner.agent()
