@@ -8,11 +8,9 @@ nothing left running, every port closed (checked after each loaded stop).
 """
 from __future__ import annotations
 
-import errno
 import os
 import select
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,18 +23,12 @@ sys.path.insert(0, str(ROOT))
 
 from common import machine_line, silence_logs  # noqa: E402
 
-from tests.support.ports import free_port  # noqa: E402
+from tests.support.ports import free_port, refused  # noqa: E402
 from tests.support.runner_process import RunnerProcess  # noqa: E402
 
 SERVICES = int(os.environ.get("BENCH_SERVICES", "100"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CHILDREN = ROOT / "tests" / "children"
-
-
-def refused(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(2.0)
-        return sock.connect_ex(("127.0.0.1", port)) == errno.ECONNREFUSED
 
 
 def stop_seconds(root: Path, *, loaded: bool) -> float:

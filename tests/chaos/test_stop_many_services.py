@@ -4,15 +4,13 @@ parallel)."""
 
 from __future__ import annotations
 
-import errno
 import signal
-import socket
 import sys
 
 import pytest
 
 from tests.conftest import CHILDREN
-from tests.support.ports import free_port
+from tests.support.ports import free_port, refused
 from tests.support.runner_process import RunnerProcesses
 
 pytestmark = pytest.mark.reliability
@@ -21,12 +19,6 @@ SERVICES = 30  # 100 in bench/bench_stop.py; enough here to make a slow fan-out 
 DEADLINE_S = 10.0
 LISTENER = str(CHILDREN / "listener.py")
 HEALTH_SERVER = str(CHILDREN / "health_server.py")
-
-
-def refused(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(2.0)
-        return sock.connect_ex(("127.0.0.1", port)) == errno.ECONNREFUSED
 
 
 def test_sigterm_with_many_services_exits_0_and_leaves_nothing(runner_processes: RunnerProcesses) -> None:

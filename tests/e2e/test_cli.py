@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import pytest
 
 from kernel_runner.client import AgentClient
 from tests.conftest import CHILDREN
-from tests.support.ports import free_port
+from tests.support.ports import free_port, free_ports, port_is_free
 from tests.support.procs import assert_gone, descendants
 from tests.support.waiting import wait_until
 
@@ -132,14 +131,7 @@ def test_process_title_names_the_runner(spawn: type[RunnerProcess]) -> None:
 
 
 def test_ports_come_from_intrinsic_ports_json(spawn: type[RunnerProcess], tmp_path: Path) -> None:
-    import socket
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
-    wanted = (free_port(), free_port())
+    wanted = tuple(free_ports(2))
     (tmp_path / "config").mkdir(exist_ok=True)
     (tmp_path / "config" / "intrinsic-ports.json").write_text(f'{{"replin": {wanted[0]}, "replout": {wanted[1]}}}')
     runner = spawn(ports=(-1, -1))
@@ -210,16 +202,6 @@ def start_services(agent: AgentClient, names: Sequence[str]) -> None:
         reply = agent.start_service({"name": name, "port": port, "ports": [port], "protocol": "tcp", "options": {}},
                                     timeout=20)
         assert reply == {"status": "started"}, (name, reply)
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM, signal.SIGQUIT])

@@ -18,20 +18,11 @@ from kernel_runner import RunnerConfig
 from kernel_runner.ids import KERNEL_CHILD
 from kernel_runner.supervision import ChildState
 from tests.conftest import CHILDREN
+from tests.support.ports import port_is_free
 from tests.support.procs import descendants
 
 READY_S = 60.0
 pytest_plugins = ["pytester"]
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def listener() -> dict[str, object]:

@@ -6,22 +6,14 @@ from __future__ import annotations
 import errno
 import json
 import shlex
-import socket
 import sys
 from typing import Any
 
 import pytest
 
 from tests.integration.test_model_service import SERVER, check, model, model_config, models  # noqa: F401 - fixtures
-from tests.support.ports import free_port
+from tests.support.ports import connect_error, free_port
 from tests.support.procs import alive, assert_gone
-
-
-def connect_error(port: int) -> int:
-    """The errno of a TCP connect to 127.0.0.1:port (0: something accepted it)."""
-    with socket.socket() as sock:
-        sock.settimeout(2.0)
-        return sock.connect_ex(("127.0.0.1", port))
 
 
 @pytest.mark.parametrize("ignores_sigterm", [False, True], ids=["stops-on-sigterm", "needs-sigkill"])

@@ -29,18 +29,6 @@ MIB = 1024 * 1024
 
 
 @pytest.fixture
-def py_config(runner_config: RunnerConfig) -> RunnerConfig:
-    # The python language with this interpreter as its runtime, so `*` heuristics and input() work here.
-    return attrs.evolve(runner_config, lang="python", runtime_path=sys.executable)
-
-
-@pytest.fixture
-def py_runner(py_config: RunnerConfig) -> Iterator[tuple[RunnerHandle, AgentClient]]:
-    with running(py_config) as pair:
-        yield pair
-
-
-@pytest.fixture
 def agent(py_runner: tuple[RunnerHandle, AgentClient]) -> AgentClient:  # shadows conftest's app-language agent
     return py_runner[1]
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 import errno
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import attrs
 import pytest
 
 from kernel_runner import RunnerConfig, RunnerHandle
@@ -27,17 +25,6 @@ from tests.support.waiting import wait_until
 
 MIB = 1024 * 1024
 FINISHED = {"clean": "clean-finished", "build": "build-finished", "exec": "finished"}
-
-
-@pytest.fixture
-def py_config(runner_config: RunnerConfig) -> RunnerConfig:
-    return attrs.evolve(runner_config, lang="python", runtime_path=sys.executable)
-
-
-@pytest.fixture
-def py_runner(py_config: RunnerConfig) -> Iterator[tuple[RunnerHandle, AgentClient]]:
-    with running(py_config) as pair:
-        yield pair
 
 
 def lang_info(handle: RunnerHandle) -> ChildInfo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 from contextlib import ExitStack
 
@@ -20,3 +21,26 @@ def free_ports(count: int) -> list[int]:
             sock.bind(("127.0.0.1", 0))
             ports.append(int(sock.getsockname()[1]))
         return ports
+
+
+def connect_error(port: int) -> int:
+    """The errno of a TCP connect to 127.0.0.1:port (0: something accepted it)."""
+    with socket.socket() as sock:
+        sock.settimeout(2.0)
+        return sock.connect_ex(("127.0.0.1", port))
+
+
+def refused(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:port: a connect is refused at once."""
+    return connect_error(port) == errno.ECONNREFUSED
+
+
+def port_is_free(port: int) -> bool:
+    """127.0.0.1:port can be bound again (nothing holds it, listening or not)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
