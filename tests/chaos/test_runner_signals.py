@@ -102,6 +102,20 @@ def read_ends(agent: AgentClient, count: int, *, timeout: float) -> tuple[list[d
     return ends, stdout[:-1]
 
 
+def start_python_with_web(runner_processes: RunnerProcesses,
+                          **kwargs: Any) -> tuple[RunnerProcess, AgentClient, int]:
+    """A python runner with the `web` service up and a ready kernel, and the kernel's pid as the runner sees it.
+
+    The caller remembers that pid for the leftover check only when the runner shares our PID namespace: inside a
+    container-like namespace (`prefix`) it is another process's number here.
+    """
+    runner = runner_processes.start("python", service_defs=WEB, runtime_path=sys.executable,
+                                    shutdown_deadline_s=DEADLINE_S, **kwargs)
+    agent = runner.agent()
+    assert agent.start_service(service_info("web", free_port()), timeout=START_TIMEOUT_S) == {"status": "started"}
+    return runner, agent, kernel_pid(ready_kernel(agent))
+
+
 @pytest.mark.parametrize("signum", STOP_SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_signal_under_load(runner_processes: RunnerProcesses, probes: ProbeTally, scale: Scale, signum: int) -> None:
     """A service, a ready kernel, an `exec` flooding stdout and two queued ops: the running op ends with the signal's
@@ -109,11 +123,8 @@ def test_signal_under_load(runner_processes: RunnerProcesses, probes: ProbeTally
     name = signal.Signals(signum).name
     for attempt in probes.repeat(f"{name} under load", scale.pick(1, 5)):
         with attempt:
-            runner = runner_processes.start("python", service_defs=WEB, runtime_path=sys.executable,
-                                            shutdown_deadline_s=DEADLINE_S)
-            agent = runner.agent()
-            assert agent.start_service(service_info("web", free_port()), timeout=START_TIMEOUT_S) == {"status": "started"}
-            runner.remember(kernel_pid(ready_kernel(agent)))
+            runner, agent, kernel = start_python_with_web(runner_processes)
+            runner.remember(kernel)
             agent.send("exec", "yes load")
             agent.send("code", "print('queued')")
             agent.send("exec", "echo queued")
@@ -196,11 +207,8 @@ def test_sighup_under_load_answers_every_op_as_without_it(runner_processes: Runn
     expected = b"".join(b"%d\n" % i for i in range(1, 200_001))
     for attempt in probes.repeat("SIGHUP under load (reload)", scale.pick(1, 5)):
         with attempt:
-            runner = runner_processes.start("python", service_defs=WEB, runtime_path=sys.executable,
-                                            shutdown_deadline_s=DEADLINE_S)
-            agent = runner.agent()
-            assert agent.start_service(service_info("web", free_port()), timeout=START_TIMEOUT_S) == {"status": "started"}
-            runner.remember(kernel_pid(ready_kernel(agent)))
+            runner, agent, kernel = start_python_with_web(runner_processes)
+            runner.remember(kernel)
             agent.send("exec", "seq 1 200000")
             agent.send("code", "print('queued')")
             agent.send("exec", "echo queued")
@@ -233,16 +241,12 @@ def test_a_daemon_started_by_exec_is_gone_after_the_stop(runner_processes: Runne
 
 def start_loaded(runner_processes: RunnerProcesses, **kwargs: Any) -> tuple[RunnerProcess, AgentClient]:
     """A python runner with a ready kernel, a service and a model server."""
-    runner = runner_processes.start("python", service_defs=WEB, runtime_path=sys.executable,
-                                    shutdown_deadline_s=DEADLINE_S, **kwargs)
-    agent = runner.agent()
-    assert agent.start_service(service_info("web", free_port()), timeout=START_TIMEOUT_S) == {"status": "started"}
+    runner, agent, _ = start_python_with_web(runner_processes, **kwargs)
     port = free_port()
     model = {"name": "m", "model_path": "/models/m", "service": {
         "start_command": [sys.executable, HEALTH_SERVER, str(port)], "port": port,
         "health_check": {"path": "/health", "max_retries": 10, "max_wait_time": 1.0}}}
     assert agent.start_model_service(model, timeout=30) == {"status": "started"}
-    ready_kernel(agent)
     return runner, agent
 
 

@@ -102,24 +102,29 @@ def test_killed_service_is_restarted(runner_processes: RunnerProcesses, probes: 
             assert runner.stop() == 0
 
 
+def fault_a_model_server(runner_processes: RunnerProcesses, name: str, signum: int, *, gone_within_s: float) -> None:
+    """A healthy model server gets `signum`: reported unhealthy, replaced by a healthy one, the old process gone."""
+    runner, agent = start_web(runner_processes)
+    port = free_port()
+    assert agent.start_model_service(model(name, port), timeout=30) == {"status": "started"}
+    assert health(agent) == {"model_name": name, "is_healthy": True}
+    first = running_pid(agent, f"service:{name}-{port}")
+    runner.remember(first)
+    os.kill(first, signum)
+    assert health(agent) == {"model_name": name, "is_healthy": False}
+    assert health(agent) == {"model_name": name, "is_healthy": True}
+    runner.remember(running_pid(agent, f"service:{name}-{port}", other_than=first))
+    assert_gone([first], timeout=gone_within_s)
+    assert_no_stray_replies(agent)
+    assert_core_running(agent)
+    assert runner.stop() == 0
+
+
 def test_killed_model_server_is_reported_and_restarted(runner_processes: RunnerProcesses, probes: ProbeTally,
                                                        scale: Scale) -> None:
     for attempt in probes.repeat("model server SIGKILL", scale.pick(1, 10)):
         with attempt:
-            runner, agent = start_web(runner_processes)
-            port = free_port()
-            assert agent.start_model_service(model("victim", port), timeout=30) == {"status": "started"}
-            assert health(agent) == {"model_name": "victim", "is_healthy": True}
-            first = running_pid(agent, f"service:victim-{port}")
-            runner.remember(first)
-            os.kill(first, signal.SIGKILL)
-            assert health(agent) == {"model_name": "victim", "is_healthy": False}
-            assert health(agent) == {"model_name": "victim", "is_healthy": True}
-            runner.remember(running_pid(agent, f"service:victim-{port}", other_than=first))
-            assert_gone([first], timeout=5)
-            assert_no_stray_replies(agent)
-            assert_core_running(agent)
-            assert runner.stop() == 0
+            fault_a_model_server(runner_processes, "victim", signal.SIGKILL, gone_within_s=5)
 
 
 def test_frozen_model_server_is_noticed_by_its_probe(runner_processes: RunnerProcesses, probes: ProbeTally,
@@ -128,20 +133,7 @@ def test_frozen_model_server_is_noticed_by_its_probe(runner_processes: RunnerPro
     replaced; SIGTERM cannot reach a stopped process, so the stop ends with SIGKILL (§6.13)."""
     for attempt in probes.repeat("model server SIGSTOP (probe notices)", scale.pick(1, 5)):
         with attempt:
-            runner, agent = start_web(runner_processes)
-            port = free_port()
-            assert agent.start_model_service(model("frozen", port), timeout=30) == {"status": "started"}
-            assert health(agent) == {"model_name": "frozen", "is_healthy": True}
-            first = running_pid(agent, f"service:frozen-{port}")
-            runner.remember(first)
-            os.kill(first, signal.SIGSTOP)
-            assert health(agent) == {"model_name": "frozen", "is_healthy": False}
-            assert health(agent) == {"model_name": "frozen", "is_healthy": True}
-            runner.remember(running_pid(agent, f"service:frozen-{port}", other_than=first))
-            assert_gone([first], timeout=10)
-            assert_no_stray_replies(agent)
-            assert_core_running(agent)
-            assert runner.stop() == 0
+            fault_a_model_server(runner_processes, "frozen", signal.SIGSTOP, gone_within_s=10)
 
 
 def test_frozen_service_is_killed_by_the_stop_deadline(runner_processes: RunnerProcesses, probes: ProbeTally,
