@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pykka
-import pytest
 
 from kernel_runner.actors.base import SupervisedActor
 from kernel_runner.directory import ChildDirectory
@@ -21,13 +19,6 @@ from tests.support.tree import Tree
 from tests.support.waiting import Recorder, wait_until
 
 A = ChildId("a")
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    made = Recorder()
-    yield made
-    made.stop()
 
 
 def test_messages_wait_until_attach_and_keep_their_order(recorder: Recorder) -> None:

@@ -13,13 +13,6 @@ from tests.support.waiting import Recorder, wait_until
 
 
 @pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    rec = Recorder()
-    yield rec
-    rec.stop()
-
-
-@pytest.fixture
 def sock_path(tmp_path: Path) -> Path:
     return tmp_path / "input.sock"
 

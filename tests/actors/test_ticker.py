@@ -25,13 +25,6 @@ def kill_thread_of(ticker: Ticker) -> None:
 
 
 @pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    rec = Recorder()
-    yield rec
-    rec.stop()
-
-
-@pytest.fixture
 def ticker() -> Iterator[Ticker]:
     tick = Ticker()
     yield tick
