@@ -23,6 +23,7 @@ from kernel_runner.actors.lang_runner import BOOTSTRAP_STEP, LangRunnerActor
 from kernel_runner.actors.router import BoundPorts, RouterActor
 from kernel_runner.actors.services import INTRINSIC_STEP, ServicePlanner, ServicesActor
 from kernel_runner.childenv import build_child_env
+from kernel_runner.childlog import ChildLogBook
 from kernel_runner.clock import REAL_CLOCK, Clock
 from kernel_runner.config import RunnerConfig, resolve_ports
 from kernel_runner.context import RunnerContext
@@ -84,12 +85,15 @@ class RunnerHandle:
         supervisor: pykka.ActorRef[SupervisorActor],
         board: StatusBoard,
         ticker: Ticker,
+        log_book: ChildLogBook,
     ) -> None:
         self.runner = runner
         self.config = runner.config
         self.ports = ports
         self.supervisor = supervisor
         self.board = board
+        # Each child's recent log lines and lifecycle events (what `kernel-runner ctl tail` shows).
+        self.log_book = log_book
         self._ticker = ticker
         self.escalated = threading.Event()
         self.escalation_reason: str | None = None
@@ -203,6 +207,7 @@ class RunnerHandle:
         except (pykka.Timeout, pykka.ActorDeadError):
             clean = False
         self._ticker.stop(timeout=remaining())
+        self.log_book.uninstall()
         if self.config.temp_root is not None:  # made by RunnerConfig.for_embedding for this runner alone
             shutil.rmtree(self.config.temp_root, ignore_errors=True)
         return clean
@@ -235,6 +240,8 @@ def start(
     if start_intrinsics:
         gate.add(INTRINSIC_STEP, SERVICES_CHILD)
     board = StatusBoard(gate)
+    # Installed before the first child starts, so `ctl tail` has each child's whole story (docs/operations.md §3).
+    log_book = ChildLogBook().install(level="DEBUG" if config.debug else "INFO")
     handle_box: list[RunnerHandle] = []
     # Without timers nothing is restarted or stopped on time: a ticker that gives up takes the runner down.
     ticker = Ticker(clock, on_give_up=lambda reason: handle_box[0].escalate(reason) if handle_box else None)
@@ -282,7 +289,8 @@ def start(
         directory.register(spec.child_id, spec.reject)
     for spec in specs:
         supervisor.tell(StartChild(spec=spec))
-    handle = RunnerHandle(runner=runner, ports=ports, supervisor=supervisor, board=board, ticker=ticker)
+    handle = RunnerHandle(runner=runner, ports=ports, supervisor=supervisor, board=board, ticker=ticker,
+                          log_book=log_book)
     handle_box.append(handle)
     if config.forward_logs != "none":
         handle.log_sink_id = add_agent_log_sink(

@@ -112,6 +112,8 @@ class ChildInfo:
     # Clock time at which the current incarnation reached RUNNING (None while it is not running).
     running_since: float | None
     extra: Mapping[str, Any] = attrs.field(factory=dict)
+    # The child this one is bound to (its spec's binds_to): a health checker under its server, for nested reports.
+    binds_to: ChildId | None = None
 
     def uptime_s(self, now: float) -> float | None:
         return None if self.running_since is None else max(0.0, now - self.running_since)
@@ -207,10 +209,14 @@ class StopChild:
 
 @attrs.frozen(kw_only=True)
 class RestartChild:
-    """Stop a child and let the policy decide on a restart as if it had ended with `reason` (counts to give-up)."""
+    """Stop a child and let the policy decide on a restart as if it had ended with `reason` (counts to give-up).
+
+    `by_hand`: an operator's restart (`kernel-runner ctl restart`): logged as such, started again at once, and not
+    counted towards give-up (a child that gave up starts afresh)."""
 
     child_id: ChildId
     reason: ExitReason
+    by_hand: bool = False
 
 
 @attrs.frozen(kw_only=True)

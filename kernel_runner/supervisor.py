@@ -134,7 +134,7 @@ class _Child:
             self._info = ChildInfo(
                 child_id=self.child_id, state=self.state, pid=self.pid, restarts=self.tracker.total_restarts,
                 generation=self.generation, last_exit=self.last_exit, running_since=self.running_since,
-                extra=dict(self.extra),
+                extra=dict(self.extra), binds_to=self.spec.binds_to,
             )
         return self._info
 
