@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loguru import logger
@@ -117,4 +118,78 @@ class ChildLogBook:
         return backlog, unfollow
 
 
-__all__ = ["LINES_PER_CHILD", "ChildLogBook", "format_line"]
+
+
+FILE_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {message}\n{exception}"
+
+
+def log_file_name(child: str) -> str:
+    """`service:jupyter` → `service_jupyter.log`: one flat folder, no separators a shell would trip on."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in child).lstrip(".")
+    return f"{safe or 'unnamed'}.log"
+
+
+class ChildLogFiles:
+    """One rotating log file per child under a folder (`--child-log-dir`, docs/operations.md §4).
+
+    loguru names a file by time, not by a record's field, so each child gets its own file handler, added when the
+    supervisor is about to start the child for the first time (`open_for`, before its `starting` line), and the
+    runner's own lines go to `runner.log`. Handlers are added there and never from inside a sink: loguru takes its
+    own lock before a handler's (at fork, for one), and a sink that added a handler would take them the other way
+    round.
+    """
+
+    def __init__(self, folder: Path, *, rotation: str, retention: int, level: str | int,
+                 max_children: int = MAX_CHILDREN) -> None:
+        self._folder = folder
+        self._rotation = rotation
+        self._retention = retention
+        self._level = level
+        self._max_children = max_children
+        self._lock = threading.Lock()
+        self._handlers: dict[str, int] = {}
+
+    def install(self) -> ChildLogFiles:
+        """Raises ValueError for a rotation loguru does not understand, OSError for a folder it cannot make."""
+        self._folder.mkdir(parents=True, exist_ok=True)
+        for name in RUNNER_LOGGERS:
+            self.open_for(name)
+        return self
+
+    def uninstall(self) -> None:
+        with self._lock:
+            handlers, self._handlers = list(self._handlers.values()), {}
+        for handler_id in handlers:
+            logger.remove(handler_id)
+
+    def open_for(self, child: str) -> None:
+        """From now on, lines bound to `child` also go to its file (a second call does nothing)."""
+        with self._lock:
+            if child in self._handlers:
+                return
+            if len(self._handlers) >= self._max_children + len(RUNNER_LOGGERS):
+                full = True
+            else:
+                full = False
+                self._handlers[child] = logger.add(
+                    self._folder / log_file_name(child), level=self._level, format=FILE_FORMAT, filter=_only(child),
+                    rotation=self._rotation, retention=self._retention, delay=True, backtrace=False,
+                    diagnose=False, catch=True,
+                )
+        if full:
+            logger.bind(child="runner").warning("per-child log files: {} children have one; {} is not given a file",
+                                                self._max_children, child)
+
+
+# The loggers that are not children but whose lines ops want in a file too.
+RUNNER_LOGGERS = ("runner", "supervisor", "startup")
+
+
+def _only(child: str) -> Callable[[Record], bool]:
+    def keep(record: Record) -> bool:
+        return record["extra"].get("child") == child
+
+    return keep
+
+
+__all__ = ["LINES_PER_CHILD", "ChildLogBook", "ChildLogFiles", "format_line", "log_file_name"]

@@ -23,6 +23,7 @@ import pykka
 from loguru import logger
 
 from kernel_runner.config import ConfigError, RunnerConfig, port_number, read_intrinsic_ports
+from kernel_runner.control.protocol import configured_socket_path
 from kernel_runner.langs import REGISTRY, get_lang, resolve_runtime
 from kernel_runner.logs import configure_logging, install_thread_dump_signal
 from kernel_runner.reaper import OrphanReaper, become_subreaper, kill_descendants
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kernel-runner",
         description="Runs user code and services inside a compute container for a Backend.AI-compatible agent.",
-        epilog="`kernel-runner client --help`: a test and debugging tool that speaks the agent's side of the protocol.",
+        epilog="`kernel-runner ctl --help`: watch and steer a running runner (docs/operations.md §1). "
+               "`kernel-runner client --help`: a test and debugging tool that speaks the agent's side of the protocol.",
         allow_abbrev=False,
     )
     parser.add_argument("--debug", action="store_true", help="debug-level logs")
@@ -52,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port-out", type=port_number, default=None,
                         help="PUSH port, 0-65535, 0 any free one (default: intrinsic-ports.json or 2001)")
     parser.add_argument("--bind", default="*", help="address to bind the agent sockets on (default: all)")
-    parser.add_argument("--log-json", action="store_true", help="JSON lines on stderr instead of human lines")
+    parser.add_argument("--log-json", action="store_true",
+                        help="one flat JSON object per line on stderr instead of human lines; nothing on stdout")
+    parser.add_argument("--child-log-dir", type=Path, default=None,
+                        help="also write each child's log lines to <dir>/<child>.log, rotated (default: no files)")
+    parser.add_argument("--child-log-rotation", default="10 MB",
+                        help="when a child's log file is rotated: a size ('10 MB') or a period ('1 day')")
     parser.add_argument(
         "--forward-logs",
         choices=("none", "log", "stderr"),
@@ -60,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also send runner logs to the agent (upstream used stderr; default none)",
     )
     parser.add_argument("--user-input-socket", type=Path, default=Path("/tmp/bai-user-input.sock"))
+    parser.add_argument("--control-socket", type=Path, default=None,
+                        help="the control socket for `kernel-runner ctl` (default: $KERNEL_RUNNER_CONTROL_SOCKET, else "
+                             "$XDG_RUNTIME_DIR/kernel-runner/control.sock or /tmp/kernel-runner-<uid>/control.sock)")
     parser.add_argument("--no-intrinsic-services", action="store_true", help="do not start sshd/ttyd at start-up")
     parser.add_argument("--shutdown-deadline", type=float, default=15.0, help="seconds for the orderly stop")
     parser.add_argument("--service-launch-timeout", type=float, default=8.0,
@@ -69,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dropbear-dir", type=Path, default=Path("/opt/kernel"),
                         help="where dropbear, dropbearkey, dropbearconvert and tmux live")
     parser.add_argument("--ttyd-path", type=Path, default=Path("/opt/kernel/ttyd"), help="the ttyd binary")
+    parser.add_argument("--metrics-port", type=port_number, default=None,
+                        help="serve Prometheus metrics over HTTP on this port, 0 any free one (default: off)")
+    parser.add_argument("--metrics-bind", default="127.0.0.1",
+                        help="address the metrics server binds (default: 127.0.0.1, this machine only)")
     return parser
 
 
@@ -84,8 +98,11 @@ def config_from_args(args: argparse.Namespace) -> RunnerConfig:
         port_out=args.port_out,
         bind=args.bind,
         log_json=args.log_json,
+        child_log_dir=args.child_log_dir,
+        child_log_rotation=args.child_log_rotation,
         forward_logs=args.forward_logs,
         user_input_socket=args.user_input_socket,
+        control_socket=args.control_socket or configured_socket_path(),
         start_intrinsic_services=not args.no_intrinsic_services,
         shutdown_deadline_s=args.shutdown_deadline,
         service_launch_timeout_s=args.service_launch_timeout,
@@ -93,6 +110,8 @@ def config_from_args(args: argparse.Namespace) -> RunnerConfig:
         term_out_port=args.term_out_port,
         dropbear_dir=args.dropbear_dir,
         ttyd_path=args.ttyd_path,
+        metrics_port=args.metrics_port,
+        metrics_bind=args.metrics_bind,
     )
 
 
@@ -230,6 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kernel_runner.client_cli import main as client_main
 
         return client_main(argv[1:])
+    if argv and argv[0] == "ctl":  # the console script comes through kernel_runner.entry, which skips this module
+        from kernel_runner.ctl_cli import main as ctl_main
+
+        return ctl_main(argv[1:])
     args = build_parser().parse_args(argv)
     configure_logging(debug=args.debug, json_lines=args.log_json)
     log = logger.bind(child="runner")

@@ -94,8 +94,18 @@ class RunnerConfig:
     ttyd_port: int | None = attrs.field(default=None, validator=_valid_port)
     term_in_port: int = attrs.field(default=DEFAULT_TERM_IN_PORT, validator=_valid_port)
     term_out_port: int = attrs.field(default=DEFAULT_TERM_OUT_PORT, validator=_valid_port)
+    # Prometheus metrics over HTTP (docs/operations.md §5): off unless a port is given; this machine only by default.
+    metrics_port: int | None = attrs.field(default=None, validator=_valid_port)
+    metrics_bind: str = "127.0.0.1"
     user_input_socket: Path = Path("/tmp/bai-user-input.sock")
+    # The operators' control socket (`kernel-runner ctl`, docs/operations.md §1); None: none. The command line
+    # defaults it to control.protocol.configured_socket_path().
+    control_socket: Path | None = None
     log_json: bool = False
+    # One rotating log file per child under this folder (docs/operations.md §4); None: none are written.
+    child_log_dir: Path | None = None
+    child_log_rotation: str = "10 MB"  # loguru's rotation: a size ("10 MB") or a period ("1 day")
+    child_log_retention: int = 5  # rotated files kept per child
     # "none" keeps runner logs off the agent's streams (docs/protocol.md §9.2 calls mixing them in upstream's worst habit).
     forward_logs: str = "none"
     start_intrinsic_services: bool = True
@@ -129,8 +139,8 @@ class RunnerConfig:
     @classmethod
     def for_embedding(cls, lang: str, **overrides: Any) -> RunnerConfig:
         """A config that touches nothing outside one new temp folder: work, config and service-defs folders and the
-        user-input socket in it, no intrinsic services (sshd, ttyd), agent and terminal sockets on 127.0.0.1 at
-        free ports. The folder goes when the runner stops; `overrides` replace any field (a folder given there is
+        user-input and control sockets in it, no intrinsic services (sshd, ttyd), agent and terminal sockets on
+        127.0.0.1 at free ports. The folder goes when the runner stops; `overrides` replace any field (a folder given there is
         used as it is, and not removed)."""
         root = Path(tempfile.mkdtemp(prefix="kernel-runner-embedded-"))
         folders = {"work_dir": root / "work", "config_dir": root / "config", "service_defs_dir": root / "service-defs"}
@@ -140,6 +150,7 @@ class RunnerConfig:
         defaults: dict[str, Any] = {
             **folders,
             "user_input_socket": root / "user-input.sock",
+            "control_socket": root / "control.sock",
             "bind": "127.0.0.1",
             "port_in": 0,
             "port_out": 0,

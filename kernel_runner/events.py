@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from loguru import Logger
 
 
-class Event(str, enum.Enum):
+class Event(enum.StrEnum):
     STARTING = "starting"  # a new incarnation's actor was created
     SPAWNED = "spawned"  # its process exists (the pid is known)
     RUNNING = "running"  # it reached RUNNING (a service's port opened, the kernel answered)

@@ -1,4 +1,7 @@
-"""Why a child ended: plain values that the restart policy classifies and the supervisor logs."""
+"""Why a child ended: plain values that the restart policy classifies and the supervisor logs.
+
+Each has a `kind`, a short fixed word that the `exited` event and the metrics carry (docs/operations.md §2).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +12,25 @@ import attrs
 
 @attrs.frozen(kw_only=True)
 class NormalExit:
+    kind = "normal"
+
     def describe(self) -> str:
         return "normal"
 
 
 @attrs.frozen(kw_only=True)
 class ShutdownExit:
+    """A stop someone asked for; a process owner gives the process's own end when it had one."""
+
+    code: int | None = None
+    signal: int | None = None
+    kind = "shutdown"
+
     def describe(self) -> str:
+        if self.signal is not None:
+            return f"shutdown (process killed by signal {self.signal})"
+        if self.code is not None:
+            return f"shutdown (process exited with code {self.code})"
         return "shutdown"
 
 
@@ -23,6 +38,10 @@ class ShutdownExit:
 class ProcessDied:
     code: int
     signal: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return "killed" if self.signal is not None else "process-died"
 
     def describe(self) -> str:
         if self.signal is not None:
@@ -33,6 +52,7 @@ class ProcessDied:
 @attrs.frozen(kw_only=True)
 class StartFailed:
     error: str
+    kind = "start-failed"
 
     def describe(self) -> str:
         return f"start failed: {self.error}"
@@ -41,6 +61,7 @@ class StartFailed:
 @attrs.frozen(kw_only=True)
 class Crashed:
     error: str
+    kind = "crashed"
 
     def describe(self) -> str:
         return f"crashed: {self.error}"
@@ -49,6 +70,7 @@ class Crashed:
 @attrs.frozen(kw_only=True)
 class Unhealthy:
     detail: str
+    kind = "unhealthy"
 
     def describe(self) -> str:
         return f"unhealthy: {self.detail}"
@@ -59,6 +81,7 @@ class RestartRequested:
     """A restart someone asked for (a liveness verdict, an operator); counted like any other restart."""
 
     why: str
+    kind = "restart-requested"
 
     def describe(self) -> str:
         return f"restart requested: {self.why}"

@@ -1,7 +1,8 @@
-"""Loguru sinks for the runner: human lines or JSON lines on stderr, stdlib logging routed in, `child` always bound."""
+"""Loguru sinks for the runner: human lines or flat JSON lines on stderr, stdlib logging routed in, `child` always bound."""
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -9,12 +10,14 @@ import threading
 import traceback
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TextIO
 
 from loguru import logger
 
+from kernel_runner.events import EVENT_FIELDS
+
 if TYPE_CHECKING:
-    from loguru import Message
+    from loguru import Message, Record
 
 HUMAN_FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
@@ -38,7 +41,7 @@ def configure_logging(*, debug: bool, json_lines: bool) -> None:
     logger.configure(extra={"child": "runner"})
     level = "DEBUG" if debug else "INFO"
     if json_lines:
-        logger.add(sys.stderr, level=level, serialize=True, enqueue=False, backtrace=False, diagnose=False)
+        logger.add(json_line_sink(sys.stderr), level=level, format="{message}", backtrace=False, diagnose=False)
     else:
         logger.add(
             sys.stderr,
@@ -54,6 +57,35 @@ def configure_logging(*, debug: bool, json_lines: bool) -> None:
     for secretive in ("boto3", "botocore"):
         # Their DEBUG lines (on with --debug) print every request's headers, an AWS session token among them.
         logging.getLogger(secretive).setLevel(logging.INFO)
+
+
+def flat_record(record: Record) -> dict[str, Any]:
+    """One log record as the flat object `--log-json` writes (docs/operations.md §2): `ts`, `level`, `child`,
+    `message`, the event fields when it is a lifecycle event, and `exception` as text when one was logged."""
+    extra = record["extra"]
+    flat: dict[str, Any] = {
+        "ts": record["time"].isoformat(timespec="milliseconds"),
+        "level": record["level"].name,
+        "child": extra.get("child", "runner"),
+    }
+    if "event" in extra:
+        flat["event"] = extra["event"]
+        flat.update((name, extra[name]) for name in EVENT_FIELDS if name in extra)
+    flat["message"] = record["message"]
+    exception = record["exception"]
+    if exception is not None and exception.type is not None:
+        flat["exception"] = "".join(traceback.format_exception(exception.type, exception.value, exception.traceback))
+    return flat
+
+
+def json_line_sink(stream: TextIO) -> Callable[[Message], None]:
+    """Exactly one JSON object per line, written in one call (loguru holds the handler's lock around it)."""
+
+    def sink(message: Message) -> None:
+        stream.write(json.dumps(flat_record(message.record), default=str, ensure_ascii=False) + "\n")
+        stream.flush()
+
+    return sink
 
 
 def install_thread_dump_signal() -> None:

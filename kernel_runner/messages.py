@@ -108,6 +108,10 @@ class ServiceInfo:
 @frozen_value
 class StartService:
     info: ServiceInfo
+    # An operator's start (`kernel-runner ctl start service:NAME`, docs/operations.md §1): the service manager's
+    # answer (`started` once the supervisor started it, `running`, `failed`) goes to this callback instead of the
+    # agent, and the service itself answers nobody. Called from the manager's thread: it must only hand the value on.
+    reply: Callable[[ServiceResult], None] | None = None
 
 
 @frozen_value

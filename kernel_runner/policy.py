@@ -196,6 +196,10 @@ class RestartTracker:
             return None
         return max(0.0, self.gave_up_at + self.backoff.base(self.attempt) - now)
 
+    def count_restart_by_hand(self) -> None:
+        """An operator's restart shows in the restart count but not in the restart-limit window or the backoff."""
+        self.total_restarts += 1
+
     def revive(self) -> None:
         """The child is tried again after it gave up: a new restart-limit window begins, and the backoff goes on
         from where it was (a child that keeps failing is retried ever more slowly, up to the cap)."""

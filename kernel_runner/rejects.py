@@ -78,6 +78,8 @@ def services_reject(router: RouterLink) -> Reject:
     def reject(message: object) -> None:
         why = "the service manager is not available"
         match message:
+            case StartService(reply=reply) if reply is not None:  # an operator's start: answered to them
+                reply(ServiceResult(status="failed", error=why))
             case StartService():
                 router.tell(ServiceResult(status="failed", error=why))
             case StartModelService():

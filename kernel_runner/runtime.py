@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pykka
 from loguru import logger
@@ -23,10 +23,11 @@ from kernel_runner.actors.lang_runner import BOOTSTRAP_STEP, LangRunnerActor
 from kernel_runner.actors.router import BoundPorts, RouterActor
 from kernel_runner.actors.services import INTRINSIC_STEP, ServicePlanner, ServicesActor
 from kernel_runner.childenv import build_child_env
-from kernel_runner.childlog import ChildLogBook
+from kernel_runner.childlog import ChildLogBook, ChildLogFiles
 from kernel_runner.clock import REAL_CLOCK, Clock
 from kernel_runner.config import RunnerConfig, resolve_ports
 from kernel_runner.context import RunnerContext
+from kernel_runner.control.server import ControlServer, ControlSocketError, start_control_server
 from kernel_runner.directory import ChildDirectory
 from kernel_runner.ids import (
     KERNEL_CHILD,
@@ -59,6 +60,9 @@ from kernel_runner.supervision import (
 from kernel_runner.supervisor import SupervisorActor
 from kernel_runner.timers import Ticker
 
+if TYPE_CHECKING:
+    from kernel_runner.metrics import RunnerMetrics
+
 ASK_TIMEOUT_S = 2.0
 BIND_WAIT_S = 10.0
 SERVICES_TIER = 4  # the service manager stops first: no new service starts while the others stop
@@ -86,6 +90,7 @@ class RunnerHandle:
         board: StatusBoard,
         ticker: Ticker,
         log_book: ChildLogBook,
+        log_files: ChildLogFiles | None = None,
     ) -> None:
         self.runner = runner
         self.config = runner.config
@@ -94,12 +99,17 @@ class RunnerHandle:
         self.board = board
         # Each child's recent log lines and lifecycle events (what `kernel-runner ctl tail` shows).
         self.log_book = log_book
+        self._log_files = log_files
         self._ticker = ticker
         self.escalated = threading.Event()
         self.escalation_reason: str | None = None
         # Called (from the escalating thread) right after `escalated` is set: the CLI wakes its main thread.
         self.escalation_listeners: list[Callable[[], None]] = []
         self.log_sink_id: int | None = None
+        # With --metrics-port: the Prometheus metrics and their HTTP server (docs/operations.md §5).
+        self.metrics: RunnerMetrics | None = None
+        # The server `kernel-runner ctl` talks to, when the config names a control socket (docs/operations.md §1).
+        self.control: ControlServer | None = None
         # After stop(): the children the supervisor had to stop by force (they did not end within their grace).
         self.forced: list[ChildId] = []
         self._stopped = False
@@ -181,6 +191,7 @@ class RunnerHandle:
         self._stopped = True
         if self.log_sink_id is not None:
             logger.remove(self.log_sink_id)
+        metrics_closing = self.metrics.close() if self.metrics is not None else None  # in parallel with the rest
         budget_s = timeout if timeout is not None else self.config.shutdown_deadline_s
         deadline = time.monotonic() + budget_s
         reserve_s = min(STOP_RESERVE_S, budget_s / 4)
@@ -207,7 +218,13 @@ class RunnerHandle:
         except (pykka.Timeout, pykka.ActorDeadError):
             clean = False
         self._ticker.stop(timeout=remaining())
+        if metrics_closing is not None:
+            metrics_closing.join(timeout=remaining())
+        if self.control is not None:  # after the tree: `ctl status` and `ctl tail -f` still answer during the stop
+            self.control.stop(timeout=min(1.0, remaining()))
         self.log_book.uninstall()
+        if self._log_files is not None:
+            self._log_files.uninstall()
         if self.config.temp_root is not None:  # made by RunnerConfig.for_embedding for this runner alone
             shutil.rmtree(self.config.temp_root, ignore_errors=True)
         return clean
@@ -241,7 +258,22 @@ def start(
         gate.add(INTRINSIC_STEP, SERVICES_CHILD)
     board = StatusBoard(gate)
     # Installed before the first child starts, so `ctl tail` has each child's whole story (docs/operations.md §3).
-    log_book = ChildLogBook().install(level="DEBUG" if config.debug else "INFO")
+    log_level = "DEBUG" if config.debug else "INFO"
+    log_book = ChildLogBook().install(level=log_level)
+    log_files: ChildLogFiles | None = None
+    if config.child_log_dir is not None:
+        try:
+            log_files = ChildLogFiles(config.child_log_dir, rotation=config.child_log_rotation,
+                                      retention=config.child_log_retention, level=log_level).install()
+        except (ValueError, OSError) as exc:
+            log_book.uninstall()
+            raise RunnerStartError(f"per-child log files in {config.child_log_dir}: {exc}") from exc
+    metrics: RunnerMetrics | None = None
+    if config.metrics_port is not None:  # opt-in: only then is prometheus_client imported (docs/operations.md §5)
+        from kernel_runner.metrics import RunnerMetrics
+
+        # Counting before the first child starts, so no exit is missed; served once the router has bound.
+        metrics = RunnerMetrics(snapshot=lambda: board.snapshot, ready=lambda: gate.is_open, clock=clock).install()
     handle_box: list[RunnerHandle] = []
     # Without timers nothing is restarted or stopped on time: a ticker that gives up takes the runner down.
     ticker = Ticker(clock, on_give_up=lambda reason: handle_box[0].escalate(reason) if handle_box else None)
@@ -250,13 +282,15 @@ def start(
         clock=clock,
         ticker=ticker,
         on_tree_change=board.publish,
+        on_child_added=log_files.open_for if log_files is not None else None,
         on_escalate=lambda reason: handle_box[0].escalate(reason) if handle_box else None,
     )
     ports = BoundPorts(config.port_in, config.port_out)
     started_at = clock.monotonic()
 
     def make_router(ctx: ChildContext) -> pykka.ActorRef[Any]:
-        return RouterActor.start(ctx=ctx, runner=runner, ports=ports, board=board, started_at=started_at)
+        return RouterActor.start(ctx=ctx, runner=runner, ports=ports, board=board, started_at=started_at,
+                                 metrics=metrics)
 
     def make_lang(ctx: ChildContext) -> pykka.ActorRef[Any]:
         return LangRunnerActor.start(ctx=ctx, runner=runner)
@@ -290,8 +324,9 @@ def start(
     for spec in specs:
         supervisor.tell(StartChild(spec=spec))
     handle = RunnerHandle(runner=runner, ports=ports, supervisor=supervisor, board=board, ticker=ticker,
-                          log_book=log_book)
+                          log_book=log_book, log_files=log_files)
     handle_box.append(handle)
+    handle.metrics = metrics
     if config.forward_logs != "none":
         handle.log_sink_id = add_agent_log_sink(
             _log_sender(link, config.forward_logs), prefix=get_lang(config.lang).log_prefix
@@ -300,6 +335,18 @@ def start(
     if not ports.bound.wait(timeout=BIND_WAIT_S) or ports.error is not None:
         handle.stop(timeout=2.0)
         raise RunnerStartError(ports.error or f"the router did not bind its sockets within {BIND_WAIT_S:g} s")
+    if metrics is not None and config.metrics_port is not None:
+        try:
+            metrics.serve(config.metrics_port, config.metrics_bind)
+        except OSError as exc:  # the port is taken, or the address is not this machine's
+            handle.stop(timeout=2.0)
+            raise RunnerStartError(f"cannot serve metrics on {config.metrics_bind}:{config.metrics_port} "
+                                   f"(--metrics-port, --metrics-bind): {exc.strerror or exc}") from None
+    try:
+        handle.control = start_control_server(handle, delegate=delegate, clock=clock)
+    except ControlSocketError as exc:
+        handle.stop(timeout=2.0)
+        raise RunnerStartError(str(exc)) from None
     if delegate is not None and delegate not in replaced:
         threading.Thread(target=_start_delegate, args=(runner, delegate, supervisor), name="delegate-start",
                          daemon=True).start()

@@ -92,7 +92,8 @@ class ServiceDirectory:
         launch = self.resolve(request.info)
         if isinstance(launch, ServiceResult):
             return launch
-        return [service_child_spec(launch, self._runner, reply="service")]
+        # An operator's start (request.reply) is answered by the service manager; the service answers nobody.
+        return [service_child_spec(launch, self._runner, reply="service" if request.reply is None else "none")]
 
     def plan_model_service(self, request: StartModelService) -> Sequence[ChildSpec] | ModelServiceResult:
         try:

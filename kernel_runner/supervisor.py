@@ -27,6 +27,7 @@ from loguru import logger
 
 from kernel_runner.clock import Clock
 from kernel_runner.directory import ChildDirectory
+from kernel_runner.events import Event, emit
 from kernel_runner.exits import ExitReason, StartFailed
 from kernel_runner.ids import ChildId
 from kernel_runner.policy import Forget, GiveUp, Restart, RestartTracker
@@ -112,7 +113,7 @@ class _Child:
         self.retry_at: float | None = None  # FATAL: when restart_timer tries it again (clock time)
         self.stop_timer: TimerHandle | None = None
         # A stop someone asked for: forget the child afterwards, or restart it as if it had ended with restart_reason.
-        self.stop: Literal["forget", "restart"] | None = None
+        self.stop: Literal["forget", "restart", "restart_by_hand"] | None = None
         self.restart_reason: ExitReason | None = None
         self._info: ChildInfo | None = None
 
@@ -149,6 +150,7 @@ class SupervisorActor(pykka.ThreadingActor):
         clock: Clock,
         ticker: Ticker,
         on_tree_change: Callable[[TreeSnapshot], None] | None = None,
+        on_child_added: Callable[[ChildId], None] | None = None,
         on_escalate: Callable[[str], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -158,6 +160,8 @@ class SupervisorActor(pykka.ThreadingActor):
         self._clock = clock
         self._ticker = ticker
         self._on_tree_change = on_tree_change
+        # Told a child's id before its first line is logged (the runner opens the child's log file there).
+        self._on_child_added = on_child_added
         self._on_escalate = on_escalate
         self._rng = rng or random.Random()
         self._children: dict[ChildId, _Child] = {}  # in start order
@@ -235,6 +239,8 @@ class SupervisorActor(pykka.ThreadingActor):
                 existing.restart_timer.cancel()
             del self._children[spec.child_id]
         self._order += 1
+        if self._on_child_added is not None:
+            self._on_child_added(spec.child_id)
         child = _Child(spec, self._order, self._rng)
         self._children[spec.child_id] = child
         self._directory.register(spec.child_id, spec.reject)
@@ -255,6 +261,9 @@ class SupervisorActor(pykka.ThreadingActor):
         self._dirty = True
         ctx = ChildContext(child_id=child.child_id, generation=child.generation, supervisor=self.actor_ref,
                            directory=self._directory, clock=self._clock, ticker=self._ticker)
+        # Logged before the actor exists: a child's story (its log file, `ctl tail`) begins with this line.
+        emit(self.log.bind(child=child.child_id), "INFO", Event.STARTING, "starting (generation {})", child.generation,
+             generation=child.generation)
         try:
             child.ref = child.spec.factory(ctx)
         except Exception as exc:  # noqa: BLE001 - a factory that raises is a failed start like any other
@@ -262,7 +271,6 @@ class SupervisorActor(pykka.ThreadingActor):
             child.ref = None
             return repr(exc)
         self._directory.attach(child.child_id, child.generation, child.ref)
-        self.log.bind(child=child.child_id).info("started generation {}", child.generation)
         return None
 
     def _handle_restart_due(self, message: _RestartDue) -> None:
@@ -285,10 +293,15 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         if child.stop is None:  # once a stop was asked for, the child stays STOPPING whatever it reports
             child.state = message.state
-        if message.pid is not None:
+        log = self.log.bind(child=child.child_id)
+        if message.pid is not None and message.pid != child.pid:
             child.pid = message.pid
+            emit(log, "INFO", Event.SPAWNED, "spawned with pid {}", message.pid, pid=message.pid,
+                 generation=child.generation)
         if message.state is ChildState.RUNNING and not child.ran:
             child.ran, child.running_since = True, self._clock.monotonic()
+            emit(log, "INFO", Event.RUNNING, "entered RUNNING state" + (f" (pid {child.pid})" if child.pid else ""),
+                 pid=child.pid, generation=child.generation)
         child.changed()
         self._dirty = True
 
@@ -311,40 +324,58 @@ class SupervisorActor(pykka.ThreadingActor):
         log = self.log.bind(child=child.child_id)
         uptime = now - child.running_since if child.running_since is not None else None
         first_start = child.generation == 1 and not child.ran
+        pid, ended = child.pid, reason
         self._directory.detach(child.child_id, child.generation)
         for timer in (child.stop_timer, child.restart_timer):
             if timer is not None:
                 timer.cancel()
         child.ref, child.pid, child.running_since, child.state = None, None, None, ChildState.EXITED
+        if child.stop == "restart" and child.restart_reason is not None:
+            reason = child.restart_reason  # the policy judges the restart by why it was asked for
         child.last_exit = reason.describe()
         child.changed()
         self._dirty = True
+        self._log_exit(log, child, reason, ended, pid=pid, uptime_s=uptime)
         if self._shutdown_done is not None:
-            log.info("exited during shutdown: {}", reason.describe())
             self._remove(child, "the runner is shutting down")
             self._continue_shutdown()
             return
         if child.stop == "forget":
-            log.info("exited: {}; stopped for good", reason.describe())
+            emit(log, "INFO", Event.STOPPED, "stopped for good", reason="stopped")
             self._forget(child, "it was stopped")
             return
-        if child.stop == "restart" and child.restart_reason is not None:
-            reason = child.restart_reason
-            child.last_exit = reason.describe()
+        if child.stop == "restart_by_hand":
+            child.tracker.count_restart_by_hand()
+            if self._spawn(child) is not None:
+                self._child_ended(child, StartFailed(error="the factory failed"))
+            return
         decision = child.tracker.decide(reason, now=now, uptime_s=uptime, first_start=first_start)
         match decision:
             case Forget():
-                log.info("exited: {}; not restarted ({})", reason.describe(), decision.reason)
+                emit(log, "INFO", Event.STOPPED, "not restarted: {}", decision.reason, reason=decision.reason)
                 self._forget(child, "it ended")
             case GiveUp():
                 self._give_up(child, decision)
             case Restart():
                 child.state = ChildState.BACKOFF
-                log.warning("exited: {}; restart-scheduled in {:.2f}s (attempt {})",
-                            reason.describe(), decision.delay_s, decision.attempt + 1)
+                emit(log, "WARNING", Event.BACKOFF, "restarting in {:.2f}s (attempt {})", decision.delay_s,
+                     decision.attempt + 1, attempt=decision.attempt + 1, delay_s=round(decision.delay_s, 3))
                 child.restart_timer = self._ticker.schedule(
                     decision.delay_s, self.actor_ref, _RestartDue(child_id=child.child_id, generation=child.generation)
                 )
+
+    def _log_exit(self, log: Any, child: _Child, reason: ExitReason, ended: ExitReason, *, pid: int | None,
+                  uptime_s: float | None) -> None:
+        """The one line per exit: why, how its process ended (`ended`), and whether anyone asked for it
+        (supervisord's "expected")."""
+        asked = child.stop is not None or self._shutdown_done is not None
+        ran = f" after {uptime_s:.1f}s" if uptime_s is not None else " before it was running"
+        code = getattr(ended, "code", None)
+        number = getattr(ended, "signal", None)
+        emit(log, "INFO" if asked or reason.kind == "normal" else "WARNING", Event.EXITED, "exited: {}{} ({})",
+             reason.describe(), ran, "expected" if asked else "not expected",
+             pid=pid, exit_code=code, signal=number, generation=child.generation,
+             uptime_s=round(uptime_s, 3) if uptime_s is not None else None, reason=reason.kind)
 
     # ---- giving up, and trying again ---------------------------------------------------------------------------
     def _give_up(self, child: _Child, decision: GiveUp) -> None:
@@ -352,7 +383,7 @@ class SupervisorActor(pykka.ThreadingActor):
         child.state = ChildState.FATAL
         child.changed()
         if child.spec.on_give_up == "shut_down_runner":
-            log.error("gave-up: {}", decision.reason)
+            emit(log, "ERROR", Event.FATAL, "gave up: {}", decision.reason, reason=decision.reason)
             self._directory.close(child.child_id, f"it gave up: {decision.reason}")
             self._stop_bound_to(child.child_id, "gave up")
             self._escalate(f"{child.child_id} gave up: {decision.reason}")
@@ -360,7 +391,8 @@ class SupervisorActor(pykka.ThreadingActor):
         on_demand = child.spec.fatal_retry.on_demand
         when = [f"in {decision.retry_in_s:g}s"] if decision.retry_in_s is not None else []
         when += ["when a request needs it"] if on_demand else []
-        log.error("gave-up: {}; {}", decision.reason, "retrying " + " or ".join(when) if when else "not retried")
+        emit(log, "ERROR", Event.FATAL, "gave up: {}; {}", decision.reason,
+             "retrying " + " or ".join(when) if when else "not retried", reason=decision.reason)
         self._directory.close(child.child_id, f"it gave up: {decision.reason}",
                               demand=self._demand_hook() if on_demand else None)
         self._stop_bound_to(child.child_id, "gave up")
@@ -409,7 +441,8 @@ class SupervisorActor(pykka.ThreadingActor):
         if child.restart_timer is not None:
             child.restart_timer.cancel()
         child.restart_timer, child.retry_at = None, None
-        self.log.bind(child=child.child_id).warning("retrying after it gave up: {}", why)
+        emit(self.log.bind(child=child.child_id), "WARNING", Event.RETRYING, "retrying after it gave up: {}", why,
+             reason=why)
         child.tracker.revive()
         self._directory.register(child.child_id, child.spec.reject)  # reopens it: messages wait for the new start
         error = self._spawn(child)
@@ -446,7 +479,8 @@ class SupervisorActor(pykka.ThreadingActor):
         if child.ref is None:  # BACKOFF or FATAL: nothing runs, so there is nothing to wait for
             if child.restart_timer is not None:
                 child.restart_timer.cancel()
-            self.log.bind(child=child.child_id).info("stopped ({}) while {}", reason, child.state.value)
+            emit(self.log.bind(child=child.child_id), "INFO", Event.STOPPED, "stopped while {}: {}",
+                 child.state.value, reason, reason=reason)
             self._forget(child, "it was stopped")
             return
         child.stop = "forget"
@@ -457,10 +491,15 @@ class SupervisorActor(pykka.ThreadingActor):
         if child is None or child.stop == "forget" or self._shutdown_done is not None:
             return
         log = self.log.bind(child=child.child_id)
+        if message.by_hand:
+            emit(log, "WARNING", Event.RESTARTED_BY_HAND, "restart by hand ({}); not counted towards give-up",
+                 message.reason.describe(), pid=child.pid, reason=message.reason.describe())
         if child.ref is None:
             if child.state is ChildState.FATAL:
                 log.info("restart requested ({}) after it gave up; starting it afresh", message.reason.describe())
                 child.tracker = child.new_tracker()
+            elif message.by_hand:
+                child.tracker.count_restart_by_hand()
             if child.restart_timer is not None:
                 child.restart_timer.cancel()
             child.restart_timer, child.retry_at = None, None
@@ -468,7 +507,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 self._child_ended(child, StartFailed(error="the factory failed"))
             return
         if child.stop is None:
-            child.stop, child.restart_reason = "restart", message.reason
+            child.stop, child.restart_reason = ("restart_by_hand" if message.by_hand else "restart"), message.reason
             self._request_stop(child, message.reason.describe())
 
     def _request_stop(self, child: _Child, reason: str) -> None:
@@ -496,7 +535,8 @@ class SupervisorActor(pykka.ThreadingActor):
             for child, timer in zip(same, timers, strict=True):
                 child.stop_timer = timer
         for child in children:
-            self.log.bind(child=child.child_id).info("stopping: {}", reason)
+            emit(self.log.bind(child=child.child_id), "INFO", Event.STOPPING, "stopping: {}", reason, pid=child.pid,
+                 reason=reason)
 
     def _handle_stop_overdue(self, message: _StopOverdue) -> None:
         child = self._current(message.child_id, message.generation)

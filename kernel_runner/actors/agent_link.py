@@ -16,7 +16,7 @@ import collections
 import concurrent.futures
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 import zmq
@@ -29,6 +29,9 @@ from kernel_runner.outbox import RouterLink
 from kernel_runner.sockets import bind_socket, recv_monitor_event
 from kernel_runner.status import StartupGate
 from kernel_runner.wakeup import WakeupPipe
+
+if TYPE_CHECKING:
+    from kernel_runner.metrics import RunnerMetrics  # imported only with --metrics-port (architecture §2.1)
 
 Frames = list[bytes]
 # Where a decoded request goes; raises pykka.ActorDeadError once the tree is gone (the thread then ends).
@@ -56,6 +59,7 @@ class AgentLink(threading.Thread):
         gate: StartupGate,
         outbox_limit: int,
         on_failure: Callable[[str], object],
+        metrics: RunnerMetrics | None = None,
     ) -> None:
         super().__init__(name="AgentLink", daemon=True)
         self._context = context
@@ -67,6 +71,7 @@ class AgentLink(threading.Thread):
         self._gate = gate
         self._outbox_limit = outbox_limit
         self._on_failure = on_failure
+        self._metrics = metrics
         self.bound: concurrent.futures.Future[tuple[int, int]] = concurrent.futures.Future()
         self._stopping = threading.Event()
         self._wakeup = WakeupPipe()
@@ -149,8 +154,12 @@ class AgentLink(threading.Thread):
                 self.wake()  # more to send: come back after a look at PULL
 
     def _collect(self) -> None:
+        metrics = self._metrics
         for message, units in self._link.take():
-            self._outbox.append((wire.encode(message), units))
+            frames = wire.encode(message)
+            if metrics is not None:
+                metrics.message_encoded(message, frames)
+            self._outbox.append((frames, units))
         if self._startup_finished and self._held_status:
             self.log.info("ready; answering {} held status request(s)", self._held_status)
             for _ in range(self._held_status):
@@ -184,6 +193,8 @@ class AgentLink(threading.Thread):
 
     def _handle_request(self, frames: list[bytes]) -> None:
         request = wire.decode(frames)
+        if self._metrics is not None:
+            self._metrics.request_received(frames, request)
         match request:
             case StatusRequest():
                 self._answer_status()

@@ -43,6 +43,7 @@ import pykka
 from kernel_runner.actors.base import PhaseMachine, SupervisedActor
 from kernel_runner.clock import Clock
 from kernel_runner.context import RunnerContext
+from kernel_runner.events import Event, emit
 from kernel_runner.exits import NormalExit, ShutdownExit, Unhealthy
 from kernel_runner.ids import ChildId
 from kernel_runner.messages import (
@@ -440,7 +441,8 @@ class HealthCheckerActor(SupervisedActor):
             if result.ok:
                 self._failures_since_restart = 0
                 if self.memo.health != "healthy":
-                    self.log.info("healthy again: status {} in {:.1f} ms", result.status_code, result.latency_s * 1000)
+                    emit(self.log, "INFO", Event.HEALTHY,
+                         "healthy again: status {} in {:.1f} ms", result.status_code, result.latency_s * 1000)
                     self._set_health("healthy")
             elif self._failures_since_restart >= self.plan.check.max_retries:
                 self._liveness_failed()
@@ -464,7 +466,8 @@ class HealthCheckerActor(SupervisedActor):
         took = self.ctx.clock.monotonic() - self.memo.started_at
         self._life.to(Phase.LIVENESS, f"healthy after {took:.3f}s")  # STARTUP -> LIVENESS
         self._failures_since_restart = 0
-        self.log.info("healthy after {:.3f}s ({} probe(s); status {})", took, self._probes, result.status_code)
+        emit(self.log, "INFO", Event.HEALTHY,
+             "healthy after {:.3f}s ({} probe(s); status {})", took, self._probes, result.status_code)
         self._reply_once("started", None)
         self._set_health("healthy")
         self._schedule_next(self.plan.interval_s)
@@ -483,7 +486,8 @@ class HealthCheckerActor(SupervisedActor):
             self._reply_once("failed", UNHEALTHY_TEXT)
             return
         last = self._describe_last()
-        self.log.warning("unhealthy: not healthy within {:.1f}s ({} probe(s); last: {})", elapsed, self._probes, last)
+        emit(self.log, "WARNING", Event.UNHEALTHY,
+             "unhealthy: not healthy within {:.1f}s ({} probe(s); last: {})", elapsed, self._probes, last)
         self._startup_failed(UNHEALTHY_TEXT, keep_server=not self.plan.stop_on_startup_failure)
 
     def _handle_service_process_ended(self, message: ServiceProcessEnded) -> None:
@@ -491,23 +495,24 @@ class HealthCheckerActor(SupervisedActor):
             error = f"the model service exited during startup (code {message.exit_code})"
             if message.output_tail:
                 error += f"; last output:\n{message.output_tail}"
-            self.log.warning("unhealthy: {}", error)
+            emit(self.log, "WARNING", Event.UNHEALTHY, "unhealthy: {}", error)
             self._startup_failed(error, keep_server=False)
             return
         if self.phase is Phase.LIVENESS:
             # Never a stale "healthy" after the process died (Backend.AI #1833); the supervisor restarts it.
-            self.log.warning("unhealthy: the server process exited (code {}); the supervisor restarts it",
-                             message.exit_code)
+            emit(self.log, "WARNING", Event.UNHEALTHY,
+                 "unhealthy: the server process exited (code {}); the supervisor restarts it", message.exit_code)
             self._restart_grace()
             self._set_health("unhealthy")
             self._publish()
 
     def _handle_service_start_failed(self, message: ServiceStartFailed) -> None:
         if self.phase is Phase.STARTUP:
-            self.log.warning("unhealthy: the server could not start: {}", message.error)
+            emit(self.log, "WARNING", Event.UNHEALTHY, "unhealthy: the server could not start: {}", message.error)
             self._startup_failed(message.error, keep_server=False)
         elif self.phase is Phase.LIVENESS:
-            self.log.warning("unhealthy: the restarted server could not start: {}", message.error)
+            emit(self.log, "WARNING", Event.UNHEALTHY,
+                 "unhealthy: the restarted server could not start: {}", message.error)
             self._set_health("unhealthy")
             self._publish()
 
@@ -544,7 +549,7 @@ class HealthCheckerActor(SupervisedActor):
     def _liveness_failed(self) -> None:
         detail = f"{self._failures_since_restart} consecutive failed probes (last: {self._describe_last()})"
         if self.memo.health != "unhealthy":
-            self.log.warning("unhealthy: {}", detail)
+            emit(self.log, "WARNING", Event.UNHEALTHY, "unhealthy: {}", detail)
             self._set_health("unhealthy")
         if self.plan.restart_on_unhealthy:
             self.log.warning("asking the supervisor to restart {} ({})", self.plan.server_child, detail)

@@ -68,6 +68,7 @@ from kernel_runner.actors.kernel_channels import (
     SendInterruptCommand,
 )
 from kernel_runner.context import RunnerContext
+from kernel_runner.events import Event, emit
 from kernel_runner.excerpts import excerpt
 from kernel_runner.exits import Crashed, ExitReason, ProcessDied, ShutdownExit, StartFailed, Unhealthy
 from kernel_runner.ids import KERNEL_CHILD, LANG_CHILD, RunId
@@ -253,6 +254,8 @@ class KernelActor(SupervisedActor):
         # Why it is dying, set with the edge to DYING; after a failed start, the text that answers handed-back runs.
         self._death: ExitReason | None = None
         self._start_error: str | None = None
+        # A restarted kernel has lost the user's variables: its first run says so (docs/protocol.md §4.2).
+        self._owes_restart_notice = ctx.generation > 1
         self._life = PhaseMachine(Phase.LAUNCHING, TRANSITIONS, log=lambda: self.log, on_change=self._phase_changed)
 
     @property
@@ -379,7 +382,7 @@ class KernelActor(SupervisedActor):
         handle = box.handle
         self._launched = message
         self.log = self.log.bind(pid=handle.pid)
-        self.log.info("spawned kernel {} argv={} cwd={}", message.kernel_name, handle.argv, handle.cwd)
+        self.log.info("kernel {} argv={} cwd={}", message.kernel_name, handle.argv, handle.cwd)
         if self.phase is not Phase.STOPPING:
             self._life.to(Phase.CONNECTING, f"pid {handle.pid}")  # LAUNCHING -> CONNECTING
         self.update_info(
@@ -419,8 +422,9 @@ class KernelActor(SupervisedActor):
         if self.phase is not Phase.CONNECTING:
             self.log.debug("kernel ready while {}: ignored", self.phase.name)
             return
-        self.log.info("healthy: kernel {} ({} {}, protocol {})", self.kernel_name, message.implementation,
-                      message.language, message.protocol_version)
+        emit(self.log, "INFO", Event.HEALTHY,
+             "healthy: kernel {} ({} {}, protocol {})", self.kernel_name, message.implementation,
+             message.language, message.protocol_version)
         self._life.to(Phase.READY, "the kernel answered")  # CONNECTING -> READY
         self.update_info({"ready": True})
         self._start_next()
@@ -447,8 +451,9 @@ class KernelActor(SupervisedActor):
             self.log.info("heartbeat lost while {}: nothing more to do", self.phase.name)
             return
         detail = f"no heartbeat for {message.silent_s:.0f} s"
-        self.log.error("unhealthy: the {} kernel has not answered its heartbeat for {:.1f} s (stopped or hung); "
-                       "SIGKILL to its tree", self.kernel_name, message.silent_s)
+        emit(self.log, "ERROR", Event.UNHEALTHY,
+             "unhealthy: the {} kernel has not answered its heartbeat for {:.1f} s (stopped or hung); "
+             "SIGKILL to its tree", self.kernel_name, message.silent_s)
         handle.kill_tree()  # a stopped process dies of SIGKILL too; its exit reaches us while DYING
         note = (
             f"kernel-runner: the Jupyter kernel ({self.kernel_name}) did not answer its heartbeat for "
@@ -475,7 +480,12 @@ class KernelActor(SupervisedActor):
         task = self._queue.popleft()
         self._current = _Run(task=task)
         self.log.debug("run {}: executing {} bytes", task.run_id, len(task.text))
-        self._channels.submit(ExecuteCommand(run_id=task.run_id, code=task.text))
+        notice = None
+        if self._owes_restart_notice:
+            self._owes_restart_notice = False
+            notice = (f"kernel-runner: the Jupyter kernel ({self.kernel_name}) was restarted since the last run; "
+                      "variables, imports and other state from earlier runs are gone\n")
+        self._channels.submit(ExecuteCommand(run_id=task.run_id, code=task.text, notice=notice))
 
     def _handle_kernel_run_ended(self, message: KernelRunEnded) -> None:
         run = self._current
@@ -596,15 +606,15 @@ class KernelActor(SupervisedActor):
         how = f"killed by signal {sig}" if sig is not None else f"exit code {code}"
         match self.phase:
             case Phase.STOPPING:
-                self.log.info("exited: kernel stopped (code {})", code)
-                self._exit(ShutdownExit(), "the kernel process is gone")  # STOPPING -> ENDED
+                self.log.debug("the kernel process ended ({}) as asked", how)  # the supervisor logs the exit
+                self._exit(ShutdownExit(code=code, signal=sig), "the kernel process is gone")  # STOPPING -> ENDED
             case Phase.DYING | Phase.RETIRING:
-                self.log.info("exited: the {} kernel ({}), which is dying already", self.kernel_name, how)
+                self.log.debug("the {} kernel ended ({}), which is dying already", self.kernel_name, how)
             case _:
-                self.log.warning("exited: the {} kernel died ({})", self.kernel_name, how)
+                self.log.debug("the {} kernel died ({})", self.kernel_name, how)  # the supervisor logs the exit
                 starting = self.phase in (Phase.LAUNCHING, Phase.CONNECTING)
                 self._die(
-                    ProcessDied(code=message.returncode, signal=sig),
+                    ProcessDied(code=code, signal=sig),
                     start_error=f"the {self.kernel_name} kernel exited during start ({how})" if starting else None,
                     note_how=how,
                     returncode=message.returncode,

@@ -91,6 +91,8 @@ class KernelHeartbeatLost:
 class ExecuteCommand:
     run_id: RunId
     code: str
+    # A stderr line the run starts with (the kernel was restarted since the last run: docs/protocol.md §4.2).
+    notice: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -560,6 +562,8 @@ class KernelChannels(threading.Thread):
         }
         msg_id = self._send("shell", "execute_request", content)
         self._execution = _Execution(run_id=command.run_id, msg_id=msg_id)
+        if command.notice:
+            self._emit("stderr", command.notice)
         if self._heartbeat is not None:  # docs/protocol.md §4.7: idle pings are rare; a run is watched from its start
             self._heartbeat.run_started(time.monotonic())
         self._input_parent = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import zmq
@@ -39,6 +39,9 @@ from kernel_runner.messages import (
 from kernel_runner.refs import tell_if_alive
 from kernel_runner.status import StatusBoard
 from kernel_runner.supervision import ChildContext, ChildState
+
+if TYPE_CHECKING:
+    from kernel_runner.metrics import RunnerMetrics
 
 BIND_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 2.0
@@ -88,6 +91,7 @@ class RouterActor(SupervisedActor):
         board: StatusBoard,
         started_at: float,
         zmq_context: zmq.Context[Any] | None = None,
+        metrics: RunnerMetrics | None = None,
     ) -> None:
         super().__init__(ctx=ctx)
         self._runner = runner
@@ -96,6 +100,7 @@ class RouterActor(SupervisedActor):
         self._started_at = started_at
         self._zmq = zmq_context or zmq.Context.instance()
         self._agent_link: AgentLink | None = None
+        self._metrics = metrics
 
     def start_child(self) -> None:
         config = self._runner.config
@@ -116,6 +121,7 @@ class RouterActor(SupervisedActor):
             gate=gate,
             outbox_limit=config.outbox_limit,
             on_failure=lambda error: tell_if_alive(me, _LinkFailed(error=error)),
+            metrics=self._metrics,
         )
         self._agent_link = link
         link.start()
@@ -125,10 +131,11 @@ class RouterActor(SupervisedActor):
             self._ports.report(f"cannot bind the agent sockets: {exc}")
             raise
         self._ports.report(None)
-        # Upstream prints these two lines to stdout (docs/protocol.md §9.2); ops scripts grep for them.
-        print(f"binding to tcp://{config.bind}:{self._ports.port_in}", flush=True)
-        print(f"binding to tcp://{config.bind}:{self._ports.port_out}", flush=True)
-        sys.stdout.flush()
+        if not config.log_json:  # with --log-json, stdout stays empty: only JSON lines, on stderr (operations §2)
+            # Upstream prints these two lines to stdout (docs/protocol.md §9.2); ops scripts grep for them.
+            print(f"binding to tcp://{config.bind}:{self._ports.port_in}", flush=True)
+            print(f"binding to tcp://{config.bind}:{self._ports.port_out}", flush=True)
+            sys.stdout.flush()
         self.log.info("listening: PULL :{} PUSH :{}", self._ports.port_in, self._ports.port_out)
         self.set_state(ChildState.RUNNING)
 

@@ -370,7 +370,7 @@ class ServiceActor(SupervisedActor):
         self.log = self.log.bind(pid=handle.pid)
         self._tail = OutputTail(self.log)
         # A model's argv came over the wire (docs/protocol.md §2.8): the log quotes a bounded prefix of it.
-        self.log.info("spawned pid={} argv={} cwd={}", handle.pid, excerpt(" ".join(argv), 1000), command.cwd)
+        self.log.info("pid {} argv={} cwd={}", handle.pid, excerpt(" ".join(argv), 1000), command.cwd)
         self._life.to(Phase.STARTING, f"spawned pid {handle.pid}")  # PREPARING -> STARTING
         self._open_pipes = sum(stream is not None for stream in (handle.popen.stdout, handle.popen.stderr))
         watch_process(handle, self.actor_ref, sink=self._tail.feed, clock=self.ctx.clock)
@@ -441,10 +441,10 @@ class ServiceActor(SupervisedActor):
         code, sig = describe_returncode(exit_msg.returncode)
         uptime = exit_msg.at - (self._spawned_at or exit_msg.at)
         how = f"signal {sig}" if sig is not None else f"code {code}"
-        self.log.info("exited {} after {:.1f}s", how, uptime)
+        self.log.debug("the process ended ({}) after {:.1f}s", how, uptime)  # the supervisor logs the exit, once
         if self.phase is Phase.STOPPING:
             # A stop was asked for (shutdown-service, runner shutdown, the watcher's own restart): nothing to report.
-            self._conclude(ShutdownExit(), f"stopped; exited {how}")  # STOPPING -> ENDED
+            self._conclude(ShutdownExit(code=code, signal=sig), f"stopped; exited {how}")  # STOPPING -> ENDED
             return
         if self.run.watcher is not None:
             self._tell_watcher(ServiceProcessEnded(name=self.run.name, exit_code=code, output_tail=self._tail.text()))

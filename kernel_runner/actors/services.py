@@ -91,6 +91,8 @@ class _PendingStart:
     running: ToAgent | None
     failed: Callable[[str], ToAgent]
     helper_of: ChildId | None = None
+    # An operator's start (StartService.reply): every answer goes there, `started` included, never to the agent.
+    reply: Callable[[ServiceResult], None] | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -154,10 +156,10 @@ class ServicesActor(SupervisedActor):
     def _handle_start_service(self, message: StartService) -> None:
         plan = self._planner.plan_service(message)
         if isinstance(plan, ServiceResult):
-            self._runner.router.tell(plan)
+            (message.reply or self._runner.router.tell)(plan)
             return
         self._start(plan, running=ServiceResult(status="running"),
-                    failed=lambda error: ServiceResult(status="failed", error=error))
+                    failed=lambda error: ServiceResult(status="failed", error=error), reply=message.reply)
 
     def _handle_start_model_service(self, message: StartModelService) -> None:
         plan = self._planner.plan_model_service(message)
@@ -167,14 +169,15 @@ class ServicesActor(SupervisedActor):
         self._start(plan, running=ModelServiceResult(status="running"),
                     failed=lambda error: ModelServiceResult(status="failed", error=error))
 
-    def _start(self, specs: Sequence[ChildSpec], *, running: ToAgent, failed: Callable[[str], ToAgent]) -> None:
+    def _start(self, specs: Sequence[ChildSpec], *, running: ToAgent, failed: Callable[[str], ToAgent],
+               reply: Callable[[ServiceResult], None] | None = None) -> None:
         first, *rest = specs
         for helper in rest:
             # The first child may tell its helper something before the helper is started (a server that cannot
             # even spawn tells its checker at once): the directory holds it for the helper instead of dropping it.
             self.ctx.directory.register(helper.child_id, helper.reject)
         self._pending.setdefault(first.child_id, collections.deque()).append(
-            _PendingStart(rest=tuple(rest), running=running, failed=failed)
+            _PendingStart(rest=tuple(rest), running=running, failed=failed, reply=reply)
         )
         self.ctx.supervisor.tell(StartChild(spec=first, reply_to=self.actor_ref))
 
@@ -187,6 +190,8 @@ class ServicesActor(SupervisedActor):
             del self._pending[answer.child_id]
         match answer:
             case Started():
+                if pending.reply is not None:  # the operator hears it here; the child answers nobody
+                    pending.reply(ServiceResult(status="started"))
                 # The first child answers the agent itself (started/failed); the rest are its helpers (a checker).
                 for spec in pending.rest:
                     helper = _PendingStart(rest=(), running=None, failed=pending.failed, helper_of=answer.child_id)
@@ -194,14 +199,20 @@ class ServicesActor(SupervisedActor):
                     self.ctx.supervisor.tell(StartChild(spec=spec, reply_to=self.actor_ref))
             case AlreadyStarted() if pending.running is not None:
                 self.log.info("{} is {} already; answered `running`", answer.child_id, answer.state.value)
-                self._runner.router.tell(pending.running)
+                self._answer(pending, pending.running)
             case _:
                 reason = answer.reason if isinstance(answer, StartRefused) else (
                     f"{answer.child_id} from an earlier start is still {answer.state.value}; try again")
                 self.log.error("{} was not started: {}", answer.child_id, reason)
-                self._runner.router.tell(pending.failed(reason))
+                self._answer(pending, pending.failed(reason))
                 if pending.helper_of is not None:
                     self.ctx.supervisor.tell(StopChild(child_id=pending.helper_of, reason=f"its helper failed: {reason}"))
+
+    def _answer(self, pending: _PendingStart, result: ToAgent) -> None:
+        if pending.reply is not None and isinstance(result, ServiceResult):
+            pending.reply(result)
+        else:
+            self._runner.router.tell(result)
 
     def _handle_shutdown_service(self, message: ShutdownService) -> None:
         for child_id in self._planner.service_child_ids(message.name):

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -164,16 +165,51 @@ def test_missing_language_prints_usage(tmp_path: Path) -> None:
     assert b"usage: kernel-runner" in proc.stderr
 
 
-def test_json_logs_are_json_lines(spawn: type[RunnerProcess]) -> None:
-    import json
+def test_log_json_is_one_flat_object_per_line_with_one_event_per_transition(spawn: type[RunnerProcess]) -> None:
+    # Issue 11 point 3: flat fields (no loguru record nesting), nothing on stdout, an exit logged once.
+    port_in, port_out = free_ports(2)
+    runner = spawn("--log-json", ports=(port_in, port_out), service_defs={"web": listener()})
+    lines: list[bytes] = []
+    assert runner.proc.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(runner.proc.stderr.readline, b"")), daemon=True)
+    reader.start()
 
-    runner = spawn("--log-json")
-    runner.read_ports()
+    def web_events() -> list[dict[str, Any]]:
+        records = [json.loads(line) for line in list(lines) if line.strip()]
+        return [record for record in records if record["child"] == "service:web" and "event" in record]
+
+    with AgentClient(port_in=port_in, port_out=port_out) as agent:
+        agent.status(timeout=30)
+        start_services(agent, ["web"])
+        first = next(proc for proc in descendants(runner.proc.pid) if is_listener(proc))
+        first.kill()
+        wait_until(lambda: [r["event"] for r in web_events()].count("running") == 2, timeout=30,
+                   what="the service restarted and running")
     runner.proc.send_signal(signal.SIGTERM)
-    assert runner.proc.wait(timeout=10) == 0
-    lines = [line for line in runner.stderr().splitlines() if line.strip()]
-    records = [json.loads(line) for line in lines]
-    assert any(r["record"]["extra"]["child"] == "router" for r in records)
+    assert runner.proc.wait(timeout=30) == 0
+    reader.join(timeout=10)
+    assert runner.proc.stdout is not None and runner.proc.stdout.read() == b""
+    records = [json.loads(line) for line in lines if line.strip()]
+    for record in records:
+        assert {"ts", "level", "child", "message"} <= record.keys(), record
+        assert not any(isinstance(value, dict) for value in record.values()), record
+    web = web_events()
+    kinds = [record["event"] for record in web]
+    assert kinds[:3] == ["starting", "spawned", "running"], kinds
+    killed = [record for record in web if record["event"] == "exited" and record.get("signal") == "SIGKILL"]
+    assert len(killed) == 1 and killed[0]["pid"] == first.pid and killed[0]["reason"] == "killed", web
+    after = kinds[kinds.index("exited") + 1:]
+    assert after[:4] == ["backoff", "starting", "spawned", "running"], kinds
+    backoff = web[kinds.index("exited") + 1]
+    assert backoff["attempt"] == 1 and backoff["delay_s"] >= 0
+    assert kinds.count("exited") == 2  # the kill, and the stop at shutdown: each exit once
+
+
+def is_listener(proc: psutil.Process) -> bool:
+    try:
+        return "listener.py" in " ".join(proc.cmdline())
+    except psutil.Error:  # gone, or a zombie not yet reaped
+        return False
 
 
 def test_client_cli_talks_to_a_running_runner(spawn: type[RunnerProcess]) -> None:

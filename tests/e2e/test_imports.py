@@ -63,6 +63,9 @@ def test_an_app_runner_does_not_import_jupyter_client_or_a_delegate(tmp_path: Pa
     assert loaded.isdisjoint(DELEGATE_ONLY), sorted(loaded.intersection(DELEGATE_ONLY))
     # About 6 MB of idle RSS: loguru and pyzmq's monitor helpers would pull them in (architecture §2.1).
     assert loaded.isdisjoint({"asyncio", "ssl"}), sorted(loaded.intersection({"asyncio", "ssl"}))
+    # Metrics are opt-in (--metrics-port): without them prometheus_client (about 40 ms, 7 MB) is never loaded.
+    metrics = {"prometheus_client", "kernel_runner.metrics"}
+    assert loaded.isdisjoint(metrics), sorted(loaded.intersection(metrics))
 
 
 def test_a_python_runner_loads_the_kernel_it_uses(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 from tests.integration.test_model_service import SERVER, check, model, model_config, models  # noqa: F401 - fixtures
 from tests.support.ports import connect_error, free_port
 from tests.support.procs import alive, assert_gone
+from tests.support.waiting import wait_until
 
 
 @pytest.mark.parametrize("ignores_sigterm", [False, True], ids=["stops-on-sigterm", "needs-sigkill"])
@@ -32,6 +33,8 @@ def test_the_port_is_closed_when_failed_arrives(models: Any, ignores_sigterm: bo
     assert result == {"status": "failed", "error": "service unhealthy"}
     assert refused == errno.ECONNREFUSED, errno.errorcode.get(refused, refused)
     assert not alive(pid)
-    assert runner.child(f"service:doomed-{port}") is None and runner.child(f"health:doomed-{port}") is None
+    # What the agent relies on holds when `failed` arrives (above); the tree forgets both children just after.
+    wait_until(lambda: runner.child(f"service:doomed-{port}") is None and runner.child(f"health:doomed-{port}") is None,
+               timeout=10, what="both children forgotten")
     assert_gone([pid], timeout=1)
 

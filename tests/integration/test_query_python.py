@@ -262,10 +262,28 @@ def test_killed_kernel_ends_the_run_and_the_next_query_works(query: Query) -> No
 
     result = query.run("print('after restart')")
     assert (result.exit_code, result.stdout) == (0, b"after restart\n")
+    assert result.stderr.count(b"was restarted since the last run") == 1  # told once, on the new kernel's first run
     second = query.kernel_info()
     assert second.generation == first.generation + 1 and second.restarts == 1
     assert second.extra["kernel_pid"] != pid
     assert not Path(first.extra["connection_file"]).exists()
+
+
+RESTART_NOTICE = (b"kernel-runner: the Jupyter kernel (python3) was restarted since the last run; variables, imports "
+                  b"and other state from earlier runs are gone\n")
+
+
+def test_after_a_kernel_dies_while_idle_the_next_run_says_its_state_is_gone(query: Query) -> None:
+    # Issue 11 point 3: the user learns why `x` is undefined, once, at the start of the next run's stderr.
+    assert query.run("x = 41").exit_code == 0
+    first = query.ready_kernel()
+    os.kill(first.extra["kernel_pid"], signal.SIGKILL)
+    wait_until(lambda: query.kernel_info().generation == first.generation + 1, timeout=RUN_TIMEOUT_S,
+               what="the kernel restarted")
+    result = query.run("print(x + 1)")
+    assert result.stderr.startswith(RESTART_NOTICE) and b"NameError" in result.stderr and result.exit_code == 1
+    result = query.run("x = 1\nprint(x + 1)")
+    assert (result.exit_code, result.stdout, result.stderr) == (0, b"2\n", b"")
 
 
 def test_stop_leaves_no_kernel_process_and_no_connection_file(runner_config: RunnerConfig) -> None:

@@ -1,0 +1,5 @@
+"""The control socket: how operators (`kernel-runner ctl`) watch and steer a runner, apart from the agent's sockets.
+
+`protocol` (framing, the socket's default path) and `client` use the standard library only, so `kernel-runner ctl`
+starts fast and loads no actor code; `server` runs inside the runner (docs/operations.md §1).
+"""

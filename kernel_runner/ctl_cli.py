@@ -1,0 +1,256 @@
+"""`kernel-runner ctl ...`: watch and steer a running runner through its control socket (docs/operations.md §1).
+
+Standard library only (plus kernel_runner.control's client side): a health check starts a fresh process each time,
+so this loads no actor code, no pykka, no ZeroMQ and no jupyter_client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kernel_runner.control.client import ControlClient, ControlError, NoRunner
+from kernel_runner.control.protocol import SOCKET_ENV, configured_socket_path, format_duration
+
+EXIT_FAILED = 1  # the runner refused or could not do the command; `ready`: not ready (or no runner at all)
+EXIT_USAGE = 2  # argparse's own code for usage errors
+EXIT_NO_RUNNER = 3  # nothing answers on the socket, no reply in time, or the connection broke
+DEFAULT_TIMEOUT_S = 15.0
+READ_MARGIN_S = 5.0  # the runner waits up to --timeout for an outcome; the reply may take this much longer
+
+DESCRIPTION = """\
+Watch and steer a running kernel-runner through its control socket (docs/operations.md §1). The socket is
+separate from the agent's: using it never takes messages meant for the agent."""
+
+EPILOG = """\
+Options go before or after the command. Exit codes: 0 done (`start` of a running child too: "already started");
+1 the command failed, or `ready`: not ready (also when no runner answers, so it suits a Docker HEALTHCHECK);
+2 usage error; 3 no runner answering on the socket, or no reply within --timeout."""
+
+
+def _add_common_options(parser: argparse.ArgumentParser, *, with_defaults: bool) -> None:
+    """On the top-level parser with defaults, and on every command's parser without (SUPPRESS), so an option
+    given after the command sets the value and one given before it is not reset to the default."""
+
+    def default(value: object) -> Any:
+        return value if with_defaults else argparse.SUPPRESS
+
+    group = parser.add_argument_group("common options (before or after the command)")
+    group.add_argument("--socket", type=Path, default=default(None), metavar="PATH",
+                       help=f"the runner's control socket (default: ${SOCKET_ENV}, else "
+                            "$XDG_RUNTIME_DIR/kernel-runner/control.sock or /tmp/kernel-runner-<uid>/control.sock)")
+    group.add_argument("--timeout", type=_seconds, default=default(DEFAULT_TIMEOUT_S), metavar="S",
+                       help=f"seconds to wait for the outcome (a restarted child running again; default "
+                            f"{DEFAULT_TIMEOUT_S:g})")
+    group.add_argument("--json", action="store_true", default=default(False),
+                       help="print the runner's reply as JSON (for machines)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 300:  # the server's bound (control.server.MAX_WAIT_S)
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 300] seconds")
+    return value
+
+
+def _lines(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of lines: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} lines: must be >= 0")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 < value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (1-65535)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kernel-runner ctl", description=DESCRIPTION, epilog=EPILOG,
+                                     allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common_options(parser, with_defaults=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
+        _add_common_options(p, with_defaults=False)
+        return p
+
+    command("status", "the supervision tree: state, pid, uptime, restarts of every child")
+    p = command("start", "start a child that gave up or waits to restart; `service:NAME` starts a defined service")
+    p.add_argument("child", metavar="CHILD")
+    p.add_argument("--port", type=_port, default=None, help="service:NAME only: the port to give the service")
+    command("stop", "stop a service (or another non-core child) for good").add_argument("child", metavar="CHILD")
+    command("restart", "restart a child now (not counted towards giving up)").add_argument("child", metavar="CHILD")
+    p = command("signal", "send a signal to a child's process")
+    p.add_argument("child", metavar="CHILD")
+    p.add_argument("signal", metavar="SIG", help="a name (TERM, SIGHUP) or a number")
+    p = command("tail", "a child's recent log lines")
+    p.add_argument("child", metavar="CHILD")
+    p.add_argument("-n", "--lines", type=_lines, default=20, help="how many lines (default 20, at most 500)")
+    p.add_argument("-f", "--follow", action="store_true", help="then print new lines as they come (Ctrl-C ends)")
+    command("ready", "exit 0 when the runner and its language's children are up (a Docker HEALTHCHECK)")
+    command("reload", "reread the service definitions (as SIGHUP does)")
+    command("version", "the runner's version")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    # `kernel-runner ctl status | head` should end quietly, as other Unix tools do.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    args = build_parser().parse_args(list(argv))
+    path: Path = args.socket or configured_socket_path()
+    try:
+        with ControlClient(path, timeout=args.timeout + READ_MARGIN_S) as client:
+            return _run(client, args)
+    except NoRunner as exc:
+        _error(f"{exc}: is it running? (--socket PATH or ${SOCKET_ENV} names another socket)")
+    except ControlError as exc:
+        _error(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_FAILED if args.command == "ready" else EXIT_NO_RUNNER
+
+
+def _error(line: str) -> None:
+    print(f"kernel-runner ctl: {line}", file=sys.stderr)
+
+
+def _run(client: ControlClient, args: argparse.Namespace) -> int:
+    request: dict[str, Any] = {}
+    if args.command in ("start", "stop", "restart", "signal", "tail"):
+        request["child"] = args.child
+    if args.command in ("start", "stop", "restart", "reload"):
+        request["timeout"] = args.timeout
+    match args.command:
+        case "start" if args.port is not None:
+            request["port"] = args.port
+        case "signal":
+            request["signal"] = args.signal
+        case "tail":
+            request.update(lines=args.lines, follow=args.follow)
+    reply = client.request(args.command, request)
+    if args.json:
+        print(json.dumps(reply, indent=2))
+    if not reply["ok"]:
+        if not args.json:
+            _error(f"{args.command} failed: {reply.get('error', 'no reason given')}")
+        return EXIT_FAILED
+    if args.command == "tail" and args.follow:
+        return _follow(client, reply, json_lines=args.json)
+    if not args.json:
+        print(render(args.command, reply))
+    if args.command == "ready" and not reply.get("ready"):
+        return EXIT_FAILED
+    return 0
+
+
+def _follow(client: ControlClient, first: dict[str, Any], *, json_lines: bool) -> int:
+    if not json_lines:
+        for line in first.get("lines", []):
+            print(line)
+    sys.stdout.flush()
+    client.wait_forever()
+    try:
+        while True:
+            reply = client.read_reply()
+            if json_lines:
+                print(json.dumps(reply))
+            elif "line" in reply:
+                print(reply["line"])
+            elif "dropped" in reply:
+                print(f"[… {reply['dropped']} lines dropped: this reader was too slow]")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return 0  # the usual way to end `tail -f`
+
+
+def render(command: str, reply: dict[str, Any]) -> str:
+    """The human form of a successful reply."""
+    match command:
+        case "status":
+            return status_table(reply)
+        case "start" | "stop" | "restart":
+            return _outcome_line(reply)
+        case "signal":
+            return f"{reply['child']}: sent {reply['signal']} to pid {reply['pid']}"
+        case "tail":
+            return "\n".join(reply.get("lines", []))
+        case "ready":
+            return "ready" if reply["ready"] else "not ready: " + "; ".join(reply.get("not_ready", []))
+        case "reload":
+            return (f"reloaded: {reply['loaded']} loaded; added {_names(reply['added'])}, changed "
+                    f"{_names(reply['changed'])}, removed {_names(reply['removed'])}, {len(reply['invalid'])} invalid"
+                    + (f" (kept the previous {_names(reply['kept'])})" if reply.get("kept") else ""))
+        case "version":
+            from kernel_runner import __version__
+
+            runner = f"runner {reply['version']} ({reply['lang']}, pid {reply['pid']}, python {reply['python']})"
+            return runner if reply["version"] == __version__ else f"{runner}; this ctl {__version__}"
+    return json.dumps(reply)
+
+
+def _names(names: Sequence[str]) -> str:
+    return "[" + ", ".join(names) + "]"
+
+
+def _outcome_line(reply: dict[str, Any]) -> str:
+    action = reply["action"]
+    if action == "already-started":
+        return f"{reply['child']}: already started ({reply.get('state', 'RUNNING')})"
+    details = [f"generation {reply['generation']}"] if reply.get("generation") is not None else []
+    if action != "stopped" and reply.get("pid") is not None:
+        details.append(f"pid {reply['pid']}")
+    return f"{reply['child']}: {action}" + (f" ({', '.join(details)})" if details else "")
+
+
+STATUS_COLUMNS = ("CHILD", "STATE", "PID", "UPTIME", "GEN", "RESTARTS", "SINCE", "LAST EXIT / DETAILS")
+
+
+def status_table(reply: dict[str, Any]) -> str:
+    """One line per child, nested ones indented under the child they are bound to (supervisorctl's `status`)."""
+    runner = reply["runner"]
+    ready = "ready" if runner["ready"] else "NOT READY (" + "; ".join(runner.get("not_ready", [])) + ")"
+    ports = runner.get("ports") or {}
+    header = (f"kernel-runner {runner['version']}  {runner['lang']}  pid {runner['pid']}  {ready}  "
+              f"agent ports {ports.get('in')}/{ports.get('out')}")
+    rows: list[tuple[str, ...]] = [STATUS_COLUMNS]
+
+    def add(child: dict[str, Any], depth: int) -> None:
+        uptime = child.get("uptime_s")
+        since = child.get("since")
+        details = [child["last_exit"]] if child.get("last_exit") else []
+        details += [f"{key}={value}" for key, value in (child.get("extra") or {}).items()]
+        rows.append((
+            "  " * depth + child["id"], child["state"], str(child["pid"]) if child.get("pid") else "-",
+            format_duration(uptime) if uptime is not None else "-", str(child["generation"]), str(child["restarts"]),
+            since.replace("T", " ")[:19] if since else "-", "; ".join(details) or "-",
+        ))
+        for nested in child.get("children", []):
+            add(nested, depth + 1)
+
+    for child in reply["children"]:
+        add(child, 0)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(STATUS_COLUMNS) - 1)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1]
+             for row in rows]
+    return "\n".join([header, *(line.rstrip() for line in lines)])
+
+
+__all__ = ["build_parser", "main", "render", "status_table"]

@@ -1,0 +1,21 @@
+"""The `kernel-runner` command (and `python -m kernel_runner`): picks the subcommand's module before importing it.
+
+`kernel-runner ctl` answers health checks from a fresh process each time, so it must not pay for the runner's
+imports (pykka, ZeroMQ, the actor modules; docs/operations.md §1). Everything else is kernel_runner.cli.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["ctl"]:
+        from kernel_runner.ctl_cli import main as ctl_main
+
+        return ctl_main(args[1:])
+    from kernel_runner.cli import main as runner_main
+
+    return runner_main(args)

@@ -1,0 +1,177 @@
+"""`kernel-runner ctl` as ops call it (a real subprocess) against a runner process (`python -m kernel_runner`):
+every command, exit codes, one-line errors, `tail -f`, the socket's path from the environment, a dead runner's
+socket replaced, and the imports a health check pays for (docs/operations.md §1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kernel_runner.control.protocol import SOCKET_ENV
+from tests.conftest import CHILDREN
+from tests.support.ports import free_port
+from tests.support.runner_process import RunnerProcess, RunnerProcesses, runner_processes
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+CTL = (sys.executable, "-m", "kernel_runner", "ctl")
+WEB = {"command": [sys.executable, str(CHILDREN / "listener.py"), "{ports[0]}"]}
+# What `ctl` must never import: a health check starts a fresh process each time (docs/architecture.md §2.1).
+HEAVY = ("pykka", "zmq", "jupyter_client", "loguru", "kernel_runner.actors", "kernel_runner.runtime",
+         "kernel_runner.supervisor", "kernel_runner.cli", "kernel_runner.control.server")
+IMPORTTIME_LINE = re.compile(r"import time:\s+\d+ \|\s+\d+ \|\s*(\S+)")
+__all__ = ["runner_processes"]  # the fixture
+
+
+def ctl(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CTL, *args], capture_output=True, text=True, timeout=timeout, check=False, env=env)
+
+
+@pytest.fixture
+def sock() -> Iterator[Path]:
+    """A short path: pytest's tmp_path can pass the 107 bytes a unix socket path may have."""
+    folder = Path(tempfile.mkdtemp(prefix="krctl-"))
+    yield folder / "control.sock"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def wait_ready(path: Path, env: dict[str, str] | None = None) -> None:
+    args = () if env is not None else ("--socket", str(path))
+    wait_until(lambda: ctl(*args, "ready", env=env).returncode == 0, timeout=60, what="`ctl ready` answering 0")
+
+
+def started_runner(runner_processes: RunnerProcesses, sock: Path) -> RunnerProcess:
+    runner = runner_processes.start("app", "--control-socket", str(sock), service_defs={"web": WEB})
+    wait_ready(sock)
+    return runner
+
+
+def test_every_command_through_the_command_line(runner_processes: RunnerProcesses, sock: Path) -> None:
+    runner = started_runner(runner_processes, sock)
+    at = ("--socket", str(sock))
+
+    version = ctl(*at, "version")
+    assert (version.returncode, version.stderr) == (0, "")
+    assert version.stdout.startswith(f"runner 0.1.0 (app, pid {runner.pid}, python ")
+
+    status = ctl(*at, "status")
+    assert status.returncode == 0, status.stderr
+    header, columns, *rows = status.stdout.splitlines()
+    assert header.startswith("kernel-runner 0.1.0  app  pid") and "  ready  agent ports" in header
+    assert columns.split()[:4] == ["CHILD", "STATE", "PID", "UPTIME"]
+    assert [row.split()[:2] for row in rows] == [["router", "RUNNING"], ["lang", "RUNNING"], ["services", "RUNNING"]]
+
+    port = free_port()
+    started = ctl("start", "service:web", "--port", str(port), *at)  # options after the command too
+    assert started.returncode == 0, started.stderr
+    assert re.fullmatch(r"service:web: started \(generation 1, pid \d+\)\n", started.stdout)
+    again = ctl(*at, "start", "service:web")
+    assert (again.returncode, again.stdout) == (0, "service:web: already started (RUNNING)\n")
+
+    tree = json.loads(ctl("--json", *at, "status").stdout)
+    web = next(row for row in tree["children"] if row["id"] == "service:web")
+    assert (web["state"], web["generation"], web["extra"]["port"]) == ("RUNNING", 1, port)
+
+    restarted = ctl(*at, "restart", "service:web")
+    assert restarted.returncode == 0, restarted.stderr
+    assert restarted.stdout.startswith("service:web: restarted (generation 2, pid ")
+
+    tail = ctl(*at, "tail", "-n", "3", "service:web")
+    assert tail.returncode == 0 and len(tail.stdout.splitlines()) == 3
+
+    signalled = ctl(*at, "signal", "service:web", "TERM")
+    assert signalled.returncode == 0 and re.fullmatch(r"service:web: sent SIGTERM to pid \d+\n", signalled.stdout)
+
+    refused = ctl(*at, "stop", "lang")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.startswith("kernel-runner ctl: stop failed: lang is one of the runner's own children")
+    wait_until(lambda: ctl(*at, "stop", "service:web").returncode == 0, timeout=30, what="service:web stopped")
+    assert "service:web" not in ctl(*at, "status").stdout
+
+    reload = ctl(*at, "reload")
+    assert (reload.returncode, reload.stdout) == (
+        0, "reloaded: 1 loaded; added [], changed [], removed [], 0 invalid\n")
+    unknown = ctl(*at, "restart", "nope")
+    assert unknown.returncode == 1 and "no child nope" in unknown.stderr
+    usage = ctl(*at, "launch")
+    assert usage.returncode == 2 and "invalid choice: 'launch'" in usage.stderr
+
+    assert runner.stop() == 0
+    assert not sock.exists()  # removed at the stop
+
+
+def test_tail_follow_streams_new_lines_until_interrupted(runner_processes: RunnerProcesses, sock: Path) -> None:
+    started_runner(runner_processes, sock)
+    assert ctl("--socket", str(sock), "start", "service:web", "--port", str(free_port())).returncode == 0
+    follower = subprocess.Popen([*CTL, "--socket", str(sock), "tail", "-f", "-n", "1", "service:web"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    stdout = follower.stdout
+    assert stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        # The backlog line comes once the runner registered the follower: every line after it is streamed.
+        wait_until(lambda: lines, timeout=30, what="tail -f's backlog line")
+        pid = json.loads(ctl("--json", "--socket", str(sock), "restart", "service:web").stdout)["pid"]
+        wait_until(lambda: any(f"listener {pid} starting" in line for line in lines), timeout=30,
+                   what="the restarted service's first line streamed")
+        assert any("by hand (kernel-runner ctl)" in line for line in lines)
+    finally:
+        follower.send_signal(signal.SIGINT)
+        code = follower.wait(timeout=30)
+        reader.join(timeout=10)
+    assert code == 0, follower.stderr.read() if follower.stderr else ""
+
+
+def test_no_runner_answering(sock: Path) -> None:
+    status = ctl("--socket", str(sock), "status")
+    assert status.returncode == 3
+    assert status.stderr == (f"kernel-runner ctl: no runner answering on {sock}: is it running? (--socket PATH or "
+                             f"${SOCKET_ENV} names another socket)\n")
+    ready = ctl("--socket", str(sock), "ready")  # a HEALTHCHECK: unhealthy is 1
+    assert ready.returncode == 1 and "no runner answering" in ready.stderr
+
+
+def test_the_environment_names_the_socket_for_the_runner_and_ctl(runner_processes: RunnerProcesses, sock: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SOCKET_ENV, str(sock))  # the runner process inherits it
+    runner = runner_processes.start("app")
+    wait_ready(sock, env=dict(os.environ))
+    assert sock.is_socket()
+    version = ctl("version", env=dict(os.environ))
+    assert version.returncode == 0 and f"pid {runner.pid}," in version.stdout
+
+
+def test_a_killed_runners_socket_is_replaced_by_the_next_runner(runner_processes: RunnerProcesses,
+                                                                sock: Path) -> None:
+    first = started_runner(runner_processes, sock)
+    first.close()  # SIGKILL: nothing removes the socket file
+    assert sock.is_socket()
+    dead = ctl("--socket", str(sock), "status")
+    assert dead.returncode == 3 and "no runner answering" in dead.stderr
+    second = started_runner(runner_processes, sock)
+    assert f"pid {second.pid}," in ctl("--socket", str(sock), "version").stdout
+
+
+def test_a_health_check_loads_no_actor_code(runner_processes: RunnerProcesses, sock: Path) -> None:
+    started_runner(runner_processes, sock)
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "kernel_runner", "ctl", "--socket", str(sock),
+                           "status"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = [m.group(1) for m in map(IMPORTTIME_LINE.match, done.stderr.splitlines()) if m]
+    assert "kernel_runner.ctl_cli" in loaded  # the list is the real one
+    heavy = sorted(name for name in loaded if name.startswith(HEAVY))
+    assert heavy == [], heavy
