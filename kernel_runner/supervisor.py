@@ -492,7 +492,7 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         log = self.log.bind(child=child.child_id)
         if message.by_hand:
-            emit(log, "WARNING", Event.RESTARTED_BY_HAND, "restart by hand ({}); not counted towards give-up",
+            emit(log, "INFO", Event.RESTARTED_BY_HAND, "restart by hand ({}); not counted towards give-up",
                  message.reason.describe(), pid=child.pid, reason=message.reason.describe())
         if child.ref is None:
             if child.state is ChildState.FATAL:
