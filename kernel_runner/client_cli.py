@@ -17,6 +17,7 @@ import zmq
 
 from kernel_runner.client import AgentClient, ReplyTimeout, RunResult
 from kernel_runner.config import connect_port
+from kernel_runner.subcommands import parser_with_commands
 
 EXIT_FAILED = 1  # a service or model service answered `failed`, or a run ended without an exit code
 EXIT_USAGE = 2  # argparse's own code for usage errors; also a bad JSON argument
@@ -58,15 +59,8 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, with_defaults: b
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kernel-runner client", description=DESCRIPTION, epilog=EPILOG,
-                                     allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_connection_options(parser, with_defaults=True)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
-        _add_connection_options(p, with_defaults=False)
-        return p
+    parser, command = parser_with_commands(prog="kernel-runner client", description=DESCRIPTION, epilog=EPILOG,
+                                           add_options=_add_connection_options)
 
     command("status", "print the status reply (with the supervision tree)")
     for kind in ("exec", "build", "clean"):

@@ -16,6 +16,7 @@ from typing import Any
 
 from kernel_runner.control.client import ControlClient, ControlError, NoRunner
 from kernel_runner.control.protocol import SOCKET_ENV, configured_socket_path, format_duration
+from kernel_runner.subcommands import parser_with_commands
 
 EXIT_FAILED = 1  # the runner refused or could not do the command; `ready`: not ready (or no runner at all)
 EXIT_USAGE = 2  # argparse's own code for usage errors
@@ -82,15 +83,8 @@ def _port(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kernel-runner ctl", description=DESCRIPTION, epilog=EPILOG,
-                                     allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_common_options(parser, with_defaults=True)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
-        _add_common_options(p, with_defaults=False)
-        return p
+    parser, command = parser_with_commands(prog="kernel-runner ctl", description=DESCRIPTION, epilog=EPILOG,
+                                           add_options=_add_common_options)
 
     command("status", "the supervision tree: state, pid, uptime, restarts of every child")
     p = command("start", "start a child that gave up or waits to restart; `service:NAME` starts a defined service")
