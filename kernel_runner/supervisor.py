@@ -19,24 +19,23 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
-import attrs
 import pykka
 from loguru import logger
 
+from kernel_runner.child_record import ChildRecord, RestartDue, RetryDemanded, RetryDue, ShutdownDeadline, StopOverdue
 from kernel_runner.clock import Clock
 from kernel_runner.directory import ChildDirectory
 from kernel_runner.events import Event, emit
 from kernel_runner.exits import ExitReason, StartFailed
 from kernel_runner.ids import ChildId
-from kernel_runner.policy import Forget, GiveUp, Restart, RestartTracker
+from kernel_runner.policy import Forget, GiveUp, Restart
 from kernel_runner.refs import tell_if_alive
 from kernel_runner.supervision import (
     AlreadyStarted,
     ChildContext,
     ChildExited,
-    ChildInfo,
     ChildInfoUpdated,
     ChildSpec,
     ChildState,
@@ -57,87 +56,6 @@ from kernel_runner.timers import Ticker, TimerHandle
 
 # A child asked to stop gets its spec's grace plus this much before the supervisor stops its actor itself.
 STOP_MARGIN_S = 1.0
-
-
-@attrs.frozen(kw_only=True)
-class _RestartDue:
-    child_id: ChildId
-    generation: int
-
-
-@attrs.frozen(kw_only=True)
-class _RetryDue:
-    """A child that gave up may be tried again now (`why` goes to the log)."""
-
-    child_id: ChildId
-    generation: int
-    why: str
-
-
-@attrs.frozen(kw_only=True)
-class _RetryDemanded:
-    """A message arrived for a child that gave up (told by the child directory, from the sender's thread)."""
-
-    child_id: ChildId
-
-
-@attrs.frozen(kw_only=True)
-class _StopOverdue:
-    child_id: ChildId
-    generation: int
-
-
-@attrs.frozen(kw_only=True)
-class _ShutdownDeadline:
-    pass
-
-
-class _Child:
-    """The supervisor's record of one child; `info()` is cached until something about the child changes."""
-
-    def __init__(self, spec: ChildSpec, order: int, rng: random.Random) -> None:
-        self.spec = spec
-        self.order = order
-        self._rng = rng
-        self.tracker = self.new_tracker()
-        self.ref: pykka.ActorRef[Any] | None = None
-        self.generation = 0
-        self.state = ChildState.STARTING
-        self.pid: int | None = None
-        self.running_since: float | None = None
-        self.ran = False  # this incarnation reached RUNNING at least once
-        self.last_exit: str | None = None
-        self.extra: dict[str, Any] = {}
-        # BACKOFF: the restart; FATAL: the retry after the window or on demand (one timer at a time).
-        self.restart_timer: TimerHandle | None = None
-        self.retry_at: float | None = None  # FATAL: when restart_timer tries it again (clock time)
-        self.stop_timer: TimerHandle | None = None
-        # A stop someone asked for: forget the child afterwards, or restart it as if it had ended with restart_reason.
-        self.stop: Literal["forget", "restart", "restart_by_hand"] | None = None
-        self.restart_reason: ExitReason | None = None
-        self._info: ChildInfo | None = None
-
-    def new_tracker(self) -> RestartTracker:
-        spec = self.spec
-        return RestartTracker(restart=spec.restart, backoff=spec.backoff, intensity=spec.intensity,
-                              stable_after_s=spec.stable_after_s, retry_failed_start=spec.retry_failed_start,
-                              fatal_retry=spec.fatal_retry, rng=self._rng)
-
-    @property
-    def child_id(self) -> ChildId:
-        return self.spec.child_id
-
-    def changed(self) -> None:
-        self._info = None
-
-    def info(self) -> ChildInfo:
-        if self._info is None:
-            self._info = ChildInfo(
-                child_id=self.child_id, state=self.state, pid=self.pid, restarts=self.tracker.total_restarts,
-                generation=self.generation, last_exit=self.last_exit, running_since=self.running_since,
-                extra=dict(self.extra), binds_to=self.spec.binds_to,
-            )
-        return self._info
 
 
 class SupervisorActor(pykka.ThreadingActor):
@@ -164,7 +82,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self._on_child_added = on_child_added
         self._on_escalate = on_escalate
         self._rng = rng or random.Random()
-        self._children: dict[ChildId, _Child] = {}  # in start order
+        self._children: dict[ChildId, ChildRecord] = {}  # in start order
         self._order = 0
         self._version = 0
         self._dirty = False
@@ -194,19 +112,19 @@ class SupervisorActor(pykka.ThreadingActor):
                 return self._handle_stop_child(message)
             case RestartChild():
                 return self._handle_restart_child(message)
-            case _RestartDue():
+            case RestartDue():
                 return self._handle_restart_due(message)
-            case _RetryDue():
+            case RetryDue():
                 return self._handle_retry_due(message)
-            case _RetryDemanded():
+            case RetryDemanded():
                 return self._handle_retry_demanded(message)
-            case _StopOverdue():
+            case StopOverdue():
                 return self._handle_stop_overdue(message)
             case WhichChildrenQuery():
                 return [child.info() for child in self._children.values()]
             case ShutdownTree():
                 return self._handle_shutdown_tree(message)
-            case _ShutdownDeadline():
+            case ShutdownDeadline():
                 return self._handle_shutdown_deadline()
             case _:
                 self.log.warning("ignored unexpected message {}", type(message).__name__)
@@ -241,7 +159,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self._order += 1
         if self._on_child_added is not None:
             self._on_child_added(spec.child_id)
-        child = _Child(spec, self._order, self._rng)
+        child = ChildRecord(spec, self._order, self._rng)
         self._children[spec.child_id] = child
         self._directory.register(spec.child_id, spec.reject)
         error = self._spawn(child)
@@ -252,7 +170,7 @@ class SupervisorActor(pykka.ThreadingActor):
             return StartRefused(child_id=spec.child_id, reason=f"the child could not be created: {error}")
         return Started(child_id=spec.child_id, generation=child.generation)
 
-    def _spawn(self, child: _Child) -> str | None:
+    def _spawn(self, child: ChildRecord) -> str | None:
         """Start the next incarnation; returns the factory's error, if it raised."""
         child.generation += 1
         child.state, child.pid, child.running_since, child.ran = ChildState.STARTING, None, None, False
@@ -273,7 +191,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self._directory.attach(child.child_id, child.generation, child.ref)
         return None
 
-    def _handle_restart_due(self, message: _RestartDue) -> None:
+    def _handle_restart_due(self, message: RestartDue) -> None:
         child = self._current(message.child_id, message.generation)
         if child is None or child.state is not ChildState.BACKOFF or self._shutdown_done is not None:
             return
@@ -283,7 +201,7 @@ class SupervisorActor(pykka.ThreadingActor):
             self._child_ended(child, StartFailed(error=error))
 
     # ---- what children report ---------------------------------------------------------------------------------------
-    def _current(self, child_id: ChildId, generation: int) -> _Child | None:
+    def _current(self, child_id: ChildId, generation: int) -> ChildRecord | None:
         child = self._children.get(child_id)
         return child if child is not None and child.generation == generation else None
 
@@ -319,7 +237,7 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         self._child_ended(child, message.reason)
 
-    def _child_ended(self, child: _Child, reason: ExitReason) -> None:
+    def _child_ended(self, child: ChildRecord, reason: ExitReason) -> None:
         now = self._clock.monotonic()
         log = self.log.bind(child=child.child_id)
         uptime = now - child.running_since if child.running_since is not None else None
@@ -361,10 +279,10 @@ class SupervisorActor(pykka.ThreadingActor):
                 emit(log, "WARNING", Event.BACKOFF, "restarting in {:.2f}s (attempt {})", decision.delay_s,
                      decision.attempt + 1, attempt=decision.attempt + 1, delay_s=round(decision.delay_s, 3))
                 child.restart_timer = self._ticker.schedule(
-                    decision.delay_s, self.actor_ref, _RestartDue(child_id=child.child_id, generation=child.generation)
+                    decision.delay_s, self.actor_ref, RestartDue(child_id=child.child_id, generation=child.generation)
                 )
 
-    def _log_exit(self, log: Any, child: _Child, reason: ExitReason, ended: ExitReason, *, pid: int | None,
+    def _log_exit(self, log: Any, child: ChildRecord, reason: ExitReason, ended: ExitReason, *, pid: int | None,
                   uptime_s: float | None) -> None:
         """The one line per exit: why, how its process ended (`ended`), and whether anyone asked for it
         (supervisord's "expected")."""
@@ -378,7 +296,7 @@ class SupervisorActor(pykka.ThreadingActor):
              uptime_s=round(uptime_s, 3) if uptime_s is not None else None, reason=reason.kind)
 
     # ---- giving up, and trying again ---------------------------------------------------------------------------
-    def _give_up(self, child: _Child, decision: GiveUp) -> None:
+    def _give_up(self, child: ChildRecord, decision: GiveUp) -> None:
         log = self.log.bind(child=child.child_id)
         child.state = ChildState.FATAL
         child.changed()
@@ -400,11 +318,11 @@ class SupervisorActor(pykka.ThreadingActor):
             self._schedule_retry(child, decision.retry_in_s,
                                  f"the restart-limit window of {decision.retry_in_s:g}s has passed")
 
-    def _schedule_retry(self, child: _Child, delay_s: float, why: str) -> None:
+    def _schedule_retry(self, child: ChildRecord, delay_s: float, why: str) -> None:
         if child.restart_timer is not None:
             child.restart_timer.cancel()
         child.retry_at = self._clock.monotonic() + delay_s
-        child.restart_timer = self._ticker.schedule(delay_s, self.actor_ref, _RetryDue(
+        child.restart_timer = self._ticker.schedule(delay_s, self.actor_ref, RetryDue(
             child_id=child.child_id, generation=child.generation, why=why))
 
     def _demand_hook(self) -> Callable[[ChildId], None]:
@@ -412,11 +330,11 @@ class SupervisorActor(pykka.ThreadingActor):
         supervisor = self.actor_ref
 
         def demanded(child_id: ChildId) -> None:
-            tell_if_alive(supervisor, _RetryDemanded(child_id=child_id))
+            tell_if_alive(supervisor, RetryDemanded(child_id=child_id))
 
         return demanded
 
-    def _handle_retry_demanded(self, message: _RetryDemanded) -> None:
+    def _handle_retry_demanded(self, message: RetryDemanded) -> None:
         child = self._children.get(message.child_id)
         if child is None or child.state is not ChildState.FATAL or self._shutdown_done is not None:
             return
@@ -430,13 +348,13 @@ class SupervisorActor(pykka.ThreadingActor):
             self.log.bind(child=child.child_id).info("{}; retrying in {:.2f}s (its backoff since it gave up)", why, delay)
             self._schedule_retry(child, delay, why)
 
-    def _handle_retry_due(self, message: _RetryDue) -> None:
+    def _handle_retry_due(self, message: RetryDue) -> None:
         child = self._current(message.child_id, message.generation)
         if child is None or child.state is not ChildState.FATAL or self._shutdown_done is not None:
             return
         self._retry(child, message.why)
 
-    def _retry(self, child: _Child, why: str) -> None:
+    def _retry(self, child: ChildRecord, why: str) -> None:
         """Try a child that gave up again: the same child (its generations go on), with a new restart-limit window."""
         if child.restart_timer is not None:
             child.restart_timer.cancel()
@@ -449,12 +367,12 @@ class SupervisorActor(pykka.ThreadingActor):
         if error is not None:
             self._child_ended(child, StartFailed(error=error))
 
-    def _remove(self, child: _Child, why: str) -> None:
+    def _remove(self, child: ChildRecord, why: str) -> None:
         self._children.pop(child.child_id, None)
         self._directory.close(child.child_id, why)
         self._dirty = True
 
-    def _forget(self, child: _Child, why: str) -> None:
+    def _forget(self, child: ChildRecord, why: str) -> None:
         self._remove(child, why)
         self._stop_bound_to(child.child_id, "ended")
 
@@ -475,7 +393,7 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         self._stop_for_good(child, message.reason)
 
-    def _stop_for_good(self, child: _Child, reason: str) -> None:
+    def _stop_for_good(self, child: ChildRecord, reason: str) -> None:
         if child.ref is None:  # BACKOFF or FATAL: nothing runs, so there is nothing to wait for
             if child.restart_timer is not None:
                 child.restart_timer.cancel()
@@ -510,15 +428,15 @@ class SupervisorActor(pykka.ThreadingActor):
             child.stop, child.restart_reason = ("restart_by_hand" if message.by_hand else "restart"), message.reason
             self._request_stop(child, message.reason.describe())
 
-    def _request_stop(self, child: _Child, reason: str) -> None:
+    def _request_stop(self, child: ChildRecord, reason: str) -> None:
         self._request_stops([child], reason)
 
-    def _request_stops(self, children: list[_Child], reason: str) -> None:
+    def _request_stops(self, children: list[ChildRecord], reason: str) -> None:
         """Ask each child to stop within its grace. Every request is told before anything else is done (timers,
         log lines), so a tier of 100 stops in parallel: the children that already stop compete for the GIL with
         this loop, which would otherwise hand out one request per time slice."""
         now = self._clock.monotonic()
-        graces: dict[float, list[_Child]] = {}
+        graces: dict[float, list[ChildRecord]] = {}
         for child in children:
             assert child.ref is not None
             child.state = ChildState.STOPPING
@@ -531,14 +449,14 @@ class SupervisorActor(pykka.ThreadingActor):
         self._dirty = True
         for grace_s, same in graces.items():
             timers = self._ticker.schedule_many(grace_s + STOP_MARGIN_S, [
-                (self.actor_ref, _StopOverdue(child_id=c.child_id, generation=c.generation)) for c in same])
+                (self.actor_ref, StopOverdue(child_id=c.child_id, generation=c.generation)) for c in same])
             for child, timer in zip(same, timers, strict=True):
                 child.stop_timer = timer
         for child in children:
             emit(self.log.bind(child=child.child_id), "INFO", Event.STOPPING, "stopping: {}", reason, pid=child.pid,
                  reason=reason)
 
-    def _handle_stop_overdue(self, message: _StopOverdue) -> None:
+    def _handle_stop_overdue(self, message: StopOverdue) -> None:
         child = self._current(message.child_id, message.generation)
         if child is None or child.ref is None:
             return
@@ -558,7 +476,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self._shutdown_done = ShutdownDone()
         self._shutdown_deadline = self._clock.monotonic() + message.grace_s
         self.log.info("shutting down {} child(ren) within {:.1f}s", len(self._children), message.grace_s)
-        self._shutdown_timer = self._ticker.schedule(message.grace_s, self.actor_ref, _ShutdownDeadline())
+        self._shutdown_timer = self._ticker.schedule(message.grace_s, self.actor_ref, ShutdownDeadline())
         for child in [c for c in self._children.values() if c.ref is None]:
             if child.restart_timer is not None:
                 child.restart_timer.cancel()
