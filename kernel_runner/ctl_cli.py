@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from kernel_runner.control.client import ControlClient, ControlError, NoRunner
-from kernel_runner.control.protocol import SOCKET_ENV, configured_socket_path, format_duration
+from kernel_runner.control.protocol import (
+    DEFAULT_TAIL_LINES,
+    MAX_WAIT_S,
+    SOCKET_ENV,
+    configured_socket_path,
+    format_duration,
+)
 from kernel_runner.subcommands import parser_with_commands
 
 EXIT_FAILED = 1  # the runner refused or could not do the command; `ready`: not ready (or no runner at all)
@@ -57,8 +63,8 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= 300:  # the server's bound (control.server.MAX_WAIT_S)
-        raise argparse.ArgumentTypeError(f"{text} is not in (0, 300] seconds")
+    if not 0 < value <= MAX_WAIT_S:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, {MAX_WAIT_S:g}] seconds")
     return value
 
 
@@ -97,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("signal", metavar="SIG", help="a name (TERM, SIGHUP) or a number")
     p = command("tail", "a child's recent log lines")
     p.add_argument("child", metavar="CHILD")
-    p.add_argument("-n", "--lines", type=_lines, default=20, help="how many lines (default 20, at most 500)")
+    p.add_argument("-n", "--lines", type=_lines, default=DEFAULT_TAIL_LINES,
+                   help=f"how many lines (default {DEFAULT_TAIL_LINES}, at most 500)")
     p.add_argument("-f", "--follow", action="store_true", help="then print new lines as they come (Ctrl-C ends)")
     command("ready", "exit 0 when the runner and its language's children are up (a Docker HEALTHCHECK)")
     command("reload", "reread the service definitions (as SIGHUP does)")

@@ -22,6 +22,9 @@ SOCKET_NAME = "control.sock"
 # sockaddr_un's sun_path holds 108 bytes, the final NUL included.
 MAX_SOCKET_PATH_BYTES = 107
 COMMANDS = ("status", "start", "stop", "restart", "signal", "tail", "ready", "reload", "version")
+# The longest a command waits for its outcome (its `timeout` argument, `ctl --timeout`).
+MAX_WAIT_S = 300.0
+DEFAULT_TAIL_LINES = 20  # `tail` without `lines`
 
 
 class ProtocolError(ValueError):
@@ -52,10 +55,7 @@ def encode(message: Mapping[str, Any]) -> bytes:
 
 def decode_request(line: bytes) -> tuple[str, dict[str, Any]]:
     """(command, arguments) of one request line; ProtocolError says what is wrong with it."""
-    try:
-        request = json.loads(line)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"the request is not JSON: {exc}") from None
+    request = _json_line(line, "the request")
     if not isinstance(request, dict):
         raise ProtocolError(f"the request must be a JSON object, got {type(request).__name__}")
     command = request.get("cmd")
@@ -68,13 +68,17 @@ def decode_request(line: bytes) -> tuple[str, dict[str, Any]]:
 
 
 def decode_reply(line: bytes) -> dict[str, Any]:
-    try:
-        reply = json.loads(line)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"the runner's reply is not JSON: {exc}") from None
+    reply = _json_line(line, "the runner's reply")
     if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
         raise ProtocolError(f'the runner\'s reply is not an object with "ok": {line[:200]!r}')
     return reply
+
+
+def _json_line(line: bytes, what: str) -> Any:
+    try:
+        return json.loads(line)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"{what} is not JSON: {exc}") from None
 
 
 def error_reply(text: str) -> dict[str, Any]:
@@ -93,9 +97,11 @@ def format_duration(seconds: float) -> str:
 
 __all__ = [
     "COMMANDS",
+    "DEFAULT_TAIL_LINES",
     "MAX_REPLY_BYTES",
     "MAX_REQUEST_BYTES",
     "MAX_SOCKET_PATH_BYTES",
+    "MAX_WAIT_S",
     "SOCKET_ENV",
     "ProtocolError",
     "configured_socket_path",

@@ -1,34 +1,26 @@
-"""ControlServer: the runner's side of the control socket (docs/operations.md §1).
+"""ControlServer: the runner's side of the control socket (docs/operations.md §1): the socket file, connections,
+request framing; what each command does is `commands`.
 
-Not an actor. A daemon thread accepts connections and one short-lived thread per connection answers its requests,
-from what the runner already publishes without being asked (the tree snapshot on the status board, the start-up
-gate, the child log book). Commands go to the supervisor and the service manager by `tell`; waiting for their outcome
-(a restarted child running again) is a bounded look at the published tree, never an ask.
+Not an actor. A daemon thread accepts connections and one short-lived thread per connection reads its request lines
+and writes one reply line each, from the command table.
 """
 
 from __future__ import annotations
 
-import collections
-import datetime
 import errno
 import fcntl
 import os
-import platform
 import select
-import signal
 import socket
 import stat
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
-import kernel_runner
-from kernel_runner.childlog import LINES_PER_CHILD
 from kernel_runner.clock import Clock
+from kernel_runner.control.commands import ControlCommands, Following, Reply, RequestError
 from kernel_runner.control.protocol import (
     COMMANDS,
     MAX_REQUEST_BYTES,
@@ -39,31 +31,16 @@ from kernel_runner.control.protocol import (
     encode,
     error_reply,
 )
-from kernel_runner.exits import RestartRequested
-from kernel_runner.ids import LANG_CHILD, ROUTER_CHILD, SERVICES_CHILD, ChildId
-from kernel_runner.messages import ServiceInfo, ServiceResult, StartService
-from kernel_runner.refs import tell_if_alive
-from kernel_runner.supervision import ChildInfo, ChildState, RestartChild, StopChild, TreeSnapshot
+from kernel_runner.ids import ChildId
 from kernel_runner.wakeup import WakeupPipe
 
 if TYPE_CHECKING:
     from kernel_runner.runtime import RunnerHandle
 
-T = TypeVar("T")
-Reply = dict[str, Any]
-
 MAX_CONNECTIONS = 16  # more at once get a `busy` error reply and are closed
 IDLE_TIMEOUT_S = 30.0  # a connection that sends no request this long is closed (its slot is freed)
 SEND_TIMEOUT_S = 10.0  # a client that does not read its reply (or a `tail -f`) this long is dropped
-DEFAULT_WAIT_S = 10.0  # how long start/stop/restart/reload wait for the outcome unless the request says
-MAX_WAIT_S = 300.0
-TREE_LOOK_S = 0.02  # the published tree is looked at this often while a command waits for its outcome
 LIVE_PROBE_S = 1.0  # a socket file whose listener does not take a connection within this is held to be live
-FOLLOW_BACKLOG = 10_000  # lines queued for a `tail -f` reader slower than the child's logging; beyond, dropped
-DEFAULT_TAIL_LINES = 20
-BY_HAND = "by hand (kernel-runner ctl)"
-# `start` of a child in one of these answers `already started` (supervisorctl's answer), exit 0.
-UP_STATES = frozenset({ChildState.RUNNING, ChildState.STARTING})
 
 
 class ControlSocketError(Exception):
@@ -72,10 +49,6 @@ class ControlSocketError(Exception):
 
 class ControlSocketInUse(ControlSocketError):
     """Another runner answers on the socket's path."""
-
-
-class RequestError(Exception):
-    """A request that cannot be done; its text is the error reply."""
 
 
 def start_control_server(handle: RunnerHandle, *, delegate: ChildId | None, clock: Clock) -> ControlServer | None:
@@ -103,22 +76,13 @@ class ControlServer:
     """Answers `kernel-runner ctl` on a unix socket (mode 0600) until `stop`."""
 
     def __init__(self, handle: RunnerHandle, path: Path, *, delegate: ChildId | None, clock: Clock) -> None:
-        self._handle = handle
         self.path = path
-        self._clock = clock
-        # Children the runner cannot work without: restarted by hand, never stopped by hand.
-        self._core = frozenset(c for c in (ROUTER_CHILD, LANG_CHILD, SERVICES_CHILD, delegate) if c is not None)
-        self._ready_children = tuple(c for c in (ROUTER_CHILD, LANG_CHILD, delegate) if c is not None)
-        self._handlers: dict[str, Callable[[dict[str, Any], socket.socket], Reply | None]] = {
-            "status": self._status, "start": self._start, "stop": self._stop, "restart": self._restart,
-            "signal": self._signal, "tail": self._tail, "ready": self._ready, "reload": self._reload,
-            "version": self._version,
-        }
-        assert tuple(self._handlers) == COMMANDS
         self.log = logger.bind(child="control")
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._closing = threading.Event()
+        self._handlers = ControlCommands(handle, socket_path=path, delegate=delegate, clock=clock,
+                                         closing=self._closing).table
         self._wakeup = WakeupPipe()
         self._listener: socket.socket | None = None
         self._identity: tuple[int, int] | None = None  # the socket file we made: only that one is removed at stop
@@ -321,7 +285,7 @@ class ControlServer:
         return True
 
     def _dispatch(self, line: bytes, conn: socket.socket) -> Reply | None:
-        """The reply to one request line; None when the handler answered on the connection itself (`tail -f`)."""
+        """The reply to one request line; None when the command answered on the connection itself (`tail -f`)."""
         try:
             command, args = decode_request(line)
         except ProtocolError as exc:
@@ -330,299 +294,35 @@ class ControlServer:
         if handler is None:
             return error_reply(f"unknown command {command!r}; known: {', '.join(COMMANDS)}")
         try:
-            return handler(args, conn)
+            reply = handler(args)
+            if isinstance(reply, Following):
+                self._follow(conn, reply)
+                return None
+            return reply
         except RequestError as exc:
             return error_reply(str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug answers this request with an error, the server goes on
             self.log.opt(exception=exc).error("control command {} failed: {!r}", command, exc)
             return error_reply(f"internal error: {exc!r}")
 
-    # ---- what the runner publishes ----------------------------------------------------------------------------------
-    def _snapshot(self) -> TreeSnapshot:
-        return self._handle.board.snapshot
-
-    def _existing(self, child_id: ChildId) -> ChildInfo:
-        child = self._snapshot().get(child_id)
-        if child is None:
-            raise RequestError(f"no child {child_id} (`kernel-runner ctl status` lists them)")
-        return child
-
-    def _wait_for(self, found: Callable[[TreeSnapshot], T | None], timeout: float) -> T | None:
-        """Look at the published tree until `found` returns something, within `timeout` (a stop ends it early)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = found(self._snapshot())
-            remaining = deadline - time.monotonic()
-            if value is not None or remaining <= 0:
-                return value
-            if self._closing.wait(min(TREE_LOOK_S, remaining)):
-                raise RequestError("the runner is stopping")
-
-    def _not_ready_because(self) -> list[str]:
-        """Why the runner is not ready yet (empty: it is): the condition of RunnerHandle.wait_ready(kernel=True),
-        plus the router and the language runner running."""
-        why = [] if self._handle.runner.gate.is_open else ["start-up is not done (bootstrap.sh, intrinsic services)"]
-        snapshot = self._snapshot()
-        for child_id in self._ready_children:
-            child = snapshot.get(child_id)
-            if child is None or child.state is not ChildState.RUNNING:
-                why.append(f"{child_id} is {child.state.value if child else 'not started yet'}")
-        return why
-
-    def _tell_supervisor(self, message: object) -> None:
-        if not tell_if_alive(self._handle.supervisor, message):
-            raise RequestError("the runner is stopping")
-
-    # ---- commands ---------------------------------------------------------------------------------------------------
-    def _status(self, _args: dict[str, Any], _conn: socket.socket) -> Reply:
-        snapshot = self._snapshot()
-        now, wall_now = self._clock.monotonic(), time.time()
-        rows = {child.child_id: _child_row(child, now, wall_now) for child in snapshot.children}
-        top: list[dict[str, Any]] = []
-        for child in snapshot.children:
-            parent = child.binds_to
-            home = rows[parent]["children"] if parent is not None and parent in rows and parent != child.child_id \
-                else top
-            home.append(rows[child.child_id])
-        why = self._not_ready_because()
-        config = self._handle.config
-        runner = {"lang": config.lang, "pid": os.getpid(), "version": kernel_runner.__version__, "ready": not why,
-                  "not_ready": why, "ports": {"in": self._handle.ports.port_in, "out": self._handle.ports.port_out},
-                  "control_socket": str(self.path)}
-        return {"ok": True, "runner": runner, "children": top}
-
-    def _ready(self, _args: dict[str, Any], _conn: socket.socket) -> Reply:
-        why = self._not_ready_because()
-        return {"ok": True, "ready": not why, "not_ready": why}
-
-    def _version(self, _args: dict[str, Any], _conn: socket.socket) -> Reply:
-        return {"ok": True, "version": kernel_runner.__version__, "lang": self._handle.config.lang, "pid": os.getpid(),
-                "python": platform.python_version()}
-
-    def _restart(self, args: dict[str, Any], _conn: socket.socket) -> Reply:
-        child = self._existing(_child_arg(args))
-        return self._restart_by_hand(child, _wait_arg(args), action="restarted")
-
-    def _start(self, args: dict[str, Any], _conn: socket.socket) -> Reply:
-        child_id = _child_arg(args)
-        child = self._snapshot().get(child_id)
-        if child is None:
-            if child_id.startswith("service:"):
-                return self._start_service(child_id, args)
-            raise RequestError(f"no child {child_id} (`kernel-runner ctl status` lists them; `service:NAME` starts "
-                               "a service from its definition)")
-        if child.state in UP_STATES:
-            return {"ok": True, "child": child_id, "action": "already-started", "state": child.state.value,
-                    "generation": child.generation, "pid": child.pid}
-        return self._restart_by_hand(child, _wait_arg(args), action="started")
-
-    def _restart_by_hand(self, child: ChildInfo, wait_s: float, *, action: str) -> Reply:
-        """Restart now, logged as by hand and not counted towards give-up; answered once the next generation runs."""
-        if child.state is ChildState.STOPPING:
-            raise RequestError(f"{child.child_id} is stopping; try again once it has stopped")
-        self._tell_supervisor(RestartChild(child_id=child.child_id, reason=RestartRequested(why=BY_HAND), by_hand=True))
-
-        def running_again(snapshot: TreeSnapshot) -> ChildInfo | None:
-            now = snapshot.get(child.child_id)
-            return now if now is not None and now.generation > child.generation and \
-                now.state is ChildState.RUNNING else None
-
-        back = self._wait_for(running_again, wait_s)
-        if back is None:
-            raise RequestError(f"{child.child_id} is not running again within {wait_s:g} s: "
-                               f"{self._describe(child.child_id)}")
-        return {"ok": True, "child": child.child_id, "action": action, "state": back.state.value,
-                "generation": back.generation, "pid": back.pid}
-
-    def _start_service(self, child_id: ChildId, args: dict[str, Any]) -> Reply:
-        """A service from its definition, through the service manager (as `start-service` would, but the answers
-        come back here instead of going to the agent)."""
-        name = child_id.removeprefix("service:")
-        port = args.get("port")
-        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port <= 65535):
-            raise RequestError(f"port must be a port number 1-65535, got {port!r}")
-        wait_s = _wait_arg(args)
-        deadline = time.monotonic() + wait_s
-        answered = threading.Event()
-        answers: list[ServiceResult] = []
-
-        def reply(result: ServiceResult) -> None:  # in the service manager's thread: hand the value on, nothing more
-            answers.append(result)
-            answered.set()
-
-        info = ServiceInfo(name=name, port=port, ports=(port,) if port is not None else ())
-        logger.bind(child=child_id).info("start requested {}", BY_HAND)
-        self._handle.tell_child(SERVICES_CHILD, StartService(info=info, reply=reply))
-        if not answered.wait(wait_s):
-            raise RequestError(f"the service manager did not answer within {wait_s:g} s")
-        result = answers[0]
-        if result.status == "failed":
-            raise RequestError(f"{child_id} was not started: {result.error}")
-        if result.status == "running":
-            return {"ok": True, "child": child_id, "action": "already-started", "state": "RUNNING"}
-        seen: list[bool] = []
-
-        def settled(snapshot: TreeSnapshot) -> ChildInfo | str | None:
-            child = snapshot.get(child_id)
-            if child is None:
-                return "gone" if seen else None
-            seen.append(True)
-            return child if child.state in (ChildState.RUNNING, ChildState.FATAL, ChildState.BACKOFF) else None
-
-        outcome = self._wait_for(settled, max(0.0, deadline - time.monotonic()))
-        if isinstance(outcome, ChildInfo) and outcome.state is ChildState.RUNNING:
-            return {"ok": True, "child": child_id, "action": "started", "state": outcome.state.value,
-                    "generation": outcome.generation, "pid": outcome.pid}
-        raise RequestError(f"{child_id} did not start: {self._describe(child_id)}")
-
-    def _stop(self, args: dict[str, Any], _conn: socket.socket) -> Reply:
-        child_id = _child_arg(args)
-        if child_id in self._core:
-            raise RequestError(f"{child_id} is one of the runner's own children and is not stopped by hand "
-                               f"(`kernel-runner ctl restart {child_id}` restarts it)")
-        child = self._existing(child_id)
-        wait_s = _wait_arg(args)
-        self._tell_supervisor(StopChild(child_id=child_id, reason=f"stopped {BY_HAND}"))
-        if self._wait_for(lambda snapshot: True if snapshot.get(child_id) is None else None, wait_s) is None:
-            raise RequestError(f"{child_id} has not stopped within {wait_s:g} s: {self._describe(child_id)}")
-        return {"ok": True, "child": child_id, "action": "stopped", "generation": child.generation}
-
-    def _signal(self, args: dict[str, Any], _conn: socket.socket) -> Reply:
-        child_id = _child_arg(args)
-        signum = _signal_arg(args.get("signal"))
-        child = self._existing(child_id)
-        if child.pid is None or child.pid <= 1 or child.pid == os.getpid():
-            raise RequestError(f"{child_id} has no process to signal ({child.state.value})")
+    def _follow(self, conn: socket.socket, following: Following) -> None:
+        """`tail -f` keeps the connection: the backlog, then the lines `following` queues, until the client or the
+        runner closes."""
         try:
-            os.kill(child.pid, signum)
-        except ProcessLookupError:
-            raise RequestError(f"{child_id}'s process {child.pid} is gone") from None
-        except PermissionError:
-            raise RequestError(f"not allowed to signal {child_id}'s process {child.pid}") from None
-        name = _signal_name(signum)
-        logger.bind(child=child_id).info("sent {} to pid {} {}", name, child.pid, BY_HAND)
-        return {"ok": True, "child": child_id, "pid": child.pid, "signal": name}
-
-    def _tail(self, args: dict[str, Any], conn: socket.socket) -> Reply | None:
-        child_id = _child_arg(args)
-        lines = args.get("lines", DEFAULT_TAIL_LINES)
-        if isinstance(lines, bool) or not isinstance(lines, int) or lines < 0:
-            raise RequestError(f"lines must be a whole number >= 0, got {lines!r}")
-        lines = min(lines, LINES_PER_CHILD)
-        book = self._handle.log_book
-        known = book.children()
-        if child_id not in known and self._snapshot().get(child_id) is None:
-            raise RequestError(f"no child {child_id} (children with lines: {', '.join(sorted(known)) or 'none'})")
-        if not args.get("follow"):
-            return {"ok": True, "child": child_id, "lines": book.tail(child_id, lines)}
-        self._follow(conn, child_id, lines)
-        return None
-
-    def _follow(self, conn: socket.socket, child_id: ChildId, lines: int) -> None:
-        """`tail -f`: the backlog, then each new line as it is logged, until the client or the runner closes."""
-        queue: collections.deque[str] = collections.deque()
-        dropped = [0]
-        wakeup = WakeupPipe()
-
-        def follower(line: str) -> None:  # in the logging thread: queue and wake, never block (nor log)
-            if len(queue) < FOLLOW_BACKLOG:
-                queue.append(line)
-            else:
-                dropped[0] += 1
-            wakeup.wake()
-
-        backlog, unfollow = self._handle.log_book.follow(child_id, follower, lines=lines)
-        try:
-            if not self._send(conn, {"ok": True, "child": child_id, "lines": backlog, "following": True}):
+            if not self._send(conn, following.first):
                 return
             poller = select.poll()
             poller.register(conn, select.POLLIN)
-            poller.register(wakeup.fd, select.POLLIN)
+            poller.register(following.fd, select.POLLIN)
             while not self._closing.is_set():
                 events = poller.poll()
                 if any(fd == conn.fileno() for fd, _ in events) and not _still_open(conn):
                     return
-                wakeup.drain()
-                replies = []
-                while queue:
-                    replies.append({"ok": True, "line": queue.popleft()})
-                if dropped[0]:
-                    replies.append({"ok": True, "dropped": dropped[0]})
-                    dropped[0] = 0
+                replies = following.pending()
                 if replies and not self._send(conn, *replies):
                     return
         finally:
-            unfollow()
-            wakeup.close()
-
-    def _reload(self, args: dict[str, Any], _conn: socket.socket) -> Reply:
-        wait_s = _wait_arg(args)
-        summary = self._handle.reload_service_definitions(timeout=wait_s)
-        if summary is None:
-            raise RequestError(f"the service manager did not report a reload within {wait_s:g} s (start-up not done, "
-                               "or this runner's services do not come from a service-defs folder)")
-        return {"ok": True, "loaded": summary.loaded, "added": summary.added, "changed": summary.changed,
-                "removed": summary.removed, "invalid": summary.invalid, "kept": summary.kept}
-
-    def _describe(self, child_id: ChildId) -> str:
-        """Where a child is now, for an error line: its state and last exit, or its last log line once it is gone."""
-        child = self._snapshot().get(child_id)
-        if child is not None:
-            exit_part = f", last exit: {child.last_exit}" if child.last_exit else ""
-            return f"it is {child.state.value} (generation {child.generation}{exit_part})"
-        last = self._handle.log_book.tail(child_id, 1)
-        return f"it is gone{'; last log line: ' + last[0] if last else ''}"
-
-
-# ---- helpers ----------------------------------------------------------------------------------------------------------
-def _child_row(child: ChildInfo, now: float, wall_now: float) -> dict[str, Any]:
-    uptime = child.uptime_s(now)
-    since = None
-    if uptime is not None:
-        since = datetime.datetime.fromtimestamp(wall_now - uptime).astimezone().isoformat(timespec="seconds")
-    return {
-        "id": child.child_id, "state": child.state.value, "pid": child.pid, "generation": child.generation,
-        "restarts": child.restarts, "last_exit": child.last_exit,
-        "uptime_s": None if uptime is None else round(uptime, 2), "since": since, "extra": dict(child.extra),
-        "children": [],
-    }
-
-
-def _child_arg(args: dict[str, Any]) -> ChildId:
-    child = args.get("child")
-    if not isinstance(child, str) or not child:
-        raise RequestError('"child" must be a child id (`kernel-runner ctl status` lists them)')
-    return ChildId(child)
-
-
-def _wait_arg(args: dict[str, Any]) -> float:
-    wait_s = args.get("timeout", DEFAULT_WAIT_S)
-    if isinstance(wait_s, bool) or not isinstance(wait_s, int | float) or not 0 < wait_s <= MAX_WAIT_S:
-        raise RequestError(f"timeout must be a number of seconds in (0, {MAX_WAIT_S:g}], got {wait_s!r}")
-    return float(wait_s)
-
-
-def _signal_arg(value: object) -> int:
-    """A signal by number (9) or name (KILL, SIGKILL, kill)."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        if 0 < value < signal.NSIG:
-            return value
-        raise RequestError(f"no signal number {value} (1-{signal.NSIG - 1})")
-    if isinstance(value, str):
-        name = value.strip().upper()
-        name = name if name.startswith("SIG") else f"SIG{name}"
-        if name in signal.Signals.__members__:
-            return int(signal.Signals[name])
-    raise RequestError(f"unknown signal {value!r} (a name such as TERM or HUP, or a number)")
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return str(signum)
+            following.close()
 
 
 def _discard_input(conn: socket.socket) -> None:

@@ -30,7 +30,8 @@ CTL = (sys.executable, "-m", "kernel_runner", "ctl")
 WEB = {"command": [sys.executable, str(CHILDREN / "listener.py"), "{ports[0]}"]}
 # What `ctl` must never import: a health check starts a fresh process each time (docs/architecture.md §2.1).
 HEAVY = ("pykka", "zmq", "jupyter_client", "loguru", "kernel_runner.actors", "kernel_runner.runtime",
-         "kernel_runner.supervisor", "kernel_runner.cli", "kernel_runner.control.server")
+         "kernel_runner.supervisor", "kernel_runner.cli", "kernel_runner.control.server",
+         "kernel_runner.control.commands")
 IMPORTTIME_LINE = re.compile(r"import time:\s+\d+ \|\s+\d+ \|\s*(\S+)")
 __all__ = ["runner_processes"]  # the fixture
 
