@@ -87,9 +87,14 @@ class RestartRequested:
         return f"restart requested: {self.why}"
 
 
+# Every `kind` above: the `reason` of an `exited` event and a label value of the exits metric (bounded on purpose).
+EXIT_KINDS = ("normal", "shutdown", "process-died", "killed", "crashed", "start-failed", "unhealthy",
+              "restart-requested")
+
 ExitReason = Union[NormalExit, ShutdownExit, ProcessDied, StartFailed, Crashed, Unhealthy, RestartRequested]
 
 __all__ = [
+    "EXIT_KINDS",
     "Crashed",
     "ExitReason",
     "NormalExit",

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from kernel_runner.clock import Clock
 from kernel_runner.events import Event
+from kernel_runner.exits import EXIT_KINDS
 from kernel_runner.messages import AgentRequest, BadFrame, Finished, Html, Media, Output, RunKind, ToAgent
 from kernel_runner.supervision import ChildState, TreeSnapshot
 from kernel_runner.wire import OPS
@@ -36,10 +37,6 @@ if TYPE_CHECKING:
 RUN_OPS: tuple[str, ...] = get_args(RunKind)
 # What the agent gets as user output: the two streams, and rich output as the `media` and `html` records carry it.
 OUTPUT_STREAMS = ("stdout", "stderr", "media", "html")
-# The `reason` of an `exited` event is its exit's kind (kernel_runner/exits.py); anything else is counted as
-# "other", so a new kind cannot grow the label set without a look at this list.
-EXIT_REASONS = ("normal", "shutdown", "process-died", "killed", "crashed", "start-failed", "unhealthy",
-                "restart-requested")
 # From a quick `exec` to a long training job.
 RUN_DURATION_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
                           float("inf"))
@@ -177,7 +174,7 @@ class RunnerMetrics:
         # By kind, not by child id: a counter's series stay for the process's life, and a runner that starts
         # services under ever new names would grow them without bound. Per-child counts: kernel_runner_child_restarts.
         self._exits.labels(child_kind(str(extra.get("child", ""))),
-                           reason if reason in EXIT_REASONS else "other").inc()
+                           reason if reason in EXIT_KINDS else "other").inc()  # exits.EXIT_KINDS: bounded
 
     # ---- the HTTP server ------------------------------------------------------------------------------------------
     def serve(self, port: int, bind: str) -> int:
@@ -218,4 +215,4 @@ def _host(bind: str) -> str:
     return f"[{bind}]" if ":" in bind else bind
 
 
-__all__ = ["EXIT_REASONS", "OUTPUT_STREAMS", "RUN_OPS", "RunnerMetrics", "child_kind"]
+__all__ = ["OUTPUT_STREAMS", "RUN_OPS", "RunnerMetrics", "child_kind"]

@@ -6,7 +6,16 @@ import random
 
 import pytest
 
-from kernel_runner.exits import Crashed, NormalExit, ProcessDied, ShutdownExit
+from kernel_runner.exits import (
+    EXIT_KINDS,
+    Crashed,
+    NormalExit,
+    ProcessDied,
+    RestartRequested,
+    ShutdownExit,
+    StartFailed,
+    Unhealthy,
+)
 from kernel_runner.policy import (
     NO_FATAL_RETRY,
     Backoff,
@@ -135,3 +144,13 @@ def test_a_revived_child_gets_a_new_window_and_keeps_its_backoff() -> None:
     assert tracker.total_restarts == restarts + 1 and tracker.demand_retry_in(11.0) is None
     # The window starts afresh (no give-up on the next failure), and the backoff goes on from where it was (capped).
     assert tracker.decide(ProcessDied(code=1), now=11.0, uptime_s=0.1) == Restart(delay_s=8.0, attempt=attempt)
+
+
+def test_every_exit_reason_has_a_kind_from_the_bounded_list() -> None:
+    # The `exited` event's `reason` and the exits metric's label come from this list (docs/operations.md §2, §5).
+    reasons = [NormalExit(), ShutdownExit(), ShutdownExit(code=0, signal=15), ProcessDied(code=1),
+               ProcessDied(code=137, signal=9), StartFailed(error="x"), Crashed(error="x"), Unhealthy(detail="x"),
+               RestartRequested(why="x")]
+    kinds = [reason.kind for reason in reasons]
+    assert set(kinds) == set(EXIT_KINDS)
+    assert ProcessDied(code=137, signal=9).kind == "killed" and ProcessDied(code=1).kind == "process-died"
