@@ -20,7 +20,7 @@ import pytest
 import zmq
 
 from kernel_runner.client import AgentClient
-from tests.conftest import CHILDREN
+from tests.support.flood import MIB, StalledAgent, read_flood_to_the_end, wait_for_stalled_writer
 from tests.support.probes import ProbeTally, Scale
 from tests.support.reliability import RUN_END_TYPES, assert_core_running, assert_no_stray_replies
 from tests.support.runner_process import RunnerProcess, RunnerProcesses
@@ -29,8 +29,6 @@ from tests.support.waiting import wait_until
 pytestmark = pytest.mark.reliability
 
 PAUSED_WRITER = str(Path(__file__).parent / "children" / "paused_writer.py")
-FLOOD = str(CHILDREN / "flood.py")
-MIB = 1024 * 1024
 # docs/architecture.md §5.6: 64 credits (16 MiB) plus ZeroMQ's 32-message queue of <= 1 MiB hold about 48 MiB; the rest is
 # the margin of a busy machine (the in-process test in tests/integration/test_protocol_batch.py uses the same).
 RSS_GROWTH_LIMIT = 150 * MIB
@@ -98,73 +96,19 @@ def test_agent_disconnects_mid_output_and_reconnects(runner_processes: RunnerPro
             assert runner.stop() == 0
 
 
-class StalledAgent:
-    """An agent that stopped reading: its PULL takes almost nothing (a 4-message queue, a small kernel buffer)."""
-
-    def __init__(self, runner: RunnerProcess) -> None:
-        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        self.push = ctx.socket(zmq.PUSH)
-        self.pull = ctx.socket(zmq.PULL)
-        self.pull.setsockopt(zmq.RCVHWM, 4)
-        self.pull.setsockopt(zmq.RCVBUF, 64 * 1024)
-        for sock in (self.push, self.pull):
-            sock.setsockopt(zmq.LINGER, 0)
-        self.push.connect(f"tcp://127.0.0.1:{runner.port_in}")
-        self.pull.connect(f"tcp://127.0.0.1:{runner.port_out}")
-
-    def recv(self, timeout: float) -> tuple[bytes, bytes]:
-        assert self.pull.poll(int(timeout * 1000)), f"nothing from the runner within {timeout:g}s"
-        kind, payload = self.pull.recv_multipart()
-        return kind, payload
-
-    def close(self) -> None:
-        self.push.close()
-        self.pull.close()
-
-
 def flood_through_a_stalled_agent(runner: RunnerProcess, total: int) -> None:
     progress = runner.root / "progress"
-    agent = StalledAgent(runner)
+    agent = StalledAgent(runner.port_in, runner.port_out)
     try:
         agent.push.send_multipart([b"status", b""])
         assert agent.recv(timeout=30)[0] == b"status"
         before = runner.rss()
-        agent.push.send_multipart([b"exec", f"{sys.executable} {FLOOD} {total} {progress}".encode()])
-
-        def written() -> int:
-            try:
-                return int(progress.read_text() or 0)
-            except (OSError, ValueError):
-                return 0
-
-        peak = [before]
-        history: list[int] = []
-
-        def stalled() -> bool:
-            peak[0] = max(peak[0], runner.rss())
-            history.append(written())
-            # Unchanged over 50 checks 10 ms apart after it got going: the writer is blocked on its full pipe.
-            return len(history) > 50 and history[-1] > 0 and history[-1] == history[-50]
-
-        wait_until(stalled, timeout=60, what="the writer to stall")
-        assert written() < total, "the child was never slowed down"
-        growth = peak[0] - before
+        agent.start_flood(total, progress)
+        written, peak = wait_for_stalled_writer(progress, runner.rss, timeout=60)
+        assert written < total, "the child was never slowed down"
+        growth = peak - before
         assert growth < RSS_GROWTH_LIMIT, f"runner RSS grew by {growth / MIB:.0f} MiB while the agent was not reading"
-
-        pattern = bytes(range(256)) * (MIB // 256 + 2)  # flood.py repeats bytes(range(256))
-        received = 0
-        while True:
-            kind, payload = agent.recv(timeout=60)
-            if kind == b"stdout":
-                offset = received % 256
-                assert len(payload) <= MIB and payload == pattern[offset: offset + len(payload)], (
-                    f"stdout out of order or altered at byte {received}")
-                received += len(payload)
-            elif kind == b"finished":
-                assert payload == b'{"exitCode": 0}'
-                break
-            else:
-                raise AssertionError(f"unexpected {kind!r} {payload[:120]!r}")
+        received = read_flood_to_the_end(agent, message_timeout=60)
         assert received == total, f"{received} of {total} bytes arrived"
         agent.push.send_multipart([b"status", b""])
         assert agent.recv(timeout=30)[0] == b"status", "a second end message or late output after `finished`"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,19 +12,16 @@ from pathlib import Path
 import attrs
 import psutil
 import pytest
-import zmq
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
 from kernel_runner.actors import lang_runner
 from kernel_runner.client import AgentClient
 from kernel_runner.procs import StopStep
 from kernel_runner.supervision import ChildState
-from tests.conftest import CHILDREN
+from tests.support.flood import MIB, StalledAgent, read_flood_to_the_end, wait_for_stalled_writer
 from tests.support.procs import assert_gone, descendants
 from tests.support.runners import LangRunners, interrupt_run, read_until, running
 from tests.support.waiting import wait_until
-
-MIB = 1024 * 1024
 
 
 @pytest.fixture
@@ -172,60 +168,19 @@ def test_a_stalled_agent_slows_the_child_and_memory_stays_bounded(py_config: Run
     progress = work_dir / "progress"
     handle = start(py_config)  # no AgentClient: PUSH would round-robin output to it, and it would absorb some
     try:
-        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        push = ctx.socket(zmq.PUSH)
-        pull = ctx.socket(zmq.PULL)
-        pull.setsockopt(zmq.RCVHWM, 4)  # an agent that stopped reading: it takes almost nothing
-        pull.setsockopt(zmq.RCVBUF, 64 * 1024)
-        for sock in (push, pull):
-            sock.setsockopt(zmq.LINGER, 0)
-        push.connect(f"tcp://127.0.0.1:{handle.ports.port_in}")
-        pull.connect(f"tcp://127.0.0.1:{handle.ports.port_out}")
+        agent = StalledAgent(handle.ports.port_in, handle.ports.port_out)
         try:
             me = psutil.Process()
             before = me.memory_info().rss
-            push.send_multipart([b"exec", f"{sys.executable} {CHILDREN / 'flood.py'} {total} {progress}".encode()])
-
-            def written() -> int:
-                try:
-                    return int(progress.read_text() or 0)
-                except (OSError, ValueError):
-                    return 0
-
-            peak = [before]
-            history: list[int] = []
-
-            def stalled() -> bool:
-                peak[0] = max(peak[0], me.memory_info().rss)
-                history.append(written())
-                # Unchanged for 0.5 s (50 checks 10 ms apart) after it got going: the writer is blocked.
-                return len(history) > 50 and history[-1] > 0 and history[-1] == history[-50]
-
-            wait_until(stalled, timeout=30, what="the writer to stall")
-            stalled_at = written()
-            assert stalled_at < total, "the child was never slowed down"
-            growth = peak[0] - before
+            agent.start_flood(total, progress)
+            written, peak = wait_for_stalled_writer(progress, lambda: me.memory_info().rss, timeout=30)
+            assert written < total, "the child was never slowed down"
+            growth = peak - before
             assert growth < 150 * MIB, f"RSS grew by {growth / MIB:.0f} MiB while the agent was not reading"
-
             # The agent reads again: everything arrives, in order, and the op finishes normally.
-            received = 0
-            deadline = time.monotonic() + 60
-            while True:
-                assert pull.poll(int(max(0.0, deadline - time.monotonic()) * 1000)), "no message"
-                kind, payload = pull.recv_multipart()
-                if kind == b"stdout":
-                    # The stream repeats bytes(range(256)): each record must continue it exactly where it stands.
-                    offset = received % 256
-                    assert payload == (bytes(range(256)) * (len(payload) // 256 + 2))[offset: offset + len(payload)]
-                    assert len(payload) <= 1024 * 1024
-                    received += len(payload)
-                elif kind == b"finished":
-                    assert payload == b'{"exitCode": 0}'
-                    break
-            assert received == total
+            assert read_flood_to_the_end(agent, message_timeout=60, total_timeout=60) == total
         finally:
-            push.close()
-            pull.close()
+            agent.close()
     finally:
         handle.stop(timeout=5)
 
