@@ -244,15 +244,8 @@ def _exit_now(code: int) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The runner itself; `kernel-runner ctl` and `kernel-runner client` are picked earlier, in kernel_runner.entry."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "client":
-        from kernel_runner.client_cli import main as client_main
-
-        return client_main(argv[1:])
-    if argv and argv[0] == "ctl":  # the console script comes through kernel_runner.entry, which skips this module
-        from kernel_runner.ctl_cli import main as ctl_main
-
-        return ctl_main(argv[1:])
     args = build_parser().parse_args(argv)
     configure_logging(debug=args.debug, json_lines=args.log_json)
     log = logger.bind(child="runner")

@@ -1,7 +1,8 @@
 """The `kernel-runner` command (and `python -m kernel_runner`): picks the subcommand's module before importing it.
 
 `kernel-runner ctl` answers health checks from a fresh process each time, so it must not pay for the runner's
-imports (pykka, ZeroMQ, the actor modules; docs/operations.md §1). Everything else is kernel_runner.cli.
+imports (pykka, the actor modules; docs/operations.md §1), and neither need `kernel-runner client`. Everything else
+is the runner itself, kernel_runner.cli.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kernel_runner.ctl_cli import main as ctl_main
 
         return ctl_main(args[1:])
+    if args[:1] == ["client"]:
+        from kernel_runner.client_cli import main as client_main
+
+        return client_main(args[1:])
     from kernel_runner.cli import main as runner_main
 
     return runner_main(args)

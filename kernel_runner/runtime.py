@@ -91,6 +91,7 @@ class RunnerHandle:
         ticker: Ticker,
         log_book: ChildLogBook,
         log_files: ChildLogFiles | None = None,
+        metrics: RunnerMetrics | None = None,
     ) -> None:
         self.runner = runner
         self.config = runner.config
@@ -107,7 +108,7 @@ class RunnerHandle:
         self.escalation_listeners: list[Callable[[], None]] = []
         self.log_sink_id: int | None = None
         # With --metrics-port: the Prometheus metrics and their HTTP server (docs/operations.md §5).
-        self.metrics: RunnerMetrics | None = None
+        self.metrics = metrics
         # The server `kernel-runner ctl` talks to, when the config names a control socket (docs/operations.md §1).
         self.control: ControlServer | None = None
         # After stop(): the children the supervisor had to stop by force (they did not end within their grace).
@@ -324,9 +325,8 @@ def start(
     for spec in specs:
         supervisor.tell(StartChild(spec=spec))
     handle = RunnerHandle(runner=runner, ports=ports, supervisor=supervisor, board=board, ticker=ticker,
-                          log_book=log_book, log_files=log_files)
+                          log_book=log_book, log_files=log_files, metrics=metrics)
     handle_box.append(handle)
-    handle.metrics = metrics
     if config.forward_logs != "none":
         handle.log_sink_id = add_agent_log_sink(
             _log_sender(link, config.forward_logs), prefix=get_lang(config.lang).log_prefix

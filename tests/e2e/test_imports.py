@@ -86,8 +86,8 @@ def test_the_client_and_the_package_load_no_actor_code() -> None:
 
 
 def test_kernel_runner_client_runs_without_actor_code() -> None:
-    """`kernel-runner client --help` through the CLI entry point, as ops call it."""
-    probe = ("import sys\nfrom kernel_runner.cli import main\nsys.argv = ['kernel-runner', 'client', '--help']\n"
+    """`kernel-runner client --help` through the console script's entry point, as ops call it."""
+    probe = ("import sys\nfrom kernel_runner.entry import main\nsys.argv = ['kernel-runner', 'client', '--help']\n"
              "try:\n    main()\nexcept SystemExit:\n    pass\n"
              "print('LOADED', ' '.join(m for m in sys.modules if m.startswith('kernel_runner.actors')))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
