@@ -167,10 +167,8 @@ class ChildLogFiles:
         with self._lock:
             if child in self._handlers:
                 return
-            if len(self._handlers) >= self._max_children + len(RUNNER_LOGGERS):
-                full = True
-            else:
-                full = False
+            full = len(self._handlers) >= self._max_children + len(RUNNER_LOGGERS)
+            if not full:
                 self._handlers[child] = logger.add(
                     self._folder / log_file_name(child), level=self._level, format=FILE_FORMAT, filter=_only(child),
                     rotation=self._rotation, retention=self._retention, delay=True, backtrace=False,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 from loguru import logger
@@ -53,6 +53,9 @@ from kernel_runner.supervision import (
     WhichChildrenQuery,
 )
 from kernel_runner.timers import Ticker, TimerHandle
+
+if TYPE_CHECKING:
+    from loguru import Logger
 
 # A child asked to stop gets its spec's grace plus this much before the supervisor stops its actor itself.
 STOP_MARGIN_S = 1.0
@@ -282,7 +285,7 @@ class SupervisorActor(pykka.ThreadingActor):
                     decision.delay_s, self.actor_ref, RestartDue(child_id=child.child_id, generation=child.generation)
                 )
 
-    def _log_exit(self, log: Any, child: ChildRecord, reason: ExitReason, ended: ExitReason, *, pid: int | None,
+    def _log_exit(self, log: Logger, child: ChildRecord, reason: ExitReason, ended: ExitReason, *, pid: int | None,
                   uptime_s: float | None) -> None:
         """The one line per exit: why, how its process ended (`ended`), and whether anyone asked for it
         (supervisord's "expected")."""
