@@ -55,6 +55,7 @@ from kernel_runner.supervision import (
     ShutdownDone,
     ShutdownTree,
     StartChild,
+    TreeSnapshot,
     WhichChildrenQuery,
 )
 from kernel_runner.supervisor import SupervisorActor
@@ -69,7 +70,6 @@ SERVICES_TIER = 4  # the service manager stops first: no new service starts whil
 # Of a stop's one deadline, the tree gets all but this much (at most a quarter): the supervisor, the ticker and
 # what a forced stop left over are stopped in the rest.
 STOP_RESERVE_S = 1.0
-READY_POLL_S = 0.02  # wait_ready(kernel=True) looks at the published tree this often
 
 # A child a harness adds to the tree; it gets the runner's context to build its spec (rejects, router, env).
 ChildPlan = Callable[[RunnerContext], ChildSpec]
@@ -150,14 +150,12 @@ class RunnerHandle:
         delegate = delegate_child_id(self.config.lang)
         if not kernel or delegate is None:
             return True
-        pause = threading.Event()  # never set: a bounded pause between looks at the published tree
-        while True:
-            child = self.board.snapshot.get(delegate)
-            if child is not None and child.state is ChildState.RUNNING:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            pause.wait(min(READY_POLL_S, max(0.0, deadline - time.monotonic())))
+
+        def delegate_running(snapshot: TreeSnapshot) -> bool | None:
+            child = snapshot.get(delegate)
+            return True if child is not None and child.state is ChildState.RUNNING else None
+
+        return bool(self.board.wait_for(delegate_running, max(0.0, deadline - time.monotonic())))
 
     def reload_service_definitions(self, timeout: float | None = None) -> ServiceDefinitionsReloaded | None:
         """Reread the service-defs folder (what SIGHUP does, docs/protocol.md §1.3), once start-up is done.

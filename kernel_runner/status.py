@@ -8,13 +8,16 @@ for ever.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from loguru import logger
 
 from kernel_runner.ids import ChildId
 from kernel_runner.supervision import EMPTY_TREE, ChildState, TreeSnapshot
+
+T = TypeVar("T")
 
 
 class StartupGate:
@@ -67,15 +70,37 @@ class StartupGate:
 
 
 class StatusBoard:
-    """The supervisor's latest tree snapshot (swapped whole, so readers need no lock)."""
+    """The supervisor's latest tree snapshot (swapped whole, so readers need no lock), and a wait for a change."""
 
     def __init__(self, gate: StartupGate) -> None:
         self.snapshot: TreeSnapshot = EMPTY_TREE
         self._gate = gate
+        self._changed = threading.Condition()
+
+    def wait_for(self, found: Callable[[TreeSnapshot], T | None], timeout: float,
+                 *, abandon: threading.Event | None = None) -> T | None:
+        """What `found` returns for the first snapshot it accepts (not None), looked at on each change; None after
+        `timeout`, or once `abandon` is set (whoever sets it calls `nudge`). Nothing polls: the supervisor's
+        publish wakes the waiters."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                value = found(self.snapshot)
+                remaining = deadline - time.monotonic()
+                if value is not None or remaining <= 0 or (abandon is not None and abandon.is_set()):
+                    return value
+                self._changed.wait(remaining)
+
+    def nudge(self) -> None:
+        """Wake every `wait_for` to look again (its `abandon` was set)."""
+        with self._changed:
+            self._changed.notify_all()
 
     def publish(self, snapshot: TreeSnapshot) -> None:
         """Called in the supervisor's thread after every change; must stay cheap."""
-        self.snapshot = snapshot
+        with self._changed:
+            self.snapshot = snapshot
+            self._changed.notify_all()
         if not self._gate.is_open:
             for child in snapshot.children:
                 if child.state is ChildState.FATAL:

@@ -38,7 +38,6 @@ T = TypeVar("T")
 Reply = dict[str, Any]
 
 DEFAULT_WAIT_S = 10.0  # how long start/stop/restart/reload wait for the outcome unless the request says
-TREE_LOOK_S = 0.02  # the published tree is looked at this often while a command waits for its outcome
 FOLLOW_BACKLOG = 10_000  # lines queued for a `tail -f` reader slower than the child's logging; beyond, dropped
 BY_HAND = "by hand (kernel-runner ctl)"
 # `start` of a child in one of these answers `already started` (supervisorctl's answer), exit 0.
@@ -122,15 +121,12 @@ class ControlCommands:
         return child
 
     def _wait_for(self, found: Callable[[TreeSnapshot], T | None], timeout: float) -> T | None:
-        """Look at the published tree until `found` returns something, within `timeout` (a stop ends it early)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = found(self._snapshot())
-            remaining = deadline - time.monotonic()
-            if value is not None or remaining <= 0:
-                return value
-            if self._closing.wait(min(TREE_LOOK_S, remaining)):
-                raise RequestError("the runner is stopping")
+        """Look at the published tree on each change until `found` returns something, within `timeout` (a stop
+        ends it early)."""
+        value = self._handle.board.wait_for(found, timeout, abandon=self._closing)
+        if value is None and self._closing.is_set():
+            raise RequestError("the runner is stopping")
+        return value
 
     def _not_ready_because(self) -> list[str]:
         """Why the runner is not ready yet (empty: it is): the condition of RunnerHandle.wait_ready(kernel=True),

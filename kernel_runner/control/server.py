@@ -81,6 +81,7 @@ class ControlServer:
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._closing = threading.Event()
+        self._board = handle.board
         self._handlers = ControlCommands(handle, socket_path=path, delegate=delegate, clock=clock,
                                          closing=self._closing).table
         self._wakeup = WakeupPipe()
@@ -105,6 +106,7 @@ class ControlServer:
             self._closing.set()
             connections = list(self._connections)
         self._wakeup.wake()
+        self._board.nudge()  # a command waiting for an outcome hears that the runner stops
         for conn in connections:
             try:
                 conn.shutdown(socket.SHUT_RDWR)  # wakes the connection's thread: its reads end at once
