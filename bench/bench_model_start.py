@@ -65,7 +65,7 @@ def bare_readiness() -> float:
 def model(name: str, port: int, *extra: str, **check: object) -> str:
     return json.dumps({
         "name": name,
-        "model_path": "/models/" + name,
+        "model_path": tempfile.gettempdir(),
         "service": {
             "start_command": [sys.executable, str(SERVER), str(port), *extra],
             "port": port,
@@ -90,7 +90,10 @@ def main() -> None:
         control.write_text("")
         config = RunnerConfig(lang="app", bind="127.0.0.1", port_in=0, port_out=0, config_dir=Path(tmp),
                               work_dir=Path(tmp), service_defs_dir=Path(tmp) / "defs", start_intrinsic_services=False,
-                              model_restart_on_unhealthy=False)
+                              model_restart_on_unhealthy=False,
+                              # request → `started` after the first healthy probe: the verdict contract's figure
+                              # (docs/protocol.md §12.2); the spawned contract answers at spawn.
+                              agent_generation="23.03.11")
         handle = start(config)
         bare: list[float] = []
         runner: list[float] = []

@@ -89,7 +89,7 @@ def load_up(agent: Agent) -> None:
         agent.push.send_multipart([b"start-service", json.dumps(info).encode()])
     for i in range(MODELS):
         port = ports[SERVICES + i]
-        model = {"name": f"model{i:02d}", "model_path": "/models/x", "service": {
+        model = {"name": f"model{i:02d}", "model_path": tempfile.gettempdir(), "service": {
             "start_command": [sys.executable, HEALTH_SERVER, str(port)], "port": port,
             "health_check": {"path": "/health", "max_retries": 60, "max_wait_time": 1.0, "interval": 0.1}}}
         agent.push.send_multipart([b"start-model-service", json.dumps(model).encode()])

@@ -49,7 +49,7 @@ def stop_seconds(root: Path, *, loaded: bool) -> float:
             for i in range(2):
                 port = free_port()
                 health = {"path": "/health", "max_retries": 20, "max_wait_time": 1, "expected_status_code": 200}
-                agent.start_model_service({"name": f"m{i}", "model_path": "/m", "service": {
+                agent.start_model_service({"name": f"m{i}", "model_path": tempfile.gettempdir(), "service": {
                     "start_command": [sys.executable, str(CHILDREN / "health_server.py"), str(port)], "port": port,
                     "pre_start_actions": None, "health_check": health}}, timeout=60)
                 ports.append(port)

@@ -24,6 +24,7 @@ from loguru import logger
 
 from kernel_runner.config import ConfigError, RunnerConfig, port_number, read_intrinsic_ports
 from kernel_runner.control.protocol import configured_socket_path
+from kernel_runner.generations import AUTO, SETTING_ENV, check_setting
 from kernel_runner.langs import REGISTRY, get_lang, resolve_runtime
 from kernel_runner.logs import configure_logging, install_thread_dump_signal
 from kernel_runner.reaper import OrphanReaper, become_subreaper, kill_descendants
@@ -72,8 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "$XDG_RUNTIME_DIR/kernel-runner/control.sock or /tmp/kernel-runner-<uid>/control.sock)")
     parser.add_argument("--no-intrinsic-services", action="store_true", help="do not start sshd/ttyd at start-up")
     parser.add_argument("--shutdown-deadline", type=float, default=15.0, help="seconds for the orderly stop")
-    parser.add_argument("--service-launch-timeout", type=float, default=8.0,
-                        help="seconds a service may take to open its port (the agent waits 10 s for the reply)")
+    parser.add_argument("--service-launch-timeout", type=float, default=None,
+                        help="seconds by which `service-result` is sent (default: before the agent gives up, 8 s or "
+                             "30 s by its generation); a service slower than that keeps starting")
+    parser.add_argument("--agent-generation", type=_generation_setting,
+                        default=os.environ.get(SETTING_ENV, AUTO),
+                        help=f"the Backend.AI agent release this runner serves: `auto` (the default: decided from "
+                             f"what the runner sees), a release such as 23.09.1, or ${SETTING_ENV} "
+                             "(docs/protocol.md §12)")
     parser.add_argument("--term-in-port", type=port_number, default=2002, help="git runner: terminal input (SUB) port")
     parser.add_argument("--term-out-port", type=port_number, default=2003, help="git runner: terminal output (PUB) port")
     parser.add_argument("--dropbear-dir", type=Path, default=Path("/opt/kernel"),
@@ -84,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics-bind", default="127.0.0.1",
                         help="address the metrics server binds (default: 127.0.0.1, this machine only)")
     return parser
+
+
+def _generation_setting(text: str) -> str:
+    try:
+        return check_setting(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def config_from_args(args: argparse.Namespace) -> RunnerConfig:
@@ -106,6 +120,7 @@ def config_from_args(args: argparse.Namespace) -> RunnerConfig:
         start_intrinsic_services=not args.no_intrinsic_services,
         shutdown_deadline_s=args.shutdown_deadline,
         service_launch_timeout_s=args.service_launch_timeout,
+        agent_generation=args.agent_generation,
         term_in_port=args.term_in_port,
         term_out_port=args.term_out_port,
         dropbear_dir=args.dropbear_dir,

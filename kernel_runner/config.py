@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 
+from kernel_runner.generations import check_setting
 from kernel_runner.policy import Backoff, IntensityLimit
 
 DEFAULT_PORT_IN = 2000
@@ -111,7 +112,13 @@ class RunnerConfig:
     start_intrinsic_services: bool = True
     dropbear_dir: Path = Path("/opt/kernel")
     ttyd_path: Path = Path("/opt/kernel/ttyd")
-    service_launch_timeout_s: float = 8.0
+    # Which Backend.AI agent drives this runner (docs/protocol.md §12): "auto" (decided from what the runner sees), a
+    # row of generations.GENERATIONS, or any release. The command line reads KERNEL_RUNNER_AGENT_GENERATION too.
+    agent_generation: str = attrs.field(default="auto", validator=lambda _i, _a, value: check_setting(value))
+    # When `service-result` must be sent by; None: before the agent gives up, as its generation says (8 s or 30 s).
+    service_launch_timeout_s: float | None = None
+    # A service still opening its port after the reply keeps starting this long (from its spawn), then is killed.
+    service_start_limit_s: float = 300.0
     service_stop_grace_s: float = 2.0
     shutdown_deadline_s: float = 15.0
     # Output in flight between producers and the agent socket: a chunk takes one credit per started 256 KiB
@@ -128,6 +135,8 @@ class RunnerConfig:
     # Send `model-service-status` transitions (the ≥23.09 agent's message). The 23.03 agent routes unknown types to
     # the current run's output queue or drops them, and never counts them as console output (docs/protocol.md §3.2-3.4).
     model_status_messages: bool = True
+    # The next two apply to the verdict contract (agents before 23.09.1, docs/protocol.md §12.2); under the spawned
+    # contract a model is never stopped or restarted for failing its checks, as upstream.
     # A model that never became healthy within its startup budget: stop its server (upstream left it running).
     model_stop_on_startup_failure: bool = True
     # After max_retries consecutive liveness failures: restart the server through the supervisor (upstream: report only).

@@ -8,6 +8,7 @@ import attrs
 
 from kernel_runner.config import RunnerConfig
 from kernel_runner.directory import ChildDirectory
+from kernel_runner.generations import DEFAULT_ROW, GenerationChoice, GenerationTracker
 from kernel_runner.outbox import RouterLink
 from kernel_runner.status import StartupGate
 
@@ -24,3 +25,11 @@ class RunnerContext:
     gate: StartupGate = attrs.field(factory=StartupGate)
     # Children by id (the same directory the supervisor keeps current); used to build rejects that tell a sibling.
     directory: ChildDirectory = attrs.field(factory=ChildDirectory)
+    # The agent generation in force (docs/protocol.md §12); evidence from requests can raise it while the runner runs.
+    generations: GenerationTracker = attrs.field(
+        factory=lambda: GenerationTracker(GenerationChoice(row=DEFAULT_ROW, pinned=False, reason="default")))
+
+    def service_reply_within_s(self) -> float:
+        """When `service-result` must be sent by: the setting, else before this generation's agent gives up."""
+        configured = self.config.service_launch_timeout_s
+        return configured if configured is not None else self.generations.choice.row.service_reply_within_s

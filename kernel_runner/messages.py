@@ -8,6 +8,7 @@ from typing import Any, Literal, TypeVar, Union, dataclass_transform
 
 import attrs
 
+from kernel_runner.generations import Evidence
 from kernel_runner.ids import Pid, RunId
 
 _Cls = TypeVar("_Cls", bound=type)
@@ -164,7 +165,7 @@ HEALTH_CHECK_BOUNDS: Mapping[str, Bounds] = {
     "max_retries": Bounds(low=1, high=1000),
     "max_wait_time": Bounds(low=0, high=600, unit="s"),
     "expected_status_code": Bounds(low=100, high=599),
-    "interval": Bounds(low=0, high=3600, low_open=True, unit="s"),
+    "interval": Bounds(low=0, high=3600, unit="s"),  # 0: as often as the probe floor allows (24.12's schema)
     "initial_delay": Bounds(low=0, high=86400, unit="s"),
 }
 PORT_BOUNDS = Bounds(low=1, high=65535)
@@ -182,6 +183,12 @@ class HealthCheck:
     expected_status_code: int = attrs.field(default=200, validator=HEALTH_CHECK_BOUNDS["expected_status_code"])
     interval: float | None = attrs.field(default=None, validator=HEALTH_CHECK_BOUNDS["interval"])
     initial_delay: float | None = attrs.field(default=None, validator=HEALTH_CHECK_BOUNDS["initial_delay"])
+    # 26.4.7+: probing only when true; absent (older agents) means a health check given is a health check used.
+    enable: bool | None = None
+
+    @property
+    def probing(self) -> bool:
+        return self.enable is not False
 
 
 @frozen_value
@@ -205,6 +212,8 @@ class ModelInfo:
     name: str
     model_path: str | None = None
     service: ModelServiceSpec | None = None
+    # What the payload's shape proves about the agent's release (generations.model_payload_floor), not a field of it.
+    evidence: Evidence | None = None
 
 
 @frozen_value
@@ -521,9 +530,11 @@ class PollyWorkerDied:
 
 
 @frozen_value
-class ServicePortOpened:
+class ServiceUp:
+    """The service is up: its port opened, or it has none to wait for (a model server under the spawned contract)."""
+
     name: str
-    port: int
+    port: int | None
 
 
 @frozen_value
@@ -541,6 +552,18 @@ class ServiceStartFailed:
 
     name: str
     error: str
+
+
+@frozen_value
+class AwaitServiceStart:
+    """The service manager → a service still starting: a later start-service for it, answered once it is up.
+
+    Exactly one call of `reply`: `started` when the port opens, `failed` when the start fails or `within_s` passes
+    (docs/protocol.md §6.2 step 2).
+    """
+
+    reply: Callable[[ServiceResult], None]
+    within_s: float
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from kernel_runner.directory import ChildDirectory, Reject
 from kernel_runner.ids import LANG_CHILD, ChildId
 from kernel_runner.messages import (
     AppsResult,
+    AwaitServiceStart,
     CompleteCode,
     CompletionResult,
     Finished,
@@ -92,6 +93,19 @@ def services_reject(router: RouterLink) -> Reject:
     return reject
 
 
+def service_reject(name: str) -> Reject:
+    """For one service: a later start-service waiting for it (AwaitServiceStart) is answered even when it is gone."""
+
+    def reject(message: object) -> None:
+        match message:
+            case AwaitServiceStart():
+                message.reply(ServiceResult(status="failed", error=f"the process did not start properly: {name}"))
+            case _:
+                logger.bind(child=f"service:{name}").debug("not running; dropped {}", type(message).__name__)
+
+    return reject
+
+
 def unknown_child_reject(directory: ChildDirectory, router: RouterLink) -> Callable[[ChildId, object], None]:
     """For ids nobody registered (a harness without that child): answer as the id's role would be answered."""
     lang = lang_runner_reject(router)
@@ -112,6 +126,7 @@ __all__ = [
     "EXIT_NOT_RUN",
     "delegate_reject",
     "lang_runner_reject",
+    "service_reject",
     "services_reject",
     "unknown_child_reject",
     "untaken_run_answers",

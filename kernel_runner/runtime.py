@@ -29,6 +29,7 @@ from kernel_runner.config import RunnerConfig, resolve_ports
 from kernel_runner.context import RunnerContext
 from kernel_runner.control.server import ControlServer, ControlSocketError, start_control_server
 from kernel_runner.directory import ChildDirectory
+from kernel_runner.generations import GenerationChoice, GenerationTracker, ModelReply, choose, mount_evidence
 from kernel_runner.ids import (
     KERNEL_CHILD,
     LANG_CHILD,
@@ -229,6 +230,22 @@ class RunnerHandle:
         return clean
 
 
+def detect_generation(config: RunnerConfig) -> GenerationChoice:
+    """The agent generation at start-up: the setting, else what the agent mounted (docs/protocol.md §12.1)."""
+    evidence = mount_evidence(kernel_dir=config.dropbear_dir, config_dir=config.config_dir)
+    return choose(config.agent_generation, evidence)
+
+
+def announce_generation(choice: GenerationChoice) -> None:
+    """One line whenever the choice is made or changes: ops see which agent the runner serves, and why."""
+    row = choice.row
+    logger.bind(child="runner").info(
+        "serving Backend.AI agents {} ({}): model-service-result {}, service-result within {:g}s; {}",
+        row.releases, "pinned" if choice.pinned else "detected", "after the health check"
+        if row.model_reply is ModelReply.VERDICT else "once the server runs", row.service_reply_within_s, choice.reason,
+    )
+
+
 def start(
     config: RunnerConfig,
     *,
@@ -248,8 +265,10 @@ def start(
     link = RouterLink(config.output_credits)
     gate = StartupGate({BOOTSTRAP_STEP: LANG_CHILD})
     directory = ChildDirectory()
+    generations = GenerationTracker(detect_generation(config), on_change=announce_generation)
+    announce_generation(generations.choice)
     runner = RunnerContext(config=config, router=link, env=child_env, runner_env=runner_env, gate=gate,
-                           directory=directory)
+                           directory=directory, generations=generations)
     directory.set_unknown(unknown_child_reject(directory, link))
     start_intrinsics = services is None and config.start_intrinsic_services
     planner = build_service_directory(runner) if services is None else services(runner)

@@ -1,11 +1,8 @@
-"""Child specs for service processes, and for model services: a server plus (with a health check) its checker.
+"""Child specs for service processes, and for model services: a server plus (usually) its health checker.
 
-Who answers the agent for a model service (docs/protocol.md §7):
-- no health_check: the server's ServiceActor, `started` once the port opens (never upstream's "service unhealthy"
-  for a healthy start);
-- with a health_check: the HealthCheckerActor, `started` at the first expected status, `failed` when its budget is
-  spent or the server dies first. The server's ServiceActor neither waits for the port nor replies; it tells the
-  checker (through the child directory) when its process ends.
+Who answers the agent for a model service depends on the agent generation's contract (docs/protocol.md §7.2, §12.2);
+`model_child_specs` says which child it is. The server's ServiceActor tells its checker (through the child directory)
+when it is up and when its process ends.
 """
 
 from __future__ import annotations
@@ -17,9 +14,11 @@ import pykka
 from loguru import logger
 
 from kernel_runner.context import RunnerContext
+from kernel_runner.generations import ModelReply
 from kernel_runner.ids import ChildId, health_child, service_child
 from kernel_runner.messages import HealthCheck, ModelInfo
 from kernel_runner.policy import NO_FATAL_RETRY, FatalRetry, RestartType
+from kernel_runner.rejects import service_reject
 from kernel_runner.servicedefs import RestartOverride, ServiceLaunch
 from kernel_runner.supervision import ChildContext, ChildSpec
 
@@ -65,7 +64,8 @@ def service_child_spec(
         prepare=prepare,
         port=launch.port if wait_for_port else None,
         noop=launch.noop,
-        launch_timeout_s=config.service_launch_timeout_s,
+        reply_within_s=runner.service_reply_within_s(),
+        start_limit_s=config.service_start_limit_s,
         watcher=watcher,
     )
 
@@ -84,29 +84,40 @@ def service_child_spec(
         # A model server's checker is stopped for good when the server gives up: retried alone, it would run unwatched.
         fatal_retry=NO_FATAL_RETRY if watcher is not None else FatalRetry(),
         tier=SERVICE_TIER,
+        reject=service_reject(launch.name),
     )
 
 
-def model_child_specs(model: ModelInfo, launch: ServiceLaunch, runner: RunnerContext) -> Sequence[ChildSpec]:
-    """The children to start, in order: the server, then (with a health_check) its checker.
+def model_child_specs(model: ModelInfo, launch: ServiceLaunch, runner: RunnerContext, *,
+                      contract: ModelReply) -> Sequence[ChildSpec]:
+    """The children to start, in order: the server, then (when someone must watch it) its checker.
 
     The server is `permanent`: it is meant to run for the session, so any exit is restarted (with backoff and the
-    intensity limit); shutdown-service and a failed startup stop it for good. The checker is `transient`: it ends
-    normally once the model service has ended, and is bound to its server, so it goes when the server gives up.
+    intensity limit); shutdown-service stops it for good. The checker is `transient`: it ends normally once the
+    model service has ended, and is bound to its server, so it goes when the server gives up.
+
+    Who answers the agent depends on the contract (docs/protocol.md §7.2, §12.2):
+    - VERDICT with a health check: the checker, after the start-up probes; without one, the server once its port
+      opens (no checker).
+    - SPAWNED: the server, as soon as its process runs; the checker only reports health (`model-service-status`):
+      by probing, or, without an enabled health check, by following the server's process (up: healthy).
     """
-    from kernel_runner.actors.health import HealthCheckerActor, HealthMemo  # loaded with the first model (§2.1)
+    from kernel_runner.actors.health import HealthCheckerActor, HealthMemo, Phase  # loaded with the first model (§2.1)
 
     service = model.service
     assert service is not None  # with_model_service refused a model without `service`
     check = service.health_check
-    if check is None:
+    verdict = contract is ModelReply.VERDICT
+    if verdict and (check is None or not check.probing):
         return [service_child_spec(launch, runner, reply="model", wait_for_port=True, default_restart="permanent")]
     checker_id = health_child(launch.name)
     server = service_child_spec(
-        launch, runner, reply="none", watcher=checker_id, wait_for_port=False, default_restart="permanent"
+        launch, runner, reply="none" if verdict else "model", watcher=checker_id, wait_for_port=False,
+        default_restart="permanent",
     )
-    plan = health_plan(model.name, launch.name, service.port, check, runner)
-    memo = HealthMemo()
+    plan = health_plan(model.name, launch.name, service.port, check, runner, contract=contract)
+    # Under SPAWNED the server answers the agent and there is no start-up phase: the checker starts in LIVENESS.
+    memo = HealthMemo() if verdict else HealthMemo(phase=Phase.LIVENESS, replied=True)
 
     def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
         return HealthCheckerActor.start(ctx=ctx, runner=runner, plan=plan, memo=memo)
@@ -126,22 +137,28 @@ def model_child_specs(model: ModelInfo, launch: ServiceLaunch, runner: RunnerCon
     return [server, checker]
 
 
-def health_plan(model_name: str, service_name: str, port: int, check: HealthCheck, runner: RunnerContext) -> HealthPlan:
+def health_plan(model_name: str, service_name: str, port: int, check: HealthCheck | None, runner: RunnerContext, *,
+                contract: ModelReply = ModelReply.VERDICT) -> HealthPlan:
     from kernel_runner.actors.health import HealthPlan
 
     config = runner.config
-    path = check.path if check.path.startswith("/") else f"/{check.path}"  # upstream appended it verbatim (§7.2)
+    spawned = contract is ModelReply.SPAWNED
+    probing = check is not None and check.probing
+    path = "/" if check is None else check.path if check.path.startswith("/") else f"/{check.path}"  # §7.2
     return HealthPlan(
         model_name=model_name,
         service_name=service_name,
         server_child=service_child(service_name),
         url=f"http://127.0.0.1:{port}{path}",
-        check=check,
+        check=check if check is not None else HealthCheck(path=path),
+        contract=contract,
+        probing=probing,
         startup_period_s=config.model_startup_probe_period_s,
-        interval_s=check.interval if check.interval is not None else config.model_probe_interval_s,
+        interval_s=check.interval if check is not None and check.interval is not None else config.model_probe_interval_s,
         send_status=config.model_status_messages,
-        stop_on_startup_failure=config.model_stop_on_startup_failure,
-        restart_on_unhealthy=config.model_restart_on_unhealthy,
+        # Upstream never stops or restarts a model for failing its checks from 23.09.1 on (docs/protocol.md §12.2).
+        stop_on_startup_failure=config.model_stop_on_startup_failure and not spawned,
+        restart_on_unhealthy=config.model_restart_on_unhealthy and not spawned,
     )
 
 

@@ -12,6 +12,7 @@ import attrs
 from loguru import logger
 
 from kernel_runner.context import RunnerContext
+from kernel_runner.generations import ModelReply
 from kernel_runner.ids import ChildId, health_child, service_child
 from kernel_runner.messages import (
     AppsResult,
@@ -106,7 +107,15 @@ class ServiceDirectory:
         launch = self.resolve(info)
         if isinstance(launch, ServiceResult):
             return ModelServiceResult(status="failed", error=launch.error)
-        return model_child_specs(request.model, launch, self._runner)
+        # The payload's shape may prove a newer agent than we assumed (docs/protocol.md §12.1).
+        contract = self._runner.generations.observe(request.model.evidence).row.model_reply
+        model_path = request.model.model_path
+        if contract is ModelReply.SPAWNED and model_path:
+            # 23.09.1+: the server runs in the model's folder (docs/protocol.md §7.2 step 3).
+            if not Path(model_path).is_dir():
+                return ModelServiceResult(status="failed", error=f"the model directory does not exist: {model_path}")
+            launch = attrs.evolve(launch, cwd=Path(model_path), prestart_dir=launch.cwd)
+        return model_child_specs(request.model, launch, self._runner, contract=contract)
 
     def read_definitions(self) -> LoadedDefinitions:
         """Reread the folder; safe on any thread (it reads only the config), so the actor can keep it off its own."""

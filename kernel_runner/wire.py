@@ -14,6 +14,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 from cattrs.v import format_exception as cattrs_format_exception
 
 from kernel_runner.excerpts import excerpt
+from kernel_runner.generations import GenerationChoice, model_payload_floor
 from kernel_runner.ids import ChildId
 from kernel_runner.messages import (
     HEALTH_CHECK_BOUNDS,
@@ -125,6 +126,12 @@ def _build_converter() -> cattrs.Converter:
             raise ValueError(f"expected a number, got {_kind(value)}")
         return float(value)
 
+    def structure_strict_bool(value: Any, _type: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {_kind(value)}")
+        return value
+
+    conv.register_structure_hook(bool, structure_strict_bool)
     conv.register_structure_hook(int, structure_strict_int)
     conv.register_structure_hook(float, structure_strict_float)
     conv.register_structure_hook(str, lambda value, _type: _text(value))
@@ -248,6 +255,7 @@ def parse_service_info(text: str) -> ServiceInfo:
 
 def parse_model_info(text: str) -> ModelInfo:
     raw = _json_object(text)
+    evidence = model_payload_floor(raw)
     service = raw.get("service")
     if isinstance(service, dict):
         actions = service.get("pre_start_actions")
@@ -260,7 +268,8 @@ def parse_model_info(text: str) -> ModelInfo:
             _check_health_numbers(health)
             service = {**service, "health_check": health}
         raw = {**raw, "service": service}
-    model: ModelInfo = _structure_or_raise(raw, ModelInfo)
+    model: ModelInfo = _structure_or_raise({k: v for k, v in raw.items() if k != "evidence"}, ModelInfo)
+    model = ModelInfo(name=model.name, model_path=model.model_path, service=model.service, evidence=evidence)
     _check_name(model.name, "$.name")
     if model.service is not None:
         _check_bound(model.service.port, PORT_BOUNDS, "port", "$.service.port")
@@ -434,21 +443,28 @@ class StatusEncoder:
 
     def __init__(self) -> None:
         self._packed: dict[ChildId, tuple[ChildInfo, bytes]] = {}
-        self._last: tuple[Sequence[ChildInfo], bool, int, Frames] | None = None
+        self._last: tuple[Sequence[ChildInfo], bool, int, Frames, GenerationChoice | None] | None = None
 
-    def encode(self, *, started_at: float, ready: bool, children: Sequence[ChildInfo], now: float) -> Frames:
+    def encode(self, *, started_at: float, ready: bool, children: Sequence[ChildInfo], now: float,
+               generation: GenerationChoice | None = None) -> Frames:
         """Uptimes are given to the 10 ms; within one such tick an unchanged tree is answered with the same bytes."""
         tick = int(now * UPTIME_TICKS_PER_S)
         last = self._last
-        if last is not None and last[0] is children and last[1] == ready and last[2] == tick:
+        if (last is not None and last[0] is children and last[1] == ready and last[2] == tick
+                and last[4] is generation):
             return last[3]
-        frames = self._encode(started_at, ready, children, tick / UPTIME_TICKS_PER_S)
-        self._last = (children, ready, tick, frames)
+        frames = self._encode(started_at, ready, children, tick / UPTIME_TICKS_PER_S, generation)
+        self._last = (children, ready, tick, frames, generation)
         return frames
 
-    def _encode(self, started_at: float, ready: bool, children: Sequence[ChildInfo], now: float) -> Frames:
+    def _encode(self, started_at: float, ready: bool, children: Sequence[ChildInfo], now: float,
+                generation: GenerationChoice | None) -> Frames:
+        runner: dict[str, Any] = {"ready": ready}
+        if generation is not None:
+            runner["agent_generation"] = generation.as_status()  # docs/protocol.md §12.1
+        runner["children"] = None
         parts = [
-            msgpack.packb({"started_at": started_at, "kernel_runner": {"ready": ready, "children": None}})[:-1]
+            msgpack.packb({"started_at": started_at, "kernel_runner": runner})[:-1]
         ]  # the body up to the children's placeholder (nil, the last byte), then the array itself
         parts.append(_array_header(len(children)))
         for child in children:
@@ -506,7 +522,8 @@ def encode(message: ToAgent) -> Frames:
         case AppsResult():
             return [b"apps-result", _json({"status": "done", "data": [dict(app) for app in message.apps]})]
         case CompletionResult():
-            return [b"completion", _json(list(message.items))]
+            # 25.10+ agents read `.get("suggestions")`; no older agent depended on another shape (docs/protocol.md §4.6).
+            return [b"completion", _json({"suggestions": list(message.items)})]
         case LogRecord():
             return [b"log", message.text.encode("utf-8", errors="replace")]
     raise TypeError(f"not an outgoing message: {message!r}")

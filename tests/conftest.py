@@ -71,6 +71,8 @@ def runner_config(tmp_path: Path, work_dir: Path) -> RunnerConfig:
         user_input_socket=tmp_path / "input.sock",
         start_intrinsic_services=False,
         shutdown_deadline_s=5.0,
+        # Nothing the host has mounted under /opt may count as the agent's (docs/protocol.md §12.1).
+        dropbear_dir=tmp_path / "no-kernel-dir",
     )
 
 

@@ -1,6 +1,14 @@
 """HealthCheckerActor: decides when one model service counts as up and alive; the HTTP calls happen in Prober.
 
-Life of one model service with a health check (docs/protocol.md §7, docs/architecture.md §4), one `phase`
+Two contracts, by the agent's generation (docs/protocol.md §12.2):
+- SPAWNED (23.09.1+): the server answered the agent when it spawned; the checker starts in LIVENESS and only
+  reports health as `model-service-status` transitions. It probes for ever (quickly until the first pass, then every
+  `interval`), counts failures only after `initial_delay`, reports unhealthy after more than max_retries in a row,
+  and never stops or restarts the server for it. Without an enabled health check it does not probe: the model is
+  healthy while its process runs (ServiceUp), unhealthy when it ends.
+- VERDICT (before 23.09.1): the checker answers the agent, after the start-up probes below.
+
+Life of one model service under the VERDICT contract (docs/protocol.md §7, docs/architecture.md §4), one `phase`
 (Phase, TRANSITIONS) changed only through `self._life`:
 
     STARTUP ── probe every `startup_period_s` (50 ms) ──> healthy: reply `started`, status is_healthy=true
@@ -45,14 +53,15 @@ from kernel_runner.clock import Clock
 from kernel_runner.context import RunnerContext
 from kernel_runner.events import Event, emit
 from kernel_runner.exits import NormalExit, ShutdownExit, Unhealthy
+from kernel_runner.generations import ModelReply
 from kernel_runner.ids import ChildId
 from kernel_runner.messages import (
     HealthCheck,
     ModelServiceResult,
     ModelServiceStatus,
-    ServicePortOpened,
     ServiceProcessEnded,
     ServiceStartFailed,
+    ServiceUp,
 )
 from kernel_runner.refs import tell_if_alive
 from kernel_runner.supervision import ChildContext, ChildState, RestartChild, StopChild, StopRequested
@@ -114,6 +123,11 @@ class HealthPlan:
     server_child: ChildId
     url: str
     check: HealthCheck
+    # VERDICT: this checker answers the agent after the start-up probes; SPAWNED: the server answered, this checker
+    # only reports health, starting in LIVENESS (docs/protocol.md §12.2).
+    contract: ModelReply = ModelReply.VERDICT
+    # False: no HTTP probes (no health check, or `enable: false`); health follows the server's process.
+    probing: bool = True
     startup_period_s: float
     interval_s: float
     send_status: bool
@@ -134,6 +148,36 @@ class HealthPlan:
         return self.check.max_retries * self.check.max_wait_time + (self.check.initial_delay or 0.0)
 
     @property
+    def spawned(self) -> bool:
+        return self.contract is ModelReply.SPAWNED
+
+    @property
+    def grace_s(self) -> float:
+        """How long failures do not count, from the first start and after each server restart.
+
+        VERDICT: the whole start-up budget (docs/protocol.md §7.2 step 4); SPAWNED: `initial_delay` only, the grace of
+        a large model that is still loading (upstream 25.12+), during which probing goes on.
+        """
+        return (self.check.initial_delay or 0.0) if self.spawned else self.startup_budget_s
+
+    @property
+    def unhealthy_after(self) -> int:
+        """Consecutive counted failures that make the model unhealthy: max_retries (VERDICT, this runner's
+        long-standing rule) or more than max_retries (SPAWNED, as the 23.09.8+ runner)."""
+        return self.check.max_retries + (1 if self.spawned else 0)
+
+    def period_s(self, *, healthy_once: bool, failures: int) -> float:
+        """The next probe's period. Never below the start-up period (an `interval` of 0 means "as often as that").
+
+        SPAWNED: until the first pass, probes come quickly and back off towards `interval` (so a model that loads
+        for half an hour is not probed 20 times a second, and one that is ready at once is reported within ms).
+        """
+        floor = self.startup_period_s
+        if self.spawned and not healthy_once:
+            return max(floor, min(self.interval_s, floor * 2.0 ** min(failures, 30)))
+        return max(floor, self.interval_s)
+
+    @property
     def reply_within_s(self) -> float:
         """The latest moment, from the checker's first start, that the agent still takes our reply (docs/protocol.md §3.5)."""
         agent_wait = self.check.max_retries * self.check.max_wait_time + AGENT_REPLY_SLACK_S
@@ -151,6 +195,8 @@ class HealthMemo:
     replied: bool = False
     phase: Phase = Phase.STARTUP
     health: Health = "unknown"
+    # A probe has passed once: from then on probes come every `interval` (before, SPAWNED probes back off to it).
+    healthy_once: bool = False
     # STOPPING_SERVER: the `failed` text the agent gets once the server is gone.
     failure: str | None = None
 
@@ -320,10 +366,24 @@ class HealthCheckerActor(SupervisedActor):
             self.set_state(CHILD_STATES[self.phase])
             self._stop_server()  # again: the previous incarnation may have died before the supervisor heard it
             return
-        self._prober = Prober(owner=self.actor_ref, clock=self.ctx.clock, name=self.plan.service_name)
-        self._prober.start()
+        if self.plan.spawned:
+            self._grace_until = self.memo.started_at + self.plan.grace_s
+        if self.plan.probing:
+            self._prober = Prober(owner=self.actor_ref, clock=self.ctx.clock, name=self.plan.service_name)
+            self._prober.start()
         self.set_state(CHILD_STATES[self.phase])  # the phase this incarnation inherited (no edge, so no _phase_changed)
-        if self.phase is Phase.STARTUP:
+        if not self.plan.probing:
+            self.log.info("no enabled health check: {} counts as healthy while its process runs",
+                          self.plan.service_name)
+            self._publish()
+            return
+        if self.phase is Phase.LIVENESS and self.plan.spawned and not self.memo.healthy_once:
+            self.log.info(
+                "probing {} until it stops: first every {:.0f} ms, backing off to every {:.1f}s; failures count after "
+                "{:.1f}s of grace", self.plan.url, self.plan.startup_period_s * 1000, self.plan.interval_s,
+                max(0.0, self._grace_until - now),
+            )
+        elif self.phase is Phase.STARTUP:
             elapsed = now - self.memo.started_at
             if not self.memo.replied:
                 self.schedule(max(0.0, self.plan.reply_within_s - elapsed), StartupDeadline())
@@ -356,8 +416,8 @@ class HealthCheckerActor(SupervisedActor):
                 return self._handle_service_process_ended(message)
             case ServiceStartFailed():
                 return self._handle_service_start_failed(message)
-            case ServicePortOpened():
-                return None  # the HTTP probe, not the port, decides (servers listen before they are ready)
+            case ServiceUp():
+                return self._handle_service_up()
             case _:
                 return super().handle(message)
 
@@ -441,12 +501,18 @@ class HealthCheckerActor(SupervisedActor):
             if result.ok:
                 self._failures_since_restart = 0
                 if self.memo.health != "healthy":
-                    emit(self.log, "INFO", Event.HEALTHY,
-                         "healthy again: status {} in {:.1f} ms", result.status_code, result.latency_s * 1000)
+                    if self.memo.healthy_once:
+                        emit(self.log, "INFO", Event.HEALTHY,
+                             "healthy again: status {} in {:.1f} ms", result.status_code, result.latency_s * 1000)
+                    else:
+                        assert self.memo.started_at is not None
+                        emit(self.log, "INFO", Event.HEALTHY, "healthy after {:.3f}s ({} probe(s); status {})",
+                             self.ctx.clock.monotonic() - self.memo.started_at, self._probes, result.status_code)
                     self._set_health("healthy")
-            elif self._failures_since_restart >= self.plan.check.max_retries:
+                self.memo.healthy_once = True
+            elif self._failures_since_restart >= self.plan.unhealthy_after:
                 self._liveness_failed()
-            self._schedule_next(self.plan.interval_s)
+            self._schedule_next(self._period())
 
     def _record(self, result: ProbeResult) -> None:
         self._probes += 1
@@ -470,7 +536,8 @@ class HealthCheckerActor(SupervisedActor):
              "healthy after {:.3f}s ({} probe(s); status {})", took, self._probes, result.status_code)
         self._reply_once("started", None)
         self._set_health("healthy")
-        self._schedule_next(self.plan.interval_s)
+        self.memo.healthy_once = True
+        self._schedule_next(self._period())
 
     def _handle_startup_deadline(self) -> None:
         if self.phase is not Phase.STARTUP:
@@ -506,7 +573,19 @@ class HealthCheckerActor(SupervisedActor):
             self._set_health("unhealthy")
             self._publish()
 
+    def _handle_service_up(self) -> None:
+        """Only without probes does the process's being up decide; otherwise the HTTP probe does (servers listen
+        before they are ready)."""
+        if self.plan.probing or self.phase is not Phase.LIVENESS or self.memo.health == "healthy":
+            return
+        emit(self.log, "INFO", Event.HEALTHY, "healthy: its process runs (no enabled health check to probe)")
+        self._set_health("healthy")
+
     def _handle_service_start_failed(self, message: ServiceStartFailed) -> None:
+        if self.plan.spawned and self.memo.health == "unknown":
+            # The server's own `failed` reply told the agent; a status on top would say it twice.
+            self.log.info("the server could not start: {}", message.error)
+            return
         if self.phase is Phase.STARTUP:
             emit(self.log, "WARNING", Event.UNHEALTHY, "unhealthy: the server could not start: {}", message.error)
             self._startup_failed(message.error, keep_server=False)
@@ -528,7 +607,7 @@ class HealthCheckerActor(SupervisedActor):
             self.memo.health = "unhealthy"
             self._failures_since_restart = 0
             self._publish()
-            self._schedule_next(self.plan.interval_s)
+            self._schedule_next(self._period())
             return
         # The agent may retry on the same port as soon as it hears `failed`: the server goes first. This checker is
         # bound to it, so the supervisor stops us once it is gone for good, and request_stop answers then.
@@ -561,7 +640,10 @@ class HealthCheckerActor(SupervisedActor):
 
     def _restart_grace(self) -> None:
         self._failures_since_restart = 0
-        self._grace_until = self.ctx.clock.monotonic() + self.plan.startup_budget_s
+        self._grace_until = self.ctx.clock.monotonic() + self.plan.grace_s
+
+    def _period(self) -> float:
+        return self.plan.period_s(healthy_once=self.memo.healthy_once, failures=self._consecutive_failures)
 
     def _set_health(self, health: Health) -> None:
         """A new verdict (not a phase change): published, and told the agent once per change."""

@@ -106,10 +106,11 @@ class RouterActor(SupervisedActor):
         config = self._runner.config
         directory, clock, gate, board = self.ctx.directory, self.ctx.clock, self._runner.gate, self._board
         encoder, started_at, me = wire.StatusEncoder(), self._started_at, self.actor_ref
+        generations = self._runner.generations
 
         def status_frames() -> list[bytes]:
             return encoder.encode(started_at=started_at, ready=gate.is_open, children=board.snapshot.children,
-                                  now=clock.monotonic())
+                                  now=clock.monotonic(), generation=generations.choice)
 
         link = AgentLink(
             context=self._zmq,

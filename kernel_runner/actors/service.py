@@ -17,7 +17,7 @@ and logs it (docs/architecture.md §3.4):
 
 The agent's one reply (first incarnation only, `reply_kind`) goes with an edge: `started` on entering RUNNING;
 `failed` on entering FAILED, or on entering STOPPING before RUNNING ("the process did not start properly").
-A watcher (a model's health checker) hears ServicePortOpened on entering RUNNING (with a port),
+A watcher (a model's health checker) hears ServiceUp on entering RUNNING (with a port),
 ServiceProcessEnded when an EXITING or FAILING process's pipes are drained, and ServiceStartFailed on entering
 FAILED from anywhere else. The supervisor's view (ChildState) follows from the phase (CHILD_STATES); `_phase_changed`
 reports it, with the pid, whenever either changes.
@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import enum
 import errno
+import itertools
 import socket
 import subprocess
 import threading
@@ -45,13 +46,14 @@ from kernel_runner.excerpts import excerpt
 from kernel_runner.exits import ExitReason, NormalExit, ProcessDied, ShutdownExit, StartFailed
 from kernel_runner.ids import ChildId
 from kernel_runner.messages import (
+    AwaitServiceStart,
     ModelServiceResult,
     PipeClosed,
     ProcessExited,
-    ServicePortOpened,
     ServiceProcessEnded,
     ServiceResult,
     ServiceStartFailed,
+    ServiceUp,
     StreamName,
 )
 from kernel_runner.procs import ProcessHandle, describe_returncode, stop_process, term_then_kill, watch_process
@@ -79,7 +81,10 @@ class ServiceRun:
     port: int | None
     # docs/protocol.md §6.7 fix: a noop service is up at once; nothing is prepared or spawned.
     noop: bool = False
-    launch_timeout_s: float = 8.0
+    # `started`/`failed` goes out by this time (from the start), before the agent gives up (docs/protocol.md §6.2
+    # step 10); a service still opening its port then keeps starting until `start_limit_s` (from its spawn).
+    reply_within_s: float = 8.0
+    start_limit_s: float = 300.0
     # Who gets told when the service's process ends or its port opens (a model service's health checker).
     watcher: ChildId | None = None
 
@@ -159,6 +164,18 @@ class PortOpened:
 class PortWaitTimedOut:
     port: int
     waited_s: float
+
+
+@attrs.frozen(kw_only=True)
+class ReplyDue:
+    """The agent is about to give up on the start: answer now, whatever the service is doing."""
+
+
+@attrs.frozen(kw_only=True)
+class WaiterDue:
+    """A later start-service's wait (AwaitServiceStart) is over."""
+
+    token: int
 
 
 class Preparer(threading.Thread):
@@ -256,6 +273,9 @@ class OutputTail:
 class ServiceActor(SupervisedActor):
     """Supervises one service process; the supervisor decides about restarts, this actor about one life (Phase)."""
 
+    # A later start-service waiting for this one must be answered even if this incarnation ends first.
+    redeliverable = (AwaitServiceStart,)
+
     def __init__(self, *, ctx: ChildContext, runner: RunnerContext, run: ServiceRun, reply: ReplyKind) -> None:
         super().__init__(ctx=ctx)
         self._runner = runner
@@ -270,6 +290,10 @@ class ServiceActor(SupervisedActor):
         # The process's exit status, kept until its pipes are drained (PipeClosed for each that was opened).
         self._exit: ProcessExited | None = None
         self._open_pipes = 0
+        self._answered = False
+        # Later start-services for this service while it starts (AwaitServiceStart), by token; each answered once.
+        self._waiters: dict[int, Callable[[ServiceResult], None]] = {}
+        self._waiter_tokens = itertools.count()
         self._life = PhaseMachine(Phase.PREPARING, TRANSITIONS, log=lambda: self.log, on_change=self._phase_changed)
 
     @property
@@ -286,6 +310,8 @@ class ServiceActor(SupervisedActor):
 
     # ---- life -----------------------------------------------------------------------------------
     def start_child(self) -> None:
+        if self.reply_kind != "none" and not self.run.noop:
+            self.schedule(self.run.reply_within_s, ReplyDue())
         if self.run.noop:
             # docs/protocol.md §6.7: a noop service has nothing to run; it is up at once and no prestart runs.
             self.log.info("noop service: nothing to spawn")
@@ -297,6 +323,7 @@ class ServiceActor(SupervisedActor):
         if self.phase in (Phase.PREPARING, Phase.STARTING, Phase.FAILING):
             # Ended before its answer (a crash, or stopped from outside): the agent still gets its one reply.
             self._reply("failed", f"the process did not start properly: {self.run.name}")
+        self._answer_waiters(ServiceResult(status="failed", error=f"the process did not start properly: {self.run.name}"))
         if self._port_waiter is not None:
             self._port_waiter.cancelled.set()
         if self._handle is not None and self._exit is None:
@@ -311,6 +338,12 @@ class ServiceActor(SupervisedActor):
                 return self._handle_port_opened(message)
             case PortWaitTimedOut():
                 return self._handle_port_wait_timed_out(message)
+            case ReplyDue():
+                return self._handle_reply_due()
+            case AwaitServiceStart():
+                return self._handle_await_start(message)
+            case WaiterDue():
+                return self._handle_waiter_due(message)
             case ProcessExited():
                 return self._handle_process_exited(message)
             case PipeClosed():
@@ -377,7 +410,8 @@ class ServiceActor(SupervisedActor):
         if self.run.port is None:
             self._become_ready("no port to wait for")  # STARTING -> RUNNING
             return
-        self._port_waiter = PortWaiter(self.run.port, self.run.launch_timeout_s, self.actor_ref, self.ctx.clock)
+        limit_s = max(self.run.start_limit_s, self.run.reply_within_s)
+        self._port_waiter = PortWaiter(self.run.port, limit_s, self.actor_ref, self.ctx.clock)
         self._port_waiter.start()
 
     def _handle_port_opened(self, message: PortOpened) -> None:
@@ -389,9 +423,10 @@ class ServiceActor(SupervisedActor):
     def _become_ready(self, why: str) -> None:
         self._life.to(Phase.RUNNING, why)
         self.update_info({"name": self.run.name, "port": self.run.port})
-        if self.run.watcher is not None and self.run.port is not None:
-            self._tell_watcher(ServicePortOpened(name=self.run.name, port=self.run.port))
+        if self.run.watcher is not None:
+            self._tell_watcher(ServiceUp(name=self.run.name, port=self.run.port))
         self._reply("started", None)
+        self._answer_waiters(ServiceResult(status="started"))
 
     def _handle_port_wait_timed_out(self, message: PortWaitTimedOut) -> None:
         if self.phase is not Phase.STARTING:
@@ -405,6 +440,7 @@ class ServiceActor(SupervisedActor):
         before = self.phase
         self._life.to(Phase.FAILED, error.partition("\n")[0])
         self._reply("failed", error)
+        self._answer_waiters(ServiceResult(status="failed", error=error))
         if self.run.watcher is not None and before is not Phase.FAILING:  # FAILING told ServiceProcessEnded already
             self._tell_watcher(ServiceStartFailed(name=self.run.name, error=error))
         if before is Phase.STARTING:
@@ -471,6 +507,7 @@ class ServiceActor(SupervisedActor):
         if before not in UP_PHASES:
             program = self._command.argv[0] if self._command is not None and self._command.argv else self.run.name
             self._reply("failed", f"the process did not start properly: {program}")
+            self._answer_waiters(ServiceResult(status="failed", error=f"the process did not start properly: {program}"))
         if before is Phase.PREPARING:
             return  # the prestart thread is still out; PrepareDone ends us when it is back
         if before in (Phase.EXITING, Phase.FAILING):
@@ -482,10 +519,46 @@ class ServiceActor(SupervisedActor):
         stop_process(self._handle, term_then_kill(message.grace_s), log=self.log, what=f"service {self.run.name}")
 
     # ---- replies ------------------------------------------------------------------------------------
-    def _reply(self, status: Literal["started", "failed"], error: str | None) -> None:
-        """Called on the reply edges only (entering RUNNING, FAILED, or STOPPING before RUNNING): at most once."""
-        if self.reply_kind == "none":
+    def _handle_reply_due(self) -> None:
+        if self._answered or self.phase not in (Phase.PREPARING, Phase.STARTING):
             return
+        self.log.warning(
+            "port {} not open after {:.1f}s: answered `failed` before the agent gives up; the service keeps starting "
+            "(up to {:.0f}s), and a later start-service answers once it is up", self.run.port, self.run.reply_within_s,
+            max(self.run.start_limit_s, self.run.reply_within_s),
+        )
+        self._reply("failed", self._timeout_text())
+
+    def _timeout_text(self) -> str:
+        return f"opening the service port timed out: {self.run.name}"  # upstream's text (docs/protocol.md §6.2)
+
+    def _handle_await_start(self, message: AwaitServiceStart) -> None:
+        """A later start-service for this service (docs/protocol.md §6.2 step 2): the same process, never a second."""
+        if self.phase in UP_PHASES:
+            message.reply(ServiceResult(status="started"))
+        elif self.phase in (Phase.PREPARING, Phase.STARTING, Phase.FAILING):
+            token = next(self._waiter_tokens)
+            self._waiters[token] = message.reply
+            self.log.info("another start-service waits up to {:.1f}s for this start", message.within_s)
+            self.schedule(message.within_s, WaiterDue(token=token))
+        else:
+            message.reply(ServiceResult(status="failed", error=f"the process did not start properly: {self.run.name}"))
+
+    def _handle_waiter_due(self, message: WaiterDue) -> None:
+        reply = self._waiters.pop(message.token, None)
+        if reply is not None:
+            reply(ServiceResult(status="failed", error=self._timeout_text()))
+
+    def _answer_waiters(self, result: ServiceResult) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for reply in waiters.values():
+            reply(result)
+
+    def _reply(self, status: Literal["started", "failed"], error: str | None) -> None:
+        """The agent's one answer for the start that made this service (later calls do nothing)."""
+        if self.reply_kind == "none" or self._answered:
+            return
+        self._answered = True
         if self.reply_kind == "service":
             self._runner.router.tell(ServiceResult(status=status, error=error))
         else:

@@ -24,6 +24,7 @@ from kernel_runner.context import RunnerContext
 from kernel_runner.ids import ChildId
 from kernel_runner.messages import (
     AppsResult,
+    AwaitServiceStart,
     GetApps,
     ModelServiceResult,
     ReloadServiceDefinitions,
@@ -197,6 +198,12 @@ class ServicesActor(SupervisedActor):
                     helper = _PendingStart(rest=(), running=None, failed=pending.failed, helper_of=answer.child_id)
                     self._pending.setdefault(spec.child_id, collections.deque()).append(helper)
                     self.ctx.supervisor.tell(StartChild(spec=spec, reply_to=self.actor_ref))
+            case AlreadyStarted() if answer.state is ChildState.STARTING and isinstance(pending.running, ServiceResult):
+                # Still opening its port (maybe past an earlier reply's deadline): this start is answered when it is up,
+                # with the same process (docs/protocol.md §6.2 step 2).
+                reply = pending.reply or self._runner.router.tell
+                self.ctx.directory.tell(answer.child_id, AwaitServiceStart(
+                    reply=reply, within_s=self._runner.service_reply_within_s()))
             case AlreadyStarted() if pending.running is not None:
                 self.log.info("{} is {} already; answered `running`", answer.child_id, answer.state.value)
                 self._answer(pending, pending.running)

@@ -61,6 +61,9 @@ class ServiceLaunch:
     name: str
     origin: LaunchOrigin
     cwd: Path
+    # Where prestart actions resolve relative paths and are confined (docs/protocol.md §2.8, §6.5); None: `cwd`. A
+    # model server runs in its model folder while its actions stay in the work dir.
+    prestart_dir: Path | None = None
     # The port to wait for (docs/protocol.md §6.2 step 10); None means the program listens on none, so do not wait.
     port: int | None
     # docs/protocol.md §6.7 fix: reply started, spawn nothing, run no prestart actions.
@@ -107,7 +110,7 @@ class ServiceLaunch:
         if self.noop:
             return ServiceCommand(argv=(), env=strip_runner_libraries(self.base_env), cwd=self.cwd)
         refs = run_prestart(
-            self.prestart, env=self.prestart_env, work_dir=self.cwd, variables=self.variables, log=log,
+            self.prestart, env=self.prestart_env, work_dir=self.prestart_dir or self.cwd, variables=self.variables, log=log,
             timeout_s=timeout_s, confined=self.origin == "model",
         )
         return self.render(refs)

@@ -29,6 +29,7 @@ from kernel_runner.clock import REAL_CLOCK
 from kernel_runner.config import RestartDefaults, RunnerConfig
 from kernel_runner.context import RunnerContext
 from kernel_runner.exits import Unhealthy
+from kernel_runner.generations import ModelReply
 from kernel_runner.ids import health_child, service_child
 from kernel_runner.messages import (
     HealthCheck,
@@ -66,7 +67,8 @@ class Harness(Tree):
 
     def start_model(self, name: str, port: int, check: HealthCheck, *server_args: str) -> list[ChildSpec]:
         model = ModelInfo(name=name, service=ModelServiceSpec(start_command=("unused",), port=port, health_check=check))
-        specs = list(model_child_specs(model, self.launch(name, port, *server_args), self.runner))
+        specs = list(model_child_specs(model, self.launch(name, port, *server_args), self.runner,
+                                       contract=ModelReply.VERDICT))
         for spec in specs:
             self.supervisor.tell(StartChild(spec=spec))
         return specs
@@ -190,7 +192,7 @@ def start_with_crashing_checker(harness: Harness, name: str, port: int, check: H
     """A model service whose checker can be crashed; returns the memo its incarnations share."""
     server, checker = model_child_specs(
         ModelInfo(name=name, service=ModelServiceSpec(start_command=("x",), port=port, health_check=check)),
-        harness.launch(name, port, *server_args), harness.runner,
+        harness.launch(name, port, *server_args), harness.runner, contract=ModelReply.VERDICT,
     )
     plan = health_plan(name, f"{name}-{port}", port, check, harness.runner)
     memo = HealthMemo()
@@ -386,7 +388,7 @@ def test_a_checker_whose_memo_is_done_ends_at_once(harness: Harness, log_lines: 
     check = HealthCheck(path="/health", max_retries=2, max_wait_time=1.0)
     _server, checker = model_child_specs(
         ModelInfo(name="over", service=ModelServiceSpec(start_command=("x",), port=port, health_check=check)),
-        harness.launch("over", port), harness.runner,
+        harness.launch("over", port), harness.runner, contract=ModelReply.VERDICT,
     )
     plan = health_plan("over", f"over-{port}", port, check, harness.runner)
     memo = HealthMemo(started_at=0.0, replied=True, phase=Phase.DONE, health="unhealthy")

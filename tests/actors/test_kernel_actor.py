@@ -318,7 +318,7 @@ def test_missing_kernelspec_answers_runs_with_127_and_the_reason(tree: tuple[Run
     result = run_code(handle, client, "print(1)")
     assert result.exit_code == 127
     assert b"no Jupyter kernelspec named 'no-such-kernel'" in result.stderr
-    assert client.complete("impo") == []
+    assert client.complete("impo") == {"suggestions": []}
     # Bounded retries: the supervisor gives up, and then its reject answers with 127.
     wait_until(lambda: kernel_state(handle) is ChildState.FATAL, timeout=5, what="the kernel child to be FATAL")
     result = run_code(handle, client, "print(2)")

@@ -158,9 +158,9 @@ def test_interrupt_goes_to_the_kernel_while_its_run_is_current(langs: LangRunner
 
 def test_completion_always_goes_to_the_kernel_for_jupyter_languages(langs: LangRunners, delegates: Delegates) -> None:
     agent = start_with_kernel(langs, delegates)
-    assert agent.complete("pri") == ["pri-completed"]
+    assert agent.complete("pri") == {"suggestions": ["pri-completed"]}
     c_agent = langs.start("c")
-    assert c_agent.complete("pri") == []  # docs/protocol.md §10.1 #1: other languages answer an empty list
+    assert c_agent.complete("pri") == {"suggestions": []}  # docs/protocol.md §10.1 #1: other languages answer an empty list
 
 
 def test_git_code_goes_to_the_terminal_child_and_batch_star_is_refused(langs: LangRunners, delegates: Delegates) -> None:
@@ -170,7 +170,7 @@ def test_git_code_goes_to_the_terminal_child_and_batch_star_is_refused(langs: La
     build = agent.run("build", "*")
     assert build.status == "build-finished" and build.exit_code != 0
     assert b"not supported" in build.stderr
-    assert agent.complete("x") == []
+    assert agent.complete("x") == {"suggestions": []}
 
 
 def test_app_has_no_query_mode(langs: LangRunners) -> None:

@@ -66,7 +66,7 @@ class TablePlanner:
 
 def listener(name: str, port: int, *extra: str, cwd: Path, timeout: float = 5.0) -> ServiceRun:
     return ServiceRun.fixed(name=name, argv=(sys.executable, str(CHILDREN / "listener.py"), str(port), *extra),
-                            env={"PATH": "/usr/bin:/bin"}, cwd=cwd, port=port, launch_timeout_s=timeout)
+                            env={"PATH": "/usr/bin:/bin"}, cwd=cwd, port=port, reply_within_s=timeout, start_limit_s=timeout)
 
 
 class Services:
@@ -120,7 +120,7 @@ def test_start_running_and_shutdown(make_services: Any, work_dir: Path, log_line
 
 def test_process_exiting_before_its_port_opens_fails_at_once_with_its_output(make_services: Any, work_dir: Path) -> None:
     run = ServiceRun.fixed(name="bad", argv=(sys.executable, str(CHILDREN / "fail_fast.py"), "3"), env={}, cwd=work_dir,
-                           port=free_port(), launch_timeout_s=120.0)
+                           port=free_port(), reply_within_s=120.0)
     services = make_services({"bad": run})
     # A 120 s launch timeout against a 60 s wait: only the exit can end this start, and the error names it.
     result = services.start("bad", timeout=60)

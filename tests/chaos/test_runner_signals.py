@@ -243,7 +243,7 @@ def start_loaded(runner_processes: RunnerProcesses, **kwargs: Any) -> tuple[Runn
     """A python runner with a ready kernel, a service and a model server."""
     runner, agent, _ = start_python_with_web(runner_processes, **kwargs)
     port = free_port()
-    model = {"name": "m", "model_path": "/models/m", "service": {
+    model = {"name": "m", "model_path": str(runner.work_dir), "service": {
         "start_command": [sys.executable, HEALTH_SERVER, str(port)], "port": port,
         "health_check": {"path": "/health", "max_retries": 10, "max_wait_time": 1.0}}}
     assert agent.start_model_service(model, timeout=30) == {"status": "started"}

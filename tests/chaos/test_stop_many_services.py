@@ -36,10 +36,11 @@ def test_sigterm_with_many_services_exits_0_and_leaves_nothing(runner_processes:
     for i in range(2):
         port = free_port()
         health = {"path": "/health", "max_retries": 20, "max_wait_time": 1, "expected_status_code": 200}
-        model = {"name": f"m{i}", "model_path": "/models/m", "service": {
+        model = {"name": f"m{i}", "model_path": str(runner.work_dir), "service": {
             "start_command": [sys.executable, HEALTH_SERVER, str(port)], "port": port, "pre_start_actions": None,
             "health_check": health}}
-        assert agent.start_model_service(model, timeout=60) == {"status": "started"}
+        assert agent.start_model_service(model, timeout=60) == {"status": "started"}  # spawned (docs/protocol.md §7.2)
+        assert agent.expect("model-service-status", timeout=60).json() == {"model_name": f"m{i}", "is_healthy": True}
         ports.append(port)
     agent.send("code", "while True: pass")  # a busy kernel: its polite shutdown could never be answered
     assert not any(refused(port) for port in ports)

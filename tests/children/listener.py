@@ -1,7 +1,8 @@
 """A service stand-in: listens on PORT (after --delay seconds) and answers each connection with a line.
 
 --ignore-term: ignore SIGTERM; --grandchild: also start a grandchild that ignores SIGTERM and prints its pid;
---exit-after S: exit with --code after S seconds of listening.
+--exit-after S: exit with --code after S seconds of listening; --gate FILE: listen only once FILE exists (a slow app
+whose readiness the test decides).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def main() -> None:
     parser.add_argument("--grandchild", action="store_true")
     parser.add_argument("--exit-after", type=float, default=None)
     parser.add_argument("--code", type=int, default=1)
+    parser.add_argument("--gate", default=None)
     args = parser.parse_args()
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -35,6 +37,8 @@ def main() -> None:
     print(f"listener {os.getpid()} starting", flush=True)
     if args.delay:
         time.sleep(args.delay)
+    while args.gate is not None and not os.path.exists(args.gate):
+        time.sleep(0.02)  # a stand-in's own pace; the tests wait on the port, not on this
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind(("127.0.0.1", args.port))

@@ -46,7 +46,9 @@ class FuzzTarget:
         self._closed.bind(("127.0.0.1", 0))
         self.closed_port: int = self._closed.getsockname()[1]
         self.sizes = sizes
-        self.runner = RunnerProcess(root, "app")
+        # The verdict contract (docs/protocol.md §12.2): a model that spawns only to exit is answered `failed` and
+        # leaves nothing behind, so every example meets the same three-child tree.
+        self.runner = RunnerProcess(root, "app", "--agent-generation", "23.03.11")
         self.agent: AgentClient = self.runner.agent()
         rows = status_children(self.agent.status(timeout=30))
         self.restarts = {child: rows[child]["restarts"] for child in CORE_CHILDREN}
@@ -165,7 +167,8 @@ class FuzzTarget:
             if kind in RUN_END_TYPES:
                 assert isinstance(body, dict) and set(body) == {"exitCode"} and isinstance(body["exitCode"], int)
             elif kind == "completion":
-                assert isinstance(body, list) and all(isinstance(item, str) for item in body), body
+                suggestions = body["suggestions"]  # docs/protocol.md §4.6
+                assert isinstance(suggestions, list) and all(isinstance(item, str) for item in suggestions), body
             elif kind in ("service-result", "model-service-result"):
                 assert body["status"] in ("started", "running", "failed"), body
                 assert body["status"] != "failed" or isinstance(body["error"], str), body

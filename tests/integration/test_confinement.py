@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ LISTENER = str(CHILDREN / "listener.py")
 # Listens on argv[1] and ignores every other argument, so a test can look at the argv it was given.
 ARGV_LISTENER = ("import socket, sys; server = socket.create_server(('127.0.0.1', int(sys.argv[1]))); "
                  "[server.accept()[0].close() for _ in iter(int, 1)]")
+
+# A folder that exists: the model server runs in it (docs/protocol.md §7.2).
+MODEL_DIR = tempfile.gettempdir()
 
 
 @pytest.fixture
@@ -52,7 +56,7 @@ def confined_runner(runner_config: RunnerConfig, tmp_path: Path) -> Iterator[tup
 
 
 def model(port: int, *actions: dict[str, Any], command: list[str] | None = None) -> dict[str, Any]:
-    return {"name": "m", "model_path": "/models/m", "service": {
+    return {"name": "m", "model_path": MODEL_DIR, "service": {
         "start_command": command or [sys.executable, LISTENER, str(port)],
         "port": port,
         "pre_start_actions": list(actions),

@@ -46,6 +46,9 @@ DEFINITIONS = {
     "doomed": {"command": [*LISTENER, "--exit-after", "1.5"], "restart": {"max_restarts": 0}},
 }
 
+# A folder that exists: the model server runs in it (docs/protocol.md §7.2).
+MODEL_DIR = tempfile.gettempdir()
+
 
 @pytest.fixture
 def control_dir() -> Iterator[Path]:
@@ -119,7 +122,7 @@ def test_status_has_the_runner_fields_and_every_child(ctl_runner: tuple[RunnerHa
 def test_a_health_checker_is_nested_under_its_server(ctl_runner: tuple[RunnerHandle, AgentClient]) -> None:
     handle, agent = ctl_runner
     port = free_port()
-    model = {"name": "m", "model_path": "/models/m", "service": {
+    model = {"name": "m", "model_path": MODEL_DIR, "service": {
         "start_command": [sys.executable, str(CHILDREN / "health_server.py"), str(port)], "port": port,
         "health_check": {"path": "/health", "max_retries": 10, "max_wait_time": 5.0, "expected_status_code": 200}}}
     assert agent.start_model_service(model, timeout=30) == {"status": "started"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kernel_runner import RunnerConfig, RunnerHandle, RunnerStartError, start
-from kernel_runner.client import AgentClient
+from kernel_runner.client import AgentClient, ReplyTimeout
 from kernel_runner.ids import ChildId
 from kernel_runner.supervision import ChildState
 from tests.support.waiting import wait_until
@@ -73,9 +73,14 @@ def test_bad_service_payloads_get_failed_replies(agent: AgentClient) -> None:
 
 
 def test_complete_is_always_answered(agent: AgentClient) -> None:
-    assert agent.complete("imp") == []
+    assert agent.complete("imp") == {"suggestions": []}
     agent.send("complete", b"not json")
-    assert agent.expect("completion").json() == []
+    assert agent.expect("completion").json() == {"suggestions": []}
+    for odd in (b'{"code": ["import", "os"]}', b'{"code": null}', b"[]", b""):  # each answered exactly once
+        agent.send("complete", odd)
+        assert agent.expect("completion").json() == {"suggestions": []}
+    with pytest.raises(ReplyTimeout):
+        agent.expect("completion", timeout=0.5)  # exactly one each
 
 
 def test_get_apps_without_service_definitions_is_empty(agent: AgentClient) -> None:

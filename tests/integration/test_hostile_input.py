@@ -61,7 +61,7 @@ def test_a_control_frame_over_its_limit_is_answered_with_the_limit(agent: AgentC
     assert reply == {"status": "failed",
                      "error": f"payload of {size} bytes is over the 1 MiB limit for start-service"}
     agent.send("complete", b" " * (wire.MAX_COMPLETE_PAYLOAD_BYTES + 1))
-    assert agent.expect("completion").json() == []
+    assert agent.expect("completion").json() == {"suggestions": []}
     still_serving(agent)
 
 
@@ -88,7 +88,7 @@ def test_unknown_ops_are_logged_briefly(agent: AgentClient, log_lines: list[str]
         ("max_wait_time", "Infinity", "at most 600 s"),
         ("max_wait_time", "9.3e9", "at most 600 s"),
         ("interval", "1e10", "at most 3600 s"),
-        ("interval", "NaN", "greater than 0 and at most 3600 s"),
+        ("interval", "NaN", "at least 0 and at most 3600 s"),
         ("initial_delay", "Infinity", "at most 86400 s"),
         ("initial_delay", "-1", "at least 0"),
     ],

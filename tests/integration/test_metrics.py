@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +36,9 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 LISTENER = [sys.executable, str(CHILDREN / "listener.py"), "{ports[0]}"]
 HEALTH_SERVER = str(CHILDREN / "health_server.py")
 SERVING_LINE = re.compile(r"serving metrics on http://127\.0\.0\.1:(\d+)/metrics")
+
+# A folder that exists: the model server runs in it (docs/protocol.md §7.2).
+MODEL_DIR = tempfile.gettempdir()
 
 
 @attrs.frozen
@@ -183,7 +187,7 @@ def test_model_health_is_scraped(metrics_runner: tuple[RunnerHandle, AgentClient
     server_port = free_port()
     health = {"path": "/health", "max_retries": 3, "max_wait_time": 1.0, "interval": 0.1, "initial_delay": 30.0,
               "expected_status_code": None}
-    payload = {"name": "llama", "model_path": "/models/llama", "service": {
+    payload = {"name": "llama", "model_path": MODEL_DIR, "service": {
         "start_command": [sys.executable, HEALTH_SERVER, str(server_port)], "port": server_port,
         "health_check": health}}
     assert agent.start_model_service(payload, timeout=60) == {"status": "started"}

@@ -54,8 +54,10 @@ class ModelRunner:
 @pytest.fixture
 def model_config(runner_config: RunnerConfig) -> RunnerConfig:
     # Quick restarts so liveness tests take seconds; the policy itself is the runner's (tests/unit/test_policy.py).
-    return attrs.evolve(runner_config, restart=RestartDefaults(backoff_initial_s=0.05, backoff_cap_s=0.2,
-                                                               backoff_jitter=0.0))
+    # These tests hold the verdict contract of agents before 23.09.1 (docs/protocol.md §12.2);
+    # tests/integration/test_model_service_spawned.py holds the newer one.
+    return attrs.evolve(runner_config, agent_generation="23.03.11",
+                        restart=RestartDefaults(backoff_initial_s=0.05, backoff_cap_s=0.2, backoff_jitter=0.0))
 
 
 @pytest.fixture
@@ -313,3 +315,13 @@ def test_shutdown_during_startup_still_gets_its_one_reply(models: Any) -> None:
     assert_gone([pid], timeout=30)
     with pytest.raises(ReplyTimeout):
         runner.agent.expect("model-service-result", timeout=0.3)
+
+
+def test_enable_false_is_no_health_check_under_the_verdict_contract_too(models: Any) -> None:
+    runner = models()
+    port = free_port()
+    # The server answers 404 on /missing: were it probed, this model could never be answered `started`.
+    body = model("off", port, health=check(path="/missing", enable=False))
+    assert runner.agent.start_model_service(body, timeout=60) == {"status": "started"}
+    ids = [c.child_id for c in runner.handle.which_children()]
+    assert f"service:off-{port}" in ids and f"health:off-{port}" not in ids

@@ -374,7 +374,7 @@ def test_the_serial_queue_keeps_inline_ops_responsive(langs: LangRunners, work_d
     agent.send("exec", "echo two")
     # While one op runs and one waits, status and complete (answered by the busy runner) come at once.
     assert "started_at" in agent.status(timeout=2)
-    assert agent.complete("x", timeout=2) == []
+    assert agent.complete("x", timeout=2) == {"suggestions": []}
     (work_dir / "go").touch()
     assert [agent.collect_run().stdout, agent.collect_run().stdout] == [b"one\n", b"two\n"]
 

@@ -256,7 +256,7 @@ def test_a_bad_payload_names_the_field_and_the_next_request_works(polly_config: 
 def test_completion_is_empty_and_batch_ops_follow_the_language_table(polly_config: RunnerConfig,
                                                                      fake: FakePolly) -> None:
     with polly_runner(polly_config, child_env_settings(fake)) as (_handle, agent):
-        assert agent.complete('{"text": "Hel') == []
+        assert agent.complete('{"text": "Hel') == {"suggestions": []}
         exec_star = agent.run("exec", "*")
         assert (exec_star.status, exec_star.exit_code) == ("finished", -1)
         assert b"batch-mode heuristics are not supported by this kernel" in exec_star.stderr

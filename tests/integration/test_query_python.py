@@ -157,7 +157,7 @@ def test_outputs_exit_codes_and_completion(query: Query) -> None:
     assert all(len(r.payload) <= 1024 * 1024 for r in records) and len(records) >= 4
     assert result.stdout == b"x" * size + b"\n"
 
-    assert "import" in query.client.complete("impo", timeout=30)
+    assert "import" in query.client.complete("impo", timeout=30)["suggestions"]
 
 
 def test_input_round_trip_password_and_interrupted_wait(query: Query) -> None:
@@ -312,7 +312,7 @@ def test_code_op_through_the_language_runner(runner_config: RunnerConfig) -> Non
         assert client.collect_run(RUN_TIMEOUT_S).status == "waiting-input"
         client.feed_input("ab")
         assert client.collect_run(RUN_TIMEOUT_S).stdout == b"abab\n"
-        assert "import" in client.complete("impo", timeout=30)
+        assert "import" in client.complete("impo", timeout=30)["suggestions"]
         client.send("code", "import time\nprint('zz', flush=True)\ntime.sleep(30)")
         assert client.expect("stdout", RUN_TIMEOUT_S).payload == b"zz\n"
         client.interrupt()

@@ -119,7 +119,7 @@ def test_many_model_services_with_health_checks(runner_processes: RunnerProcesse
             ports = dict(zip((f"model{i:02d}" for i in range(count)), free_ports(count), strict=True))
             health = {"path": "/health", "max_retries": 60, "max_wait_time": 1.0, "interval": 1.0}
             requests = [("start-model-service", json.dumps({
-                "name": name, "model_path": f"/models/{name}",
+                "name": name, "model_path": str(runner.work_dir),
                 "service": {"start_command": [sys.executable, HEALTH_SERVER, str(port)], "port": port,
                             "health_check": health}})) for name, port in ports.items()]
             statuses = send_with_status(agent, requests)

@@ -56,7 +56,8 @@ class RunnerProcess:
             "--config-dir", str(self.config_dir), "--work-dir", str(self.work_dir),
             "--service-defs-dir", str(self.defs_dir), "--user-input-socket", str(root / "input.sock"),
             "--no-intrinsic-services", "--dropbear-dir", str(root / "no-dropbear"),
-            "--ttyd-path", str(root / "no-ttyd"), "--shutdown-deadline", str(shutdown_deadline_s), *extra,
+            "--ttyd-path", str(root / "no-ttyd"),
+            "--shutdown-deadline", str(shutdown_deadline_s), *extra,
         ]
         env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
         with self.stdout_path.open("wb") as out, self.log_path.open("wb") as err:

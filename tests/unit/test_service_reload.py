@@ -79,7 +79,7 @@ def test_model_services_survive_a_reload(runner_config: RunnerConfig) -> None:
     # They came over the wire (start-model-service), not from the folder: a reread must not drop them.
     runner_config.service_defs_dir.mkdir()
     services = directory_for(runner_config)
-    model = ModelInfo(name="m", model_path="/models/m",
+    model = ModelInfo(name="m", model_path=str(runner_config.work_dir),
                       service=ModelServiceSpec(start_command=(sys.executable, "-V"), port=8000))
     assert not isinstance(services.plan_model_service(StartModelService(model=model)), ModelServiceResult)
     summary = services.apply_definitions(services.read_definitions())

@@ -194,7 +194,7 @@ def test_encodes_every_outgoing_message() -> None:
         "is_healthy": False,
     }
     assert wire.encode(AppsResult(apps=({"name": "web"},))) == [b"apps-result", b'{"status": "done", "data": [{"name": "web"}]}']
-    assert wire.encode(CompletionResult(items=("import",))) == [b"completion", b'["import"]']
+    assert wire.encode(CompletionResult(items=("import",))) == [b"completion", b'{"suggestions": ["import"]}']
     assert wire.encode(LogRecord(text="hello")) == [b"log", b"hello"]
 
 
@@ -264,7 +264,7 @@ HEALTH_LIMITS = [
     ("max_wait_time", "-1", "at least 0"),
     ("interval", "Infinity", "finite"),
     ("interval", "1e10", "at most 3600 s"),
-    ("interval", "0", "greater than 0"),
+    ("interval", "-0.5", "at least 0"),  # 0 is valid (the 24.12 schema): as often as the probe floor allows
     ("initial_delay", "-Infinity", "finite"),
     ("initial_delay", "86401", "at most 86400 s"),
     ("initial_delay", "-0.5", "at least 0"),
@@ -291,8 +291,9 @@ def test_health_check_refuses_out_of_range_values_even_when_built_in_code() -> N
 
     with pytest.raises(ValueError, match="max_wait_time must be a finite number"):
         HealthCheck(path="/", max_wait_time=float("inf"))
-    with pytest.raises(ValueError, match="interval must be greater than 0"):
-        HealthCheck(path="/", interval=0.0)
+    with pytest.raises(ValueError, match="interval must be at least 0"):
+        HealthCheck(path="/", interval=-1.0)
+    assert HealthCheck(path="/", interval=0.0).interval == 0.0  # the 24.12 schema allows it
     assert HealthCheck(path="/", max_wait_time=600, interval=3600, initial_delay=86400).max_retries == 10
 
 
