@@ -1,5 +1,7 @@
 """The drawing helpers (docs/protocol.md §8.4): every name upstream Backend.AI's user code can call, each checked by
-decoding what `update()` emits through the legacy `builtins._sorna_emit` hook; colours, vectors and the encoder."""
+decoding what `update()` emits through the legacy `builtins._sorna_emit` hook; colours, vectors, the encoder, and the
+`ai.backend.kernel.python.drawing` import path. A real kernel drawing through the runner is in
+tests/integration/test_query_python.py."""
 
 from __future__ import annotations
 
@@ -452,3 +454,19 @@ def test_without_a_hook_or_a_kernel_update_says_so_on_stderr(capsys: pytest.Capt
     canvas = Canvas(1, 1)
     canvas.update()
     assert "drawings need query mode" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# upstream's import path
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_upstreams_import_path_gives_the_same_objects() -> None:
+    alias = importlib.import_module("ai.backend.kernel.python.drawing")
+    assert (alias.Canvas, alias.Color, alias.Colors, alias.Turtle, alias.Vec2D) == (Canvas, Color, Colors, Turtle, Vec2D)
+    assert importlib.import_module("ai.backend.kernel.python.drawing.canvas").DrawingObject is DrawingObject
+    assert importlib.import_module("ai.backend.kernel.python.drawing.color").Colors is Colors
+    assert importlib.import_module("ai.backend.kernel.python.drawing.turtle").Vec2D is Vec2D
+    assert importlib.import_module("ai.backend.kernel.python.drawing.encoding").decode_commands is decode_commands
+    namespace = importlib.import_module("ai.backend.kernel")
+    assert getattr(namespace, "__file__", None) is None  # a namespace package: it shadows no real ai.backend.kernel
