@@ -1,111 +1,158 @@
-"""Canvas and its drawing objects: every call appends one command; `update()` emits the batch (docs/protocol.md §8.4)."""
+"""`Canvas` and its drawing objects, with upstream Backend.AI's names and signatures: every call records one command and
+`update()` (alias `show()`) emits the batch (docs/protocol.md §8.4).
+
+Parameter names follow upstream's too (`c`, `a`, `r`, ...), so calls that pass them by keyword keep working.
+"""
 
 from __future__ import annotations
 
-import base64
 import builtins
 import importlib
 import itertools
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple, Union
 
-from kernel_runner.drawing._msgpack import packb
-from kernel_runner.drawing.color import Color, ColorLike, Colors, as_color
-
-if TYPE_CHECKING:
-    from kernel_runner.drawing.turtle import Turtle
+from kernel_runner.drawing.color import Color, Colors
+from kernel_runner.drawing.encoding import encode_commands
+from kernel_runner.drawing.turtle import Turtle
 
 DRAWING_MIME = "application/x-sorna-drawing"
 
-# Canvas ids are process-wide, from 0; object ids count per canvas, from 0 (docs/protocol.md §8.4).
+# A Color, or its `#rrggbbaa` / `#rrggbb` / `#rgb` text.
+ColorArg = Union[Color, str]
+
+# Canvas ids are process-wide, from 0; object ids count per canvas, from 0.
 _canvas_ids = itertools.count()
 
-
-class MediaRecord:
-    """What a legacy `builtins._sorna_emit` hook receives (docs/protocol.md §8.4 `python/types.py`)."""
-
-    __slots__ = ("data", "type")
-
-    def __init__(self, type: str, data: str) -> None:  # the legacy field name
-        self.type = type
-        self.data = data
-
-    def __repr__(self) -> str:
-        return f"MediaRecord(type={self.type!r}, data=<{len(self.data)} chars>)"
+SHAPES = frozenset({"rect", "circle", "triangle"})
+LINE = frozenset({"line"})
+# Which object types each setter applies to; on other types the call records nothing, as upstream's does.
+SETTABLE_ON = {"x": SHAPES, "y": SHAPES, "x1": LINE, "y1": LINE, "x2": LINE, "y2": LINE, "radius": frozenset({"circle"})}
 
 
-def emit_media(mime: str, data: str) -> None:
-    """Send one media item: a legacy emit hook if one is installed, else a raw display_data in a Jupyter kernel."""
+class MediaRecord(NamedTuple):
+    """What a legacy `builtins._sorna_emit` hook receives."""
+
+    type: str  # the MIME type
+    data: str
+
+
+def _emit(record: MediaRecord) -> None:
+    """A legacy emit hook if one is installed, else a raw display_data in a Jupyter kernel, else a note on stderr."""
     hook = getattr(builtins, "_sorna_emit", None)
     if callable(hook):
-        hook(MediaRecord(type=mime, data=data))
+        hook(record)
         return
-    shell = _ipython_kernel_shell()
-    if shell is not None:
+    if _in_jupyter_kernel():
         display: Any = importlib.import_module("IPython.display").display
-        display({mime: data}, raw=True)
+        display({record.type: record.data}, raw=True)
         return
     sys.stderr.write("drawing: nothing shown (drawings need query mode, i.e. a Jupyter kernel)\n")
 
 
-def _ipython_kernel_shell() -> Any:
-    module = sys.modules.get("IPython")
-    if module is None:
-        return None
+def _in_jupyter_kernel() -> bool:
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
     try:
-        shell = module.get_ipython()
-    except Exception:  # noqa: BLE001 - no IPython, no kernel
-        return None
-    return shell if shell is not None and getattr(shell, "kernel", None) is not None else None
+        shell = ipython.get_ipython()
+    except Exception:  # noqa: BLE001 - a broken or partial IPython is no kernel
+        return False
+    return getattr(shell, "kernel", None) is not None
 
 
-def encode_commands(commands: list[list[Any]]) -> str:
-    """Standard base64 (ASCII) of the msgpack encoding of the command list."""
-    return base64.b64encode(packb(commands)).decode("ascii")
+def _hex(color: ColorArg) -> str:
+    if isinstance(color, Color):
+        return color.to_hex()
+    if isinstance(color, str):
+        return Color.from_hex(color).to_hex()
+    raise TypeError(f"a colour is a Color or '#rrggbbaa' text, got {type(color).__name__}")
+
+
+class DrawingObject:
+    """A line, circle, rectangle or triangle on a canvas; its calls record `update` commands."""
+
+    def __init__(self, canvas: Canvas, id_: int, args: tuple[Any, ...]) -> None:
+        self._canvas = canvas
+        self._id = id_
+        self._type: str = args[0]
+
+    def _update(self, prop: str, value: Any) -> None:
+        self._canvas._record("update", self._id, prop, value)
+
+    def _set(self, prop: str, value: float) -> None:
+        if self._type in SETTABLE_ON[prop]:
+            self._update(prop, value)
+
+    def set_x(self, x: float) -> None:
+        self._set("x", x)
+
+    def set_y(self, y: float) -> None:
+        self._set("y", y)
+
+    def set_x1(self, x: float) -> None:
+        self._set("x1", x)
+
+    def set_y1(self, y: float) -> None:
+        self._set("y1", y)
+
+    def set_x2(self, x: float) -> None:
+        self._set("x2", x)
+
+    def set_y2(self, y: float) -> None:
+        self._set("y2", y)
+
+    def set_radius(self, r: float) -> None:
+        self._set("radius", r)
+
+    def rotate(self, a: float) -> None:
+        """By `a` degrees, relative to the current angle."""
+        self._update("rotate", a)
+
+    def set_angle(self, a: float) -> None:
+        """To `a` degrees."""
+        self._update("angle", a)
+
+    def stroke(self, color: ColorArg) -> None:
+        """The line's colour, or a shape's border."""
+        self._update("color" if self._type == "line" else "border", _hex(color))
+
+    def fill(self, color: ColorArg) -> None:
+        """A shape's fill; a line has none, so nothing is recorded for one."""
+        value = _hex(color)
+        if self._type != "line":
+            self._update("fill", value)
 
 
 class Canvas:
-    """A drawing surface; commands accumulate until `update()` (alias `show()`) emits them and clears the list."""
+    """A drawing surface; commands accumulate until `update()` sends them."""
 
-    def __init__(
-        self,
-        width: float = 400,
-        height: float = 300,
-        bgcolor: ColorLike = Colors.White,
-        fgcolor: ColorLike = Colors.Black,
-    ) -> None:
+    def __init__(self, width: float, height: float, bgcolor: ColorArg = Colors.White, fgcolor: ColorArg = Colors.Black) -> None:
         self._id = next(_canvas_ids)
-        self._object_ids = itertools.count()
+        self._next_objid = 0
+        self._cmd_history: list[tuple[Any, ...]] = []
         self.width = width
         self.height = height
-        self.bgcolor = as_color(bgcolor)
-        self.fgcolor = as_color(fgcolor)
-        self._commands: list[list[Any]] = []
-        self._record("canvas", width, height, self.bgcolor.to_hex(), self.fgcolor.to_hex())
+        self.bgcolor = bgcolor
+        self.fgcolor = fgcolor
+        self._record("canvas", width, height, _hex(bgcolor), _hex(fgcolor))
 
-    @property
-    def id(self) -> int:
-        return self._id
-
-    @property
-    def commands(self) -> list[list[Any]]:
-        """The commands not yet emitted (a copy)."""
-        return [list(command) for command in self._commands]
-
-    def _record(self, *args: Any) -> None:
-        self._commands.append([self._id, *args])
-
-    def _new_object_id(self) -> int:
-        return next(self._object_ids)
+    def _record(self, *parts: Any) -> None:
+        self._cmd_history.append((self._id, *parts))
 
     # ---- emitting ----------------------------------------------------------------------------------------------
     def update(self) -> None:
-        commands, self._commands = self._commands, []
-        emit_media(DRAWING_MIME, encode_commands(commands))
+        """Send the commands recorded since the last update as one media item, then forget them."""
+        _emit(MediaRecord(DRAWING_MIME, encode_commands(self._cmd_history)))
+        self._cmd_history = []
 
-    show = update
+    def show(self) -> None:
+        self.update()
 
     # ---- canvas state ------------------------------------------------------------------------------------------
+    def create_turtle(self) -> Turtle:
+        return Turtle(self)
+
     def stop_animation(self) -> None:
         self._record("stop-anim")
 
@@ -118,161 +165,68 @@ class Canvas:
     def end_group(self) -> None:
         self._record("end-group")
 
-    def begin_fill(self, color: ColorLike) -> None:
-        self._record("begin-fill", as_color(color).to_hex())
+    def begin_fill(self, c: ColorArg) -> None:
+        self._record("begin-fill", _hex(c))
 
     def end_fill(self) -> None:
         self._record("end-fill")
 
-    def background_color(self, color: ColorLike) -> None:
-        self.bgcolor = as_color(color)
-        self._record("bgcolor", self.bgcolor.to_hex())
+    def background_color(self, c: ColorArg) -> None:
+        self._record("bgcolor", _hex(c))
+        self.bgcolor = c
 
-    def foreground_color(self, color: ColorLike) -> None:
-        self.fgcolor = as_color(color)
-        self._record("fgcolor", self.fgcolor.to_hex())
+    def stroke_color(self, c: ColorArg) -> None:
+        """The canvas's foreground: what later lines and borders default to."""
+        self._record("fgcolor", _hex(c))
+        self.fgcolor = c
 
     # ---- objects -----------------------------------------------------------------------------------------------
-    def create_line(self, x0: float, y0: float, x1: float, y1: float, color: ColorLike | None = None) -> Line:
-        stroke = as_color(color) if color is not None else self.fgcolor
-        return Line(self, ["line", x0, y0, x1, y1, stroke.to_hex()])
+    def line(self, x0: float, y0: float, x1: float, y1: float, color: ColorArg | None = None) -> DrawingObject:
+        return self._add(("line", x0, y0, x1, y1, _hex(self.fgcolor if color is None else color)))
 
-    def create_circle(
+    def circle(  # noqa: PLR0917 - upstream's signature: border, fill, angle may come by position
         self,
         x: float,
         y: float,
         radius: float,
-        *,
-        border: ColorLike | None = None,
-        fill: ColorLike | None = None,
+        border: ColorArg | None = None,
+        fill: ColorArg | None = None,
         angle: float = 0,
-    ) -> Circle:
-        return Circle(self, ["circle", x, y, radius, self._border(border), self.fill_template(fill), angle])
+    ) -> DrawingObject:
+        return self._add(("circle", x, y, radius, *self._paint(border, fill), angle))
 
-    def create_rectangle(
+    def rectangle(  # noqa: PLR0917 - upstream's signature: border, fill, angle may come by position
         self,
         left: float,
         top: float,
         width: float,
         height: float,
-        *,
-        border: ColorLike | None = None,
-        fill: ColorLike | None = None,
+        border: ColorArg | None = None,
+        fill: ColorArg | None = None,
         angle: float = 0,
-    ) -> Rectangle:
-        return Rectangle(self, ["rect", left, top, width, height, self._border(border), self.fill_template(fill), angle])
+    ) -> DrawingObject:
+        return self._add(("rect", left, top, width, height, *self._paint(border, fill), angle))
 
-    create_rect = create_rectangle
-
-    def create_triangle(
+    def triangle(  # noqa: PLR0917 - upstream's signature: border, fill, angle may come by position
         self,
         left: float,
         top: float,
         width: float,
         height: float,
-        *,
-        border: ColorLike | None = None,
-        fill: ColorLike | None = None,
+        border: ColorArg | None = None,
+        fill: ColorArg | None = None,
         angle: float = 0,
-    ) -> Triangle:
-        return Triangle(self, ["triangle", left, top, width, height, self._border(border), self.fill_template(fill), angle])
+    ) -> DrawingObject:
+        return self._add(("triangle", left, top, width, height, *self._paint(border, fill), angle))
 
-    def create_turtle(self) -> Turtle:
-        from kernel_runner.drawing.turtle import Turtle
+    def _paint(self, border: ColorArg | None, fill: ColorArg | None) -> tuple[str, str]:
+        """A shape's border (default: the foreground) and fill (default: transparent) as hex."""
+        return _hex(self.fgcolor if border is None else border), _hex(Colors.Transparent if fill is None else fill)
 
-        return Turtle(self)
-
-    def _border(self, border: ColorLike | None) -> str:
-        return (as_color(border) if border is not None else self.fgcolor).to_hex()
-
-    def fill_template(self, fill: ColorLike | None) -> str:
-        return (as_color(fill) if fill is not None else Colors.Transparent).to_hex()
+    def _add(self, args: tuple[Any, ...]) -> DrawingObject:
+        object_id, self._next_objid = self._next_objid, self._next_objid + 1
+        self._record("obj", object_id, args)
+        return DrawingObject(self, object_id, args)
 
 
-class DrawingObject:
-    """One object on a canvas; setters for properties its type does not have emit nothing (docs/protocol.md §8.4)."""
-
-    properties: frozenset[str] = frozenset()
-    stroke_property = "border"
-    fillable = True
-
-    def __init__(self, canvas: Canvas, args: list[Any]) -> None:
-        self.canvas = canvas
-        self.id = canvas._new_object_id()
-        canvas._record("obj", self.id, args)
-
-    def _update(self, prop: str, value: Any) -> None:
-        self.canvas._record("update", self.id, prop, value)
-
-    def _set(self, prop: str, value: float) -> None:
-        if prop in self.properties:
-            self._update(prop, value)
-
-    def set_x(self, value: float) -> None:
-        self._set("x", value)
-
-    def set_y(self, value: float) -> None:
-        self._set("y", value)
-
-    def set_x1(self, value: float) -> None:
-        self._set("x1", value)
-
-    def set_y1(self, value: float) -> None:
-        self._set("y1", value)
-
-    def set_x2(self, value: float) -> None:
-        self._set("x2", value)
-
-    def set_y2(self, value: float) -> None:
-        self._set("y2", value)
-
-    def set_radius(self, value: float) -> None:
-        self._set("radius", value)
-
-    def rotate(self, degrees: float) -> None:
-        """Relative rotation, any object."""
-        self._update("rotate", degrees)
-
-    def set_angle(self, degrees: float) -> None:
-        """Absolute angle, any object."""
-        self._update("angle", degrees)
-
-    def stroke(self, color: ColorLike) -> None:
-        self._update(self.stroke_property, as_color(color).to_hex())
-
-    def fill(self, color: ColorLike) -> None:
-        if self.fillable:
-            self._update("fill", as_color(color).to_hex())
-
-
-class Line(DrawingObject):
-    properties = frozenset({"x1", "y1", "x2", "y2"})
-    stroke_property = "color"
-    fillable = False
-
-
-class Circle(DrawingObject):
-    properties = frozenset({"x", "y", "radius"})
-
-
-class Rectangle(DrawingObject):
-    properties = frozenset({"x", "y"})
-
-
-class Triangle(DrawingObject):
-    properties = frozenset({"x", "y"})
-
-
-__all__ = [
-    "DRAWING_MIME",
-    "Canvas",
-    "Circle",
-    "Color",
-    "DrawingObject",
-    "Line",
-    "MediaRecord",
-    "Rectangle",
-    "Triangle",
-    "emit_media",
-    "encode_commands",
-]
+__all__ = ["DRAWING_MIME", "Canvas", "DrawingObject", "MediaRecord"]

@@ -1,111 +1,114 @@
-"""Turtle graphics on a Canvas: a triangle cursor that draws translucent red lines as it moves (docs/protocol.md §8.4)."""
+"""Turtle graphics on a Canvas, with upstream Backend.AI's names: a triangle cursor that leaves translucent red lines
+(docs/protocol.md §8.4)."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kernel_runner.drawing.color import Color, Colors
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from kernel_runner.drawing.canvas import Canvas
 
-LINE_COLOR = Color.from_hex("#ff000080")
-CURSOR_FILL = Color.from_hex("#ffc8c8ff")
+TRAIL_COLOR = Color(255, 0, 0, 128)
+CURSOR_FILL = Color(255, 200, 200, 255)
 
 
 class Vec2D(tuple[float, float]):
-    """A 2-D vector with + - and scalar *, as the turtle's positions."""
+    """A 2-D vector, as the standard library's turtle has: + and - by vectors, * by a number (or a vector: the dot
+    product), unary -, abs() for the length, `rotate(degrees)` counterclockwise."""
 
     def __new__(cls, x: float, y: float) -> Vec2D:
         return super().__new__(cls, (x, y))
 
-    @property
-    def x(self) -> float:
-        return self[0]
+    def __getnewargs__(self) -> tuple[float, float]:  # copy and pickle rebuild from (x, y)
+        return (self[0], self[1])
 
-    @property
-    def y(self) -> float:
-        return self[1]
-
-    def __add__(self, other: object) -> Vec2D:
-        if not isinstance(other, tuple) or len(other) != 2:
-            return NotImplemented
+    def __add__(self, other: Sequence[float]) -> Vec2D:  # type: ignore[override]  # a vector sum, not concatenation
         return Vec2D(self[0] + other[0], self[1] + other[1])
 
-    def __sub__(self, other: tuple[float, float]) -> Vec2D:
+    def __sub__(self, other: Sequence[float]) -> Vec2D:
         return Vec2D(self[0] - other[0], self[1] - other[1])
 
-    def __mul__(self, factor: object) -> Vec2D:
-        if not isinstance(factor, (int, float)):
-            return NotImplemented
-        return Vec2D(self[0] * factor, self[1] * factor)
+    def __mul__(self, other: Any) -> Any:  # the dot product (a float) or a scaled Vec2D
+        if isinstance(other, Vec2D):
+            return self[0] * other[0] + self[1] * other[1]
+        return Vec2D(self[0] * other, self[1] * other)
 
-    __rmul__ = __mul__
+    def __rmul__(self, other: Any) -> Vec2D:
+        return Vec2D(other * self[0], other * self[1])
+
+    def __neg__(self) -> Vec2D:
+        return Vec2D(-self[0], -self[1])
 
     def __abs__(self) -> float:
         return math.hypot(self[0], self[1])
 
+    def rotate(self, angle: float) -> Vec2D:
+        radians = math.radians(angle)
+        cos, sin = math.cos(radians), math.sin(radians)
+        return Vec2D(self[0] * cos - self[1] * sin, self[0] * sin + self[1] * cos)
+
     def __repr__(self) -> str:
-        return f"Vec2D({self[0]:.2f}, {self[1]:.2f})"
+        return f"({self[0]:.2f},{self[1]:.2f})"
 
 
 class Turtle:
-    """Starts at the canvas centre heading 90° (towards +x) with the pen down."""
+    """Starts at the canvas centre with the pen down and heading (`angle`) 90°, i.e. towards +x; `points` holds every
+    absolute position it has been at, the start first."""
 
     def __init__(self, canvas: Canvas) -> None:
         self.canvas = canvas
-        start = Vec2D(canvas.width / 2, canvas.height / 2)
-        self.cursor = canvas.create_triangle(start.x, start.y, 12, 18, border=Colors.Red, fill=CURSOR_FILL, angle=90)
-        self._start = start
-        self._position = start
-        self._heading = 90.0
-        self._pen_down = True
+        self.pen = True
+        self.angle: float = 90
+        start = (canvas.width / 2, canvas.height / 2)
+        self.points: list[tuple[float, float]] = [start]
+        self.cursor = canvas.triangle(start[0], start[1], 12, 18, border=Colors.Red, fill=CURSOR_FILL, angle=90)
 
-    @property
-    def heading(self) -> float:
-        return self._heading
+    def forward(self, amt: float) -> None:
+        x, y = self.points[-1]
+        radians = math.radians(self.angle)
+        self._move_to((x + math.sin(radians) * amt, y + -math.cos(radians) * amt))
 
-    def forward(self, distance: float) -> None:
-        radians = math.radians(self._heading)
-        self._move_to(self._position + Vec2D(math.sin(radians) * distance, -math.cos(radians) * distance))
+    def left(self, deg: float) -> None:
+        self.cursor.rotate(-deg)
+        self.angle -= deg
 
-    def left(self, degrees: float) -> None:
-        self.cursor.rotate(-degrees)
-        self._heading -= degrees
-
-    def right(self, degrees: float) -> None:
-        self.cursor.rotate(degrees)
-        self._heading += degrees
+    def right(self, deg: float) -> None:
+        self.cursor.rotate(deg)
+        self.angle += deg
 
     def pos(self) -> Vec2D:
-        """Position relative to where the turtle started."""
-        return self._position - self._start
-
-    def setpos(self, x: float | tuple[float, float], y: float | None = None) -> None:
-        """Move to start + (x, y); accepts a pair too."""
-        if y is None:
-            if not isinstance(x, tuple):
-                raise TypeError("setpos takes (x, y) or one (x, y) pair")
-            x, y = x
-        assert not isinstance(x, tuple)
-        self._move_to(self._start + Vec2D(x, y))
+        """Where the turtle is, relative to where it started."""
+        (start_x, start_y), (x, y) = self.points[0], self.points[-1]
+        return Vec2D(x - start_x, y - start_y)
 
     def penup(self) -> None:
-        self._pen_down = False
+        self.pen = False
 
     def pendown(self) -> None:
-        self._pen_down = True
+        self.pen = True
 
-    def _move_to(self, target: Vec2D) -> None:
+    def setpos(self, x: Any, y: float | None = None) -> None:
+        """Move to (x, y) relative to the start; `x` alone may be an (x, y) pair."""
+        if y is None:
+            x, y = x[0], x[1]
+        start_x, start_y = self.points[0]
+        self._move_to((x + start_x, y + start_y))
+
+    def _move_to(self, target: tuple[float, float]) -> None:
+        """One group: the trail (pen down only) and the cursor's new x and y."""
         canvas = self.canvas
         canvas.begin_group()
-        if self._pen_down:
-            canvas.create_line(self._position.x, self._position.y, target.x, target.y, color=LINE_COLOR)
-        self.cursor.set_x(target.x)
-        self.cursor.set_y(target.y)
+        if self.pen:
+            canvas.line(*self.points[-1], *target, color=TRAIL_COLOR)
+        self.cursor.set_x(target[0])
+        self.cursor.set_y(target[1])
         canvas.end_group()
-        self._position = target
+        self.points.append(target)
 
 
 __all__ = ["Turtle", "Vec2D"]

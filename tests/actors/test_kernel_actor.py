@@ -1,14 +1,12 @@
-"""KernelActor pieces without a real ipykernel: kernelspec lookup, output mapping, exit codes, the drawing helpers,
-the phase table, and the actor's start failures (missing kernelspec, a kernel that exits or never answers) and a stop
-before the kernel is ready, inside a real tree."""
+"""KernelActor pieces without a real ipykernel: kernelspec lookup, output mapping, exit codes, the phase table, and
+the actor's start failures (missing kernelspec, a kernel that exits or never answers) and a stop before the kernel is
+ready, inside a real tree. The drawing helpers have their own tests (tests/unit/test_drawing.py)."""
 
 from __future__ import annotations
 
 import base64
-import builtins
 import itertools
 import json
-import math
 import re
 import sys
 from collections.abc import Iterator
@@ -16,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import msgpack
 import pytest
 from loguru import logger
 
@@ -26,8 +23,7 @@ from kernel_runner.actors.kernel import CHILD_STATES, TRANSITIONS, Phase, kernel
 from kernel_runner.client import AgentClient, RunResult
 from kernel_runner.config import RestartDefaults
 from kernel_runner.context import RunnerContext
-from kernel_runner.drawing import DRAWING_MIME, Canvas, Color, Colors, MediaRecord, Turtle
-from kernel_runner.drawing._msgpack import packb
+from kernel_runner.drawing import DRAWING_MIME
 from kernel_runner.ids import KERNEL_CHILD
 from kernel_runner.jupyter import (
     DISPLAY_PREFERENCE,
@@ -161,116 +157,6 @@ def test_child_spec_is_permanent_bounded_and_tiered_with_the_language(runner_con
     assert spec.backoff.initial_s == runner_config.restart.backoff_initial_s
     assert spec.stable_after_s == 10.0
     assert spec.reject is not None  # its runs are answered through the language runner (tests/actors/test_lang_runner_*)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# drawing helpers (docs/protocol.md §8.4)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        None, True, False, 0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1,
-        -1, -32, -33, -128, -129, -32768, -32769, -(2**31), -(2**31) - 1, -(2**63),
-        0.0, 1.5, -2.25, math.pi, "", "a", "x" * 31, "x" * 32, "x" * 255, "x" * 256, "x" * 70000, "é€",
-        b"", b"\x00\x01", b"y" * 300, b"z" * 70000,
-        [], [1, [2, [3]]], list(range(15)), list(range(16)), list(range(70000)), (1, "a"),
-        {}, {"a": 1}, {str(i): i for i in range(16)},
-    ],
-)
-def test_builtin_msgpack_matches_the_msgpack_package(value: Any) -> None:
-    assert packb(value) == msgpack.packb(value, use_bin_type=True)
-
-
-def test_colors_are_lowercase_rgba_hex() -> None:
-    assert Colors.Transparent.to_hex() == "#ffffff00"
-    assert str(Colors.Gray) == "#808080ff"
-    assert Color.from_hex("#FF0000") == Colors.Red
-    assert Color.from_rgba([0, 255, 255]) == Colors.Cyan
-    assert Color.from_bytes(b"\xff\x00\xff\xff") == Colors.Magenta
-    with pytest.raises(ValueError, match="not a hex colour"):
-        Color.from_hex("#12345")
-
-
-def test_canvas_records_commands_per_the_spec() -> None:
-    canvas = Canvas(200, 100)
-    cid = canvas.id
-    line = canvas.create_line(0, 0, 10, 10)
-    circle = canvas.create_circle(5, 6, 7, fill=Colors.Blue)
-    rect = canvas.create_rectangle(1, 2, 3, 4, border="#00ff00", angle=45)
-    line.set_x2(20)
-    line.set_radius(3)  # a line has no radius: nothing is recorded
-    circle.set_radius(9)
-    rect.fill(Colors.Yellow)
-    line.fill(Colors.Yellow)  # a line cannot be filled: nothing is recorded
-    line.stroke(Colors.Red)
-    rect.stroke(Colors.Red)
-    rect.rotate(10)
-    canvas.begin_fill(Colors.Gray)
-    canvas.end_fill()
-    canvas.background_color(Colors.Black)
-    canvas.stop_animation()
-    assert canvas.commands == [
-        [cid, "canvas", 200, 100, "#ffffffff", "#000000ff"],
-        [cid, "obj", 0, ["line", 0, 0, 10, 10, "#000000ff"]],
-        [cid, "obj", 1, ["circle", 5, 6, 7, "#000000ff", "#0000ffff", 0]],
-        [cid, "obj", 2, ["rect", 1, 2, 3, 4, "#00ff00ff", "#ffffff00", 45]],
-        [cid, "update", 0, "x2", 20],
-        [cid, "update", 1, "radius", 9],
-        [cid, "update", 2, "fill", "#ffff00ff"],
-        [cid, "update", 0, "color", "#ff0000ff"],
-        [cid, "update", 2, "border", "#ff0000ff"],
-        [cid, "update", 2, "rotate", 10],
-        [cid, "begin-fill", "#808080ff"],
-        [cid, "end-fill"],
-        [cid, "bgcolor", "#000000ff"],
-        [cid, "stop-anim"],
-    ]
-    assert Canvas(1, 1).id == cid + 1
-
-
-def test_turtle_moves_draw_grouped_lines_and_move_the_cursor() -> None:
-    canvas = Canvas(100, 80)
-    cid = canvas.id
-    turtle = Turtle(canvas)
-    turtle.forward(10)  # heading 90°: +x
-    turtle.left(90)
-    turtle.penup()
-    turtle.forward(5)  # heading 0°: -y, no line with the pen up
-    commands = canvas.commands
-    assert commands[1] == [cid, "obj", 0, ["triangle", 50.0, 40.0, 12, 18, "#ff0000ff", "#ffc8c8ff", 90]]
-    assert commands[2:7] == [
-        [cid, "begin-group"],
-        [cid, "obj", 1, ["line", 50.0, 40.0, 60.0, 40.0, "#ff000080"]],
-        [cid, "update", 0, "x", 60.0],
-        [cid, "update", 0, "y", 40.0],
-        [cid, "end-group"],
-    ]
-    assert commands[7] == [cid, "update", 0, "rotate", -90]
-    assert commands[8:] == [
-        [cid, "begin-group"],
-        [cid, "update", 0, "x", 60.0],
-        [cid, "update", 0, "y", 35.0],
-        [cid, "end-group"],
-    ]
-    assert turtle.pos() == (10.0, -5.0)
-    turtle.pendown()
-    turtle.setpos((0, 0))
-    assert turtle.pos() == (0.0, 0.0)
-    assert canvas.commands[-4][3][0] == "line"
-
-
-def test_update_emits_base64_msgpack_and_clears(monkeypatch: pytest.MonkeyPatch) -> None:
-    emitted: list[MediaRecord] = []
-    monkeypatch.setattr(builtins, "_sorna_emit", emitted.append, raising=False)
-    canvas = Canvas(10, 10)
-    canvas.create_circle(1, 2, 3)
-    expected = canvas.commands
-    canvas.update()
-    assert canvas.commands == []
-    assert len(emitted) == 1 and emitted[0].type == DRAWING_MIME
-    assert msgpack.unpackb(base64.b64decode(emitted[0].data), raw=False) == expected
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -188,6 +188,56 @@ def test_input_round_trip_password_and_interrupted_wait(query: Query) -> None:
     assert (result.exit_code, result.stdout) == (0, b"next\n")
 
 
+# Written as a user of upstream Backend.AI writes it: upstream's import path and names, positional colours.
+UPSTREAM_STYLE_DRAWING = """\
+from ai.backend.kernel.python.drawing import Canvas, Color, Colors
+
+canvas = Canvas(300, 200, Colors.Black, Colors.White)
+sun = canvas.circle(150, 60, 20, Colors.Yellow, Colors.from_rgba([255, 200, 0, 255]))
+sun.set_radius(25)
+ground = canvas.rectangle(0, 150, 300, 50, fill=Colors.Green)
+ground.stroke(Color.from_hex('#006400ff'))
+canvas.stroke_color(Colors.Red)
+horizon = canvas.line(0, 150, 300, 150)
+horizon.set_y2(140)
+t = canvas.create_turtle()
+t.forward(50)
+t.left(90)
+t.penup()
+t.forward(30)
+canvas.show()
+print(t.pos())
+"""
+
+
+def test_a_drawing_written_for_upstream_arrives_as_one_media_item(query: Query) -> None:
+    result = query.run(UPSTREAM_STYLE_DRAWING)
+    assert (result.exit_code, result.stderr, result.stdout) == (0, b"", b"(50.00,-30.00)\n")
+    [item] = media(result)
+    assert item["type"] == DRAWING_MIME
+    assert msgpack.unpackb(base64.b64decode(item["data"], validate=True), raw=False) == [
+        [0, "canvas", 300, 200, "#000000ff", "#ffffffff"],
+        [0, "obj", 0, ["circle", 150, 60, 20, "#ffff00ff", "#ffc800ff", 0]],
+        [0, "update", 0, "radius", 25],
+        [0, "obj", 1, ["rect", 0, 150, 300, 50, "#ffffffff", "#00ff00ff", 0]],
+        [0, "update", 1, "border", "#006400ff"],
+        [0, "fgcolor", "#ff0000ff"],
+        [0, "obj", 2, ["line", 0, 150, 300, 150, "#ff0000ff"]],
+        [0, "update", 2, "y2", 140],
+        [0, "obj", 3, ["triangle", 150.0, 100.0, 12, 18, "#ff0000ff", "#ffc8c8ff", 90]],
+        [0, "begin-group"],
+        [0, "obj", 4, ["line", 150.0, 100.0, 200.0, 100.0, "#ff000080"]],
+        [0, "update", 3, "x", 200.0],
+        [0, "update", 3, "y", 100.0],
+        [0, "end-group"],
+        [0, "update", 3, "rotate", -90],
+        [0, "begin-group"],
+        [0, "update", 3, "x", 200.0],
+        [0, "update", 3, "y", 70.0],
+        [0, "end-group"],
+    ]
+
+
 def interrupt_a_long_sleep(query: Query) -> RunResult:
     """A 600 s sleep against a 60 s wait: only the interrupt can end the run (KeyboardInterrupt, code 130)."""
     query.send("import time\nprint('sleeping', flush=True)\ntime.sleep(600)")
