@@ -40,10 +40,16 @@ _SPEC = re.compile(r"(?:[^{}]?[<>=^])?[-+ ]?z?#?0?(?:\d{1,3})?[,_]?(?:\.\d{1,3})
 _CONVERSIONS: dict[str | None, Callable[[Any], Any]] = {None: lambda value: value, "s": str, "r": repr, "a": ascii}
 # What a placeholder may reach: values of these types only (ports, runtime_path, refs), never an arbitrary object.
 _LEAF_TYPES = (str, int, float, type(None))
-_SPECIAL = re.compile(r"[${}]")
+# Plain text with its brace escapes, matched in one go (a template may be a megabyte of `{{`): outside `${…}` and
+# inside, where a `}` closes the expansion instead of pairing with the next one.
+_TEXT_RUN = re.compile(r"(?:[^${}]+|\$(?!\{)|\{\{|\}\})+")
+_SHELL_TEXT_RUN = re.compile(r"(?:[^${}]+|\$(?!\{)|\{\{)+")
 _BRACE = re.compile(r"[{}]")
 # Stands for a placeholder's value while a command is split into words; a template may not hold a NUL itself.
 _MARK = re.compile("\0(\\d+)\0")
+# The longest string command split without a shell: Linux's limit for one argument (MAX_ARG_STRLEN), far above any
+# real command. shlex takes time quadratic in a word's length; a megabyte from the wire took it 20 s.
+MAX_SPLIT_CHARS = 128 * 1024
 
 
 @attrs.frozen
@@ -72,40 +78,34 @@ def _scan(template: str, known: Collection[str]) -> Iterator[_Piece]:
     """Cut a template into text and placeholders. `known` decides only what an ambiguous `${{` is."""
     position, shell_depth = 0, 0  # shell_depth: `${` expansions open, each closed by the next `}`
     while position < len(template):
-        found = _SPECIAL.search(template, position)
-        if found is None:
-            yield _Piece(raw=template[position:], text=template[position:])
-            return
-        start = found.start()
-        if start > position:
-            yield _Piece(raw=template[position:start], text=template[position:start])
-        piece = _special_piece(template, start, known, shell_depth)
+        run = (_SHELL_TEXT_RUN if shell_depth else _TEXT_RUN).match(template, position)
+        if run is not None:
+            raw = run.group()
+            yield _Piece(raw=raw, text=raw.replace("{{", "{").replace("}}", "}"))
+            position = run.end()
+            continue
+        piece = _special_piece(template, position, known, shell_depth)
         if piece.raw == "${":
             shell_depth += 1
         elif piece.raw == "}" and piece.problem is None:
             shell_depth -= 1
         yield piece
-        position = start + len(piece.raw)
+        position += len(piece.raw)
 
 
 def _special_piece(template: str, start: int, known: Collection[str], shell_depth: int) -> _Piece:
+    """What starts at `start`: `${`, a `{` that is no escape, or a `}` that is none."""
     char = template[start]
     if char == "$":
         if template.startswith("${{", start):
             piece = _dollar_placeholder(template, start, known)
             # Not a placeholder: the older reading, `$` then an escaped brace (`${{HOME}}` renders `${HOME}`).
             return piece if piece is not None else _Piece(raw="$", text="$")
-        if template.startswith("${", start):
-            return _Piece(raw="${", text="${")  # the shell's parameter expansion, closed by the next `}`
-        return _Piece(raw="$", text="$")
+        return _Piece(raw="${", text="${")  # the shell's parameter expansion, closed by the next `}`
     if char == "{":
-        if template.startswith("{{", start):
-            return _Piece(raw="{{", text="{")
         return _brace_placeholder(template, start)
     if shell_depth:
         return _Piece(raw="}", text="}")  # closes a `${…}`, even where `}}` follows (`${A:-${B}}`)
-    if template.startswith("}}", start):
-        return _Piece(raw="}}", text="}")
     return _Piece(raw="}", problem="Single '}' encountered in format string", syntax=True)
 
 
@@ -116,12 +116,13 @@ def _dollar_placeholder(template: str, start: int, known: Collection[str]) -> _P
     space after `${{`, and reads as a placeholder of an identifier (so a typo fails loudly). `${{HOME}}`, which meant
     the shell's `${HOME}` before, still does, as does any `${{` text that is no placeholder at all (`${{ a.b }}`).
     """
-    end = template.find("}}", start + 3)
-    if end < 0:
+    # The body holds no brace, so the next brace must start the closing `}}`; looking no further keeps a long run
+    # of unclosed `${{` linear.
+    brace = _BRACE.search(template, start + 3)
+    if brace is None or not template.startswith("}}", brace.start()):
         return None
+    end = brace.start()
     inner = template[start + 3 : end]
-    if _BRACE.search(inner):
-        return None
     raw = template[start : end + 2]
     body = inner.strip()
     field, problem = _parse_body(body, raw)
@@ -237,8 +238,9 @@ def split_template(template: str, variables: Mapping[str, Any]) -> tuple[str, ..
     """
     values: list[str] = []
     marked: list[str] = []
-    if "\0" in template:
-        raise TemplateError(f"template {excerpt(template)}: a NUL character is not allowed")
+    problem = _unsplittable(template)
+    if problem is not None:
+        raise TemplateError(problem)
     for piece in _scan(template, variables.keys()):
         if piece.problem is not None:
             _raise_problem(template, piece)
@@ -307,14 +309,24 @@ def split_problem(template: str, known: Collection[str]) -> str | None:
     problem = template_problem(template, known)
     if problem is not None:
         return problem
-    if "\0" in template:
-        return f"template {excerpt(template)}: a NUL character is not allowed"
+    problem = _unsplittable(template)
+    if problem is not None:
+        return problem
     marked = "".join(piece.text if piece.field is None else "\0" for piece in _scan(template, known))
     try:
         words = shlex.split(marked)
     except ValueError as exc:
         return f"cannot split the command {excerpt(template)} into words: {exc}"
     return None if words else f"the command {excerpt(template)} has no words to run"
+
+
+def _unsplittable(template: str) -> str | None:
+    if len(template) > MAX_SPLIT_CHARS:
+        return (f"the command {excerpt(template)} is too long to split into words without a shell: at most "
+                f"{MAX_SPLIT_CHARS} characters")
+    if "\0" in template:
+        return f"template {excerpt(template)}: a NUL character is not allowed"
+    return None
 
 
 def _known(variables: Mapping[str, Any]) -> str:

@@ -7,6 +7,7 @@ import pytest
 from kernel_runner.servicedefs.errors import ServiceStartError, TemplateError
 from kernel_runner.servicedefs.legacy import bundled_legacy
 from kernel_runner.servicedefs.template import (
+    MAX_SPLIT_CHARS,
     interpolate,
     interpolate_argument,
     split_problem,
@@ -293,6 +294,17 @@ def test_split_template_failures(template: str, says: str) -> None:
     assert says in info.value.reply_text
     problem = split_problem(template, set(VARIABLES))
     assert problem is not None
+
+
+def test_a_command_split_without_a_shell_has_a_length_limit() -> None:
+    # One word may not exceed Linux's argument limit anyway; the limit keeps a megabyte from the wire from costing
+    # shlex seconds of CPU (its time grows with the square of a word's length).
+    longest = "a" * MAX_SPLIT_CHARS
+    assert split_template(longest, {}) == (longest,)
+    problem = split_problem(longest + "a", {"ports"})
+    assert problem is not None and f"at most {MAX_SPLIT_CHARS} characters" in problem
+    with pytest.raises(TemplateError, match="too long to split into words"):
+        split_template(longest + "a", VARIABLES)
 
 
 def test_split_problem_accepts_what_splits() -> None:
