@@ -50,7 +50,7 @@ run: $(RUN_STAMP)
 		--bind '$(BIND)' $(RUN_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check kernel_runner tests bench
+	$(VENV)/bin/ruff check kernel_runner ai tests bench
 
 typecheck: setup
 	$(VENV)/bin/mypy --config-file setup.cfg

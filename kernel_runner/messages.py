@@ -202,7 +202,8 @@ class PrestartActionSpec:
 class ModelServiceSpec:
     start_command: tuple[str, ...] | str
     port: int
-    shell: str = "/bin/bash"
+    # For a string start_command: run as [shell, "-c", command]; None or "" splits it into words (docs/protocol.md §7.1).
+    shell: str | None = "/bin/bash"
     pre_start_actions: tuple[PrestartActionSpec, ...] = ()
     health_check: HealthCheck | None = None
 

@@ -95,7 +95,7 @@ def _build_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=False)
 
     def structure_command(value: Any, _type: Any) -> tuple[str, ...] | str:
-        # Later upstream accepts a string run through the shell as well as an argv list (docs/protocol.md §7.5).
+        # Later upstream accepts a string, run by `shell` or split into words, as well as an argv list (§7.1).
         if isinstance(value, str):
             return _text(value)
         if isinstance(value, list):
@@ -273,8 +273,6 @@ def parse_model_info(text: str) -> ModelInfo:
     _check_name(model.name, "$.name")
     if model.service is not None:
         _check_bound(model.service.port, PORT_BOUNDS, "port", "$.service.port")
-        if not model.service.shell:
-            raise PayloadError("shell must not be empty @ $.service.shell")
         check = model.service.health_check
         if check is not None and (len(check.path) > MAX_URL_PATH_CHARS or _URL_UNSAFE.search(check.path)):
             raise PayloadError(f"path must be at most {MAX_URL_PATH_CHARS} characters without spaces or control "

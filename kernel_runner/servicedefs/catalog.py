@@ -27,12 +27,13 @@ from kernel_runner.servicedefs.legacy import LegacyRow, LegacyTable, bundled_leg
 from kernel_runner.servicedefs.prestart import DEFAULT_COMMAND_TIMEOUT_S, PrestartLog, run_prestart
 from kernel_runner.servicedefs.schema import (
     BASE_VARIABLES,
+    Command,
     PrestartAction,
     RestartOverride,
     ServiceDefinition,
     parse_definition,
 )
-from kernel_runner.servicedefs.template import interpolate
+from kernel_runner.servicedefs.template import interpolate, interpolate_argument, split_template
 
 # docs/protocol.md §6.2 step 8: the krunner's private libraries would break the image's own binaries.
 
@@ -48,6 +49,16 @@ class ServiceCommand:
     argv: tuple[str, ...]
     env: Mapping[str, str]
     cwd: Path
+
+
+@attrs.frozen
+class DefaultArgument:
+    """A flag or value from a definition's default_arguments: a template in argument mode (docs/protocol.md §6.4).
+
+    User flags and values stay plain strings, never templates (docs/protocol.md §2.8).
+    """
+
+    template: str
 
 
 @attrs.frozen(kw_only=True)
@@ -72,10 +83,13 @@ class ServiceLaunch:
     # Template variables before prestart refs are added: ports, runtime_path and the catalog's own.
     variables: Mapping[str, Any] = attrs.field(factory=dict)
     restart: RestartOverride | None = None
-    # Templates (docs/protocol.md §6.4).
-    command: tuple[str, ...] = ()
-    # Literal flags and values appended after the command; never interpolated (docs/protocol.md §6.4 "Not interpolated").
-    arguments: tuple[str, ...] = ()
+    # Templates (docs/protocol.md §6.4): an argument list, or one string for `shell` (docs/protocol.md §6.3).
+    command: Command = ()
+    # None or "": a string command is split into words and run without a shell.
+    shell: str | None = None
+    # Appended after the command: default arguments render as templates, plain strings (user values, an intrinsic's
+    # argv) as they are (docs/protocol.md §6.4 "Not interpolated").
+    arguments: tuple[str | DefaultArgument, ...] = ()
     # The definition's env; keys and values are templates.
     env_templates: Mapping[str, str] = attrs.field(factory=dict)
     # User-supplied values, already checked against allowed_envs and the frozen names (docs/protocol.md §6.6 step 3).
@@ -95,7 +109,10 @@ class ServiceLaunch:
             TemplateError: a template failed at render time (an index out of range, a missing item).
         """
         scope = {**self.variables, **(refs or {})}
-        argv = tuple(interpolate(part, scope) for part in self.command) + self.arguments
+        argv = _command_argv(self.command, self.shell, scope) + tuple(
+            interpolate_argument(part.template, scope) if isinstance(part, DefaultArgument) else part
+            for part in self.arguments
+        )
         env = dict(self.base_env)
         env.update({interpolate(key, scope): interpolate(value, scope) for key, value in self.env_templates.items()})
         env.update(self.user_env)  # user values win over the definition's (docs/protocol.md §6.6 step 3.2)
@@ -249,25 +266,24 @@ def model_service_definition(
         # docs/protocol.md §7.2 step 1's intended text (23.3.5 overwrote it with "service unhealthy").
         raise DefinitionError((f"{source}: service info not provided @ $.service",), reply="service info not provided")
     name = f"{model.name}-{service.port}"
-    if isinstance(service.start_command, str):
-        # Later upstream's string form runs through the shell; it is shell text, not a template, so `${X}` works.
-        command: tuple[str, ...] = (service.shell, "-c", _escape_braces(service.start_command))
-    else:
-        command = tuple(service.start_command)
-    if not command:
+    command = service.start_command
+    if not (command.strip() if isinstance(command, str) else command):
         raise DefinitionError(
             (f"{source}: start_command is empty @ $.service.start_command",),
             reply=repr(InvalidServiceDefinition(f"Service-def for {name} is invalid: start_command is empty")),
         )
     raw = {
-        "command": list(command),
+        # A string runs as [shell, "-c", string], or split into words without a shell (docs/protocol.md §7.1).
+        "command": command if isinstance(command, str) else list(command),
+        "shell": service.shell,
         "prestart_actions": [
             {"action": spec.action, "args": dict(spec.args), **({"ref": spec.ref} if spec.ref is not None else {})}
             for spec in service.pre_start_actions
         ],
     }
     # The same converter and template checks as definition files, with paths in the model definition's terms.
-    aliases = {"$.command": "$.service.start_command", "$.prestart_actions": "$.service.pre_start_actions"}
+    aliases = {"$.command": "$.service.start_command", "$.shell": "$.service.shell",
+               "$.prestart_actions": "$.service.pre_start_actions"}
     definition = parse_definition(raw, name=name, source=source, known_variables=known_variables, path_aliases=aliases)
     return name, definition
 
@@ -348,6 +364,7 @@ def _definition_launch(
         variables=variables,
         restart=definition.restart,
         command=definition.command,
+        shell=definition.shell,
         arguments=arguments,
         env_templates=definition.env,
         user_env=user_env,
@@ -355,24 +372,46 @@ def _definition_launch(
     )
 
 
-def _merged_arguments(name: str, definition: ServiceDefinition, options: ServiceOptions) -> tuple[str, ...]:
-    """docs/protocol.md §6.6 step 2: defaults first, user flags override or follow; a default cannot be removed."""
-    merged: dict[str, object] = {**definition.default_arguments}
+def _merged_arguments(
+    name: str, definition: ServiceDefinition, options: ServiceOptions
+) -> tuple[str | DefaultArgument, ...]:
+    """docs/protocol.md §6.6 step 2: defaults first, user flags override or follow; a default cannot be removed.
+
+    What the definition wrote (its flags, the values nobody overrode) are templates; what the user sent is not.
+    """
+    merged: dict[str, object] = {flag: _as_template(value) for flag, value in definition.default_arguments.items()}
     for flag, value in (options.arguments or {}).items():
         if flag not in definition.allowed_arguments:
             # Upstream's text; the flag came over the wire, so it is cut short (repr() escapes what is left).
             flag_text = excerpt(flag, quote=False)
             raise ServiceStartError(repr(DisallowedArgument(f"Argument {flag_text} not allowed for service {name}")))
         merged[flag] = value
-    argv: list[str] = []
+    argv: list[str | DefaultArgument] = []
     for flag, merged_value in merged.items():
-        argv.append(flag)
-        if isinstance(merged_value, str):
+        argv.append(DefaultArgument(flag) if flag in definition.default_arguments else flag)
+        if isinstance(merged_value, str | DefaultArgument):
             argv.append(merged_value)
         elif isinstance(merged_value, list | tuple):
-            argv.extend(str(item) for item in merged_value)
+            argv.extend(item if isinstance(item, DefaultArgument) else str(item) for item in merged_value)
         # None, or any other type such as a number: a bare flag (docs/protocol.md §6.6 step 2.3).
     return tuple(argv)
+
+
+def _as_template(value: object) -> object:
+    if isinstance(value, str):
+        return DefaultArgument(value)
+    if isinstance(value, tuple):
+        return tuple(DefaultArgument(item) for item in value)
+    return value
+
+
+def _command_argv(command: Command, shell: str | None, scope: Mapping[str, Any]) -> tuple[str, ...]:
+    """docs/protocol.md §6.3 `command` and `shell`: an argument list, `[shell, "-c", text]`, or the text's words."""
+    if not isinstance(command, str):
+        return tuple(interpolate(part, scope) for part in command)
+    if shell:
+        return (shell, "-c", interpolate(command, scope))
+    return split_template(command, scope)
 
 
 def _checked_envs(
@@ -413,6 +452,7 @@ def _legacy_launch(
         variables=variables,
         restart=definition.restart,
         command=() if definition.noop else definition.command,
+        shell=definition.shell,
         env_templates=definition.env,
         base_env=child_env,
     )
@@ -428,10 +468,6 @@ def _intrinsic_launch(
     except ValueError as exc:
         return _failed(str(exc))
     return ServiceLaunch(name=name, origin="intrinsic", cwd=work_dir, port=port, arguments=argv, base_env=child_env)
-
-
-def _escape_braces(text: str) -> str:
-    return text.replace("{", "{{").replace("}", "}}")
 
 
 def _listed(port: int | None) -> list[int]:

@@ -17,7 +17,7 @@ from cattrs.v import format_exception as cattrs_format_exception
 from kernel_runner.excerpts import excerpt
 from kernel_runner.messages import Bounds
 from kernel_runner.servicedefs.errors import DefinitionError, InvalidServiceDefinition
-from kernel_runner.servicedefs.template import template_problem
+from kernel_runner.servicedefs.template import split_problem, template_problem
 
 _MAX_PROBLEMS = 20
 _MAX_PROBLEM_CHARS = 400
@@ -31,6 +31,10 @@ CommandPiece = NewType("CommandPiece", str)
 FileMode = NewType("FileMode", str)
 # default_arguments values (docs/protocol.md §6.6 step 2.3): text, a list of texts, or None for a bare flag.
 ArgValue = Union[str, tuple[str, ...], None]
+# docs/protocol.md §6.3 `command`: an argument list, or (since 24.12) one string run by `shell` or split into words.
+Command = Union[str, tuple[str, ...]]
+# The definition's default `shell` (upstream's, found on the service's PATH); a model's default is /bin/bash (§7.1).
+DEFAULT_SHELL = "bash"
 
 
 # docs/protocol.md §6.3 `restart`: each becomes a timer or a count of the supervisor's, so each has a ceiling too.
@@ -156,7 +160,9 @@ class RestartOverride:
 class ServiceDefinition:
     """One `/etc/backend.ai/service-defs/<name>.json`; the name is the file stem and not stored here."""
 
-    command: tuple[str, ...]
+    command: Command
+    # Runs a string command as `[shell, "-c", command]`; null or "" splits it into words instead (docs/protocol.md §6.3).
+    shell: str | None = DEFAULT_SHELL
     noop: bool = False
     url_template: str = ""
     prestart_actions: tuple[PrestartAction, ...] = ()
@@ -237,6 +243,12 @@ def _structure_arg_value(value: object, _type: object) -> ArgValue:
     raise SchemaError(f"expected a string, a list of strings or null, got {_kind(value)}")
 
 
+def _structure_optional_str(value: object, _type: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise SchemaError(f"expected a string or null, got {_kind(value)}")
+    return value
+
+
 def _is_homogeneous_tuple(tp: Any) -> bool:
     args = get_args(tp)
     return get_origin(tp) is tuple and len(args) == 2 and args[1] is Ellipsis
@@ -299,7 +311,8 @@ def _definition_hook(converter: cattrs.Converter) -> Callable[[object, Any], Ser
             # docs/protocol.md §6.3: `prestart` is renamed to `prestart_actions`.
             value = {("prestart_actions" if key == "prestart" else key): item for key, item in value.items()}
         result = generated(value, cl)
-        if not result.command and not result.noop:
+        empty = not result.command.strip() if isinstance(result.command, str) else not result.command
+        if empty and not result.noop:
             # Upstream tried to spawn an empty argv (docs/protocol.md §6.7); say so instead of failing at every start.
             raise SchemaError('"command" is empty; set "noop": true for a service with nothing to run')
         return result
@@ -317,6 +330,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(CommandPiece, _structure_command_piece)
     converter.register_structure_hook(FileMode, _structure_file_mode)
     converter.register_structure_hook_func(lambda tp: tp == ArgValue, _structure_arg_value)
+    converter.register_structure_hook_func(lambda tp: tp == (str | None), _structure_optional_str)
     converter.register_structure_hook_factory(_is_homogeneous_tuple, _strict_tuple_factory)
     converter.register_structure_hook_factory(_is_literal, _literal_factory)
 
@@ -334,6 +348,15 @@ def make_converter() -> cattrs.Converter:
         return converter.structure(rest, cls)
 
     converter.register_structure_hook_func(lambda tp: tp == PrestartAction, structure_action)
+
+    def structure_command(value: object, _type: object) -> Command:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list):
+            return converter.structure(value, tuple[str, ...])  # each element's own path on error
+        raise SchemaError(f"expected a string or a list of strings, got {_kind(value)}")
+
+    converter.register_structure_hook_func(lambda tp: tp == Command, structure_command)
     converter.register_structure_hook(RestartOverride, _restart_hook(converter))
     converter.register_structure_hook(ServiceDefinition, _definition_hook(converter))
     return converter
@@ -408,8 +431,14 @@ def template_problems(definition: ServiceDefinition, known_variables: Collection
             check(template, f"$.prestart_actions[{index}].args{path}")
         if action.ref is not None:
             known.add(action.ref)
-    for index, part in enumerate(definition.command):
-        check(part, f"$.command[{index}]")
+    if isinstance(definition.command, str):
+        # docs/protocol.md §6.3: run by the shell, or split into words when there is none.
+        problem = (template_problem if definition.shell else split_problem)(definition.command, known)
+        if problem is not None:
+            problems.append(f"{problem} @ $.command")
+    else:
+        for index, part in enumerate(definition.command):
+            check(part, f"$.command[{index}]")
     for key, value in definition.env.items():
         check(key, f"$.env[{key!r}]")
         check(value, f"$.env[{key!r}]")

@@ -102,7 +102,7 @@ def test_broken_file_is_reported_and_skipped_while_the_good_one_loads(tmp_path: 
     assert list(catalog.definitions) == ["good"]
     assert catalog.has_parser
     assert len(problems) == 2
-    assert problems[0].startswith(f"{folder / 'bad.json'}: unknown key 'bogus' (allowed: command, noop,")
+    assert problems[0].startswith(f"{folder / 'bad.json'}: unknown key 'bogus' (allowed: command, shell, noop,")
     assert problems[0].endswith("@ $")
     assert problems[1].startswith(f"malformed JSON in service-def file: {folder / 'nojson.json'} (")
     # A start request for a broken definition says why, instead of "unsupported service" or a legacy fallback.
@@ -294,6 +294,78 @@ def test_ports_fall_back_to_the_single_port(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# String commands, shells and default arguments (docs/protocol.md §6.3, §6.4, §6.6)
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_string_command_runs_through_bash_by_default_with_templates(tmp_path: Path) -> None:
+    catalog = catalog_with(tmp_path, {"web": {"command": "cd $HOME && exec {runtime_path} -m http.server ${{ ports[0] }}"}})
+    assert launch_of(resolve(catalog, info("web"))).render().argv == (
+        "bash", "-c", "cd $HOME && exec /usr/bin/python3 -m http.server 18080")
+
+
+@pytest.mark.parametrize("shell", [None, ""])
+def test_a_string_command_without_a_shell_is_split_into_words(tmp_path: Path, shell: str | None) -> None:
+    catalog = catalog_with(tmp_path, {"web": {"command": "{runtime_path} -m 'http.server' ${{ ports[1] }}",
+                                              "shell": shell, "default_arguments": {"--bind": "127.0.0.1"}}})
+    launch = launch_of(resolve(catalog, info("web", arguments=None)))
+    assert launch.render().argv == ("/usr/bin/python3", "-m", "http.server", "18081", "--bind", "127.0.0.1")
+
+
+def test_a_string_command_with_its_own_shell_and_arguments_after_it(tmp_path: Path) -> None:
+    # Arguments follow [shell, "-c", command], as upstream: the shell sees them as $0, $1, …
+    catalog = catalog_with(tmp_path, {"web": {"command": 'exec serve "$@"', "shell": "/bin/sh",
+                                              "allowed_arguments": ["--x"]}})
+    launch = launch_of(resolve(catalog, info("web", arguments={"--x": "1"})))
+    assert launch.render().argv == ("/bin/sh", "-c", 'exec serve "$@"', "--x", "1")
+
+
+def test_shell_variables_in_list_commands_reach_the_program_as_written(tmp_path: Path) -> None:
+    catalog = catalog_with(tmp_path, {"web": {"command": ["sh", "-c", "echo ${HOME} $PATH ${{ ports[0] }}"],
+                                              "env": {"W_${{ ports[0] }}": "${HOME}/{ports[1]}"}}})
+    command = launch_of(resolve(catalog, info("web"))).render()
+    assert command.argv == ("sh", "-c", "echo ${HOME} $PATH 18080")
+    assert command.env["W_18080"] == "${HOME}/18081"
+
+
+def test_default_arguments_render_known_placeholders_and_keep_other_braces(tmp_path: Path) -> None:
+    definition = {
+        "command": ["serve"],
+        "allowed_arguments": ["--port", "--user"],
+        "default_arguments": {"--port": "{ports[0]}", "--extra": ["${{ ports[1] }}", '{"a": 1}'],
+                              "--cfg={runtime_path}": None, "--port-default": "{{ports[0]}}"},
+    }
+    catalog = catalog_with(tmp_path, {"web": definition})
+    argv = launch_of(resolve(catalog, info("web", arguments={"--user": "{ports[0]}"}))).render().argv
+    assert argv == ("serve", "--port", "18080", "--extra", "18081", '{"a": 1}', "--cfg=/usr/bin/python3",
+                    "--port-default", "{{ports[0]}}", "--user", "{ports[0]}")
+    # A user value that replaces a default is the user's: never a template.
+    argv = launch_of(resolve(catalog, info("web", arguments={"--port": "${{ ports[1] }}"}))).render().argv
+    assert argv[1:3] == ("--port", "${{ ports[1] }}")
+
+
+def test_prestart_actions_use_the_same_language(tmp_path: Path) -> None:
+    definition = {
+        "command": ["serve", "${{ cfg }}"],
+        "prestart": [{"action": "write_file", "ref": "cfg", "args": {
+            "filename": "conf-${{ ports[0] }}.sh", "body": ["PORT=${{ ports[0] }}", 'DATA="${HOME}/{ports[1]}"']}}],
+    }
+    catalog = catalog_with(tmp_path, {"web": definition})
+    command = launch_of(resolve(catalog, info("web"), work_dir=tmp_path)).prepare(log=lambda _level, _text: None)
+    assert (tmp_path / "conf-18080.sh").read_text() == 'PORT=18080\nDATA="${HOME}/18081"\n'
+    assert command.argv == ("serve", "None")  # write_file has no result (docs/protocol.md §6.5)
+
+
+def test_a_bad_shell_is_reported_with_the_file_and_the_field(tmp_path: Path) -> None:
+    folder = write_defs(tmp_path / "defs", {"web": {"command": "serve", "shell": 5}, "ok": {"command": "serve"}})
+    catalog, problems = load_service_definitions(folder)
+    assert problems == [f"{folder / 'web.json'}: expected a string or null, got a number @ $.shell"]
+    assert list(catalog.definitions) == ["ok"]
+    result = resolve(catalog, info("web"))
+    assert isinstance(result, ServiceResult) and result.error is not None and "@ $.shell" in result.error
+
+
+# --------------------------------------------------------------------------------------------
 # Intrinsic and legacy precedence (docs/protocol.md §6.2 steps 5-6)
 # --------------------------------------------------------------------------------------------
 
@@ -355,10 +427,49 @@ def test_model_service_without_a_service_folder_still_registers(tmp_path: Path) 
     assert launch_of(resolve(catalog, request)).port == 7000
 
 
-def test_model_service_string_command_runs_through_the_shell_untemplated(tmp_path: Path) -> None:
-    spec = ModelServiceSpec(start_command="serve --port ${PORT} {x}", port=8000, shell="/bin/sh")
-    catalog, request = catalog_with(tmp_path, {}).with_model_service(ModelInfo(name="m", service=spec))
-    assert launch_of(resolve(catalog, request)).render().argv == ("/bin/sh", "-c", "serve --port ${PORT} {x}")
+def string_model(command: str, **fields: Any) -> ModelInfo:
+    return ModelInfo(name="m", service=ModelServiceSpec(start_command=command, port=8000, **fields))
+
+
+def test_model_service_string_command_runs_through_the_shell_with_templates(tmp_path: Path) -> None:
+    command = "exec serve --port ${{ ports[0] }} --also {ports[0]} --home ${HOME:-/tmp} $USER {{x}}"
+    for fields, shell in (({}, "/bin/bash"), ({"shell": "/bin/sh"}, "/bin/sh")):
+        catalog, request = catalog_with(tmp_path, {}).with_model_service(string_model(command, **fields))
+        assert launch_of(resolve(catalog, request)).render().argv == (
+            shell, "-c", "exec serve --port 8000 --also 8000 --home ${HOME:-/tmp} $USER {x}")
+
+
+@pytest.mark.parametrize("shell", [None, ""])
+def test_model_service_without_a_shell_splits_the_string_into_words(tmp_path: Path, shell: str | None) -> None:
+    # Backend.AI 26.8: shell null or "" runs the words directly; placeholders render inside their word.
+    model_info = string_model("python service.py --flag 'a b' --port ${{ ports[0] }} --home $HOME", shell=shell)
+    catalog, request = catalog_with(tmp_path, {}).with_model_service(model_info)
+    assert launch_of(resolve(catalog, request)).render().argv == (
+        "python", "service.py", "--flag", "a b", "--port", "8000", "--home", "$HOME")
+
+
+def test_model_list_start_command_elements_are_templates_of_both_forms(tmp_path: Path) -> None:
+    catalog, request = catalog_with(tmp_path, {}).with_model_service(
+        model("m", 8000, command=["serve", "--port", "${{ ports[0] }}", "{ports[0]}", "${HOME}"]))
+    assert launch_of(resolve(catalog, request)).render().argv == ("serve", "--port", "8000", "8000", "${HOME}")
+
+
+@pytest.mark.parametrize(
+    ("model_info", "says", "path"),
+    [
+        (string_model("python -c 'print({x})'"), "unknown variable 'x'", "$.service.start_command"),
+        (string_model("echo ${{ ports.__class__ }}"), "attribute access is not allowed", "$.service.start_command"),
+        (string_model("serve 'unclosed", shell=None), "No closing quotation", "$.service.start_command"),
+        (string_model("   ", shell=None), "start_command is empty", "$.service.start_command"),
+    ],
+)
+def test_model_string_commands_that_cannot_work_are_refused(
+    tmp_path: Path, model_info: ModelInfo, says: str, path: str
+) -> None:
+    with pytest.raises(DefinitionError) as error:
+        catalog_with(tmp_path, {}).with_model_service(model_info)
+    (line,) = error.value.problems
+    assert line.startswith("model m: ") and says in line and line.endswith(f"@ {path}")
 
 
 def test_model_service_errors(tmp_path: Path) -> None:

@@ -83,7 +83,7 @@ def test_both_prestart_keys_is_rejected() -> None:
 def test_unknown_top_level_key_is_rejected_with_the_allowed_keys() -> None:
     error = problems_of({"command": ["x"], "comand": ["y"]})
     (line,) = error.problems
-    assert line.startswith("web.json: unknown key 'comand' (allowed: command, noop, url_template,")
+    assert line.startswith("web.json: unknown key 'comand' (allowed: command, shell, noop, url_template,")
     assert line.endswith("@ $")
 
 
@@ -94,7 +94,8 @@ def test_missing_command_is_reported_at_its_path() -> None:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ({"command": "python -m x"}, "expected a list, got a string @ $.command"),
+        ({"command": 5}, "expected a string or a list of strings, got a number @ $.command"),
+        ({"command": {"a": 1}}, "expected a string or a list of strings, got an object @ $.command"),
         ({"command": ["a", 1]}, "expected a string, got a number @ $.command[1]"),
         ({"command": ["a"], "noop": "yes"}, "expected true or false, got a string @ $.noop"),
         ({"command": ["a"], "env": {"A": 1}}, "expected a string, got a number @ $.env['A']"),
@@ -209,3 +210,59 @@ def test_literal_braces_must_be_doubled() -> None:
 def test_catalog_variables_extend_the_known_names() -> None:
     definition = parse_definition({"command": ["{home}"]}, name="w", source="w.json", known_variables=("ports", "home"))
     assert definition.command == ("{home}",)
+
+
+# --------------------------------------------------------------------------------------------
+# String commands and `shell` (docs/protocol.md §6.3, 24.12 and 26.8)
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_string_command_loads_with_the_default_shell() -> None:
+    definition = parse({"command": "exec serve --port ${{ ports[0] }} --home $HOME"})
+    assert definition.command == "exec serve --port ${{ ports[0] }} --home $HOME"
+    assert definition.shell == "bash"  # upstream's default for definitions, found on the service's PATH
+
+
+@pytest.mark.parametrize("shell", [None, "", "/bin/sh"])
+def test_shell_may_be_null_empty_or_a_program(shell: str | None) -> None:
+    assert parse({"command": "serve --port {ports[0]}", "shell": shell}).shell == shell
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"command": "x", "shell": 5}, "expected a string or null, got a number @ $.shell"),
+        ({"command": "x", "shell": ["/bin/sh"]}, "expected a string or null, got a list @ $.shell"),
+        ({"command": "   "}, '"command" is empty; set "noop": true for a service with nothing to run @ $'),
+        ({"command": "serve {port}"}, "uses unknown variable 'port'; known: ports, runtime_path"),
+        ({"command": "serve ${{ prot }}"}, "uses unknown variable 'prot'"),
+        ({"command": "echo {ports.__class__}"}, "attribute access is not allowed"),
+        ({"command": "serve 'a b", "shell": None}, "cannot split the command \"serve 'a b\" into words"),
+        ({"command": "serve 'a b", "shell": ""}, "No closing quotation"),
+    ],
+)
+def test_bad_string_commands_and_shells_name_the_field(raw: Any, expected: str) -> None:
+    (line,) = problems_of(raw).problems
+    assert line.startswith("web.json: ") and expected in line
+    path = "$.shell" if "shell" in expected else "$" if "is empty" in expected else "$.command"
+    assert line.endswith(f"@ {path}")
+
+
+def test_an_unclosed_quote_is_fine_for_the_shell_to_report() -> None:
+    # With a shell the text is the shell's to parse; the runner checks only the templates.
+    assert parse({"command": "echo 'unclosed"}).command == "echo 'unclosed"
+
+
+def test_shell_variables_and_the_dollar_form_load_in_list_commands() -> None:
+    # Before 24.12's language, `${HOME}` was an unknown template variable and the file did not load.
+    definition = parse({"command": ["sh", "-c", "cd ${HOME} && exec serve ${{ ports[0] }} $PATH"],
+                        "env": {"DATA": "${HOME}/data"}})
+    assert definition.command == ("sh", "-c", "cd ${HOME} && exec serve ${{ ports[0] }} $PATH")
+
+
+def test_dollar_placeholders_see_refs_like_brace_placeholders() -> None:
+    parse({"command": ["serve", "--config", "${{ cfg }}"],
+           "prestart": [{"action": "write_tempfile", "args": {"body": ["port = ${{ ports[0] }}"]}, "ref": "cfg"}]})
+    error = problems_of({"command": ["x"], "prestart": [
+        {"action": "write_tempfile", "args": {"body": ["${{ cfg }}"]}, "ref": "cfg"}]})
+    assert error.problems[0].endswith("@ $.prestart[0].args.body[0]")

@@ -109,6 +109,16 @@ def test_model_start_command_may_be_a_shell_string() -> None:
     request = wire.decode([b"start-model-service", json.dumps(payload).encode()])
     assert isinstance(request, StartModelService) and request.model.service is not None
     assert request.model.service.start_command == "python -m http.server 8000"
+    assert request.model.service.shell == "/bin/bash"  # the agent's default (docs/protocol.md §7.1)
+
+
+@pytest.mark.parametrize("shell", [None, ""])
+def test_model_shell_null_or_empty_is_taken_as_no_shell(shell: str | None) -> None:
+    # Backend.AI 26.8 sends null (or "") to have the string split into words instead (docs/protocol.md §7.1).
+    payload = {"name": "m", "service": {"start_command": "serve --port 8000", "port": 8000, "shell": shell}}
+    request = wire.decode([b"start-model-service", json.dumps(payload).encode()])
+    assert isinstance(request, StartModelService) and request.model.service is not None
+    assert request.model.service.shell == shell
 
 
 @pytest.mark.parametrize(
@@ -310,7 +320,8 @@ def test_the_largest_allowed_health_numbers_are_accepted() -> None:
     [
         ({"name": "m" * 300, "service": {"start_command": ["x"], "port": 80}}, "$.name"),
         ({"name": "m", "service": {"start_command": ["x", "a\u0000b"], "port": 80}}, "$.service.start_command"),
-        ({"name": "m", "service": {"start_command": "x", "port": 80, "shell": ""}}, "$.service.shell"),
+        ({"name": "m", "service": {"start_command": "x", "port": 80, "shell": 5}}, "$.service.shell"),
+        ({"name": "m", "service": {"start_command": "x", "port": 80, "shell": ["/bin/sh"]}}, "$.service.shell"),
         ({"name": "m", "service": {"start_command": "x", "port": 80, "health_check": {"path": "/" + "p" * 3000}}},
          "$.service.health_check.path"),
         ({"name": "m", "service": {"start_command": "x", "port": 80, "health_check": {"path": "/a b\r\n"}}},
