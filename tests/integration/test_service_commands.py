@@ -7,6 +7,7 @@ import json
 import shlex
 import socket
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,8 +109,9 @@ def test_a_definition_with_a_bad_shell_is_skipped_naming_file_and_field(
         handle.stop(timeout=5)
 
 
-def model(name: str, port: int, command: str, **service: Any) -> dict[str, Any]:
-    return {"name": name, "model_path": f"/models/{name}",
+def model(name: str, port: int, command: str, *, model_path: Path | None = None, **service: Any) -> dict[str, Any]:
+    # A folder that exists: the model server runs in it (docs/protocol.md §7.2).
+    return {"name": name, "model_path": str(model_path or tempfile.gettempdir()),
             "service": {"start_command": command, "port": port, "pre_start_actions": None, **service}}
 
 
@@ -132,9 +134,14 @@ def test_a_model_string_command_runs_in_its_shell_with_placeholders(
     handle, agent = runner
     port = free_port()
     command = f'echo "$HOME {{ports[0]}}" > model.txt && exec {PYTHON} {shlex.quote(SERVER)} ${{{{ ports[0] }}}}'
-    assert agent.start_model_service(model("mistral", port, command), timeout=60) == {"status": "started"}
-    assert (work_dir / "model.txt").read_text() == f"{work_dir} {port}\n"
-    assert psutil.Process(service_pid(handle, f"service:mistral-{port}")).cmdline() == [sys.executable, SERVER, str(port)]
+    body = model("mistral", port, command, model_path=work_dir)
+    assert agent.start_model_service(body, timeout=60) == {"status": "started"}  # spawned: the shell may still run
+    written = work_dir / "model.txt"
+    wait_until(lambda: written.is_file() and written.read_text().endswith("\n"), timeout=30, what="model.txt")
+    assert written.read_text() == f"{work_dir} {port}\n"
+    pid = service_pid(handle, f"service:mistral-{port}")
+    wanted = [sys.executable, SERVER, str(port)]  # the shell exec'd the server: the same process
+    wait_until(lambda: psutil.Process(pid).cmdline() == wanted, timeout=30, what="the shell replaced by the server")
 
 
 def test_a_model_with_a_bad_shell_gets_failed_naming_the_field(runner: tuple[RunnerHandle, AgentClient]) -> None:
