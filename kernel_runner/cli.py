@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--term-out-port", type=port_number, default=2003, help="git runner: terminal output (PUB) port")
     parser.add_argument("--dropbear-dir", type=Path, default=Path("/opt/kernel"),
                         help="where dropbear, dropbearkey, dropbearconvert and tmux live")
-    parser.add_argument("--ttyd-path", type=Path, default=Path("/opt/kernel/ttyd"), help="the ttyd binary")
+    parser.add_argument("--ttyd-path", type=Path, default=None,
+                        help="the ttyd binary (default: /opt/kernel/ttyd, else /opt/backend.ai/bin/ttyd)")
     parser.add_argument("--metrics-port", type=port_number, default=None,
                         help="serve Prometheus metrics over HTTP on this port, 0 any free one (default: off)")
     parser.add_argument("--metrics-bind", default="127.0.0.1",

@@ -110,7 +110,8 @@ class RunnerConfig:
     forward_logs: str = "none"
     start_intrinsic_services: bool = True
     dropbear_dir: Path = Path("/opt/kernel")
-    ttyd_path: Path = Path("/opt/kernel/ttyd")
+    # None: the first of the places agents mount ttyd (servicedefs.intrinsic.TTYD_PATHS, docs/protocol.md §6.11).
+    ttyd_path: Path | None = None
     service_launch_timeout_s: float = 8.0
     service_stop_grace_s: float = 2.0
     shutdown_deadline_s: float = 15.0
