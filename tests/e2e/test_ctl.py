@@ -65,7 +65,7 @@ def pgrep(*args: str) -> list[int]:
 
 
 def test_pkill_f_python_does_not_find_the_runner(runner_processes: RunnerProcesses, sock: Path) -> None:
-    """docs/protocol.md §9.3: user code's `pkill -f python` must not end the runner (agents since 25.6.15 / 25.14
+    """docs/protocol.md §9.3: user code's `pkill -f python` must not end the runner (agents since 25.6.15 / 25.15
     name theirs for this); the title still reads as its command line, and `ctl status` has the one it was given."""
     runner = runner_processes.start("app", "--control-socket", str(sock), runtime_path=sys.executable)
     wait_ready(sock)
