@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import attrs
 import psutil
@@ -83,7 +83,6 @@ class ProcessBook:
 
     def __init__(self, *, keep_s: float) -> None:
         self.alive: dict[int, SeenProcess] = {}
-        self.looked_at: float | None = None
         self._keep_s = keep_s
         self._gone: collections.deque[tuple[float, SeenProcess]] = collections.deque()
 
@@ -104,7 +103,6 @@ class ProcessBook:
         if any(pid not in self.alive for pid in seen):
             changed = True
         self.alive = alive
-        self.looked_at = now
         while self._gone and now - self._gone[0][0] > self._keep_s:
             self._gone.popleft()
         return changed
@@ -126,15 +124,10 @@ class ProcessBook:
 class ProcessWatch:
     """Looks at the processes below the runner now and then, and reports on the agent's events, in its own thread."""
 
-    def __init__(self, root_pid: int, *, clock: Callable[[], float] = time.monotonic, look_min_s: float = LOOK_MIN_S,
-                 look_max_s: float = LOOK_MAX_S, settle_s: float = SETTLE_S, recent_s: float = RECENT_S) -> None:
+    def __init__(self, root_pid: int, *, settle_s: float = SETTLE_S) -> None:
         self._root_pid = root_pid
-        self._clock = clock
-        self._look_min_s = look_min_s
-        self._look_max_s = look_max_s
         self._settle_s = settle_s
-        self._recent_s = recent_s
-        self._book = ProcessBook(keep_s=recent_s + look_max_s)
+        self._book = ProcessBook(keep_s=RECENT_S + LOOK_MAX_S)
         self._known: dict[tuple[int, float], tuple[str, str]] = {}
         self._events: collections.deque[tuple[float, AgentEvent]] = collections.deque(maxlen=EVENTS_KEPT)
         self._wake = threading.Event()
@@ -148,17 +141,17 @@ class ProcessWatch:
 
     def tell(self, event: AgentEvent) -> None:
         """From any thread (the agent link's): queue the event and wake the watch; never blocks."""
-        self._events.append((self._clock(), event))
+        self._events.append((time.monotonic(), event))
         self._wake.set()
 
     def stop(self, timeout: float) -> None:
         self._stopping.set()
         self._wake.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
+        if self._thread.is_alive():
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        wait_s = self._look_min_s
+        wait_s = LOOK_MIN_S
         while not self._stopping.is_set():
             self._wake.wait(wait_s)
             if self._stopping.is_set():
@@ -171,10 +164,10 @@ class ProcessWatch:
             except Exception as exc:  # noqa: BLE001 - the watch must outlive a surprise in /proc or psutil
                 self.log.opt(exception=exc).error("the process watch failed a look: {!r}", exc)
                 changed = True
-            wait_s = self._look_min_s if changed or events else min(wait_s * 2, self._look_max_s)
+            wait_s = LOOK_MIN_S if changed or events else min(wait_s * 2, LOOK_MAX_S)
 
     def _look(self) -> bool:
-        return self._book.record(look_below(self._root_pid, self._known), self._clock())
+        return self._book.record(look_below(self._root_pid, self._known), time.monotonic())
 
     def _answer(self, events: Iterable[tuple[float, AgentEvent]]) -> None:
         ooms = []
@@ -189,10 +182,10 @@ class ProcessWatch:
 
     def _report_oom(self, at: float, count: int) -> None:
         """One WARNING line: the processes found gone around the event, the largest first (docs/protocol.md §9.4)."""
-        since = at - self._recent_s
-        deadline = self._clock() + self._settle_s
+        since = at - RECENT_S
+        deadline = time.monotonic() + self._settle_s
         likely = self._book.gone_since(since)
-        while not likely and self._clock() < deadline and not self._stopping.wait(SETTLE_LOOK_S):
+        while not likely and time.monotonic() < deadline and not self._stopping.wait(SETTLE_LOOK_S):
             self._look()
             likely = self._book.gone_since(since)
         what = "the agent's oom event" if count == 1 else f"{count} oom events from the agent"
@@ -203,7 +196,7 @@ class ProcessWatch:
             return
         largest = "; ".join(self._describe(proc, proc.rss) for proc in self._book.largest(3)) or "none"
         self.log.warning("out of memory ({}): no process below the runner ended within {:g} s of it (or {:g} s "
-                         "before); the largest now: {}", what, self._settle_s, self._recent_s, largest)
+                         "before); the largest now: {}", what, self._settle_s, RECENT_S, largest)
 
     def _describe(self, proc: SeenProcess, rss: int) -> str:
         parent = "the runner" if proc.ppid == self._root_pid else \

@@ -88,12 +88,6 @@ def probe_ttyd(ttyd: Path, *, timeout_s: float = TTYD_PROBE_TIMEOUT_S) -> TtydFl
     return TtydFlags(writable="--writable" in done.stdout or "--writable" in done.stderr)
 
 
-def agent_host_key(config: RunnerConfig) -> Path | None:
-    """The sshd host key that agents since 26.3 put in the config dir, if this runner can read it (docs/protocol.md §6.10)."""
-    path = config.config_dir / "ssh" / HOST_KEY_NAME
-    return path if path.is_file() and os.access(path, os.R_OK) else None
-
-
 @attrs.frozen(kw_only=True)
 class Intrinsics:
     """What the runner can offer as `sshd`/`ttyd`; None means the binary is missing (see warnings)."""
@@ -113,10 +107,11 @@ def intrinsic_launchers(config: RunnerConfig, *, bin_dir: Path = Path("/bin"), k
     """
     warnings: list[str] = []
     sshd: IntrinsicLauncher | None = None
-    host_key = agent_host_key(config)
-    unreadable = config.config_dir / "ssh" / HOST_KEY_NAME
-    if host_key is None and unreadable.is_file():
-        warnings.append(f"cannot read the agent's sshd host key {unreadable}: the runner makes its own")
+    # docs/protocol.md §6.10: agents since 26.3 put the sshd host key in the config dir.
+    offered = config.config_dir / "ssh" / HOST_KEY_NAME
+    host_key = offered if offered.is_file() and os.access(offered, os.R_OK) else None
+    if host_key is None and offered.is_file():
+        warnings.append(f"cannot read the agent's sshd host key {offered}: the runner makes its own")
     dropbear = _dropbear_tool(config.dropbear_dir, "dropbear")
     if dropbear is None:
         warnings.append(f"intrinsic sshd disabled: no executable dropbear or dropbearmulti in {config.dropbear_dir}")
