@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import select
+import shlex
 import shutil
 import signal
 import sys
@@ -85,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--term-out-port", type=port_number, default=2003, help="git runner: terminal output (PUB) port")
     parser.add_argument("--dropbear-dir", type=Path, default=Path("/opt/kernel"),
                         help="where dropbear, dropbearkey, dropbearconvert and tmux live")
-    parser.add_argument("--ttyd-path", type=Path, default=Path("/opt/kernel/ttyd"), help="the ttyd binary")
+    parser.add_argument("--ttyd-path", type=Path, default=None,
+                        help="the ttyd binary (default: /opt/kernel/ttyd, else /opt/backend.ai/bin/ttyd)")
     parser.add_argument("--metrics-port", type=port_number, default=None,
                         help="serve Prometheus metrics over HTTP on this port, 0 any free one (default: off)")
     parser.add_argument("--metrics-bind", default="127.0.0.1",
@@ -154,12 +156,25 @@ def config_problems(config: RunnerConfig) -> tuple[list[str], list[str]]:
     return errors, warnings
 
 
-def set_process_title(lang: str) -> None:
-    """`ps` shows `kernel-runner: <lang>` so ops can find the runner among user processes (docs/protocol.md §9.3)."""
+TITLE_PREFIX = "kernel-runner: "
+
+
+def process_title(args: Sequence[str]) -> str:
+    """What `ps` shows for the runner: its arguments, each `python` in them written `Python` (docs/protocol.md §9.3).
+
+    User code that runs `pkill -f python` must not take the runner down with its own processes: that match is
+    case-sensitive, so it no longer finds the runner, and the title still reads as the command line it was given
+    (the command line itself, interpreter included, is in `kernel-runner ctl status`).
+    """
+    return TITLE_PREFIX + shlex.join(args).replace("python", "Python")
+
+
+def set_process_title(args: Sequence[str]) -> None:
+    """The command line in /proc/<pid>/cmdline and the process name in /proc/<pid>/comm (what `pkill NAME` reads)."""
     try:
         import setproctitle
 
-        setproctitle.setproctitle(f"kernel-runner: {lang}")
+        setproctitle.setproctitle(process_title(args))
     except ImportError:  # pragma: no cover - setproctitle is a declared dependency
         pass
 
@@ -262,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The runner itself; `kernel-runner ctl` and `kernel-runner client` are picked earlier, in kernel_runner.entry."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    set_process_title(argv)  # first: from here on user code may run (bootstrap.sh), and the title is what it sees
     configure_logging(debug=args.debug, json_lines=args.log_json)
     log = logger.bind(child="runner")
     if args.lang not in REGISTRY:
@@ -280,7 +296,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("{}; using the default ports", exc)
         file_ports = {}
-    set_process_title(config.lang)
     install_thread_dump_signal()
     stop_signals = StopSignals()
     stop_signals.install()

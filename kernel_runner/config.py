@@ -111,7 +111,8 @@ class RunnerConfig:
     forward_logs: str = "none"
     start_intrinsic_services: bool = True
     dropbear_dir: Path = Path("/opt/kernel")
-    ttyd_path: Path = Path("/opt/kernel/ttyd")
+    # None: the first of the places agents mount ttyd (servicedefs.intrinsic.TTYD_PATHS, docs/protocol.md §6.11).
+    ttyd_path: Path | None = None
     # Which Backend.AI agent drives this runner (docs/protocol.md §12): "auto" (decided from what the runner sees), a
     # row of generations.GENERATIONS, or any release. The command line reads KERNEL_RUNNER_AGENT_GENERATION too.
     agent_generation: str = attrs.field(default="auto", validator=lambda _i, _a, value: check_setting(value))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
@@ -231,6 +232,8 @@ def status_table(reply: dict[str, Any]) -> str:
     ports = runner.get("ports") or {}
     header = (f"kernel-runner {runner['version']}  {runner['lang']}  pid {runner['pid']}  {ready}  "
               f"agent ports {ports.get('in')}/{ports.get('out')}")
+    if runner.get("command"):  # `ps` shows the process title; this is the command line as given (protocol §9.3)
+        header += "\ncommand: " + shlex.join(runner["command"])
     rows: list[tuple[str, ...]] = [STATUS_COLUMNS]
 
     def add(child: dict[str, Any], depth: int) -> None:

@@ -222,6 +222,15 @@ class StartModelService:
     model: ModelInfo
 
 
+@frozen_value
+class AgentEvent:
+    """`event`: something the agent saw happen to the container, `oom` when Docker reported an out-of-memory kill
+    (docs/protocol.md §9.4). No reply."""
+
+    type: str
+    data: Mapping[str, Any] = attrs.field(factory=dict)
+
+
 AgentRequest = Union[
     RunBatch,
     RunCode,
@@ -233,6 +242,7 @@ AgentRequest = Union[
     ShutdownService,
     GetApps,
     StartModelService,
+    AgentEvent,
 ]
 
 # --------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from kernel_runner.ids import (
 from kernel_runner.langs import POLLY_HANDLER, ExternalQuery, JupyterQuery, TerminalQuery, get_lang, resolve_runtime
 from kernel_runner.logs import add_agent_log_sink
 from kernel_runner.messages import LogRecord, Output, ReloadServiceDefinitions, ServiceDefinitionsReloaded
+from kernel_runner.oom import ProcessWatch
 from kernel_runner.outbox import RouterLink
 from kernel_runner.policy import Backoff
 from kernel_runner.rejects import lang_runner_reject, services_reject, unknown_child_reject
@@ -91,6 +92,7 @@ class RunnerHandle:
         board: StatusBoard,
         ticker: Ticker,
         log_book: ChildLogBook,
+        process_watch: ProcessWatch,
         log_files: ChildLogFiles | None = None,
         metrics: RunnerMetrics | None = None,
     ) -> None:
@@ -103,6 +105,8 @@ class RunnerHandle:
         self.log_book = log_book
         self._log_files = log_files
         self._ticker = ticker
+        # The processes below the runner, for the report on the agent's `oom` event (docs/protocol.md §9.4).
+        self.process_watch = process_watch
         self.escalated = threading.Event()
         self.escalation_reason: str | None = None
         # Called (from the escalating thread) right after `escalated` is set: the CLI wakes its main thread.
@@ -199,6 +203,7 @@ class RunnerHandle:
         def remaining(keep_s: float = 0.0) -> float:
             return max(0.01, deadline - keep_s - time.monotonic())
 
+        self.process_watch.stop(timeout=min(1.0, remaining(reserve_s)))  # a look takes milliseconds; a report waits
         clean = True
         try:
             asked = self.supervisor.ask(ShutdownTree(grace_s=budget_s - reserve_s), timeout=remaining(reserve_s))
@@ -295,6 +300,7 @@ def start(
     handle_box: list[RunnerHandle] = []
     # Without timers nothing is restarted or stopped on time: a ticker that gives up takes the runner down.
     ticker = Ticker(clock, on_give_up=lambda reason: handle_box[0].escalate(reason) if handle_box else None)
+    process_watch = ProcessWatch(os.getpid()).start()
     supervisor = SupervisorActor.start(
         directory=directory,
         clock=clock,
@@ -308,7 +314,7 @@ def start(
 
     def make_router(ctx: ChildContext) -> pykka.ActorRef[Any]:
         return RouterActor.start(ctx=ctx, runner=runner, ports=ports, board=board, started_at=started_at,
-                                 metrics=metrics)
+                                 on_event=process_watch.tell, metrics=metrics)
 
     def make_lang(ctx: ChildContext) -> pykka.ActorRef[Any]:
         return LangRunnerActor.start(ctx=ctx, runner=runner)
@@ -342,7 +348,7 @@ def start(
     for spec in specs:
         supervisor.tell(StartChild(spec=spec))
     handle = RunnerHandle(runner=runner, ports=ports, supervisor=supervisor, board=board, ticker=ticker,
-                          log_book=log_book, log_files=log_files, metrics=metrics)
+                          log_book=log_book, process_watch=process_watch, log_files=log_files, metrics=metrics)
     handle_box.append(handle)
     if config.forward_logs != "none":
         handle.log_sink_id = add_agent_log_sink(

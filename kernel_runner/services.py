@@ -168,7 +168,10 @@ class ServiceDirectory:
         """sshd keys, then sshd and ttyd as permanent children (docs/protocol.md §1.6, §6.10); blocking file I/O."""
         config, log = self._runner.config, logger.bind(child="intrinsic")
         if self._intrinsics.sshd is not None:
-            plan = plan_sshd_setup(config, environ=self._runner.runner_env)
+            if self._intrinsics.agent_host_key is not None:
+                log.info("sshd serves the agent's host key {}", self._intrinsics.agent_host_key)
+            plan = plan_sshd_setup(config, environ=self._runner.runner_env,
+                                   agent_host_key=self._intrinsics.agent_host_key)
             try:
                 for warning in apply_sshd_setup(plan, env=self._runner.env):
                     log.warning("{}", warning)

@@ -20,6 +20,7 @@ from kernel_runner.messages import (
     HEALTH_CHECK_BOUNDS,
     PORT_BOUNDS,
     SERVICE_PORT_BOUNDS,
+    AgentEvent,
     AgentRequest,
     AppsResult,
     BadFrame,
@@ -313,6 +314,21 @@ def _parse_complete(text: str) -> CompleteCode:
     return CompleteCode(code=code, options={k: v for k, v in raw.items() if k != "code"})
 
 
+def _parse_event(text: str) -> AgentEvent:
+    """docs/protocol.md §9.4: `{"type": "oom", "data": {}}`; a type this runner does not know is still an event."""
+    raw = _json_object(text)
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        raise PayloadError(f"type must be a string, got {_kind(kind)} @ $.type")
+    problem = _name_problem(kind)
+    if problem is not None:
+        raise PayloadError(f"type {problem} @ $.type")
+    data = raw.get("data")
+    if data is not None and not isinstance(data, dict):
+        raise PayloadError(f"data must be an object, got {_kind(data)} @ $.data")
+    return AgentEvent(type=kind, data=data or {})
+
+
 def _batch(kind: str) -> Callable[[str], AgentRequest]:
     def parse(text: str) -> AgentRequest:
         return RunBatch(kind=kind, command=text)  # type: ignore[arg-type]
@@ -333,6 +349,7 @@ _PARSERS: dict[str, Callable[[str], AgentRequest]] = {
     "start-model-service": lambda text: StartModelService(model=parse_model_info(text)),
     "shutdown-service": lambda text: ShutdownService(name=_parse_name(text)),
     "get-apps": _parse_get_apps,
+    "event": _parse_event,
 }
 
 OPS = frozenset(_PARSERS)
@@ -346,6 +363,7 @@ PAYLOAD_LIMITS: Mapping[str, int] = {
     "start-model-service": MAX_CONTROL_PAYLOAD_BYTES,
     "shutdown-service": MAX_CONTROL_PAYLOAD_BYTES,
     "get-apps": MAX_CONTROL_PAYLOAD_BYTES,
+    "event": MAX_CONTROL_PAYLOAD_BYTES,
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -24,6 +25,7 @@ from kernel_runner.directory import ChildDirectory
 from kernel_runner.exits import Crashed
 from kernel_runner.ids import LANG_CHILD, SERVICES_CHILD, next_run_id
 from kernel_runner.messages import (
+    AgentEvent,
     AgentRequest,
     CompleteCode,
     FeedInput,
@@ -61,8 +63,10 @@ class BoundPorts:
         self.bound.set()
 
 
-def route_request(request: AgentRequest, *, directory: ChildDirectory) -> None:
-    """Runs in AgentLink's thread: every op goes straight to the child that handles it (one hop)."""
+def route_request(request: AgentRequest, *, directory: ChildDirectory,
+                  on_event: Callable[[AgentEvent], None]) -> None:
+    """Runs in AgentLink's thread: every op goes straight to the child that handles it (one hop); an `event` to the
+    process watch, which reports in its own thread (docs/protocol.md §9.4)."""
     match request:
         case RunBatch():
             directory.tell(LANG_CHILD, RunTask(run_id=next_run_id(), kind=request.kind, text=request.command))
@@ -72,6 +76,8 @@ def route_request(request: AgentRequest, *, directory: ChildDirectory) -> None:
             directory.tell(LANG_CHILD, request)
         case StartService() | ShutdownService() | GetApps() | StartModelService():
             directory.tell(SERVICES_CHILD, request)
+        case AgentEvent():
+            on_event(request)
 
 
 @attrs.frozen(kw_only=True)
@@ -90,6 +96,7 @@ class RouterActor(SupervisedActor):
         ports: BoundPorts,
         board: StatusBoard,
         started_at: float,
+        on_event: Callable[[AgentEvent], None],
         zmq_context: zmq.Context[Any] | None = None,
         metrics: RunnerMetrics | None = None,
     ) -> None:
@@ -101,11 +108,12 @@ class RouterActor(SupervisedActor):
         self._zmq = zmq_context or zmq.Context.instance()
         self._agent_link: AgentLink | None = None
         self._metrics = metrics
+        self._on_event = on_event
 
     def start_child(self) -> None:
         config = self._runner.config
         directory, clock, gate, board = self.ctx.directory, self.ctx.clock, self._runner.gate, self._board
-        encoder, started_at, me = wire.StatusEncoder(), self._started_at, self.actor_ref
+        encoder, started_at, me, on_event = wire.StatusEncoder(), self._started_at, self.actor_ref, self._on_event
         generations = self._runner.generations
 
         def status_frames() -> list[bytes]:
@@ -117,7 +125,7 @@ class RouterActor(SupervisedActor):
             bind=config.bind,
             ports=(self._ports.port_in, self._ports.port_out),
             link=self._runner.router,
-            route=lambda request: route_request(request, directory=directory),
+            route=lambda request: route_request(request, directory=directory, on_event=on_event),
             status_frames=status_frames,
             gate=gate,
             outbox_limit=config.outbox_limit,

@@ -12,6 +12,7 @@ import datetime
 import os
 import platform
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -167,7 +168,9 @@ class ControlCommands:
         config = self._handle.config
         runner = {"lang": config.lang, "pid": os.getpid(), "version": kernel_runner.__version__, "ready": not why,
                   "not_ready": why, "ports": {"in": self._handle.ports.port_in, "out": self._handle.ports.port_out},
-                  "control_socket": str(self._socket_path)}
+                  "control_socket": str(self._socket_path),
+                  # As it was started: `ps` shows the process title instead (docs/protocol.md §9.3).
+                  "command": list(sys.orig_argv)}
         return {"ok": True, "runner": runner, "children": top}
 
     def _ready(self, _args: dict[str, Any]) -> Reply:

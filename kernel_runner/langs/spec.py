@@ -285,7 +285,9 @@ class LangSpec:
     name: str
     log_prefix: str
     default_runtime_path: str | None
-    runtime_glob: str | None = None  # tried before the default (java: docs/protocol.md §8.1 "first /usr/lib/jvm/java-*/bin/java")
+    # An executable that matches is taken before the default: java's first /usr/lib/jvm/java-*/bin/java, python's
+    # /opt/backend.ai/bin/python (a plain path is a pattern that matches itself; docs/protocol.md §8.1).
+    runtime_glob: str | None = None
     query: QueryMode
     interrupt: InterruptMode = "none"
     input_queue: bool = False  # docs/protocol.md §4.4: the runner keeps a user-input queue

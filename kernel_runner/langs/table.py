@@ -85,7 +85,10 @@ LANGS: tuple[LangSpec, ...] = (
     LangSpec(
         name="python",
         log_prefix="python-kernel",
+        # Agents since 24.09 run images without labels, so no RUNTIME_PATH: the krunner's own interpreter, where the
+        # agent mounts one, else 23.3.5's default (docs/protocol.md §8.1).
         default_runtime_path="/usr/bin/python",
+        runtime_glob="/opt/backend.ai/bin/python",
         query=JupyterQuery(kernelspec_name="python"),
         interrupt="jupyter",
         input_queue=True,

@@ -26,6 +26,9 @@ USER_KEY_NAME = "id_dropbear"
 # docs/protocol.md §6.11: the first shell found, else sh; ash gets no `-c` (it is busybox without tmux in practice).
 SHELL_ORDER: tuple[str, ...] = ("zsh", "bash", "ash")
 DEFAULT_KEY_TOOL_TIMEOUT_S = 30.0
+# docs/protocol.md §6.11: agents since 25.13.2 mount ttyd in /opt/kernel; older ones ship it in the krunner volume.
+TTYD_PATHS: tuple[Path, ...] = (Path("/opt/kernel/ttyd"), Path("/opt/backend.ai/bin/ttyd"))
+TTYD_PROBE_TIMEOUT_S = 2.0
 
 # A launcher turns the requested port into the argv to spawn; ServiceCatalog.resolve takes one per intrinsic.
 IntrinsicLauncher = Callable[[int], tuple[str, ...]]
@@ -53,13 +56,36 @@ def pick_shell(bin_dir: Path = Path("/bin")) -> str:
     return next((name for name in SHELL_ORDER if (bin_dir / name).exists()), "sh")
 
 
-def ttyd_argv(port: int, *, ttyd: Path, shell: str, bin_dir: Path, tmux: Path | None) -> tuple[str, ...]:
+def ttyd_argv(port: int, *, ttyd: Path, writable: bool, shell: str, bin_dir: Path, tmux: Path | None) -> tuple[str, ...]:
     """docs/protocol.md §6.11: every tab attaches to the one tmux session that the agent's ~/.tmux.conf creates."""
     shell_path = str(bin_dir / shell)
-    argv = [str(ttyd), "-p", str(port), shell_path]
+    argv = [str(ttyd), *(["-W"] if writable else []), "-p", str(port), shell_path]
     if shell != "ash" and tmux is not None:
         argv += ["-c", f"export SHELL={shell_path}; {tmux} -2 attach"]
     return tuple(argv)
+
+
+@attrs.frozen(kw_only=True)
+class TtydFlags:
+    """What a ttyd binary takes, as its `--help` says; `problem` when it could not be asked (then: no -W)."""
+
+    writable: bool
+    problem: str | None = None
+
+
+def probe_ttyd(ttyd: Path, *, timeout_s: float = TTYD_PROBE_TIMEOUT_S) -> TtydFlags:
+    """Whether this ttyd has `-W` (docs/protocol.md §6.11).
+
+    ttyd 1.7 made the terminal read-only unless `-W` is given, and the ttyds before it refuse `-W` and exit, so the
+    flag goes by what the binary says it takes. Blocking and bounded: called once at start-up, never on an actor's thread.
+    """
+    try:
+        done = run_bounded((str(ttyd), "--help"), env={"PATH": os.defpath}, cwd=Path("/"), timeout_s=timeout_s)
+    except CommandTimedOut:
+        return TtydFlags(writable=False, problem=f"`{ttyd} --help` did not finish within {timeout_s:g} s")
+    except OSError as exc:
+        return TtydFlags(writable=False, problem=f"cannot run `{ttyd} --help`: {exc}")
+    return TtydFlags(writable="--writable" in done.stdout or "--writable" in done.stderr)
 
 
 @attrs.frozen(kw_only=True)
@@ -68,29 +94,51 @@ class Intrinsics:
 
     sshd: IntrinsicLauncher | None
     ttyd: IntrinsicLauncher | None
+    # The agent's host key that sshd serves (docs/protocol.md §6.10); None: the runner generates one at start-up.
+    agent_host_key: Path | None = None
     warnings: tuple[str, ...] = ()
 
 
-def intrinsic_launchers(config: RunnerConfig, *, bin_dir: Path = Path("/bin"), key_dir: Path = DEFAULT_KEY_DIR) -> Intrinsics:
-    """Look the binaries up once; a missing one disables that service with a warning instead of failing later."""
+def intrinsic_launchers(config: RunnerConfig, *, bin_dir: Path = Path("/bin"), key_dir: Path = DEFAULT_KEY_DIR,
+                        ttyd_paths: Sequence[Path] = TTYD_PATHS) -> Intrinsics:
+    """Look the binaries up once; a missing one disables that service with a warning instead of failing later.
+
+    Blocking (it asks ttyd which flags it takes), so it runs at start-up before any actor, never on an actor's thread.
+    """
     warnings: list[str] = []
     sshd: IntrinsicLauncher | None = None
+    # docs/protocol.md §6.10: agents since 26.3 put the sshd host key in the config dir.
+    offered = config.config_dir / "ssh" / HOST_KEY_NAME
+    host_key = offered if offered.is_file() and os.access(offered, os.R_OK) else None
+    if host_key is None and offered.is_file():
+        warnings.append(f"cannot read the agent's sshd host key {offered}: the runner makes its own")
     dropbear = _dropbear_tool(config.dropbear_dir, "dropbear")
     if dropbear is None:
         warnings.append(f"intrinsic sshd disabled: no executable dropbear or dropbearmulti in {config.dropbear_dir}")
     else:
-        sshd = functools.partial(sshd_argv, dropbear=dropbear, host_key=key_dir / HOST_KEY_NAME)
+        sshd = functools.partial(sshd_argv, dropbear=dropbear, host_key=host_key or key_dir / HOST_KEY_NAME)
     ttyd: IntrinsicLauncher | None = None
-    if not _is_executable(config.ttyd_path):
-        warnings.append(f"intrinsic ttyd disabled: {config.ttyd_path} is not an executable file")
+    ttyd_path = find_ttyd(config.ttyd_path, ttyd_paths)
+    if ttyd_path is None:
+        where = config.ttyd_path or " or ".join(str(path) for path in ttyd_paths)
+        warnings.append(f"intrinsic ttyd disabled: {where} is not an executable file")
     else:
+        flags = probe_ttyd(ttyd_path)
+        if flags.problem is not None:
+            warnings.append(f"{flags.problem}: ttyd runs without -W (read-only, if it is ttyd 1.7 or later)")
         shell = pick_shell(bin_dir)
         tmux: Path | None = config.dropbear_dir / "tmux"
         if shell != "ash" and not _is_executable(config.dropbear_dir / "tmux"):
             warnings.append(f"ttyd will run a plain {shell}: {config.dropbear_dir / 'tmux'} is not an executable file")
             tmux = None
-        ttyd = functools.partial(ttyd_argv, ttyd=config.ttyd_path, shell=shell, bin_dir=bin_dir, tmux=tmux)
-    return Intrinsics(sshd=sshd, ttyd=ttyd, warnings=tuple(warnings))
+        ttyd = functools.partial(ttyd_argv, ttyd=ttyd_path, writable=flags.writable, shell=shell, bin_dir=bin_dir, tmux=tmux)
+    return Intrinsics(sshd=sshd, ttyd=ttyd, agent_host_key=host_key, warnings=tuple(warnings))
+
+
+def find_ttyd(configured: Path | None, candidates: Sequence[Path] = TTYD_PATHS) -> Path | None:
+    """`--ttyd-path` when given (it must be there), else the first executable of the places agents mount ttyd."""
+    found = (configured,) if configured is not None else candidates
+    return next((path for path in found if _is_executable(path)), None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,10 +202,12 @@ class SshdSetupPlan:
     warnings: tuple[str, ...] = ()
 
 
-def plan_sshd_setup(config: RunnerConfig, *, environ: Mapping[str, str], key_dir: Path = DEFAULT_KEY_DIR) -> SshdSetupPlan:
+def plan_sshd_setup(config: RunnerConfig, *, environ: Mapping[str, str], key_dir: Path = DEFAULT_KEY_DIR,
+                    agent_host_key: Path | None = None) -> SshdSetupPlan:
     """Decide the key-setup steps from what exists now; only reads files (port-mapping.json, id_cluster.pub).
 
-    `environ` is where BACKENDAI_CLUSTER_REPLICAS is read (upstream: the runner's own environment).
+    `environ` is where BACKENDAI_CLUSTER_REPLICAS is read (upstream: the runner's own environment). With the agent's
+    `agent_host_key` (Intrinsics.agent_host_key) no host key is generated: sshd serves that one (docs/protocol.md §6.10).
     """
     warnings: list[str] = []
     keytool = _dropbear_tool(config.dropbear_dir, "dropbearkey")
@@ -183,7 +233,8 @@ def plan_sshd_setup(config: RunnerConfig, *, environ: Mapping[str, str], key_dir
     else:
         steps.append(TightenMode(path=ssh_dir, mode=0o700))
         steps.append(TightenMode(path=authorized_keys, mode=0o600))
-    steps.append(RunTool(argv=(*keytool, "-t", "rsa", "-s", "2048", "-f", str(key_dir / HOST_KEY_NAME))))
+    if agent_host_key is None:
+        steps.append(RunTool(argv=(*keytool, "-t", "rsa", "-s", "2048", "-f", str(key_dir / HOST_KEY_NAME))))
     if id_cluster.is_file():
         steps.append(MakeDir(path=ssh_dir, mode=0o700))
         blocks, block_warnings = _cluster_blocks(cluster_dir, id_cluster, environ)

@@ -303,7 +303,7 @@ def test_sigkill_of_the_runner_in_its_container_ends_every_process(runner_proces
             agent.send("exec", "echo running; sleep 600")
             assert agent.expect("stdout", timeout=30).payload == b"running\n"
             everything = [p for p in runner.descendants() if alive(p.pid)]
-            (the_runner,) = [p for p in everything if command_of(p).startswith("kernel-runner: python")]
+            (the_runner,) = [p for p in everything if command_of(p).startswith("kernel-runner: Python")]
             # The namespace's init, the runner, the kernel, two servers, the op's shell and sleep, the daemon.
             assert len(everything) >= 8, [command_of(p) for p in everything]
             the_runner.kill()

@@ -59,6 +59,28 @@ def started_runner(runner_processes: RunnerProcesses, sock: Path) -> RunnerProce
     return runner
 
 
+def pgrep(*args: str) -> list[int]:
+    found = subprocess.run(["pgrep", *args], capture_output=True, text=True, timeout=30, check=False)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def test_pkill_f_python_does_not_find_the_runner(runner_processes: RunnerProcesses, sock: Path) -> None:
+    """docs/protocol.md §9.3: user code's `pkill -f python` must not end the runner (agents since 25.6.15 / 25.15
+    name theirs for this); the title still reads as its command line, and `ctl status` has the one it was given."""
+    runner = runner_processes.start("app", "--control-socket", str(sock), runtime_path=sys.executable)
+    wait_ready(sock)
+    assert "python" in sys.executable  # the runtime path on its command line says python, like the agent's
+    title = Path(f"/proc/{runner.pid}/cmdline").read_bytes().rstrip(b"\0").decode()
+    assert title.startswith(f"kernel-runner: app {sys.executable.replace('python', 'Python')} --bind 127.0.0.1 ")
+    assert Path(f"/proc/{runner.pid}/comm").read_text().strip() == "kernel-runner:"
+    assert runner.pid in pgrep("-f", "kernel-runner")
+    assert runner.pid not in pgrep("-f", "python")
+    assert runner.pid not in pgrep("python")  # by process name
+    status = json.loads(ctl("--socket", str(sock), "--json", "status").stdout)
+    assert status["runner"]["command"][:5] == [sys.executable, "-m", "kernel_runner", "app", sys.executable]
+    assert runner.stop() == 0
+
+
 def test_every_command_through_the_command_line(runner_processes: RunnerProcesses, sock: Path) -> None:
     runner = started_runner(runner_processes, sock)
     at = ("--socket", str(sock))
@@ -69,8 +91,9 @@ def test_every_command_through_the_command_line(runner_processes: RunnerProcesse
 
     status = ctl(*at, "status")
     assert status.returncode == 0, status.stderr
-    header, columns, *rows = status.stdout.splitlines()
+    header, command, columns, *rows = status.stdout.splitlines()
     assert header.startswith("kernel-runner 0.1.0  app  pid") and "  ready  agent ports" in header
+    assert command.startswith(f"command: {sys.executable} -m kernel_runner app --bind 127.0.0.1 ")
     assert columns.split()[:4] == ["CHILD", "STATE", "PID", "UPTIME"]
     assert [row.split()[:2] for row in rows] == [["router", "RUNNING"], ["lang", "RUNNING"], ["services", "RUNNING"]]
 

@@ -31,7 +31,7 @@ REPLY_OF = {
     "start-model-service": "model-service-result",
     "get-apps": "apps-result",
 }
-SILENT_OPS = frozenset({"input", "interrupt", "shutdown-service"})
+SILENT_OPS = frozenset({"input", "interrupt", "shutdown-service", "event"})
 BATCH_OPS = ("clean", "build", "exec")
 RUN_END_TYPES = frozenset({"clean-finished", "build-finished", "finished"})
 # The kernel's limit for one execve argument (MAX_ARG_STRLEN, 32 pages): a longer command cannot be spawned.
@@ -230,6 +230,9 @@ def _op_payload(op: str, sizes: Sizes, closed_port: int) -> st.SearchStrategy[Me
                                        optional={"cursor_pos": ODD_NUMBERS}).map(_json_bytes)
     elif op == "shutdown-service":
         shaped = SERVICE_NAMES.map(_json_bytes)
+    elif op == "event":  # docs/protocol.md §9.4: an `oom` makes a report in the log, anything else a log line
+        shaped = st.fixed_dictionaries({"type": st.one_of(st.just("oom"), st.text(max_size=20), ODD_NUMBERS)},
+                                       optional={"data": st.one_of(st.just({}), json_values(3))}).map(_json_bytes)
     elif op in ("input", "get-apps"):
         shaped = st.text(max_size=50).map(str.encode)
     payload = any_payload(sizes) if shaped is None else weighted((1, any_payload(sizes)), (2, shaped))
@@ -250,7 +253,7 @@ def _unknown_op(name: bytes) -> bool:
 
 OP_LIKE = st.one_of(
     st.sampled_from([op.encode() for op in sorted(wire.OPS)]),
-    st.sampled_from([b"STATUS", b"status ", b"exec\x00", b"event", b"", b"\xff\xfe", b"finished", b"shutdown"]),
+    st.sampled_from([b"STATUS", b"status ", b"exec\x00", b"events", b"", b"\xff\xfe", b"finished", b"shutdown"]),
     st.binary(max_size=40),
 )
 

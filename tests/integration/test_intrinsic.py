@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
+import psutil
 import pytest
 
 from kernel_runner import RunnerConfig, start
@@ -22,6 +23,18 @@ from tests.support.waiting import wait_until
 
 DROPBEAR = shutil.which("dropbear") or "/usr/sbin/dropbear"
 TEST_USER = "krsshtest"
+# Debian ships the dropbear tools one by one; agents since 24.03.8 mount the multi-call binary instead, which takes
+# the tool's name as its first argument (docs/protocol.md §6.10). This stand-in dispatches to Debian's tools.
+MULTICALL = """#!/bin/sh
+tool=$1; shift
+case $tool in
+  dropbear) exec {dropbear} "$@" ;;
+  dropbearkey) exec {dropbearkey} "$@" ;;
+  dropbearconvert) exec {dropbearconvert} "$@" ;;
+esac
+echo "dropbearmulti: no tool $tool" >&2
+exit 1
+"""
 
 
 def running(handle: object, child_id: str) -> object:
@@ -31,16 +44,39 @@ def running(handle: object, child_id: str) -> object:
     return None
 
 
+def dropbear_tools() -> dict[str, str]:
+    tools = {"dropbear": DROPBEAR, "dropbearkey": shutil.which("dropbearkey"),
+             "dropbearconvert": shutil.which("dropbearconvert")}
+    for tool in tools.values():
+        if tool is None or not os.path.exists(tool):
+            pytest.fail("dropbear-bin is not installed; `make test` installs it (see .ci/apt-packages.txt)")
+    return tools  # type: ignore[return-value]
+
+
 @pytest.fixture
 def tool_dir(tmp_path: Path) -> Path:
     """The runner looks for dropbear and its key tools in one folder, as in /opt/kernel."""
     folder = tmp_path / "kernel-bin"
     folder.mkdir()
-    for tool in (DROPBEAR, shutil.which("dropbearkey"), shutil.which("dropbearconvert")):
-        if tool is None or not os.path.exists(tool):
-            pytest.fail("dropbear-bin is not installed; `make test` installs it (see .ci/apt-packages.txt)")
-        (folder / Path(tool).name).symlink_to(tool)
+    for name, tool in dropbear_tools().items():
+        (folder / name).symlink_to(tool)
     (folder / "ttyd").symlink_to(CHILDREN / "fake_ttyd.py")
+    return folder
+
+
+@pytest.fixture(params=["one-by-one", "dropbearmulti"])
+def dropbear_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """/opt/kernel as agents before and since 24.03.8 lay it out."""
+    folder = tmp_path / "kernel-bin"
+    folder.mkdir()
+    tools = dropbear_tools()
+    if request.param == "one-by-one":
+        for name, tool in tools.items():
+            (folder / name).symlink_to(tool)
+    else:
+        multi = folder / "dropbearmulti"
+        multi.write_text(MULTICALL.format(**tools))
+        multi.chmod(0o755)
     return folder
 
 
@@ -87,6 +123,9 @@ def test_sshd_login_with_the_generated_key_and_ttyd_supervised(
             )
             assert login.returncode == 0, login.stderr.decode(errors="replace")
             assert login.stdout.decode().split() == ["hello-over-ssh", TEST_USER]
+            # docs/protocol.md §6.11: this ttyd lists -W in its --help (as ttyd 1.7 and later), so it is writable.
+            ttyd_argv = psutil.Process(running(handle, "service:ttyd").pid).cmdline()  # type: ignore[attr-defined]
+            assert ttyd_argv[ttyd_argv.index("-W") + 1:][:2] == ["-p", str(ttyd_port)]
             # The agent asks for them like any service port: they are already running.
             assert agent.start_service({"name": "sshd", "port": sshd_port, "protocol": "tcp"}) == {"status": "running"}
             # A ttyd that dies is restarted (intrinsic services are permanent children).
@@ -96,6 +135,45 @@ def test_sshd_login_with_the_generated_key_and_ttyd_supervised(
                 lambda: (c := running(handle, "service:ttyd")) and c.pid != ttyd.pid,  # type: ignore[attr-defined]
                 timeout=20, what="ttyd restarted",
             )
+    finally:
+        handle.stop(timeout=10)
+
+
+def test_sshd_serves_the_agents_host_key_and_generates_none(runner_config: RunnerConfig, dropbear_dir: Path,
+                                                            tmp_path: Path, log_lines: list[str]) -> None:
+    """docs/protocol.md §6.10: agents since 26.3 write the host key to <config dir>/ssh/dropbear_rsa_host_key."""
+    agent_key = runner_config.config_dir / "ssh" / "dropbear_rsa_host_key"
+    agent_key.parent.mkdir()
+    made = subprocess.run([dropbear_tools()["dropbearkey"], "-t", "rsa", "-s", "2048", "-f", str(agent_key)],
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    public = subprocess.run([dropbear_tools()["dropbearkey"], "-y", "-f", str(agent_key)], capture_output=True,
+                            text=True, timeout=30)
+    key_blob = next(line.split()[1] for line in public.stdout.splitlines() if line.startswith("ssh-rsa "))
+    key_bytes = agent_key.read_bytes()
+    ssh_dir = runner_config.work_dir / ".ssh"
+    ssh_dir.mkdir(mode=0o700)
+    (ssh_dir / "authorized_keys").write_text("ssh-rsa AAAAexisting user@elsewhere\n")  # so no user key is made either
+    sshd_port = free_port()
+    config = attrs.evolve(runner_config, dropbear_dir=dropbear_dir, ttyd_path=tmp_path / "no-ttyd", sshd_port=sshd_port,
+                          start_intrinsic_services=True)
+    handle = start(config)
+    try:
+        with AgentClient(port_in=handle.ports.port_in, port_out=handle.ports.port_out) as agent:
+            assert agent.status(timeout=60)["kernel_runner"]["ready"] is True
+        sshd = wait_until(lambda: running(handle, "service:sshd"), timeout=20, what="sshd running")
+        argv = psutil.Process(sshd.pid).cmdline()  # type: ignore[attr-defined]
+        assert argv[argv.index("-r") + 1] == str(agent_key)
+
+        def served_keys() -> list[str] | None:
+            scan = subprocess.run(["ssh-keyscan", "-t", "rsa", "-T", "5", "-p", str(sshd_port), "127.0.0.1"],
+                                  capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+            return [line.split()[2] for line in scan.stdout.splitlines() if " ssh-rsa " in line] or None
+
+        assert wait_until(served_keys, timeout=30, what="the host key sshd presents") == [key_blob]
+        assert agent_key.read_bytes() == key_bytes  # used as it is: neither regenerated nor rewritten
+        assert any("sshd serves the agent's host key" in line for line in log_lines)
+        assert not any("sshd init error" in line for line in log_lines)
     finally:
         handle.stop(timeout=10)
 

@@ -168,6 +168,16 @@ def test_java_runtime_is_first_jvm_binary_then_plain_java() -> None:
     assert resolve_runtime(get_lang("java"), None, FakeFs.of()) == "java"  # never the folder /usr/bin
 
 
+def test_python_runtime_is_the_krunner_interpreter_where_the_agent_mounts_one() -> None:
+    # docs/protocol.md §8.1: 24.09 and later agents mount /opt/backend.ai; older containers keep 23.3.5's default.
+    krunner = Path("/opt/backend.ai/bin/python")
+    assert resolve_runtime(get_lang("python"), None, FakeFs(files=set(), executables={krunner})) == str(krunner)
+    assert resolve_runtime(get_lang("python"), None, FakeFs.of()) == "/usr/bin/python"
+    assert resolve_runtime(get_lang("python"), None, FakeFs(files={krunner}, executables=set())) == "/usr/bin/python"
+    assert resolve_runtime(get_lang("python"), "/usr/bin/python3", FakeFs(files=set(), executables={krunner})) == \
+        "/usr/bin/python3"
+
+
 # --------------------------------------------------------------------------------------------
 # Batch planning (docs/protocol.md §5.1)
 # --------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import stat
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 
 from kernel_runner.config import RunnerConfig
@@ -19,11 +20,15 @@ from kernel_runner.servicedefs.intrinsic import (
     RunTool,
     SavePublicKey,
     TightenMode,
+    TtydFlags,
+    find_ttyd,
     parse_cluster_replicas,
     pick_shell,
+    probe_ttyd,
     sshd_argv,
     ttyd_argv,
 )
+from tests.conftest import CHILDREN
 
 # A stand-in for dropbearkey that, like the real one, refuses to overwrite an existing key (docs/protocol.md §10.5 item 41).
 FAKE_DROPBEARKEY = """\
@@ -45,6 +50,15 @@ FAILING_TOOL = """\
 import sys
 sys.stderr.write("no entropy")
 sys.exit(2)
+"""
+# ttyd before 1.7: its terminal is writable without -W, and -W is an unknown option that ends it.
+OLD_TTYD = """\
+import sys
+print("ttyd is a tool for sharing terminal over the web\\n    -R, --readonly   Do not allow clients to write to the TTY")
+"""
+HANGING_TTYD = """\
+import time
+time.sleep(60)
 """
 
 
@@ -97,14 +111,51 @@ def test_shell_choice(tmp_path: Path, present: list[str], expected: str) -> None
 
 
 def test_ttyd_command_line_attaches_tmux_except_for_ash() -> None:
-    bash = ttyd_argv(
-        7681, ttyd=Path("/opt/backend.ai/bin/ttyd"), shell="bash", bin_dir=Path("/bin"), tmux=Path("/opt/kernel/tmux")
-    )
+    bash = ttyd_argv(7681, ttyd=Path("/opt/kernel/ttyd"), writable=True, shell="bash", bin_dir=Path("/bin"),
+                     tmux=Path("/opt/kernel/tmux"))
     assert bash == (
-        "/opt/backend.ai/bin/ttyd", "-p", "7681", "/bin/bash", "-c", "export SHELL=/bin/bash; /opt/kernel/tmux -2 attach",
+        "/opt/kernel/ttyd", "-W", "-p", "7681", "/bin/bash", "-c", "export SHELL=/bin/bash; /opt/kernel/tmux -2 attach",
     )  # fmt: skip
-    ash = ttyd_argv(7681, ttyd=Path("/t"), shell="ash", bin_dir=Path("/bin"), tmux=Path("/opt/kernel/tmux"))
+    ash = ttyd_argv(7681, ttyd=Path("/t"), writable=False, shell="ash", bin_dir=Path("/bin"), tmux=Path("/opt/kernel/tmux"))
     assert ash == ("/t", "-p", "7681", "/bin/ash")
+
+
+def test_ttyd_gets_w_only_where_its_help_lists_writable(tmp_path: Path) -> None:
+    # docs/protocol.md §6.11: ttyd 1.7 is read-only without -W; older ttyds refuse -W.
+    assert probe_ttyd(CHILDREN / "fake_ttyd.py") == TtydFlags(writable=True)
+    assert probe_ttyd(install(tmp_path / "old" / "ttyd", OLD_TTYD)) == TtydFlags(writable=False)
+    assert probe_ttyd(install(tmp_path / "quiet", "")) == TtydFlags(writable=False)
+    missing = probe_ttyd(tmp_path / "nowhere")
+    assert missing.writable is False and missing.problem is not None and "cannot run" in missing.problem
+
+
+def test_a_ttyd_that_hangs_on_help_is_bounded(tmp_path: Path) -> None:
+    flags = probe_ttyd(install(tmp_path / "ttyd", HANGING_TTYD), timeout_s=0.5)
+    assert flags.writable is False
+    assert flags.problem == f"`{tmp_path / 'ttyd'} --help` did not finish within 0.5 s"
+
+
+def test_ttyd_is_found_where_agents_mount_it(tmp_path: Path) -> None:
+    new, old = tmp_path / "opt-kernel" / "ttyd", tmp_path / "opt-backend.ai-bin" / "ttyd"
+    assert find_ttyd(None, (new, old)) is None
+    install(old, "")
+    assert find_ttyd(None, (new, old)) == old  # an agent before 25.13.2: the krunner volume's ttyd
+    install(new, "")
+    assert find_ttyd(None, (new, old)) == new
+    assert find_ttyd(tmp_path / "elsewhere", (new, old)) is None  # --ttyd-path is taken at its word
+
+
+def test_default_ttyd_places_in_the_launchers(config: RunnerConfig, tmp_path: Path) -> None:
+    config = attrs.evolve(config, ttyd_path=None)
+    new, old = tmp_path / "opt-kernel" / "ttyd", tmp_path / "opt-backend.ai-bin" / "ttyd"
+    found = intrinsic_launchers(config, ttyd_paths=(new, old))
+    assert found.ttyd is None
+    assert f"intrinsic ttyd disabled: {new} or {old} is not an executable file" in found.warnings
+    old.parent.mkdir()
+    old.symlink_to(CHILDREN / "fake_ttyd.py")
+    found = intrinsic_launchers(config, ttyd_paths=(new, old))
+    assert found.ttyd is not None
+    assert found.ttyd(7681)[:4] == (str(old), "-W", "-p", "7681")
 
 
 def test_missing_binaries_disable_the_intrinsics_with_warnings(config: RunnerConfig) -> None:
@@ -188,6 +239,28 @@ def test_plan_with_existing_keys_only_tightens_modes(config: RunnerConfig, tmp_p
     assert TightenMode(path=ssh, mode=0o700) in plan.steps
     assert TightenMode(path=ssh / "authorized_keys", mode=0o600) in plan.steps
     assert not any(isinstance(step, SavePublicKey) for step in plan.steps)
+
+
+def test_the_agents_host_key_is_served_and_none_is_generated(config: RunnerConfig, tmp_path: Path) -> None:
+    # docs/protocol.md §6.10: agents since 26.3 write <config dir>/ssh/dropbear_rsa_host_key.
+    install(config.dropbear_dir / "dropbear", "")
+    keytool = str(install(config.dropbear_dir / "dropbearkey", FAKE_DROPBEARKEY))
+    install(config.dropbear_dir / "dropbearconvert", FAKE_DROPBEARCONVERT)
+    found = intrinsic_launchers(config, key_dir=tmp_path / "dropbear")
+    assert found.agent_host_key is None
+    assert found.sshd is not None and found.sshd(2200)[1:3] == ("-r", str(tmp_path / "dropbear" / "dropbear_rsa_host_key"))
+    agent_key = config.config_dir / "ssh" / "dropbear_rsa_host_key"
+    agent_key.parent.mkdir()
+    agent_key.write_text("the agent's key")
+    found = intrinsic_launchers(config, key_dir=tmp_path / "dropbear")
+    assert found.agent_host_key == agent_key
+    assert found.sshd is not None and found.sshd(2200)[1:3] == ("-r", str(agent_key))
+    plan = plan_sshd_setup(config, environ={}, key_dir=tmp_path / "dropbear", agent_host_key=found.agent_host_key)
+    assert not [step for step in plan.steps if isinstance(step, RunTool) and step.argv[0] == keytool]
+    assert apply_sshd_setup(plan, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}) == []
+    assert not (tmp_path / "dropbear" / "dropbear_rsa_host_key").exists()
+    assert (tmp_path / "dropbear" / "id_dropbear").exists()  # the user's login key is still made when there is none
+    assert agent_key.read_text() == "the agent's key"
 
 
 def test_plan_without_dropbearkey_is_a_warning(config: RunnerConfig) -> None:

@@ -10,6 +10,7 @@ import pytest
 from kernel_runner import wire
 from kernel_runner.ids import ChildId
 from kernel_runner.messages import (
+    AgentEvent,
     AppsResult,
     BadFrame,
     CompleteCode,
@@ -52,10 +53,32 @@ from kernel_runner.supervision import ChildInfo, ChildState
         ([b"get-apps", b"jupyter"], GetApps(name="jupyter")),
         ([b"shutdown-service", b'"jupyter"'], ShutdownService(name="jupyter")),
         ([b"complete", b'{"code": "imp", "row": 1}'], CompleteCode(code="imp", options={"row": 1})),
+        ([b"event", b'{"type": "oom", "data": {}}'], AgentEvent(type="oom")),
+        ([b"event", b'{"type": "oom"}'], AgentEvent(type="oom")),
+        ([b"event", b'{"type": "restarted", "data": {"by": "ops"}}'], AgentEvent(type="restarted", data={"by": "ops"})),
     ],
 )
 def test_decodes_every_simple_op(frames: list[bytes], expected: object) -> None:
     assert wire.decode(frames) == expected
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"oom", "payload is not valid JSON"),
+        (b'["oom"]', "payload must be a JSON object, got list"),
+        (b'{"data": {}}', "type must be a string, got null @ $.type"),
+        (b'{"type": 7}', "type must be a string, got int @ $.type"),
+        (b'{"type": ""}', "type must not be empty @ $.type"),
+        (b'{"type": "oom\\n"}', "type must not contain control characters @ $.type"),
+        (b'{"type": "oom", "data": [1]}', "data must be an object, got list @ $.data"),
+    ],
+)
+def test_a_bad_event_is_dropped_with_its_reason_and_never_answered(payload: bytes, reason: str) -> None:
+    # docs/protocol.md §9.4: `event` has no reply, whatever it carries.
+    result = wire.decode([b"event", payload])
+    assert isinstance(result, BadFrame)
+    assert result.op == "event" and reason in result.reason and result.reply is None
 
 
 def test_decodes_service_info_with_options() -> None:
