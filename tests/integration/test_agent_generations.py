@@ -280,7 +280,7 @@ def test_a_model_failure_destroys_the_kernel_for_the_agents_that_do_so(kernels: 
     ("23.03.7", "23.03"), ("24.09.5", "23.09.1"), ("25.1", "24.12"), ("26.4.7", "26.4.4"), ("26.8.1", "26.8"),
 ])
 def test_a_row_or_a_release_pins_the_row_holding_it(kernels: Kernels, setting: str, row: str) -> None:
-    # `row` follows the runner's current row table (GENERATIONS.md of the contract); a row change is an edit here.
+    # `row` follows the runner's current row table; a row change is an edit here (and in tests/support/agents.py).
     agent = kernels.start("23.03.11", setting=setting).agent
     chosen = agent.runner_generation()
     assert chosen["row"] == row and chosen["pinned"] is True, chosen
