@@ -10,7 +10,10 @@ import pytest
 
 from kernel_runner import RunnerConfig, RunnerHandle
 from kernel_runner.client import AgentClient
+from tests.support.runner_process import runner_processes
 from tests.support.runners import running
+
+__all__ = ["py_config", "py_runner", "runner_processes"]
 
 
 @pytest.fixture

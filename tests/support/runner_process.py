@@ -36,7 +36,8 @@ class RunnerProcess:
 
     def __init__(self, root: Path, lang: str = "app", *extra: str, runtime_path: str | None = None,
                  shutdown_deadline_s: float = 15.0, service_defs: Mapping[str, Any] | None = None,
-                 bootstrap: str | None = None, wait_for_bind: bool = True, prefix: Sequence[str] = ()) -> None:
+                 bootstrap: str | None = None, wait_for_bind: bool = True, prefix: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None) -> None:
         self.root = root
         self.config_dir = root / "config"
         self.work_dir = root / "work"
@@ -59,9 +60,10 @@ class RunnerProcess:
             "--ttyd-path", str(root / "no-ttyd"),
             "--shutdown-deadline", str(shutdown_deadline_s), *extra,
         ]
-        env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+        environ = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+        environ.update(env or {})  # what the image sets for the runner (e.g. KERNEL_RUNNER_AGENT_GENERATION)
         with self.stdout_path.open("wb") as out, self.log_path.open("wb") as err:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=environ,
                                          start_new_session=True)
         self.pid = self.proc.pid
         self.seen_pids: set[int] = set()
