@@ -6,16 +6,12 @@ server has no health endpoint, a probe interval of 0, an app that opens its port
 agent waits), completion and the `event` op. Then how the runner picks the row by itself: one test per piece of
 start-up evidence and per payload shape, and the setting through the environment with a real runner process.
 
-Real runners, real model servers and apps (tests/children), real ports. Written against the agent-generation
-contract before the runner implemented it: until it does, these fail because `RunnerConfig` has no
-`agent_generation` / `krunner_dir` field, the status reply has no `agent_generation`, or the runner still follows
-23.3.5 (list completions, a killed slow app, a reply only after the health check).
+Real runners, real model servers and apps (tests/children), real ports.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -290,16 +286,14 @@ def test_a_row_or_a_release_pins_the_row_holding_it(kernels: Kernels, setting: s
 # ---- auto: start-up evidence --------------------------------------------------------------------------------------
 @pytest.fixture
 def mounts(tmp_path: Path) -> dict[str, Path]:
-    folders = {"kernel": tmp_path / "opt-kernel", "krunner": tmp_path / "opt-backend.ai"}
+    folders = {"kernel": tmp_path / "opt-kernel"}
     for folder in folders.values():
         folder.mkdir()
     return folders
 
 
 def auto_kernel(kernels: Kernels, mounts: dict[str, Path], release: str = "23.09.1") -> Kernel:
-    # RunnerConfig.krunner_dir is new with the agent-generation contract.
-    return kernels.start(release, setting="auto", dropbear_dir=mounts["kernel"], ttyd_path=mounts["kernel"] / "ttyd",
-                         krunner_dir=mounts["krunner"])
+    return kernels.start(release, setting="auto", dropbear_dir=mounts["kernel"], ttyd_path=mounts["kernel"] / "ttyd")
 
 
 def test_without_evidence_auto_serves_the_spawned_contract(kernels: Kernels, mounts: dict[str, Path]) -> None:
@@ -332,16 +326,6 @@ def test_mount_evidence_sets_the_floor(kernels: Kernels, mounts: dict[str, Path]
     chosen = auto_kernel(kernels, mounts).agent.runner_generation()
     assert chosen["row"] == row and chosen["pinned"] is False, chosen
     assert chosen["reason"], chosen
-
-
-def test_the_krunner_python_is_no_evidence(kernels: Kernels, mounts: dict[str, Path]) -> None:
-    # Every agent since 23.03 mounts /opt/backend.ai with its python (the runner itself runs on it), so its presence
-    # tells no generation from another: the row stays the one chosen without evidence.
-    without = auto_kernel(kernels, mounts).agent.runner_generation()
-    (mounts["krunner"] / "bin").mkdir()
-    os.symlink(sys.executable, mounts["krunner"] / "bin" / "python")
-    with_python = auto_kernel(kernels, mounts).agent.runner_generation()
-    assert with_python["row"] == without["row"] and with_python["contract"] == "spawned", (without, with_python)
 
 
 # ---- auto: payload evidence ---------------------------------------------------------------------------------------
