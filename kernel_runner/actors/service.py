@@ -17,7 +17,9 @@ and logs it (docs/architecture.md §3.4):
 
 The agent's one reply (first incarnation only, `reply_kind`) goes with an edge: `started` on entering RUNNING;
 `failed` on entering FAILED, or on entering STOPPING before RUNNING ("the process did not start properly").
-A watcher (a model's health checker) hears ServiceUp on entering RUNNING (with a port),
+The same answer goes to later start-services that wait for this start (AwaitServiceStart, docs/protocol.md §6.2
+step 2); if the agent's wait ends first, `failed` goes out at ReplyDue and the service keeps starting.
+A watcher (a model's health checker) hears ServiceUp on entering RUNNING,
 ServiceProcessEnded when an EXITING or FAILING process's pipes are drained, and ServiceStartFailed on entering
 FAILED from anywhere else. The supervisor's view (ChildState) follows from the phase (CHILD_STATES); `_phase_changed`
 reports it, with the pid, whenever either changes.
@@ -323,7 +325,6 @@ class ServiceActor(SupervisedActor):
         if self.phase in (Phase.PREPARING, Phase.STARTING, Phase.FAILING):
             # Ended before its answer (a crash, or stopped from outside): the agent still gets its one reply.
             self._reply("failed", f"the process did not start properly: {self.run.name}")
-        self._answer_waiters(ServiceResult(status="failed", error=f"the process did not start properly: {self.run.name}"))
         if self._port_waiter is not None:
             self._port_waiter.cancelled.set()
         if self._handle is not None and self._exit is None:
@@ -426,7 +427,6 @@ class ServiceActor(SupervisedActor):
         if self.run.watcher is not None:
             self._tell_watcher(ServiceUp(name=self.run.name, port=self.run.port))
         self._reply("started", None)
-        self._answer_waiters(ServiceResult(status="started"))
 
     def _handle_port_wait_timed_out(self, message: PortWaitTimedOut) -> None:
         if self.phase is not Phase.STARTING:
@@ -440,7 +440,6 @@ class ServiceActor(SupervisedActor):
         before = self.phase
         self._life.to(Phase.FAILED, error.partition("\n")[0])
         self._reply("failed", error)
-        self._answer_waiters(ServiceResult(status="failed", error=error))
         if self.run.watcher is not None and before is not Phase.FAILING:  # FAILING told ServiceProcessEnded already
             self._tell_watcher(ServiceStartFailed(name=self.run.name, error=error))
         if before is Phase.STARTING:
@@ -507,7 +506,6 @@ class ServiceActor(SupervisedActor):
         if before not in UP_PHASES:
             program = self._command.argv[0] if self._command is not None and self._command.argv else self.run.name
             self._reply("failed", f"the process did not start properly: {program}")
-            self._answer_waiters(ServiceResult(status="failed", error=f"the process did not start properly: {program}"))
         if before is Phase.PREPARING:
             return  # the prestart thread is still out; PrepareDone ends us when it is back
         if before in (Phase.EXITING, Phase.FAILING):
@@ -527,7 +525,7 @@ class ServiceActor(SupervisedActor):
             "(up to {:.0f}s), and a later start-service answers once it is up", self.run.port, self.run.reply_within_s,
             max(self.run.start_limit_s, self.run.reply_within_s),
         )
-        self._reply("failed", self._timeout_text())
+        self._reply("failed", self._timeout_text(), waiters=False)
 
     def _timeout_text(self) -> str:
         return f"opening the service port timed out: {self.run.name}"  # upstream's text (docs/protocol.md §6.2)
@@ -549,13 +547,13 @@ class ServiceActor(SupervisedActor):
         if reply is not None:
             reply(ServiceResult(status="failed", error=self._timeout_text()))
 
-    def _answer_waiters(self, result: ServiceResult) -> None:
-        waiters, self._waiters = self._waiters, {}
-        for reply in waiters.values():
-            reply(result)
-
-    def _reply(self, status: Literal["started", "failed"], error: str | None) -> None:
-        """The agent's one answer for the start that made this service (later calls do nothing)."""
+    def _reply(self, status: Literal["started", "failed"], error: str | None, *, waiters: bool = True) -> None:
+        """The agent's one answer for the start that made this service (later calls do nothing), and, unless only
+        the agent's wait is over, the same answer to every later start-service waiting for it."""
+        if waiters:
+            pending, self._waiters = self._waiters, {}
+            for reply in pending.values():
+                reply(ServiceResult(status=status, error=error))
         if self.reply_kind == "none" or self._answered:
             return
         self._answered = True
