@@ -120,7 +120,8 @@ class ChildLogBook:
 
 
 
-FILE_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {message}\n{exception}"
+# loguru ends a string format with "\n{exception}" itself: one more "\n" here would put a blank line after every record.
+FILE_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {message}"
 
 
 def log_file_name(child: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -27,9 +28,9 @@ pytestmark = pytest.mark.timeout(60)
 CHATTY = {"command": [sys.executable, str(CHILDREN / "listener.py"), "{ports[0]}"]}
 
 
-def text_with(path: Path, needle: str) -> str | None:
+def text_with(path: Path, *needles: str) -> str | None:
     text = path.read_text() if path.exists() else ""
-    return text if needle in text else None
+    return text if all(needle in text for needle in needles) else None
 
 
 def test_each_child_gets_its_own_file_from_its_first_line(runner_config: RunnerConfig, tmp_path: Path) -> None:
@@ -44,11 +45,11 @@ def test_each_child_gets_its_own_file_from_its_first_line(runner_config: RunnerC
             assert reply == {"status": "started"}
             web = folder / log_file_name("service:web")
             assert web.name == "service_web.log"
-            text = wait_until(lambda: text_with(web, "stdout: listener"), timeout=10,
-                              what="the service's output in its file")
+            # Its output line and its RUNNING line come from two threads, in either order.
+            text = wait_until(lambda: text_with(web, "stdout: listener", "entered RUNNING state"), timeout=10,
+                              what="the service's output and its RUNNING line in its file")
             lines = text.splitlines()
             assert "starting (generation 1)" in lines[0]  # the file begins with the child's story
-            assert any("entered RUNNING state" in line for line in lines)
             assert "[router]" not in text and "listening: PULL" not in text  # only this child's lines
             assert "listening: PULL" in (folder / "router.log").read_text()
     finally:
@@ -69,6 +70,31 @@ def test_a_child_file_is_rotated_and_old_ones_pruned(runner_config: RunnerConfig
         assert "line 199" in (folder / "runner.log").read_text()
     finally:
         handle.stop(timeout=5)
+
+
+FILE_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) *\S")
+
+
+def test_a_child_file_has_one_line_per_record_and_no_blank_ones(runner_config: RunnerConfig, tmp_path: Path) -> None:
+    folder = tmp_path / "child-logs"
+    handle = start(attrs.evolve(runner_config, child_log_dir=folder))
+    try:
+        log = logger.bind(child="runner")
+        for number in range(3):
+            log.info("record {}", number)
+        log.opt(exception=ValueError("boom")).error("record with an exception")
+        log.warning("record after it")
+        lines = (folder / "runner.log").read_text().splitlines()
+    finally:
+        handle.stop(timeout=5)
+    assert "" not in lines, lines
+    ours = [line for line in lines if " record" in line]
+    assert [line.split(" ", 3)[3].strip() for line in ours] == [
+        "record 0", "record 1", "record 2", "record with an exception", "record after it"]
+    assert all(FILE_LINE.match(line) for line in ours), ours
+    failed = lines.index(ours[3])
+    assert lines[failed + 1] == "ValueError: boom"  # the exception right below its record
+    assert lines[failed + 2] == ours[4]
 
 
 def test_a_rotation_loguru_cannot_read_fails_the_start_with_one_line(runner_config: RunnerConfig,
