@@ -1,8 +1,8 @@
 """AgentLink: the router's I/O thread, the only owner of the agent's two sockets.
 
-It binds PULL and PUSH, then waits on four things at once (never on a timeout while idle): a request on PULL, a
+It binds PULL and PUSH, then waits on five things at once (never on a timeout while idle): a request on PULL, a
 wake-up from the RouterLink when something was put for the agent, room on PUSH while its own outbox is not empty, and
-a peer dropping off PULL (the only trace of a frame over the size limit, docs/protocol.md §2.7).
+peers coming and going on either socket (the only trace of a frame over the size limit, docs/protocol.md §2.7).
 A request is decoded and routed at once (`route`, one hop to the child that handles it); `status` is answered right
 here from the pushed tree snapshot, with no hop at all (docs/architecture.md §5.5).
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,39 @@ CLOSE_LINGER_MS = 200
 # agent that stopped reading. This cap plus the output credits bound it in bytes (docs/architecture.md §5.6).
 PUSH_HWM = 32
 MAX_SENDS_PER_WAKE = 256  # then look at PULL again, so a flood of output never starves requests
+# A peer that ZeroMQ dropped for a frame over the limit connects again by itself after its reconnect interval (100 to
+# 200 ms by default); a client that went away does not, and takes its output connection with it.
+REDIAL_WINDOW_S = 2.0
+
+
+class PeerWatch:
+    """Tells a frame over the limit from a routine disconnect, which ZeroMQ reports alike (a disconnect, nothing more).
+
+    Over the limit, ZeroMQ drops only the input connection of the peer that sent it: that peer's output connection
+    stays, and its socket dials the input again at once. A client or agent that goes away closes both, in either
+    order. So the hint is given when an input peer comes back within REDIAL_WINDOW_S of a drop and no output peer
+    left within that window around it.
+    """
+
+    def __init__(self) -> None:
+        self._input_dropped_at: float | None = None
+        self._output_dropped_at: float | None = None
+
+    def input_dropped(self, now: float) -> None:
+        self._input_dropped_at = now
+
+    def output_dropped(self, now: float) -> None:
+        self._output_dropped_at = now
+
+    def input_connected(self, now: float) -> float | None:
+        """How long after a drop the input peer came back, when that drop looks like the frame limit; else None."""
+        dropped_at, self._input_dropped_at = self._input_dropped_at, None
+        if dropped_at is None or now - dropped_at > REDIAL_WINDOW_S:
+            return None
+        output_at = self._output_dropped_at
+        if output_at is not None and output_at >= dropped_at - REDIAL_WINDOW_S:
+            return None  # its output went too: a peer that left
+        return now - dropped_at
 
 
 class AgentLink(threading.Thread):
@@ -80,6 +114,7 @@ class AgentLink(threading.Thread):
         self._held_status = 0
         self._startup_finished = False
         self._outbox_warned = False
+        self._peers = PeerWatch()
         self.log = logger.bind(child="router")
 
     # ---- other threads --------------------------------------------------------------------------------------------
@@ -95,13 +130,14 @@ class AgentLink(threading.Thread):
     def run(self) -> None:
         pull: zmq.Socket[bytes] = self._context.socket(zmq.PULL)
         push: zmq.Socket[bytes] = self._context.socket(zmq.PUSH)
-        monitor: zmq.Socket[bytes] | None = None
+        monitors: list[zmq.Socket[bytes]] = []
         try:
             pull.setsockopt(zmq.LINGER, 0)
             # A bigger frame is never read into memory: ZeroMQ drops the peer instead (docs/protocol.md §2.7), and
-            # the monitor lets the log say so.
+            # the monitors let the log say so (PeerWatch).
             pull.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME_BYTES)
-            monitor = pull.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            monitors.append(pull.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPTED))
+            monitors.append(push.get_monitor_socket(zmq.EVENT_DISCONNECTED))
             push.setsockopt(zmq.SNDHWM, PUSH_HWM)
             try:
                 ports = bind_socket(pull, self._bind, self._ports[0]), bind_socket(push, self._bind, self._ports[1])
@@ -110,7 +146,7 @@ class AgentLink(threading.Thread):
                 return
             self.bound.set_result(ports)
             self._link.consume(self.wake)
-            self._serve(pull, push, monitor)
+            self._serve(pull, push, *monitors)
             self._collect()
             while self._flush(push):  # the last answers of a shutdown still go out, as far as the agent takes them
                 pass
@@ -125,18 +161,20 @@ class AgentLink(threading.Thread):
                 if units:
                     self._link.return_credit(units)
             self._outbox.clear()
-            if monitor is not None:
-                pull.disable_monitor()
+            for sock, monitor in zip((pull, push), monitors, strict=False):
+                sock.disable_monitor()
                 monitor.close(linger=0)
             pull.close(linger=0)
             push.close(linger=CLOSE_LINGER_MS)
             self._wakeup.close()
 
-    def _serve(self, pull: zmq.Socket[bytes], push: zmq.Socket[bytes], monitor: zmq.Socket[bytes]) -> None:
+    def _serve(self, pull: zmq.Socket[bytes], push: zmq.Socket[bytes], pull_monitor: zmq.Socket[bytes],
+               push_monitor: zmq.Socket[bytes]) -> None:
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         poller.register(self._wakeup.fd, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
+        poller.register(pull_monitor, zmq.POLLIN)
+        poller.register(push_monitor, zmq.POLLIN)
         waiting_for_room = False
         while not self._stopping.is_set():
             if bool(self._outbox) != waiting_for_room:
@@ -148,8 +186,10 @@ class AgentLink(threading.Thread):
                 self._collect()
             if pull in events:
                 self._receive(pull)
-            if monitor in events:
-                self._peer_dropped(monitor)
+            if push_monitor in events:  # first: an output peer's leaving must be known when an input peer comes
+                self._output_peer_event(push_monitor)
+            if pull_monitor in events:
+                self._input_peer_event(pull_monitor)
             if self._flush(push):
                 self.wake()  # more to send: come back after a look at PULL
 
@@ -181,15 +221,32 @@ class AgentLink(threading.Thread):
             self.log.opt(exception=exc).error("could not handle a frame (op {}, {} frame(s)): {}", op, len(frames),
                                               excerpt(repr(exc), quote=False))
 
-    def _peer_dropped(self, monitor: zmq.Socket[bytes]) -> None:
+    def _output_peer_event(self, monitor: zmq.Socket[bytes]) -> None:
         try:
             event = recv_monitor_event(monitor, zmq.NOBLOCK)
         except zmq.Again:
             return
-        # An agent that goes away is no error, so this is no warning; but it is the one trace an oversized frame leaves.
-        self.log.info("a peer of the input socket {} disconnected (ZeroMQ drops a peer that sends a frame over {}, "
-                      "with whatever else it had in flight)", event.endpoint.decode(errors="replace"),
-                      wire.size_text(wire.MAX_FRAME_BYTES))
+        self._peers.output_dropped(time.monotonic())
+        self.log.debug("a peer of the output socket {} disconnected", event.endpoint.decode(errors="replace"))
+
+    def _input_peer_event(self, monitor: zmq.Socket[bytes]) -> None:
+        try:
+            event = recv_monitor_event(monitor, zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        endpoint = event.endpoint.decode(errors="replace")
+        now = time.monotonic()
+        if event.event == zmq.EVENT_DISCONNECTED:
+            # An agent or a client that goes away is routine: no warning, and no guess about frames.
+            self._peers.input_dropped(now)
+            self.log.debug("a peer of the input socket {} disconnected", endpoint)
+            return
+        after_s = self._peers.input_connected(now)
+        if after_s is not None:
+            self.log.warning("a peer of the input socket was dropped and dialled {} again {:.2f}s later while its "
+                             "output connection stayed: ZeroMQ drops a peer that sends a frame over {}, with whatever "
+                             "else it had in flight (docs/protocol.md §2.7)", endpoint, after_s,
+                             wire.size_text(wire.MAX_FRAME_BYTES))
 
     def _handle_request(self, frames: list[bytes]) -> None:
         request = wire.decode(frames)

@@ -65,11 +65,28 @@ def test_a_control_frame_over_its_limit_is_answered_with_the_limit(agent: AgentC
     still_serving(agent)
 
 
+def frame_limit_hints(log_lines: list[str]) -> list[str]:
+    return [line for line in log_lines if "64 MiB" in line]
+
+
 def test_a_frame_over_the_socket_limit_costs_only_that_connection(agent: AgentClient, log_lines: list[str]) -> None:
     agent.send("code", b"x" * (wire.MAX_FRAME_BYTES + 1))
-    wait_until(lambda: any("disconnected" in line and "over 64 MiB" in line for line in log_lines), timeout=30,
-               what="the log line naming the frame limit")
+    hints = wait_until(lambda: frame_limit_hints(log_lines), timeout=30, what="the log line naming the frame limit")
+    assert hints[0].startswith("WARNING [router] a peer of the input socket was dropped"), hints
     still_serving(agent)  # the client's socket reconnects by itself, as the agent's does
+
+
+def test_a_routine_disconnect_says_nothing_of_the_frame_limit(runner: RunnerHandle, log_lines: list[str]) -> None:
+    def disconnects() -> int:
+        return sum("disconnected" in line for line in log_lines if line.startswith("DEBUG [router]"))
+
+    for number in range(1, 4):  # each one connects, asks, and goes away, as `kernel-runner client` does
+        with AgentClient(port_in=runner.ports.port_in, port_out=runner.ports.port_out) as client:
+            assert "started_at" in client.status(timeout=30)
+        # Both of its connections gone before the next one comes (separate processes are that far apart anyway).
+        wanted = 2 * number
+        wait_until(lambda wanted=wanted: disconnects() >= wanted, timeout=30, what="the client's two disconnects")
+    assert frame_limit_hints(log_lines) == []
 
 
 def test_unknown_ops_are_logged_briefly(agent: AgentClient, log_lines: list[str]) -> None:
