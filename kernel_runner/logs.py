@@ -59,9 +59,15 @@ def configure_logging(*, debug: bool, json_lines: bool) -> None:
         logging.getLogger(secretive).setLevel(logging.INFO)
 
 
+# The flat fields of a line a child's process printed (a service's stdout or stderr, the kernel's own output), bound
+# where the line is logged: which stream, the service's port, the process.
+OUTPUT_FIELDS = ("stream", "port", "pid")
+
+
 def flat_record(record: Record) -> dict[str, Any]:
     """One log record as the flat object `--log-json` writes (docs/operations.md §2): `ts`, `level`, `child`,
-    `message`, the event fields when it is a lifecycle event, and `exception` as text when one was logged."""
+    `message`, the event fields when it is a lifecycle event, the output fields when it is a line a child printed,
+    and `exception` as text when one was logged."""
     extra = record["extra"]
     flat: dict[str, Any] = {
         "ts": record["time"].isoformat(timespec="milliseconds"),
@@ -71,6 +77,8 @@ def flat_record(record: Record) -> dict[str, Any]:
     if "event" in extra:
         flat["event"] = extra["event"]
         flat.update((name, extra[name]) for name in EVENT_FIELDS if name in extra)
+    elif "stream" in extra:
+        flat.update((name, extra[name]) for name in OUTPUT_FIELDS if extra.get(name) is not None)
     flat["message"] = record["message"]
     exception = record["exception"]
     if exception is not None and exception.type is not None:

@@ -105,7 +105,8 @@ class LineLogger:
             self._emit(stream, rest)
 
     def _emit(self, stream: str, raw: bytes) -> None:
-        self._log.info("{} {}: {}", self._label, stream, raw.decode("utf-8", errors="replace").rstrip("\r"))
+        self._log.bind(stream=stream).info("{} {}: {}", self._label, stream,
+                                           raw.decode("utf-8", errors="replace").rstrip("\r"))
 
 
 Deliver = Callable[[StreamName, bytes], None]

@@ -64,7 +64,7 @@ from kernel_runner.servicedefs import ServiceCommand, ServiceStartError
 from kernel_runner.supervision import ChildContext, ChildState, StopRequested
 
 if TYPE_CHECKING:
-    pass
+    from loguru import Logger
 
 TAIL_LINES = 20
 PORT_PROBE_FIRST_DELAY_S = 0.002
@@ -239,10 +239,11 @@ def port_is_open(port: int, *, timeout: float) -> bool:
 
 
 class OutputTail:
-    """Keeps the last lines a service printed (for the failure reply) and logs each line under the service's name."""
+    """Keeps the last lines a service printed (for the failure reply) and logs each line under the service's name,
+    with its stream and port as fields (flat in `--log-json`, docs/operations.md §2)."""
 
-    def __init__(self, log: Any) -> None:
-        self._log = log
+    def __init__(self, log: Logger, port: int | None) -> None:
+        self._logs = {stream: log.bind(stream=stream, port=port) for stream in ("stdout", "stderr")}
         self._lines: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
         self._lock = threading.Lock()
@@ -265,7 +266,7 @@ class OutputTail:
     def _add(self, stream: str, raw: bytes) -> None:
         line = raw.decode("utf-8", errors="replace").rstrip("\r")
         self._lines.append(line)
-        self._log.info("{}: {}", stream, line)
+        self._logs[stream].info("{}: {}", stream, line)
 
     def text(self) -> str:
         with self._lock:
@@ -286,7 +287,7 @@ class ServiceActor(SupervisedActor):
         self.reply_kind: ReplyKind = reply if ctx.generation == 1 else "none"
         self._handle: ProcessHandle | None = None
         self._port_waiter: PortWaiter | None = None
-        self._tail = OutputTail(self.log)
+        self._tail = OutputTail(self.log, self.run.port)
         self._command: ServiceCommand | None = None
         self._spawned_at: float | None = None
         # The process's exit status, kept until its pipes are drained (PipeClosed for each that was opened).
@@ -402,7 +403,7 @@ class ServiceActor(SupervisedActor):
         self._handle = handle
         self._spawned_at = self.ctx.clock.monotonic()
         self.log = self.log.bind(pid=handle.pid)
-        self._tail = OutputTail(self.log)
+        self._tail = OutputTail(self.log, self.run.port)
         # A model's argv came over the wire (docs/protocol.md §2.8): the log quotes a bounded prefix of it.
         self.log.info("pid {} argv={} cwd={}", handle.pid, excerpt(" ".join(argv), 1000), command.cwd)
         self._life.to(Phase.STARTING, f"spawned pid {handle.pid}")  # PREPARING -> STARTING

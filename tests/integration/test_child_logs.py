@@ -137,3 +137,28 @@ def test_a_json_line_is_flat_and_carries_the_event_fields() -> None:
     assert first == {"level": "WARNING", "child": "service:web", "event": "exited", "pid": 42, "exit_code": 137,
                      "signal": "SIGKILL", "reason": "killed", "message": "exited: killed"}
     assert second.keys() == {"ts", "level", "child", "message"}
+
+
+def test_a_services_output_line_in_json_names_its_stream_and_port(runner_config: RunnerConfig) -> None:
+    write_defs(runner_config.service_defs_dir, {"web": CHATTY})
+    stream = io.StringIO()
+    sink_id = logger.add(json_line_sink(stream), format="{message}")
+    handle = start(runner_config)
+    try:
+        with AgentClient(port_in=handle.ports.port_in, port_out=handle.ports.port_out) as agent:
+            port = free_port()
+            reply = agent.start_service({"name": "web", "port": port, "ports": [port], "protocol": "tcp",
+                                         "options": {}}, timeout=20)
+            assert reply == {"status": "started"}
+
+            def output_line() -> dict[str, object] | None:
+                records = (json.loads(line) for line in stream.getvalue().splitlines())
+                return next((record for record in records if record["child"] == "service:web"
+                             and str(record["message"]).startswith("stdout: listener")), None)
+
+            line = wait_until(output_line, timeout=10, what="the service's output line")
+    finally:
+        handle.stop(timeout=5)
+        logger.remove(sink_id)
+    assert (line["stream"], line["port"]) == ("stdout", port)
+    assert isinstance(line["pid"], int) and "event" not in line
