@@ -55,11 +55,12 @@ class ShutdownDeadline:
 class ChildRecord:
     """The supervisor's record of one child; `info()` is cached until something about the child changes."""
 
-    def __init__(self, spec: ChildSpec, order: int, rng: random.Random) -> None:
+    def __init__(self, spec: ChildSpec, order: int, rng: random.Random, *, restarts: int = 0) -> None:
+        """`restarts`: the count so far of a child that gave up and is now started from a new spec."""
         self.spec = spec
         self.order = order
         self._rng = rng
-        self.tracker = self.new_tracker()
+        self.tracker = self.new_tracker(restarts)
         self.ref: pykka.ActorRef[Any] | None = None
         self.generation = 0
         self.state = ChildState.STARTING
@@ -77,11 +78,12 @@ class ChildRecord:
         self.restart_reason: ExitReason | None = None
         self._info: ChildInfo | None = None
 
-    def new_tracker(self) -> RestartTracker:
+    def new_tracker(self, restarts: int) -> RestartTracker:
+        """A new restart policy state (window, backoff) whose restart count goes on from `restarts`."""
         spec = self.spec
         return RestartTracker(restart=spec.restart, backoff=spec.backoff, intensity=spec.intensity,
                               stable_after_s=spec.stable_after_s, retry_failed_start=spec.retry_failed_start,
-                              fatal_retry=spec.fatal_retry, rng=self._rng)
+                              fatal_retry=spec.fatal_retry, rng=self._rng, total_restarts=restarts)
 
     @property
     def child_id(self) -> ChildId:

@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import platform
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, get_args
 from wsgiref.simple_server import WSGIServer
 
 from loguru import logger
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from kernel_runner import __version__
 from kernel_runner.clock import Clock
 from kernel_runner.events import Event
 from kernel_runner.exits import EXIT_KINDS
@@ -85,19 +87,24 @@ class TreeCollector(Collector):
 class RunnerMetrics:
     """The runner's own registry (never prometheus_client's global one), what feeds it, and its HTTP server."""
 
-    def __init__(self, *, snapshot: Callable[[], TreeSnapshot], ready: Callable[[], bool], clock: Clock) -> None:
+    def __init__(self, *, snapshot: Callable[[], TreeSnapshot], ready: Callable[[], bool], clock: Clock,
+                 lang: str) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self._clock = clock
         registry = self.registry
+        Info("kernel_runner_build", "What runs: the runner's version, its Python and the language it serves",
+             registry=registry).info({"version": __version__, "python_version": platform.python_version(),
+                                      "lang": lang})
         requests = Counter("kernel_runner_requests", "Requests from the agent, by op", ["op"], registry=registry)
         self._bad_frames = Counter("kernel_runner_bad_frames", "Frames from the agent that were not a valid request",
                                    registry=registry)
         runs = Counter("kernel_runner_runs", "Runs answered with `finished`, by op and outcome (exit code 0 or not)",
                        ["op", "outcome"], registry=registry)
+        # With their unit (OpenMetrics' `# UNIT` line); the names already end in it, so they stay as they were.
         durations = Histogram("kernel_runner_run_duration_seconds", "From a run's request to its `finished`, by op",
-                              ["op"], buckets=RUN_DURATION_BUCKETS_S, registry=registry)
+                              ["op"], buckets=RUN_DURATION_BUCKETS_S, registry=registry, unit="seconds")
         output = Counter("kernel_runner_output_bytes", "User output put out for the agent, by stream", ["stream"],
-                         registry=registry)
+                         registry=registry, unit="bytes")
         self._exits = Counter("kernel_runner_child_exits", "Ends of a child's incarnation, by child kind and reason",
                               ["child_kind", "reason"], registry=registry)
         registry.register(TreeCollector(snapshot, ready))

@@ -148,7 +148,10 @@ class RestartTracker:
         retry_failed_start: bool = True,
         fatal_retry: FatalRetry = NO_FATAL_RETRY,
         rng: random.Random | None = None,
+        total_restarts: int = 0,
     ) -> None:
+        """`total_restarts`: where the count starts; a child started afresh after it gave up gets a new window and
+        backoff, but its restarts go on counting (a counter that went back would read as a reset to Prometheus)."""
         self.restart = restart
         self.backoff = backoff
         self.stable_after_s = stable_after_s
@@ -158,7 +161,7 @@ class RestartTracker:
         self._intensity = intensity
         self._rng = rng or random.Random()
         self.attempt = 0
-        self.total_restarts = 0
+        self.total_restarts = total_restarts
         # When it last gave up; None while it has not (or was retried since).
         self.gave_up_at: float | None = None
 

@@ -296,7 +296,8 @@ def start(
         from kernel_runner.metrics import RunnerMetrics
 
         # Counting before the first child starts, so no exit is missed; served once the router has bound.
-        metrics = RunnerMetrics(snapshot=lambda: board.snapshot, ready=lambda: gate.is_open, clock=clock).install()
+        metrics = RunnerMetrics(snapshot=lambda: board.snapshot, ready=lambda: gate.is_open, clock=clock,
+                                lang=config.lang).install()
     handle_box: list[RunnerHandle] = []
     # Without timers nothing is restarted or stopped on time: a ticker that gives up takes the runner down.
     ticker = Ticker(clock, on_give_up=lambda reason: handle_box[0].escalate(reason) if handle_box else None)

@@ -162,7 +162,9 @@ class SupervisorActor(pykka.ThreadingActor):
         self._order += 1
         if self._on_child_added is not None:
             self._on_child_added(spec.child_id)
-        child = ChildRecord(spec, self._order, self._rng)
+        # Started again after it gave up: a restart, and the count goes on (it never goes back for the same child).
+        restarts = existing.tracker.total_restarts + 1 if existing is not None else 0
+        child = ChildRecord(spec, self._order, self._rng, restarts=restarts)
         self._children[spec.child_id] = child
         self._directory.register(spec.child_id, spec.reject)
         error = self._spawn(child)
@@ -418,7 +420,7 @@ class SupervisorActor(pykka.ThreadingActor):
         if child.ref is None:
             if child.state is ChildState.FATAL:
                 log.info("restart requested ({}) after it gave up; starting it afresh", message.reason.describe())
-                child.tracker = child.new_tracker()
+                child.tracker = child.new_tracker(child.tracker.total_restarts + 1)
             elif message.by_hand:
                 child.tracker.count_restart_by_hand()
             if child.restart_timer is not None:

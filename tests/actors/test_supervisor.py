@@ -189,7 +189,8 @@ def test_already_started_is_an_answer_and_a_fatal_child_starts_afresh(tree: Harn
     tree.start(tree.spec("f", fail_start=True, intensity=IntensityLimit(max_restarts=0, period_s=60)))
     tree.state_of("f", ChildState.FATAL)
     assert isinstance(tree.start(tree.spec("f")), Started)
-    assert tree.started("f", 1) and tree.state_of("f", ChildState.RUNNING).restarts == 0
+    # Afresh: a new window and generation 1, but the restart count goes on (this start is one): it never goes back.
+    assert tree.started("f", 1) and tree.state_of("f", ChildState.RUNNING).restarts == 1
 
 
 def test_a_factory_that_raises_is_refused(tree: Harness) -> None:

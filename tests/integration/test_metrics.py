@@ -24,6 +24,7 @@ import requests
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_classic
 
+import kernel_runner
 from kernel_runner import RunnerConfig, RunnerHandle, RunnerStartError, start
 from kernel_runner.cli import build_parser
 from kernel_runner.client import AgentClient, RunResult
@@ -180,6 +181,45 @@ def test_a_killed_service_counts_a_restart_and_an_exit_by_reason(
     assert (found.value("kernel_runner_child_exits_total", child_kind="service", reason="killed") or 0.0) >= 1
     assert found.value("kernel_runner_child_restarts_total", child="router") == 0.0
     assert sum(found.matching("kernel_runner_child_exits_total", child_kind="router")) == 0
+
+
+def test_build_info_and_units_are_scraped(metrics_runner: tuple[RunnerHandle, AgentClient, int]) -> None:
+    handle, _, port = metrics_runner
+    found = scrape(port)
+    python = ".".join(str(part) for part in sys.version_info[:3])
+    assert found.families["kernel_runner_build"] == "info"
+    assert found.value("kernel_runner_build_info", version=kernel_runner.__version__, python_version=python,
+                       lang=handle.config.lang) == 1.0
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", headers={"Accept": OPENMETRICS}, timeout=10).text
+    units = sorted(line for line in text.splitlines() if line.startswith("# UNIT "))
+    assert units == ["# UNIT kernel_runner_output_bytes bytes", "# UNIT kernel_runner_run_duration_seconds seconds"]
+
+
+def test_a_restart_count_goes_on_when_a_child_that_gave_up_is_started_again(
+    metrics_config: RunnerConfig,
+) -> None:
+    # Up for a moment, then exits 1: one restart after 50 ms, then it gives up (more than 1 restart in a minute).
+    doomed = {"command": [*LISTENER, "--exit-after", "0.3"],
+              "restart": {"max_restarts": 1, "period_s": 60, "backoff_initial_s": 0.05, "backoff_cap_s": 0.05}}
+    (metrics_config.service_defs_dir / "doomed.json").write_text(json.dumps(doomed))
+    handle = start(metrics_config)
+    try:
+        assert handle.metrics is not None and handle.metrics.port is not None
+        port = handle.metrics.port
+        with AgentClient(port_in=handle.ports.port_in, port_out=handle.ports.port_out) as agent:
+            counts: list[float] = []
+            for _ in range(2):  # started by the agent, gives up; started again by the agent, gives up again
+                assert agent.start_service(service_info("doomed", free_port()), timeout=20) == {"status": "started"}
+                # Answered `started` once RUNNING, so the FATAL seen next is this life's.
+                found = scrape_until(port, lambda s: child_state(s, "service:doomed") == "FATAL",
+                                     what="service:doomed gave up", timeout=60)
+                counts.append(found.value("kernel_runner_child_restarts_total", child="service:doomed") or 0.0)
+                row = next(c for c in handle.which_children() if c.child_id == "service:doomed")
+                assert row.restarts == counts[-1]  # `status` and `ctl status` count the same
+    finally:
+        handle.stop(timeout=5)
+    # The first life: one restart. Started again from FATAL (a restart too), then its one restart before it gave up.
+    assert counts == [1.0, 3.0]
 
 
 def test_model_health_is_scraped(metrics_runner: tuple[RunnerHandle, AgentClient, int]) -> None:
