@@ -47,6 +47,11 @@ class ChildLogBook:
         self._followers: dict[str, list[Follower]] = {}
         self._sink_id: int | None = None
 
+    def __repr__(self) -> str:
+        with self._lock:
+            children = len(self._buffers)
+        return f"ChildLogBook(children={children}, lines_per_child={self._lines_per_child})"
+
     # ---- as a loguru sink -------------------------------------------------------------------------------------------
     def install(self, level: str | int = "INFO") -> ChildLogBook:
         self._sink_id = logger.add(self.sink, level=level, format="{message}", backtrace=False, diagnose=False,

@@ -315,6 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     handle.escalation_listeners.append(wakeups.wake)
     ports = handle.ports
+    if not config.log_json:  # with --log-json, stdout stays empty: only JSON lines, on stderr (operations §2)
+        # Upstream prints these two lines to stdout once its sockets are bound (docs/protocol.md §1.6); ops scripts
+        # grep for them. The command prints them, not the runtime: embedded, the runner writes nothing to stdout.
+        for port in (ports.port_in, ports.port_out):
+            print(f"binding to tcp://{config.bind}:{port}", flush=True)
     log.info("kernel-runner {} serving on :{} / :{} (pid {})", config.lang, ports.port_in, ports.port_out, os.getpid())
     # The main thread sleeps in poll() until a signal or the escalation writes the pipe (docs/architecture.md §7).
     poller = select.poll()

@@ -208,13 +208,27 @@ class AgentClient:
         return self.collect_run(timeout)
 
     def batch(self, *, clean: str = "", build: str = "", exec: str = "", timeout: float = 60.0) -> list[RunResult]:
-        """The agent's batch mode: three messages, three end messages (docs/protocol.md §3.3)."""
+        """The agent's batch mode: three messages, three end messages (docs/protocol.md §3.3): the results of
+        `clean` (`clean-finished`), `build` (`build-finished`) and `exec` (`finished`), in that order."""
         self.send("clean", clean)
         self.send("build", build)
         self.send("exec", exec)
         return [self.collect_run(timeout) for _ in range(3)]
 
+    # One batch op each (docs/protocol.md §5.1): the command runs as `/bin/sh -c COMMAND` in the work dir, `*` runs
+    # the language's rule, an empty one finishes with 0. The result ends with `clean-finished`, `build-finished`
+    # or `finished`; a `build` that failed makes the next `exec` finish with 127 without running (§5.2).
+    def exec(self, command: str, timeout: float = DEFAULT_TIMEOUT_S) -> RunResult:
+        return self.run("exec", command, timeout)
+
+    def build(self, command: str, timeout: float = DEFAULT_TIMEOUT_S) -> RunResult:
+        return self.run("build", command, timeout)
+
+    def clean(self, command: str, timeout: float = DEFAULT_TIMEOUT_S) -> RunResult:
+        return self.run("clean", command, timeout)
+
     def code(self, source: str, timeout: float = DEFAULT_TIMEOUT_S) -> RunResult:
+        """A query-mode run (docs/protocol.md §4): the language's Jupyter kernel or its compile-and-run plan."""
         return self.run("code", source, timeout)
 
     def feed_input(self, text: str) -> None:

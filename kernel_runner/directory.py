@@ -30,6 +30,7 @@ import attrs
 import pykka
 from loguru import logger
 
+from kernel_runner.debug_lines import debug
 from kernel_runner.ids import ChildId
 
 # Answers a message no incarnation of the child can take; the child's spec supplies it (see rejects.py).
@@ -168,7 +169,7 @@ class ChildDirectory:
             return [entry.ref for entry in self._entries.values() if entry.ref is not None]
 
     def _reject(self, child_id: ChildId, reject: Reject | None, message: object, why: str) -> None:
-        self.log.debug("{} cannot take {} ({}); rejected", child_id, type(message).__name__, why)
+        debug(self.log, "{} cannot take {} ({}); rejected", child_id, type(message).__name__, why)
         if reject is not None:
             reject(message)
         elif self._unknown is not None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from loguru import logger
 
+from kernel_runner import debug_lines
 from kernel_runner.events import EVENT_FIELDS
 
 if TYPE_CHECKING:
@@ -37,6 +38,10 @@ class InterceptHandler(logging.Handler):
 
 
 def configure_logging(*, debug: bool, json_lines: bool) -> None:
+    """The runner's own logging, for the CLI or a program that wants the runner's lines as the CLI writes them:
+    replaces every loguru handler with one on stderr, routes the stdlib's logging in, and with `debug` turns the
+    runner's DEBUG lines on (kernel_runner/debug_lines.py)."""
+    debug_lines.configure(debug)
     logger.remove()
     logger.configure(extra={"child": "runner"})
     level = "DEBUG" if debug else "INFO"

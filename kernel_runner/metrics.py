@@ -123,6 +123,9 @@ class RunnerMetrics:
         self._thread: threading.Thread | None = None
         self.port: int | None = None
 
+    def __repr__(self) -> str:
+        return f"RunnerMetrics(port={self.port})"
+
     # ---- feeds ------------------------------------------------------------------------------------------------------
     # Both feeds look labels up with .get: a slip in counting must never cost the agent a request or the link.
     def request_received(self, frames: Sequence[bytes], request: AgentRequest | BadFrame) -> None:

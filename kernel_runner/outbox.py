@@ -85,6 +85,11 @@ class RouterLink:
         self._wake_due = True
         self._drain_lock = threading.Lock()
 
+    def __repr__(self) -> str:
+        with self._lock:
+            pending = len(self._pending)
+        return f"RouterLink(pending={pending}, closed={self.closed.is_set()})"
+
     # ---- producers --------------------------------------------------------------------------------------------------
     def tell(self, message: ToAgent) -> None:
         self._put(message, 0)

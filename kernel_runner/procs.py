@@ -29,6 +29,7 @@ import pykka
 from loguru import logger
 
 from kernel_runner.clock import REAL_CLOCK, Clock
+from kernel_runner.debug_lines import debug
 from kernel_runner.ids import Pid
 from kernel_runner.messages import OutputSynced, PipeClosed, ProcessExited, StreamName
 from kernel_runner.refs import tell_if_alive
@@ -366,7 +367,7 @@ class ProcessWatcher:
                     self._note_drained(total)
                 return total  # empty for now: back to poll
             except OSError as exc:
-                logger.bind(child="pump").debug("read from {} failed: {}", name, exc)
+                debug(logger.bind(child="pump"), "read from {} failed: {}", name, exc)
                 data = b""
             if not data:
                 break

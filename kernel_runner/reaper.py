@@ -26,6 +26,8 @@ from types import FrameType
 import psutil
 from loguru import logger
 
+from kernel_runner.debug_lines import debug
+
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 KILL_ROUNDS = 5
 KILL_WAIT_S = 0.5  # per round: SIGKILL is not refused, only the kernel may take a moment
@@ -85,7 +87,7 @@ class OrphanReaper:
             if done:
                 self._adopted.discard(pid)
                 reaped.append(pid)
-                self.log.debug("reaped adopted orphan {} ({})", pid, _describe(status))
+                debug(self.log, "reaped adopted orphan {} ({})", pid, _describe(status))
         return reaped
 
     def _children(self) -> list[int]:

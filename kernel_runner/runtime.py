@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pykka
 from loguru import logger
 
+from kernel_runner import debug_lines
 from kernel_runner.actors.lang_runner import BOOTSTRAP_STEP, LangRunnerActor
 from kernel_runner.actors.router import BoundPorts, RouterActor
 from kernel_runner.actors.services import INTRINSIC_STEP, ServicePlanner, ServicesActor
@@ -95,6 +96,7 @@ class RunnerHandle:
         process_watch: ProcessWatch,
         log_files: ChildLogFiles | None = None,
         metrics: RunnerMetrics | None = None,
+        release_debug_lines: Callable[[], None] | None = None,
     ) -> None:
         self.runner = runner
         self.config = runner.config
@@ -104,6 +106,7 @@ class RunnerHandle:
         # Each child's recent log lines and lifecycle events (what `kernel-runner ctl tail` shows).
         self.log_book = log_book
         self._log_files = log_files
+        self._release_debug_lines = release_debug_lines
         self._ticker = ticker
         # The processes below the runner, for the report on the agent's `oom` event (docs/protocol.md §9.4).
         self.process_watch = process_watch
@@ -119,6 +122,11 @@ class RunnerHandle:
         # After stop(): the children the supervisor had to stop by force (they did not end within their grace).
         self.forced: list[ChildId] = []
         self._stopped = False
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "ready" if self.runner.gate.is_open else "starting"
+        return (f"RunnerHandle(lang={self.config.lang!r}, bind={self.config.bind!r}, ports={self.ports!r}, "
+                f"state={state!r})")
 
     @property
     def router_link(self) -> RouterLink:
@@ -230,6 +238,8 @@ class RunnerHandle:
         self.log_book.uninstall()
         if self._log_files is not None:
             self._log_files.uninstall()
+        if self._release_debug_lines is not None:
+            self._release_debug_lines()
         if self.config.temp_root is not None:  # made by RunnerConfig.for_embedding for this runner alone
             shutil.rmtree(self.config.temp_root, ignore_errors=True)
         return clean
@@ -282,6 +292,8 @@ def start(
     board = StatusBoard(gate)
     # Installed before the first child starts, so `ctl tail` has each child's whole story (docs/operations.md §3).
     log_level = "DEBUG" if config.debug else "INFO"
+    # The runner makes DEBUG records only when asked (docs/operations.md §6): a host that embeds it hears no more.
+    release_debug_lines = debug_lines.hold() if config.debug else None
     log_book = ChildLogBook().install(level=log_level)
     log_files: ChildLogFiles | None = None
     if config.child_log_dir is not None:
@@ -290,6 +302,8 @@ def start(
                                       retention=config.child_log_retention, level=log_level).install()
         except (ValueError, OSError) as exc:
             log_book.uninstall()
+            if release_debug_lines is not None:
+                release_debug_lines()
             raise RunnerStartError(f"per-child log files in {config.child_log_dir}: {exc}") from exc
     metrics: RunnerMetrics | None = None
     if config.metrics_port is not None:  # opt-in: only then is prometheus_client imported (docs/operations.md §5)
@@ -349,7 +363,8 @@ def start(
     for spec in specs:
         supervisor.tell(StartChild(spec=spec))
     handle = RunnerHandle(runner=runner, ports=ports, supervisor=supervisor, board=board, ticker=ticker,
-                          log_book=log_book, process_watch=process_watch, log_files=log_files, metrics=metrics)
+                          log_book=log_book, process_watch=process_watch, log_files=log_files, metrics=metrics,
+                          release_debug_lines=release_debug_lines)
     handle_box.append(handle)
     if config.forward_logs != "none":
         handle.log_sink_id = add_agent_log_sink(
@@ -480,7 +495,7 @@ def build_service_directory(runner: RunnerContext) -> ServiceDirectory:
         log.error("service definition skipped: {}", problem)
     intrinsics = intrinsic_launchers(config)
     for warning in intrinsics.warnings:
-        (log.warning if config.start_intrinsic_services else log.debug)("{}", warning)
+        debug_lines.log_at(log, "WARNING" if config.start_intrinsic_services else "DEBUG", "{}", warning)
     return ServiceDirectory(runner=runner, catalog=loaded.catalog, intrinsics=intrinsics, runtime_path=runtime_path)
 
 

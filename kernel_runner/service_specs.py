@@ -7,6 +7,7 @@ when it is up and when its process ends.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -14,6 +15,7 @@ import pykka
 from loguru import logger
 
 from kernel_runner.context import RunnerContext
+from kernel_runner.debug_lines import log_at
 from kernel_runner.generations import ModelReply
 from kernel_runner.ids import ChildId, health_child, service_child
 from kernel_runner.messages import HealthCheck, ModelInfo
@@ -57,7 +59,7 @@ def service_child_spec(
     override = launch.restart or RestartOverride()
 
     def prepare() -> Any:
-        return launch.prepare(log=log.log)
+        return launch.prepare(log=functools.partial(log_at, log))  # a definition's `log` action may say DEBUG
 
     run = ServiceRun(
         name=launch.name,

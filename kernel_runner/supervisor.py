@@ -26,6 +26,7 @@ from loguru import logger
 
 from kernel_runner.child_record import ChildRecord, RestartDue, RetryDemanded, RetryDue, ShutdownDeadline, StopOverdue
 from kernel_runner.clock import Clock
+from kernel_runner.debug_lines import debug
 from kernel_runner.directory import ChildDirectory
 from kernel_runner.events import Event, emit
 from kernel_runner.exits import ExitReason, StartFailed
@@ -238,7 +239,7 @@ class SupervisorActor(pykka.ThreadingActor):
     def _handle_child_exited(self, message: ChildExited) -> None:
         child = self._current(message.child_id, message.generation)
         if child is None or child.ref is None:
-            self.log.debug("stale exit of {} generation {}", message.child_id, message.generation)
+            debug(self.log, "stale exit of {} generation {}", message.child_id, message.generation)
             return
         self._child_ended(child, message.reason)
 
@@ -394,7 +395,7 @@ class SupervisorActor(pykka.ThreadingActor):
     def _handle_stop_child(self, message: StopChild) -> None:
         child = self._children.get(message.child_id)
         if child is None:
-            self.log.debug("stop of {}: no such child", message.child_id)
+            debug(self.log, "stop of {}: no such child", message.child_id)
             return
         self._stop_for_good(child, message.reason)
 

@@ -1,11 +1,12 @@
 """pytest fixtures that give a test a running kernel runner and an agent client connected to it.
 
-Enable them in a project's top-level conftest.py (or with `pytest -p kernel_runner.testing`):
+They need pytest, which the runner itself does not: `pip install 'kernel-runner[testing]'`. Enable them in a
+project's top-level conftest.py (or with `pytest -p kernel_runner.testing`):
 
     pytest_plugins = ["kernel_runner.testing"]
 
     def test_echo(agent_client):
-        assert agent_client.run("exec", "echo hi", timeout=30).stdout == b"hi\\n"
+        assert agent_client.exec("echo hi", timeout=30).stdout == b"hi\\n"
 
 `kernel_runner_config` decides what runs (default: an `app` runner from `RunnerConfig.for_embedding`, which touches
 nothing outside its own temp folder and removes it afterwards); override that fixture to pick a language or options:
@@ -21,7 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import pytest
+try:
+    import pytest
+except ImportError as exc:  # the runner's own install has no pytest: say which extra brings it
+    raise ImportError("kernel_runner.testing needs pytest: pip install 'kernel-runner[testing]'") from exc
 
 from kernel_runner.client import AgentClient
 from kernel_runner.config import RunnerConfig

@@ -19,6 +19,7 @@ import pykka
 from loguru import logger
 
 from kernel_runner.clock import REAL_CLOCK, Clock
+from kernel_runner.debug_lines import debug
 from kernel_runner.exits import Crashed
 from kernel_runner.policy import Backoff, GiveUp, IntensityLimit, RestartTracker
 from kernel_runner.refs import tell_if_alive
@@ -164,7 +165,7 @@ class Ticker:
             logger.bind(child="ticker").opt(exception=exc).error("could not deliver {}: {!r}", type(message).__name__, exc)
             return
         if not delivered:
-            logger.bind(child="ticker").debug("dropped {} for a stopped actor", type(message).__name__)
+            debug(logger.bind(child="ticker"), "dropped {} for a stopped actor", type(message).__name__)
 
     def _replace(self, dead: threading.Thread, why: str) -> None:
         """Start a new scheduler thread on the same heap, unless one did already or the policy gives up."""

@@ -24,6 +24,7 @@ import zmq
 from loguru import logger
 
 from kernel_runner import wire
+from kernel_runner.debug_lines import debug
 from kernel_runner.excerpts import excerpt
 from kernel_runner.messages import AgentRequest, BadFrame, StatusRequest
 from kernel_runner.outbox import RouterLink
@@ -227,7 +228,7 @@ class AgentLink(threading.Thread):
         except zmq.Again:
             return
         self._peers.output_dropped(time.monotonic())
-        self.log.debug("a peer of the output socket {} disconnected", event.endpoint.decode(errors="replace"))
+        debug(self.log, "a peer of the output socket {} disconnected", event.endpoint.decode(errors="replace"))
 
     def _input_peer_event(self, monitor: zmq.Socket[bytes]) -> None:
         try:
@@ -239,7 +240,7 @@ class AgentLink(threading.Thread):
         if event.event == zmq.EVENT_DISCONNECTED:
             # An agent or a client that goes away is routine: no warning, and no guess about frames.
             self._peers.input_dropped(now)
-            self.log.debug("a peer of the input socket {} disconnected", endpoint)
+            debug(self.log, "a peer of the input socket {} disconnected", endpoint)
             return
         after_s = self._peers.input_connected(now)
         if after_s is not None:

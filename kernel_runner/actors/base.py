@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 import pykka
 from loguru import logger
 
+from kernel_runner.debug_lines import debug
 from kernel_runner.exits import Crashed, ExitReason, NormalExit, ShutdownExit, StartFailed
 from kernel_runner.ids import ChildId
 from kernel_runner.refs import tell_if_alive
@@ -65,7 +66,7 @@ class PhaseMachine(Generic[P]):
         if new not in self._edges.get(old, ()):
             raise InvalidTransition(f"{old.name} -> {new.name} is not allowed" + (f" ({why})" if why else ""))
         self._phase = new
-        self._log().debug("phase {} -> {}{}", old.name, new.name, f": {why}" if why else "")
+        debug(self._log(), "phase {} -> {}{}", old.name, new.name, f": {why}" if why else "")
         if self._on_change is not None:
             self._on_change(old, new)
 
@@ -179,10 +180,10 @@ class SupervisedActor(pykka.ThreadingActor):
     def _hand_back(self, message: object) -> None:
         """Work that needs an answer must not vanish with this incarnation (someone would wait for ever)."""
         if isinstance(message, self.redeliverable):
-            self.log.debug("ending; {} handed back for the next incarnation", type(message).__name__)
+            debug(self.log, "ending; {} handed back for the next incarnation", type(message).__name__)
             self.ctx.directory.hand_back(self.child_id, self.generation, message)
         else:
-            self.log.debug("ending; ignored {}", type(message).__name__)
+            debug(self.log, "ending; ignored {}", type(message).__name__)
 
     def _drain_inbox(self) -> None:
         """pykka drops tells still queued behind the stop; hand them back instead (asks get ActorDeadError)."""

@@ -51,6 +51,7 @@ import pykka
 from kernel_runner.actors.base import PhaseMachine, SupervisedActor
 from kernel_runner.clock import Clock
 from kernel_runner.context import RunnerContext
+from kernel_runner.debug_lines import debug
 from kernel_runner.events import Event, emit
 from kernel_runner.exits import NormalExit, ShutdownExit, Unhealthy
 from kernel_runner.generations import ModelReply
@@ -523,7 +524,7 @@ class HealthCheckerActor(SupervisedActor):
             self._consecutive_failures += 1
             if self.ctx.clock.monotonic() >= self._grace_until:
                 self._failures_since_restart += 1
-            self.log.debug("probe failed: {}", result.error)
+            debug(self.log, "probe failed: {}", result.error)
         self._publish()
 
     # ---- startup -----------------------------------------------------------------------------------------

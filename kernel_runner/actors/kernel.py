@@ -68,6 +68,7 @@ from kernel_runner.actors.kernel_channels import (
     SendInterruptCommand,
 )
 from kernel_runner.context import RunnerContext
+from kernel_runner.debug_lines import debug
 from kernel_runner.events import Event, emit
 from kernel_runner.excerpts import excerpt
 from kernel_runner.exits import Crashed, ExitReason, ProcessDied, ShutdownExit, StartFailed, Unhealthy
@@ -420,7 +421,7 @@ class KernelActor(SupervisedActor):
 
     def _handle_kernel_ready(self, message: KernelReady) -> None:
         if self.phase is not Phase.CONNECTING:
-            self.log.debug("kernel ready while {}: ignored", self.phase.name)
+            debug(self.log, "kernel ready while {}: ignored", self.phase.name)
             return
         emit(self.log, "INFO", Event.HEALTHY,
              "healthy: kernel {} ({} {}, protocol {})", self.kernel_name, message.implementation,
@@ -437,7 +438,7 @@ class KernelActor(SupervisedActor):
                 self.log.error("the {} kernel failed to start: {}", self.kernel_name, message.error)
                 self._die(StartFailed(error=message.error), start_error=message.error)
             case _:
-                self.log.debug("start failure while {} ignored: {}", self.phase.name, message.error)
+                debug(self.log, "start failure while {} ignored: {}", self.phase.name, message.error)
 
     def _handle_kernel_channels_closed(self, message: KernelChannelsClosed) -> None:
         if self.phase in _ALIVE:  # STOPPING: the stop ends us; DYING, RETIRING: dying already
@@ -479,7 +480,7 @@ class KernelActor(SupervisedActor):
             return
         task = self._queue.popleft()
         self._current = _Run(task=task)
-        self.log.debug("run {}: executing {} bytes", task.run_id, len(task.text))
+        debug(self.log, "run {}: executing {} bytes", task.run_id, len(task.text))
         notice = None
         if self._owes_restart_notice:
             self._owes_restart_notice = False
@@ -490,7 +491,7 @@ class KernelActor(SupervisedActor):
     def _handle_kernel_run_ended(self, message: KernelRunEnded) -> None:
         run = self._current
         if run is None or run.task.run_id != message.run_id:
-            self.log.debug("late end of run {} ignored", message.run_id)
+            debug(self.log, "late end of run {} ignored", message.run_id)
             return
         self._end_current(message.exit_code, reported=True)  # the channel thread told the language runner
 
@@ -501,7 +502,7 @@ class KernelActor(SupervisedActor):
         self._current = None
         if not reported:
             self._tell_run_done(run.task.run_id, exit_code, note)
-        self.log.debug("run {} finished with exit code {}", run.task.run_id, exit_code)
+        debug(self.log, "run {} finished with exit code {}", run.task.run_id, exit_code)
         if self.phase is Phase.DYING:
             self._retire()
         else:
@@ -606,12 +607,12 @@ class KernelActor(SupervisedActor):
         how = f"killed by signal {sig}" if sig is not None else f"exit code {code}"
         match self.phase:
             case Phase.STOPPING:
-                self.log.debug("the kernel process ended ({}) as asked", how)  # the supervisor logs the exit
+                debug(self.log, "the kernel process ended ({}) as asked", how)  # the supervisor logs the exit
                 self._exit(ShutdownExit(code=code, signal=sig), "the kernel process is gone")  # STOPPING -> ENDED
             case Phase.DYING | Phase.RETIRING:
-                self.log.debug("the {} kernel ended ({}), which is dying already", self.kernel_name, how)
+                debug(self.log, "the {} kernel ended ({}), which is dying already", self.kernel_name, how)
             case _:
-                self.log.debug("the {} kernel died ({})", self.kernel_name, how)  # the supervisor logs the exit
+                debug(self.log, "the {} kernel died ({})", self.kernel_name, how)  # the supervisor logs the exit
                 starting = self.phase in (Phase.LAUNCHING, Phase.CONNECTING)
                 self._die(
                     ProcessDied(code=code, signal=sig),

@@ -32,6 +32,7 @@ import attrs
 import pykka
 import zmq
 
+from kernel_runner.debug_lines import debug
 from kernel_runner.excerpts import excerpt
 from kernel_runner.ids import RunId
 from kernel_runner.jupyter import (
@@ -514,7 +515,7 @@ class KernelChannels(threading.Thread):
         if heartbeat.is_lost(now):
             silent_s = heartbeat.silent_for(now)
             self._heartbeat = None  # told once; the actor kills the kernel
-            self._log.debug("no heartbeat echo for {:.1f} s; telling the actor", silent_s)
+            debug(self._log, "no heartbeat echo for {:.1f} s; telling the actor", silent_s)
             self._tell(KernelHeartbeatLost(silent_s=silent_s))
             return
         if heartbeat.ping_due(now):

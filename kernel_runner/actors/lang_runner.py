@@ -59,6 +59,7 @@ from kernel_runner.actors.job import LineLogger, StepSink, TaskLog
 from kernel_runner.actors.user_input import InputAbandoned, InputRequested, InputServerFailed, UserInputServer
 from kernel_runner.childenv import MAX_ARG_STRLEN
 from kernel_runner.context import RunnerContext
+from kernel_runner.debug_lines import debug, log_at
 from kernel_runner.excerpts import excerpt
 from kernel_runner.exits import ShutdownExit
 from kernel_runner.ids import KERNEL_CHILD, POLLY_CHILD, TERMINAL_CHILD, ChildId
@@ -394,7 +395,7 @@ class LangRunnerActor(SupervisedActor):
 
     # ---- the queue ---------------------------------------------------------------------------------
     def _handle_run_task(self, task: RunTask) -> None:
-        self.log.debug("queued run {} {} ({} queued before it)", task.run_id, task.kind, len(self._queue))
+        debug(self.log, "queued run {} {} ({} queued before it)", task.run_id, task.kind, len(self._queue))
         self._queue.append(task)
         self._run_next()
 
@@ -427,7 +428,7 @@ class LangRunnerActor(SupervisedActor):
             return
         script = self._config.work_dir / "bootstrap.sh"
         if not script.is_file():
-            self.log.debug("no {}; nothing to bootstrap", script)
+            debug(self.log, "no {}; nothing to bootstrap", script)
             return
         self.log.info("running {} (output goes to this log; timeout {:.0f}s)", script, BOOTSTRAP_TIMEOUT_S)
         job = self._start_job("bootstrap", None, [_StepSpec(argv=("/bin/sh", str(script)))])
@@ -490,7 +491,7 @@ class LangRunnerActor(SupervisedActor):
         self._start_job("code", task, [_shell(step) for step in plan.steps], cleanup=cleanup)
 
     def _delegate(self, task: RunTask, child_id: ChildId) -> None:
-        self.log.debug("run {}: code delegated to {}", task.run_id, child_id)
+        debug(self.log, "run {}: code delegated to {}", task.run_id, child_id)
         self._delegated = _Delegated(task=task, child_id=child_id)
         self._life.to(Phase.DELEGATED, f"run {task.run_id} to {child_id}")  # IDLE -> DELEGATED
         self.tell_child(child_id, task)
@@ -498,9 +499,9 @@ class LangRunnerActor(SupervisedActor):
     def _handle_run_done(self, message: RunDone) -> None:
         current = self._delegated_now
         if current is None or current.task.run_id != message.run_id:
-            self.log.debug("RunDone for run {} which is not the current one; ignored", message.run_id)
+            debug(self.log, "RunDone for run {} which is not the current one; ignored", message.run_id)
             return
-        self.log.debug("run {}: {} finished it with exit code {}", message.run_id, current.child_id, message.exit_code)
+        debug(self.log, "run {}: {} finished it with exit code {}", message.run_id, current.child_id, message.exit_code)
         self._delegated = None
         self._life.to(Phase.IDLE, f"run {message.run_id} done")  # DELEGATED -> IDLE
         if message.note:
@@ -510,7 +511,7 @@ class LangRunnerActor(SupervisedActor):
 
     def _answer_no_step(self, task: RunTask, plan: NoStep) -> None:
         if plan.log_text:
-            self.log.log(plan.log_level, "run {} {}: {}", task.run_id, task.kind, plan.log_text)
+            log_at(self.log, plan.log_level, "run {} {}: {}", task.run_id, task.kind, plan.log_text)
         if plan.stderr_text:
             self._notice(plan.stderr_text)
         self._finish_task(task, plan.exit_code)
@@ -527,7 +528,7 @@ class LangRunnerActor(SupervisedActor):
     def _finish_task(self, task: RunTask, exit_code: int) -> None:
         if task.kind == "build":
             self._build_ok = exit_code == 0  # docs/protocol.md §5.1: an empty or skipped build counts as success
-        self.log.debug("run {} {} finished with exit code {}", task.run_id, task.kind, exit_code)
+        debug(self.log, "run {} {} finished with exit code {}", task.run_id, task.kind, exit_code)
         self._router.tell(Finished(kind=task.kind, exit_code=exit_code))
 
     # ---- jobs and their processes ---------------------------------------------------------------------
@@ -572,7 +573,7 @@ class LangRunnerActor(SupervisedActor):
         step = _Step(handle=handle, sink=sink)
         job.step = step
         self._groups[handle.pid] = handle
-        self.log.debug("spawned pid={} for {} job: {}", handle.pid, job.kind, excerpt(" ".join(step_spec.argv)))
+        debug(self.log, "spawned pid={} for {} job: {}", handle.pid, job.kind, excerpt(" ".join(step_spec.argv)))
         step.watcher = watch_process(handle, self.actor_ref, sink=sink, clock=self.ctx.clock)
 
     def _current_step(self, pid: int) -> tuple[_Job, _Step] | None:
@@ -584,7 +585,7 @@ class LangRunnerActor(SupervisedActor):
     def _handle_process_exited(self, message: ProcessExited) -> None:
         found = self._current_step(message.pid)
         if found is None:
-            self.log.debug("exit of pid {} after its op ended", message.pid)
+            debug(self.log, "exit of pid {} after its op ended", message.pid)
             return
         job, step = found
         step.exit = message
@@ -644,7 +645,7 @@ class LangRunnerActor(SupervisedActor):
             self._forget_group_if_gone(step.handle)
         job.exit_code = code
         how = f"signal {sig}" if sig is not None else f"code {code}"
-        self.log.debug("pid {} ({} job) exited with {}", step.handle.pid, job.kind, how)
+        debug(self.log, "pid {} ({} job) exited with {}", step.handle.pid, job.kind, how)
         if job.interrupted or code != 0 or not job.steps or self.phase is Phase.STOPPING:
             self._end_job(job)
         else:

@@ -54,6 +54,7 @@ from kernel_runner.actors.polly_worker import (
     parse_speech_request,
 )
 from kernel_runner.context import RunnerContext
+from kernel_runner.debug_lines import debug
 from kernel_runner.exits import Crashed, ExitReason, ShutdownExit
 from kernel_runner.ids import LANG_CHILD, POLLY_CHILD
 from kernel_runner.messages import (
@@ -327,10 +328,10 @@ class PollyActor(SupervisedActor):
         if current is not None:
             return current
         if self._abandoned.pop(call_id, None) is not None:
-            self.log.debug("call {} was abandoned; {} is ignored", call_id, what)
+            debug(self.log, "call {} was abandoned; {} is ignored", call_id, what)
             self._report_info()
         else:
-            self.log.debug("call {} is not current; {} is ignored", call_id, what)
+            debug(self.log, "call {} is not current; {} is ignored", call_id, what)
         return None
 
     def _abandon(self, current: _Current) -> None:

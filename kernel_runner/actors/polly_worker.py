@@ -31,6 +31,7 @@ import attrs
 import pykka
 from loguru import logger
 
+from kernel_runner.debug_lines import debug
 from kernel_runner.messages import PollyCallFailed, PollyCallSending, PollySynthesized, PollyWorkerDied
 from kernel_runner.procs import WorkerPool
 from kernel_runner.refs import tell_if_alive
@@ -265,7 +266,7 @@ class PollyCall:
             try:
                 stream.set_socket_timeout(CANCEL_SOCKET_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001 - the body was closed meanwhile: nothing left to cut short
-                self.log.debug("call {}: the audio stream is gone already ({!r})", self.call_id, exc)
+                debug(self.log, "call {}: the audio stream is gone already ({!r})", self.call_id, exc)
 
     def run(self) -> None:
         """The pool thread's job: exactly one outcome is told to the owner, whatever happens."""

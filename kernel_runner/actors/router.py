@@ -9,7 +9,6 @@ pushes. Everything for the agent is put into the RouterLink, which AgentLink dra
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -61,6 +60,10 @@ class BoundPorts:
     def report(self, error: str | None) -> None:
         self.error = error
         self.bound.set()
+
+    def __repr__(self) -> str:
+        failed = f", error={self.error!r}" if self.error is not None else ""
+        return f"BoundPorts(port_in={self.port_in}, port_out={self.port_out}{failed})"
 
 
 def route_request(request: AgentRequest, *, directory: ChildDirectory,
@@ -139,12 +142,7 @@ class RouterActor(SupervisedActor):
         except Exception as exc:
             self._ports.report(f"cannot bind the agent sockets: {exc}")
             raise
-        self._ports.report(None)
-        if not config.log_json:  # with --log-json, stdout stays empty: only JSON lines, on stderr (operations §2)
-            # Upstream prints these two lines to stdout (docs/protocol.md §9.2); ops scripts grep for them.
-            print(f"binding to tcp://{config.bind}:{self._ports.port_in}", flush=True)
-            print(f"binding to tcp://{config.bind}:{self._ports.port_out}", flush=True)
-            sys.stdout.flush()
+        self._ports.report(None)  # the command prints upstream's `binding to` lines (cli.py); a library never does
         self.log.info("listening: PULL :{} PUSH :{}", self._ports.port_in, self._ports.port_out)
         self.set_state(ChildState.RUNNING)
 

@@ -44,6 +44,7 @@ import pykka
 from kernel_runner.actors.base import PhaseMachine, SupervisedActor
 from kernel_runner.clock import Clock
 from kernel_runner.context import RunnerContext
+from kernel_runner.debug_lines import debug
 from kernel_runner.excerpts import excerpt
 from kernel_runner.exits import ExitReason, NormalExit, ProcessDied, ShutdownExit, StartFailed
 from kernel_runner.ids import ChildId
@@ -477,7 +478,7 @@ class ServiceActor(SupervisedActor):
         code, sig = describe_returncode(exit_msg.returncode)
         uptime = exit_msg.at - (self._spawned_at or exit_msg.at)
         how = f"signal {sig}" if sig is not None else f"code {code}"
-        self.log.debug("the process ended ({}) after {:.1f}s", how, uptime)  # the supervisor logs the exit, once
+        debug(self.log, "the process ended ({}) after {:.1f}s", how, uptime)  # the supervisor logs the exit, once
         if self.phase is Phase.STOPPING:
             # A stop was asked for (shutdown-service, runner shutdown, the watcher's own restart): nothing to report.
             self._conclude(ShutdownExit(code=code, signal=sig), f"stopped; exited {how}")  # STOPPING -> ENDED
@@ -499,7 +500,7 @@ class ServiceActor(SupervisedActor):
     def request_stop(self, message: StopRequested) -> None:
         before = self.phase
         if before is Phase.STOPPING:
-            self.log.debug("stop requested again ({}); the stop under way goes on", message.reason)
+            debug(self.log, "stop requested again ({}); the stop under way goes on", message.reason)
             return
         if self._port_waiter is not None:
             self._port_waiter.cancelled.set()

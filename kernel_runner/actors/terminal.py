@@ -81,6 +81,7 @@ from kernel_runner.actors.terminal_io import (
     set_winsize,
 )
 from kernel_runner.context import RunnerContext
+from kernel_runner.debug_lines import debug
 from kernel_runner.excerpts import excerpt
 from kernel_runner.exits import Crashed, ExitReason, ProcessDied, ShutdownExit, StartFailed
 from kernel_runner.ids import LANG_CHILD, TERMINAL_CHILD
@@ -346,7 +347,7 @@ class TerminalActor(SupervisedActor):
     def request_stop(self, message: StopRequested) -> None:
         """SIGHUP (then SIGCONT) to the shell's group, SIGTERM at half the grace, SIGKILL to the tree at the end."""
         if self.phase is Phase.STOPPING:
-            self.log.debug("stop requested again ({}); the stop in progress goes on", message.reason)
+            debug(self.log, "stop requested again ({}); the stop in progress goes on", message.reason)
             return
         self._life.to(Phase.STOPPING, message.reason)  # SHELL_RUNNING / SHELL_ENDING / RESPAWN_WAIT -> STOPPING
         shell = self._shell
@@ -427,7 +428,7 @@ class TerminalActor(SupervisedActor):
         try:
             self._pub.send(data, zmq.NOBLOCK)
         except zmq.Again:
-            self.log.debug("terminal output dropped ({} bytes): PUB queue full", len(data))
+            debug(self.log, "terminal output dropped ({} bytes): PUB queue full", len(data))
         except zmq.ZMQError as exc:
             self.log.warning("terminal output dropped ({} bytes): {}", len(data), exc)
 
@@ -441,7 +442,7 @@ class TerminalActor(SupervisedActor):
         try:
             if not self.accepting_input:
                 # docs/protocol.md §8.3: input is taken only while a shell is accepting it (not while restarting).
-                self.log.debug("terminal input dropped ({} bytes): no shell is running", len(message.data))
+                debug(self.log, "terminal input dropped ({} bytes): no shell is running", len(message.data))
                 return
             if len(self._pending_input) + len(message.data) > PENDING_INPUT_LIMIT:
                 self.log.warning("terminal input dropped ({} bytes): the shell is not reading", len(message.data))
@@ -497,7 +498,7 @@ class TerminalActor(SupervisedActor):
     def _handle_process_exited(self, message: ProcessExited) -> None:
         shell = self._shell
         if shell is None or message.pid != shell.handle.pid:
-            self.log.debug("stale exit of pid {}", message.pid)
+            debug(self.log, "stale exit of pid {}", message.pid)
             return
         shell.exited = message
         code, sig = describe_returncode(message.returncode)
@@ -664,7 +665,7 @@ class TerminalActor(SupervisedActor):
     def _handle_git_graph_done(self, message: GitGraphDone) -> None:
         task = self._current
         if task is None or task.run_id != message.run_id:
-            self.log.debug("stale %show graph result for run {}", message.run_id)
+            debug(self.log, "stale %show graph result for run {}", message.run_id)
             return
         self._graph_job = None
         self._current = None

@@ -35,6 +35,7 @@ import pykka
 import zmq
 from loguru import logger
 
+from kernel_runner.debug_lines import debug
 from kernel_runner.excerpts import excerpt
 from kernel_runner.ids import TERMINAL_CHILD, RunId
 from kernel_runner.messages import (
@@ -149,7 +150,7 @@ class TermInputReceiver(threading.Thread):
                 except zmq.Again:
                     break
                 if not self._take(frames):
-                    self.log.debug("terminal actor stopped; input receiver exits")
+                    debug(self.log, "terminal actor stopped; input receiver exits")
                     return
 
     def _take(self, frames: list[bytes]) -> bool:

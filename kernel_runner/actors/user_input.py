@@ -16,6 +16,7 @@ import attrs
 import pykka
 from loguru import logger
 
+from kernel_runner.debug_lines import debug
 from kernel_runner.excerpts import excerpt
 from kernel_runner.refs import tell_if_alive
 from kernel_runner.wakeup import WakeupPipe
@@ -181,7 +182,7 @@ class UserInputServer(threading.Thread):
         except OSError:
             data = b""
         if data:
-            self.log.debug("connection {} sent {} bytes, discarded: {}", conn_id, len(data), excerpt(data))
+            debug(self.log, "connection {} sent {} bytes, discarded: {}", conn_id, len(data), excerpt(data))
             return  # no request data is defined; discard
         self._drop(conn_id)
         self._tell(InputAbandoned(conn_id=conn_id))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import socket
@@ -117,6 +118,75 @@ def test_reload_from_the_handle_applies_to_the_next_start() -> None:
         assert summary is not None
         assert (summary.loaded, summary.added, summary.removed, summary.invalid) == (1, ("web",), (), ("bad",))
         assert [app["name"] for app in agent.get_apps(timeout=20)["data"]] == ["web"]
+
+
+QUIET_HOST = """
+import sys
+import kernel_runner
+
+for debug in (False, True):
+    config = kernel_runner.RunnerConfig.for_embedding("app", debug=debug, shutdown_deadline_s=5.0)
+    with kernel_runner.run(config) as handle:
+        assert handle.wait_ready(60)
+        with kernel_runner.AgentClient(port_in=handle.ports.port_in, port_out=handle.ports.port_out) as agent:
+            assert agent.exec("echo to-the-agent", timeout=30).stdout == b"to-the-agent\\n"
+            assert agent.start_service({"name": "nope", "port": 1, "ports": [1]}, timeout=30)["status"] == "failed"
+    print(f"== the runner with debug={debug} stopped", file=sys.stderr, flush=True)
+"""
+
+
+def test_an_embedded_runner_writes_nothing_to_stdout_and_no_debug_lines_unless_asked() -> None:
+    """A host that never configured loguru keeps loguru's own handler: DEBUG and up, on stderr."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LOGURU_")}
+    done = subprocess.run([sys.executable, "-c", QUIET_HOST], capture_output=True, text=True, timeout=120, check=False,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == ""  # no `binding to` lines, nothing else: stdout is the host's
+    quiet, _, rest = done.stderr.partition("== the runner with debug=False stopped")
+    debugged, marker, _ = rest.partition("== the runner with debug=True stopped")
+    assert marker, done.stderr[-3000:]
+    assert "| INFO " in quiet and "| DEBUG " not in quiet, quiet[-3000:]  # INFO and up reach the host's handlers
+    assert "| DEBUG " in debugged  # RunnerConfig(debug=True) asks for them
+
+
+def test_the_handle_and_its_parts_print_readably() -> None:
+    config = RunnerConfig.for_embedding("app", shutdown_deadline_s=5.0, metrics_port=0)
+    with kernel_runner.run(config) as handle:
+        assert handle.wait_ready(READY_S)
+        ports = f"BoundPorts(port_in={handle.ports.port_in}, port_out={handle.ports.port_out})"
+        assert repr(handle.ports) == ports
+        assert repr(handle) == f"RunnerHandle(lang='app', bind='127.0.0.1', ports={ports}, state='ready')"
+        assert repr(handle.metrics) == f"RunnerMetrics(port={handle.metrics.port if handle.metrics else None})"
+        assert repr(handle.router_link).startswith("RouterLink(pending=")
+        assert repr(handle.log_book).startswith("ChildLogBook(children=")
+    assert repr(handle).endswith("state='stopped')")
+
+
+def test_the_agent_client_has_a_helper_for_each_batch_op() -> None:
+    config = RunnerConfig.for_embedding("app", shutdown_deadline_s=5.0)
+    with kernel_runner.run(config) as handle, kernel_runner.AgentClient(
+        port_in=handle.ports.port_in, port_out=handle.ports.port_out
+    ) as agent:
+        cleaned = agent.clean("rm -f made.txt", timeout=30)
+        built = agent.build("echo built > made.txt; exit 3", timeout=30)
+        skipped = agent.exec("cat made.txt", timeout=30)  # after a failed build (docs/protocol.md §5.2)
+        ran = agent.exec("cat made.txt", timeout=30)
+    assert (cleaned.status, cleaned.exit_code) == ("clean-finished", 0)
+    assert (built.status, built.exit_code) == ("build-finished", 3)
+    assert (skipped.status, skipped.exit_code, skipped.stdout) == ("finished", 127, b"")
+    assert (ran.status, ran.exit_code, ran.stdout) == ("finished", 0, b"built\n")
+
+
+def test_the_testing_extra_brings_what_the_fixtures_import() -> None:
+    setup = configparser.ConfigParser()
+    setup.read(Path(kernel_runner.__file__).parent.parent / "setup.cfg")
+    extra = setup["options.extras_require"]["testing"].split()
+    assert [requirement for requirement in extra if requirement.startswith("pytest")] == ["pytest>=8"]
+    # Without pytest, importing the fixtures says which extra to install.
+    probe = "import sys\nsys.modules['pytest'] = None\nimport kernel_runner.testing\n"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "kernel_runner.testing needs pytest: pip install 'kernel-runner[testing]'" in done.stderr
 
 
 def test_configure_logging_names_each_child(tmp_path: Path) -> None:

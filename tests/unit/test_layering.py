@@ -28,7 +28,8 @@ ACTOR_HELPERS = {
 SHARED_ACTOR_MODULES = {"kernel_runner.actors", "kernel_runner.actors.base"}
 # What the generic supervisor may build on, directly or through its imports: no domain module in here.
 SUPERVISION_LAYER = {
-    "kernel_runner.child_record", "kernel_runner.clock", "kernel_runner.directory", "kernel_runner.events",
+    "kernel_runner.child_record", "kernel_runner.clock", "kernel_runner.debug_lines", "kernel_runner.directory",
+    "kernel_runner.events",
     "kernel_runner.exits", "kernel_runner.ids", "kernel_runner.policy", "kernel_runner.refs", "kernel_runner.supervision",
     "kernel_runner.supervisor", "kernel_runner.timers",
 }
