@@ -1,6 +1,7 @@
-# kernel-runner: `make run` starts the runner for python on its default ports, on 127.0.0.1; `make test` runs the
-# whole suite. Both set up what they need first: `run` a local venv with the runtime dependencies only, `test` the
-# test extras and the Debian packages the tests use as well.
+# kernel-runner: `make run` starts the runner for python on its default ports (2000/2001), on 127.0.0.1, with its
+# folders under .run/; `make test` runs the whole suite. Both set up what they need first: `run` a local venv with the
+# runtime dependencies only (the `kernel-runner` command is .venv/bin/kernel-runner), `test` the test extras and the
+# Debian packages the tests use as well.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,9 +17,14 @@ RUNTIME_PATH ?=
 # Only vendor.aws_polly needs an extra (boto3) to run.
 RUN_EXTRAS := $(if $(filter vendor.aws_polly,$(LANG_TO_RUN)),[aws])
 RUN_STAMP := $(VENV)/.installed-run$(if $(RUN_EXTRAS),-aws)
-# Outside a container /home/work and /home/config usually do not exist: use folders under .run/ instead.
-WORK_DIR ?= $(if $(wildcard /home/work),/home/work,$(CURDIR)/.run/work)
-CONFIG_DIR ?= $(if $(wildcard /home/config),/home/config,$(CURDIR)/.run/config)
+# `make run` keeps to its own folders under .run/, wherever it runs: its config folder has no intrinsic-ports.json, so
+# it binds the agent's default ports 2000/2001 (docs/protocol.md §1.2) and not whatever a machine's /home/config names,
+# and its control socket is the one `kernel-runner ctl --socket .run/control.sock` talks to. To serve a container's
+# own folders: `make run WORK_DIR=/home/work CONFIG_DIR=/home/config` (their intrinsic-ports.json then picks the ports).
+WORK_DIR ?= $(CURDIR)/.run/work
+CONFIG_DIR ?= $(CURDIR)/.run/config
+# Relative: a unix socket's path may have at most 107 bytes, and a checkout's folder can be deep.
+CONTROL_SOCKET ?= .run/control.sock
 PYTEST_ARGS ?=
 # Make's own variables must not leak into the runner's children (a user's `make` would print "Entering directory").
 CLEAN_ENV := env -u MAKELEVEL -u MAKEFLAGS -u MFLAGS
@@ -47,7 +53,7 @@ system-deps:
 run: $(RUN_STAMP)
 	@mkdir -p $(WORK_DIR) $(CONFIG_DIR)
 	$(CLEAN_ENV) $(PY) -m kernel_runner $(LANG_TO_RUN) $(RUNTIME_PATH) --work-dir $(WORK_DIR) --config-dir $(CONFIG_DIR) \
-		--bind '$(BIND)' $(RUN_ARGS)
+		--control-socket $(CONTROL_SOCKET) --bind '$(BIND)' $(RUN_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check kernel_runner ai tests bench
