@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from loguru import logger
 
+from kernel_runner.debug_lines import debug
 from kernel_runner.directory import ChildDirectory, Reject
 from kernel_runner.ids import LANG_CHILD, ChildId
 from kernel_runner.messages import (
@@ -101,7 +102,7 @@ def service_reject(name: str) -> Reject:
             case AwaitServiceStart():
                 message.reply(ServiceResult(status="failed", error=f"the process did not start properly: {name}"))
             case _:
-                logger.bind(child=f"service:{name}").debug("not running; dropped {}", type(message).__name__)
+                debug(logger.bind(child=f"service:{name}"), "not running; dropped {}", type(message).__name__)
 
     return reject
 
