@@ -73,9 +73,13 @@ class ChildRecord:
         self.restart_timer: TimerHandle | None = None
         self.retry_at: float | None = None  # FATAL: when restart_timer tries it again (clock time)
         self.stop_timer: TimerHandle | None = None
-        # A stop someone asked for: forget the child afterwards, or restart it as if it had ended with restart_reason.
-        self.stop: Literal["forget", "restart", "restart_by_hand"] | None = None
+        # A stop someone asked for: keep the child as a STOPPED row afterwards ("stop"), forget it ("forget": what it
+        # was bound to is gone), or restart it as if it had ended with restart_reason.
+        self.stop: Literal["stop", "forget", "restart", "restart_by_hand"] | None = None
         self.restart_reason: ExitReason | None = None
+        # STOPPED because the child it is bound to stopped or gave up: it starts again with that child.
+        self.stopped_with: ChildId | None = None
+        self.stopped_seq = 0  # STOPPED rows past the bound go oldest first
         self._info: ChildInfo | None = None
 
     def new_tracker(self, restarts: int) -> RestartTracker:

@@ -78,7 +78,8 @@ class Unhealthy:
 
 @attrs.frozen(kw_only=True)
 class RestartRequested:
-    """A restart someone asked for (a liveness verdict, an operator); counted like any other restart."""
+    """A restart an operator asked for (`kernel-runner ctl restart`): the `exited` record and `last_exit` say so
+    instead of the shutdown it took."""
 
     why: str
     kind = "restart-requested"

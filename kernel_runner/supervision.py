@@ -97,6 +97,9 @@ class ChildState(enum.Enum):
     STOPPING = "STOPPING"
     EXITED = "EXITED"
     FATAL = "FATAL"
+    # Stopped for good on request: the row stays, with its last exit and extra (a service's port), until the child
+    # is started again (the same spec, so the same port and options) or replaced by a new start of its id.
+    STOPPED = "STOPPED"
 
 
 @attrs.frozen(kw_only=True)
@@ -201,10 +204,15 @@ StartAnswer = Union[Started, AlreadyStarted, StartRefused]
 
 @attrs.frozen(kw_only=True)
 class StopChild:
-    """Stop a child for good: graceful stop within its spec's grace, then it is forgotten."""
+    """Stop a child for good: graceful stop within its spec's grace, then it is forgotten, or kept as a STOPPED row.
+
+    `keep_row`: someone asked (an operator's `kernel-runner ctl stop`, the agent's shutdown-service): the row stays,
+    STOPPED, with its last exit and port, and can be started again (supervisorctl's stop). Without it (the runner's
+    own stops: a model whose start failed, a helper that failed) the child is forgotten, as a failed start is."""
 
     child_id: ChildId
     reason: str
+    keep_row: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -212,7 +220,8 @@ class RestartChild:
     """Stop a child and let the policy decide on a restart as if it had ended with `reason` (counts to give-up).
 
     `by_hand`: an operator's restart (`kernel-runner ctl restart`): logged as such, started again at once, and not
-    counted towards give-up (a child that gave up starts afresh)."""
+    counted towards give-up (a child that gave up starts afresh); its exit is logged and shown as `reason`. Only a
+    restart by hand starts a STOPPED child again (supervisorctl's restart of a stopped process)."""
 
     child_id: ChildId
     reason: ExitReason

@@ -10,9 +10,12 @@ Life of one child, as the supervisor sees it:
     StartChild ──▶ STARTING ──(child reports)──▶ RUNNING ──▶ exit ──▶ policy: Restart ──▶ BACKOFF ──▶ STARTING …
                       │                                        │       Forget  ──▶ removed (directory closed)
                       └─ StopChild / RestartChild ──▶ STOPPING ┘       GiveUp  ──▶ FATAL ──▶ retried: STARTING …
+                                      StopChild: ──▶ STOPPED (kept) ──RestartChild(by_hand)──▶ STARTING …
 
 A FATAL child answers requests through its reject at once; it is retried once the restart-limit window has passed,
-or sooner when a request needs it (its spec's FatalRetry), or when someone starts it again.
+or sooner when a request needs it (its spec's FatalRetry), or when someone starts it again. A STOPPED child stays in
+the tree (supervisorctl's STOPPED row: its last exit, its extra) until it is started again by hand, with its own spec,
+or a StartChild for its id replaces it; at most MAX_STOPPED_ROWS are kept, the oldest go first.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ if TYPE_CHECKING:
 
 # A child asked to stop gets its spec's grace plus this much before the supervisor stops its actor itself.
 STOP_MARGIN_S = 1.0
+# STOPPED rows kept in the tree (a runner that starts and stops services under ever new names stays bounded).
+MAX_STOPPED_ROWS = 100
 
 
 class SupervisorActor(pykka.ThreadingActor):
@@ -88,6 +93,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self._rng = rng or random.Random()
         self._children: dict[ChildId, ChildRecord] = {}  # in start order
         self._order = 0
+        self._stopped_seq = 0
         self._version = 0
         self._dirty = False
         self._shutdown_done: ShutdownDone | None = None
@@ -153,17 +159,20 @@ class SupervisorActor(pykka.ThreadingActor):
         if self._shutdown_done is not None:
             return StartRefused(child_id=spec.child_id, reason="the supervisor is shutting down")
         existing = self._children.get(spec.child_id)
-        if existing is not None and existing.state is not ChildState.FATAL:
+        if existing is not None and existing.state not in (ChildState.FATAL, ChildState.STOPPED):
             return AlreadyStarted(child_id=spec.child_id, state=existing.state)
         if existing is not None:
-            self.log.bind(child=spec.child_id).info("started again after it gave up")
+            self.log.bind(child=spec.child_id).info(
+                "started anew after it {}", "gave up" if existing.state is ChildState.FATAL else "was stopped")
             if existing.restart_timer is not None:
                 existing.restart_timer.cancel()
             del self._children[spec.child_id]
+            self._drop_stopped_bound_to(spec.child_id)  # rows of the old incarnation's helpers
         self._order += 1
         if self._on_child_added is not None:
             self._on_child_added(spec.child_id)
-        # Started again after it gave up: a restart, and the count goes on (it never goes back for the same child).
+        # Started again after it gave up or was stopped: a restart, and the count goes on (it never goes back for
+        # the same child id).
         restarts = existing.tracker.total_restarts + 1 if existing is not None else 0
         child = ChildRecord(spec, self._order, self._rng, restarts=restarts)
         self._children[spec.child_id] = child
@@ -254,8 +263,10 @@ class SupervisorActor(pykka.ThreadingActor):
             if timer is not None:
                 timer.cancel()
         child.ref, child.pid, child.running_since, child.state = None, None, None, ChildState.EXITED
-        if child.stop == "restart" and child.restart_reason is not None:
-            reason = child.restart_reason  # the policy judges the restart by why it was asked for
+        if child.stop in ("restart", "restart_by_hand") and child.restart_reason is not None:
+            # Logged and shown as why it was asked for (an operator's restart, a failed health check), and the
+            # policy judges an automatic restart by it; how the process ended goes with the `exited` record.
+            reason = child.restart_reason
         child.last_exit = reason.describe()
         child.changed()
         self._dirty = True
@@ -264,9 +275,9 @@ class SupervisorActor(pykka.ThreadingActor):
             self._remove(child, "the runner is shutting down")
             self._continue_shutdown()
             return
-        if child.stop == "forget":
+        if child.stop in ("stop", "forget"):
             emit(log, "INFO", Event.STOPPED, "stopped for good", reason="stopped")
-            self._forget(child, "it was stopped")
+            self._stopped(child, keep=child.stop == "stop")
             return
         if child.stop == "restart_by_hand":
             child.tracker.count_restart_by_hand()
@@ -309,7 +320,7 @@ class SupervisorActor(pykka.ThreadingActor):
         if child.spec.on_give_up == "shut_down_runner":
             emit(log, "ERROR", Event.FATAL, "gave up: {}", decision.reason, reason=decision.reason)
             self._directory.close(child.child_id, f"it gave up: {decision.reason}")
-            self._stop_bound_to(child.child_id, "gave up")
+            self._stop_bound_to(child.child_id, "gave up", keep=True)
             self._escalate(f"{child.child_id} gave up: {decision.reason}")
             return
         on_demand = child.spec.fatal_retry.on_demand
@@ -319,7 +330,7 @@ class SupervisorActor(pykka.ThreadingActor):
              "retrying " + " or ".join(when) if when else "not retried", reason=decision.reason)
         self._directory.close(child.child_id, f"it gave up: {decision.reason}",
                               demand=self._demand_hook() if on_demand else None)
-        self._stop_bound_to(child.child_id, "gave up")
+        self._stop_bound_to(child.child_id, "gave up", keep=True)
         if decision.retry_in_s is not None:
             self._schedule_retry(child, decision.retry_in_s,
                                  f"the restart-limit window of {decision.retry_in_s:g}s has passed")
@@ -368,10 +379,19 @@ class SupervisorActor(pykka.ThreadingActor):
         emit(self.log.bind(child=child.child_id), "WARNING", Event.RETRYING, "retrying after it gave up: {}", why,
              reason=why)
         child.tracker.revive()
+        self._respawn(child)
+
+    def _respawn(self, child: ChildRecord) -> None:
+        """The next incarnation of a child that is not running (BACKOFF, FATAL, STOPPED), then the children that
+        were stopped with it (bound to it)."""
         self._directory.register(child.child_id, child.spec.reject)  # reopens it: messages wait for the new start
         error = self._spawn(child)
         if error is not None:
             self._child_ended(child, StartFailed(error=error))
+            return
+        for dependent in [c for c in self._children.values()
+                          if c.state is ChildState.STOPPED and c.stopped_with == child.child_id]:
+            self._start_again(dependent, f"together with {child.child_id}")
 
     def _remove(self, child: ChildRecord, why: str) -> None:
         self._children.pop(child.child_id, None)
@@ -380,11 +400,39 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def _forget(self, child: ChildRecord, why: str) -> None:
         self._remove(child, why)
-        self._stop_bound_to(child.child_id, "ended")
+        self._stop_bound_to(child.child_id, "ended", keep=False)
 
-    def _stop_bound_to(self, child_id: ChildId, what_happened: str) -> None:
+    def _stopped(self, child: ChildRecord, *, keep: bool) -> None:
+        """A child stopped for good: a STOPPED row (its last exit and extra stay), or gone when `keep` is False
+        (the child it was bound to is gone)."""
+        if not keep:
+            self._forget(child, "it was stopped")
+            return
+        child.state, child.stop, child.restart_timer, child.retry_at = ChildState.STOPPED, None, None, None
+        self._stopped_seq += 1
+        child.stopped_seq = self._stopped_seq
+        child.changed()
+        self._dirty = True
+        self._directory.close(child.child_id, "it was stopped")
+        self._stop_bound_to(child.child_id, "was stopped", keep=True)
+        stopped = sorted((c for c in self._children.values() if c.state is ChildState.STOPPED),
+                         key=lambda c: c.stopped_seq)
+        for oldest in stopped[:max(0, len(stopped) - MAX_STOPPED_ROWS)]:
+            debug(self.log.bind(child=oldest.child_id), "STOPPED row dropped: more than {} kept", MAX_STOPPED_ROWS)
+            self._remove(oldest, "it was stopped")
+            self._drop_stopped_bound_to(oldest.child_id)
+
+    def _drop_stopped_bound_to(self, child_id: ChildId) -> None:
+        for dependent in [c for c in self._children.values()
+                          if c.spec.binds_to == child_id and c.state is ChildState.STOPPED]:
+            self._remove(dependent, "it was stopped")
+
+    def _stop_bound_to(self, child_id: ChildId, what_happened: str, *, keep: bool) -> None:
+        """systemd's BindsTo=: the children bound to `child_id` stop with it; they stay as STOPPED rows (`keep`,
+        started again with it) while its own row stays, and go with it when it is gone."""
         for dependent in [c for c in self._children.values() if c.spec.binds_to == child_id]:
-            self._stop_for_good(dependent, f"bound to {child_id}, which {what_happened}")
+            self._stop_for_good(dependent, f"bound to {child_id}, which {what_happened}", keep=keep,
+                                stopped_with=child_id)
 
     def _escalate(self, reason: str) -> None:
         self.log.critical("escalating: {}; the runner shuts down", reason)
@@ -394,27 +442,41 @@ class SupervisorActor(pykka.ThreadingActor):
     # ---- stopping and restarting on request --------------------------------------------------------------------
     def _handle_stop_child(self, message: StopChild) -> None:
         child = self._children.get(message.child_id)
-        if child is None:
-            debug(self.log, "stop of {}: no such child", message.child_id)
+        if child is None or child.state is ChildState.STOPPED:
+            debug(self.log, "stop of {}: no such child, or stopped already", message.child_id)
             return
-        self._stop_for_good(child, message.reason)
+        self._stop_for_good(child, message.reason, keep=message.keep_row)
 
-    def _stop_for_good(self, child: ChildRecord, reason: str) -> None:
+    def _stop_for_good(self, child: ChildRecord, reason: str, *, keep: bool,
+                       stopped_with: ChildId | None = None) -> None:
+        if child.state is ChildState.STOPPED:
+            if not keep:
+                self._forget(child, "it was stopped")
+            return
+        child.stopped_with = stopped_with
         if child.ref is None:  # BACKOFF or FATAL: nothing runs, so there is nothing to wait for
             if child.restart_timer is not None:
                 child.restart_timer.cancel()
             emit(self.log.bind(child=child.child_id), "INFO", Event.STOPPED, "stopped while {}: {}",
                  child.state.value, reason, reason=reason)
-            self._forget(child, "it was stopped")
+            self._stopped(child, keep=keep)
             return
-        child.stop = "forget"
+        stopping = child.state is ChildState.STOPPING
+        child.stop = "stop" if keep else "forget"
+        if stopping:  # a stop (a restart's) is under way already: it now ends in this one
+            self.log.bind(child=child.child_id).info("stop requested ({}) while stopping; it stays stopped", reason)
+            return
         self._request_stop(child, reason)
 
     def _handle_restart_child(self, message: RestartChild) -> None:
         child = self._children.get(message.child_id)
-        if child is None or child.stop == "forget" or self._shutdown_done is not None:
+        if child is None or child.stop in ("stop", "forget") or self._shutdown_done is not None:
             return
         log = self.log.bind(child=child.child_id)
+        if child.state is ChildState.STOPPED:
+            if message.by_hand:  # supervisorctl's restart of a stopped process: a start
+                self._start_again(child, message.reason.describe())
+            return
         if message.by_hand:
             emit(log, "INFO", Event.RESTARTED_BY_HAND, "restart by hand ({}); not counted towards give-up",
                  message.reason.describe(), pid=child.pid, reason=message.reason.describe())
@@ -427,12 +489,18 @@ class SupervisorActor(pykka.ThreadingActor):
             if child.restart_timer is not None:
                 child.restart_timer.cancel()
             child.restart_timer, child.retry_at = None, None
-            if self._spawn(child) is not None:
-                self._child_ended(child, StartFailed(error="the factory failed"))
+            self._respawn(child)
             return
         if child.stop is None:
             child.stop, child.restart_reason = ("restart_by_hand" if message.by_hand else "restart"), message.reason
             self._request_stop(child, message.reason.describe())
+
+    def _start_again(self, child: ChildRecord, why: str) -> None:
+        """A STOPPED child started by hand: its own spec again (same port, same options)."""
+        self.log.bind(child=child.child_id).info("started again after it was stopped ({})", why)
+        # A new restart-limit window and backoff; the restart count goes on (a counter never goes back).
+        child.tracker, child.stopped_with = child.new_tracker(child.tracker.total_restarts + 1), None
+        self._respawn(child)
 
     def _request_stop(self, child: ChildRecord, reason: str) -> None:
         self._request_stops([child], reason)

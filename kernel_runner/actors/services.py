@@ -223,7 +223,8 @@ class ServicesActor(SupervisedActor):
 
     def _handle_shutdown_service(self, message: ShutdownService) -> None:
         for child_id in self._planner.service_child_ids(message.name):
-            self.ctx.supervisor.tell(StopChild(child_id=child_id, reason="shutdown-service"))
+            # The agent asked: the service stays as a STOPPED row, as after `kernel-runner ctl stop`.
+            self.ctx.supervisor.tell(StopChild(child_id=child_id, reason="shutdown-service", keep_row=True))
 
     def _handle_intrinsics_planned(self, message: _IntrinsicsPlanned) -> None:
         for spec in message.specs:

@@ -83,6 +83,10 @@ class Services:
     def child(self, name: str) -> Any:
         return next((c for c in self.handle.which_children() if c.child_id == f"service:{name}"), None)
 
+    def stopped(self, name: str) -> bool:
+        """Stopped for good: its row stays, STOPPED (docs/operations.md §1.3)."""
+        return (child := self.child(name)) is not None and child.state is ChildState.STOPPED
+
     def close(self) -> None:
         self.agent.close()
         self.handle.stop(timeout=5)
@@ -111,7 +115,7 @@ def test_start_running_and_shutdown(make_services: Any, work_dir: Path, log_line
     assert services.start("web") == {"status": "running"}
     pid = info.pid
     services.agent.shutdown_service("web")
-    wait_until(lambda: services.child("web") is None, timeout=5, what="web gone from the tree")
+    wait_until(lambda: services.stopped("web"), timeout=5, what="web stopped")
     assert_gone([pid], timeout=2)
     assert any("port-open" in line and "[service:web]" in line for line in log_lines)
     # Stopped for good: a new start spawns it again.
@@ -198,7 +202,7 @@ def test_service_ignoring_sigterm_is_killed_with_its_grandchildren(make_services
     family = [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
     assert len(family) == 2
     services.agent.shutdown_service("stubborn")
-    wait_until(lambda: services.child("stubborn") is None, timeout=10, what="stubborn gone")
+    wait_until(lambda: services.stopped("stubborn"), timeout=10, what="stubborn stopped")
     assert_gone(family, timeout=3)
 
 
@@ -256,7 +260,7 @@ def test_shutdown_during_a_start_answers_did_not_start_properly(make_services: A
     services.agent.shutdown_service("slow")
     reply = services.agent.expect("service-result", timeout=10).json()
     assert reply == {"status": "failed", "error": f"the process did not start properly: {sys.executable}"}
-    wait_until(lambda: services.child("slow") is None, timeout=10, what="slow gone")
+    wait_until(lambda: services.stopped("slow"), timeout=10, what="slow stopped")
 
 
 def test_an_actor_that_ends_before_its_answer_still_answers_failed(make_services: Any, work_dir: Path) -> None:
@@ -296,7 +300,7 @@ def test_a_normal_life_goes_through_its_phases(make_services: Any, work_dir: Pat
     services = make_services({"web": listener("web", free_port(), cwd=work_dir)})
     assert services.start("web") == {"status": "started"}
     services.agent.shutdown_service("web")
-    wait_until(lambda: services.child("web") is None, timeout=5, what="web gone from the tree")
+    wait_until(lambda: services.stopped("web"), timeout=5, what="web stopped")
     assert phase_edges(log_lines, "web") == [
         "PREPARING -> STARTING", "STARTING -> RUNNING", "RUNNING -> STOPPING", "STOPPING -> ENDED",
     ]
@@ -345,7 +349,7 @@ def test_a_stop_while_preparing_answers_failed_and_ends_when_the_preparer_is_bac
     assert phase_edges(log_lines, "prep") == ["PREPARING -> STOPPING"], "it must wait for the Preparer"
     assert services.child("prep").state is ChildState.STOPPING
     release.set()
-    wait_until(lambda: services.child("prep") is None, timeout=5, what="prep gone")
+    wait_until(lambda: services.stopped("prep"), timeout=5, what="prep stopped")
     assert phase_edges(log_lines, "prep") == ["PREPARING -> STOPPING", "STOPPING -> ENDED"]
     assert not any("[service:prep] spawned" in line for line in log_lines), "nothing is spawned after a stop"
     assert not [r for r in services.agent._stash if r.type == "service-result"], "exactly one reply"
@@ -355,7 +359,7 @@ def test_a_noop_service_goes_straight_to_running(make_services: Any, work_dir: P
     services = make_services({"noop": ServiceRun.fixed(name="noop", argv=(), env={}, cwd=work_dir, port=None)})
     assert services.start("noop") == {"status": "started"}
     services.agent.shutdown_service("noop")
-    wait_until(lambda: services.child("noop") is None, timeout=5, what="noop gone")
+    wait_until(lambda: services.stopped("noop"), timeout=5, what="noop stopped")
     assert phase_edges(log_lines, "noop") == ["PREPARING -> RUNNING", "RUNNING -> STOPPING", "STOPPING -> ENDED"]
 
 

@@ -10,6 +10,7 @@ import attrs
 import pykka
 import pytest
 
+from kernel_runner import supervisor as supervisor_module
 from kernel_runner.actors.base import SupervisedActor
 from kernel_runner.exits import Crashed, NormalExit, ShutdownExit, Unhealthy
 from kernel_runner.ids import ChildId
@@ -223,13 +224,64 @@ def test_messages_for_a_fatal_child_get_its_reject_reply(tree: Harness) -> None:
     tree.recorder.wait_for(lambda m: m == Output(stream="stderr", data=b"rejected ping"), timeout=5, what="reject reply")
 
 
-def test_stop_child_stops_it_for_good(tree: Harness) -> None:
+def test_stop_child_stops_it_for_good_and_forgets_it(tree: Harness) -> None:
     tree.start(tree.spec("a"))
     tree.started("a", 1)
     tree.supervisor.tell(StopChild(child_id=ChildId("a"), reason="test"))
     tree.recorder.wait_for(lambda m: m == ("stopping", "a"), timeout=5)
     wait_until(lambda: "a" not in tree.children(), timeout=5, what="a forgotten")
     assert not any(m == ("started", "a", 2) for m in tree.recorder.messages)
+
+
+def test_stop_child_keeping_its_row_leaves_it_stopped(tree: Harness) -> None:
+    link = tree.link
+    tree.start(attrs.evolve(tree.spec("a"),
+                            reject=lambda msg: link.tell(Output(stream="stderr", data=f"rejected {msg}".encode()))))
+    tree.started("a", 1)
+    tree.supervisor.tell(StopChild(child_id=ChildId("a"), reason="test", keep_row=True))
+    tree.recorder.wait_for(lambda m: m == ("stopping", "a"), timeout=5)
+    info = tree.state_of("a", ChildState.STOPPED)
+    assert (info.pid, info.generation, info.last_exit, info.running_since) == (None, 1, "shutdown", None)
+    assert not any(m == ("started", "a", 2) for m in tree.recorder.messages)
+    tree.tell_child("a", "ping")  # a stopped child takes no messages: its reject answers them
+    tree.recorder.wait_for(lambda m: m == Output(stream="stderr", data=b"rejected ping"), timeout=5, what="reject")
+    tree.supervisor.tell(StopChild(child_id=ChildId("a"), reason="again", keep_row=True))  # stopping it again changes nothing
+    tree.supervisor.tell(RestartChild(child_id=ChildId("a"), reason=Unhealthy(detail="x")))  # not by hand: ignored
+    assert tree.state_of("a", ChildState.STOPPED).generation == 1
+
+
+def test_a_stopped_child_started_by_hand_runs_its_own_spec_again(tree: Harness) -> None:
+    tree.start(tree.spec("a", intensity=IntensityLimit(max_restarts=1, period_s=60)))
+    tree.started("a", 1)
+    tree.tell_child("a", "crash")
+    tree.started("a", 2)
+    tree.supervisor.tell(StopChild(child_id=ChildId("a"), reason="test", keep_row=True))
+    tree.state_of("a", ChildState.STOPPED)
+    tree.supervisor.tell(RestartChild(child_id=ChildId("a"), reason=Crashed(error="by hand"), by_hand=True))
+    tree.started("a", 3)  # the same record: its generations go on
+    info = tree.state_of("a", ChildState.RUNNING)
+    assert (info.restarts, info.pid) == (2, 1003), "a restart, and the count goes on, as after giving up"
+    tree.tell_child("a", "ping")
+    tree.recorder.wait_for(lambda m: m == ("pong", "a", 3), timeout=5, what="messages reach it again")
+
+
+def test_a_start_of_a_stopped_childs_id_replaces_its_row(tree: Harness) -> None:
+    tree.start(tree.spec("a"))
+    tree.started("a", 1)
+    tree.supervisor.tell(StopChild(child_id=ChildId("a"), reason="test", keep_row=True))
+    tree.state_of("a", ChildState.STOPPED)
+    assert tree.start(tree.spec("a")) == Started(child_id=ChildId("a"), generation=1)
+    assert tree.state_of("a", ChildState.RUNNING).generation == 1
+
+
+def test_stopped_rows_are_bounded_oldest_first(tree: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(supervisor_module, "MAX_STOPPED_ROWS", 2)
+    for name in ("a", "b", "c"):
+        tree.start(tree.spec(name))
+        tree.started(name, 1)
+        tree.supervisor.tell(StopChild(child_id=ChildId(name), reason="test", keep_row=True))
+        tree.state_of(name, ChildState.STOPPED)
+    wait_until(lambda: sorted(tree.children()) == ["b", "c"], timeout=5, what="a dropped")
 
 
 def test_a_child_that_ignores_its_stop_has_its_actor_stopped_after_the_grace(tree: Harness, log_lines: list[str]) -> None:
@@ -240,12 +292,31 @@ def test_a_child_that_ignores_its_stop_has_its_actor_stopped_after_the_grace(tre
     assert any("did not stop within" in line and "[stuck]" in line for line in log_lines)
 
 
-def test_binds_to_stops_the_bound_child_when_its_target_is_gone_for_good(tree: Harness) -> None:
+def test_binds_to_stops_the_bound_child_with_its_target_and_starts_it_with_it(tree: Harness) -> None:
     tree.start(tree.spec("server"))
     tree.start(tree.spec("checker", binds_to=ChildId("server")))
     tree.started("server", 1)
     tree.started("checker", 1)
-    tree.supervisor.tell(StopChild(child_id=ChildId("server"), reason="test"))
+    tree.supervisor.tell(StopChild(child_id=ChildId("server"), reason="test", keep_row=True))
+    tree.recorder.wait_for(lambda m: m == ("stopping", "checker"), timeout=5, what="the bound child stopped")
+    wait_until(lambda: [c.state for c in tree.children().values()] == [ChildState.STOPPED] * 2, timeout=5,
+               what="both stopped")
+    tree.supervisor.tell(RestartChild(child_id=ChildId("server"), reason=Crashed(error="by hand"), by_hand=True))
+    tree.started("server", 2)
+    tree.started("checker", 2)
+    # A new start of the server's id replaces its row, and the rows of its helpers go with it.
+    tree.supervisor.tell(StopChild(child_id=ChildId("server"), reason="test", keep_row=True))
+    tree.state_of("checker", ChildState.STOPPED)
+    tree.start(tree.spec("server"))
+    wait_until(lambda: list(tree.children()) == ["server"], timeout=5, what="the checker's row gone")
+
+
+def test_binds_to_forgets_the_bound_child_when_its_target_is_gone(tree: Harness) -> None:
+    tree.start(tree.spec("server", restart="temporary"))
+    tree.start(tree.spec("checker", binds_to=ChildId("server")))
+    tree.started("server", 1)
+    tree.started("checker", 1)
+    tree.tell_child("server", "finish")  # a temporary child is forgotten when it ends: its row goes
     tree.recorder.wait_for(lambda m: m == ("stopping", "checker"), timeout=5, what="the bound child stopped")
     wait_until(lambda: not tree.children(), timeout=5, what="both gone")
 

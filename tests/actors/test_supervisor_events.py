@@ -68,8 +68,8 @@ def test_a_crash_is_starting_running_exited_backoff_starting(tree: Harness, even
 def test_a_stop_by_request_is_one_expected_exit_then_stopped(tree: Harness, events: list[dict[str, Any]]) -> None:
     tree.start(tree.spec("a"))
     tree.started("a", 1)
-    tree.supervisor.tell(StopChild(child_id=ChildId("a"), reason="test"))
-    wait_until(lambda: "a" not in tree.children(), timeout=5, what="a forgotten")
+    tree.supervisor.tell(StopChild(child_id=ChildId("a"), reason="test", keep_row=True))
+    tree.state_of("a", ChildState.STOPPED)
     assert names(events, "a")[-3:] == ["stopping", "exited", "stopped"]
     exited = of(events, "a")[-2]
     assert exited["reason"] == "shutdown" and exited["level"] == "INFO" and "(expected)" in exited["message"]
@@ -85,7 +85,11 @@ def test_restarts_by_hand_do_not_count_towards_give_up(tree: Harness, events: li
         tree.started("a", generation)
     info = tree.state_of("a", ChildState.RUNNING)
     assert info.generation == 4 and info.restarts == 3
+    assert info.last_exit == "restart requested: by hand (test)"
     assert names(events, "a").count("restarted-by-hand") == 3
+    exits = [event for event in of(events, "a") if event["event"] == "exited"]
+    assert [event["reason"] for event in exits] == ["restart-requested"] * 3, "the operator's restart, not a shutdown"
+    assert "restart requested: by hand (test)" in exits[0]["message"] and exits[0]["level"] == "INFO"
     assert "backoff" not in names(events, "a") and "fatal" not in names(events, "a")
     # The restart-limit window is untouched: the first crash is still restarted, the second gives up.
     tree.tell_child("a", "crash")

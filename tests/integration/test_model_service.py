@@ -294,8 +294,10 @@ def test_shutdown_service_stops_server_and_checker(models: Any) -> None:
     assert runner.next_health() == {"model_name": "bye", "is_healthy": True}
     pid = runner.pid_of(f"service:bye-{port}")
     runner.agent.shutdown_service(f"bye-{port}")
-    wait_until(lambda: not any(":bye-" in c.child_id for c in runner.handle.which_children()), timeout=30,
-               what="server and checker gone")
+    # The agent asked: both rows stay, STOPPED (docs/operations.md §1.3).
+    wait_until(lambda: sorted((c.child_id, c.state) for c in runner.handle.which_children() if ":bye-" in c.child_id)
+               == [(f"health:bye-{port}", ChildState.STOPPED), (f"service:bye-{port}", ChildState.STOPPED)],
+               timeout=30, what="server and checker stopped")
     assert_gone([pid], timeout=30)
     # Stopping on purpose is not a health transition: the checker stops before the server it watches.
     with pytest.raises(ReplyTimeout):

@@ -13,6 +13,7 @@ import pytest
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
 from kernel_runner.client import AgentClient
+from kernel_runner.supervision import ChildState
 from tests.conftest import CHILDREN
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until
@@ -114,9 +115,13 @@ def test_shutdown_service_then_start_again(services_runner: tuple[RunnerHandle, 
     port = free_port()
     assert agent.start_service(info("web", port)) == {"status": "started"}
     agent.shutdown_service("web")
-    wait_until(lambda: not any(c.child_id == "service:web" for c in handle.which_children()), timeout=5,
-               what="web stopped")
+    wait_until(lambda: any(c.child_id == "service:web" and c.state is ChildState.STOPPED
+                           for c in handle.which_children()), timeout=5, what="web stopped")
+    rows = {c["id"]: c for c in agent.status()["kernel_runner"]["children"]}
+    assert (rows["service:web"]["state"], rows["service:web"]["extra"]["port"]) == ("STOPPED", port)
     assert agent.start_service(info("web", port)) == {"status": "started"}
+    assert [(c.state, c.generation) for c in handle.which_children() if c.child_id == "service:web"] == [
+        (ChildState.RUNNING, 1)], "a new start replaces the STOPPED row"
 
 
 def test_status_shows_service_state_pid_and_restarts(services_runner: tuple[RunnerHandle, AgentClient]) -> None:
