@@ -355,7 +355,9 @@ class LangRunnerActor(SupervisedActor):
             return
         job.interrupted = True
         pid = job.step.handle.pid
-        self.log.info("stopping ({}): SIGTERM to group {}, grace {:.1f}s", message.reason, pid, message.grace_s)
+        # The supervisor's `stopping` event says that it stops and why (logged once); this line says how.
+        self.log.info("the {} job: SIGTERM to group {}; SIGKILL to its tree after {:.1f}s", job.kind, pid,
+                      message.grace_s)
         self._life.to(Phase.STOPPING, message.reason)  # STARTING / RUNNING_JOB -> STOPPING
         stop_process(job.step.handle, term_then_kill(message.grace_s), log=self.log, what=f"the {job.kind} job")
 

@@ -515,7 +515,8 @@ class ServiceActor(SupervisedActor):
         if self._handle is None:
             self._conclude(ShutdownExit(), "nothing was spawned")  # STOPPING -> ENDED
             return
-        self.log.info("stopping ({}): SIGTERM to group {}, grace {:.1f}s", message.reason, self._handle.pid, message.grace_s)
+        # The supervisor's `stopping` event says that it stops and why (logged once); this line says how.
+        self.log.info("SIGTERM to group {}; SIGKILL to its tree after {:.1f}s", self._handle.pid, message.grace_s)
         stop_process(self._handle, term_then_kill(message.grace_s), log=self.log, what=f"service {self.run.name}")
 
     # ---- replies ------------------------------------------------------------------------------------

@@ -355,7 +355,8 @@ class TerminalActor(SupervisedActor):
             self._end_life(ShutdownExit(), "no shell left to stop")  # STOPPING -> ENDED
             return
         self._stop_snapshot = shell.handle.descendants()
-        self.log.info("stopping ({}): SIGHUP to the shell's process group", message.reason)
+        # The supervisor's `stopping` event says that it stops and why (logged once); this line says how.
+        self.log.info("SIGHUP to the shell's process group")
         # A hangup first, as a closing terminal would (SIGCONT wakes a stopped job so it sees it), then TERM, then KILL.
         steps = (StopStep((signal.SIGHUP, signal.SIGCONT), message.grace_s / 2),
                  StopStep((signal.SIGTERM,), message.grace_s / 2))
