@@ -11,7 +11,7 @@ import json
 import shlex
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,14 @@ from kernel_runner.control.protocol import (
 )
 from kernel_runner.subcommands import parser_with_commands
 
-EXIT_FAILED = 1  # the runner refused or could not do the command; `ready`: not ready (or no runner at all)
+# docs/operations.md §1.4
+EXIT_FAILED = 1  # the runner refused or could not do it; `ready`: not ready (or no runner at all); `status`: no
+#                  such child; `reload`: a definition is invalid
 EXIT_USAGE = 2  # argparse's own code for usage errors
 EXIT_NO_RUNNER = 3  # nothing answers on the socket, no reply in time, or the connection broke
+EXIT_NOT_RUNNING = 4  # `status`: a child shown is not running (supervisorctl says 3, which means no runner here)
+# supervisorctl's running states count as running for `status`'s exit code: the tree is trying.
+NOT_RUNNING_STATES = frozenset({"STOPPING", "EXITED", "STOPPED", "FATAL"})
 DEFAULT_TIMEOUT_S = 15.0
 READ_MARGIN_S = 5.0  # the runner waits up to --timeout for an outcome; the reply may take this much longer
 
@@ -37,8 +42,9 @@ separate from the agent's: using it never takes messages meant for the agent."""
 
 EPILOG = """\
 Options go before or after the command. Exit codes: 0 done (`start` of a running child too: "already started");
-1 the command failed, or `ready`: not ready (also when no runner answers, so it suits a Docker HEALTHCHECK);
-2 usage error; 3 no runner answering on the socket, or no reply within --timeout."""
+1 the command failed (`status`: no such child; `reload`: an invalid definition), or `ready`: not ready (also when
+no runner answers, so it suits a Docker HEALTHCHECK); 2 usage error; 3 no runner answering on the socket, or no
+reply within --timeout; 4 `status`: a child shown is not running (STOPPING, EXITED, STOPPED, FATAL)."""
 
 
 def _add_common_options(parser: argparse.ArgumentParser, *, with_defaults: bool) -> None:
@@ -93,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser, command = parser_with_commands(prog="kernel-runner ctl", description=DESCRIPTION, epilog=EPILOG,
                                            add_options=_add_common_options)
 
-    command("status", "the supervision tree: state, pid, uptime, restarts of every child")
+    command("status", "the supervision tree: state, pid, uptime, restarts of every child (or of those named)") \
+        .add_argument("children", nargs="*", metavar="CHILD")
     p = command("start", "start a child that gave up or waits to restart; `service:NAME` starts a defined service")
     p.add_argument("child", metavar="CHILD")
     p.add_argument("--port", type=_port, default=None, help="service:NAME only: the port to give the service")
@@ -136,6 +143,8 @@ def _error(line: str) -> None:
 
 def _run(client: ControlClient, args: argparse.Namespace) -> int:
     request: dict[str, Any] = {}
+    if args.command == "status" and args.children:
+        request["children"] = args.children
     if args.command in ("start", "stop", "restart", "signal", "tail"):
         request["child"] = args.child
     if args.command in ("start", "stop", "restart", "reload"):
@@ -157,10 +166,38 @@ def _run(client: ControlClient, args: argparse.Namespace) -> int:
     if args.command == "tail" and args.follow:
         return _follow(client, reply, json_lines=args.json)
     if not args.json:
-        print(render(args.command, reply))
-    if args.command == "ready" and not reply.get("ready"):
-        return EXIT_FAILED
-    return 0
+        text = render(args.command, reply)
+        if text:  # `tail -n 0` prints nothing, not an empty line
+            print(text)
+    return _exit_code(args.command, reply, quiet=args.json)
+
+
+def _exit_code(command: str, reply: dict[str, Any], *, quiet: bool) -> int:
+    """0, or what went wrong in a reply that was answered (docs/operations.md §1.4); the reasons go to stderr."""
+    complaints: list[str] = []
+    code = 0
+    match command:
+        case "ready" if not reply.get("ready"):
+            code = EXIT_FAILED
+        case "status" if reply.get("unknown"):
+            complaints = [f"no child {name} (`kernel-runner ctl status` lists them)" for name in reply["unknown"]]
+            code = EXIT_FAILED
+        case "status" if any(row["state"] in NOT_RUNNING_STATES for row in _rows(reply["children"])):
+            code = EXIT_NOT_RUNNING
+        case "reload" if reply.get("invalid"):
+            complaints = [f"invalid service definition: {problem}" for problem in reply.get("problems") or []] or [
+                f"invalid service definition: {name}" for name in reply["invalid"]]
+            code = EXIT_FAILED
+    if not quiet:
+        for line in complaints:
+            _error(line)
+    return code
+
+
+def _rows(rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for row in rows:
+        yield row
+        yield from _rows(row.get("children", []))
 
 
 def _follow(client: ControlClient, first: dict[str, Any], *, json_lines: bool) -> int:
@@ -197,8 +234,10 @@ def render(command: str, reply: dict[str, Any]) -> str:
         case "ready":
             return "ready" if reply["ready"] else "not ready: " + "; ".join(reply.get("not_ready", []))
         case "reload":
+            invalid = reply["invalid"]
             return (f"reloaded: {reply['loaded']} loaded; added {_names(reply['added'])}, changed "
-                    f"{_names(reply['changed'])}, removed {_names(reply['removed'])}, {len(reply['invalid'])} invalid"
+                    f"{_names(reply['changed'])}, removed {_names(reply['removed'])}, {len(invalid)} invalid"
+                    + (f" {_names(invalid)}" if invalid else "")
                     + (f" (kept the previous {_names(reply['kept'])})" if reply.get("kept") else ""))
         case "version":
             from kernel_runner import __version__
@@ -216,6 +255,8 @@ def _outcome_line(reply: dict[str, Any]) -> str:
     action = reply["action"]
     if action == "already-started":
         return f"{reply['child']}: already started ({reply.get('state', 'RUNNING')})"
+    if action == "already-stopped":
+        return f"{reply['child']}: already stopped"
     details = [f"generation {reply['generation']}"] if reply.get("generation") is not None else []
     if action != "stopped" and reply.get("pid") is not None:
         details.append(f"pid {reply['pid']}")

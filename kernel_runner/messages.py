@@ -593,6 +593,8 @@ class ServiceDefinitionsReloaded:
     # Files that did not load; those whose name had a good definition before keep that one (`kept`).
     invalid: tuple[str, ...]
     kept: tuple[str, ...]
+    # What is wrong with each invalid file: one line per problem, naming the file and the field at fault.
+    problems: tuple[str, ...] = ()
 
 
 @frozen_value

@@ -158,6 +158,7 @@ class ServiceDirectory:
             removed=tuple(sorted(name for name in old_files if name not in files)),
             invalid=tuple(new.broken),
             kept=tuple(kept),
+            problems=tuple(problem for value in new.broken.values() for problem in value.problems),
         )
 
     def service_child_ids(self, name: str) -> Sequence[ChildId]:

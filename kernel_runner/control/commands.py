@@ -154,16 +154,22 @@ class ControlCommands:
         return f"it is gone{'; last log line: ' + last[0] if last else ''}"
 
     # ---- commands ---------------------------------------------------------------------------------------------------
-    def _status(self, _args: dict[str, Any]) -> Reply:
+    def _status(self, args: dict[str, Any]) -> Reply:
+        names = _names_arg(args)
         snapshot = self._snapshot()
         now, wall_now = self._clock.monotonic(), time.time()
         rows = {child.child_id: _child_row(child, now, wall_now) for child in snapshot.children}
         top: list[dict[str, Any]] = []
-        for child in snapshot.children:
-            parent = child.binds_to
-            home = rows[parent]["children"] if parent is not None and parent in rows and parent != child.child_id \
-                else top
-            home.append(rows[child.child_id])
+        unknown: list[str] = []
+        if names:  # supervisorctl's `status NAME...`: just those rows, in the order asked, none nested
+            top = [rows[name] for name in names if name in rows]
+            unknown = [name for name in names if name not in rows]
+        else:
+            for child in snapshot.children:
+                parent = child.binds_to
+                home = rows[parent]["children"] if parent is not None and parent in rows and \
+                    parent != child.child_id else top
+                home.append(rows[child.child_id])
         why = self._not_ready_because()
         config = self._handle.config
         runner = {"lang": config.lang, "pid": os.getpid(), "version": kernel_runner.__version__, "ready": not why,
@@ -171,7 +177,7 @@ class ControlCommands:
                   "control_socket": str(self._socket_path),
                   # As it was started: `ps` shows the process title instead (docs/protocol.md §9.3).
                   "command": list(sys.orig_argv)}
-        return {"ok": True, "runner": runner, "children": top}
+        return {"ok": True, "runner": runner, "children": top, "unknown": unknown}
 
     def _ready(self, _args: dict[str, Any]) -> Reply:
         why = self._not_ready_because()
@@ -183,19 +189,26 @@ class ControlCommands:
 
     def _restart(self, args: dict[str, Any]) -> Reply:
         child = self._existing(_child_arg(args))
-        return self._restart_by_hand(child, _wait_arg(args), action="restarted")
+        # supervisorctl's restart of a stopped process starts it.
+        action = "started" if child.state is ChildState.STOPPED else "restarted"
+        return self._restart_by_hand(child, _wait_arg(args), action=action)
 
     def _start(self, args: dict[str, Any]) -> Reply:
         child_id = _child_arg(args)
+        port = _port_arg(args)
         child = self._snapshot().get(child_id)
-        if child is None:
-            if child_id.startswith("service:"):
-                return self._start_service(child_id, args)
-            raise RequestError(f"no child {child_id} (`kernel-runner ctl status` lists them; `service:NAME` starts "
-                               "a service from its definition)")
-        if child.state in UP_STATES:
+        if child is not None and child.state in UP_STATES:
             return {"ok": True, "child": child_id, "action": "already-started", "state": child.state.value,
                     "generation": child.generation, "pid": child.pid}
+        # A STOPPED row starts again as it was (its port, its options), unless another port is asked for: then, as
+        # a service that is not in the tree, from its definition.
+        new_port = child is not None and child.state is ChildState.STOPPED and port is not None and \
+            child.extra.get("port") != port
+        if child is None or new_port:
+            if child_id.startswith("service:"):
+                return self._start_service(child_id, port, _wait_arg(args))
+            raise RequestError(f"no child {child_id} (`kernel-runner ctl status` lists them; `service:NAME` starts "
+                               "a service from its definition)")
         return self._restart_by_hand(child, _wait_arg(args), action="started")
 
     def _restart_by_hand(self, child: ChildInfo, wait_s: float, *, action: str) -> Reply:
@@ -216,14 +229,13 @@ class ControlCommands:
         return {"ok": True, "child": child.child_id, "action": action, "state": back.state.value,
                 "generation": back.generation, "pid": back.pid}
 
-    def _start_service(self, child_id: ChildId, args: dict[str, Any]) -> Reply:
+    def _start_service(self, child_id: ChildId, port: int | None, wait_s: float) -> Reply:
         """A service from its definition, through the service manager (as `start-service` would, but the answers
         come back here instead of going to the agent)."""
         name = child_id.removeprefix("service:")
-        port = args.get("port")
-        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port <= 65535):
-            raise RequestError(f"port must be a port number 1-65535, got {port!r}")
-        wait_s = _wait_arg(args)
+        if port is None:  # every definition's command may name {ports[0]}: without one its start would fail later
+            raise RequestError(f"{child_id} is not in the tree, so there is no port of its last run to reuse: give "
+                               f"it one (`kernel-runner ctl start {child_id} --port N`)")
         deadline = time.monotonic() + wait_s
         answered = threading.Event()
         answers: list[ServiceResult] = []
@@ -232,7 +244,7 @@ class ControlCommands:
             answers.append(result)
             answered.set()
 
-        info = ServiceInfo(name=name, port=port, ports=(port,) if port is not None else ())
+        info = ServiceInfo(name=name, port=port, ports=(port,))
         logger.bind(child=child_id).info("start requested {}", BY_HAND)
         self._handle.tell_child(SERVICES_CHILD, StartService(info=info, reply=reply))
         if not answered.wait(wait_s):
@@ -264,8 +276,15 @@ class ControlCommands:
                                f"(`kernel-runner ctl restart {child_id}` restarts it)")
         child = self._existing(child_id)
         wait_s = _wait_arg(args)
-        self._tell_supervisor(StopChild(child_id=child_id, reason=f"stopped {BY_HAND}"))
-        if self._wait_for(lambda snapshot: True if snapshot.get(child_id) is None else None, wait_s) is None:
+        if child.state is ChildState.STOPPED:
+            return {"ok": True, "child": child_id, "action": "already-stopped", "generation": child.generation}
+        self._tell_supervisor(StopChild(child_id=child_id, reason=f"stopped {BY_HAND}", keep_row=True))
+
+        def stopped(snapshot: TreeSnapshot) -> bool | None:
+            now = snapshot.get(child_id)
+            return True if now is None or now.state is ChildState.STOPPED else None
+
+        if self._wait_for(stopped, wait_s) is None:
             raise RequestError(f"{child_id} has not stopped within {wait_s:g} s: {self._describe(child_id)}")
         return {"ok": True, "child": child_id, "action": "stopped", "generation": child.generation}
 
@@ -306,7 +325,8 @@ class ControlCommands:
             raise RequestError(f"the service manager did not report a reload within {wait_s:g} s (start-up not done, "
                                "or this runner's services do not come from a service-defs folder)")
         return {"ok": True, "loaded": summary.loaded, "added": summary.added, "changed": summary.changed,
-                "removed": summary.removed, "invalid": summary.invalid, "kept": summary.kept}
+                "removed": summary.removed, "invalid": summary.invalid, "kept": summary.kept,
+                "problems": summary.problems}
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------------------
@@ -328,6 +348,20 @@ def _child_arg(args: dict[str, Any]) -> ChildId:
     if not isinstance(child, str) or not child:
         raise RequestError('"child" must be a child id (`kernel-runner ctl status` lists them)')
     return ChildId(child)
+
+
+def _port_arg(args: dict[str, Any]) -> int | None:
+    port = args.get("port")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port <= 65535):
+        raise RequestError(f"port must be a port number 1-65535, got {port!r}")
+    return port
+
+
+def _names_arg(args: dict[str, Any]) -> list[ChildId]:
+    names = args.get("children", [])
+    if not isinstance(names, list) or not all(isinstance(name, str) and name for name in names):
+        raise RequestError('"children" must be a list of child ids (`kernel-runner ctl status` lists them)')
+    return [ChildId(name) for name in names]
 
 
 def _wait_arg(args: dict[str, Any]) -> float:

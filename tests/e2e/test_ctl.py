@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,8 @@ pytestmark = pytest.mark.timeout(120)
 
 CTL = (sys.executable, "-m", "kernel_runner", "ctl")
 WEB = {"command": [sys.executable, str(CHILDREN / "listener.py"), "{ports[0]}"]}
+# Gives up (FATAL) the first time it exits, a second and a half after its port opened.
+DOOMED = {"command": [*WEB["command"], "--exit-after", "1.5"], "restart": {"max_restarts": 0}}
 # What `ctl` must never import: a health check starts a fresh process each time (docs/architecture.md §2.1).
 HEAVY = ("pykka", "zmq", "jupyter_client", "loguru", "kernel_runner.actors", "kernel_runner.runtime",
          "kernel_runner.supervisor", "kernel_runner.cli", "kernel_runner.control.server",
@@ -48,13 +51,20 @@ def sock() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def table_rows(stdout: str) -> list[list[str]]:
+    """`ctl status`'s rows after its header lines, each as its first two cells (child, state)."""
+    lines = stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("CHILD ")) + 1
+    return [line.split()[:2] for line in lines[first:]]
+
+
 def wait_ready(path: Path, env: dict[str, str] | None = None) -> None:
     args = () if env is not None else ("--socket", str(path))
     wait_until(lambda: ctl(*args, "ready", env=env).returncode == 0, timeout=60, what="`ctl ready` answering 0")
 
 
 def started_runner(runner_processes: RunnerProcesses, sock: Path) -> RunnerProcess:
-    runner = runner_processes.start("app", "--control-socket", str(sock), service_defs={"web": WEB})
+    runner = runner_processes.start("app", "--control-socket", str(sock), service_defs={"web": WEB, "doomed": DOOMED})
     wait_ready(sock)
     return runner
 
@@ -122,11 +132,13 @@ def test_every_command_through_the_command_line(runner_processes: RunnerProcesse
     assert refused.returncode == 1 and refused.stdout == ""
     assert refused.stderr.startswith("kernel-runner ctl: stop failed: lang is one of the runner's own children")
     wait_until(lambda: ctl(*at, "stop", "service:web").returncode == 0, timeout=30, what="service:web stopped")
-    assert "service:web" not in ctl(*at, "status").stdout
+    stopped = ctl(*at, "status")
+    assert stopped.returncode == 4  # a child shown is not running
+    assert table_rows(stopped.stdout)[-1] == ["service:web", "STOPPED"]
 
     reload = ctl(*at, "reload")
     assert (reload.returncode, reload.stdout) == (
-        0, "reloaded: 1 loaded; added [], changed [], removed [], 0 invalid\n")
+        0, "reloaded: 2 loaded; added [], changed [], removed [], 0 invalid\n")
     unknown = ctl(*at, "restart", "nope")
     assert unknown.returncode == 1 and "no child nope" in unknown.stderr
     usage = ctl(*at, "launch")
@@ -199,3 +211,56 @@ def test_a_health_check_loads_no_actor_code(runner_processes: RunnerProcesses, s
     assert "kernel_runner.ctl_cli" in loaded  # the list is the real one
     heavy = sorted(name for name in loaded if name.startswith(HEAVY))
     assert heavy == [], heavy
+
+
+def test_status_of_named_children_and_its_exit_codes(runner_processes: RunnerProcesses, sock: Path) -> None:
+    started_runner(runner_processes, sock)
+    at = ("--socket", str(sock))
+    assert ctl(*at, "status").returncode == 0
+    named = ctl(*at, "status", "services", "lang")
+    assert named.returncode == 0, named.stderr
+    assert table_rows(named.stdout) == [["services", "RUNNING"], ["lang", "RUNNING"]]
+    unknown = ctl(*at, "status", "lang", "nope")
+    assert unknown.returncode == 1
+    assert unknown.stderr == "kernel-runner ctl: no child nope (`kernel-runner ctl status` lists them)\n"
+    assert ctl(*at, "start", "service:doomed", "--port", str(free_port())).returncode == 0
+    wait_until(lambda: ctl(*at, "status", "service:doomed").returncode == 4, timeout=30, what="doomed FATAL")
+    assert "FATAL" in ctl(*at, "status", "service:doomed").stdout
+    assert ctl(*at, "status").returncode == 4  # supervisorctl's "not running", as 4 (3 is: no runner)
+    assert ctl("--json", *at, "status").returncode == 4
+    assert ctl(*at, "status", "lang").returncode == 0
+
+
+def test_a_stopped_service_starts_again_on_its_port(runner_processes: RunnerProcesses, sock: Path) -> None:
+    started_runner(runner_processes, sock)
+    at = ("--socket", str(sock))
+    no_port = ctl(*at, "start", "service:web")
+    assert no_port.returncode == 1 and "give it one (`kernel-runner ctl start service:web --port N`)" in no_port.stderr
+    port = free_port()
+    assert ctl(*at, "start", "service:web", "--port", str(port)).returncode == 0
+    stopped = ctl(*at, "stop", "service:web")
+    assert (stopped.returncode, stopped.stdout) == (0, "service:web: stopped (generation 1)\n")
+    assert ctl(*at, "stop", "service:web").stdout == "service:web: already stopped\n"
+    row = next(line for line in ctl(*at, "status").stdout.splitlines() if line.startswith("service:web"))
+    assert row.split()[:2] == ["service:web", "STOPPED"] and f"port={port}" in row
+    again = ctl(*at, "start", "service:web")
+    assert again.returncode == 0, again.stderr
+    assert re.fullmatch(r"service:web: started \(generation 2, pid \d+\)\n", again.stdout)
+    with socket.create_connection(("127.0.0.1", port), timeout=10):
+        pass
+
+
+def test_reload_names_each_invalid_definition_and_fails(runner_processes: RunnerProcesses, sock: Path) -> None:
+    runner = started_runner(runner_processes, sock)
+    (runner.defs_dir / "broken.json").write_text(json.dumps({"command": 5}))
+    reload = ctl("--socket", str(sock), "reload")
+    assert reload.returncode == 1
+    assert reload.stdout == "reloaded: 2 loaded; added [], changed [], removed [], 1 invalid [broken]\n"
+    assert reload.stderr == (f"kernel-runner ctl: invalid service definition: {runner.defs_dir / 'broken.json'}: "
+                             "expected a list, got a number @ $.command\n")
+
+
+def test_tail_of_no_lines_prints_nothing(runner_processes: RunnerProcesses, sock: Path) -> None:
+    started_runner(runner_processes, sock)
+    tail = ctl("--socket", str(sock), "tail", "-n", "0", "lang")
+    assert (tail.returncode, tail.stdout, tail.stderr) == (0, "", "")

@@ -131,6 +131,14 @@ def test_a_health_checker_is_nested_under_its_server(ctl_runner: tuple[RunnerHan
     assert f"health:m-{port}" not in rows
     assert [nested["id"] for nested in server["children"]] == [f"health:m-{port}"]
     assert server["children"][0]["state"] == "RUNNING"
+    # Stopped by hand, the checker stops with its server and stays nested under it; started again, with it.
+    ok(handle, "stop", child=f"service:m-{port}", timeout=20)
+    server = next(row for row in ok(handle, "status")["children"] if row["id"] == f"service:m-{port}")
+    assert [(row["id"], row["state"]) for row in (server, *server["children"])] == [
+        (f"service:m-{port}", "STOPPED"), (f"health:m-{port}", "STOPPED")]
+    assert ok(handle, "start", child=f"service:m-{port}", timeout=20)["generation"] == 2
+    wait_until(lambda: (checker := child(handle, f"health:m-{port}")).state is ChildState.RUNNING
+               and checker.extra.get("health") == "healthy", timeout=30, what="the checker back, and healthy")
 
 
 def test_restart_by_hand_runs_a_new_generation(ctl_runner: tuple[RunnerHandle, AgentClient]) -> None:
@@ -157,8 +165,16 @@ def test_start_a_defined_service_answers_here_and_not_to_the_agent(
         agent.recv(timeout=0.5)  # the agent never hears of an operator's start
     again = ok(handle, "start", child="service:web")
     assert (again["action"], again["generation"]) == ("already-started", 1)
-    assert "unsupported service" in error(handle, "start", child="service:nope")
+    assert "unsupported service" in error(handle, "start", child="service:nope", port=free_port())
     assert error(handle, "start", child="nope").startswith("no child nope")
+
+
+def test_start_of_a_service_that_never_ran_needs_a_port(ctl_runner: tuple[RunnerHandle, AgentClient]) -> None:
+    handle, _ = ctl_runner
+    assert error(handle, "start", child="service:web") == (
+        "service:web is not in the tree, so there is no port of its last run to reuse: give it one "
+        "(`kernel-runner ctl start service:web --port N`)")
+    assert child(handle, "service:web") is None, "nothing was started"
 
 
 def test_start_a_child_waiting_to_restart_starts_it_now(ctl_runner: tuple[RunnerHandle, AgentClient]) -> None:
@@ -187,9 +203,69 @@ def test_stop_ends_a_service_for_good_and_refuses_the_core_children(
         assert "is not stopped by hand" in error(handle, "stop", child=core)
         assert child(handle, core).state is ChildState.RUNNING
     assert ok(handle, "stop", child="service:web", timeout=20)["action"] == "stopped"
-    assert child(handle, "service:web") is None
+    assert child(handle, "service:web").state is ChildState.STOPPED
     wait_until(lambda: not alive(web["pid"]), timeout=10, what="the service's process gone")
-    assert error(handle, "stop", child="service:web").startswith("no child service:web")
+    assert ok(handle, "stop", child="service:web")["action"] == "already-stopped"
+    assert error(handle, "stop", child="nope").startswith("no child nope")
+
+
+def test_a_stopped_service_keeps_its_row_and_starts_again_on_its_port(
+    ctl_runner: tuple[RunnerHandle, AgentClient],
+) -> None:
+    handle, agent = ctl_runner
+    web = start_web(handle)
+    port = child(handle, "service:web").extra["port"]
+    ok(handle, "stop", child="service:web", timeout=20)
+    row = next(row for row in ok(handle, "status")["children"] if row["id"] == "service:web")
+    assert (row["state"], row["pid"], row["uptime_s"], row["since"], row["generation"]) == ("STOPPED", None, None,
+                                                                                          None, 1)
+    assert row["last_exit"].startswith("shutdown") and row["extra"]["port"] == port
+    # The agent's status shows the row too, in its usual shape (docs/protocol.md §9.1).
+    agents_row = next(row for row in agent.status()["kernel_runner"]["children"] if row["id"] == "service:web")
+    assert (agents_row["state"], agents_row["extra"]["port"]) == ("STOPPED", port)
+    again = ok(handle, "start", child="service:web", timeout=20)
+    assert (again["action"], again["state"], again["generation"]) == ("started", "RUNNING", 2)
+    assert again["pid"] != web["pid"] and child(handle, "service:web").extra["port"] == port
+    with socket.create_connection(("127.0.0.1", port), timeout=10):
+        pass  # the listener is back on the port of its last run
+    # Another port starts it from its definition on that port, as a new service (generation 1).
+    other = free_port()
+    ok(handle, "stop", child="service:web", timeout=20)
+    moved = ok(handle, "start", child="service:web", port=other, timeout=20)
+    assert (moved["action"], moved["generation"]) == ("started", 1)
+    assert child(handle, "service:web").extra["port"] == other
+    # `restart` of a stopped service starts it, as supervisorctl's does.
+    ok(handle, "stop", child="service:web", timeout=20)
+    assert ok(handle, "restart", child="service:web", timeout=20)["action"] == "started"
+
+
+def test_a_stop_is_logged_stopping_once(ctl_runner: tuple[RunnerHandle, AgentClient]) -> None:
+    handle, _ = ctl_runner
+    start_web(handle)
+    ok(handle, "stop", child="service:web", timeout=20)
+    messages = [line.split(maxsplit=3)[3] for line in handle.log_book.tail("service:web", 100)]
+    assert [message for message in messages if message.startswith("stopping")] == [
+        "stopping: stopped by hand (kernel-runner ctl)"]
+    assert any(message.startswith("SIGTERM to group") for message in messages), "how it stops is still said"
+
+
+def test_the_exit_after_a_restart_by_hand_says_so(ctl_runner: tuple[RunnerHandle, AgentClient]) -> None:
+    handle, _ = ctl_runner
+    start_web(handle)
+    ok(handle, "restart", child="service:web", timeout=20)
+    row = next(row for row in ok(handle, "status")["children"] if row["id"] == "service:web")
+    assert row["last_exit"] == "restart requested: by hand (kernel-runner ctl)"
+    exits = [line for line in handle.log_book.tail("service:web", 100) if " exited: " in line]
+    assert len(exits) == 1 and "exited: restart requested: by hand (kernel-runner ctl)" in exits[0]
+
+
+def test_status_of_named_children(ctl_runner: tuple[RunnerHandle, AgentClient]) -> None:
+    handle, _ = ctl_runner
+    reply = ok(handle, "status", children=["services", "nope", "lang"])
+    assert [row["id"] for row in reply["children"]] == ["services", "lang"]
+    assert reply["unknown"] == ["nope"]
+    assert ok(handle, "status")["unknown"] == []
+    assert '"children" must be a list' in error(handle, "status", children="lang")
 
 
 def test_signal_goes_to_the_childs_process(ctl_runner: tuple[RunnerHandle, AgentClient]) -> None:
@@ -249,7 +325,17 @@ def test_reload_rereads_the_definitions(ctl_runner: tuple[RunnerHandle, AgentCli
     write_defs(handle.config.service_defs_dir, {"extra": {"command": LISTENER}})
     reply = ok(handle, "reload", timeout=20)
     assert (reply["loaded"], reply["added"], reply["removed"], reply["invalid"]) == (len(DEFINITIONS) + 1, ["extra"], [], [])
+    assert reply["problems"] == []
     assert start_web(handle, "extra")["state"] == "RUNNING"
+
+
+def test_reload_names_each_invalid_definition_and_its_field(ctl_runner: tuple[RunnerHandle, AgentClient]) -> None:
+    handle, _ = ctl_runner
+    write_defs(handle.config.service_defs_dir, {"broken": {"command": 5}})
+    reply = ok(handle, "reload", timeout=20)
+    assert reply["invalid"] == ["broken"]
+    [problem] = reply["problems"]
+    assert "broken.json" in problem and "$.command" in problem and "expected a list" in problem
 
 
 def test_version(ctl_runner: tuple[RunnerHandle, AgentClient]) -> None:
