@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--user-input-socket", type=Path, default=Path("/tmp/bai-user-input.sock"))
     parser.add_argument("--control-socket", type=Path, default=None,
                         help="the control socket for `kernel-runner ctl` (default: $KERNEL_RUNNER_CONTROL_SOCKET, else "
-                             "$XDG_RUNTIME_DIR/kernel-runner/control.sock or /tmp/kernel-runner-<uid>/control.sock)")
+                             "$XDG_RUNTIME_DIR/kernel-runner/control.sock or /tmp/kernel-runner-<uid>/control.sock, "
+                             "or control-<pid>.sock beside it when another runner answers there)")
     parser.add_argument("--no-intrinsic-services", action="store_true", help="do not start sshd/ttyd at start-up")
     parser.add_argument("--shutdown-deadline", type=float, default=15.0, help="seconds for the orderly stop")
     parser.add_argument("--service-launch-timeout", type=float, default=None,

@@ -8,33 +8,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kernel_runner.control.client import ControlClient, ControlError, NoRunner
+from kernel_runner.control.client import ControlClient, ControlError, FoundRunner, NoRunner, runners_answering
 from kernel_runner.control.protocol import (
     DEFAULT_TAIL_LINES,
     MAX_WAIT_S,
     SOCKET_ENV,
-    configured_socket_path,
+    default_socket_path,
     format_duration,
+    runner_sockets,
 )
 from kernel_runner.subcommands import parser_with_commands
 
 # docs/operations.md §1.4
 EXIT_FAILED = 1  # the runner refused or could not do it; `ready`: not ready (or no runner at all); `status`: no
 #                  such child; `reload`: a definition is invalid
-EXIT_USAGE = 2  # argparse's own code for usage errors
+EXIT_USAGE = 2  # argparse's own code for usage errors; also: several runners answer and none was picked
 EXIT_NO_RUNNER = 3  # nothing answers on the socket, no reply in time, or the connection broke
 EXIT_NOT_RUNNING = 4  # `status`: a child shown is not running (supervisorctl says 3, which means no runner here)
 # supervisorctl's running states count as running for `status`'s exit code: the tree is trying.
 NOT_RUNNING_STATES = frozenset({"STOPPING", "EXITED", "STOPPED", "FATAL"})
 DEFAULT_TIMEOUT_S = 15.0
 READ_MARGIN_S = 5.0  # the runner waits up to --timeout for an outcome; the reply may take this much longer
+PROBE_TIMEOUT_S = 2.0  # with several sockets in the default folder: how long each may take to say who it is
 
 DESCRIPTION = """\
 Watch and steer a running kernel-runner through its control socket (docs/operations.md §1). The socket is
@@ -43,8 +46,17 @@ separate from the agent's: using it never takes messages meant for the agent."""
 EPILOG = """\
 Options go before or after the command. Exit codes: 0 done (`start` of a running child too: "already started");
 1 the command failed (`status`: no such child; `reload`: an invalid definition), or `ready`: not ready (also when
-no runner answers, so it suits a Docker HEALTHCHECK); 2 usage error; 3 no runner answering on the socket, or no
-reply within --timeout; 4 `status`: a child shown is not running (STOPPING, EXITED, STOPPED, FATAL)."""
+no runner answers, so it suits a Docker HEALTHCHECK); 2 usage error, or several runners answer and neither --socket
+nor --pid says which; 3 no runner answering on the socket, or no reply within --timeout; 4 `status`: a child shown
+is not running (STOPPING, EXITED, STOPPED, FATAL)."""
+
+
+class SeveralRunners(Exception):
+    """More than one runner answers in the default folder, and the command line did not say which."""
+
+    def __init__(self, found: list[FoundRunner]) -> None:
+        super().__init__(f"{len(found)} runners answer on this host; pick one with --socket PATH or --pid PID")
+        self.found = found
 
 
 def _add_common_options(parser: argparse.ArgumentParser, *, with_defaults: bool) -> None:
@@ -56,8 +68,10 @@ def _add_common_options(parser: argparse.ArgumentParser, *, with_defaults: bool)
 
     group = parser.add_argument_group("common options (before or after the command)")
     group.add_argument("--socket", type=Path, default=default(None), metavar="PATH",
-                       help=f"the runner's control socket (default: ${SOCKET_ENV}, else "
-                            "$XDG_RUNTIME_DIR/kernel-runner/control.sock or /tmp/kernel-runner-<uid>/control.sock)")
+                       help=f"the runner's control socket (default: ${SOCKET_ENV}, else the one runner answering in "
+                            "$XDG_RUNTIME_DIR/kernel-runner/ or /tmp/kernel-runner-<uid>/)")
+    group.add_argument("--pid", type=int, default=default(None), metavar="PID",
+                       help="the runner with this pid, among those answering in that folder")
     group.add_argument("--timeout", type=_seconds, default=default(DEFAULT_TIMEOUT_S), metavar="S",
                        help=f"seconds to wait for the outcome (a restarted child running again; default "
                             f"{DEFAULT_TIMEOUT_S:g})")
@@ -123,11 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     # `kernel-runner ctl status | head` should end quietly, as other Unix tools do.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    args = build_parser().parse_args(list(argv))
-    path: Path = args.socket or configured_socket_path()
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    if args.socket is not None and args.pid is not None:
+        parser.error("--socket and --pid both pick the runner: give one of them")
     try:
+        path: Path = args.socket or pick_socket(args.pid, timeout=min(args.timeout, PROBE_TIMEOUT_S))
         with ControlClient(path, timeout=args.timeout + READ_MARGIN_S) as client:
             return _run(client, args)
+    except SeveralRunners as exc:
+        _list_runners(exc, json_out=args.json)
+        return EXIT_FAILED if args.command == "ready" else EXIT_USAGE
     except NoRunner as exc:
         _error(f"{exc}: is it running? (--socket PATH or ${SOCKET_ENV} names another socket)")
     except ControlError as exc:
@@ -135,6 +155,42 @@ def main(argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         return 130
     return EXIT_FAILED if args.command == "ready" else EXIT_NO_RUNNER
+
+
+def pick_socket(pid: int | None, *, timeout: float, environ: Mapping[str, str] | None = None) -> Path:
+    """The socket to talk to when --socket is not given: ${SOCKET_ENV}, else the one runner answering in the default
+    folder (docs/operations.md §1.1). With several it refuses to guess (SeveralRunners) unless `pid` picks one; a
+    socket nobody listens on (a dead runner's) does not count."""
+    env = os.environ if environ is None else environ
+    given = env.get(SOCKET_ENV)
+    if given and pid is None:
+        return Path(given)
+    default = default_socket_path(env)
+    candidates = runner_sockets(default.parent)
+    if given and Path(given) not in candidates:
+        candidates.append(Path(given))
+    if pid is None and len(candidates) <= 1:
+        return candidates[0] if candidates else default  # nothing to choose from: no need to ask first
+    found = runners_answering(candidates, timeout=timeout)
+    if pid is not None:
+        found = [runner for runner in found if runner.version.get("pid") == pid]
+        if not found:
+            raise ControlError(f"no runner with pid {pid} answers in {default.parent}"
+                               + (f" or on {given}" if given else ""))
+    if len(found) > 1:
+        raise SeveralRunners(found)
+    return found[0].path if found else default
+
+
+def _list_runners(several: SeveralRunners, *, json_out: bool) -> None:
+    rows = [{"socket": str(runner.path), "pid": runner.version.get("pid"), "lang": runner.version.get("lang"),
+             "version": runner.version.get("version")} for runner in several.found]
+    if json_out:
+        print(json.dumps({"ok": False, "error": str(several), "runners": rows}, indent=2))
+        return
+    _error(f"{several}:")
+    for row in rows:
+        print(f"  pid {row['pid']}  {row['lang']}  {row['version']}  {row['socket']}", file=sys.stderr)
 
 
 def _error(line: str) -> None:
@@ -298,4 +354,4 @@ def status_table(reply: dict[str, Any]) -> str:
     return "\n".join([header, *(line.rstrip() for line in lines)])
 
 
-__all__ = ["build_parser", "main", "render", "status_table"]
+__all__ = ["SeveralRunners", "build_parser", "main", "pick_socket", "render", "status_table"]

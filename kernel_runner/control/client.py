@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from kernel_runner.control.protocol import MAX_REPLY_BYTES, decode_reply, encode
 
@@ -84,4 +85,26 @@ class ControlClient:
         self.close()
 
 
-__all__ = ["ControlClient", "ControlError", "NoRunner"]
+class FoundRunner(NamedTuple):
+    """A runner that answered on `path`; `version` is its `version` reply (`pid`, `lang`, `version`)."""
+
+    path: Path
+    version: dict[str, Any]
+
+
+def runners_answering(paths: Sequence[Path], *, timeout: float) -> list[FoundRunner]:
+    """The runners that answer `version` on `paths`. A socket nobody listens on (a runner killed with SIGKILL left
+    it) does not count, nor does one that does not answer within `timeout`."""
+    found = []
+    for path in paths:
+        try:
+            with ControlClient(path, timeout=timeout) as client:
+                reply = client.request("version")
+        except ControlError:
+            continue
+        if reply["ok"]:
+            found.append(FoundRunner(path, reply))
+    return found
+
+
+__all__ = ["ControlClient", "ControlError", "FoundRunner", "NoRunner", "runners_answering"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_REPLY_BYTES = 16 * 1024 * 1024
 SOCKET_ENV = "KERNEL_RUNNER_CONTROL_SOCKET"
 SOCKET_NAME = "control.sock"
+# A runner whose default socket another runner answers on takes one of its own in the same folder:
+# control-<pid>.sock (control-<pid>-<token>.sock when that is taken too: runners in other PID namespaces).
+OWN_SOCKET_NAME = re.compile(r"control-\d+(-[0-9a-f]+)?\.sock")
 # sockaddr_un's sun_path holds 108 bytes, the final NUL included.
 MAX_SOCKET_PATH_BYTES = 107
 COMMANDS = ("status", "start", "stop", "restart", "signal", "tail", "ready", "reload", "version")
@@ -39,6 +43,22 @@ def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
     if runtime_dir:
         return Path(runtime_dir) / "kernel-runner" / SOCKET_NAME
     return Path(f"/tmp/kernel-runner-{os.getuid()}") / SOCKET_NAME
+
+
+def own_socket_path(default: Path, pid: int, token: str | None = None) -> Path:
+    """Where a runner whose default socket is taken listens instead (same folder, named by its pid)."""
+    return default.with_name(f"control-{pid}{'-' + token if token else ''}.sock")
+
+
+def runner_sockets(folder: Path) -> list[Path]:
+    """The sockets runners at the default place made in `folder`: control.sock first, then control-<pid>*.sock.
+    Some may be a dead runner's (nobody listens): `ctl` asks each before it counts it."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    own = sorted(name for name in names if OWN_SOCKET_NAME.fullmatch(name))
+    return [folder / name for name in ([SOCKET_NAME] if SOCKET_NAME in names else []) + own]
 
 
 def configured_socket_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -102,6 +122,7 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "MAX_SOCKET_PATH_BYTES",
     "MAX_WAIT_S",
+    "OWN_SOCKET_NAME",
     "SOCKET_ENV",
     "ProtocolError",
     "configured_socket_path",
@@ -111,4 +132,6 @@ __all__ = [
     "encode",
     "error_reply",
     "format_duration",
+    "own_socket_path",
+    "runner_sockets",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import secrets
 import select
 import socket
 import stat
@@ -20,16 +21,19 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from kernel_runner.clock import Clock
-from kernel_runner.control.commands import ControlCommands, Following, Reply, RequestError
+from kernel_runner.control.commands import ControlCommands, Following, Handler, Reply, RequestError
 from kernel_runner.control.protocol import (
     COMMANDS,
     MAX_REQUEST_BYTES,
     MAX_SOCKET_PATH_BYTES,
+    OWN_SOCKET_NAME,
     ProtocolError,
     decode_request,
     default_socket_path,
     encode,
     error_reply,
+    own_socket_path,
+    runner_sockets,
 )
 from kernel_runner.ids import ChildId
 from kernel_runner.wakeup import WakeupPipe
@@ -55,35 +59,33 @@ def start_control_server(handle: RunnerHandle, *, delegate: ChildId | None, cloc
     """The runner's control server on `config.control_socket` (None: the runner has none).
 
     A path given on purpose (an option, the environment, embedding) that another runner answers on is an error
-    (ControlSocketError). At the shared default path it is not: several runners on one machine (tests, a
-    developer's) would otherwise keep each other from starting, so the later one logs it and serves without.
+    (ControlSocketError). At the shared default path it is not: several runners on one machine (a second `make run`,
+    containers sharing /tmp) must not keep each other from starting, nor may a later one go without a socket and
+    leave `ctl` to steer the first: it takes a socket of its own in the same folder, and `ctl` lists them.
     """
     path = handle.config.control_socket
     if path is None:
         return None
-    server = ControlServer(handle, path, delegate=delegate, clock=clock)
-    try:
-        return server.start()
-    except ControlSocketInUse as exc:
-        if path != default_socket_path():
-            raise
-        logger.bind(child="control").warning("{}; this runner has no control socket (give it one with "
-                                             "--control-socket PATH)", exc)
-        return None
+    return ControlServer(handle, path, delegate=delegate, clock=clock, shared=path == default_socket_path()).start()
 
 
 class ControlServer:
-    """Answers `kernel-runner ctl` on a unix socket (mode 0600) until `stop`."""
+    """Answers `kernel-runner ctl` on a unix socket (mode 0600) until `stop`.
 
-    def __init__(self, handle: RunnerHandle, path: Path, *, delegate: ChildId | None, clock: Clock) -> None:
+    `path` is the socket it was given; when `shared` (the default path, which other runners may hold) and another
+    runner answers there, it listens on control-<pid>.sock in the same folder instead: `path` is then that one."""
+
+    def __init__(self, handle: RunnerHandle, path: Path, *, delegate: ChildId | None, clock: Clock,
+                 shared: bool = False) -> None:
         self.path = path
         self.log = logger.bind(child="control")
+        self._shared = shared
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._closing = threading.Event()
         self._board = handle.board
-        self._handlers = ControlCommands(handle, socket_path=path, delegate=delegate, clock=clock,
-                                         closing=self._closing).table
+        self._handle, self._delegate, self._clock = handle, delegate, clock
+        self._handlers: dict[str, Handler] = {}  # the command table, once the socket's path is known
         self._wakeup = WakeupPipe()
         self._listener: socket.socket | None = None
         self._identity: tuple[int, int] | None = None  # the socket file we made: only that one is removed at stop
@@ -91,13 +93,21 @@ class ControlServer:
 
     # ---- life -------------------------------------------------------------------------------------------------------
     def start(self) -> ControlServer:
+        wanted = self.path
         try:
-            self._listener = self._bind()
+            self._listener, self.path = self._bind()
         except ControlSocketError:
             self._wakeup.close()
             raise
+        self._handlers = ControlCommands(self._handle, socket_path=self.path, delegate=self._delegate,
+                                         clock=self._clock, closing=self._closing).table
         self._thread.start()
-        self.log.info("control socket on {}", self.path)
+        if self.path == wanted:
+            self.log.info("control socket on {}", self.path)
+        else:
+            self.log.warning("another runner answers on the default control socket {}; this runner's is {} "
+                             "(`kernel-runner ctl --pid {}` or `--socket {}` reaches it)", wanted, self.path,
+                             os.getpid(), self.path)
         return self
 
     def stop(self, timeout: float = 1.0) -> None:
@@ -131,21 +141,24 @@ class ControlServer:
                 pass
 
     # ---- the socket file --------------------------------------------------------------------------------------------
-    def _bind(self) -> socket.socket:
+    def _bind(self) -> tuple[socket.socket, Path]:
         """Bind under a temporary name, make it 0600, then rename it into place, so the socket is never reachable
         with wider permissions. Runners starting at once take turns (a lock on the folder)."""
-        path = self.path
-        folder = path.parent
+        folder = self.path.parent
         temp = folder / f".ctl-{os.getpid()}"  # short: it must fit a unix socket path as well
-        for candidate in (path, temp):
-            if len(os.fsencode(candidate)) > MAX_SOCKET_PATH_BYTES:
-                raise ControlSocketError(f"the control socket path {candidate} is longer than "
-                                         f"{MAX_SOCKET_PATH_BYTES} bytes (a unix socket's limit)")
+        candidates = [self.path]
+        if self._shared:  # the default path another runner may hold: then one of this runner's own
+            candidates += [own_socket_path(self.path, os.getpid()),
+                           own_socket_path(self.path, os.getpid(), secrets.token_hex(3))]
+        for candidate in (self.path, temp):
+            _check_length(candidate)
         self._prepare_folder(folder)
         folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(folder_fd, fcntl.LOCK_EX)
-            self._replace_stale(path)
+            if self._shared:
+                self._remove_stale_own_sockets(folder)
+            path = self._free_path(candidates)
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 temp.unlink(missing_ok=True)
@@ -160,9 +173,31 @@ class ControlServer:
                 raise ControlSocketError(f"cannot bind the control socket {path}: {exc.strerror or exc}") from None
             self._identity = (found.st_dev, found.st_ino)
             listener.setblocking(False)
-            return listener
+            return listener, path
         finally:
             os.close(folder_fd)  # also releases the lock
+
+    def _free_path(self, candidates: list[Path]) -> Path:
+        """The first candidate no runner answers on (a stale socket there is removed)."""
+        for candidate in candidates:
+            _check_length(candidate)
+            try:
+                self._replace_stale(candidate)
+            except ControlSocketInUse:
+                if candidate == candidates[-1]:
+                    raise
+                continue
+            return candidate
+        raise AssertionError("unreachable: the last candidate returns or raises")
+
+    def _remove_stale_own_sockets(self, folder: Path) -> None:
+        """Runners killed with SIGKILL leave their control-<pid>.sock behind: nobody would ever reuse the name."""
+        for path in runner_sockets(folder):
+            if OWN_SOCKET_NAME.fullmatch(path.name):
+                try:
+                    self._replace_stale(path, verb="removed")
+                except ControlSocketError:
+                    pass  # a live runner's
 
     def _prepare_folder(self, folder: Path) -> None:
         """A missing folder is made 0700. The shared default one (/tmp/kernel-runner-<uid>) must be ours."""
@@ -183,7 +218,7 @@ class ControlServer:
         if found.st_mode & 0o077:
             os.chmod(folder, 0o700)
 
-    def _replace_stale(self, path: Path) -> None:
+    def _replace_stale(self, path: Path, *, verb: str = "replaced") -> None:
         """A socket file nobody listens on was left by a runner that is gone: removed. A live one is an error."""
         try:
             found = os.lstat(path)
@@ -197,7 +232,7 @@ class ControlServer:
             probe.connect(str(path))
         except (ConnectionRefusedError, FileNotFoundError):
             path.unlink(missing_ok=True)
-            self.log.info("replaced the stale control socket {} (its runner is gone)", path)
+            self.log.info("{} the stale control socket {} (its runner is gone)", verb, path)
             return
         except OSError as exc:  # a full backlog or a slow listener: somebody is there
             raise ControlSocketInUse(f"another runner answers on the control socket {path} ({exc})") from None
@@ -325,6 +360,12 @@ class ControlServer:
                     return
         finally:
             following.close()
+
+
+def _check_length(path: Path) -> None:
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
+        raise ControlSocketError(f"the control socket path {path} is longer than {MAX_SOCKET_PATH_BYTES} bytes (a "
+                                 "unix socket's limit)")
 
 
 def _discard_input(conn: socket.socket) -> None:

@@ -264,3 +264,42 @@ def test_tail_of_no_lines_prints_nothing(runner_processes: RunnerProcesses, sock
     started_runner(runner_processes, sock)
     tail = ctl("--socket", str(sock), "tail", "-n", "0", "lang")
     assert (tail.returncode, tail.stdout, tail.stderr) == (0, "", "")
+
+
+def test_several_runners_on_the_host_are_listed_not_guessed(runner_processes: RunnerProcesses,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime_dir = Path(tempfile.mkdtemp(prefix="krx-"))  # the default folder, this test's own (short for the socket)
+    try:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_dir))  # the runners and ctl inherit it
+        monkeypatch.delenv(SOCKET_ENV, raising=False)
+        folder = runtime_dir / "kernel-runner"
+        first = runner_processes.start("app")
+        wait_ready(folder / "control.sock")
+        second = runner_processes.start("app")
+        own = folder / f"control-{second.pid}.sock"
+        wait_ready(own)
+        assert f"this runner's is {own}" in second.log_text()
+
+        for command in (("status",), ("restart", "lang"), ("signal", "lang", "TERM")):
+            refused = ctl(*command)
+            assert (refused.returncode, refused.stdout) == (2, ""), refused.stderr
+            assert refused.stderr.splitlines()[0] == (
+                "kernel-runner ctl: 2 runners answer on this host; pick one with --socket PATH or --pid PID:")
+            assert f"pid {first.pid}  app" in refused.stderr and str(folder / "control.sock") in refused.stderr
+            assert f"pid {second.pid}  app" in refused.stderr and str(own) in refused.stderr
+        listed = json.loads(ctl("--json", "status").stdout)
+        assert sorted(row["pid"] for row in listed["runners"]) == sorted([first.pid, second.pid])
+        assert ctl("ready").returncode == 1  # a HEALTHCHECK's unhealthy, never Docker's reserved 2
+        assert f"pid {second.pid}," in ctl("--pid", str(second.pid), "version").stdout
+        assert f"pid {first.pid}," in ctl("version", "--pid", str(first.pid)).stdout
+        nobody = ctl("--pid", "1", "version")
+        assert nobody.returncode == 3 and "no runner with pid 1 answers in" in nobody.stderr
+        both = ctl("--pid", "1", "--socket", str(own), "version")
+        assert both.returncode == 2 and "give one of them" in both.stderr
+
+        second.close()  # SIGKILL: its socket stays, and nobody answers on it
+        assert own.is_socket()
+        alone = ctl("version")
+        assert alone.returncode == 0 and f"pid {first.pid}," in alone.stdout, alone.stderr
+    finally:
+        shutil.rmtree(runtime_dir, ignore_errors=True)

@@ -23,7 +23,7 @@ import kernel_runner
 from kernel_runner import RunnerConfig, RunnerHandle, RunnerStartError, start
 from kernel_runner.client import AgentClient, ReplyTimeout
 from kernel_runner.control.client import ControlClient, ControlError
-from kernel_runner.control.protocol import MAX_REQUEST_BYTES
+from kernel_runner.control.protocol import MAX_REQUEST_BYTES, default_socket_path
 from kernel_runner.control.server import MAX_CONNECTIONS
 from kernel_runner.supervision import ChildState
 from tests.conftest import CHILDREN
@@ -443,3 +443,34 @@ def test_a_file_that_is_not_a_socket_is_left_alone(ctl_config: RunnerConfig) -> 
     with pytest.raises(RunnerStartError, match="is not a socket"):
         start(ctl_config)
     assert ctl_config.control_socket.read_text() == "precious"
+
+
+def test_a_runner_whose_default_socket_is_taken_gets_one_of_its_own(
+    ctl_config: RunnerConfig, control_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(control_dir))  # the default folder: this test's own
+    folder = control_dir / "kernel-runner"
+    config = attrs.evolve(ctl_config, control_socket=default_socket_path())
+    folder.mkdir(mode=0o700)
+    with socket.socket(socket.AF_UNIX) as dead:  # a runner killed with SIGKILL left its own socket
+        dead.bind(str(folder / "control-999999.sock"))
+    with running(config) as (first, _):
+        assert first.control is not None and first.control.path == folder / "control.sock"
+        others = [start(attrs.evolve(config, user_input_socket=control_dir / f"input{i}.sock")) for i in (1, 2)]
+        try:
+            second, third = (handle.control for handle in others)
+            assert second is not None and third is not None
+            assert second.path == folder / f"control-{os.getpid()}.sock"
+            assert third.path.name.startswith(f"control-{os.getpid()}-")  # same pid: another PID namespace's case
+            for path in (first.control.path, second.path, third.path):
+                with ControlClient(path, timeout=30) as client:
+                    assert client.request("status")["runner"]["control_socket"] == str(path)
+            assert any(f"this runner's is {second.path}" in line for line in others[0].log_book.tail("control", 50))
+            assert any("removed the stale control socket" in line and "control-999999.sock" in line
+                       for line in first.log_book.tail("control", 50))
+            assert sorted(p.name for p in folder.iterdir()) == sorted(
+                ["control.sock", second.path.name, third.path.name])
+        finally:
+            for handle in others:
+                handle.stop(timeout=5)
+    assert list(folder.iterdir()) == [], "each runner removed its own socket"

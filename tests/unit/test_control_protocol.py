@@ -17,6 +17,8 @@ from kernel_runner.control.protocol import (
     default_socket_path,
     encode,
     format_duration,
+    own_socket_path,
+    runner_sockets,
 )
 from kernel_runner.ctl_cli import build_parser, render, status_table
 
@@ -30,6 +32,17 @@ def test_the_default_path_is_under_the_runtime_dir_or_a_per_user_tmp_folder() ->
 def test_the_environment_overrides_the_default() -> None:
     assert configured_socket_path({SOCKET_ENV: "/srv/ctl.sock", "XDG_RUNTIME_DIR": "/run/x"}) == Path("/srv/ctl.sock")
     assert configured_socket_path({"XDG_RUNTIME_DIR": "/run/x"}) == Path("/run/x/kernel-runner/control.sock")
+
+
+def test_the_sockets_runners_make_in_the_default_folder(tmp_path: Path) -> None:
+    default = tmp_path / "control.sock"
+    assert own_socket_path(default, 42) == tmp_path / "control-42.sock"
+    assert own_socket_path(default, 42, "0a1b2c") == tmp_path / "control-42-0a1b2c.sock"
+    assert runner_sockets(tmp_path / "missing") == []
+    for name in ("control-9.sock", "control-42-0a1b2c.sock", ".ctl-7", "control.sock", "other.sock", "control-x.sock"):
+        (tmp_path / name).touch()  # the names count here; `ctl` asks each socket before it counts a runner
+    assert [path.name for path in runner_sockets(tmp_path)] == ["control.sock", "control-42-0a1b2c.sock",
+                                                                "control-9.sock"]
 
 
 def test_one_json_object_per_line() -> None:
