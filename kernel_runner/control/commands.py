@@ -200,10 +200,10 @@ class ControlCommands:
         if child is not None and child.state in UP_STATES:
             return {"ok": True, "child": child_id, "action": "already-started", "state": child.state.value,
                     "generation": child.generation, "pid": child.pid}
-        # A STOPPED row starts again as it was (its port, its options), unless another port is asked for: then, as
-        # a service that is not in the tree, from its definition.
-        new_port = child is not None and child.state is ChildState.STOPPED and port is not None and \
-            child.extra.get("port") != port
+        # A STOPPED row starts again as it was (its port, its options), unless a service is given another port:
+        # then, as a service that is not in the tree, from its definition.
+        new_port = child is not None and child.state is ChildState.STOPPED and child_id.startswith("service:") and \
+            port is not None and child.extra.get("port") != port
         if child is None or new_port:
             if child_id.startswith("service:"):
                 return self._start_service(child_id, port, _wait_arg(args))
@@ -233,7 +233,7 @@ class ControlCommands:
         """A service from its definition, through the service manager (as `start-service` would, but the answers
         come back here instead of going to the agent)."""
         name = child_id.removeprefix("service:")
-        if port is None:  # every definition's command may name {ports[0]}: without one its start would fail later
+        if port is None:  # a definition's command may name {ports[0]}: without a port its prestart would fail
             raise RequestError(f"{child_id} is not in the tree, so there is no port of its last run to reuse: give "
                                f"it one (`kernel-runner ctl start {child_id} --port N`)")
         deadline = time.monotonic() + wait_s
