@@ -335,7 +335,8 @@ def test_reload_names_each_invalid_definition_and_its_field(ctl_runner: tuple[Ru
     reply = ok(handle, "reload", timeout=20)
     assert reply["invalid"] == ["broken"]
     [problem] = reply["problems"]
-    assert "broken.json" in problem and "$.command" in problem and "expected a list" in problem
+    assert problem.startswith(f"{handle.config.service_defs_dir / 'broken.json'}: ")
+    assert problem.endswith("got a number @ $.command"), "the file, and the field at fault"
 
 
 def test_version(ctl_runner: tuple[RunnerHandle, AgentClient]) -> None:
