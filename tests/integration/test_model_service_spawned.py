@@ -21,6 +21,7 @@ import pytest
 from kernel_runner import RunnerConfig, start
 from kernel_runner.client import AgentClient, ReplyTimeout
 from kernel_runner.config import RestartDefaults
+from kernel_runner.supervision import ChildState
 from tests.conftest import CHILDREN
 from tests.integration.test_model_service import ModelRunner
 from tests.support.ports import free_port
@@ -167,8 +168,9 @@ def test_a_server_that_dies_is_reported_unhealthy_then_healthy_after_its_restart
     assert new_pid != pid
     spawned.agent.shutdown_service(f"crashy-{port}")
     assert_gone([new_pid], timeout=30)
-    wait_until(lambda: spawned.child(f"service:crashy-{port}") is None and spawned.child(f"health:crashy-{port}") is None,
-               timeout=30, what="both children gone")
+    # The agent asked: both rows stay, STOPPED (docs/operations.md §1.3).
+    wait_until(lambda: all((row := spawned.child(f"{kind}:crashy-{port}")) is not None and row.state is ChildState.STOPPED
+                           for kind in ("service", "health")), timeout=30, what="both children stopped")
 
 
 def test_a_newer_payload_shape_raises_the_detected_generation(runner_config: RunnerConfig, model_dir: Path) -> None:
