@@ -271,7 +271,8 @@ def test_a_start_of_a_stopped_childs_id_replaces_its_row(tree: Harness) -> None:
     tree.supervisor.tell(StopChild(child_id=ChildId("a"), reason="test", keep_row=True))
     tree.state_of("a", ChildState.STOPPED)
     assert tree.start(tree.spec("a")) == Started(child_id=ChildId("a"), generation=1)
-    assert tree.state_of("a", ChildState.RUNNING).generation == 1
+    info = tree.state_of("a", ChildState.RUNNING)
+    assert (info.generation, info.restarts) == (1, 1), "a new spec, and the restart count goes on"
 
 
 def test_stopped_rows_are_bounded_oldest_first(tree: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
