@@ -24,7 +24,7 @@ from common import RunnerProcess, machine_line, median_p99, silence_logs
 BLOCKS = int(os.environ.get("BENCH_BLOCKS", "10"))
 PER_BLOCK = 10
 TARGET_S = 0.25
-FORBIDDEN = ("pykka", "zmq", "jupyter_client", "kernel_runner.actors", "kernel_runner.runtime", "kernel_runner.cli")
+FORBIDDEN = ("pykka", "zmq", "jupyter_client", "kernel_runner.actors", "kernel_runner.runtime.root", "kernel_runner.cli.runner")
 IMPORTTIME_LINE = re.compile(r"import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)")
 
 
@@ -40,7 +40,7 @@ def timed(argv: list[str]) -> float:
 def console_script() -> Path | None:
     """The installed `kernel-runner` next to this interpreter, if it goes through the light entry point."""
     script = Path(sys.executable).parent / "kernel-runner"
-    if script.exists() and "kernel_runner.entry" in script.read_text(errors="replace"):
+    if script.exists() and "kernel_runner.cli.entry" in script.read_text(errors="replace"):
         return script
     return None
 
@@ -67,7 +67,7 @@ def main() -> None:
         if script is not None:
             commands["kernel-runner ctl status"] = [str(script), "ctl", "--socket", str(sock), "status"]
         else:
-            print("no `kernel-runner` console script through kernel_runner.entry here (pip install -e . makes it)")
+            print("no `kernel-runner` console script through kernel_runner.cli.entry here (pip install -e . makes it)")
         deadline = time.monotonic() + 30
         while subprocess.run(commands["python -m kernel_runner ctl status"], capture_output=True,
                              check=False).returncode != 0:

@@ -19,8 +19,8 @@ from common import RunnerProcess, machine_line, median_p99, silence_logs
 from jupyter_client.manager import KernelManager
 from jupyter_client.session import Session
 
+from kernel_runner.actors.kernel.jupyter import MAX_RECORD_BYTES
 from kernel_runner.client import AgentClient
-from kernel_runner.jupyter import MAX_RECORD_BYTES
 
 KERNEL = "python3"
 ROUNDS = 300

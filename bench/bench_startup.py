@@ -6,7 +6,7 @@ The client connects before the launch (reconnecting every 2 ms) and sends `statu
 `Popen` to the reply. Ours and 23.3.5 alternate, launch by launch, so load on the machine falls on both alike.
 Targets: `app` ≤ 0.3 s and ≤ 0.35× 23.3.5's; `python` as fast as `app` (its kernel keeps starting in parallel).
 
-Import time: `python -X importtime -c "import kernel_runner.cli"`, summing the self time of every `kernel_runner.*`
+Import time: `python -X importtime -c "import kernel_runner.cli.runner"`, summing the self time of every `kernel_runner.*`
 module (the package's own time; what it imports from other packages is shown apart). Target ≤ 120 ms.
 
 The 23.3.5 runner runs from a venv made from its wheel (UPSTREAM_WHEEL); without the wheel, or without `unshare`
@@ -174,7 +174,7 @@ def main() -> None:
         print(f"  ours python / 23.3.5 python: {python / statistics.median(results['23.3.5 python']):.2f}x")
 
     # cli and client are what `kernel-runner` and `kernel-runner client` import; runtime is what starting a runner adds.
-    for module in ("kernel_runner.cli", "kernel_runner.client", "kernel_runner.runtime"):
+    for module in ("kernel_runner.cli.runner", "kernel_runner.client", "kernel_runner.runtime.root"):
         runs = [own_import_ms(module) for _ in range(IMPORT_RUNS)]
         own = [run[0] for run in runs]
         total = [run[1] for run in runs]

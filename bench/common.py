@@ -10,7 +10,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from kernel_runner.logs import configure_logging
+from kernel_runner.observability.logs import configure_logging
 
 
 def silence_logs() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 
 from kernel_runner.generations import check_setting
-from kernel_runner.policy import Backoff, IntensityLimit
+from kernel_runner.supervision.policy import Backoff, IntensityLimit
 
 DEFAULT_PORT_IN = 2000
 DEFAULT_PORT_OUT = 2001

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 import attrs
 
 from kernel_runner.config import RunnerConfig
-from kernel_runner.directory import ChildDirectory
 from kernel_runner.generations import DEFAULT_ROW, GenerationChoice, GenerationTracker
-from kernel_runner.outbox import RouterLink
-from kernel_runner.status import StartupGate
+from kernel_runner.supervision.directory import ChildDirectory
+from kernel_runner.wire.outbox import RouterLink
+from kernel_runner.wire.status import StartupGate
 
 
 @attrs.frozen(kw_only=True)

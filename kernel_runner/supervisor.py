@@ -27,16 +27,16 @@ from typing import TYPE_CHECKING, Any
 import pykka
 from loguru import logger
 
-from kernel_runner.child_record import ChildRecord, RestartDue, RetryDemanded, RetryDue, ShutdownDeadline, StopOverdue
-from kernel_runner.clock import Clock
-from kernel_runner.debug_lines import debug
-from kernel_runner.directory import ChildDirectory
-from kernel_runner.events import Event, emit
-from kernel_runner.exits import ExitReason, StartFailed
 from kernel_runner.ids import ChildId
-from kernel_runner.policy import Forget, GiveUp, Restart
-from kernel_runner.refs import tell_if_alive
-from kernel_runner.supervision import (
+from kernel_runner.observability.debug_lines import debug
+from kernel_runner.observability.events import Event, emit
+from kernel_runner.supervision.clock import Clock
+from kernel_runner.supervision.directory import ChildDirectory
+from kernel_runner.supervision.exits import ExitReason, StartFailed
+from kernel_runner.supervision.policy import Forget, GiveUp, Restart
+from kernel_runner.supervision.record import ChildRecord, RestartDue, RetryDemanded, RetryDue, ShutdownDeadline, StopOverdue
+from kernel_runner.supervision.refs import tell_if_alive
+from kernel_runner.supervision.spec import (
     AlreadyStarted,
     ChildContext,
     ChildExited,
@@ -56,7 +56,7 @@ from kernel_runner.supervision import (
     TreeSnapshot,
     WhichChildrenQuery,
 )
-from kernel_runner.timers import Ticker, TimerHandle
+from kernel_runner.supervision.timers import Ticker, TimerHandle
 
 if TYPE_CHECKING:
     from loguru import Logger

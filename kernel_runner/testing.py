@@ -29,7 +29,7 @@ except ImportError as exc:  # the runner's own install has no pytest: say which 
 
 from kernel_runner.client import AgentClient
 from kernel_runner.config import RunnerConfig
-from kernel_runner.runtime import RunnerHandle, run
+from kernel_runner.runtime.root import RunnerHandle, run
 
 READY_TIMEOUT_S = 60.0  # start-up on a busy CI machine; `wait_ready` returns as soon as it is done
 STOP_TIMEOUT_S = 10.0

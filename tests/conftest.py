@@ -14,7 +14,7 @@ from loguru import logger
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
 from kernel_runner.client import AgentClient
-from kernel_runner.logs import configure_logging
+from kernel_runner.observability.logs import configure_logging
 
 CHILDREN = Path(__file__).parent / "children"
 # The reliability suites (tests/fuzz, tests/chaos, tests/load): `--chaos` and the probe table of `make chaos`.

@@ -17,23 +17,63 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from loguru import logger
 
 import kernel_runner
-from kernel_runner.childlog import LINES_PER_CHILD, ChildLogBook
-from kernel_runner.clock import Clock
 from kernel_runner.control.protocol import COMMANDS, DEFAULT_TAIL_LINES, MAX_WAIT_S
-from kernel_runner.exits import RestartRequested
 from kernel_runner.ids import LANG_CHILD, ROUTER_CHILD, SERVICES_CHILD, ChildId
 from kernel_runner.messages import ServiceInfo, ServiceResult, StartService
-from kernel_runner.refs import tell_if_alive
-from kernel_runner.supervision import ChildInfo, ChildState, RestartChild, StopChild, TreeSnapshot
-from kernel_runner.wakeup import WakeupPipe
+from kernel_runner.observability.childlog import LINES_PER_CHILD, ChildLogBook
+from kernel_runner.procs.wakeup import WakeupPipe
+from kernel_runner.supervision.clock import Clock
+from kernel_runner.supervision.exits import RestartRequested
+from kernel_runner.supervision.refs import tell_if_alive
+from kernel_runner.supervision.spec import ChildInfo, ChildState, RestartChild, StopChild, TreeSnapshot
 
 if TYPE_CHECKING:
-    from kernel_runner.runtime import RunnerHandle
+    import pykka
+
+    from kernel_runner.config import RunnerConfig
+    from kernel_runner.context import RunnerContext
+    from kernel_runner.messages import ServiceDefinitionsReloaded
+    from kernel_runner.wire.status import StatusBoard
+
+
+class Ports(Protocol):
+    @property
+    def port_in(self) -> int: ...
+
+    @property
+    def port_out(self) -> int: ...
+
+
+class RunnerHandle(Protocol):
+    """What the control socket needs of a running runner. runtime.root.RunnerHandle is one; a Protocol, so control/
+    never imports the composition root that starts it (docs/architecture.md §2)."""
+
+    @property
+    def config(self) -> RunnerConfig: ...
+
+    @property
+    def runner(self) -> RunnerContext: ...
+
+    @property
+    def ports(self) -> Ports: ...
+
+    @property
+    def supervisor(self) -> pykka.ActorRef[Any]: ...
+
+    @property
+    def board(self) -> StatusBoard: ...
+
+    @property
+    def log_book(self) -> ChildLogBook: ...
+
+    def tell_child(self, child_id: ChildId, message: object) -> None: ...
+
+    def reload_service_definitions(self, timeout: float | None = None) -> ServiceDefinitionsReloaded | None: ...
 
 T = TypeVar("T")
 Reply = dict[str, Any]

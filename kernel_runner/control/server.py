@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from kernel_runner.clock import Clock
 from kernel_runner.control.commands import ControlCommands, Following, Handler, Reply, RequestError
 from kernel_runner.control.protocol import (
     COMMANDS,
@@ -36,10 +35,11 @@ from kernel_runner.control.protocol import (
     runner_sockets,
 )
 from kernel_runner.ids import ChildId
-from kernel_runner.wakeup import WakeupPipe
+from kernel_runner.procs.wakeup import WakeupPipe
+from kernel_runner.supervision.clock import Clock
 
 if TYPE_CHECKING:
-    from kernel_runner.runtime import RunnerHandle
+    from kernel_runner.control.commands import RunnerHandle
 
 MAX_CONNECTIONS = 16  # more at once get a `busy` error reply and are closed
 IDLE_TIMEOUT_S = 30.0  # a connection that sends no request this long is closed (its slot is freed)

@@ -4,14 +4,39 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kernel_runner.drawing.color import Color, Colors
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from kernel_runner.drawing.canvas import Canvas
+
+class Cursor(Protocol):
+    def set_x(self, x: float) -> None: ...
+
+    def set_y(self, y: float) -> None: ...
+
+    def rotate(self, a: float) -> None: ...
+
+
+class Surface(Protocol):
+    """What a turtle draws on (canvas.Canvas is one): a Protocol, so this module needs nothing of canvas.py, which
+    makes turtles (`Canvas.create_turtle`)."""
+
+    width: float
+    height: float
+
+    def line(self, x0: float, y0: float, x1: float, y1: float, color: Any = None) -> Any: ...
+
+    def triangle(  # noqa: PLR0917 - Canvas.triangle, upstream's signature
+        self, left: float, top: float, width: float, height: float, border: Any = None, fill: Any = None,
+        angle: float = 0,
+    ) -> Cursor: ...
+
+    def begin_group(self) -> None: ...
+
+    def end_group(self) -> None: ...
 
 TRAIL_COLOR = Color(255, 0, 0, 128)
 CURSOR_FILL = Color(255, 200, 200, 255)
@@ -60,7 +85,7 @@ class Turtle:
     """Starts at the canvas centre with the pen down and heading (`angle`) 90°, i.e. towards +x; `points` holds every
     absolute position it has been at, the start first."""
 
-    def __init__(self, canvas: Canvas) -> None:
+    def __init__(self, canvas: Surface) -> None:
         self.canvas = canvas
         self.pen = True
         self.angle: float = 90

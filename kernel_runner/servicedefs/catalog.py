@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 import attrs
 
-from kernel_runner.childenv import strip_runner_libraries
 from kernel_runner.excerpts import excerpt
 from kernel_runner.messages import ModelInfo, ServiceInfo, ServiceOptions, ServiceResult
+from kernel_runner.procs.childenv import strip_runner_libraries
 from kernel_runner.servicedefs.errors import (
     DefinitionError,
     DisallowedArgument,

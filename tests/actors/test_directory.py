@@ -9,12 +9,12 @@ from typing import Any
 
 import pykka
 
-from kernel_runner.actors.base import SupervisedActor
-from kernel_runner.directory import ChildDirectory
-from kernel_runner.exits import Crashed
 from kernel_runner.ids import ChildId
-from kernel_runner.policy import Backoff, IntensityLimit
-from kernel_runner.supervision import ChildContext, ChildSpec, ChildState, StopChild
+from kernel_runner.supervision.actor import SupervisedActor
+from kernel_runner.supervision.directory import ChildDirectory
+from kernel_runner.supervision.exits import Crashed
+from kernel_runner.supervision.policy import Backoff, IntensityLimit
+from kernel_runner.supervision.spec import ChildContext, ChildSpec, ChildState, StopChild
 from tests.support.tree import Tree
 from tests.support.waiting import Recorder, wait_until
 

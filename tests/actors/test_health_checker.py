@@ -15,9 +15,8 @@ import pytest
 import requests
 from loguru import logger
 
-from kernel_runner.actors import health
-from kernel_runner.actors.base import InvalidTransition, PhaseMachine
-from kernel_runner.actors.health import (
+from kernel_runner.actors.health import actor as health
+from kernel_runner.actors.health.actor import (
     TRANSITIONS,
     HealthCheckerActor,
     HealthMemo,
@@ -25,10 +24,8 @@ from kernel_runner.actors.health import (
     ProbeRequest,
     probe_once,
 )
-from kernel_runner.clock import REAL_CLOCK
 from kernel_runner.config import RestartDefaults, RunnerConfig
 from kernel_runner.context import RunnerContext
-from kernel_runner.exits import Unhealthy
 from kernel_runner.generations import ModelReply
 from kernel_runner.ids import health_child, service_child
 from kernel_runner.messages import (
@@ -38,10 +35,13 @@ from kernel_runner.messages import (
     ModelServiceSpec,
     ModelServiceStatus,
 )
-from kernel_runner.outbox import RouterLink
-from kernel_runner.service_specs import health_plan, model_child_specs
+from kernel_runner.runtime.tree import health_plan, model_child_specs
 from kernel_runner.servicedefs import ServiceLaunch
-from kernel_runner.supervision import ChildContext, ChildSpec, ChildState, RestartChild, StartChild
+from kernel_runner.supervision.actor import InvalidTransition, PhaseMachine
+from kernel_runner.supervision.clock import REAL_CLOCK
+from kernel_runner.supervision.exits import Unhealthy
+from kernel_runner.supervision.spec import ChildContext, ChildSpec, ChildState, RestartChild, StartChild
+from kernel_runner.wire.outbox import RouterLink
 from tests.conftest import CHILDREN
 from tests.support.ports import free_port
 from tests.support.procs import alive, assert_gone

@@ -18,14 +18,8 @@ import pytest
 from loguru import logger
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
-from kernel_runner.actors.base import InvalidTransition, PhaseMachine
-from kernel_runner.actors.kernel import CHILD_STATES, TRANSITIONS, Phase, kernel_child_spec
-from kernel_runner.client import AgentClient, RunResult
-from kernel_runner.config import RestartDefaults
-from kernel_runner.context import RunnerContext
-from kernel_runner.drawing import DRAWING_MIME
-from kernel_runner.ids import KERNEL_CHILD
-from kernel_runner.jupyter import (
+from kernel_runner.actors.kernel.actor import CHILD_STATES, TRANSITIONS, Phase, kernel_child_spec
+from kernel_runner.actors.kernel.jupyter import (
     DISPLAY_PREFERENCE,
     KernelSpecError,
     exit_code_from_reply,
@@ -35,9 +29,15 @@ from kernel_runner.jupyter import (
     map_display,
     split_records,
 )
+from kernel_runner.client import AgentClient, RunResult
+from kernel_runner.config import RestartDefaults
+from kernel_runner.context import RunnerContext
+from kernel_runner.drawing import DRAWING_MIME
+from kernel_runner.ids import KERNEL_CHILD
 from kernel_runner.messages import Html, Media
-from kernel_runner.outbox import RouterLink
-from kernel_runner.supervision import ChildSpec, ChildState
+from kernel_runner.supervision.actor import InvalidTransition, PhaseMachine
+from kernel_runner.supervision.spec import ChildSpec, ChildState
+from kernel_runner.wire.outbox import RouterLink
 from tests.support.procs import assert_gone
 from tests.support.waiting import wait_until
 

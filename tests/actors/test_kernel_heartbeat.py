@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from kernel_runner import RunnerConfig
-from kernel_runner.actors.kernel import CHILD_STATES, Phase
-from kernel_runner.actors.kernel_channels import KernelChannels
-from kernel_runner.jupyter import HeartbeatWatch
-from kernel_runner.supervision import ChildState
+from kernel_runner.actors.kernel.actor import CHILD_STATES, Phase
+from kernel_runner.actors.kernel.channels import KernelChannels
+from kernel_runner.actors.kernel.jupyter import HeartbeatWatch
+from kernel_runner.supervision.spec import ChildState
 from tests.integration.test_query_python import RUN_TIMEOUT_S, Query, kernel_phases, start_query
 from tests.support.faults import once
 from tests.support.procs import assert_gone

@@ -17,12 +17,10 @@ import pykka
 import pytest
 from loguru import logger
 
-from kernel_runner import RunnerConfig, runtime
-from kernel_runner.actors.base import InvalidTransition, PhaseMachine, SupervisedActor
-from kernel_runner.actors.lang_runner import CHILD_STATE, TRANSITIONS, Phase
+from kernel_runner import RunnerConfig
+from kernel_runner.actors.lang_runner.actor import CHILD_STATE, TRANSITIONS, Phase
 from kernel_runner.client import AgentClient
 from kernel_runner.context import RunnerContext
-from kernel_runner.directory import ChildDirectory
 from kernel_runner.ids import KERNEL_CHILD, LANG_CHILD, TERMINAL_CHILD, ChildId, RunId
 from kernel_runner.messages import (
     CompleteCode,
@@ -34,10 +32,13 @@ from kernel_runner.messages import (
     RunDone,
     RunTask,
 )
-from kernel_runner.outbox import RouterLink
-from kernel_runner.rejects import delegate_reject, lang_runner_reject
-from kernel_runner.runtime import ChildPlan
-from kernel_runner.supervision import ChildContext, ChildSpec, ChildState, StopRequested
+from kernel_runner.runtime import root as runtime
+from kernel_runner.runtime.root import ChildPlan
+from kernel_runner.supervision.actor import InvalidTransition, PhaseMachine, SupervisedActor
+from kernel_runner.supervision.directory import ChildDirectory
+from kernel_runner.supervision.spec import ChildContext, ChildSpec, ChildState, StopRequested
+from kernel_runner.wire.answers import delegate_reject, lang_runner_reject
+from kernel_runner.wire.outbox import RouterLink
 from tests.support.runners import LangRunners, read_until
 from tests.support.waiting import Recorder, wait_until
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_runner.actors.user_input import InputAbandoned, InputRequested, UserInputError, UserInputServer
+from kernel_runner.actors.lang_runner.user_input import InputAbandoned, InputRequested, UserInputError, UserInputServer
 from tests.support.waiting import Recorder, wait_until
 
 

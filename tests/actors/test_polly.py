@@ -21,9 +21,8 @@ import pytest
 from loguru import logger
 
 from kernel_runner import RunnerConfig
-from kernel_runner.actors.base import InvalidTransition, PhaseMachine
-from kernel_runner.actors.polly import CHILD_STATE, TRANSITIONS, Phase, polly_child_spec
-from kernel_runner.actors.polly_worker import (
+from kernel_runner.actors.polly.actor import CHILD_STATE, TRANSITIONS, Phase, polly_child_spec
+from kernel_runner.actors.polly.worker import (
     ClientBox,
     PollyCall,
     PollySettings,
@@ -43,7 +42,8 @@ from kernel_runner.messages import (
     RunDone,
     RunTask,
 )
-from kernel_runner.supervision import ChildInfo, ChildState, StopRequested
+from kernel_runner.supervision.actor import InvalidTransition, PhaseMachine
+from kernel_runner.supervision.spec import ChildInfo, ChildState, StopRequested
 from tests.support.polly import ACCESS_KEY, REGION, SECRET_KEY, FakePolly, clear_aws_settings
 from tests.support.tree import Tree
 from tests.support.waiting import wait_until
@@ -291,7 +291,7 @@ def run_python(code: str) -> str:
 
 def test_the_runner_does_not_import_boto3_until_a_polly_call_runs() -> None:
     imported = run_python(
-        "import sys, kernel_runner, kernel_runner.actors.polly\n"
+        "import sys, kernel_runner, kernel_runner.actors.polly.actor\n"
         "print(sorted(m for m in ('boto3', 'botocore') if m in sys.modules))"
     )
     assert imported == "[]"
@@ -302,7 +302,7 @@ def test_without_boto3_a_call_says_how_to_install_it() -> None:
     outcome = run_python(
         "import sys\n"
         "sys.modules['boto3'] = sys.modules['botocore'] = None\n"
-        "from kernel_runner.actors.polly_worker import ClientBox, PollyCall, PollySettings, SpeechRequest\n"
+        "from kernel_runner.actors.polly.worker import ClientBox, PollyCall, PollySettings, SpeechRequest\n"
         "call = PollyCall(call_id=1, request=SpeechRequest(text='x', voice_id='Joanna'),\n"
         "                 box=ClientBox(PollySettings(region='ap-northeast-2')), owner=None)\n"
         "result = call.execute()\n"

@@ -14,7 +14,7 @@ import pytest
 from loguru import logger
 
 from kernel_runner.messages import OutputSynced, PipeClosed, ProcessExited
-from kernel_runner.procs import (
+from kernel_runner.procs.process import (
     READ_CHUNK,
     ProcessHandle,
     StopStep,

@@ -11,7 +11,7 @@ import threading
 import zmq
 
 from kernel_runner import RunnerHandle
-from kernel_runner.outbox import CREDIT_BYTES, MAX_RECORD_BYTES
+from kernel_runner.wire.outbox import CREDIT_BYTES, MAX_RECORD_BYTES
 from tests.support.waiting import wait_until
 
 CHUNK = 64 * 1024

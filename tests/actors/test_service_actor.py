@@ -14,15 +14,15 @@ import pytest
 from loguru import logger
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
-from kernel_runner.actors.base import InvalidTransition, PhaseMachine
-from kernel_runner.actors.service import CHILD_STATES, TRANSITIONS, Phase, ServiceActor, ServiceRun
+from kernel_runner.actors.service.actor import CHILD_STATES, TRANSITIONS, Phase, ServiceActor, ServiceRun
 from kernel_runner.client import AgentClient
 from kernel_runner.context import RunnerContext
 from kernel_runner.ids import ChildId, service_child
 from kernel_runner.messages import AppsResult, ModelServiceResult, ServiceResult, StartModelService, StartService
-from kernel_runner.policy import Backoff, IntensityLimit
 from kernel_runner.servicedefs import ServiceCommand
-from kernel_runner.supervision import ChildContext, ChildSpec, ChildState
+from kernel_runner.supervision.actor import InvalidTransition, PhaseMachine
+from kernel_runner.supervision.policy import Backoff, IntensityLimit
+from kernel_runner.supervision.spec import ChildContext, ChildSpec, ChildState
 from tests.conftest import CHILDREN
 from tests.support.ports import free_port, free_ports
 from tests.support.procs import alive, assert_gone

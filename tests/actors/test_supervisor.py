@@ -11,12 +11,12 @@ import pykka
 import pytest
 
 from kernel_runner import supervisor as supervisor_module
-from kernel_runner.actors.base import SupervisedActor
-from kernel_runner.exits import Crashed, NormalExit, ShutdownExit, Unhealthy
 from kernel_runner.ids import ChildId
 from kernel_runner.messages import Output
-from kernel_runner.policy import NO_FATAL_RETRY, Backoff, IntensityLimit
-from kernel_runner.supervision import (
+from kernel_runner.supervision.actor import SupervisedActor
+from kernel_runner.supervision.exits import Crashed, NormalExit, ShutdownExit, Unhealthy
+from kernel_runner.supervision.policy import NO_FATAL_RETRY, Backoff, IntensityLimit
+from kernel_runner.supervision.spec import (
     AlreadyStarted,
     ChildContext,
     ChildSpec,

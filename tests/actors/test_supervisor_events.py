@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from loguru import logger
 
-from kernel_runner.exits import RestartRequested
 from kernel_runner.ids import ChildId
-from kernel_runner.policy import IntensityLimit
-from kernel_runner.supervision import ChildState, RestartChild, StopChild
+from kernel_runner.supervision.exits import RestartRequested
+from kernel_runner.supervision.policy import IntensityLimit
+from kernel_runner.supervision.spec import ChildState, RestartChild, StopChild
 from tests.actors.test_supervisor import Harness
 from tests.support.waiting import wait_until
 

@@ -17,8 +17,7 @@ import zmq
 from loguru import logger
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
-from kernel_runner.actors.base import InvalidTransition, PhaseMachine
-from kernel_runner.actors.terminal import (
+from kernel_runner.actors.terminal.actor import (
     CHILD_STATE,
     TRANSITIONS,
     Phase,
@@ -26,15 +25,16 @@ from kernel_runner.actors.terminal import (
     TerminalPorts,
     terminal_child_spec,
 )
-from kernel_runner.actors.terminal_io import PtyReader, TermInputReceiver
+from kernel_runner.actors.terminal.commands import GITGRAPH_MIME
+from kernel_runner.actors.terminal.io import PtyReader, TermInputReceiver
 from kernel_runner.client import AgentClient, RunResult
 from kernel_runner.config import RestartDefaults
 from kernel_runner.context import RunnerContext
 from kernel_runner.ids import TERMINAL_CHILD, next_run_id
 from kernel_runner.messages import Finished, Output, RunDone, RunTask
-from kernel_runner.policy import Backoff
-from kernel_runner.supervision import ChildInfo, ChildSpec, ChildState
-from kernel_runner.terminal_commands import GITGRAPH_MIME
+from kernel_runner.supervision.actor import InvalidTransition, PhaseMachine
+from kernel_runner.supervision.policy import Backoff
+from kernel_runner.supervision.spec import ChildInfo, ChildSpec, ChildState
 from tests.support.procs import alive, assert_gone
 from tests.support.tree import Tree
 from tests.support.waiting import wait_until

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kernel_runner.timers import MAX_DELAY_S, TICKER_INTENSITY, Ticker, checked_delay
+from kernel_runner.supervision.timers import MAX_DELAY_S, TICKER_INTENSITY, Ticker, checked_delay
 from tests.support.waiting import Recorder, wait_until
 
 

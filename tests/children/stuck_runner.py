@@ -9,11 +9,12 @@ from typing import Any
 
 import pykka
 
-from kernel_runner import cli, runtime
-from kernel_runner.actors.base import SupervisedActor
+from kernel_runner.cli import runner as cli
 from kernel_runner.context import RunnerContext
 from kernel_runner.ids import ChildId
-from kernel_runner.supervision import ChildContext, ChildSpec, ChildState, StopRequested
+from kernel_runner.runtime import root as runtime
+from kernel_runner.supervision.actor import SupervisedActor
+from kernel_runner.supervision.spec import ChildContext, ChildSpec, ChildState, StopRequested
 
 
 class StuckOnStop(SupervisedActor):

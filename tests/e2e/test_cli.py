@@ -362,7 +362,7 @@ def test_a_stuck_actor_cannot_keep_the_process_past_its_deadline(spawn: type[Run
 
 
 def test_the_hard_deadline_ends_a_process_that_hangs_anyway() -> None:
-    hang = ("import threading\nfrom loguru import logger\nfrom kernel_runner.cli import HardDeadline\n"
+    hang = ("import threading\nfrom loguru import logger\nfrom kernel_runner.cli.runner import HardDeadline\n"
             "HardDeadline(0.5, log=logger).arm()\nthreading.Event().wait()\n")
     proc = subprocess.run([sys.executable, "-c", hang], capture_output=True, timeout=30)
     assert proc.returncode == 1
@@ -372,7 +372,7 @@ def test_the_hard_deadline_ends_a_process_that_hangs_anyway() -> None:
 def test_the_hard_deadline_holds_even_when_no_python_thread_can_run() -> None:
     # A regular expression that backtracks for ages holds the GIL, so the watchdog thread never runs: SIGALRM,
     # left to its default action, ends the process from the kernel's side.
-    hang = ("import re\nfrom loguru import logger\nfrom kernel_runner.cli import HardDeadline\n"
+    hang = ("import re\nfrom loguru import logger\nfrom kernel_runner.cli.runner import HardDeadline\n"
             "HardDeadline(0.2, log=logger).arm()\nre.match(r'(a*)*b', 'a' * 64)\n")
     proc = subprocess.run([sys.executable, "-c", hang], capture_output=True, timeout=60)
     assert proc.returncode == -signal.SIGALRM

@@ -14,8 +14,8 @@ import attrs
 import pytest
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
+from kernel_runner.cli.client import build_parser, run_exit_code
 from kernel_runner.client import AgentClient, RunResult, StatusReply
-from kernel_runner.client_cli import build_parser, run_exit_code
 from tests.conftest import CHILDREN
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until

@@ -32,8 +32,8 @@ WEB = {"command": [sys.executable, str(CHILDREN / "listener.py"), "{ports[0]}"]}
 # Gives up (FATAL) the first time it exits, a second and a half after its port opened.
 DOOMED = {"command": [*WEB["command"], "--exit-after", "1.5"], "restart": {"max_restarts": 0}}
 # What `ctl` must never import: a health check starts a fresh process each time (docs/architecture.md §2.1).
-HEAVY = ("pykka", "zmq", "jupyter_client", "loguru", "kernel_runner.actors", "kernel_runner.runtime",
-         "kernel_runner.supervisor", "kernel_runner.cli", "kernel_runner.control.server",
+HEAVY = ("pykka", "zmq", "jupyter_client", "loguru", "kernel_runner.actors", "kernel_runner.runtime.root",
+         "kernel_runner.supervisor", "kernel_runner.cli.runner", "kernel_runner.control.server",
          "kernel_runner.control.commands")
 IMPORTTIME_LINE = re.compile(r"import time:\s+\d+ \|\s+\d+ \|\s*(\S+)")
 __all__ = ["runner_processes"]  # the fixture
@@ -208,7 +208,7 @@ def test_a_health_check_loads_no_actor_code(runner_processes: RunnerProcesses, s
                            "status"], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     loaded = [m.group(1) for m in map(IMPORTTIME_LINE.match, done.stderr.splitlines()) if m]
-    assert "kernel_runner.ctl_cli" in loaded  # the list is the real one
+    assert "kernel_runner.cli.ctl" in loaded  # the list is the real one
     heavy = sorted(name for name in loaded if name.startswith(HEAVY))
     assert heavy == [], heavy
 

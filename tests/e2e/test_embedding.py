@@ -17,7 +17,7 @@ import pytest
 import kernel_runner
 from kernel_runner import RunnerConfig
 from kernel_runner.ids import KERNEL_CHILD
-from kernel_runner.supervision import ChildState
+from kernel_runner.supervision.spec import ChildState
 from tests.conftest import CHILDREN
 from tests.support.ports import port_is_free
 from tests.support.procs import descendants

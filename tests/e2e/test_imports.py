@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 # Modules only a language with a query delegate, or a service / model request, may load.
-DELEGATE_ONLY = ("jupyter_client", "kernel_runner.actors.kernel", "kernel_runner.actors.kernel_channels",
-                 "kernel_runner.actors.terminal", "kernel_runner.actors.polly", "kernel_runner.actors.health")
+DELEGATE_ONLY = ("jupyter_client", "kernel_runner.actors.kernel.actor", "kernel_runner.actors.kernel.channels",
+                 "kernel_runner.actors.terminal.actor", "kernel_runner.actors.polly.actor", "kernel_runner.actors.health.actor")
 
 # Starts the runtime as the CLI does, answers one `status` and one `exec`, then prints the loaded module names.
 RUN_AND_LIST = """
 import json, sys
 from pathlib import Path
 from kernel_runner.config import RunnerConfig
-from kernel_runner.runtime import start
+from kernel_runner.runtime.root import start
 from kernel_runner.client import AgentClient
 
 lang, root, op = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
@@ -59,35 +59,36 @@ def test_an_app_runner_does_not_import_jupyter_client_or_a_delegate(tmp_path: Pa
     report = run_and_list("app", tmp_path, "exec")
     assert (report["ready"], report["run"]) == (True, "finished")
     loaded = set(report["modules"])
-    assert "kernel_runner.actors.lang_runner" in loaded  # the list is the runner's own
+    assert "kernel_runner.actors.lang_runner.actor" in loaded  # the list is the runner's own
     assert loaded.isdisjoint(DELEGATE_ONLY), sorted(loaded.intersection(DELEGATE_ONLY))
     # About 6 MB of idle RSS: loguru and pyzmq's monitor helpers would pull them in (architecture §2.1).
     assert loaded.isdisjoint({"asyncio", "ssl"}), sorted(loaded.intersection({"asyncio", "ssl"}))
     # Metrics are opt-in (--metrics-port): without them prometheus_client (about 40 ms, 7 MB) is never loaded.
-    metrics = {"prometheus_client", "kernel_runner.metrics"}
+    metrics = {"prometheus_client", "kernel_runner.observability.metrics"}
     assert loaded.isdisjoint(metrics), sorted(loaded.intersection(metrics))
 
 
 def test_a_python_runner_loads_the_kernel_it_uses(tmp_path: Path) -> None:
     report = run_and_list("python", tmp_path, "code")
     assert (report["exit_code"], report["stdout"]) == (0, "42\n")
-    assert {"jupyter_client", "kernel_runner.actors.kernel"} <= set(report["modules"])
+    assert {"jupyter_client", "kernel_runner.actors.kernel.actor"} <= set(report["modules"])
 
 
 def test_the_client_and_the_package_load_no_actor_code() -> None:
-    for statement in ("import kernel_runner.client", "import kernel_runner.client_cli",
-                      "from kernel_runner.cli import main"):
+    for statement in ("import kernel_runner.client", "import kernel_runner.cli.client",
+                      "from kernel_runner.cli.runner import main"):
         loaded = modules_after(statement)
         actors = sorted(name for name in loaded if name.startswith("kernel_runner.actors") or name in {
-            "kernel_runner.runtime", "kernel_runner.supervisor", "jupyter_client"})
+            "kernel_runner.runtime.root", "kernel_runner.supervisor", "jupyter_client"})
         assert actors == [], f"{statement}: {actors}"
+    # Only the loguru twin (observability/loguru_asyncio.py, standard library only) comes with the package.
     assert sorted(name for name in modules_after("import kernel_runner") if name.startswith("kernel_runner")) == [
-        "kernel_runner"]
+        "kernel_runner", "kernel_runner.observability", "kernel_runner.observability.loguru_asyncio"]
 
 
 def test_kernel_runner_client_runs_without_actor_code() -> None:
     """`kernel-runner client --help` through the console script's entry point, as ops call it."""
-    probe = ("import sys\nfrom kernel_runner.entry import main\nsys.argv = ['kernel-runner', 'client', '--help']\n"
+    probe = ("import sys\nfrom kernel_runner.cli.entry import main\nsys.argv = ['kernel-runner', 'client', '--help']\n"
              "try:\n    main()\nexcept SystemExit:\n    pass\n"
              "print('LOADED', ' '.join(m for m in sys.modules if m.startswith('kernel_runner.actors')))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)

@@ -17,7 +17,7 @@ import attrs
 import msgpack
 from hypothesis import strategies as st
 
-from kernel_runner import wire
+from kernel_runner.wire import frames as wire
 
 # docs/protocol.md §2.4: the ops with a reply, and the type of that one reply.
 REPLY_OF = {

@@ -16,7 +16,7 @@ import pytest
 
 from kernel_runner.client import AgentClient
 from kernel_runner.messages import AgentEvent
-from kernel_runner.oom import ProcessWatch
+from kernel_runner.procs.oom import ProcessWatch
 from tests.support.waiting import wait_until
 
 # One write for the line: the runner's children may run with PYTHONUNBUFFERED, where print writes piece by piece.

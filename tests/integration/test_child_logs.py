@@ -13,11 +13,11 @@ import pytest
 from loguru import logger
 
 from kernel_runner import RunnerConfig
-from kernel_runner.childlog import ChildLogBook, log_file_name
 from kernel_runner.client import AgentClient
-from kernel_runner.events import Event, emit
-from kernel_runner.logs import json_line_sink
-from kernel_runner.runtime import RunnerStartError, start
+from kernel_runner.observability.childlog import ChildLogBook, log_file_name
+from kernel_runner.observability.events import Event, emit
+from kernel_runner.observability.logs import json_line_sink
+from kernel_runner.runtime.root import RunnerStartError, start
 from tests.conftest import CHILDREN
 from tests.integration.test_services import write_defs
 from tests.support.ports import free_port

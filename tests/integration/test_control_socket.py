@@ -25,7 +25,7 @@ from kernel_runner.client import AgentClient, ReplyTimeout
 from kernel_runner.control.client import ControlClient, ControlError
 from kernel_runner.control.protocol import MAX_REQUEST_BYTES, default_socket_path
 from kernel_runner.control.server import MAX_CONNECTIONS
-from kernel_runner.supervision import ChildState
+from kernel_runner.supervision.spec import ChildState
 from tests.conftest import CHILDREN
 from tests.integration.test_services import write_defs
 from tests.support.ports import free_port

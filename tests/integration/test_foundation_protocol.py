@@ -7,7 +7,7 @@ import pytest
 from kernel_runner import RunnerConfig, RunnerHandle, RunnerStartError, start
 from kernel_runner.client import AgentClient, ReplyTimeout
 from kernel_runner.ids import ChildId
-from kernel_runner.supervision import ChildState
+from kernel_runner.supervision.spec import ChildState
 from tests.support.waiting import wait_until
 
 
@@ -95,7 +95,7 @@ def test_a_crashed_router_is_restarted_on_the_same_ports(runner: RunnerHandle, a
     # A router that stops unasked (its actor ended) is restarted: it is a permanent child.
     import pykka
 
-    from kernel_runner.actors.router import RouterActor
+    from kernel_runner.actors.router.actor import RouterActor
 
     (router_ref,) = pykka.ActorRegistry.get_by_class(RouterActor)
     router_ref.stop(timeout=5)

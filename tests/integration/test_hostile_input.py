@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from kernel_runner import RunnerHandle, wire
+from kernel_runner import RunnerHandle
 from kernel_runner.client import AgentClient, ReplyTimeout, RunResult
+from kernel_runner.wire import frames as wire
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until
 

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_cla
 
 import kernel_runner
 from kernel_runner import RunnerConfig, RunnerHandle, RunnerStartError, start
-from kernel_runner.cli import build_parser
+from kernel_runner.cli.runner import build_parser
 from kernel_runner.client import AgentClient, RunResult
 from tests.conftest import CHILDREN
 from tests.support.ports import free_port
@@ -284,7 +284,7 @@ def test_an_app_runner_without_the_flag_does_not_import_prometheus_client(tmp_pa
 import sys
 from pathlib import Path
 from kernel_runner.config import RunnerConfig
-from kernel_runner.runtime import start
+from kernel_runner.runtime.root import start
 from kernel_runner.client import AgentClient
 
 root = Path(sys.argv[1])
@@ -297,7 +297,7 @@ for port in (None, 0):
     with AgentClient(port_in=handle.ports.port_in, port_out=handle.ports.port_out) as agent:
         agent.run("exec", "true", timeout=30)
     handle.stop(timeout=5)
-    print("LOADED", port, "prometheus_client" in sys.modules, "kernel_runner.metrics" in sys.modules)
+    print("LOADED", port, "prometheus_client" in sys.modules, "kernel_runner.observability.metrics" in sys.modules)
 """
     done = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, timeout=120,
                           check=False)

@@ -17,7 +17,7 @@ import pytest
 from kernel_runner import RunnerConfig, RunnerHandle, start
 from kernel_runner.client import AgentClient, ReplyTimeout
 from kernel_runner.config import RestartDefaults
-from kernel_runner.supervision import ChildInfo, ChildState
+from kernel_runner.supervision.spec import ChildInfo, ChildState
 from tests.conftest import CHILDREN
 from tests.support.ports import free_port
 from tests.support.procs import alive, assert_gone

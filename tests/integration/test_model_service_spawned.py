@@ -21,7 +21,7 @@ import pytest
 from kernel_runner import RunnerConfig, start
 from kernel_runner.client import AgentClient, ReplyTimeout
 from kernel_runner.config import RestartDefaults
-from kernel_runner.supervision import ChildState
+from kernel_runner.supervision.spec import ChildState
 from tests.conftest import CHILDREN
 from tests.integration.test_model_service import ModelRunner
 from tests.support.ports import free_port

@@ -14,10 +14,10 @@ import psutil
 import pytest
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
-from kernel_runner.actors import lang_runner
+from kernel_runner.actors.lang_runner import actor as lang_runner
 from kernel_runner.client import AgentClient
-from kernel_runner.procs import StopStep
-from kernel_runner.supervision import ChildState
+from kernel_runner.procs.process import StopStep
+from kernel_runner.supervision.spec import ChildState
 from tests.support.flood import MIB, StalledAgent, read_flood_to_the_end, wait_for_stalled_writer
 from tests.support.procs import assert_gone, descendants
 from tests.support.runners import LangRunners, interrupt_run, read_until, running

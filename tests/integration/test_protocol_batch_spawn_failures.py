@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from kernel_runner import RunnerConfig, RunnerHandle
-from kernel_runner.actors.lang_runner import spawn_failure_text
-from kernel_runner.actors.user_input import UserInputServer
-from kernel_runner.childenv import MAX_ARG_STRLEN
+from kernel_runner.actors.lang_runner.actor import spawn_failure_text
+from kernel_runner.actors.lang_runner.user_input import UserInputServer
 from kernel_runner.client import AgentClient, RunResult
 from kernel_runner.ids import LANG_CHILD
 from kernel_runner.notices import NOTICE_MAX_BYTES, notice_bytes
-from kernel_runner.supervision import ChildInfo, ChildState
+from kernel_runner.procs.childenv import MAX_ARG_STRLEN
+from kernel_runner.supervision.spec import ChildInfo, ChildState
 from tests.support.faults import once
 from tests.support.runners import running
 from tests.support.waiting import wait_until

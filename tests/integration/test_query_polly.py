@@ -19,10 +19,10 @@ import attrs
 import pytest
 
 from kernel_runner import RunnerConfig, RunnerHandle
-from kernel_runner.actors.polly import polly_child_spec
+from kernel_runner.actors.polly.actor import polly_child_spec
 from kernel_runner.client import AgentClient
 from kernel_runner.ids import POLLY_CHILD
-from kernel_runner.supervision import ChildInfo, ChildState
+from kernel_runner.supervision.spec import ChildInfo, ChildState
 from tests.support.polly import (
     ACCESS_KEY,
     REGION,
@@ -270,7 +270,7 @@ def test_completion_is_empty_and_batch_ops_follow_the_language_table(polly_confi
 
 
 def test_a_dead_worker_is_restarted_and_the_next_request_works(polly_config: RunnerConfig, fake: FakePolly) -> None:
-    from kernel_runner.actors.polly_worker import PollySettings, make_boto3_client
+    from kernel_runner.actors.polly.worker import PollySettings, make_boto3_client
 
     calls: list[str] = []
 

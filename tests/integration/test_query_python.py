@@ -23,12 +23,12 @@ import msgpack
 import pytest
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
-from kernel_runner.actors.kernel import Phase, kernel_child_spec
+from kernel_runner.actors.kernel.actor import Phase, kernel_child_spec
 from kernel_runner.client import AgentClient, RunResult
 from kernel_runner.context import RunnerContext
 from kernel_runner.drawing import DRAWING_MIME
 from kernel_runner.ids import KERNEL_CHILD
-from kernel_runner.supervision import ChildInfo, ChildSpec, ChildState
+from kernel_runner.supervision.spec import ChildInfo, ChildSpec, ChildState
 from tests.support.procs import alive, assert_gone
 from tests.support.waiting import wait_until
 

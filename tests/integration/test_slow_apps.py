@@ -14,7 +14,7 @@ import pytest
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
 from kernel_runner.client import AgentClient
-from kernel_runner.supervision import ChildState
+from kernel_runner.supervision.spec import ChildState
 from tests.conftest import CHILDREN
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until

@@ -8,15 +8,13 @@ from typing import Any, cast
 
 import pykka
 
-from kernel_runner.actors.base import SupervisedActor
-from kernel_runner.clock import REAL_CLOCK
 from kernel_runner.config import RunnerConfig
 from kernel_runner.context import RunnerContext
-from kernel_runner.directory import ChildDirectory
 from kernel_runner.ids import LANG_CHILD, ChildId
-from kernel_runner.outbox import RouterLink
-from kernel_runner.status import StartupGate
-from kernel_runner.supervision import (
+from kernel_runner.supervision.actor import SupervisedActor
+from kernel_runner.supervision.clock import REAL_CLOCK
+from kernel_runner.supervision.directory import ChildDirectory
+from kernel_runner.supervision.spec import (
     ChildContext,
     ChildInfo,
     ChildSpec,
@@ -27,8 +25,10 @@ from kernel_runner.supervision import (
     TreeSnapshot,
     WhichChildrenQuery,
 )
+from kernel_runner.supervision.timers import Ticker
 from kernel_runner.supervisor import SupervisorActor
-from kernel_runner.timers import Ticker
+from kernel_runner.wire.outbox import RouterLink
+from kernel_runner.wire.status import StartupGate
 from tests.support.waiting import Recorder, wait_until
 
 ASK_S = 2.0

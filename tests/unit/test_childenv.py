@@ -8,8 +8,8 @@ from pathlib import Path
 import attrs
 import pytest
 
-from kernel_runner.childenv import DEFAULT_PATH, build_child_env, promote_path, read_environ_file, strip_runner_libraries
 from kernel_runner.langs import get_lang
+from kernel_runner.procs.childenv import DEFAULT_PATH, build_child_env, promote_path, read_environ_file, strip_runner_libraries
 
 
 @attrs.define

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kernel_runner.cli.ctl import build_parser, render, status_table
 from kernel_runner.control.protocol import (
     MAX_REQUEST_BYTES,
     SOCKET_ENV,
@@ -20,7 +21,6 @@ from kernel_runner.control.protocol import (
     own_socket_path,
     runner_sockets,
 )
-from kernel_runner.ctl_cli import build_parser, render, status_table
 
 
 def test_the_default_path_is_under_the_runtime_dir_or_a_per_user_tmp_folder() -> None:

@@ -3,7 +3,7 @@ usual period (docs/protocol.md §4.7)."""
 
 from __future__ import annotations
 
-from kernel_runner.jupyter import HeartbeatWatch
+from kernel_runner.actors.kernel.jupyter import HeartbeatWatch
 
 
 def test_an_idle_kernel_is_pinged_rarely_and_a_run_is_watched_from_its_start() -> None:

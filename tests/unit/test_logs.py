@@ -11,8 +11,8 @@ import pytest
 from loguru import logger
 
 import kernel_runner
-from kernel_runner import debug_lines
-from kernel_runner.logs import configure_logging
+from kernel_runner.observability import debug_lines
+from kernel_runner.observability.logs import configure_logging
 
 
 def test_aws_libraries_never_log_their_debug_lines_which_carry_credentials() -> None:
@@ -59,7 +59,7 @@ def test_configure_logging_switches_the_debug_lines() -> None:
 
 
 def test_every_debug_line_of_the_package_goes_through_the_switch() -> None:
-    """A `log.debug(...)` of its own would reach an embedding host's stderr (kernel_runner/debug_lines.py)."""
+    """A `log.debug(...)` of its own would reach an embedding host's stderr (kernel_runner/observability/debug_lines.py)."""
     package = Path(kernel_runner.__file__).parent
     direct = [f"{path.relative_to(package)}:{number}" for path in sorted(package.rglob("*.py"))
               if path.name != "debug_lines.py"

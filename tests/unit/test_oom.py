@@ -10,7 +10,7 @@ import sys
 
 import psutil
 
-from kernel_runner.oom import MIB, ProcessBook, SeenProcess, look_below
+from kernel_runner.procs.oom import MIB, ProcessBook, SeenProcess, look_below
 
 HOG = "import sys, time; hog = b'x' * (48 << 20); print('ready', flush=True); time.sleep(600)"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from kernel_runner.messages import Finished, Output
-from kernel_runner.outbox import (
+from kernel_runner.wire.outbox import (
     CREDIT_BYTES,
     MAX_RECORD_BYTES,
     Credits,

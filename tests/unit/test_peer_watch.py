@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from kernel_runner.actors.agent_link import REDIAL_WINDOW_S, PeerWatch
+from kernel_runner.actors.router.agent_link import REDIAL_WINDOW_S, PeerWatch
 
 
 def test_an_input_peer_that_dials_again_at_once_with_its_output_still_there_gets_the_hint() -> None:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from kernel_runner.exits import (
+from kernel_runner.supervision.exits import (
     EXIT_KINDS,
     Crashed,
     NormalExit,
@@ -16,7 +16,7 @@ from kernel_runner.exits import (
     StartFailed,
     Unhealthy,
 )
-from kernel_runner.policy import (
+from kernel_runner.supervision.policy import (
     NO_FATAL_RETRY,
     Backoff,
     FatalRetry,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kernel_runner.actors.polly_worker import (
+from kernel_runner.actors.polly.worker import (
     DEFAULT_REGION,
     BadPayload,
     PollySettings,

@@ -16,9 +16,9 @@ from kernel_runner.messages import (
     ServiceResult,
     StartModelService,
 )
-from kernel_runner.outbox import RouterLink
+from kernel_runner.runtime.service_planner import ServiceDirectory, read_service_definitions
 from kernel_runner.servicedefs import Intrinsics, ServiceLaunch
-from kernel_runner.services import ServiceDirectory, read_service_definitions
+from kernel_runner.wire.outbox import RouterLink
 
 
 def write(folder: Path, name: str, text: str) -> None:

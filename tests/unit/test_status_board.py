@@ -7,8 +7,8 @@ import threading
 import pytest
 
 from kernel_runner.ids import ChildId
-from kernel_runner.status import StartupGate, StatusBoard
-from kernel_runner.supervision import ChildInfo, ChildState, TreeSnapshot
+from kernel_runner.supervision.spec import ChildInfo, ChildState, TreeSnapshot
+from kernel_runner.wire.status import StartupGate, StatusBoard
 
 pytestmark = pytest.mark.timeout(30)
 

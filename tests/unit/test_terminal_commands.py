@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kernel_runner.terminal_commands import (
+from kernel_runner.actors.terminal.commands import (
     BRANCH_LOG_ARGS,
     CommandError,
     NotACommand,

@@ -6,7 +6,7 @@ import os
 import select
 import threading
 
-from kernel_runner.wakeup import WakeupPipe
+from kernel_runner.procs.wakeup import WakeupPipe
 
 
 def _readable(fd: int) -> bool:

@@ -7,7 +7,6 @@ import json
 import msgpack
 import pytest
 
-from kernel_runner import wire
 from kernel_runner.ids import ChildId
 from kernel_runner.messages import (
     AgentEvent,
@@ -36,7 +35,8 @@ from kernel_runner.messages import (
     StatusRequest,
     WaitingInput,
 )
-from kernel_runner.supervision import ChildInfo, ChildState
+from kernel_runner.supervision.spec import ChildInfo, ChildState
+from kernel_runner.wire import frames as wire
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,1 @@
+"""One model service's health checker and its HTTP prober thread."""

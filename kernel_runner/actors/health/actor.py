@@ -1,0 +1,690 @@
+"""HealthCheckerActor: decides when one model service counts as up and alive; the HTTP calls happen in Prober.
+
+Two contracts, by the agent's generation (docs/protocol.md §12.2):
+- SPAWNED (23.09.1+): the server answered the agent when it spawned; the checker starts in LIVENESS and only
+  reports health as `model-service-status` transitions. It probes for ever (quickly until the first pass, then every
+  `interval`), counts failures only after `initial_delay`, reports unhealthy after more than max_retries in a row,
+  and never stops or restarts the server for it. Without an enabled health check it does not probe: the model is
+  healthy while its process runs (ServiceUp), unhealthy when it ends.
+- VERDICT (before 23.09.1): the checker answers the agent, after the start-up probes below.
+
+Life of one model service under the VERDICT contract (docs/protocol.md §7, docs/architecture.md §4), one `phase`
+(Phase, TRANSITIONS) changed only through `self._life`:
+
+    STARTUP ── probe every `startup_period_s` (50 ms) ──> healthy: reply `started`, status is_healthy=true
+       │                                                  └─> LIVENESS: probe every `interval`
+       ├─ the agent's reply deadline comes before the budget ends (a long initial_delay) ──> reply `failed`;
+       │      still STARTUP
+       ├─ server process ended / could not start ──> STOPPING_SERVER
+       └─ budget (max_retries × max_wait_time + initial_delay) spent, then
+              ├─ server stopped (model_stop_on_startup_failure, the default) ──> STOPPING_SERVER
+              └─ server kept ──> reply `failed` "service unhealthy" (status is_healthy=false if the agent was
+                     answered already) ──> LIVENESS with health unhealthy (a late recovery is reported)
+    STOPPING_SERVER: the supervisor stops the server for good; once it is gone (its binding stops this checker),
+        reply `failed` (so its port is free when the agent hears it, docs/protocol.md §7.2 step 4) ──> DONE
+    LIVENESS: max_retries consecutive failures or a dead process ──> status is_healthy=false (once per
+        transition), `unhealthy` log line, server restarted through the supervisor (RestartChild(Unhealthy));
+        a success after that ──> status is_healthy=true.
+    DONE: nothing left to watch; an incarnation started in DONE ends at once.
+
+The phase says how probes are scheduled and what a result means. `health` (unknown/healthy/unhealthy) and
+`replied` are what the agent has heard, kept apart from it: health flips back and forth within LIVENESS (as
+phases it would add edges that change neither the schedule nor what a probe means), and the early reply or a
+stop answers the agent without changing how the checker probes.
+
+The supervisor restarts this actor if it crashes; the phase and what the agent was already told live in a
+HealthMemo shared by the incarnations (only one runs at a time), so a new incarnation goes on in the phase the
+last one reached, and the agent gets exactly one reply and no repeated transition.
+"""
+
+from __future__ import annotations
+
+import enum
+import queue
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+import pykka
+
+from kernel_runner.context import RunnerContext
+from kernel_runner.generations import ModelReply
+from kernel_runner.ids import ChildId
+from kernel_runner.messages import (
+    HealthCheck,
+    ModelServiceResult,
+    ModelServiceStatus,
+    ServiceProcessEnded,
+    ServiceStartFailed,
+    ServiceUp,
+)
+from kernel_runner.observability.debug_lines import debug
+from kernel_runner.observability.events import Event, emit
+from kernel_runner.supervision.actor import PhaseMachine, SupervisedActor
+from kernel_runner.supervision.clock import Clock
+from kernel_runner.supervision.exits import NormalExit, ShutdownExit, Unhealthy
+from kernel_runner.supervision.refs import tell_if_alive
+from kernel_runner.supervision.spec import ChildContext, ChildState, RestartChild, StopChild, StopRequested
+
+if TYPE_CHECKING:
+    import requests
+
+# docs/protocol.md §3.5: the agent waits `max_retries × max_wait_time + 10` s; we answer at least this much earlier, because its
+# clock started before ours (request transit, supervisor, spawn).
+AGENT_REPLY_SLACK_S = 10.0
+REPLY_MARGIN_S = 2.0
+# A probe whose thread has not answered by its timeouts plus this much counts as failed (a server trickling bytes
+# can keep one requests call alive past its per-read timeout).
+PROBE_OVERDUE_SLACK_S = 2.0
+MIN_READ_TIMEOUT_S = 0.001
+MAX_CONNECT_TIMEOUT_S = 1.0
+UNHEALTHY_TEXT = "service unhealthy"  # upstream's reply text (docs/protocol.md §7.2 step 5)
+
+
+class Phase(enum.Enum):
+    """The checker's regimen for one model service (see the module docstring); its value is what `status` shows."""
+
+    STARTUP = "startup"
+    """Probing every `startup_period_s` until the first success or the end of the startup budget."""
+    LIVENESS = "liveness"
+    """Up once (or kept after a failed start): probing every `interval`; consecutive failures restart the server."""
+    STOPPING_SERVER = "stopping-server"
+    """The start failed: the server is being stopped for good; `failed` goes out once it is gone (port free)."""
+    DONE = "done"
+    """Terminal: the start failed and the server was stopped for good; nothing is left to watch."""
+
+
+TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
+    Phase.STARTUP: frozenset({Phase.LIVENESS, Phase.STOPPING_SERVER}),
+    Phase.LIVENESS: frozenset(),
+    Phase.STOPPING_SERVER: frozenset({Phase.DONE}),
+    Phase.DONE: frozenset(),
+}
+
+# The supervisor's view of each phase; None: nothing to report (the checker ends in it).
+CHILD_STATES: Mapping[Phase, ChildState | None] = {
+    Phase.STARTUP: ChildState.RUNNING,
+    Phase.LIVENESS: ChildState.RUNNING,
+    # Not STOPPING: the supervisor must still ask this checker to stop at the runner's shutdown (it answers then).
+    Phase.STOPPING_SERVER: ChildState.RUNNING,
+    Phase.DONE: None,
+}
+
+Health = Literal["unknown", "healthy", "unhealthy"]
+
+
+@attrs.frozen(kw_only=True)
+class HealthPlan:
+    """Everything one model service's checker needs, resolved by service_specs.model_child_specs."""
+
+    model_name: str
+    # `<model name>-<port>`: the service name the agent uses for shutdown-service (docs/protocol.md §7.1).
+    service_name: str
+    server_child: ChildId
+    url: str
+    check: HealthCheck
+    # VERDICT: this checker answers the agent after the start-up probes; SPAWNED: the server answered, this checker
+    # only reports health, starting in LIVENESS (docs/protocol.md §12.2).
+    contract: ModelReply = ModelReply.VERDICT
+    # False: no HTTP probes (no health check, or `enable: false`); health follows the server's process.
+    probing: bool = True
+    startup_period_s: float
+    interval_s: float
+    send_status: bool
+    stop_on_startup_failure: bool
+    restart_on_unhealthy: bool
+
+    @property
+    def read_timeout_s(self) -> float:
+        return max(MIN_READ_TIMEOUT_S, self.check.max_wait_time)
+
+    @property
+    def connect_timeout_s(self) -> float:
+        return min(self.read_timeout_s, MAX_CONNECT_TIMEOUT_S)
+
+    @property
+    def startup_budget_s(self) -> float:
+        """k8s startup probe: the whole grace; a success inside it ends it early (Docker's start period)."""
+        return self.check.max_retries * self.check.max_wait_time + (self.check.initial_delay or 0.0)
+
+    @property
+    def spawned(self) -> bool:
+        return self.contract is ModelReply.SPAWNED
+
+    @property
+    def grace_s(self) -> float:
+        """How long failures do not count, from the first start and after each server restart.
+
+        VERDICT: the whole start-up budget (docs/protocol.md §7.2 step 4); SPAWNED: `initial_delay` only, the grace of
+        a large model that is still loading (upstream 25.12+), during which probing goes on.
+        """
+        return (self.check.initial_delay or 0.0) if self.spawned else self.startup_budget_s
+
+    @property
+    def unhealthy_after(self) -> int:
+        """Consecutive counted failures that make the model unhealthy: max_retries (VERDICT, this runner's
+        long-standing rule) or more than max_retries (SPAWNED, as the 23.09.8+ runner)."""
+        return self.check.max_retries + (1 if self.spawned else 0)
+
+    def period_s(self, *, healthy_once: bool, failures: int) -> float:
+        """The next probe's period. Never below the start-up period (an `interval` of 0 means "as often as that").
+
+        SPAWNED: until the first pass, probes come quickly and back off towards `interval` (so a model that loads
+        for half an hour is not probed 20 times a second, and one that is ready at once is reported within ms).
+        """
+        floor = self.startup_period_s
+        if self.spawned and not healthy_once:
+            return max(floor, min(self.interval_s, floor * 2.0 ** min(failures, 30)))
+        return max(floor, self.interval_s)
+
+    @property
+    def reply_within_s(self) -> float:
+        """The latest moment, from the checker's first start, that the agent still takes our reply (docs/protocol.md §3.5)."""
+        agent_wait = self.check.max_retries * self.check.max_wait_time + AGENT_REPLY_SLACK_S
+        return min(self.startup_budget_s, agent_wait - REPLY_MARGIN_S)
+
+
+@attrs.define(kw_only=True)
+class HealthMemo:
+    """The phase and what the agent has been told; survives checker restarts (one incarnation at a time).
+
+    `phase` is written only by the current incarnation's PhaseMachine (HealthCheckerActor._phase_changed).
+    """
+
+    started_at: float | None = None
+    replied: bool = False
+    phase: Phase = Phase.STARTUP
+    health: Health = "unknown"
+    # A probe has passed once: from then on probes come every `interval` (before, SPAWNED probes back off to it).
+    healthy_once: bool = False
+    # STOPPING_SERVER: the `failed` text the agent gets once the server is gone.
+    failure: str | None = None
+
+
+# ---- messages private to this actor and its thread ---------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ProbeDue:
+    """Ticker → checker: time for the next probe; ticks of an older schedule (`epoch`) are ignored."""
+
+    epoch: int
+
+
+@attrs.frozen(kw_only=True)
+class ProbeRequest:
+    seq: int
+    url: str
+    connect_timeout_s: float
+    read_timeout_s: float
+    expected_status: int
+
+
+@attrs.frozen(kw_only=True)
+class ProbeResult:
+    """Prober → checker: one HTTP GET's outcome."""
+
+    seq: int
+    ok: bool
+    status_code: int | None
+    error: str | None
+    latency_s: float
+
+
+@attrs.frozen(kw_only=True)
+class ProbeOverdue:
+    seq: int
+
+
+@attrs.frozen(kw_only=True)
+class StartupDeadline:
+    """Ticker → checker: the reply deadline or the end of the startup budget has come."""
+
+
+class Prober(threading.Thread):
+    """Runs one probe at a time so the actor never waits on the network; owns its requests Session."""
+
+    def __init__(self, *, owner: pykka.ActorRef[Any], clock: Clock, name: str) -> None:
+        super().__init__(name=f"Prober-{name}", daemon=True)
+        self._owner = owner
+        self._clock = clock
+        self._queue: queue.Queue[ProbeRequest | None] = queue.Queue(maxsize=1)
+        self._stopping = threading.Event()
+
+    def submit(self, request: ProbeRequest) -> bool:
+        try:
+            self._queue.put_nowait(request)
+        except queue.Full:
+            return False
+        return True
+
+    def stop(self) -> None:
+        """Never blocks: a probe in flight ends within its own timeouts, and its result is dropped."""
+        self._stopping.set()
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass  # a request is pending; the loop takes it, sees the flag and ends
+
+    def run(self) -> None:
+        import requests  # here, not at import time: a runner without model services never needs it (~50 ms)
+
+        session = requests.Session()
+        session.trust_env = False  # a 127.0.0.1 probe never goes through HTTP(S)_PROXY or reads ~/.netrc
+        try:
+            while True:
+                request = self._queue.get()
+                if request is None or self._stopping.is_set():
+                    return
+                result = probe_once(session, request, self._clock)
+                if self._stopping.is_set():
+                    return
+                if not tell_if_alive(self._owner, result):
+                    return
+        finally:
+            session.close()
+
+
+def probe_once(session: requests.Session, request: ProbeRequest, clock: Clock) -> ProbeResult:
+    import requests
+
+    """One GET with explicit (connect, read) timeouts; the body is never read, the response always closed."""
+    started = clock.monotonic()
+    status: int | None = None
+    error: str | None = None
+    try:
+        # Redirects are followed as upstream's urllib did (docs/protocol.md §7.2), each hop under the same timeouts.
+        with session.get(
+            request.url, timeout=(request.connect_timeout_s, request.read_timeout_s), stream=True, allow_redirects=True
+        ) as response:
+            status = response.status_code
+    except requests.Timeout:
+        error = f"no answer within {request.read_timeout_s:g}s"
+    except requests.ConnectionError as exc:
+        error = describe_connection_error(exc)
+    except Exception as exc:  # noqa: BLE001 - any transport failure is a failed try (docs/protocol.md §7.5), never a dead thread
+        error = repr(exc)
+    latency = clock.monotonic() - started
+    ok = status == request.expected_status
+    if status is not None and not ok:
+        error = f"status {status}, expected {request.expected_status}"
+    return ProbeResult(seq=request.seq, ok=ok, status_code=status, error=error, latency_s=latency)
+
+
+def describe_connection_error(exc: requests.ConnectionError) -> str:
+    text = str(exc)
+    if "Connection refused" in text:
+        return "connection refused"
+    if "RemoteDisconnected" in text or "Connection reset" in text or "Connection aborted" in text:
+        return "connection closed without a response"
+    return text[:300]
+
+
+class HealthCheckerActor(SupervisedActor):
+    """Decides when a model service counts as up and alive; the HTTP calls happen in Prober."""
+
+    def __init__(self, *, ctx: ChildContext, runner: RunnerContext, plan: HealthPlan, memo: HealthMemo) -> None:
+        super().__init__(ctx=ctx)
+        self._router = runner.router
+        self.plan = plan
+        self.memo = memo
+        self._prober: Prober | None = None
+        self._epoch = 0
+        self._seq = 0
+        self._in_flight: int | None = None
+        self._dispatched_at = 0.0
+        # A probe the actor gave up waiting for; the thread is still in it, so no new probe can start yet.
+        self._stuck: int | None = None
+        self._probes = 0
+        self._consecutive_failures = 0
+        self._failures_since_restart = 0
+        # After a restart, failures do not count toward the next one until the server had its startup budget again.
+        self._grace_until = 0.0
+        self._last: ProbeResult | None = None
+        # An incarnation goes on in the phase the previous one reached.
+        self._life = PhaseMachine(memo.phase, TRANSITIONS, log=lambda: self.log, on_change=self._phase_changed)
+
+    @property
+    def phase(self) -> Phase:
+        return self._life.phase
+
+    def _phase_changed(self, old: Phase, new: Phase) -> None:
+        """The one place a phase change is written back to the memo and reported to the supervisor."""
+        self.memo.phase = new
+        self.set_state(CHILD_STATES[new])
+
+    # ---- life -----------------------------------------------------------------------------------------
+    def start_child(self) -> None:
+        now = self.ctx.clock.monotonic()
+        if self.memo.started_at is None:
+            self.memo.started_at = now
+        if self.phase is Phase.DONE:
+            # The previous incarnation ended the model service; nothing is left to watch.
+            self.finish(NormalExit())
+            return
+        if self.phase is Phase.STOPPING_SERVER:
+            self.set_state(CHILD_STATES[self.phase])
+            self._stop_server()  # again: the previous incarnation may have died before the supervisor heard it
+            return
+        if self.plan.spawned:
+            self._grace_until = self.memo.started_at + self.plan.grace_s
+        if self.plan.probing:
+            self._prober = Prober(owner=self.actor_ref, clock=self.ctx.clock, name=self.plan.service_name)
+            self._prober.start()
+        self.set_state(CHILD_STATES[self.phase])  # the phase this incarnation inherited (no edge, so no _phase_changed)
+        if not self.plan.probing:
+            self.log.info("no enabled health check: {} counts as healthy while its process runs",
+                          self.plan.service_name)
+            self._publish()
+            return
+        if self.phase is Phase.LIVENESS and self.plan.spawned and not self.memo.healthy_once:
+            self.log.info(
+                "probing {} until it stops: first every {:.0f} ms, backing off to every {:.1f}s; failures count after "
+                "{:.1f}s of grace", self.plan.url, self.plan.startup_period_s * 1000, self.plan.interval_s,
+                max(0.0, self._grace_until - now),
+            )
+        elif self.phase is Phase.STARTUP:
+            elapsed = now - self.memo.started_at
+            if not self.memo.replied:
+                self.schedule(max(0.0, self.plan.reply_within_s - elapsed), StartupDeadline())
+            if self.plan.startup_budget_s > self.plan.reply_within_s or self.memo.replied:
+                self.schedule(max(0.0, self.plan.startup_budget_s - elapsed), StartupDeadline())
+            self.log.info(
+                "probing {} every {:.0f} ms for up to {:.1f}s", self.plan.url, self.plan.startup_period_s * 1000,
+                max(0.0, self.plan.startup_budget_s - elapsed),
+            )
+        else:
+            self.log.info("restarted; probing {} every {:.1f}s", self.plan.url, self.plan.interval_s)
+        self._publish()
+        self._probe_now()
+
+    def cleanup(self) -> None:
+        if self._prober is not None:
+            self._prober.stop()
+
+    def handle(self, message: object) -> object:
+        match message:
+            case ProbeDue():
+                return self._handle_probe_due(message)
+            case ProbeResult():
+                return self._handle_probe_result(message)
+            case ProbeOverdue():
+                return self._handle_probe_overdue(message)
+            case StartupDeadline():
+                return self._handle_startup_deadline()
+            case ServiceProcessEnded():
+                return self._handle_service_process_ended(message)
+            case ServiceStartFailed():
+                return self._handle_service_start_failed(message)
+            case ServiceUp():
+                return self._handle_service_up()
+            case _:
+                return super().handle(message)
+
+    def request_stop(self, message: StopRequested) -> None:
+        if self.phase is Phase.STOPPING_SERVER:
+            # The server is gone (this checker is bound to it), or the runner stops: answer the failure now.
+            assert self.memo.failure is not None
+            self._life.to(Phase.DONE, f"server stopped ({message.reason})")  # STOPPING_SERVER -> DONE
+            self._reply_once("failed", self.memo.failure)
+            self._publish()
+            self.finish(NormalExit())
+            return
+        # Exactly one reply per request (docs/protocol.md §3.6): a model stopped while starting is answered too.
+        self._reply_once("failed", f"the model service was stopped before it became healthy ({message.reason})")
+        self.finish(ShutdownExit())
+
+    # ---- probing ----------------------------------------------------------------------------------------
+    def _probe_now(self) -> None:
+        self._epoch += 1
+        self._dispatch()
+
+    def _schedule_next(self, period_s: float) -> None:
+        self._epoch += 1
+        elapsed = self.ctx.clock.monotonic() - self._dispatched_at
+        self.schedule(max(0.0, period_s - elapsed), ProbeDue(epoch=self._epoch))
+
+    def _handle_probe_due(self, message: ProbeDue) -> None:
+        if message.epoch != self._epoch:
+            return
+        if self._stuck is not None:
+            # The thread is still inside a hung request: this period's probe fails without a new request.
+            self._dispatched_at = self.ctx.clock.monotonic()
+            self._handle_outcome(ProbeResult(seq=self._stuck, ok=False, status_code=None,
+                                             error="the previous probe is still hanging", latency_s=0.0))
+            return
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        if self._in_flight is not None or self._stuck is not None or self._prober is None:
+            return
+        self._seq += 1
+        request = ProbeRequest(
+            seq=self._seq, url=self.plan.url, connect_timeout_s=self.plan.connect_timeout_s,
+            read_timeout_s=self.plan.read_timeout_s, expected_status=self.plan.check.expected_status_code,
+        )
+        if not self._prober.submit(request):
+            return
+        self._in_flight = self._seq
+        self._dispatched_at = self.ctx.clock.monotonic()
+        overdue = self.plan.connect_timeout_s + self.plan.read_timeout_s + PROBE_OVERDUE_SLACK_S
+        self.schedule(overdue, ProbeOverdue(seq=self._seq))
+
+    def _handle_probe_overdue(self, message: ProbeOverdue) -> None:
+        if message.seq != self._in_flight:
+            return
+        self._in_flight = None
+        self._stuck = message.seq
+        self._dispatched_at = self.ctx.clock.monotonic()  # the next verdict is one period from now
+        self.log.warning("probe {} gave no result within its timeouts; counted as failed", message.seq)
+        self._handle_outcome(ProbeResult(seq=message.seq, ok=False, status_code=None,
+                                         error="the probe hung past its timeouts", latency_s=0.0))
+
+    def _handle_probe_result(self, message: ProbeResult) -> None:
+        if message.seq == self._stuck:
+            self._stuck = None  # the hung request finally ended; its verdict was given already
+            return
+        if message.seq != self._in_flight:
+            return
+        self._in_flight = None
+        self._handle_outcome(message)
+
+    def _handle_outcome(self, result: ProbeResult) -> None:
+        self._record(result)
+        if self.phase is Phase.STARTUP:
+            if result.ok:
+                self._startup_succeeded(result)
+                return
+            self._schedule_next(self.plan.startup_period_s)
+            return
+        if self.phase is Phase.LIVENESS:
+            if result.ok:
+                self._failures_since_restart = 0
+                if self.memo.health != "healthy":
+                    if self.memo.healthy_once:
+                        emit(self.log, "INFO", Event.HEALTHY,
+                             "healthy again: status {} in {:.1f} ms", result.status_code, result.latency_s * 1000)
+                    else:
+                        assert self.memo.started_at is not None
+                        emit(self.log, "INFO", Event.HEALTHY, "healthy after {:.3f}s ({} probe(s); status {})",
+                             self.ctx.clock.monotonic() - self.memo.started_at, self._probes, result.status_code)
+                    self._set_health("healthy")
+                self.memo.healthy_once = True
+            elif self._failures_since_restart >= self.plan.unhealthy_after:
+                self._liveness_failed()
+            self._schedule_next(self._period())
+
+    def _record(self, result: ProbeResult) -> None:
+        self._probes += 1
+        self._last = result
+        if result.ok:
+            self._consecutive_failures = 0
+        else:
+            self._consecutive_failures += 1
+            if self.ctx.clock.monotonic() >= self._grace_until:
+                self._failures_since_restart += 1
+            debug(self.log, "probe failed: {}", result.error)
+        self._publish()
+
+    # ---- startup -----------------------------------------------------------------------------------------
+    def _startup_succeeded(self, result: ProbeResult) -> None:
+        assert self.memo.started_at is not None
+        took = self.ctx.clock.monotonic() - self.memo.started_at
+        self._life.to(Phase.LIVENESS, f"healthy after {took:.3f}s")  # STARTUP -> LIVENESS
+        self._failures_since_restart = 0
+        emit(self.log, "INFO", Event.HEALTHY,
+             "healthy after {:.3f}s ({} probe(s); status {})", took, self._probes, result.status_code)
+        self._reply_once("started", None)
+        self._set_health("healthy")
+        self.memo.healthy_once = True
+        self._schedule_next(self._period())
+
+    def _handle_startup_deadline(self) -> None:
+        if self.phase is not Phase.STARTUP:
+            return
+        assert self.memo.started_at is not None
+        elapsed = self.ctx.clock.monotonic() - self.memo.started_at
+        if elapsed + 1e-3 < self.plan.startup_budget_s:
+            if self.memo.replied:
+                return
+            # Only with an initial_delay longer than the agent waits: answer now, keep probing for the rest of it.
+            self.log.warning("not healthy within {:.1f}s; answered `failed` before the agent gives up, still probing "
+                             "for {:.1f}s of startup grace", elapsed, self.plan.startup_budget_s - elapsed)
+            self._reply_once("failed", UNHEALTHY_TEXT)
+            return
+        last = self._describe_last()
+        emit(self.log, "WARNING", Event.UNHEALTHY,
+             "unhealthy: not healthy within {:.1f}s ({} probe(s); last: {})", elapsed, self._probes, last)
+        self._startup_failed(UNHEALTHY_TEXT, keep_server=not self.plan.stop_on_startup_failure)
+
+    def _handle_service_process_ended(self, message: ServiceProcessEnded) -> None:
+        if self.phase is Phase.STARTUP:
+            error = f"the model service exited during startup (code {message.exit_code})"
+            if message.output_tail:
+                error += f"; last output:\n{message.output_tail}"
+            emit(self.log, "WARNING", Event.UNHEALTHY, "unhealthy: {}", error)
+            self._startup_failed(error, keep_server=False)
+            return
+        if self.phase is Phase.LIVENESS:
+            # Never a stale "healthy" after the process died (Backend.AI #1833); the supervisor restarts it.
+            emit(self.log, "WARNING", Event.UNHEALTHY,
+                 "unhealthy: the server process exited (code {}); the supervisor restarts it", message.exit_code)
+            self._restart_grace()
+            self._set_health("unhealthy")
+            self._publish()
+
+    def _handle_service_up(self) -> None:
+        """Only without probes does the process's being up decide; otherwise the HTTP probe does (servers listen
+        before they are ready)."""
+        if self.plan.probing or self.phase is not Phase.LIVENESS or self.memo.health == "healthy":
+            return
+        emit(self.log, "INFO", Event.HEALTHY, "healthy: its process runs (no enabled health check to probe)")
+        self._set_health("healthy")
+
+    def _handle_service_start_failed(self, message: ServiceStartFailed) -> None:
+        if self.plan.spawned and self.memo.health == "unknown":
+            # The server's own `failed` reply told the agent; a status on top would say it twice.
+            self.log.info("the server could not start: {}", message.error)
+            return
+        if self.phase is Phase.STARTUP:
+            emit(self.log, "WARNING", Event.UNHEALTHY, "unhealthy: the server could not start: {}", message.error)
+            self._startup_failed(message.error, keep_server=False)
+        elif self.phase is Phase.LIVENESS:
+            emit(self.log, "WARNING", Event.UNHEALTHY,
+                 "unhealthy: the restarted server could not start: {}", message.error)
+            self._set_health("unhealthy")
+            self._publish()
+
+    def _startup_failed(self, error: str, *, keep_server: bool) -> None:
+        if self.memo.replied:
+            self._set_health("unhealthy")  # the agent heard `failed` already; the later verdict goes as a status
+        first_line = error.partition("\n")[0]
+        self._epoch += 1  # a probe tick still pending belongs to the start-up that just ended
+        if keep_server:
+            self._reply_once("failed", error)
+            # Upstream left an unhealthy model running; we keep watching it, so a late recovery is reported.
+            self._life.to(Phase.LIVENESS, f"start failed, server kept: {first_line}")  # STARTUP -> LIVENESS
+            self.memo.health = "unhealthy"
+            self._failures_since_restart = 0
+            self._publish()
+            self._schedule_next(self._period())
+            return
+        # The agent may retry on the same port as soon as it hears `failed`: the server goes first. This checker is
+        # bound to it, so the supervisor stops us once it is gone for good, and request_stop answers then.
+        self.memo.failure = error
+        self._life.to(Phase.STOPPING_SERVER, f"start failed: {first_line}")  # STARTUP -> STOPPING_SERVER
+        self._publish()
+        self._stop_server()
+
+    def _stop_server(self) -> None:
+        assert self.memo.failure is not None
+        if self._prober is not None:
+            self._prober.stop()
+            self._prober = None
+        why = self.memo.failure.partition("\n")[0]
+        tell_if_alive(self.ctx.supervisor, StopChild(child_id=self.plan.server_child, reason=f"model unhealthy: {why}"))
+
+    # ---- liveness ----------------------------------------------------------------------------------------
+    def _liveness_failed(self) -> None:
+        detail = f"{self._failures_since_restart} consecutive failed probes (last: {self._describe_last()})"
+        if self.memo.health != "unhealthy":
+            emit(self.log, "WARNING", Event.UNHEALTHY, "unhealthy: {}", detail)
+            self._set_health("unhealthy")
+        if self.plan.restart_on_unhealthy:
+            self.log.warning("asking the supervisor to restart {} ({})", self.plan.server_child, detail)
+            tell_if_alive(self.ctx.supervisor, RestartChild(child_id=self.plan.server_child, reason=Unhealthy(detail=detail)))
+            # Count afresh after a grace: the restarted server gets its startup budget before the next restart.
+            self._restart_grace()
+        else:
+            self._failures_since_restart = 0
+
+    def _restart_grace(self) -> None:
+        self._failures_since_restart = 0
+        self._grace_until = self.ctx.clock.monotonic() + self.plan.grace_s
+
+    def _period(self) -> float:
+        return self.plan.period_s(healthy_once=self.memo.healthy_once, failures=self._consecutive_failures)
+
+    def _set_health(self, health: Health) -> None:
+        """A new verdict (not a phase change): published, and told the agent once per change."""
+        if self.memo.health == health:
+            return
+        self.memo.health = health
+        self._publish()
+        if self.plan.send_status:
+            # docs/protocol.md §7.5 (23.09+): one message per transition; the 23.03 agent files it under the run queue (§3.2).
+            self._router.tell(ModelServiceStatus(model_name=self.plan.model_name, is_healthy=health == "healthy"))
+
+    # ---- replies and status ------------------------------------------------------------------------------
+    def _reply_once(self, status: Literal["started", "failed"], error: str | None) -> None:
+        if self.memo.replied:
+            return
+        self.memo.replied = True
+        self._router.tell(ModelServiceResult(status=status, error=error))
+        if status == "started":
+            self.log.info("Model service {} has started", self.plan.service_name)
+
+    def _describe_last(self) -> str:
+        last = self._last
+        if last is None:
+            return "no probe finished"
+        return last.error or f"status {last.status_code}"
+
+    def _publish(self) -> None:
+        last = self._last
+        self.update_info({
+            "model": self.plan.model_name,
+            "service": self.plan.service_name,
+            "url": self.plan.url,
+            "phase": self.phase.value,
+            "health": self.memo.health,
+            "consecutive_failures": self._consecutive_failures,
+            "probes": self._probes,
+            "last_probe": None if last is None else {
+                "ok": last.ok,
+                "status_code": last.status_code,
+                "error": last.error,
+                "latency_ms": round(last.latency_s * 1000, 3),
+            },
+        })

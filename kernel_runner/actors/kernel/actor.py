@@ -1,0 +1,751 @@
+"""KernelActor: one Jupyter kernel process as a supervised child (docs/protocol.md §4).
+
+Its helper threads live in kernel_channels.py (``KernelStarter`` spawns the kernel, ``KernelChannels`` owns every
+socket to it), and the pure kernelspec and output-mapping pieces in kernel_runner/actors/kernel/jupyter.py. It also runs:
+
+* ``ProcessWatcher`` from procs.py: the kernel's exit, and its own log lines (into our log).
+
+The actor itself never blocks: it decides, signals the process group, and queues commands.
+
+Life of one incarnation: one ``Phase``, changed only through ``self._life``; ``TRANSITIONS`` is every allowed edge.
+
+    LAUNCHING   KernelStarter finds the kernelspec and spawns the kernel; runs queue
+        │ KernelLaunched
+        v
+    CONNECTING  the channel thread waits for a kernel_info_reply, IOPub and the stdin handshake; runs queue
+        │ KernelReady
+        v
+    READY       one cell at a time (the current run and the queue are data); completions go to the kernel
+        │ an interrupt ignored for `interrupt_kill_after_s`: SIGKILL to the kernel's tree
+        v
+    KILLING     waits for the killed kernel's exit; the interrupted run ends with 130 when it comes
+
+    LAUNCHING, CONNECTING, READY, KILLING ── the kernel exited, could not start, or its channels failed ──> DYING
+    READY ── its heartbeat went unanswered (stopped or hung, docs/protocol.md §4.7): SIGKILL to its tree ──> DYING
+    DYING     the running cell is ended through the channel thread (its last outputs first, then a stderr note),
+              or by END_RUN_TIMEOUT_S ──> RETIRING
+    RETIRING  queued runs were handed back for the next incarnation (answered with the start error after a failed
+              start) and pending completions answered; our _Retire comes through the inbox after what was already
+              in it (handed back too) ──> ENDED, with the death's reason (ProcessDied, StartFailed, Crashed)
+
+    LAUNCHING, CONNECTING, READY, KILLING ── StopRequested ──> STOPPING: a shutdown_request first (READY, no cell running),
+              then stop_process ── the process is gone (or never was) ──> ENDED, with ShutdownExit
+    A stop requested while DYING or RETIRING changes nothing: the death ends the incarnation by itself, promptly.
+
+The supervisor sees STARTING (LAUNCHING, CONNECTING), RUNNING (READY, KILLING), BACKOFF (DYING, RETIRING) and
+STOPPING, reported from ``_phase_changed`` only. Every accepted run gets exactly one RunDone to the language runner,
+whatever way the incarnation ends (the language runner sends the run's Finished), and every completion one answer.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import itertools
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pykka
+
+from kernel_runner.actors.kernel.channels import (
+    READY_TIMEOUT_S,
+    CompleteCommand,
+    EndRunCommand,
+    ExecuteCommand,
+    KernelChannels,
+    KernelHeartbeatLost,
+    KernelStarter,
+    LaunchBox,
+    RequestShutdownCommand,
+    SendInputCommand,
+    SendInterruptCommand,
+)
+from kernel_runner.actors.kernel.jupyter import (
+    HEARTBEAT_IDLE_INTERVAL_S,
+    HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_TIMEOUT_S,
+    INTERRUPTED_EXIT,
+    NO_KERNEL_EXIT,
+    death_exit_code,
+)
+from kernel_runner.context import RunnerContext
+from kernel_runner.excerpts import excerpt
+from kernel_runner.ids import KERNEL_CHILD, LANG_CHILD, RunId
+from kernel_runner.messages import (
+    CompleteCode,
+    CompletionResult,
+    FeedInput,
+    InterruptRun,
+    KernelChannelsClosed,
+    KernelCompletion,
+    KernelInputRequested,
+    KernelLaunched,
+    KernelReady,
+    KernelRunEnded,
+    KernelStartFailed,
+    PipeClosed,
+    ProcessExited,
+    RunDone,
+    RunTask,
+    StreamName,
+    WaitingInput,
+)
+from kernel_runner.observability.debug_lines import debug
+from kernel_runner.observability.events import Event, emit
+from kernel_runner.procs.process import (
+    OutputSink,
+    ProcessHandle,
+    ProcessWatcher,
+    StopStep,
+    describe_returncode,
+    stop_process,
+    watch_process,
+)
+from kernel_runner.supervision.actor import PhaseMachine, SupervisedActor
+from kernel_runner.supervision.exits import Crashed, ExitReason, ProcessDied, ShutdownExit, StartFailed, Unhealthy
+from kernel_runner.supervision.spec import ChildContext, ChildSpec, ChildState, StopRequested
+from kernel_runner.wire.answers import delegate_reject
+
+# ---- knobs (docs/architecture.md §4; docs/protocol.md §4) -----------------------------------------------------------
+# The agent waits for `completion` without a limit (docs/protocol.md §3.5); a cold jedi cache makes the first one take ~3 s.
+COMPLETE_TIMEOUT_S = 5.0
+# An interrupt that does not end the run in this time kills the kernel, so an interrupt always ends the run.
+INTERRUPT_KILL_AFTER_S = 10.0
+# How long the channel thread may take to flush a dead kernel's last outputs before the actor ends the run itself.
+END_RUN_TIMEOUT_S = 2.0
+KERNEL_SHUTDOWN_S = 3.0
+KERNEL_STABLE_AFTER_S = 10.0
+KERNEL_LOG_LINE_CHARS = 4096  # what the kernel process itself prints goes to our log, a line at most this long
+
+
+# ======================================================================================================================
+# Phases
+# ======================================================================================================================
+
+
+class Phase(enum.Enum):
+    """One kernel incarnation's life (the diagram in the module docstring)."""
+
+    LAUNCHING = "launching"
+    """KernelStarter finds the kernelspec and spawns the kernel; runs queue."""
+    CONNECTING = "connecting"
+    """The process is up; the channel thread waits for kernel_info, IOPub and the stdin handshake; runs queue."""
+    READY = "ready"
+    """The kernel answers: runs execute one at a time (the current run and the queue are data); completions go to it."""
+    KILLING = "killing"
+    """An interrupt was ignored for `interrupt_kill_after_s`: the kernel's tree was SIGKILLed; waiting for its exit."""
+    DYING = "dying"
+    """The kernel exited, could not start, or its channels failed: the running cell is being ended, once."""
+    RETIRING = "retiring"
+    """Queued work was handed back; our _Retire, behind what the inbox already held, ends the incarnation."""
+    STOPPING = "stopping"
+    """A stop was requested: a shutdown_request (READY only), then stop_process; the process's exit ends us."""
+    ENDED = "ended"
+    """finish() was called; the base hands back whatever still arrives."""
+
+
+# Phases in which the kernel is alive or on its way up: a death or a stop request can still change them.
+_ALIVE = (Phase.LAUNCHING, Phase.CONNECTING, Phase.READY, Phase.KILLING)
+
+TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
+    Phase.LAUNCHING: frozenset({Phase.CONNECTING, Phase.DYING, Phase.STOPPING}),
+    Phase.CONNECTING: frozenset({Phase.READY, Phase.DYING, Phase.STOPPING}),
+    Phase.READY: frozenset({Phase.KILLING, Phase.DYING, Phase.STOPPING}),
+    Phase.KILLING: frozenset({Phase.DYING, Phase.STOPPING}),
+    Phase.DYING: frozenset({Phase.RETIRING}),
+    Phase.RETIRING: frozenset({Phase.ENDED}),
+    Phase.STOPPING: frozenset({Phase.ENDED}),
+    Phase.ENDED: frozenset(),
+}
+
+# What the supervisor is told for each phase (None: nothing; the base reports the exit).
+CHILD_STATES: Mapping[Phase, ChildState | None] = {
+    Phase.LAUNCHING: ChildState.STARTING,
+    Phase.CONNECTING: ChildState.STARTING,
+    Phase.READY: ChildState.RUNNING,
+    Phase.KILLING: ChildState.RUNNING,
+    Phase.DYING: ChildState.BACKOFF,
+    Phase.RETIRING: ChildState.BACKOFF,
+    Phase.STOPPING: ChildState.STOPPING,
+    Phase.ENDED: None,
+}
+
+
+# ======================================================================================================================
+# KernelActor
+# ======================================================================================================================
+
+
+@attrs.frozen(kw_only=True)
+class _InterruptDeadline:
+    run_id: RunId
+
+
+@attrs.frozen(kw_only=True)
+class _CompletionDeadline:
+    request_id: int
+
+
+@attrs.frozen(kw_only=True)
+class _EndRunDeadline:
+    run_id: RunId
+
+
+@attrs.frozen(kw_only=True)
+class _Retire:
+    pass
+
+
+@attrs.define(kw_only=True)
+class _Run:
+    task: RunTask
+    waiting_input: bool = False
+    interrupted: bool = False
+
+
+class KernelActor(SupervisedActor):
+    """One kernel incarnation: queues code until the kernel is ready, runs one cell at a time, ends each run once.
+
+    When the kernel process dies, the running cell ends non-zero with a stderr line, queued cells go back to the
+    supervisor (which hands them to the next incarnation), and the actor exits with ProcessDied so the supervisor
+    restarts the kernel with backoff and gives up after too many restarts.
+    """
+
+    redeliverable = (RunTask, CompleteCode)
+
+    def __init__(
+        self,
+        *,
+        ctx: ChildContext,
+        runner: RunnerContext,
+        kernel_name: str,
+        env: Mapping[str, str] | None = None,
+        ready_timeout_s: float = READY_TIMEOUT_S,
+        complete_timeout_s: float = COMPLETE_TIMEOUT_S,
+        interrupt_kill_after_s: float = INTERRUPT_KILL_AFTER_S,
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+        heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
+        heartbeat_idle_interval_s: float = HEARTBEAT_IDLE_INTERVAL_S,
+    ) -> None:
+        super().__init__(ctx=ctx)
+        self._runner = runner
+        self.kernel_name = kernel_name
+        self._env_override = env
+        self._ready_timeout_s = ready_timeout_s
+        self._interrupt_kill_after_s = interrupt_kill_after_s
+        self._complete_timeout_s = complete_timeout_s
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._heartbeat_timeout_s = heartbeat_timeout_s
+        self._heartbeat_idle_interval_s = heartbeat_idle_interval_s
+        self._box: LaunchBox | None = None
+        self._starter: KernelStarter | None = None
+        self._channels: KernelChannels | None = None
+        self._watcher: ProcessWatcher | None = None
+        self._launched: KernelLaunched | None = None  # what KernelStarter spawned (its interrupt mode)
+        self._queue: collections.deque[RunTask] = collections.deque()
+        self._current: _Run | None = None
+        self._completions: set[int] = set()
+        self._completion_ids = itertools.count(1)
+        # Why it is dying, set with the edge to DYING; after a failed start, the text that answers handed-back runs.
+        self._death: ExitReason | None = None
+        self._start_error: str | None = None
+        # A restarted kernel has lost the user's variables: its first run says so (docs/protocol.md §4.2).
+        self._owes_restart_notice = ctx.generation > 1
+        self._life = PhaseMachine(Phase.LAUNCHING, TRANSITIONS, log=lambda: self.log, on_change=self._phase_changed)
+
+    @property
+    def phase(self) -> Phase:
+        return self._life.phase
+
+    def _phase_changed(self, old: Phase, new: Phase) -> None:
+        """The one place the supervisor hears this incarnation's state; the pid goes with it once known."""
+        handle = self._box.handle if self._box is not None else None
+        self.set_state(CHILD_STATES[new], pid=handle.pid if handle is not None else None)
+
+    # ---- life ------------------------------------------------------------------------------------------------
+    def start_child(self) -> None:
+        directory = Path(tempfile.mkdtemp(prefix="kernel-runner-"))
+        self._box = LaunchBox(directory)
+        env = self._kernel_env()
+        work_dir = self._runner.config.work_dir
+        cwd = work_dir if work_dir.is_dir() else None
+        self._starter = KernelStarter(kernel_name=self.kernel_name, box=self._box, env=env, cwd=cwd, owner=self.actor_ref)
+        self._starter.start()  # LAUNCHING, the initial phase
+        self.update_info({"kernel": self.kernel_name, "ready": False})
+
+    def _kernel_env(self) -> dict[str, str]:
+        # docs/protocol.md §4.1: upstream gives the kernel the runner's own environment (plus environ.txt here), not child_env.
+        if self._env_override is not None:
+            return dict(self._env_override)
+        if self._runner.runner_env:
+            return dict(self._runner.runner_env)
+        return dict(os.environ)
+
+    def cleanup(self) -> None:
+        box = self._box
+        handle: ProcessHandle | None = None
+        if box is not None:
+            with box.lock:
+                box.closing = True
+                handle = box.handle
+        if self._channels is not None:
+            self._channels.close()
+            self._channels.join(timeout=1.0)
+        if handle is not None:
+            handle.kill_tree()
+            if self._watcher is not None:
+                self._watcher.join(timeout=1.0)
+        if box is not None:
+            shutil.rmtree(box.directory, ignore_errors=True)
+        # A death hands its work back before ENDED, so work left here was left by a stop (or by a crash).
+        stopped = self.phase in (Phase.STOPPING, Phase.ENDED)
+        self._abandon_work("the runner is stopping" if stopped else "the Jupyter kernel actor ended")
+
+    def request_stop(self, message: StopRequested) -> None:
+        if self.phase not in _ALIVE:
+            # DYING, RETIRING: the death ends this incarnation by itself, promptly; STOPPING: already on its way.
+            self.log.info("stop requested while {}: {}; it is ending already", self.phase.name, message.reason)
+            return
+        # The channels saw it answer, so a shutdown_request can reach it; but a kernel running a cell acts on it only
+        # once the cell ends, so waiting for that would only spend the stop's deadline (docs/protocol.md §1.7).
+        polite = self.phase is Phase.READY and self._current is None
+        handle = self._box.handle if self._box is not None else None
+        self._life.to(Phase.STOPPING, message.reason)  # LAUNCHING/CONNECTING/READY/KILLING -> STOPPING
+        if handle is None or handle.poll() is not None:
+            self._exit(ShutdownExit(), "no kernel process to stop")  # STOPPING -> ENDED
+            return
+        if polite and self._channels is not None:
+            # Jupyter's polite way first (a shutdown_request), then SIGTERM to the group, then SIGKILL to the tree.
+            self._channels.submit(RequestShutdownCommand())
+            steps: tuple[StopStep, ...] = (
+                StopStep((), message.grace_s * 0.5), StopStep((signal.SIGTERM,), message.grace_s * 0.4))
+        else:
+            steps = (StopStep((signal.SIGTERM,), message.grace_s * 0.9),)
+        stop_process(handle, steps, log=self.log, what=f"the {self.kernel_name} kernel")
+
+    def _exit(self, reason: ExitReason, why: str) -> None:
+        """The one way this incarnation ends itself (the base then detaches, cleans up and reports the exit)."""
+        self._life.to(Phase.ENDED, why)  # STOPPING/RETIRING -> ENDED
+        self.finish(reason)
+
+    # ---- dispatch --------------------------------------------------------------------------------------------
+    def handle(self, message: object) -> object:
+        match message:
+            case RunTask():
+                return self._handle_run_task(message)
+            case FeedInput():
+                return self._handle_feed_input(message)
+            case InterruptRun():
+                return self._handle_interrupt_run(message)
+            case CompleteCode():
+                return self._handle_complete_code(message)
+            case KernelLaunched():
+                return self._handle_kernel_launched(message)
+            case KernelReady():
+                return self._handle_kernel_ready(message)
+            case KernelStartFailed():
+                return self._handle_kernel_start_failed(message)
+            case KernelChannelsClosed():
+                return self._handle_kernel_channels_closed(message)
+            case KernelHeartbeatLost():
+                return self._handle_kernel_heartbeat_lost(message)
+            case KernelRunEnded():
+                return self._handle_kernel_run_ended(message)
+            case KernelInputRequested():
+                return self._handle_kernel_input_requested(message)
+            case KernelCompletion():
+                return self._handle_kernel_completion(message)
+            case ProcessExited():
+                return self._handle_process_exited(message)
+            case PipeClosed():
+                return None
+            case _InterruptDeadline():
+                return self._handle_interrupt_deadline(message)
+            case _CompletionDeadline():
+                return self._handle_completion_deadline(message)
+            case _EndRunDeadline():
+                return self._handle_end_run_deadline(message)
+            case _Retire():
+                return self._handle_retire()
+            case _:
+                return super().handle(message)
+
+    # ---- kernel start ----------------------------------------------------------------------------------------
+    def _handle_kernel_launched(self, message: KernelLaunched) -> None:
+        box = self._box
+        assert box is not None and box.handle is not None and box.connection is not None
+        handle = box.handle
+        self._launched = message
+        self.log = self.log.bind(pid=handle.pid)
+        self.log.info("kernel {} argv={} cwd={}", message.kernel_name, handle.argv, handle.cwd)
+        if self.phase is not Phase.STOPPING:
+            self._life.to(Phase.CONNECTING, f"pid {handle.pid}")  # LAUNCHING -> CONNECTING
+        self.update_info(
+            {"kernel_pid": handle.pid, "connection_file": message.connection_file, "interrupt_mode": message.interrupt_mode}
+        )
+        stdout = handle.popen.stdout
+        kernel_log = self.log.bind(stream="kernel")
+
+        def log_kernel_output(_stream: StreamName, data: bytes) -> None:
+            try:
+                for line in data.decode("utf-8", errors="replace").splitlines():
+                    if line.strip():
+                        kernel_log.info("kernel says: {}", excerpt(line, KERNEL_LOG_LINE_CHARS, quote=False))
+            except Exception as exc:  # noqa: BLE001 - the watcher must go on reading, or the kernel's exit is lost
+                kernel_log.error("kernel output of {} bytes not logged: {!r}; it starts {}", len(data), exc, excerpt(data))
+
+        sink: OutputSink | None = log_kernel_output if stdout is not None else None
+        # Also when STOPPING (spawned while the stop was on its way): stop_process has the handle, and the exit ends us.
+        self._watcher = watch_process(handle, self.actor_ref, sink=sink, clock=self.ctx.clock)
+        if self.phase is not Phase.CONNECTING:
+            return
+        self._channels = KernelChannels(
+            connection=box.connection,
+            owner=self.actor_ref,
+            router=self._runner.router,
+            run_done=self._tell_run_done,
+            pid=handle.pid,
+            ready_timeout_s=self._ready_timeout_s,
+            heartbeat_interval_s=self._heartbeat_interval_s,
+            heartbeat_timeout_s=self._heartbeat_timeout_s,
+            heartbeat_idle_interval_s=self._heartbeat_idle_interval_s,
+            log=self.log,
+        )
+        self._channels.start()
+
+    def _handle_kernel_ready(self, message: KernelReady) -> None:
+        if self.phase is not Phase.CONNECTING:
+            debug(self.log, "kernel ready while {}: ignored", self.phase.name)
+            return
+        emit(self.log, "INFO", Event.HEALTHY,
+             "healthy: kernel {} ({} {}, protocol {})", self.kernel_name, message.implementation,
+             message.language, message.protocol_version)
+        self._life.to(Phase.READY, "the kernel answered")  # CONNECTING -> READY
+        self.update_info({"ready": True})
+        self._start_next()
+
+    def _handle_kernel_start_failed(self, message: KernelStartFailed) -> None:
+        match self.phase:
+            case Phase.STOPPING:
+                self._exit(ShutdownExit(), "the start failed while stopping")  # STOPPING -> ENDED
+            case Phase.LAUNCHING | Phase.CONNECTING:
+                self.log.error("the {} kernel failed to start: {}", self.kernel_name, message.error)
+                self._die(StartFailed(error=message.error), start_error=message.error)
+            case _:
+                debug(self.log, "start failure while {} ignored: {}", self.phase.name, message.error)
+
+    def _handle_kernel_channels_closed(self, message: KernelChannelsClosed) -> None:
+        if self.phase in _ALIVE:  # STOPPING: the stop ends us; DYING, RETIRING: dying already
+            self._die(Crashed(error=f"kernel channels failed: {message.error}"))
+
+    def _handle_kernel_heartbeat_lost(self, message: KernelHeartbeatLost) -> None:
+        """A stopped or hung kernel never exits by itself: kill it, end its run, and let the supervisor restart it."""
+        handle = self._box.handle if self._box is not None else None
+        if self.phase is not Phase.READY or handle is None:
+            # KILLING, STOPPING: being killed or stopped already; DYING, RETIRING: gone already.
+            self.log.info("heartbeat lost while {}: nothing more to do", self.phase.name)
+            return
+        detail = f"no heartbeat for {message.silent_s:.0f} s"
+        emit(self.log, "ERROR", Event.UNHEALTHY,
+             "unhealthy: the {} kernel has not answered its heartbeat for {:.1f} s (stopped or hung); "
+             "SIGKILL to its tree", self.kernel_name, message.silent_s)
+        handle.kill_tree()  # a stopped process dies of SIGKILL too; its exit reaches us while DYING
+        note = (
+            f"kernel-runner: the Jupyter kernel ({self.kernel_name}) did not answer its heartbeat for "
+            f"{message.silent_s:.0f} s while this code ran (it is stopped or hung), so it was killed; "
+            "it is being restarted\n"
+        )
+        self._die(Unhealthy(detail=detail), run_end=(death_exit_code(-signal.SIGKILL), note))
+
+    # ---- runs ---------------------------------------------------------------------------------------------------
+    def _handle_run_task(self, task: RunTask) -> None:
+        if self.phase in (Phase.DYING, Phase.RETIRING):
+            self._handback(task)
+            return
+        if task.kind != "code":
+            self.log.error("run {}: a {} request reached the Jupyter kernel; only code runs here", task.run_id, task.kind)
+            self._answer_without_kernel(task, f"kernel-runner: {task.kind} requests do not run in the Jupyter kernel\n")
+            return
+        self._queue.append(task)
+        self._start_next()
+
+    def _start_next(self) -> None:
+        if self.phase is not Phase.READY or self._current is not None or not self._queue or self._channels is None:
+            return
+        task = self._queue.popleft()
+        self._current = _Run(task=task)
+        debug(self.log, "run {}: executing {} bytes", task.run_id, len(task.text))
+        notice = None
+        if self._owes_restart_notice:
+            self._owes_restart_notice = False
+            notice = (f"kernel-runner: the Jupyter kernel ({self.kernel_name}) was restarted since the last run; "
+                      "variables, imports and other state from earlier runs are gone\n")
+        self._channels.submit(ExecuteCommand(run_id=task.run_id, code=task.text, notice=notice))
+
+    def _handle_kernel_run_ended(self, message: KernelRunEnded) -> None:
+        run = self._current
+        if run is None or run.task.run_id != message.run_id:
+            debug(self.log, "late end of run {} ignored", message.run_id)
+            return
+        self._end_current(message.exit_code, reported=True)  # the channel thread told the language runner
+
+    def _end_current(self, exit_code: int, note: str | None = None, *, reported: bool = False) -> None:
+        run = self._current
+        if run is None:
+            return
+        self._current = None
+        if not reported:
+            self._tell_run_done(run.task.run_id, exit_code, note)
+        debug(self.log, "run {} finished with exit code {}", run.task.run_id, exit_code)
+        if self.phase is Phase.DYING:
+            self._retire()
+        else:
+            self._start_next()  # only READY starts one: a killed or stopping kernel takes no more code
+
+    def _tell_run_done(self, run_id: RunId, exit_code: int, note: str | None = None) -> None:
+        """The language runner sends the run's one Finished (after `note` on stderr). Thread-safe: the channel
+        thread calls it too, when a run ends normally."""
+        self.tell_child(LANG_CHILD, RunDone(run_id=run_id, exit_code=exit_code, note=note))
+
+    def _answer_without_kernel(self, task: RunTask, text: str) -> None:
+        self._tell_run_done(task.run_id, NO_KERNEL_EXIT, text)
+
+    def _handback(self, task: RunTask) -> None:
+        """A run this incarnation will not start: the supervisor keeps it for the next one (or rejects it)."""
+        if self._start_error is not None:
+            # A failed start: answer now with the reason instead of waiting through the restart backoff.
+            self._answer_without_kernel(task, f"kernel-runner: query mode is unavailable: {self._start_error}\n")
+            return
+        self.ctx.directory.hand_back(self.child_id, self.generation, task)
+
+    # ---- input, interrupt, completion ---------------------------------------------------------------------------
+    def _handle_feed_input(self, message: FeedInput) -> None:
+        run = self._current
+        if run is None or not run.waiting_input or self._channels is None:
+            self.log.info("input dropped: nothing is waiting for input")
+            return
+        run.waiting_input = False
+        self._channels.submit(SendInputCommand(run_id=run.task.run_id, value=message.text))
+
+    def _handle_kernel_input_requested(self, message: KernelInputRequested) -> None:
+        run = self._current
+        if run is None or run.task.run_id != message.run_id:
+            return
+        run.waiting_input = True
+        self._runner.router.tell(WaitingInput(is_password=message.is_password))
+
+    def _handle_interrupt_run(self, message: InterruptRun) -> None:
+        run = self._current
+        if run is None:
+            if self._queue:
+                # Code waiting for a kernel that is not up (yet): the interrupt cancels it (exactly one Finished).
+                task = self._queue.popleft()
+                self.log.info("interrupt: run {} cancelled before the kernel was ready", task.run_id)
+                self._tell_run_done(task.run_id, INTERRUPTED_EXIT, "KeyboardInterrupt (the kernel was not ready yet)\n")
+                return
+            self.log.info("interrupt: nothing is running")
+            return
+        if self.phase not in (Phase.READY, Phase.STOPPING):
+            self.log.info("interrupt: run {} is ending already ({})", run.task.run_id, self.phase.name)
+            return
+        run.waiting_input = False
+        launched = self._launched
+        handle = self._box.handle if self._box is not None else None
+        if launched is not None and launched.interrupt_mode == "message" and self._channels is not None:
+            self._channels.submit(SendInterruptCommand())
+        elif handle is not None:
+            # Like jupyter_client's provisioner: SIGINT to the kernel's process group.
+            handle.signal_group(signal.SIGINT)
+            self.log.info("interrupt: SIGINT to the kernel's process group")
+        if not run.interrupted:
+            run.interrupted = True
+            self.schedule(self._interrupt_kill_after_s, _InterruptDeadline(run_id=run.task.run_id))
+
+    def _handle_interrupt_deadline(self, message: _InterruptDeadline) -> None:
+        run = self._current
+        handle = self._box.handle if self._box is not None else None
+        # Only a READY kernel is killed here: a stopping one is being stopped, a dying one is gone.
+        if run is None or run.task.run_id != message.run_id or self.phase is not Phase.READY or handle is None:
+            return
+        self.log.warning(
+            "the kernel ignored the interrupt for {:g} s; killing it so the run ends", self._interrupt_kill_after_s
+        )
+        self._life.to(Phase.KILLING, f"run {run.task.run_id} ignored the interrupt")  # READY -> KILLING
+        handle.kill_tree()
+
+    def _handle_complete_code(self, message: CompleteCode) -> None:
+        if self.phase is not Phase.READY or self._channels is None:
+            self._runner.router.tell(CompletionResult(items=()))
+            return
+        request_id = next(self._completion_ids)
+        self._completions.add(request_id)
+        cursor = message.options.get("cursor_pos") if isinstance(message.options, Mapping) else None
+        cursor_pos = cursor if isinstance(cursor, int) and 0 <= cursor <= len(message.code) else len(message.code)
+        self._channels.submit(CompleteCommand(request_id=request_id, code=message.code, cursor_pos=cursor_pos))
+        self.schedule(self._complete_timeout_s, _CompletionDeadline(request_id=request_id))
+
+    def _handle_kernel_completion(self, message: KernelCompletion) -> None:
+        if message.request_id in self._completions:
+            self._completions.discard(message.request_id)
+            self._runner.router.tell(CompletionResult(items=message.matches))
+
+    def _handle_completion_deadline(self, message: _CompletionDeadline) -> None:
+        if message.request_id in self._completions:
+            self._completions.discard(message.request_id)
+            self.log.warning("completion got no reply within {:g} s; answered with no matches", self._complete_timeout_s)
+            self._runner.router.tell(CompletionResult(items=()))
+
+    # ---- death, restart hand-off and stop -----------------------------------------------------------------------
+    def _handle_process_exited(self, message: ProcessExited) -> None:
+        code, sig = describe_returncode(message.returncode)
+        how = f"killed by signal {sig}" if sig is not None else f"exit code {code}"
+        match self.phase:
+            case Phase.STOPPING:
+                debug(self.log, "the kernel process ended ({}) as asked", how)  # the supervisor logs the exit
+                self._exit(ShutdownExit(code=code, signal=sig), "the kernel process is gone")  # STOPPING -> ENDED
+            case Phase.DYING | Phase.RETIRING:
+                debug(self.log, "the {} kernel ended ({}), which is dying already", self.kernel_name, how)
+            case _:
+                debug(self.log, "the {} kernel died ({})", self.kernel_name, how)  # the supervisor logs the exit
+                starting = self.phase in (Phase.LAUNCHING, Phase.CONNECTING)
+                self._die(
+                    ProcessDied(code=code, signal=sig),
+                    start_error=f"the {self.kernel_name} kernel exited during start ({how})" if starting else None,
+                    note_how=how,
+                    returncode=message.returncode,
+                )
+
+    def _die(
+        self,
+        reason: ExitReason,
+        *,
+        start_error: str | None = None,
+        note_how: str | None = None,
+        returncode: int = 1,
+        run_end: tuple[int, str] | None = None,
+    ) -> None:
+        """The kernel is gone or unusable: end the running cell once (with `run_end`'s exit code and note, if given),
+        then hand the rest back and exit with `reason`."""
+        killed_for_interrupt = self.phase is Phase.KILLING
+        self._death, self._start_error = reason, start_error
+        # Detach first, so code told from now on waits for the next incarnation, not for us.
+        self.ctx.directory.detach(self.child_id, self.generation)
+        self._life.to(Phase.DYING, reason.describe())  # LAUNCHING/CONNECTING/READY/KILLING -> DYING
+        self.update_info({"ready": False})
+        run = self._current
+        if run is None:
+            self._retire()
+            return
+        if run_end is not None:
+            exit_code, note = run_end
+        elif killed_for_interrupt:
+            exit_code = INTERRUPTED_EXIT
+            note = (
+                f"kernel-runner: the Jupyter kernel ({self.kernel_name}) did not respond to the interrupt within "
+                f"{self._interrupt_kill_after_s:g} s, so it was killed; it is being restarted\n"
+            )
+        else:
+            exit_code = death_exit_code(returncode)
+            note = (
+                f"kernel-runner: the Jupyter kernel ({self.kernel_name}) died ({note_how or reason.describe()}) "
+                "while this code ran; it is being restarted\n"
+            )
+        channels = self._channels
+        if channels is not None and channels.is_alive():
+            channels.submit(EndRunCommand(run_id=run.task.run_id, exit_code=exit_code, note=note))
+            self.schedule(END_RUN_TIMEOUT_S, _EndRunDeadline(run_id=run.task.run_id))
+        else:
+            self._end_current(exit_code, note)
+
+    def _handle_end_run_deadline(self, message: _EndRunDeadline) -> None:
+        run = self._current
+        if run is not None and run.task.run_id == message.run_id:
+            self.log.warning("run {}: the channel thread did not flush in time; ending it", message.run_id)
+            self._end_current(1, "kernel-runner: the Jupyter kernel died while this code ran\n")
+
+    def _retire(self) -> None:
+        """Hand queued work back, then exit once messages already in our inbox have been handed back too."""
+        self._life.to(Phase.RETIRING, "no cell runs any more")  # DYING -> RETIRING
+        while self._queue:
+            self._handback(self._queue.popleft())
+        for _ in range(len(self._completions)):
+            self._runner.router.tell(CompletionResult(items=()))
+        self._completions.clear()
+        self.actor_ref.tell(_Retire())
+
+    def _handle_retire(self) -> None:
+        assert self.phase is Phase.RETIRING and self._death is not None
+        self._exit(self._death, "what was in the inbox has been handed back")  # RETIRING -> ENDED
+
+    def _abandon_work(self, why: str) -> None:
+        """Every accepted run still ends exactly once, whatever way this actor ends."""
+        if self._current is not None:
+            run, self._current = self._current, None
+            self._tell_run_done(run.task.run_id, 1, f"kernel-runner: the run was stopped: {why}\n")
+        while self._queue:
+            self._handback(self._queue.popleft())
+        for _ in range(len(self._completions)):
+            self._runner.router.tell(CompletionResult(items=()))
+        self._completions.clear()
+
+
+# ======================================================================================================================
+# Supervision
+# ======================================================================================================================
+
+
+def kernel_child_spec(
+    runner: RunnerContext,
+    *,
+    kernel_name: str,
+    env: Mapping[str, str] | None = None,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+    complete_timeout_s: float = COMPLETE_TIMEOUT_S,
+    interrupt_kill_after_s: float = INTERRUPT_KILL_AFTER_S,
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
+    heartbeat_idle_interval_s: float = HEARTBEAT_IDLE_INTERVAL_S,
+) -> ChildSpec:
+    """The Jupyter kernel as a permanent child: restarted with backoff, FATAL after too many restarts (docs/architecture.md §4).
+
+    `kernel_name` is matched exactly (python: `python3`, the kernelspec ipykernel installs); `env` is the kernel's
+    environment (default: the runner environment from the context, as upstream gives the kernel os.environ);
+    `heartbeat_interval_s` (while a cell runs), `heartbeat_idle_interval_s` and `heartbeat_timeout_s` are its hang
+    detection (docs/protocol.md §4.7).
+    """
+    restart = runner.config.restart
+
+    def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
+        return KernelActor.start(
+            ctx=ctx,
+            runner=runner,
+            kernel_name=kernel_name,
+            env=env,
+            ready_timeout_s=ready_timeout_s,
+            complete_timeout_s=complete_timeout_s,
+            interrupt_kill_after_s=interrupt_kill_after_s,
+            heartbeat_interval_s=heartbeat_interval_s,
+            heartbeat_timeout_s=heartbeat_timeout_s,
+            heartbeat_idle_interval_s=heartbeat_idle_interval_s,
+        )
+
+    return ChildSpec(
+        child_id=KERNEL_CHILD,
+        factory=factory,
+        restart="permanent",
+        shutdown_s=KERNEL_SHUTDOWN_S,
+        backoff=restart.backoff(),
+        intensity=restart.intensity(),
+        stable_after_s=KERNEL_STABLE_AFTER_S,
+        tier=1,
+        reject=delegate_reject(runner.directory, runner.router, what="the Jupyter kernel"),
+    )
+
+
+__all__ = ["CHILD_STATES", "TRANSITIONS", "KernelActor", "Phase", "kernel_child_spec"]

@@ -1,0 +1,1 @@
+"""The vendor.aws_polly delegate: the actor and its worker thread (boto3)."""
