@@ -223,8 +223,8 @@ def bad_kernels(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("tree", [("exits", 5.0)], indirect=True)
 def test_a_kernel_that_exits_at_start_fails_runs_and_restarts_boundedly(
-    bad_kernels: Path, tree: tuple[RunnerHandle, AgentClient], log_lines: list[str]
-) -> None:
+    log_lines: list[str], bad_kernels: Path, tree: tuple[RunnerHandle, AgentClient]
+) -> None:  # log_lines first: the sink must be in place before the runner logs its first line
     handle, client = tree
     result = run_code(handle, client, "print(1)")
     assert result.exit_code == 127
@@ -320,8 +320,10 @@ def test_the_table_rejects_edges_that_must_never_happen(old: Phase, new: Phase) 
     indirect=["tree"],
 )
 def test_each_failed_start_dies_retires_and_ends(
-    bad_kernels: Path, tree: tuple[RunnerHandle, AgentClient], life: list[tuple[Phase, Phase]], log_lines: list[str]
+    log_lines: list[str], bad_kernels: Path, tree: tuple[RunnerHandle, AgentClient], life: list[tuple[Phase, Phase]]
 ) -> None:
+    # log_lines comes first: pytest sets fixtures up in argument order, and the runner (`tree`) logs its first edge
+    # as soon as it starts.
     handle, _client = tree
     wait_until(lambda: kernel_state(handle) is ChildState.FATAL, timeout=10, what="the kernel child to be FATAL")
     assert kernel_phases(log_lines) == life * 3  # first start + 2 restarts, each the same life
@@ -329,8 +331,8 @@ def test_each_failed_start_dies_retires_and_ends(
 
 @pytest.mark.parametrize("tree", [("mute", 30.0)], indirect=True)
 def test_an_interrupt_cancels_queued_code_and_a_stop_ends_a_connecting_kernel(
-    bad_kernels: Path, tree: tuple[RunnerHandle, AgentClient], log_lines: list[str]
-) -> None:
+    log_lines: list[str], bad_kernels: Path, tree: tuple[RunnerHandle, AgentClient]
+) -> None:  # log_lines first: the sink must be in place before the runner logs its first line
     handle, client = tree
     client.send("code", "print(1)")
     wait_until(lambda: any("[lang] run" in line and "code delegated to kernel" in line for line in list(log_lines)),
