@@ -11,6 +11,7 @@ from pathlib import Path
 import attrs
 from loguru import logger
 
+from kernel_runner.actors.service_manager.actor import LoadedDefinitions
 from kernel_runner.context import RunnerContext
 from kernel_runner.generations import ModelReply
 from kernel_runner.ids import ChildId, health_child, service_child
@@ -38,14 +39,6 @@ from kernel_runner.servicedefs import (
 from kernel_runner.supervision.spec import ChildSpec
 
 INTRINSIC_NAMES = (("sshd", "sshd_port"), ("ttyd", "ttyd_port"))
-
-
-@attrs.frozen(kw_only=True)
-class LoadedDefinitions:
-    """One read of the service-defs folder: the catalog it makes and one line per problem."""
-
-    catalog: ServiceCatalog
-    problems: tuple[str, ...]
 
 
 def read_service_definitions(service_defs_dir: Path, runtime_path: str | None) -> LoadedDefinitions:
@@ -192,4 +185,4 @@ class ServiceDirectory:
         return specs
 
 
-__all__ = ["LoadedDefinitions", "ServiceDirectory", "read_service_definitions"]
+__all__ = ["ServiceDirectory", "read_service_definitions"]
