@@ -24,7 +24,7 @@ from kernel_runner.messages import (
     StartModelService,
     StartService,
 )
-from kernel_runner.runtime.tree import model_child_specs, service_child_spec
+from kernel_runner.runtime.tree import intrinsic_child_spec, model_child_specs, service_child_spec
 from kernel_runner.servicedefs import (
     DefinitionError,
     Intrinsics,
@@ -180,8 +180,7 @@ class ServiceDirectory:
             if isinstance(launch, ServiceResult):
                 log.error("{} cannot start: {}", name, launch.error)
                 continue
-            # Nobody asked, so nobody gets a reply; an agent's later start-service for it is answered `running`.
-            specs.append(service_child_spec(launch, self._runner, reply="none", default_restart="permanent"))
+            specs.append(intrinsic_child_spec(launch, self._runner))
         return specs
 
 
