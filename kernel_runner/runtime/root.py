@@ -1,8 +1,8 @@
 """The composition root: builds the actor tree for one RunnerConfig, and the handle that embeds or stops it.
 
 This is the only module that knows every piece: it makes the child directory, the supervisor, the start-up gate and
-the status board, and tells the supervisor the first children (router, language runner, its query delegate, the
-service manager). See docs/architecture.md §2 for the tree.
+the status board, and tells the supervisor the children runtime/tree.py declares (router, language runner, service
+manager, then the language's query delegate). See docs/architecture.md §2 for the tree.
 """
 
 from __future__ import annotations
@@ -19,36 +19,27 @@ from typing import TYPE_CHECKING, Any, cast
 import pykka
 from loguru import logger
 
-from kernel_runner.actors.lang_runner.actor import BOOTSTRAP_STEP, LangRunnerActor
-from kernel_runner.actors.router.actor import BoundPorts, RouterActor
-from kernel_runner.actors.service_manager.actor import INTRINSIC_STEP, ServicePlanner, ServicesActor
+from kernel_runner.actors.lang_runner.actor import BOOTSTRAP_STEP
+from kernel_runner.actors.router.actor import BoundPorts
+from kernel_runner.actors.service_manager.actor import INTRINSIC_STEP, ServicePlanner
 from kernel_runner.config import RunnerConfig, resolve_ports
 from kernel_runner.context import RunnerContext
 from kernel_runner.control.server import ControlServer, ControlSocketError, start_control_server
 from kernel_runner.generations import GenerationChoice, GenerationTracker, ModelReply, choose, mount_evidence
-from kernel_runner.ids import (
-    KERNEL_CHILD,
-    LANG_CHILD,
-    POLLY_CHILD,
-    ROUTER_CHILD,
-    SERVICES_CHILD,
-    TERMINAL_CHILD,
-    ChildId,
-)
-from kernel_runner.langs import POLLY_HANDLER, ExternalQuery, JupyterQuery, TerminalQuery, get_lang, resolve_runtime
+from kernel_runner.ids import LANG_CHILD, SERVICES_CHILD, ChildId
+from kernel_runner.langs import get_lang, resolve_runtime
 from kernel_runner.messages import LogRecord, Output, ReloadServiceDefinitions, ServiceDefinitionsReloaded
 from kernel_runner.observability import debug_lines
 from kernel_runner.observability.childlog import ChildLogBook, ChildLogFiles
 from kernel_runner.observability.logs import add_agent_log_sink
 from kernel_runner.procs.childenv import build_child_env
 from kernel_runner.procs.oom import ProcessWatch
+from kernel_runner.runtime import tree
 from kernel_runner.runtime.service_planner import ServiceDirectory, read_service_definitions
 from kernel_runner.servicedefs import intrinsic_launchers
 from kernel_runner.supervision.clock import REAL_CLOCK, Clock
 from kernel_runner.supervision.directory import ChildDirectory
-from kernel_runner.supervision.policy import Backoff
 from kernel_runner.supervision.spec import (
-    ChildContext,
     ChildInfo,
     ChildSpec,
     ChildState,
@@ -60,7 +51,7 @@ from kernel_runner.supervision.spec import (
 )
 from kernel_runner.supervision.timers import Ticker
 from kernel_runner.supervisor import SupervisorActor
-from kernel_runner.wire.answers import lang_runner_reject, services_reject, unknown_child_reject
+from kernel_runner.wire.answers import unknown_child_reject
 from kernel_runner.wire.outbox import RouterLink
 from kernel_runner.wire.status import StartupGate, StatusBoard
 
@@ -69,7 +60,6 @@ if TYPE_CHECKING:
 
 ASK_TIMEOUT_S = 2.0
 BIND_WAIT_S = 10.0
-SERVICES_TIER = 4  # the service manager stops first: no new service starts while the others stop
 # Of a stop's one deadline, the tree gets all but this much (at most a quarter): the supervisor, the ticker and
 # what a forced stop left over are stopped in the rest.
 STOP_RESERVE_S = 1.0
@@ -160,7 +150,7 @@ class RunnerHandle:
         self.runner.gate.when_open(opened.set)
         if not opened.wait(timeout):
             return False
-        delegate = delegate_child_id(self.config.lang)
+        delegate = tree.delegate_child_id(self.config.lang)
         if not kernel or delegate is None:
             return True
 
@@ -325,36 +315,12 @@ def start(
         on_escalate=lambda reason: handle_box[0].escalate(reason) if handle_box else None,
     )
     ports = BoundPorts(config.port_in, config.port_out)
-    started_at = clock.monotonic()
-
-    def make_router(ctx: ChildContext) -> pykka.ActorRef[Any]:
-        return RouterActor.start(ctx=ctx, runner=runner, ports=ports, board=board, started_at=started_at,
-                                 on_event=process_watch.tell, metrics=metrics)
-
-    def make_lang(ctx: ChildContext) -> pykka.ActorRef[Any]:
-        return LangRunnerActor.start(ctx=ctx, runner=runner)
-
-    def make_services(ctx: ChildContext) -> pykka.ActorRef[Any]:
-        return ServicesActor.start(ctx=ctx, runner=runner, planner=planner, start_intrinsics=start_intrinsics)
-
-    restart = config.restart
-    specs: list[ChildSpec] = [
-        ChildSpec(
-            child_id=ROUTER_CHILD, factory=make_router, restart="permanent", on_give_up="shut_down_runner", tier=0,
-            shutdown_s=1.0, backoff=Backoff(initial_s=0.05, cap_s=1.0, jitter=0.1), intensity=restart.intensity(),
-        ),
-        ChildSpec(
-            child_id=LANG_CHILD, factory=make_lang, restart="permanent", tier=1, shutdown_s=3.0,
-            backoff=restart.backoff(), intensity=restart.intensity(), reject=lang_runner_reject(link),
-        ),
-        ChildSpec(
-            child_id=SERVICES_CHILD, factory=make_services, restart="permanent", tier=SERVICES_TIER, shutdown_s=1.0,
-            backoff=restart.backoff(initial_s=0.05), intensity=restart.intensity(), reject=services_reject(link),
-        ),
-    ]
+    specs = tree.first_children(runner, ports=ports, board=board, started_at=clock.monotonic(),
+                                on_event=process_watch.tell, metrics=metrics, planner=planner,
+                                start_intrinsics=start_intrinsics)
     extra = [plan(runner) for plan in extra_children]
     replaced = {spec.child_id for spec in extra}
-    delegate = delegate_child_id(config.lang)
+    delegate = tree.delegate_child_id(config.lang)
     if delegate is not None and delegate not in replaced:
         directory.register(delegate, None)  # a `code` that comes early waits for the delegate (§3.3)
     specs += extra
@@ -403,23 +369,11 @@ def run(config: RunnerConfig, *, stop_timeout: float | None = None, **start_kwar
         handle.stop(timeout=stop_timeout)
 
 
-def delegate_child_id(lang: str) -> ChildId | None:
-    """The id of the language's query delegate, known without importing its module."""
-    query = get_lang(lang).query
-    if isinstance(query, TerminalQuery):
-        return TERMINAL_CHILD
-    if isinstance(query, ExternalQuery) and query.handler == POLLY_HANDLER:
-        return POLLY_CHILD
-    if isinstance(query, JupyterQuery):
-        return KERNEL_CHILD
-    return None
-
-
 def _start_delegate(runner: RunnerContext, child_id: ChildId, supervisor: pykka.ActorRef[SupervisorActor]) -> None:
     """Build the query delegate's spec and start it, off the start path: the kernelspec lookup imports
     jupyter_client (a few hundred ms), and the first `status` does not wait for the kernel (docs/protocol.md §1.6)."""
     try:
-        specs = delegate_children(runner)
+        specs = tree.delegate_children(runner)
     except Exception as exc:  # noqa: BLE001 - a bug here must not leave `code` requests held for ever
         logger.bind(child=child_id).exception("cannot plan the query delegate")
         runner.directory.close(child_id, f"the query delegate could not be planned: {exc!r}")
@@ -445,37 +399,6 @@ def build_environments(config: RunnerConfig) -> tuple[dict[str, str], dict[str, 
     # combination to the children that upstream gives os.environ (the Jupyter kernel, the terminal shell).
     runner_env = {**os.environ, **built.runner_env_additions}
     return dict(built.env), runner_env
-
-
-def delegate_children(runner: RunnerContext) -> list[ChildSpec]:
-    """The language's query delegate: the Jupyter kernel (python, julia, r, h2o), the pty terminal (git) or the
-    Amazon Polly actor (vendor.aws_polly; boto3 is imported only once it makes a call)."""
-    # Each delegate's module (and jupyter_client) is imported only for the language that has it (docs/architecture.md
-    # §2.1): an `app` runner never loads them.
-    config = runner.config
-    query = get_lang(config.lang).query
-    if isinstance(query, TerminalQuery):
-        from kernel_runner.actors.terminal.actor import terminal_child_spec
-
-        return [terminal_child_spec(runner)]
-    if isinstance(query, ExternalQuery) and query.handler == POLLY_HANDLER:
-        from kernel_runner.actors.polly.actor import polly_child_spec
-
-        return [polly_child_spec(runner)]
-    if isinstance(query, JupyterQuery):
-        from kernel_runner.actors.kernel.actor import kernel_child_spec
-        from kernel_runner.actors.kernel.jupyter import kernelspec_names
-
-        # The table names a kernelspec loosely ("python"); the installed one may be "python3" (§4.1). An unknown
-        # name still makes a kernel child: it fails with the list of installed kernelspecs, and queries get that reason.
-        installed = kernelspec_names()
-        picked = query.pick(installed)
-        if picked is None:
-            logger.bind(child="kernel").error(
-                "no kernelspec matches {!r}; installed: {}", query.kernelspec_name, ", ".join(installed) or "none"
-            )
-        return [kernel_child_spec(runner, kernel_name=picked or query.kernelspec_name)]
-    return []
 
 
 def _log_sender(link: RouterLink, mode: str) -> Callable[[str], None]:

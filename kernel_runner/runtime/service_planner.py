@@ -11,6 +11,7 @@ from pathlib import Path
 import attrs
 from loguru import logger
 
+from kernel_runner.actors.service_manager.actor import LoadedDefinitions
 from kernel_runner.context import RunnerContext
 from kernel_runner.generations import ModelReply
 from kernel_runner.ids import ChildId, health_child, service_child
@@ -23,7 +24,7 @@ from kernel_runner.messages import (
     StartModelService,
     StartService,
 )
-from kernel_runner.runtime.tree import model_child_specs, service_child_spec
+from kernel_runner.runtime.tree import intrinsic_child_spec, model_child_specs, service_child_spec
 from kernel_runner.servicedefs import (
     DefinitionError,
     Intrinsics,
@@ -38,14 +39,6 @@ from kernel_runner.servicedefs import (
 from kernel_runner.supervision.spec import ChildSpec
 
 INTRINSIC_NAMES = (("sshd", "sshd_port"), ("ttyd", "ttyd_port"))
-
-
-@attrs.frozen(kw_only=True)
-class LoadedDefinitions:
-    """One read of the service-defs folder: the catalog it makes and one line per problem."""
-
-    catalog: ServiceCatalog
-    problems: tuple[str, ...]
 
 
 def read_service_definitions(service_defs_dir: Path, runtime_path: str | None) -> LoadedDefinitions:
@@ -187,9 +180,8 @@ class ServiceDirectory:
             if isinstance(launch, ServiceResult):
                 log.error("{} cannot start: {}", name, launch.error)
                 continue
-            # Nobody asked, so nobody gets a reply; an agent's later start-service for it is answered `running`.
-            specs.append(service_child_spec(launch, self._runner, reply="none", default_restart="permanent"))
+            specs.append(intrinsic_child_spec(launch, self._runner))
         return specs
 
 
-__all__ = ["LoadedDefinitions", "ServiceDirectory", "read_service_definitions"]
+__all__ = ["ServiceDirectory", "read_service_definitions"]

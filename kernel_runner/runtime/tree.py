@@ -1,4 +1,22 @@
-"""Child specs for service processes, and for model services: a server plus (usually) its health checker.
+"""The runner's supervision tree in one place, OTP's `init/1`: every child's id, factory, restart type, shutdown tier
+and restart budget, and which query delegate each language uses.
+
+The composition root (runtime/root.py) only wires: it makes the directory, the supervisor, the start-up gate and the
+status board, and tells the supervisor the specs made here. Actor modules export their actor and its settings record;
+no child spec is built anywhere else. A delegate's module, the service actor and the health checker are imported only
+when their child is planned (docs/architecture.md §2.1).
+
+    child             actor               restart     tier                 when
+    router            RouterActor         permanent   FINAL_ANSWERS        always (gives up: the runner shuts down)
+    lang              LangRunnerActor     permanent   PROCESSES_TOGETHER   always
+    kernel            KernelActor         permanent   PROCESSES_TOGETHER   python, julia, r, vendor.h2o
+    terminal          TerminalActor       permanent   BEFORE_LANG_RUNNER   git
+    polly             PollyActor          permanent   BEFORE_LANG_RUNNER   vendor.aws_polly
+    services          ServicesActor       permanent   NO_NEW_STARTS        always
+    service:<name>    ServiceActor        transient*  PROCESSES_TOGETHER   start-service, a model, intrinsic services
+    health:<name>     HealthCheckerActor  transient   BEFORE_WATCHED       a watched model server (bound to it)
+
+    * permanent for a model server and an intrinsic service; a definition's `restart` block may override it.
 
 Who answers the agent for a model service depends on the agent generation's contract (docs/protocol.md §7.2, §12.2);
 `model_child_specs` says which child it is. The server's ServiceActor tells its checker (through the child directory)
@@ -7,33 +25,251 @@ when it is up and when its process ends.
 
 from __future__ import annotations
 
+import enum
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+import attrs
 import pykka
 from loguru import logger
 
+from kernel_runner.actors.lang_runner.actor import LangRunnerActor, LangRunnerSettings
+from kernel_runner.actors.router.actor import BoundPorts, RouterActor
+from kernel_runner.actors.service_manager.actor import ServicePlanner, ServicesActor
 from kernel_runner.context import RunnerContext
 from kernel_runner.generations import ModelReply
-from kernel_runner.ids import ChildId, health_child, service_child
-from kernel_runner.messages import HealthCheck, ModelInfo
+from kernel_runner.ids import (
+    KERNEL_CHILD,
+    LANG_CHILD,
+    POLLY_CHILD,
+    ROUTER_CHILD,
+    SERVICES_CHILD,
+    TERMINAL_CHILD,
+    ChildId,
+    health_child,
+    service_child,
+)
+from kernel_runner.langs import POLLY_HANDLER, ExternalQuery, JupyterQuery, TerminalQuery, get_lang
+from kernel_runner.messages import AgentEvent, HealthCheck, ModelInfo
 from kernel_runner.observability.debug_lines import log_at
 from kernel_runner.servicedefs import RestartOverride, ServiceLaunch
-from kernel_runner.supervision.policy import NO_FATAL_RETRY, FatalRetry, RestartType
+from kernel_runner.supervision.policy import NO_FATAL_RETRY, Backoff, FatalRetry, RestartType
 from kernel_runner.supervision.spec import ChildContext, ChildSpec
-from kernel_runner.wire.answers import service_reject
+from kernel_runner.wire.answers import delegate_reject, lang_runner_reject, service_reject, services_reject
+from kernel_runner.wire.status import StatusBoard
 
 if TYPE_CHECKING:
     from kernel_runner.actors.health.actor import HealthPlan
+    from kernel_runner.actors.kernel.actor import KernelSettings
+    from kernel_runner.actors.polly.actor import PollyActorSettings
+    from kernel_runner.actors.terminal.actor import TerminalPorts, TerminalSettings
+    from kernel_runner.observability.metrics import RunnerMetrics
+
+
+class Tier(enum.IntEnum):
+    """Shutdown tiers: the highest stops first, the children of one tier stop together, all within one deadline."""
+
+    FINAL_ANSWERS = 0
+    """The router stops last, so every final answer still reaches the agent."""
+    PROCESSES_TOGETHER = 1
+    """The language runner, the Jupyter kernel and every service: their processes stop in parallel."""
+    BEFORE_LANG_RUNNER = 2
+    """The terminal and Polly: the language runner is still there to send the `finished` of a run they end."""
+    BEFORE_WATCHED = 3
+    """Health checkers stop before the servers they watch, so a stopping server is not reported unhealthy."""
+    NO_NEW_STARTS = 4
+    """The service manager stops first: no new service starts while the others stop."""
+
 
 # A service that stays up this long counts as recovered: its next crash starts backoff from the beginning.
 SERVICE_STABLE_AFTER_S = 3.0
-# The language runner's tier: services stop together with it and the kernel, within the one deadline.
-SERVICE_TIER = 1
-# Probes (tier 3) stop before the servers they watch (tier 2), so a stopping server is not reported unhealthy.
-HEALTH_TIER = 3
 HEALTH_SHUTDOWN_S = 1.0
+KERNEL_SHUTDOWN_S = 3.0
+KERNEL_STABLE_AFTER_S = 10.0
+
+
+# ---- the children every runner has ----------------------------------------------------------------------------------
+
+
+def first_children(
+    runner: RunnerContext,
+    *,
+    ports: BoundPorts,
+    board: StatusBoard,
+    started_at: float,
+    on_event: Callable[[AgentEvent], None],
+    metrics: RunnerMetrics | None,
+    planner: ServicePlanner,
+    start_intrinsics: bool,
+) -> list[ChildSpec]:
+    """The router, the language runner and the service manager, in start order (the query delegate comes later,
+    from `delegate_children`). The arguments are what the composition root made for them."""
+    restart = runner.config.restart
+    delegate = query_delegate(runner.config.lang)
+    lang_settings = LangRunnerSettings(
+        delegate=delegate.child_id if delegate is not None else None,
+        completer=delegate.child_id if delegate is not None and delegate.completes else None,
+    )
+
+    def make_router(ctx: ChildContext) -> pykka.ActorRef[Any]:
+        return RouterActor.start(ctx=ctx, runner=runner, ports=ports, board=board, started_at=started_at,
+                                 on_event=on_event, metrics=metrics)
+
+    def make_lang(ctx: ChildContext) -> pykka.ActorRef[Any]:
+        return LangRunnerActor.start(ctx=ctx, runner=runner, settings=lang_settings)
+
+    def make_services(ctx: ChildContext) -> pykka.ActorRef[Any]:
+        return ServicesActor.start(ctx=ctx, runner=runner, planner=planner, start_intrinsics=start_intrinsics)
+
+    return [
+        ChildSpec(
+            child_id=ROUTER_CHILD, factory=make_router, restart="permanent", on_give_up="shut_down_runner",
+            tier=Tier.FINAL_ANSWERS, shutdown_s=1.0, backoff=Backoff(initial_s=0.05, cap_s=1.0, jitter=0.1),
+            intensity=restart.intensity(),
+        ),
+        ChildSpec(
+            child_id=LANG_CHILD, factory=make_lang, restart="permanent", tier=Tier.PROCESSES_TOGETHER, shutdown_s=3.0,
+            backoff=restart.backoff(), intensity=restart.intensity(), reject=lang_runner_reject(runner.router),
+        ),
+        ChildSpec(
+            child_id=SERVICES_CHILD, factory=make_services, restart="permanent", tier=Tier.NO_NEW_STARTS,
+            shutdown_s=1.0, backoff=restart.backoff(initial_s=0.05), intensity=restart.intensity(),
+            reject=services_reject(runner.router),
+        ),
+    ]
+
+
+# ---- the language's query delegate ----------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class QueryDelegate:
+    """The child a language's `code` goes to; `completes`: its `complete` requests go there too (else: no matches)."""
+
+    child_id: ChildId
+    completes: bool
+    # Builds the child's spec; imports the actor's module, so only a language that has this delegate loads it.
+    plan: Callable[[RunnerContext], ChildSpec]
+
+
+def query_delegate(lang: str) -> QueryDelegate | None:
+    """Which delegate the language uses, from its query mode: decided here only (the language runner's settings,
+    `wait_ready` and the control socket all ask this), and known without importing the delegate's module."""
+    query = get_lang(lang).query
+    match query:
+        case JupyterQuery():
+            return QueryDelegate(child_id=KERNEL_CHILD, completes=True, plan=_plan_kernel)
+        case TerminalQuery():
+            return QueryDelegate(child_id=TERMINAL_CHILD, completes=False, plan=terminal_child_spec)
+        case ExternalQuery() if query.handler == POLLY_HANDLER:  # docs/protocol.md §8.5
+            return QueryDelegate(child_id=POLLY_CHILD, completes=False, plan=polly_child_spec)
+    return None
+
+
+def delegate_child_id(lang: str) -> ChildId | None:
+    """Only the delegate's id: what `wait_ready` waits for, and what the control socket counts as a core child."""
+    delegate = query_delegate(lang)
+    return delegate.child_id if delegate is not None else None
+
+
+def delegate_children(runner: RunnerContext) -> list[ChildSpec]:
+    """The language's query delegate: the Jupyter kernel (python, julia, r, h2o), the pty terminal (git) or the
+    Amazon Polly actor (vendor.aws_polly; boto3 is imported only once it makes a call); none for the others."""
+    delegate = query_delegate(runner.config.lang)
+    return [] if delegate is None else [delegate.plan(runner)]
+
+
+def _plan_kernel(runner: RunnerContext) -> ChildSpec:
+    """The kernel for the language's kernelspec: the table names one loosely ("python"), the installed one may be
+    "python3" (docs/protocol.md §4.1). An unknown name still makes a kernel child: it fails with the list of installed
+    kernelspecs, and queries get that reason."""
+    from kernel_runner.actors.kernel.actor import KernelSettings
+    from kernel_runner.actors.kernel.jupyter import kernelspec_names  # imports jupyter_client: only for this language
+
+    query = get_lang(runner.config.lang).query
+    assert isinstance(query, JupyterQuery)
+    installed = kernelspec_names()
+    picked = query.pick(installed)
+    if picked is None:
+        logger.bind(child=KERNEL_CHILD).error(
+            "no kernelspec matches {!r}; installed: {}", query.kernelspec_name, ", ".join(installed) or "none"
+        )
+    return kernel_child_spec(runner, KernelSettings(kernel_name=picked or query.kernelspec_name))
+
+
+def kernel_child_spec(runner: RunnerContext, settings: KernelSettings) -> ChildSpec:
+    """The Jupyter kernel: permanent, restarted with backoff, FATAL after too many restarts (docs/architecture.md §4)."""
+    from kernel_runner.actors.kernel.actor import KernelActor
+
+    restart = runner.config.restart
+
+    def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
+        return KernelActor.start(ctx=ctx, runner=runner, settings=settings)
+
+    return ChildSpec(
+        child_id=KERNEL_CHILD,
+        factory=factory,
+        restart="permanent",
+        shutdown_s=KERNEL_SHUTDOWN_S,
+        backoff=restart.backoff(),
+        intensity=restart.intensity(),
+        stable_after_s=KERNEL_STABLE_AFTER_S,
+        tier=Tier.PROCESSES_TOGETHER,
+        reject=delegate_reject(runner.directory, runner.router, what="the Jupyter kernel"),
+    )
+
+
+def terminal_child_spec(runner: RunnerContext, settings: TerminalSettings | None = None, *,
+                        ports: TerminalPorts | None = None) -> ChildSpec:
+    """The git runner's terminal, permanent; its bound ports survive its restarts. `ports` lets a caller read the
+    bound ports (also in `status` as term_in_port/term_out_port)."""
+    from kernel_runner.actors.terminal.actor import TerminalActor, TerminalPorts, TerminalSettings
+
+    config = runner.config
+    bound = ports if ports is not None else TerminalPorts(config.term_in_port, config.term_out_port)
+    chosen = settings if settings is not None else TerminalSettings()
+    restart = config.restart
+
+    def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
+        return TerminalActor.start(ctx=ctx, runner=runner, ports=bound, settings=chosen)
+
+    return ChildSpec(
+        child_id=TERMINAL_CHILD,
+        factory=factory,
+        restart="permanent",
+        tier=Tier.BEFORE_LANG_RUNNER,
+        shutdown_s=2.0,
+        backoff=restart.backoff(),
+        intensity=restart.intensity(),
+        reject=delegate_reject(runner.directory, runner.router, what="the terminal"),
+    )
+
+
+def polly_child_spec(runner: RunnerContext, settings: PollyActorSettings | None = None) -> ChildSpec:
+    """vendor.aws_polly's delegate, permanent (boto3 is imported only once it makes a call)."""
+    from kernel_runner.actors.polly.actor import PollyActor, PollyActorSettings
+
+    chosen = settings if settings is not None else PollyActorSettings()
+    restart = runner.config.restart
+
+    def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
+        return PollyActor.start(ctx=ctx, runner=runner, settings=chosen)
+
+    return ChildSpec(
+        child_id=POLLY_CHILD,
+        factory=factory,
+        restart="permanent",
+        tier=Tier.BEFORE_LANG_RUNNER,
+        shutdown_s=1.0,
+        backoff=restart.backoff(),
+        intensity=restart.intensity(),
+        reject=delegate_reject(runner.directory, runner.router, what="the Amazon Polly worker"),
+    )
+
+
+# ---- services and model services, started on the agent's request ---------------------------------------------------
+
 
 ReplyKind = Literal["service", "model", "none"]
 
@@ -85,9 +321,15 @@ def service_child_spec(
         retry_failed_start=False,
         # A model server's checker is stopped for good when the server gives up: retried alone, it would run unwatched.
         fatal_retry=NO_FATAL_RETRY if watcher is not None else FatalRetry(),
-        tier=SERVICE_TIER,
+        tier=Tier.PROCESSES_TOGETHER,
         reject=service_reject(launch.name),
     )
+
+
+def intrinsic_child_spec(launch: ServiceLaunch, runner: RunnerContext) -> ChildSpec:
+    """sshd or ttyd, started by the runner itself: permanent, and nobody is waiting for a reply (an agent's later
+    start-service for it is answered `running`)."""
+    return service_child_spec(launch, runner, reply="none", default_restart="permanent")
 
 
 def model_child_specs(model: ModelInfo, launch: ServiceLaunch, runner: RunnerContext, *,
@@ -134,7 +376,7 @@ def model_child_specs(model: ModelInfo, launch: ServiceLaunch, runner: RunnerCon
         intensity=restart.intensity(),
         stable_after_s=restart.stable_after_s,
         binds_to=server.child_id,
-        tier=HEALTH_TIER,
+        tier=Tier.BEFORE_WATCHED,
     )
     return [server, checker]
 
@@ -164,4 +406,18 @@ def health_plan(model_name: str, service_name: str, port: int, check: HealthChec
     )
 
 
-__all__ = ["health_plan", "model_child_specs", "service_child_spec"]
+__all__ = [
+    "QueryDelegate",
+    "Tier",
+    "delegate_child_id",
+    "delegate_children",
+    "first_children",
+    "health_plan",
+    "intrinsic_child_spec",
+    "kernel_child_spec",
+    "model_child_specs",
+    "polly_child_spec",
+    "query_delegate",
+    "service_child_spec",
+    "terminal_child_spec",
+]

@@ -18,7 +18,7 @@ import pytest
 from loguru import logger
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
-from kernel_runner.actors.kernel.actor import CHILD_STATES, TRANSITIONS, Phase, kernel_child_spec
+from kernel_runner.actors.kernel.actor import CHILD_STATES, TRANSITIONS, KernelSettings, Phase
 from kernel_runner.actors.kernel.jupyter import (
     DISPLAY_PREFERENCE,
     KernelSpecError,
@@ -35,6 +35,7 @@ from kernel_runner.context import RunnerContext
 from kernel_runner.drawing import DRAWING_MIME
 from kernel_runner.ids import KERNEL_CHILD
 from kernel_runner.messages import Html, Media
+from kernel_runner.runtime.tree import Tier, kernel_child_spec
 from kernel_runner.supervision.actor import InvalidTransition, PhaseMachine
 from kernel_runner.supervision.spec import ChildSpec, ChildState
 from kernel_runner.wire.outbox import RouterLink
@@ -149,10 +150,10 @@ def test_exit_code_comes_from_the_execute_reply(reply: dict[str, Any] | None, co
 
 
 def test_child_spec_is_permanent_bounded_and_tiered_with_the_language(runner_config: RunnerConfig) -> None:
-    spec = kernel_child_spec(RunnerContext(config=runner_config, router=RouterLink(1)), kernel_name="python3")
+    spec = kernel_child_spec(RunnerContext(config=runner_config, router=RouterLink(1)), KernelSettings(kernel_name="python3"))
     assert spec.child_id == KERNEL_CHILD
     assert spec.restart == "permanent"
-    assert spec.tier == 1
+    assert spec.tier == Tier.PROCESSES_TOGETHER == 1  # stops with the language runner and the services
     assert spec.intensity.max_restarts == 5
     assert spec.backoff.initial_s == runner_config.restart.backoff_initial_s
     assert spec.stable_after_s == 10.0
@@ -176,7 +177,7 @@ def fast_config(runner_config: RunnerConfig) -> RunnerConfig:
 def tree(fast_config: RunnerConfig, request: pytest.FixtureRequest) -> Iterator[tuple[RunnerHandle, AgentClient]]:
     kernel_name, ready_timeout_s = request.param
     def kernel(runner: RunnerContext) -> ChildSpec:
-        return kernel_child_spec(runner, kernel_name=kernel_name, ready_timeout_s=ready_timeout_s)
+        return kernel_child_spec(runner, KernelSettings(kernel_name=kernel_name, ready_timeout_s=ready_timeout_s))
 
     handle = start(fast_config, extra_children=[kernel])
     try:

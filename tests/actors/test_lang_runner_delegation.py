@@ -32,8 +32,9 @@ from kernel_runner.messages import (
     RunDone,
     RunTask,
 )
-from kernel_runner.runtime import root as runtime
+from kernel_runner.runtime import tree
 from kernel_runner.runtime.root import ChildPlan
+from kernel_runner.runtime.tree import Tier
 from kernel_runner.supervision.actor import InvalidTransition, PhaseMachine, SupervisedActor
 from kernel_runner.supervision.directory import ChildDirectory
 from kernel_runner.supervision.spec import ChildContext, ChildSpec, ChildState, StopRequested
@@ -93,7 +94,7 @@ class Delegates:
                 return FakeDelegate.start(ctx=ctx, runner=runner, seen=self.seen, lock=self.lock)
 
             reject = delegate_reject(runner.directory, runner.router, what=f"the fake {child_id}")
-            return ChildSpec(child_id=child_id, factory=factory, tier=1, reject=reject)
+            return ChildSpec(child_id=child_id, factory=factory, tier=Tier.PROCESSES_TOGETHER, reject=reject)
 
         return plan
 
@@ -110,7 +111,7 @@ def delegates() -> Delegates:
 @pytest.fixture
 def langs(runner_config: RunnerConfig, monkeypatch: pytest.MonkeyPatch) -> Iterator[LangRunners]:
     # The runtime registers the real delegate for the language; these tests put the fake in its place.
-    monkeypatch.setattr(runtime, "delegate_children", lambda runner: [])
+    monkeypatch.setattr(tree, "delegate_children", lambda runner: [])
     runners = LangRunners(runner_config)
     yield runners
     runners.close()

@@ -21,7 +21,7 @@ import pytest
 from loguru import logger
 
 from kernel_runner import RunnerConfig
-from kernel_runner.actors.polly.actor import CHILD_STATE, TRANSITIONS, Phase, polly_child_spec
+from kernel_runner.actors.polly.actor import CHILD_STATE, TRANSITIONS, Phase, PollyActorSettings
 from kernel_runner.actors.polly.worker import (
     ClientBox,
     PollyCall,
@@ -42,6 +42,7 @@ from kernel_runner.messages import (
     RunDone,
     RunTask,
 )
+from kernel_runner.runtime.tree import polly_child_spec
 from kernel_runner.supervision.actor import InvalidTransition, PhaseMachine
 from kernel_runner.supervision.spec import ChildInfo, ChildState, StopRequested
 from tests.support.polly import ACCESS_KEY, REGION, SECRET_KEY, FakePolly, clear_aws_settings
@@ -110,7 +111,7 @@ class PollyTree(Tree):
                "AWS_ENDPOINT_URL_POLLY": fake.url}
         runner: RunnerContext = attrs.evolve(self.runner, env=env)
         self.start_forwarding_lang()
-        self.start(polly_child_spec(runner, **knobs))
+        self.start(polly_child_spec(runner, PollyActorSettings(**knobs)))
         self.wait_child(POLLY_CHILD, lambda info: info.state is ChildState.RUNNING, what="the Polly actor running")
 
     def code(self, text: str) -> RunId:

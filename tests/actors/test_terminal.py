@@ -23,7 +23,7 @@ from kernel_runner.actors.terminal.actor import (
     Phase,
     TerminalActor,
     TerminalPorts,
-    terminal_child_spec,
+    TerminalSettings,
 )
 from kernel_runner.actors.terminal.commands import GITGRAPH_MIME
 from kernel_runner.actors.terminal.io import PtyReader, TermInputReceiver
@@ -32,6 +32,7 @@ from kernel_runner.config import RestartDefaults
 from kernel_runner.context import RunnerContext
 from kernel_runner.ids import TERMINAL_CHILD, next_run_id
 from kernel_runner.messages import Finished, Output, RunDone, RunTask
+from kernel_runner.runtime.tree import terminal_child_spec
 from kernel_runner.supervision.actor import InvalidTransition, PhaseMachine
 from kernel_runner.supervision.policy import Backoff
 from kernel_runner.supervision.spec import ChildInfo, ChildSpec, ChildState
@@ -148,7 +149,7 @@ def term_config(runner_config: RunnerConfig) -> RunnerConfig:
 
 @pytest.fixture
 def term_runner(term_config: RunnerConfig) -> Iterator[RunnerHandle]:
-    handle = start(term_config, extra_children=[lambda runner: terminal_child_spec(runner, shell_argv=SHELL)])
+    handle = start(term_config, extra_children=[lambda runner: terminal_child_spec(runner, TerminalSettings(shell_argv=SHELL))])
     yield handle
     handle.stop(timeout=5)
 
@@ -255,7 +256,7 @@ def test_exit_restarts_the_shell_on_the_same_sockets(term_runner: RunnerHandle, 
 
 
 def test_stop_hangs_up_the_shell_and_its_jobs(term_config: RunnerConfig) -> None:
-    handle = start(term_config, extra_children=[lambda runner: terminal_child_spec(runner, shell_argv=SHELL)])
+    handle = start(term_config, extra_children=[lambda runner: terminal_child_spec(runner, TerminalSettings(shell_argv=SHELL))])
     try:
         info = wait_terminal(handle.which_children, has_ports, what="terminal ports")
         client = TermClient(term_in=info.extra["term_in_port"], term_out=info.extra["term_out_port"])
@@ -392,7 +393,7 @@ class BareTree(Tree):
 
 
 def test_the_terminal_reports_run_done_after_its_output_and_sends_no_finished(term_config: RunnerConfig) -> None:
-    tree = BareTree(term_config, lambda runner: terminal_child_spec(runner, shell_argv=SHELL))
+    tree = BareTree(term_config, lambda runner: terminal_child_spec(runner, TerminalSettings(shell_argv=SHELL)))
     try:
         wait_terminal(tree.children_list, lambda t: t.state is ChildState.RUNNING, what="terminal running")
         run_id = next_run_id()
@@ -408,7 +409,7 @@ def test_the_terminal_reports_run_done_after_its_output_and_sends_no_finished(te
 
 
 def test_batch_kinds_are_refused(term_config: RunnerConfig) -> None:
-    tree = BareTree(term_config, lambda runner: terminal_child_spec(runner, shell_argv=SHELL))
+    tree = BareTree(term_config, lambda runner: terminal_child_spec(runner, TerminalSettings(shell_argv=SHELL)))
     try:
         wait_terminal(tree.children_list, lambda t: t.state is ChildState.RUNNING, what="terminal running")
         run_id = next_run_id()
@@ -427,7 +428,8 @@ def test_a_terminal_that_cannot_start_rejects_runs_and_releases_the_language_run
         restart=RestartDefaults(backoff_initial_s=0.01, backoff_cap_s=0.02, backoff_jitter=0.0,
                                 intensity_max_restarts=1, intensity_period_s=60.0),
     )
-    tree = BareTree(config, lambda runner: terminal_child_spec(runner, shell_argv=[str(tmp_path / "no-such-shell")]))
+    missing = TerminalSettings(shell_argv=[str(tmp_path / "no-such-shell")])
+    tree = BareTree(config, lambda runner: terminal_child_spec(runner, missing))
     try:
         wait_terminal(tree.children_list, lambda t: t.state is ChildState.FATAL, what="terminal FATAL")
         run_id = next_run_id()
@@ -442,7 +444,7 @@ def test_a_terminal_that_cannot_start_rejects_runs_and_releases_the_language_run
 
 def test_fixed_ports_are_kept_across_actor_restarts(term_config: RunnerConfig) -> None:
     ports = TerminalPorts(0, 0)
-    tree = BareTree(term_config, lambda runner: terminal_child_spec(runner, ports=ports, shell_argv=SHELL))
+    tree = BareTree(term_config, lambda runner: terminal_child_spec(runner, TerminalSettings(shell_argv=SHELL), ports=ports))
     try:
         first = wait_terminal(tree.children_list, has_ports, what="terminal ports")
         assert (first.extra["term_in_port"], first.extra["term_out_port"]) == (ports.term_in, ports.term_out)
@@ -472,12 +474,11 @@ def dying_shell_tree(term_config: RunnerConfig, *, max_restarts: int, max_quick_
         restart=RestartDefaults(backoff_initial_s=0.01, backoff_cap_s=0.02, backoff_jitter=0.0,
                                 intensity_max_restarts=max_restarts, intensity_period_s=60.0),
     )
-    return BareTree(config, lambda runner: terminal_child_spec(
-        runner,
+    return BareTree(config, lambda runner: terminal_child_spec(runner, TerminalSettings(
         shell_argv=["/bin/sh", "-c", "exit 3"],
         shell_backoff=Backoff(initial_s=0.01, factor=1.0, cap_s=0.01, jitter=0.0),
         max_quick_exits=max_quick_exits,
-    ))
+    )))
 
 
 def test_a_shell_that_keeps_dying_is_left_to_the_supervisor(term_config: RunnerConfig) -> None:
@@ -501,7 +502,8 @@ def test_show_graph_gives_up_on_a_hung_git(term_config: RunnerConfig, tmp_path: 
     fake.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 60\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    handle = start(term_config, extra_children=[lambda runner: terminal_child_spec(runner, shell_argv=SHELL, git_timeout_s=0.5)])
+    quick_git = TerminalSettings(shell_argv=SHELL, git_timeout_s=0.5)
+    handle = start(term_config, extra_children=[lambda runner: terminal_child_spec(runner, quick_git)])
     try:
         with AgentClient(port_in=handle.ports.port_in, port_out=handle.ports.port_out) as agent:
             wait_terminal(handle.which_children, lambda t: t.state is ChildState.RUNNING, what="terminal running")
@@ -540,7 +542,7 @@ def terminal_phases(lines: list[str]) -> list[tuple[str, str]]:
 
 
 def test_a_normal_life_goes_through_every_phase_in_order(log_lines: list[str], term_config: RunnerConfig) -> None:
-    handle = start(term_config, extra_children=[lambda runner: terminal_child_spec(runner, shell_argv=SHELL)])
+    handle = start(term_config, extra_children=[lambda runner: terminal_child_spec(runner, TerminalSettings(shell_argv=SHELL))])
     try:
         info = wait_terminal(handle.which_children, has_ports, what="terminal ports")
         first_pid = info.extra["shell_pid"]
@@ -579,7 +581,7 @@ def test_while_the_shell_restarts_input_is_dropped_and_commands_still_run(log_li
     # A backoff far longer than the test: the terminal stays in RESPAWN_WAIT until it is stopped.
     long_wait = Backoff(initial_s=60.0, factor=1.0, cap_s=60.0, jitter=0.0)
     handle = start(term_config, extra_children=[
-        lambda runner: terminal_child_spec(runner, shell_argv=SHELL, shell_backoff=long_wait)])
+        lambda runner: terminal_child_spec(runner, TerminalSettings(shell_argv=SHELL, shell_backoff=long_wait))])
     try:
         info = wait_terminal(handle.which_children, has_ports, what="terminal ports")
         client = TermClient(term_in=info.extra["term_in_port"], term_out=info.extra["term_out_port"])
@@ -747,7 +749,7 @@ def test_a_dead_input_receiver_ends_the_incarnation_and_the_terminal_comes_back(
     monkeypatch: pytest.MonkeyPatch, term_config: RunnerConfig, log_lines: list[str]
 ) -> None:
     ports = TerminalPorts(0, 0)
-    tree = BareTree(term_config, lambda runner: terminal_child_spec(runner, ports=ports, shell_argv=SHELL))
+    tree = BareTree(term_config, lambda runner: terminal_child_spec(runner, TerminalSettings(shell_argv=SHELL), ports=ports))
     try:
         first = wait_terminal(tree.children_list, has_ports, what="terminal ports")
         client = TermClient(term_in=ports.term_in, term_out=ports.term_out)

@@ -19,9 +19,10 @@ import attrs
 import pytest
 
 from kernel_runner import RunnerConfig, RunnerHandle
-from kernel_runner.actors.polly.actor import polly_child_spec
+from kernel_runner.actors.polly.actor import PollyActorSettings
 from kernel_runner.client import AgentClient
 from kernel_runner.ids import POLLY_CHILD
+from kernel_runner.runtime.tree import polly_child_spec
 from kernel_runner.supervision.spec import ChildInfo, ChildState
 from tests.support.polly import (
     ACCESS_KEY,
@@ -60,7 +61,7 @@ def polly_config(runner_config: RunnerConfig, monkeypatch: pytest.MonkeyPatch, t
 def polly_runner(config: RunnerConfig, environ: dict[str, str], **knobs: Any) -> Iterator[tuple[RunnerHandle, AgentClient]]:
     """The runner for vendor.aws_polly with `environ` in environ.txt; `knobs` replace the Polly child's defaults."""
     write_environ(config.config_dir, **environ)
-    extra = [lambda runner: polly_child_spec(runner, **knobs)] if knobs else []
+    extra = [lambda runner: polly_child_spec(runner, PollyActorSettings(**knobs))] if knobs else []
     with running(config, extra_children=extra) as (handle, agent):
         yield handle, agent
 

@@ -23,11 +23,12 @@ import msgpack
 import pytest
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
-from kernel_runner.actors.kernel.actor import Phase, kernel_child_spec
+from kernel_runner.actors.kernel.actor import KernelSettings, Phase
 from kernel_runner.client import AgentClient, RunResult
 from kernel_runner.context import RunnerContext
 from kernel_runner.drawing import DRAWING_MIME
 from kernel_runner.ids import KERNEL_CHILD
+from kernel_runner.runtime.tree import kernel_child_spec
 from kernel_runner.supervision.spec import ChildInfo, ChildSpec, ChildState
 from tests.support.procs import alive, assert_gone
 from tests.support.waiting import wait_until
@@ -81,7 +82,7 @@ def start_query(
 ) -> tuple[RunnerHandle, AgentClient]:
     # A cold jedi cache makes the first completion take seconds; the test must not depend on a warm one.
     def spec(runner: RunnerContext) -> ChildSpec:
-        return kernel_child_spec(runner, kernel_name=kernel_name, **{"complete_timeout_s": 30.0, **options})
+        return kernel_child_spec(runner, KernelSettings(kernel_name=kernel_name, **{"complete_timeout_s": 30.0, **options}))
 
     handle = start(attrs.evolve(config, lang="python"), extra_children=[spec])
     return handle, AgentClient(port_in=handle.ports.port_in, port_out=handle.ports.port_out)

@@ -116,7 +116,7 @@ Health = Literal["unknown", "healthy", "unhealthy"]
 
 @attrs.frozen(kw_only=True)
 class HealthPlan:
-    """Everything one model service's checker needs, resolved by service_specs.model_child_specs."""
+    """Everything one model service's checker needs, resolved by runtime/tree.py (model_child_specs)."""
 
     model_name: str
     # `<model name>-<port>`: the service name the agent uses for shutdown-service (docs/protocol.md §7.1).

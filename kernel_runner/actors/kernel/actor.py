@@ -48,10 +48,8 @@ import signal
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import attrs
-import pykka
 
 from kernel_runner.actors.kernel.channels import (
     READY_TIMEOUT_S,
@@ -76,7 +74,7 @@ from kernel_runner.actors.kernel.jupyter import (
 )
 from kernel_runner.context import RunnerContext
 from kernel_runner.excerpts import excerpt
-from kernel_runner.ids import KERNEL_CHILD, LANG_CHILD, RunId
+from kernel_runner.ids import LANG_CHILD, RunId
 from kernel_runner.messages import (
     CompleteCode,
     CompletionResult,
@@ -109,8 +107,7 @@ from kernel_runner.procs.process import (
 )
 from kernel_runner.supervision.actor import PhaseMachine, SupervisedActor
 from kernel_runner.supervision.exits import Crashed, ExitReason, ProcessDied, ShutdownExit, StartFailed, Unhealthy
-from kernel_runner.supervision.spec import ChildContext, ChildSpec, ChildState, StopRequested
-from kernel_runner.wire.answers import delegate_reject
+from kernel_runner.supervision.spec import ChildContext, ChildState, StopRequested
 
 # ---- knobs (docs/architecture.md §4; docs/protocol.md §4) -----------------------------------------------------------
 # The agent waits for `completion` without a limit (docs/protocol.md §3.5); a cold jedi cache makes the first one take ~3 s.
@@ -119,9 +116,27 @@ COMPLETE_TIMEOUT_S = 5.0
 INTERRUPT_KILL_AFTER_S = 10.0
 # How long the channel thread may take to flush a dead kernel's last outputs before the actor ends the run itself.
 END_RUN_TIMEOUT_S = 2.0
-KERNEL_SHUTDOWN_S = 3.0
-KERNEL_STABLE_AFTER_S = 10.0
 KERNEL_LOG_LINE_CHARS = 4096  # what the kernel process itself prints goes to our log, a line at most this long
+
+
+@attrs.frozen(kw_only=True)
+class KernelSettings:
+    """One kernel child's configuration (runtime/tree.py makes its spec).
+
+    `kernel_name` is matched exactly (python: `python3`, the kernelspec ipykernel installs); `env` is the kernel's
+    environment (default: the runner environment from the context, as upstream gives the kernel os.environ);
+    `heartbeat_interval_s` (while a cell runs), `heartbeat_idle_interval_s` and `heartbeat_timeout_s` are its hang
+    detection (docs/protocol.md §4.7).
+    """
+
+    kernel_name: str
+    env: Mapping[str, str] | None = None
+    ready_timeout_s: float = READY_TIMEOUT_S
+    complete_timeout_s: float = COMPLETE_TIMEOUT_S
+    interrupt_kill_after_s: float = INTERRUPT_KILL_AFTER_S
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
+    heartbeat_idle_interval_s: float = HEARTBEAT_IDLE_INTERVAL_S
 
 
 # ======================================================================================================================
@@ -224,25 +239,18 @@ class KernelActor(SupervisedActor):
         *,
         ctx: ChildContext,
         runner: RunnerContext,
-        kernel_name: str,
-        env: Mapping[str, str] | None = None,
-        ready_timeout_s: float = READY_TIMEOUT_S,
-        complete_timeout_s: float = COMPLETE_TIMEOUT_S,
-        interrupt_kill_after_s: float = INTERRUPT_KILL_AFTER_S,
-        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
-        heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
-        heartbeat_idle_interval_s: float = HEARTBEAT_IDLE_INTERVAL_S,
+        settings: KernelSettings,
     ) -> None:
         super().__init__(ctx=ctx)
         self._runner = runner
-        self.kernel_name = kernel_name
-        self._env_override = env
-        self._ready_timeout_s = ready_timeout_s
-        self._interrupt_kill_after_s = interrupt_kill_after_s
-        self._complete_timeout_s = complete_timeout_s
-        self._heartbeat_interval_s = heartbeat_interval_s
-        self._heartbeat_timeout_s = heartbeat_timeout_s
-        self._heartbeat_idle_interval_s = heartbeat_idle_interval_s
+        self.kernel_name = settings.kernel_name
+        self._env_override = settings.env
+        self._ready_timeout_s = settings.ready_timeout_s
+        self._interrupt_kill_after_s = settings.interrupt_kill_after_s
+        self._complete_timeout_s = settings.complete_timeout_s
+        self._heartbeat_interval_s = settings.heartbeat_interval_s
+        self._heartbeat_timeout_s = settings.heartbeat_timeout_s
+        self._heartbeat_idle_interval_s = settings.heartbeat_idle_interval_s
         self._box: LaunchBox | None = None
         self._starter: KernelStarter | None = None
         self._channels: KernelChannels | None = None
@@ -695,57 +703,4 @@ class KernelActor(SupervisedActor):
         self._completions.clear()
 
 
-# ======================================================================================================================
-# Supervision
-# ======================================================================================================================
-
-
-def kernel_child_spec(
-    runner: RunnerContext,
-    *,
-    kernel_name: str,
-    env: Mapping[str, str] | None = None,
-    ready_timeout_s: float = READY_TIMEOUT_S,
-    complete_timeout_s: float = COMPLETE_TIMEOUT_S,
-    interrupt_kill_after_s: float = INTERRUPT_KILL_AFTER_S,
-    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
-    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
-    heartbeat_idle_interval_s: float = HEARTBEAT_IDLE_INTERVAL_S,
-) -> ChildSpec:
-    """The Jupyter kernel as a permanent child: restarted with backoff, FATAL after too many restarts (docs/architecture.md §4).
-
-    `kernel_name` is matched exactly (python: `python3`, the kernelspec ipykernel installs); `env` is the kernel's
-    environment (default: the runner environment from the context, as upstream gives the kernel os.environ);
-    `heartbeat_interval_s` (while a cell runs), `heartbeat_idle_interval_s` and `heartbeat_timeout_s` are its hang
-    detection (docs/protocol.md §4.7).
-    """
-    restart = runner.config.restart
-
-    def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
-        return KernelActor.start(
-            ctx=ctx,
-            runner=runner,
-            kernel_name=kernel_name,
-            env=env,
-            ready_timeout_s=ready_timeout_s,
-            complete_timeout_s=complete_timeout_s,
-            interrupt_kill_after_s=interrupt_kill_after_s,
-            heartbeat_interval_s=heartbeat_interval_s,
-            heartbeat_timeout_s=heartbeat_timeout_s,
-            heartbeat_idle_interval_s=heartbeat_idle_interval_s,
-        )
-
-    return ChildSpec(
-        child_id=KERNEL_CHILD,
-        factory=factory,
-        restart="permanent",
-        shutdown_s=KERNEL_SHUTDOWN_S,
-        backoff=restart.backoff(),
-        intensity=restart.intensity(),
-        stable_after_s=KERNEL_STABLE_AFTER_S,
-        tier=1,
-        reject=delegate_reject(runner.directory, runner.router, what="the Jupyter kernel"),
-    )
-
-
-__all__ = ["CHILD_STATES", "TRANSITIONS", "KernelActor", "Phase", "kernel_child_spec"]
+__all__ = ["CHILD_STATES", "TRANSITIONS", "KernelActor", "KernelSettings", "Phase"]

@@ -58,9 +58,8 @@ from kernel_runner.actors.lang_runner.job import LineLogger, StepSink, TaskLog
 from kernel_runner.actors.lang_runner.user_input import InputAbandoned, InputRequested, InputServerFailed, UserInputServer
 from kernel_runner.context import RunnerContext
 from kernel_runner.excerpts import excerpt
-from kernel_runner.ids import KERNEL_CHILD, POLLY_CHILD, TERMINAL_CHILD, ChildId
+from kernel_runner.ids import ChildId
 from kernel_runner.langs import (
-    POLLY_HANDLER,
     CompileAndRunQuery,
     ExternalQuery,
     JupyterQuery,
@@ -122,6 +121,18 @@ UNSUPPORTED_INPUT = b"<user-input is unsupported>"  # docs/protocol.md §5.6, fo
 INPUT_SERVER_RESTART_S = 1.0  # a user-input server whose thread died is replaced after this pause (no hot loop)
 
 JobKind = Literal["clean", "build", "exec", "code", "init", "bootstrap"]
+
+
+@attrs.frozen(kw_only=True)
+class LangRunnerSettings:
+    """Where this language's `code` and `complete` go (runtime/tree.py decides, from the language's query mode).
+
+    `delegate`: the child that runs `code` (the Jupyter kernel, the terminal, Polly); None: this actor runs it
+    (compile-and-run) or answers that it cannot. `completer`: the child that answers `complete`; None: no matches.
+    """
+
+    delegate: ChildId | None = None
+    completer: ChildId | None = None
 
 
 class Phase(enum.Enum):
@@ -240,9 +251,10 @@ class LangRunnerActor(SupervisedActor):
 
     redeliverable = (RunTask, CompleteCode)
 
-    def __init__(self, *, ctx: ChildContext, runner: RunnerContext) -> None:
+    def __init__(self, *, ctx: ChildContext, runner: RunnerContext, settings: LangRunnerSettings) -> None:
         super().__init__(ctx=ctx)
         self._runner = runner
+        self._settings = settings
         self._config = runner.config
         self._router = runner.router
         self.lang = runner.config.lang
@@ -455,20 +467,19 @@ class LangRunnerActor(SupervisedActor):
 
     def _start_query(self, task: RunTask) -> None:
         query = self.spec.query
+        if self._settings.delegate is not None:
+            self._delegate(task, self._settings.delegate)
+            return
         match query:
-            case JupyterQuery():
-                self._delegate(task, KERNEL_CHILD)
-            case TerminalQuery():
-                self._delegate(task, TERMINAL_CHILD)
             case CompileAndRunQuery():
                 self._start_compile_and_run(task)
             case NoQuery():
                 self._answer_no_step(task, _not_available(query.reason))
-            case ExternalQuery() if query.handler == POLLY_HANDLER:
-                self._delegate(task, POLLY_CHILD)  # docs/protocol.md §8.5
             case ExternalQuery():
                 reason = f"the {query.handler} query handler is not part of this runner"
                 self._answer_no_step(task, _not_available(reason))
+            case JupyterQuery() | TerminalQuery():
+                self._answer_no_step(task, _not_available("this runner has no query delegate"))
 
     def _start_compile_and_run(self, task: RunTask) -> None:
         try:
@@ -782,8 +793,8 @@ class LangRunnerActor(SupervisedActor):
         self.log.info("input dropped: nothing is waiting for input")
 
     def _handle_complete_code(self, message: CompleteCode) -> None:
-        if isinstance(self.spec.query, JupyterQuery):
-            self.tell_child(KERNEL_CHILD, message)
+        if self._settings.completer is not None:
+            self.tell_child(self._settings.completer, message)
             return
         # docs/protocol.md §10.1 #1: always answer, or the agent waits for ever.
         self._router.tell(CompletionResult(items=()))
@@ -812,4 +823,4 @@ def _not_available(reason: str) -> NoStep:
     return NoStep(exit_code=EXIT_NOT_RUN, stderr_text=text + "\n", log_text=text, log_level="WARNING")
 
 
-__all__ = ["BOOTSTRAP_STEP", "CHILD_STATE", "TRANSITIONS", "LangRunnerActor", "Phase"]
+__all__ = ["BOOTSTRAP_STEP", "CHILD_STATE", "TRANSITIONS", "LangRunnerActor", "LangRunnerSettings", "Phase"]

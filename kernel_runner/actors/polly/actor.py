@@ -35,10 +35,9 @@ import collections
 import enum
 import itertools
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
-import pykka
 
 from kernel_runner.actors.polly.worker import (
     CONNECT_TIMEOUT_S,
@@ -53,7 +52,7 @@ from kernel_runner.actors.polly.worker import (
     parse_speech_request,
 )
 from kernel_runner.context import RunnerContext
-from kernel_runner.ids import LANG_CHILD, POLLY_CHILD
+from kernel_runner.ids import LANG_CHILD
 from kernel_runner.messages import (
     CompleteCode,
     CompletionResult,
@@ -71,9 +70,9 @@ from kernel_runner.messages import (
 from kernel_runner.observability.debug_lines import debug
 from kernel_runner.supervision.actor import PhaseMachine, SupervisedActor
 from kernel_runner.supervision.exits import Crashed, ExitReason, ShutdownExit
-from kernel_runner.supervision.spec import ChildContext, ChildSpec, ChildState, StopRequested
+from kernel_runner.supervision.spec import ChildContext, ChildState, StopRequested
 from kernel_runner.supervision.timers import TimerHandle
-from kernel_runner.wire.answers import EXIT_NOT_RUN, delegate_reject
+from kernel_runner.wire.answers import EXIT_NOT_RUN
 
 SETUP_TIMEOUT_S = 30.0  # importing boto3 and making the client, before the request is sent
 CALL_TIMEOUT_S = 60.0  # from sending to having the audio: every attempt and the backoff between them
@@ -83,6 +82,26 @@ EXIT_FAILED = 1  # the call failed (AWS said no, or could not be reached), or it
 EXIT_BAD_PAYLOAD = 2  # the `code` is not the JSON payload (as a usage error)
 EXIT_DEADLINE = 124  # the call did not end within its deadline (coreutils `timeout`)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as every interrupted run here
+
+
+@attrs.frozen(kw_only=True)
+class PollyActorSettings:
+    """The Polly child's configuration (runtime/tree.py makes its spec).
+
+    Credentials, region and endpoint come from the child env (PollySettings.from_env); the timeouts and attempts
+    are boto3's per-attempt bounds, the actor's stage deadlines on top; `client_factory` makes the boto3 client.
+    """
+
+    client_factory: ClientFactory = make_boto3_client
+    setup_timeout_s: float = SETUP_TIMEOUT_S
+    call_timeout_s: float = CALL_TIMEOUT_S
+    connect_timeout_s: float = CONNECT_TIMEOUT_S
+    read_timeout_s: float = READ_TIMEOUT_S
+    max_attempts: int = MAX_ATTEMPTS
+
+    def client_settings(self, env: Mapping[str, str]) -> PollySettings:
+        return PollySettings.from_env(env, connect_timeout_s=self.connect_timeout_s,
+                                      read_timeout_s=self.read_timeout_s, max_attempts=self.max_attempts)
 
 
 class Phase(enum.Enum):
@@ -140,17 +159,14 @@ class PollyActor(SupervisedActor):
         *,
         ctx: ChildContext,
         runner: RunnerContext,
-        settings: PollySettings,
-        client_factory: ClientFactory = make_boto3_client,
-        setup_timeout_s: float = SETUP_TIMEOUT_S,
-        call_timeout_s: float = CALL_TIMEOUT_S,
+        settings: PollyActorSettings,
     ) -> None:
         super().__init__(ctx=ctx)
         self._router = runner.router
-        self._settings = settings
-        self._client_factory = client_factory
-        self._setup_timeout_s = setup_timeout_s
-        self._call_timeout_s = call_timeout_s
+        self._settings = settings.client_settings(runner.env)
+        self._client_factory = settings.client_factory
+        self._setup_timeout_s = settings.setup_timeout_s
+        self._call_timeout_s = settings.call_timeout_s
         self._box: ClientBox | None = None
         self._queue: collections.deque[RunTask] = collections.deque()
         self._current: _Current | None = None
@@ -374,50 +390,4 @@ class PollyActor(SupervisedActor):
         self._router.tell(CompletionResult(items=()))  # docs/protocol.md §8.5: no completion
 
 
-# ---- wiring -----------------------------------------------------------------------------------------------------
-
-
-def polly_child_spec(
-    runner: RunnerContext,
-    *,
-    client_factory: ClientFactory = make_boto3_client,
-    setup_timeout_s: float = SETUP_TIMEOUT_S,
-    call_timeout_s: float = CALL_TIMEOUT_S,
-    connect_timeout_s: float = CONNECT_TIMEOUT_S,
-    read_timeout_s: float = READ_TIMEOUT_S,
-    max_attempts: int = MAX_ATTEMPTS,
-) -> ChildSpec:
-    """vendor.aws_polly's query delegate as a permanent tier-2 child (it stops before the language runner, which
-    still sends the `finished` of a run it ends).
-
-    Credentials, region and endpoint come from the child env (PollySettings.from_env); the timeouts and attempts
-    are boto3's per-attempt bounds, the actor's stage deadlines on top; `client_factory` makes the boto3 client.
-    """
-    settings = PollySettings.from_env(
-        runner.env, connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s, max_attempts=max_attempts
-    )
-    restart = runner.config.restart
-
-    def make_polly(ctx: ChildContext) -> pykka.ActorRef[Any]:
-        return PollyActor.start(
-            ctx=ctx,
-            runner=runner,
-            settings=settings,
-            client_factory=client_factory,
-            setup_timeout_s=setup_timeout_s,
-            call_timeout_s=call_timeout_s,
-        )
-
-    return ChildSpec(
-        child_id=POLLY_CHILD,
-        factory=make_polly,
-        restart="permanent",
-        tier=2,
-        shutdown_s=1.0,
-        backoff=restart.backoff(),
-        intensity=restart.intensity(),
-        reject=delegate_reject(runner.directory, runner.router, what="the Amazon Polly worker"),
-    )
-
-
-__all__ = ["CHILD_STATE", "TRANSITIONS", "Phase", "PollyActor", "polly_child_spec"]
+__all__ = ["CHILD_STATE", "TRANSITIONS", "Phase", "PollyActor", "PollyActorSettings"]

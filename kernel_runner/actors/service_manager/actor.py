@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import attrs
 
@@ -34,6 +34,7 @@ from kernel_runner.messages import (
     StartService,
     ToAgent,
 )
+from kernel_runner.servicedefs import ServiceCatalog
 from kernel_runner.supervision.actor import SupervisedActor
 from kernel_runner.supervision.refs import tell_if_alive
 from kernel_runner.supervision.spec import (
@@ -46,9 +47,6 @@ from kernel_runner.supervision.spec import (
     StartRefused,
     StopChild,
 )
-
-if TYPE_CHECKING:
-    from kernel_runner.runtime.service_planner import LoadedDefinitions
 
 INTRINSIC_STEP = "intrinsic-services"  # the start-up step `status` waits for (docs/protocol.md §1.6)
 
@@ -65,6 +63,14 @@ class ServicePlanner(Protocol):
     def service_child_ids(self, name: str) -> Sequence[ChildId]: ...
 
     def intrinsic_specs(self) -> Sequence[ChildSpec]: ...
+
+
+@attrs.frozen(kw_only=True)
+class LoadedDefinitions:
+    """One read of the service-defs folder: the catalog it makes and one line per problem."""
+
+    catalog: ServiceCatalog
+    problems: tuple[str, ...]
 
 
 @runtime_checkable
@@ -278,4 +284,4 @@ def _listed(names: Sequence[str]) -> str:
     return f"[{', '.join(names)}]"
 
 
-__all__ = ["INTRINSIC_STEP", "DefinitionsReloader", "ServicePlanner", "ServicesActor"]
+__all__ = ["INTRINSIC_STEP", "DefinitionsReloader", "LoadedDefinitions", "ServicePlanner", "ServicesActor"]

@@ -66,7 +66,6 @@ from typing import Any
 
 import attrs
 import psutil
-import pykka
 import zmq
 
 from kernel_runner.actors.terminal.commands import (
@@ -97,7 +96,7 @@ from kernel_runner.actors.terminal.io import (
 )
 from kernel_runner.context import RunnerContext
 from kernel_runner.excerpts import excerpt
-from kernel_runner.ids import LANG_CHILD, TERMINAL_CHILD
+from kernel_runner.ids import LANG_CHILD
 from kernel_runner.messages import (
     GitGraphDone,
     Media,
@@ -118,8 +117,7 @@ from kernel_runner.procs.process import ProcessHandle, StopStep, describe_return
 from kernel_runner.supervision.actor import PhaseMachine, SupervisedActor
 from kernel_runner.supervision.exits import Crashed, ExitReason, ProcessDied, ShutdownExit, StartFailed
 from kernel_runner.supervision.policy import Backoff
-from kernel_runner.supervision.spec import ChildContext, ChildSpec, ChildState, StopRequested
-from kernel_runner.wire.answers import delegate_reject
+from kernel_runner.supervision.spec import ChildContext, ChildState, StopRequested
 from kernel_runner.wire.outbox import Credits
 from kernel_runner.wire.sockets import bind_socket
 
@@ -197,6 +195,18 @@ class TerminalPorts:
         self.term_out = term_out
 
 
+@attrs.frozen(kw_only=True)
+class TerminalSettings:
+    """The terminal child's configuration (runtime/tree.py makes its spec): `shell_argv` overrides $SHELL; the rest are
+    the actor's own bounds (git deadline, graph size, shell respawn backoff and quick-exit limit)."""
+
+    shell_argv: Sequence[str] | None = None
+    git_timeout_s: float = GIT_TIMEOUT_S
+    max_graph_commits: int = MAX_GRAPH_COMMITS
+    shell_backoff: Backoff = SHELL_BACKOFF
+    max_quick_exits: int = MAX_QUICK_EXITS
+
+
 # ---- the actor --------------------------------------------------------------------------------------------------
 
 
@@ -222,12 +232,8 @@ class TerminalActor(SupervisedActor):
         ctx: ChildContext,
         runner: RunnerContext,
         ports: TerminalPorts,
-        shell_argv: Sequence[str] | None = None,
+        settings: TerminalSettings,
         zmq_context: zmq.Context[Any] | None = None,
-        git_timeout_s: float = GIT_TIMEOUT_S,
-        max_graph_commits: int = MAX_GRAPH_COMMITS,
-        shell_backoff: Backoff = SHELL_BACKOFF,
-        max_quick_exits: int = MAX_QUICK_EXITS,
     ) -> None:
         super().__init__(ctx=ctx)
         self._runner = runner
@@ -236,11 +242,11 @@ class TerminalActor(SupervisedActor):
         # docs/protocol.md §1.4: the pty shell gets the runner's own environment (with environ.txt), not the batch child env.
         self._env: dict[str, str] = dict(runner.runner_env or os.environ)
         self._env.setdefault("TERM", "xterm")
-        self._shell_argv = list(shell_argv) if shell_argv else default_shell_argv(self._env)
-        self._git_timeout_s = git_timeout_s
-        self._max_graph_commits = max_graph_commits
-        self._shell_backoff = shell_backoff
-        self._max_quick_exits = max_quick_exits
+        self._shell_argv = list(settings.shell_argv) if settings.shell_argv else default_shell_argv(self._env)
+        self._git_timeout_s = settings.git_timeout_s
+        self._max_graph_commits = settings.max_graph_commits
+        self._shell_backoff = settings.shell_backoff
+        self._max_quick_exits = settings.max_quick_exits
         self._pub: zmq.Socket[bytes] | None = None
         self._receiver: TermInputReceiver | None = None
         self._shell: _Shell | None = None
@@ -696,56 +702,12 @@ class TerminalActor(SupervisedActor):
             self._send_finished(task, EXIT_UNAVAILABLE, "kernel-runner: the terminal stopped before this command finished\n")
 
 
-# ---- wiring -----------------------------------------------------------------------------------------------------
-
-
-def terminal_child_spec(
-    runner: RunnerContext,
-    *,
-    ports: TerminalPorts | None = None,
-    shell_argv: Sequence[str] | None = None,
-    git_timeout_s: float = GIT_TIMEOUT_S,
-    shell_backoff: Backoff = SHELL_BACKOFF,
-    max_quick_exits: int = MAX_QUICK_EXITS,
-) -> ChildSpec:
-    """The git runner's terminal as a permanent tier-2 child; its bound ports survive its restarts.
-
-    `ports` lets a caller read the bound ports (also in `status` as term_in_port/term_out_port); `shell_argv`
-    overrides $SHELL; the rest are the actor's own bounds (git deadline, shell respawn backoff and quick-exit limit).
-    """
-    config = runner.config
-    bound = ports if ports is not None else TerminalPorts(config.term_in_port, config.term_out_port)
-    restart = config.restart
-
-    def make_terminal(ctx: ChildContext) -> pykka.ActorRef[Any]:
-        return TerminalActor.start(
-            ctx=ctx,
-            runner=runner,
-            ports=bound,
-            shell_argv=shell_argv,
-            git_timeout_s=git_timeout_s,
-            shell_backoff=shell_backoff,
-            max_quick_exits=max_quick_exits,
-        )
-
-    return ChildSpec(
-        child_id=TERMINAL_CHILD,
-        factory=make_terminal,
-        restart="permanent",
-        tier=2,
-        shutdown_s=2.0,
-        backoff=restart.backoff(),
-        intensity=restart.intensity(),
-        reject=delegate_reject(runner.directory, runner.router, what="the terminal"),
-    )
-
-
 __all__ = [
     "CHILD_STATE",
     "TRANSITIONS",
     "Phase",
     "TerminalActor",
     "TerminalPorts",
+    "TerminalSettings",
     "default_shell_argv",
-    "terminal_child_spec",
 ]
