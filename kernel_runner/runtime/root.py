@@ -284,7 +284,7 @@ def start(
     announce_generation(generations.choice)
     runner = RunnerContext(config=config, router=link, env=child_env, runner_env=runner_env, gate=gate,
                            directory=directory, generations=generations)
-    directory.set_unknown(unknown_child_reject(directory, link))
+    directory.set_unknown(unknown_child_reject(directory))
     start_intrinsics = services is None and config.start_intrinsic_services
     planner = build_service_directory(runner) if services is None else services(runner)
     if start_intrinsics:
@@ -345,11 +345,11 @@ def start(
         ),
         ChildSpec(
             child_id=LANG_CHILD, factory=make_lang, restart="permanent", tier=1, shutdown_s=3.0,
-            backoff=restart.backoff(), intensity=restart.intensity(), reject=lang_runner_reject(link),
+            backoff=restart.backoff(), intensity=restart.intensity(), reject=lang_runner_reject(),
         ),
         ChildSpec(
             child_id=SERVICES_CHILD, factory=make_services, restart="permanent", tier=SERVICES_TIER, shutdown_s=1.0,
-            backoff=restart.backoff(initial_s=0.05), intensity=restart.intensity(), reject=services_reject(link),
+            backoff=restart.backoff(initial_s=0.05), intensity=restart.intensity(), reject=services_reject(),
         ),
     ]
     extra = [plan(runner) for plan in extra_children]

@@ -1,15 +1,15 @@
 """Child specs for service processes, and for model services: a server plus (usually) its health checker.
 
 Who answers the agent for a model service depends on the agent generation's contract (docs/protocol.md §7.2, §12.2);
-`model_child_specs` says which child it is. The server's ServiceActor tells its checker (through the child directory)
-when it is up and when its process ends.
+`model_child_specs` gives the request's answer to that child. The server's ServiceActor tells its checker (through
+the child directory) when it is up and when its process ends.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pykka
 from loguru import logger
@@ -17,7 +17,7 @@ from loguru import logger
 from kernel_runner.context import RunnerContext
 from kernel_runner.generations import ModelReply
 from kernel_runner.ids import ChildId, health_child, service_child
-from kernel_runner.messages import HealthCheck, ModelInfo
+from kernel_runner.messages import HealthCheck, ModelInfo, ServiceAnswer
 from kernel_runner.observability.debug_lines import log_at
 from kernel_runner.servicedefs import RestartOverride, ServiceLaunch
 from kernel_runner.supervision.policy import NO_FATAL_RETRY, FatalRetry, RestartType
@@ -35,14 +35,12 @@ SERVICE_TIER = 1
 HEALTH_TIER = 3
 HEALTH_SHUTDOWN_S = 1.0
 
-ReplyKind = Literal["service", "model", "none"]
-
 
 def service_child_spec(
     launch: ServiceLaunch,
     runner: RunnerContext,
     *,
-    reply: ReplyKind,
+    answer: ServiceAnswer | None,
     watcher: ChildId | None = None,
     wait_for_port: bool = True,
     default_restart: RestartType = "transient",
@@ -72,7 +70,7 @@ def service_child_spec(
     )
 
     def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
-        return ServiceActor.start(ctx=ctx, runner=runner, run=run, reply=reply)
+        return ServiceActor.start(ctx=ctx, runner=runner, run=run, answer=answer)
 
     return ChildSpec(
         child_id=service_child(launch.name),
@@ -91,7 +89,7 @@ def service_child_spec(
 
 
 def model_child_specs(model: ModelInfo, launch: ServiceLaunch, runner: RunnerContext, *,
-                      contract: ModelReply) -> Sequence[ChildSpec]:
+                      contract: ModelReply, answer: ServiceAnswer) -> Sequence[ChildSpec]:
     """The children to start, in order: the server, then (when someone must watch it) its checker.
 
     The server is `permanent`: it is meant to run for the session, so any exit is restarted (with backoff and the
@@ -111,13 +109,14 @@ def model_child_specs(model: ModelInfo, launch: ServiceLaunch, runner: RunnerCon
     check = service.health_check
     verdict = contract is ModelReply.VERDICT
     if verdict and (check is None or not check.probing):
-        return [service_child_spec(launch, runner, reply="model", wait_for_port=True, default_restart="permanent")]
+        return [service_child_spec(launch, runner, answer=answer, wait_for_port=True, default_restart="permanent")]
     checker_id = health_child(launch.name)
     server = service_child_spec(
-        launch, runner, reply="none" if verdict else "model", watcher=checker_id, wait_for_port=False,
+        launch, runner, answer=None if verdict else answer, watcher=checker_id, wait_for_port=False,
         default_restart="permanent",
     )
-    plan = health_plan(model.name, launch.name, service.port, check, runner, contract=contract)
+    plan = health_plan(model.name, launch.name, service.port, check, runner, contract=contract,
+                       answer=answer if verdict else None)
     # Under SPAWNED the server answers the agent and there is no start-up phase: the checker starts in LIVENESS.
     memo = HealthMemo() if verdict else HealthMemo(phase=Phase.LIVENESS, replied=True)
 
@@ -140,7 +139,7 @@ def model_child_specs(model: ModelInfo, launch: ServiceLaunch, runner: RunnerCon
 
 
 def health_plan(model_name: str, service_name: str, port: int, check: HealthCheck | None, runner: RunnerContext, *,
-                contract: ModelReply = ModelReply.VERDICT) -> HealthPlan:
+                contract: ModelReply = ModelReply.VERDICT, answer: ServiceAnswer | None = None) -> HealthPlan:
     from kernel_runner.actors.health.actor import HealthPlan
 
     config = runner.config
@@ -154,6 +153,7 @@ def health_plan(model_name: str, service_name: str, port: int, check: HealthChec
         url=f"http://127.0.0.1:{port}{path}",
         check=check if check is not None else HealthCheck(path=path),
         contract=contract,
+        answer=answer,
         probing=probing,
         startup_period_s=config.model_startup_probe_period_s,
         interval_s=check.interval if check is not None and check.interval is not None else config.model_probe_interval_s,

@@ -56,7 +56,6 @@ from kernel_runner.context import RunnerContext
 from kernel_runner.ids import LANG_CHILD, POLLY_CHILD
 from kernel_runner.messages import (
     CompleteCode,
-    CompletionResult,
     FeedInput,
     InterruptRun,
     Media,
@@ -224,7 +223,7 @@ class PollyActor(SupervisedActor):
             case FeedInput():
                 return self._handle_feed_input()
             case CompleteCode():
-                return self._handle_complete_code()
+                return self._handle_complete_code(message)
             case _:
                 return super().handle(message)
 
@@ -370,8 +369,8 @@ class PollyActor(SupervisedActor):
     def _handle_feed_input(self) -> None:
         self.log.info("input dropped: vendor.aws_polly takes no input")
 
-    def _handle_complete_code(self) -> None:
-        self._router.tell(CompletionResult(items=()))  # docs/protocol.md §8.5: no completion
+    def _handle_complete_code(self, message: CompleteCode) -> None:
+        message.answer.send(())  # docs/protocol.md §8.5: no completion
 
 
 # ---- wiring -----------------------------------------------------------------------------------------------------
@@ -416,7 +415,7 @@ def polly_child_spec(
         shutdown_s=1.0,
         backoff=restart.backoff(),
         intensity=restart.intensity(),
-        reject=delegate_reject(runner.directory, runner.router, what="the Amazon Polly worker"),
+        reject=delegate_reject(runner.directory, what="the Amazon Polly worker"),
     )
 
 

@@ -736,7 +736,7 @@ def terminal_child_spec(
         shutdown_s=2.0,
         backoff=restart.backoff(),
         intensity=restart.intensity(),
-        reject=delegate_reject(runner.directory, runner.router, what="the terminal"),
+        reject=delegate_reject(runner.directory, what="the terminal"),
     )
 
 
