@@ -1,10 +1,11 @@
-"""Every message that crosses an actor boundary, as frozen keyword-only values. No logic but the range checks (Bounds)."""
+"""Every message that crosses an actor boundary, as frozen keyword-only values. No logic but the range checks (Bounds);
+a request's answer handle is only declared here (wire/answers.py makes it and builds every reply)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar, Union, dataclass_transform
+from typing import Any, Literal, Protocol, TypeVar, Union, dataclass_transform
 
 import attrs
 
@@ -15,7 +16,7 @@ _Cls = TypeVar("_Cls", bound=type)
 
 
 def _values(value: Any) -> tuple[Any, ...]:
-    return tuple(getattr(value, field.name) for field in value.__attrs_attrs__)
+    return tuple(getattr(value, name) for name in value.__compared__)
 
 
 def _eq(self: Any, other: object) -> bool:
@@ -29,7 +30,7 @@ def _hash(self: Any) -> int:
 
 
 def _repr(self: Any) -> str:
-    fields = ", ".join(f"{field.name}={getattr(self, field.name)!r}" for field in self.__attrs_attrs__)
+    fields = ", ".join(f"{field.name}={getattr(self, field.name)!r}" for field in self.__attrs_attrs__ if field.repr)
     return f"{self.__class__.__qualname__}({fields})"
 
 
@@ -38,10 +39,12 @@ def frozen_value(cls: _Cls) -> _Cls:
     """`attrs.frozen(kw_only=True)`, with `==`, `hash` and `repr` shared by every class instead of generated.
 
     attrs compiles those methods for each class, which made defining the 50-odd messages cost ~25 ms of every
-    start (docs/architecture.md §2.1); the shared ones compare, hash and print the same fields the same way.
-    Used for messages and the language table's values.
+    start (docs/architecture.md §2.1); the shared ones compare, hash and print the same fields the same way (a field
+    declared `eq=False`, such as a request's answer handle, is left out). Used for messages and the language table's
+    values.
     """
     built: Any = attrs.frozen(kw_only=True, eq=False, repr=False)(cls)
+    built.__compared__ = tuple(field.name for field in built.__attrs_attrs__ if field.eq)
     methods: dict[str, Callable[..., Any]] = {"__eq__": _eq, "__hash__": _hash, "__repr__": _repr}
     for name, method in methods.items():
         setattr(built, name, method)
@@ -50,6 +53,70 @@ def frozen_value(cls: _Cls) -> _Cls:
 BatchKind = Literal["clean", "build", "exec"]
 RunKind = Literal["clean", "build", "exec", "code"]
 StreamName = Literal["stdout", "stderr"]
+StartStatus = Literal["started", "running", "failed"]
+
+# --------------------------------------------------------------------------------------------
+# The one answer of a request (docs/architecture.md §5.4): made, and every reply built, in wire/answers.py
+# --------------------------------------------------------------------------------------------
+
+_Value_contra = TypeVar("_Value_contra", contravariant=True)
+
+
+class Answer(Protocol[_Value_contra]):
+    """The reply-once handle a request with a reply carries: its one final answer, from whoever ends up with it.
+
+    `send(value)` answers (a run's exit code, a completion's matches, get-apps' list); `refuse(why)` sends the
+    request's default answer, the one it gets when nobody can take it (a run: a stderr line saying why and 127). Only
+    the first of them goes out; a later one is dropped and logged. Both say whether they sent.
+    """
+
+    @property
+    def answered(self) -> bool: ...
+
+    def send(self, value: _Value_contra, /) -> bool: ...
+
+    def refuse(self, why: str, /) -> bool: ...
+
+
+class ServiceAnswer(Protocol):
+    """The Answer of a start-service or start-model-service: `send(status, error)`; its default is `failed`."""
+
+    @property
+    def answered(self) -> bool: ...
+
+    @property
+    def at_child_start(self) -> bool:
+        """An operator's start (`kernel-runner ctl start service:NAME`): the service manager answers `started` as soon
+        as the supervisor started the child; an agent's start is answered by the service once it is up."""
+
+    def send(self, status: StartStatus, error: str | None = None, /) -> bool: ...
+
+    def refuse(self, why: str, /) -> bool: ...
+
+
+class _Unrouted:
+    """The answer of a request that was never given one (one made by hand, in a test): nothing goes anywhere.
+
+    Every request from the agent gets its real one where it is routed (actors/router: route_request).
+    """
+
+    answered = False
+    at_child_start = False
+
+    def send(self, *_value: object) -> bool:
+        return False
+
+    def refuse(self, _why: str, /) -> bool:
+        return False
+
+
+UNROUTED = _Unrouted()
+
+
+def _answer_field() -> Any:
+    """A request's answer: not part of its value (equal requests compare equal whoever waits for them)."""
+    return attrs.field(default=UNROUTED, eq=False, repr=False)
+
 
 # --------------------------------------------------------------------------------------------
 # Agent edge: requests decoded by wire.decode (docs/protocol.md §2.4)
@@ -77,6 +144,7 @@ class CompleteCode:
     code: str
     # The agent forwards the client's options verbatim (docs/protocol.md §3.5); kept as data, never interpreted here.
     options: Mapping[str, Any] = attrs.field(factory=dict)
+    answer: Answer[tuple[str, ...]] = _answer_field()
 
 
 @frozen_value
@@ -109,10 +177,9 @@ class ServiceInfo:
 @frozen_value
 class StartService:
     info: ServiceInfo
-    # An operator's start (`kernel-runner ctl start service:NAME`, docs/operations.md §1): the service manager's
-    # answer (`started` once the supervisor started it, `running`, `failed`) goes to this callback instead of the
-    # agent, and the service itself answers nobody. Called from the manager's thread: it must only hand the value on.
-    reply: Callable[[ServiceResult], None] | None = None
+    # The agent's, or an operator's (`kernel-runner ctl start service:NAME`, docs/operations.md §1: see
+    # ServiceAnswer.at_child_start).
+    answer: ServiceAnswer = _answer_field()
 
 
 @frozen_value
@@ -123,6 +190,7 @@ class ShutdownService:
 @frozen_value
 class GetApps:
     name: str | None
+    answer: Answer[tuple[Mapping[str, Any], ...]] = _answer_field()
 
 
 @frozen_value
@@ -220,6 +288,7 @@ class ModelInfo:
 @frozen_value
 class StartModelService:
     model: ModelInfo
+    answer: ServiceAnswer = _answer_field()
 
 
 @frozen_value
@@ -282,13 +351,13 @@ class WaitingInput:
 
 @frozen_value
 class ServiceResult:
-    status: Literal["started", "running", "failed"]
+    status: StartStatus
     error: str | None = None
 
 
 @frozen_value
 class ModelServiceResult:
-    status: Literal["started", "running", "failed"]
+    status: StartStatus
     error: str | None = None
 
 
@@ -372,6 +441,8 @@ class RunTask:
     run_id: RunId
     kind: RunKind
     text: str
+    # Its one `finished` (the exit code), sent by the language runner only (docs/architecture.md §5.2).
+    answer: Answer[int] = _answer_field()
 
 
 @frozen_value
@@ -569,11 +640,11 @@ class ServiceStartFailed:
 class AwaitServiceStart:
     """The service manager → a service still starting: a later start-service for it, answered once it is up.
 
-    Exactly one call of `reply`: `started` when the port opens, `failed` when the start fails or `within_s` passes
-    (docs/protocol.md §6.2 step 2).
+    Its answer: `started` when the port opens, `failed` when the start fails or `within_s` passes (docs/protocol.md
+    §6.2 step 2).
     """
 
-    reply: Callable[[ServiceResult], None]
+    answer: ServiceAnswer
     within_s: float
 
 

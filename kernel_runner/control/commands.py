@@ -31,6 +31,7 @@ from kernel_runner.supervision.clock import Clock
 from kernel_runner.supervision.exits import RestartRequested
 from kernel_runner.supervision.refs import tell_if_alive
 from kernel_runner.supervision.spec import ChildInfo, ChildState, RestartChild, StopChild, TreeSnapshot
+from kernel_runner.wire.answers import operator_start_answer
 
 if TYPE_CHECKING:
     import pykka
@@ -286,7 +287,7 @@ class ControlCommands:
 
         info = ServiceInfo(name=name, port=port, ports=(port,))
         logger.bind(child=child_id).info("start requested {}", BY_HAND)
-        self._handle.tell_child(SERVICES_CHILD, StartService(info=info, reply=reply))
+        self._handle.tell_child(SERVICES_CHILD, StartService(info=info, answer=operator_start_answer(reply)))
         if not answered.wait(wait_s):
             raise RequestError(f"the service manager did not answer within {wait_s:g} s")
         result = answers[0]

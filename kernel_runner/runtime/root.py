@@ -274,7 +274,7 @@ def start(
     announce_generation(generations.choice)
     runner = RunnerContext(config=config, router=link, env=child_env, runner_env=runner_env, gate=gate,
                            directory=directory, generations=generations)
-    directory.set_unknown(unknown_child_reject(directory, link))
+    directory.set_unknown(unknown_child_reject(directory))
     start_intrinsics = services is None and config.start_intrinsic_services
     planner = build_service_directory(runner) if services is None else services(runner)
     if start_intrinsics:

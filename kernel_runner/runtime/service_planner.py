@@ -5,8 +5,9 @@ It is the planner the ServicesActor uses (actors/services.py); it decides *what*
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 from loguru import logger
@@ -15,19 +16,14 @@ from kernel_runner.actors.service_manager.actor import LoadedDefinitions
 from kernel_runner.context import RunnerContext
 from kernel_runner.generations import ModelReply
 from kernel_runner.ids import ChildId, health_child, service_child
-from kernel_runner.messages import (
-    AppsResult,
-    ModelServiceResult,
-    ServiceDefinitionsReloaded,
-    ServiceInfo,
-    ServiceResult,
-    StartModelService,
-    StartService,
-)
+from kernel_runner.messages import ServiceDefinitionsReloaded, ServiceInfo, StartModelService, StartService
 from kernel_runner.runtime.tree import intrinsic_child_spec, model_child_specs, service_child_spec
 from kernel_runner.servicedefs import (
+    UNSUPPORTED,
     DefinitionError,
     Intrinsics,
+    Preopened,
+    Refusal,
     ServiceCatalog,
     ServiceDefinition,
     ServiceLaunch,
@@ -64,10 +60,10 @@ class ServiceDirectory:
         self._runtime_path = runtime_path
         self.log = logger.bind(child="services")
 
-    def apps(self, name: str | None) -> AppsResult:
-        return AppsResult(apps=tuple(self._catalog.apps(name)))
+    def apps(self, name: str | None) -> Sequence[Mapping[str, Any]]:
+        return self._catalog.apps(name)
 
-    def resolve(self, info: ServiceInfo) -> ServiceLaunch | ServiceResult:
+    def resolve(self, info: ServiceInfo) -> ServiceLaunch | Refusal | Preopened:
         config = self._runner.config
         result = self._catalog.resolve(
             info,
@@ -78,37 +74,38 @@ class ServiceDirectory:
             sshd=self._intrinsics.sshd,
             ttyd=self._intrinsics.ttyd,
         )
-        if isinstance(result, ServiceResult) and result.error == "unsupported service":
+        if result == Refusal(UNSUPPORTED):
             self.log.warning("The service {} is not supported.", info.name)
         return result
 
-    def plan_service(self, request: StartService) -> Sequence[ChildSpec] | ServiceResult:
+    def plan_service(self, request: StartService) -> Sequence[ChildSpec] | Refusal | Preopened:
         launch = self.resolve(request.info)
-        if isinstance(launch, ServiceResult):
+        if not isinstance(launch, ServiceLaunch):
             return launch
-        # An operator's start (request.reply) is answered by the service manager; the service answers nobody.
-        return [service_child_spec(launch, self._runner, reply="service" if request.reply is None else "none")]
+        # An operator's start is answered by the service manager (at_child_start); the service answers nobody.
+        answer = None if request.answer.at_child_start else request.answer
+        return [service_child_spec(launch, self._runner, answer=answer)]
 
-    def plan_model_service(self, request: StartModelService) -> Sequence[ChildSpec] | ModelServiceResult:
+    def plan_model_service(self, request: StartModelService) -> Sequence[ChildSpec] | Refusal | Preopened:
         try:
             catalog, info = self._catalog.with_model_service(request.model)
         except DefinitionError as exc:
             for problem in exc.problems:
                 self.log.error("{}", problem)
-            return ModelServiceResult(status="failed", error=exc.reply)
+            return Refusal(exc.reply)
         self._catalog = catalog  # get-apps lists model services after the files, in the order they were added
         launch = self.resolve(info)
-        if isinstance(launch, ServiceResult):
-            return ModelServiceResult(status="failed", error=launch.error)
+        if not isinstance(launch, ServiceLaunch):
+            return launch
         # The payload's shape may prove a newer agent than we assumed (docs/protocol.md §12.1).
         contract = self._runner.generations.observe(request.model.evidence).row.model_reply
         model_path = request.model.model_path
         if contract is ModelReply.SPAWNED and model_path:
             # 23.09.1+: the server runs in the model's folder (docs/protocol.md §7.2 step 3).
             if not Path(model_path).is_dir():
-                return ModelServiceResult(status="failed", error=f"the model directory does not exist: {model_path}")
+                return Refusal(f"the model directory does not exist: {model_path}")
             launch = attrs.evolve(launch, cwd=Path(model_path), prestart_dir=launch.cwd)
-        return model_child_specs(request.model, launch, self._runner, contract=contract)
+        return model_child_specs(request.model, launch, self._runner, contract=contract, answer=request.answer)
 
     def read_definitions(self) -> LoadedDefinitions:
         """Reread the folder; safe on any thread (it reads only the config), so the actor can keep it off its own."""
@@ -177,9 +174,10 @@ class ServiceDirectory:
             if getattr(self._intrinsics, name) is None or port is None:
                 continue
             launch = self.resolve(ServiceInfo(name=name, port=port, ports=(port,), protocol="tcp"))
-            if isinstance(launch, ServiceResult):
-                log.error("{} cannot start: {}", name, launch.error)
+            if isinstance(launch, Refusal):
+                log.error("{} cannot start: {}", name, launch.reason)
                 continue
+            assert isinstance(launch, ServiceLaunch)  # only protocol `preopen` is Preopened
             specs.append(intrinsic_child_spec(launch, self._runner))
         return specs
 

@@ -19,8 +19,8 @@ when their child is planned (docs/architecture.md §2.1).
     * permanent for a model server and an intrinsic service; a definition's `restart` block may override it.
 
 Who answers the agent for a model service depends on the agent generation's contract (docs/protocol.md §7.2, §12.2);
-`model_child_specs` says which child it is. The server's ServiceActor tells its checker (through the child directory)
-when it is up and when its process ends.
+`model_child_specs` gives the request's answer to that child. The server's ServiceActor tells its checker (through
+the child directory) when it is up and when its process ends.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 import functools
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pykka
@@ -51,7 +51,7 @@ from kernel_runner.ids import (
     service_child,
 )
 from kernel_runner.langs import POLLY_HANDLER, ExternalQuery, JupyterQuery, TerminalQuery, get_lang
-from kernel_runner.messages import AgentEvent, HealthCheck, ModelInfo
+from kernel_runner.messages import AgentEvent, HealthCheck, ModelInfo, ServiceAnswer
 from kernel_runner.observability.debug_lines import log_at
 from kernel_runner.servicedefs import RestartOverride, ServiceLaunch
 from kernel_runner.supervision.policy import NO_FATAL_RETRY, Backoff, FatalRetry, RestartType
@@ -130,12 +130,12 @@ def first_children(
         ),
         ChildSpec(
             child_id=LANG_CHILD, factory=make_lang, restart="permanent", tier=Tier.PROCESSES_TOGETHER, shutdown_s=3.0,
-            backoff=restart.backoff(), intensity=restart.intensity(), reject=lang_runner_reject(runner.router),
+            backoff=restart.backoff(), intensity=restart.intensity(), reject=lang_runner_reject(),
         ),
         ChildSpec(
             child_id=SERVICES_CHILD, factory=make_services, restart="permanent", tier=Tier.NO_NEW_STARTS,
             shutdown_s=1.0, backoff=restart.backoff(initial_s=0.05), intensity=restart.intensity(),
-            reject=services_reject(runner.router),
+            reject=services_reject(),
         ),
     ]
 
@@ -216,7 +216,7 @@ def kernel_child_spec(runner: RunnerContext, settings: KernelSettings) -> ChildS
         intensity=restart.intensity(),
         stable_after_s=KERNEL_STABLE_AFTER_S,
         tier=Tier.PROCESSES_TOGETHER,
-        reject=delegate_reject(runner.directory, runner.router, what="the Jupyter kernel"),
+        reject=delegate_reject(runner.directory, what="the Jupyter kernel"),
     )
 
 
@@ -242,7 +242,7 @@ def terminal_child_spec(runner: RunnerContext, settings: TerminalSettings | None
         shutdown_s=2.0,
         backoff=restart.backoff(),
         intensity=restart.intensity(),
-        reject=delegate_reject(runner.directory, runner.router, what="the terminal"),
+        reject=delegate_reject(runner.directory, what="the terminal"),
     )
 
 
@@ -264,21 +264,19 @@ def polly_child_spec(runner: RunnerContext, settings: PollyActorSettings | None 
         shutdown_s=1.0,
         backoff=restart.backoff(),
         intensity=restart.intensity(),
-        reject=delegate_reject(runner.directory, runner.router, what="the Amazon Polly worker"),
+        reject=delegate_reject(runner.directory, what="the Amazon Polly worker"),
     )
 
 
 # ---- services and model services, started on the agent's request ---------------------------------------------------
 
 
-ReplyKind = Literal["service", "model", "none"]
-
 
 def service_child_spec(
     launch: ServiceLaunch,
     runner: RunnerContext,
     *,
-    reply: ReplyKind,
+    answer: ServiceAnswer | None,
     watcher: ChildId | None = None,
     wait_for_port: bool = True,
     default_restart: RestartType = "transient",
@@ -308,7 +306,7 @@ def service_child_spec(
     )
 
     def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
-        return ServiceActor.start(ctx=ctx, runner=runner, run=run, reply=reply)
+        return ServiceActor.start(ctx=ctx, runner=runner, run=run, answer=answer)
 
     return ChildSpec(
         child_id=service_child(launch.name),
@@ -329,11 +327,11 @@ def service_child_spec(
 def intrinsic_child_spec(launch: ServiceLaunch, runner: RunnerContext) -> ChildSpec:
     """sshd or ttyd, started by the runner itself: permanent, and nobody is waiting for a reply (an agent's later
     start-service for it is answered `running`)."""
-    return service_child_spec(launch, runner, reply="none", default_restart="permanent")
+    return service_child_spec(launch, runner, answer=None, default_restart="permanent")
 
 
 def model_child_specs(model: ModelInfo, launch: ServiceLaunch, runner: RunnerContext, *,
-                      contract: ModelReply) -> Sequence[ChildSpec]:
+                      contract: ModelReply, answer: ServiceAnswer) -> Sequence[ChildSpec]:
     """The children to start, in order: the server, then (when someone must watch it) its checker.
 
     The server is `permanent`: it is meant to run for the session, so any exit is restarted (with backoff and the
@@ -353,13 +351,14 @@ def model_child_specs(model: ModelInfo, launch: ServiceLaunch, runner: RunnerCon
     check = service.health_check
     verdict = contract is ModelReply.VERDICT
     if verdict and (check is None or not check.probing):
-        return [service_child_spec(launch, runner, reply="model", wait_for_port=True, default_restart="permanent")]
+        return [service_child_spec(launch, runner, answer=answer, wait_for_port=True, default_restart="permanent")]
     checker_id = health_child(launch.name)
     server = service_child_spec(
-        launch, runner, reply="none" if verdict else "model", watcher=checker_id, wait_for_port=False,
+        launch, runner, answer=None if verdict else answer, watcher=checker_id, wait_for_port=False,
         default_restart="permanent",
     )
-    plan = health_plan(model.name, launch.name, service.port, check, runner, contract=contract)
+    plan = health_plan(model.name, launch.name, service.port, check, runner, contract=contract,
+                       answer=answer if verdict else None)
     # Under SPAWNED the server answers the agent and there is no start-up phase: the checker starts in LIVENESS.
     memo = HealthMemo() if verdict else HealthMemo(phase=Phase.LIVENESS, replied=True)
 
@@ -382,7 +381,7 @@ def model_child_specs(model: ModelInfo, launch: ServiceLaunch, runner: RunnerCon
 
 
 def health_plan(model_name: str, service_name: str, port: int, check: HealthCheck | None, runner: RunnerContext, *,
-                contract: ModelReply = ModelReply.VERDICT) -> HealthPlan:
+                contract: ModelReply = ModelReply.VERDICT, answer: ServiceAnswer | None = None) -> HealthPlan:
     from kernel_runner.actors.health.actor import HealthPlan
 
     config = runner.config
@@ -396,6 +395,7 @@ def health_plan(model_name: str, service_name: str, port: int, check: HealthChec
         url=f"http://127.0.0.1:{port}{path}",
         check=check if check is not None else HealthCheck(path=path),
         contract=contract,
+        answer=answer,
         probing=probing,
         startup_period_s=config.model_startup_probe_period_s,
         interval_s=check.interval if check is not None and check.interval is not None else config.model_probe_interval_s,

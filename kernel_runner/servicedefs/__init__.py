@@ -6,7 +6,10 @@ See docs/protocol.md §6.
 from __future__ import annotations
 
 from kernel_runner.servicedefs.catalog import (
+    UNSUPPORTED,
     BrokenDefinition,
+    Preopened,
+    Refusal,
     ServiceCatalog,
     ServiceCommand,
     ServiceLaunch,
@@ -28,14 +31,17 @@ from kernel_runner.servicedefs.schema import PrestartAction, RestartOverride, Se
 from kernel_runner.servicedefs.template import interpolate
 
 __all__ = [
+    "UNSUPPORTED",
     "BrokenDefinition",
     "DefinitionError",
     "IntrinsicLauncher",
     "Intrinsics",
     "LegacyRow",
     "LegacyTable",
+    "Preopened",
     "PrestartAction",
     "PrestartLog",
+    "Refusal",
     "RestartOverride",
     "ServiceCatalog",
     "ServiceCommand",

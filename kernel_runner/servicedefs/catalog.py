@@ -13,7 +13,7 @@ from typing import Any, Literal
 import attrs
 
 from kernel_runner.excerpts import excerpt
-from kernel_runner.messages import ModelInfo, ServiceInfo, ServiceOptions, ServiceResult
+from kernel_runner.messages import ModelInfo, ServiceInfo, ServiceOptions
 from kernel_runner.procs.childenv import strip_runner_libraries
 from kernel_runner.servicedefs.errors import (
     DefinitionError,
@@ -40,6 +40,21 @@ from kernel_runner.servicedefs.template import interpolate, interpolate_argument
 # "model": a definition that came over the wire (start-model-service), so its prestart actions are confined
 # (docs/protocol.md §2.8); the others come from the image.
 LaunchOrigin = Literal["intrinsic", "definition", "legacy", "model"]
+UNSUPPORTED = "unsupported service"  # upstream's text for a name nothing defines (docs/protocol.md §6.2 step 7)
+
+
+@attrs.frozen
+class Refusal:
+    """A start the catalog turns down: `reason` is what the start's `failed` answer says (upstream's text where it has
+    one, docs/protocol.md §6.2 step 11)."""
+
+    reason: str
+
+
+@attrs.frozen
+class Preopened:
+    """protocol `preopen` (docs/protocol.md §6.2 step 1): the user or the image runs the process, so nothing starts and
+    the start is answered `started` at once."""
 
 
 @attrs.frozen(kw_only=True)
@@ -217,25 +232,25 @@ class ServiceCatalog:
         work_dir: Path,
         sshd: IntrinsicLauncher | None = None,
         ttyd: IntrinsicLauncher | None = None,
-    ) -> ServiceLaunch | ServiceResult:
-        """docs/protocol.md §6.2 steps 1 and 3-8, without I/O: a launch plan, or the reply to send right away.
+    ) -> ServiceLaunch | Refusal | Preopened:
+        """docs/protocol.md §6.2 steps 1 and 3-8, without I/O: a launch plan, or why there is nothing to launch.
 
         The caller checks "already running" (step 2) first, except for protocol preopen, which wins even over
         a running service. `sshd`/`ttyd` None means that intrinsic is unavailable, so the name is looked up
-        like any other (an image may define its own). An `unsupported service` result should be logged as
+        like any other (an image may define its own). An `unsupported service` refusal should be logged as
         `The service <name> is not supported.` (step 7).
         """
         if info.protocol == "preopen":
-            return ServiceResult(status="started")  # step 1: the user or the image runs the process
+            return Preopened()  # step 1: the user or the image runs the process
         if info.protocol == "pty":
-            return _failed("not implemented yet")  # step 3
+            return Refusal("not implemented yet")  # step 3
         port = info.port if info.port is not None else (info.ports[0] if info.ports else None)
         variables = {**self.variables, "ports": list(info.ports) if info.ports else _listed(port), "runtime_path": runtime_path}
         intrinsic = {"ttyd": ttyd, "sshd": sshd}.get(info.name)
         if intrinsic is not None:
             return _intrinsic_launch(info.name, intrinsic, port=port, child_env=child_env, work_dir=work_dir)
         if info.name in self.broken:
-            return _failed(self.broken[info.name].reply)
+            return Refusal(self.broken[info.name].reply)
         definition = self.definitions.get(info.name)
         if definition is not None:
             origin: LaunchOrigin = "model" if info.name in self.model_services else "definition"
@@ -245,11 +260,11 @@ class ServiceCatalog:
                     origin=origin,
                 )
             except ServiceStartError as exc:
-                return _failed(exc.reply_text)
+                return Refusal(exc.reply_text)
         row = self.legacy.find(lang, info.name)
         if row is not None:  # step 6: only when no definition matched
             return _legacy_launch(info.name, row, variables=variables, port=port, child_env=child_env, work_dir=work_dir)
-        return _failed("unsupported service")  # step 7
+        return Refusal(UNSUPPORTED)  # step 7
 
 
 def model_service_definition(
@@ -460,13 +475,13 @@ def _legacy_launch(
 
 def _intrinsic_launch(
     name: str, launcher: IntrinsicLauncher, *, port: int | None, child_env: Mapping[str, str], work_dir: Path
-) -> ServiceLaunch | ServiceResult:
+) -> ServiceLaunch | Refusal:
     if port is None:
-        return _failed(f"the intrinsic service {name} needs a port")
+        return Refusal(f"the intrinsic service {name} needs a port")
     try:
         argv = launcher(port)
     except ValueError as exc:
-        return _failed(str(exc))
+        return Refusal(str(exc))
     return ServiceLaunch(name=name, origin="intrinsic", cwd=work_dir, port=port, arguments=argv, base_env=child_env)
 
 
@@ -476,7 +491,3 @@ def _listed(port: int | None) -> list[int]:
 
 def _invalid(name: str, message: str) -> str:
     return repr(InvalidServiceDefinition(f"Service-def for {name} is invalid: {message}"))
-
-
-def _failed(error: str) -> ServiceResult:
-    return ServiceResult(status="failed", error=error)

@@ -54,6 +54,7 @@ from kernel_runner.messages import (
     WaitingInput,
 )
 from kernel_runner.supervision.spec import ChildInfo
+from kernel_runner.wire.answers import bad_request_answer
 
 Frames = list[bytes]
 
@@ -367,19 +368,6 @@ PAYLOAD_LIMITS: Mapping[str, int] = {
 }
 
 
-def _failure_reply(op: str, error: str) -> ToAgent | None:
-    """Ops whose protocol has a reply get a `failed` one, so the agent never waits for nothing (docs/protocol.md §3.6)."""
-    if op == "start-service":
-        return ServiceResult(status="failed", error=error)
-    if op == "start-model-service":
-        return ModelServiceResult(status="failed", error=error)
-    if op == "complete":
-        return CompletionResult(items=())
-    if op == "get-apps":
-        return AppsResult(apps=())
-    return None
-
-
 def size_text(size: int) -> str:
     return f"{size // MiB} MiB" if size >= MiB and size % MiB == 0 else f"{size} bytes"
 
@@ -404,7 +392,7 @@ def decode(frames: Sequence[bytes]) -> AgentRequest | BadFrame:
         return BadFrame(reason=f"unknown op {op!r}", frame_count=2, op=op if op.isprintable() else None)
     if len(payload) > PAYLOAD_LIMITS[op]:
         reason = f"payload of {len(payload)} bytes is over the {size_text(PAYLOAD_LIMITS[op])} limit for {op}"
-        return BadFrame(reason=reason, frame_count=2, op=op, reply=_failure_reply(op, reason))
+        return BadFrame(reason=reason, frame_count=2, op=op, reply=bad_request_answer(op, reason))
     if op in _IGNORED_PAYLOAD_OPS:
         return parser("")
     # Commands, code and input keep undecodable bytes (surrogateescape) rather than being dropped as upstream does.
@@ -413,14 +401,14 @@ def decode(frames: Sequence[bytes]) -> AgentRequest | BadFrame:
         text = payload.decode("utf-8", errors=errors)
     except UnicodeDecodeError as exc:
         reason = f"payload is not UTF-8: {exc}"
-        return BadFrame(reason=reason, frame_count=2, op=op, reply=_failure_reply(op, reason))
+        return BadFrame(reason=reason, frame_count=2, op=op, reply=bad_request_answer(op, reason))
     try:
         return parser(text)
     except PayloadError as exc:
         reason = f"invalid {op} payload: {exc}"
     except Exception as exc:  # noqa: BLE001 - a parser slip (a wrong type, nesting too deep) must not escape either
         reason = f"invalid {op} payload: {type(exc).__name__}: {excerpt(str(exc), quote=False)}"
-    return BadFrame(reason=reason, frame_count=2, op=op, reply=_failure_reply(op, reason))
+    return BadFrame(reason=reason, frame_count=2, op=op, reply=bad_request_answer(op, reason))
 
 
 def _json(value: Any) -> bytes:

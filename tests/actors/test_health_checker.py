@@ -41,6 +41,7 @@ from kernel_runner.supervision.actor import InvalidTransition, PhaseMachine
 from kernel_runner.supervision.clock import REAL_CLOCK
 from kernel_runner.supervision.exits import Unhealthy
 from kernel_runner.supervision.spec import ChildContext, ChildSpec, ChildState, RestartChild, StartChild
+from kernel_runner.wire.answers import ModelStartAnswer
 from kernel_runner.wire.outbox import RouterLink
 from tests.conftest import CHILDREN
 from tests.support.ports import free_port
@@ -59,6 +60,10 @@ class Harness(Tree):
         self.config = config
         self.work_dir = work_dir
 
+    def new_answer(self) -> ModelStartAnswer:
+        """A start-model-service's answer, as the router attaches it: it goes into the recorder."""
+        return ModelStartAnswer(self.link.tell)
+
     def launch(self, name: str, port: int, *server_args: str) -> ServiceLaunch:
         argv = (sys.executable, SERVER, str(port), *server_args)
         # Literal arguments, no templates: the catalog's part is tested in tests/unit/test_servicedefs_*.
@@ -68,7 +73,7 @@ class Harness(Tree):
     def start_model(self, name: str, port: int, check: HealthCheck, *server_args: str) -> list[ChildSpec]:
         model = ModelInfo(name=name, service=ModelServiceSpec(start_command=("unused",), port=port, health_check=check))
         specs = list(model_child_specs(model, self.launch(name, port, *server_args), self.runner,
-                                       contract=ModelReply.VERDICT))
+                                       contract=ModelReply.VERDICT, answer=self.new_answer()))
         for spec in specs:
             self.supervisor.tell(StartChild(spec=spec))
         return specs
@@ -190,11 +195,12 @@ class CrashingChecker(HealthCheckerActor):
 def start_with_crashing_checker(harness: Harness, name: str, port: int, check: HealthCheck,
                                 *server_args: str) -> HealthMemo:
     """A model service whose checker can be crashed; returns the memo its incarnations share."""
+    answer = harness.new_answer()
     server, checker = model_child_specs(
         ModelInfo(name=name, service=ModelServiceSpec(start_command=("x",), port=port, health_check=check)),
-        harness.launch(name, port, *server_args), harness.runner, contract=ModelReply.VERDICT,
+        harness.launch(name, port, *server_args), harness.runner, contract=ModelReply.VERDICT, answer=answer,
     )
-    plan = health_plan(name, f"{name}-{port}", port, check, harness.runner)
+    plan = health_plan(name, f"{name}-{port}", port, check, harness.runner, answer=answer)
     memo = HealthMemo()
 
     def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
@@ -386,11 +392,12 @@ def test_a_restarted_checker_goes_on_in_the_phase_its_memo_carries(harness: Harn
 def test_a_checker_whose_memo_is_done_ends_at_once(harness: Harness, log_lines: list[str]) -> None:
     port = free_port()
     check = HealthCheck(path="/health", max_retries=2, max_wait_time=1.0)
+    answer = harness.new_answer()
     _server, checker = model_child_specs(
         ModelInfo(name="over", service=ModelServiceSpec(start_command=("x",), port=port, health_check=check)),
-        harness.launch("over", port), harness.runner, contract=ModelReply.VERDICT,
+        harness.launch("over", port), harness.runner, contract=ModelReply.VERDICT, answer=answer,
     )
-    plan = health_plan("over", f"over-{port}", port, check, harness.runner)
+    plan = health_plan("over", f"over-{port}", port, check, harness.runner, answer=answer)
     memo = HealthMemo(started_at=0.0, replied=True, phase=Phase.DONE, health="unhealthy")
 
     def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:

@@ -21,27 +21,16 @@ from kernel_runner import RunnerConfig
 from kernel_runner.actors.lang_runner.actor import CHILD_STATE, TRANSITIONS, Phase
 from kernel_runner.client import AgentClient
 from kernel_runner.context import RunnerContext
-from kernel_runner.ids import KERNEL_CHILD, LANG_CHILD, TERMINAL_CHILD, ChildId, RunId
-from kernel_runner.messages import (
-    CompleteCode,
-    CompletionResult,
-    FeedInput,
-    Finished,
-    InterruptRun,
-    Output,
-    RunDone,
-    RunTask,
-)
+from kernel_runner.ids import KERNEL_CHILD, LANG_CHILD, TERMINAL_CHILD, ChildId
+from kernel_runner.messages import CompleteCode, FeedInput, InterruptRun, Output, RunDone, RunTask
 from kernel_runner.runtime import tree
 from kernel_runner.runtime.root import ChildPlan
 from kernel_runner.runtime.tree import Tier
 from kernel_runner.supervision.actor import InvalidTransition, PhaseMachine, SupervisedActor
-from kernel_runner.supervision.directory import ChildDirectory
 from kernel_runner.supervision.spec import ChildContext, ChildSpec, ChildState, StopRequested
-from kernel_runner.wire.answers import delegate_reject, lang_runner_reject
-from kernel_runner.wire.outbox import RouterLink
+from kernel_runner.wire.answers import delegate_reject
 from tests.support.runners import LangRunners, read_until
-from tests.support.waiting import Recorder, wait_until
+from tests.support.waiting import wait_until
 
 
 class FakeDelegate(SupervisedActor):
@@ -73,7 +62,7 @@ class FakeDelegate(SupervisedActor):
                 if self.held is not None:
                     self._finish(self.held, "interrupted", 130)
             case CompleteCode():
-                self.router.tell(CompletionResult(items=(f"{message.code}-completed",)))
+                message.answer.send((f"{message.code}-completed",))
         return None
 
     def _finish(self, task: RunTask, text: str, code: int) -> None:
@@ -93,7 +82,7 @@ class Delegates:
             def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
                 return FakeDelegate.start(ctx=ctx, runner=runner, seen=self.seen, lock=self.lock)
 
-            reject = delegate_reject(runner.directory, runner.router, what=f"the fake {child_id}")
+            reject = delegate_reject(runner.directory, what=f"the fake {child_id}")
             return ChildSpec(child_id=child_id, factory=factory, tier=Tier.PROCESSES_TOGETHER, reject=reject)
 
         return plan
@@ -180,31 +169,6 @@ def test_app_has_no_query_mode(langs: LangRunners) -> None:
     result = agent.code("print(1)")
     assert (result.status, result.exit_code) == ("finished", 127)
     assert b"query mode is not available" in result.stderr
-
-
-def test_a_gone_delegate_is_answered_by_its_reject_and_the_language_runner_still_finishes() -> None:
-    agent_side, lang_side = Recorder(), Recorder()
-    try:
-        link = RouterLink(4)
-        link.forward_to(agent_side.ref)
-        directory = ChildDirectory()
-        directory.register(LANG_CHILD, None)
-        directory.attach(LANG_CHILD, 1, lang_side.ref)
-        reject = delegate_reject(directory, link, what="the Jupyter kernel")
-        reject(RunTask(run_id=RunId(7), kind="code", text="x"))
-        done = lang_side.wait_for(lambda m: isinstance(m, RunDone), timeout=5, what="RunDone")
-        assert (done.run_id, done.exit_code) == (7, 127)
-        assert done.note is not None and "the Jupyter kernel is not running" in done.note
-        reject(CompleteCode(code="x"))
-        agent_side.wait_for(lambda m: m == CompletionResult(items=()), timeout=5, what="an empty completion")
-        assert not [m for m in agent_side.messages if isinstance(m, Finished)], "only the language runner finishes"
-        # With the language runner itself gone, its reject answers the agent directly.
-        lang_runner_reject(link)(RunTask(run_id=RunId(8), kind="exec", text="true"))
-        agent_side.wait_for(lambda m: m == Finished(kind="exec", exit_code=127), timeout=5, what="Finished 127")
-        assert any(isinstance(m, Output) and b"language runner is not available" in m.data for m in agent_side.messages)
-    finally:
-        agent_side.stop()
-        lang_side.stop()
 
 
 # ---- phases ----------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,8 @@ from kernel_runner.actors.service.actor import CHILD_STATES, TRANSITIONS, Phase,
 from kernel_runner.client import AgentClient
 from kernel_runner.context import RunnerContext
 from kernel_runner.ids import ChildId, service_child
-from kernel_runner.messages import AppsResult, ModelServiceResult, ServiceResult, StartModelService, StartService
-from kernel_runner.servicedefs import ServiceCommand
+from kernel_runner.messages import StartModelService, StartService
+from kernel_runner.servicedefs import Refusal, ServiceCommand
 from kernel_runner.supervision.actor import InvalidTransition, PhaseMachine
 from kernel_runner.supervision.policy import Backoff, IntensityLimit
 from kernel_runner.supervision.spec import ChildContext, ChildSpec, ChildState
@@ -39,23 +39,23 @@ class TablePlanner:
         self.backoff = backoff
         self.intensity = intensity
 
-    def apps(self, name: str | None) -> AppsResult:
-        return AppsResult(apps=tuple({"name": n} for n in self.runs))
+    def apps(self, name: str | None) -> Sequence[Mapping[str, Any]]:
+        return [{"name": n} for n in self.runs]
 
-    def plan_service(self, request: StartService) -> Sequence[ChildSpec] | ServiceResult:
+    def plan_service(self, request: StartService) -> Sequence[ChildSpec] | Refusal:
         run = self.runs.get(request.info.name)
         if run is None:
-            return ServiceResult(status="failed", error="unsupported service")
+            return Refusal("unsupported service")
 
         def factory(ctx: ChildContext) -> Any:
-            return ServiceActor.start(ctx=ctx, runner=self.runner, run=run, reply="service")
+            return ServiceActor.start(ctx=ctx, runner=self.runner, run=run, answer=request.answer)
 
         return [ChildSpec(child_id=service_child(run.name), factory=factory, restart="transient", shutdown_s=1.0,
                           backoff=self.backoff, intensity=self.intensity, stable_after_s=30.0,
                           retry_failed_start=False, tier=2)]
 
-    def plan_model_service(self, request: StartModelService) -> Sequence[ChildSpec] | ModelServiceResult:
-        return ModelServiceResult(status="failed", error="not in this test")
+    def plan_model_service(self, request: StartModelService) -> Sequence[ChildSpec] | Refusal:
+        return Refusal("not in this test")
 
     def service_child_ids(self, name: str) -> Sequence[ChildId]:
         return (service_child(name),)

@@ -8,16 +8,9 @@ from pathlib import Path
 
 from kernel_runner.config import RunnerConfig
 from kernel_runner.context import RunnerContext
-from kernel_runner.messages import (
-    ModelInfo,
-    ModelServiceResult,
-    ModelServiceSpec,
-    ServiceInfo,
-    ServiceResult,
-    StartModelService,
-)
+from kernel_runner.messages import ModelInfo, ModelServiceSpec, ServiceInfo, StartModelService
 from kernel_runner.runtime.service_planner import ServiceDirectory, read_service_definitions
-from kernel_runner.servicedefs import Intrinsics, ServiceLaunch
+from kernel_runner.servicedefs import Intrinsics, Preopened, Refusal, ServiceLaunch
 from kernel_runner.wire.outbox import RouterLink
 
 
@@ -35,7 +28,7 @@ def directory_for(runner_config: RunnerConfig) -> ServiceDirectory:
                             intrinsics=Intrinsics(sshd=None, ttyd=None), runtime_path=sys.executable)
 
 
-def resolve(services: ServiceDirectory, name: str) -> ServiceLaunch | ServiceResult:
+def resolve(services: ServiceDirectory, name: str) -> ServiceLaunch | Refusal | Preopened:
     return services.resolve(ServiceInfo(name=name, port=9, ports=(9,), protocol="tcp"))
 
 
@@ -52,10 +45,10 @@ def test_a_reload_adds_changes_and_removes(runner_config: RunnerConfig) -> None:
     summary = services.apply_definitions(services.read_definitions())
     assert (summary.loaded, summary.added, summary.changed, summary.removed, summary.invalid, summary.kept) == (
         3, ("new",), ("edited",), ("gone",), (), ())
-    assert [app["name"] for app in services.apps(None).apps] == ["edited", "new", "same"]
+    assert [app["name"] for app in services.apps(None)] == ["edited", "new", "same"]
     launch = resolve(services, "edited")
     assert isinstance(launch, ServiceLaunch) and "-VV" in launch.render().argv
-    assert resolve(services, "gone") == ServiceResult(status="failed", error="unsupported service")
+    assert resolve(services, "gone") == Refusal("unsupported service")
 
 
 def test_a_file_broken_on_reload_keeps_the_last_good_definition(runner_config: RunnerConfig,
@@ -70,7 +63,7 @@ def test_a_file_broken_on_reload_keeps_the_last_good_definition(runner_config: R
     assert (summary.loaded, summary.invalid, summary.kept, summary.removed) == (0, ("never", "web"), ("web",), ())
     assert isinstance(resolve(services, "web"), ServiceLaunch)
     never = resolve(services, "never")
-    assert isinstance(never, ServiceResult) and never.status == "failed" and "never" in (never.error or "")
+    assert isinstance(never, Refusal) and "never" in never.reason
     assert any("keeping the previous one" in line and "web.json" in line for line in log_lines), log_lines
     assert any("service definition skipped" in line and "never.json" in line for line in log_lines), log_lines
 
@@ -81,8 +74,8 @@ def test_model_services_survive_a_reload(runner_config: RunnerConfig) -> None:
     services = directory_for(runner_config)
     model = ModelInfo(name="m", model_path=str(runner_config.work_dir),
                       service=ModelServiceSpec(start_command=(sys.executable, "-V"), port=8000))
-    assert not isinstance(services.plan_model_service(StartModelService(model=model)), ModelServiceResult)
+    assert not isinstance(services.plan_model_service(StartModelService(model=model)), Refusal | Preopened)
     summary = services.apply_definitions(services.read_definitions())
     assert (summary.loaded, summary.removed) == (0, ())
-    assert [app["name"] for app in services.apps(None).apps] == ["m-8000"]
+    assert [app["name"] for app in services.apps(None)] == ["m-8000"]
     assert isinstance(resolve(services, "m-8000"), ServiceLaunch)

@@ -16,10 +16,11 @@ from kernel_runner.messages import (
     PrestartActionSpec,
     ServiceInfo,
     ServiceOptions,
-    ServiceResult,
 )
 from kernel_runner.servicedefs import (
     DefinitionError,
+    Preopened,
+    Refusal,
     ServiceCatalog,
     ServiceLaunch,
     ServiceStartError,
@@ -69,7 +70,8 @@ def info(name: str, *, protocol: str = "http", arguments: Any = None, envs: Any 
     )
 
 
-def resolve(catalog: ServiceCatalog, request: ServiceInfo, *, lang: str = "app", **kwargs: Any) -> ServiceLaunch | ServiceResult:
+def resolve(catalog: ServiceCatalog, request: ServiceInfo, *, lang: str = "app",
+            **kwargs: Any) -> ServiceLaunch | Refusal | Preopened:
     return catalog.resolve(
         request,
         lang=lang,
@@ -80,13 +82,14 @@ def resolve(catalog: ServiceCatalog, request: ServiceInfo, *, lang: str = "app",
     )
 
 
-def launch_of(result: ServiceLaunch | ServiceResult) -> ServiceLaunch:
+def launch_of(result: ServiceLaunch | Refusal | Preopened) -> ServiceLaunch:
     assert isinstance(result, ServiceLaunch), result
     return result
 
 
-def failed(error: str) -> ServiceResult:
-    return ServiceResult(status="failed", error=error)
+def failed(error: str) -> Refusal:
+    """The catalog's refusal, which the service manager answers `failed` with this error."""
+    return Refusal(error)
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,13 +110,11 @@ def test_broken_file_is_reported_and_skipped_while_the_good_one_loads(tmp_path: 
     assert problems[1].startswith(f"malformed JSON in service-def file: {folder / 'nojson.json'} (")
     # A start request for a broken definition says why, instead of "unsupported service" or a legacy fallback.
     result = resolve(catalog, info("bad"))
-    assert isinstance(result, ServiceResult)
-    assert result.status == "failed"
-    assert result.error is not None
-    assert result.error.startswith(
+    assert isinstance(result, Refusal)
+    assert result.reason.startswith(
         f"InvalidServiceDefinition(\"Service-def for bad is invalid: {folder / 'bad.json'}: unknown key 'bogus'"
     )
-    assert result.error.endswith('@ $")')
+    assert result.reason.endswith('@ $")')
 
 
 def test_missing_folder_means_no_parser_and_no_apps(tmp_path: Path) -> None:
@@ -176,7 +177,7 @@ def test_model_services_are_listed_after_files_and_keep_position_when_replaced(t
 
 def test_preopen_is_started_without_looking_anything_up(tmp_path: Path) -> None:
     catalog = catalog_with(tmp_path, {})
-    assert resolve(catalog, info("whatever", protocol="preopen")) == ServiceResult(status="started")
+    assert resolve(catalog, info("whatever", protocol="preopen")) == Preopened()
 
 
 def test_pty_is_not_implemented(tmp_path: Path) -> None:
@@ -362,7 +363,7 @@ def test_a_bad_shell_is_reported_with_the_file_and_the_field(tmp_path: Path) -> 
     assert problems == [f"{folder / 'web.json'}: expected a string or null, got a number @ $.shell"]
     assert list(catalog.definitions) == ["ok"]
     result = resolve(catalog, info("web"))
-    assert isinstance(result, ServiceResult) and result.error is not None and "@ $.shell" in result.error
+    assert isinstance(result, Refusal) and "@ $.shell" in result.reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -541,5 +542,5 @@ def test_user_arguments_and_envs_are_never_templates(tmp_path: Path) -> None:
 
 def test_refused_wire_names_are_quoted_briefly(tmp_path: Path) -> None:
     result = resolve(catalog_with(tmp_path, {"web": WEB}), info("web", arguments={"--" + "x" * 100_000: None}))
-    assert isinstance(result, ServiceResult) and result.error is not None
-    assert result.error.startswith("DisallowedArgument('Argument --xxx") and len(result.error) < 300
+    assert isinstance(result, Refusal)
+    assert result.reason.startswith("DisallowedArgument('Argument --xxx") and len(result.reason) < 300

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kernel_runner.messages import ServiceInfo, ServiceOptions, ServiceResult
-from kernel_runner.servicedefs import DefinitionError, ServiceCatalog, ServiceLaunch, bundled_legacy
+from kernel_runner.messages import ServiceInfo, ServiceOptions
+from kernel_runner.servicedefs import DefinitionError, Preopened, Refusal, ServiceCatalog, ServiceLaunch, bundled_legacy
 from kernel_runner.servicedefs.legacy import parse_legacy_table
 from kernel_runner.servicedefs.schema import Mkdir, RestartOverride, WriteTempfile
 
@@ -17,7 +17,7 @@ CHILD_ENV = {"HOME": "/home/work", "PATH": "/usr/bin:/bin"}
 
 def resolve(
     lang: str, name: str, *, work_dir: Path = Path("/home/work"), arguments: dict[str, str] | None = None
-) -> ServiceLaunch | ServiceResult:
+) -> ServiceLaunch | Refusal | Preopened:
     catalog = ServiceCatalog()  # no service-defs folder: legacy only
     request = ServiceInfo(name=name, port=18080, ports=(18080,), protocol="http", options=ServiceOptions(arguments=arguments))
     return catalog.resolve(request, lang=lang, runtime_path=RT, child_env=CHILD_ENV, work_dir=work_dir)
@@ -56,7 +56,7 @@ def test_bundled_table_loads_and_covers_the_spec_rows() -> None:
     ("lang", "name"), [("python", "node"), ("nodejs", "node"), ("app", "jupyter"), ("c", "jupyter"), ("python", "h2o")]
 )
 def test_names_a_runner_does_not_offer_are_unsupported(lang: str, name: str) -> None:
-    assert resolve(lang, name) == ServiceResult(status="failed", error="unsupported service")
+    assert resolve(lang, name) == Refusal("unsupported service")
 
 
 def test_python_jupyter_writes_a_config_and_runs_notebook(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from kernel_runner.runtime.tree import (
 from kernel_runner.servicedefs import ServiceLaunch
 from kernel_runner.supervision.policy import Backoff
 from kernel_runner.supervision.spec import ChildSpec
+from kernel_runner.wire.answers import ModelStartAnswer, ServiceStartAnswer
 from kernel_runner.wire.outbox import RouterLink
 from kernel_runner.wire.status import StartupGate, StatusBoard
 
@@ -118,11 +119,12 @@ def test_the_delegates_tiers_and_budgets(runner: RunnerContext) -> None:
 
 def test_services_stop_with_the_processes_and_their_checkers_before_them(runner: RunnerContext, tmp_path: Path) -> None:
     launch = ServiceLaunch(name="m-1", origin="intrinsic", cwd=tmp_path, port=1, arguments=("true",), base_env={})
-    plain = service_child_spec(launch, runner, reply="service")
+    plain = service_child_spec(launch, runner, answer=ServiceStartAnswer(runner.router.tell))
     assert (plain.child_id, plain.restart, plain.tier) == (service_child("m-1"), "transient", Tier.PROCESSES_TOGETHER)
     model = ModelInfo(name="m", service=ModelServiceSpec(start_command=("x",), port=1,
                                                           health_check=HealthCheck(path="/health")))
-    server, checker = model_child_specs(model, launch, runner, contract=ModelReply.VERDICT)
+    server, checker = model_child_specs(model, launch, runner, contract=ModelReply.VERDICT,
+                                        answer=ModelStartAnswer(runner.router.tell))
     assert (server.restart, server.tier) == ("permanent", Tier.PROCESSES_TOGETHER)
     assert (checker.child_id, checker.binds_to, checker.restart) == (health_child("m-1"), server.child_id, "transient")
     assert checker.tier == Tier.BEFORE_WATCHED and checker.tier > server.tier

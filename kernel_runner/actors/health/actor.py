@@ -53,8 +53,8 @@ from kernel_runner.generations import ModelReply
 from kernel_runner.ids import ChildId
 from kernel_runner.messages import (
     HealthCheck,
-    ModelServiceResult,
     ModelServiceStatus,
+    ServiceAnswer,
     ServiceProcessEnded,
     ServiceStartFailed,
     ServiceUp,
@@ -127,6 +127,8 @@ class HealthPlan:
     # VERDICT: this checker answers the agent after the start-up probes; SPAWNED: the server answered, this checker
     # only reports health, starting in LIVENESS (docs/protocol.md §12.2).
     contract: ModelReply = ModelReply.VERDICT
+    # The start-model-service's answer, when this checker gives it (VERDICT).
+    answer: ServiceAnswer | None = None
     # False: no HTTP probes (no health check, or `enable: false`); health follows the server's process.
     probing: bool = True
     startup_period_s: float
@@ -661,7 +663,8 @@ class HealthCheckerActor(SupervisedActor):
         if self.memo.replied:
             return
         self.memo.replied = True
-        self._router.tell(ModelServiceResult(status=status, error=error))
+        if self.plan.answer is not None:
+            self.plan.answer.send(status, error)
         if status == "started":
             self.log.info("Model service {} has started", self.plan.service_name)
 

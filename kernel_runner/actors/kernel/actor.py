@@ -76,8 +76,8 @@ from kernel_runner.context import RunnerContext
 from kernel_runner.excerpts import excerpt
 from kernel_runner.ids import LANG_CHILD, RunId
 from kernel_runner.messages import (
+    Answer,
     CompleteCode,
-    CompletionResult,
     FeedInput,
     InterruptRun,
     KernelChannelsClosed,
@@ -258,7 +258,7 @@ class KernelActor(SupervisedActor):
         self._launched: KernelLaunched | None = None  # what KernelStarter spawned (its interrupt mode)
         self._queue: collections.deque[RunTask] = collections.deque()
         self._current: _Run | None = None
-        self._completions: set[int] = set()
+        self._completions: dict[int, Answer[tuple[str, ...]]] = {}  # by the id of their complete_request
         self._completion_ids = itertools.count(1)
         # Why it is dying, set with the edge to DYING; after a failed start, the text that answers handed-back runs.
         self._death: ExitReason | None = None
@@ -589,25 +589,25 @@ class KernelActor(SupervisedActor):
 
     def _handle_complete_code(self, message: CompleteCode) -> None:
         if self.phase is not Phase.READY or self._channels is None:
-            self._runner.router.tell(CompletionResult(items=()))
+            message.answer.refuse("the kernel is not ready")
             return
         request_id = next(self._completion_ids)
-        self._completions.add(request_id)
+        self._completions[request_id] = message.answer
         cursor = message.options.get("cursor_pos") if isinstance(message.options, Mapping) else None
         cursor_pos = cursor if isinstance(cursor, int) and 0 <= cursor <= len(message.code) else len(message.code)
         self._channels.submit(CompleteCommand(request_id=request_id, code=message.code, cursor_pos=cursor_pos))
         self.schedule(self._complete_timeout_s, _CompletionDeadline(request_id=request_id))
 
     def _handle_kernel_completion(self, message: KernelCompletion) -> None:
-        if message.request_id in self._completions:
-            self._completions.discard(message.request_id)
-            self._runner.router.tell(CompletionResult(items=message.matches))
+        answer = self._completions.pop(message.request_id, None)
+        if answer is not None:
+            answer.send(message.matches)
 
     def _handle_completion_deadline(self, message: _CompletionDeadline) -> None:
-        if message.request_id in self._completions:
-            self._completions.discard(message.request_id)
+        answer = self._completions.pop(message.request_id, None)
+        if answer is not None:
             self.log.warning("completion got no reply within {:g} s; answered with no matches", self._complete_timeout_s)
-            self._runner.router.tell(CompletionResult(items=()))
+            answer.refuse("no complete_reply in time")
 
     # ---- death, restart hand-off and stop -----------------------------------------------------------------------
     def _handle_process_exited(self, message: ProcessExited) -> None:
@@ -682,9 +682,7 @@ class KernelActor(SupervisedActor):
         self._life.to(Phase.RETIRING, "no cell runs any more")  # DYING -> RETIRING
         while self._queue:
             self._handback(self._queue.popleft())
-        for _ in range(len(self._completions)):
-            self._runner.router.tell(CompletionResult(items=()))
-        self._completions.clear()
+        self._refuse_completions("the kernel is gone")
         self.actor_ref.tell(_Retire())
 
     def _handle_retire(self) -> None:
@@ -698,9 +696,12 @@ class KernelActor(SupervisedActor):
             self._tell_run_done(run.task.run_id, 1, f"kernel-runner: the run was stopped: {why}\n")
         while self._queue:
             self._handback(self._queue.popleft())
-        for _ in range(len(self._completions)):
-            self._runner.router.tell(CompletionResult(items=()))
-        self._completions.clear()
+        self._refuse_completions(why)
+
+    def _refuse_completions(self, why: str) -> None:
+        pending, self._completions = self._completions, {}
+        for answer in pending.values():
+            answer.refuse(why)
 
 
 __all__ = ["CHILD_STATES", "TRANSITIONS", "KernelActor", "KernelSettings", "Phase"]

@@ -76,9 +76,7 @@ from kernel_runner.langs import (
 )
 from kernel_runner.messages import (
     CompleteCode,
-    CompletionResult,
     FeedInput,
-    Finished,
     InterruptRun,
     Output,
     OutputSynced,
@@ -104,7 +102,7 @@ from kernel_runner.supervision.actor import PhaseMachine, SupervisedActor
 from kernel_runner.supervision.exits import ShutdownExit
 from kernel_runner.supervision.spec import ChildContext, ChildState, StopRequested
 from kernel_runner.supervision.timers import TimerHandle
-from kernel_runner.wire.answers import EXIT_NOT_RUN, untaken_run_answers
+from kernel_runner.wire.answers import EXIT_NOT_RUN, LANG_RUNNER_GONE
 
 BOOTSTRAP_STEP = "bootstrap"  # the startup step the supervisor waits for before answering `status` (docs/protocol.md §1.6)
 BOOTSTRAP_TIMEOUT_S = 600.0  # upstream waited for ever; a hung bootstrap.sh must not keep `status` unanswered
@@ -244,9 +242,10 @@ class _Delegated:
 class LangRunnerActor(SupervisedActor):
     """Runs queued tasks one at a time; inline ops (input, interrupt, complete) are answered while a task runs.
 
-    The only sender of `finished`: its own runs end in `_finish_task`, delegated runs when the delegate reports
-    RunDone, and runs it cannot take any more (it is stopping) through rejects.untaken_run_answers. Every RunTask
-    gets exactly one, in order: runs start only in IDLE, so a run's Finished is sent before the next one starts.
+    The only sender of `finished`, through each run's answer (wire/answers.py): its own runs end in `_finish_task`,
+    delegated runs when the delegate reports RunDone, and a run it cannot finish any more (it is stopping) is refused.
+    Every RunTask gets exactly one, in order: runs start only in IDLE, so a run's Finished is sent before the next one
+    starts.
     """
 
     redeliverable = (RunTask, CompleteCode)
@@ -353,8 +352,7 @@ class LangRunnerActor(SupervisedActor):
 
     def _answer_stopped(self, task: RunTask) -> None:
         # The agent must get its one Finished even when this runner goes away mid-queue (docs/protocol.md §3.6 rule 2).
-        for reply in untaken_run_answers(task, "the language runner is not available"):
-            self._router.tell(reply)
+        task.answer.refuse(LANG_RUNNER_GONE)
 
     def request_stop(self, message: StopRequested) -> None:
         if self.phase is Phase.STOPPING:
@@ -542,7 +540,7 @@ class LangRunnerActor(SupervisedActor):
         if task.kind == "build":
             self._build_ok = exit_code == 0  # docs/protocol.md §5.1: an empty or skipped build counts as success
         debug(self.log, "run {} {} finished with exit code {}", task.run_id, task.kind, exit_code)
-        self._router.tell(Finished(kind=task.kind, exit_code=exit_code))
+        task.answer.send(exit_code)
 
     # ---- jobs and their processes ---------------------------------------------------------------------
     def _start_job(
@@ -797,7 +795,7 @@ class LangRunnerActor(SupervisedActor):
             self.tell_child(self._settings.completer, message)
             return
         # docs/protocol.md §10.1 #1: always answer, or the agent waits for ever.
-        self._router.tell(CompletionResult(items=()))
+        message.answer.send(())
 
 
 def spawn_failure_text(argv: tuple[str, ...], env: Mapping[str, str], exc: Exception) -> str:

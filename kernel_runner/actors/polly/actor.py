@@ -55,7 +55,6 @@ from kernel_runner.context import RunnerContext
 from kernel_runner.ids import LANG_CHILD
 from kernel_runner.messages import (
     CompleteCode,
-    CompletionResult,
     FeedInput,
     InterruptRun,
     Media,
@@ -240,7 +239,7 @@ class PollyActor(SupervisedActor):
             case FeedInput():
                 return self._handle_feed_input()
             case CompleteCode():
-                return self._handle_complete_code()
+                return self._handle_complete_code(message)
             case _:
                 return super().handle(message)
 
@@ -386,8 +385,8 @@ class PollyActor(SupervisedActor):
     def _handle_feed_input(self) -> None:
         self.log.info("input dropped: vendor.aws_polly takes no input")
 
-    def _handle_complete_code(self) -> None:
-        self._router.tell(CompletionResult(items=()))  # docs/protocol.md §8.5: no completion
+    def _handle_complete_code(self, message: CompleteCode) -> None:
+        message.answer.send(())  # docs/protocol.md §8.5: no completion
 
 
 __all__ = ["CHILD_STATE", "TRANSITIONS", "Phase", "PollyActor", "PollyActorSettings"]

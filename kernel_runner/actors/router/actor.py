@@ -39,6 +39,14 @@ from kernel_runner.supervision.exits import Crashed
 from kernel_runner.supervision.refs import tell_if_alive
 from kernel_runner.supervision.spec import ChildContext, ChildState
 from kernel_runner.wire import frames as wire
+from kernel_runner.wire.answers import (
+    AppsAnswer,
+    CompletionAnswer,
+    Deliver,
+    ModelStartAnswer,
+    RunAnswer,
+    ServiceStartAnswer,
+)
 from kernel_runner.wire.status import StatusBoard
 
 if TYPE_CHECKING:
@@ -66,18 +74,30 @@ class BoundPorts:
         return f"BoundPorts(port_in={self.port_in}, port_out={self.port_out}{failed})"
 
 
-def route_request(request: AgentRequest, *, directory: ChildDirectory,
+def route_request(request: AgentRequest, *, directory: ChildDirectory, deliver: Deliver,
                   on_event: Callable[[AgentEvent], None]) -> None:
     """Runs in AgentLink's thread: every op goes straight to the child that handles it (one hop); an `event` to the
-    process watch, which reports in its own thread (docs/protocol.md §9.4)."""
+    process watch, which reports in its own thread (docs/protocol.md §9.4). A request with a reply gets its answer
+    here (wire/answers.py), which `deliver` puts into the RouterLink."""
     match request:
         case RunBatch():
-            directory.tell(LANG_CHILD, RunTask(run_id=next_run_id(), kind=request.kind, text=request.command))
+            directory.tell(LANG_CHILD, RunTask(run_id=next_run_id(), kind=request.kind, text=request.command,
+                                               answer=RunAnswer(deliver, request.kind)))
         case RunCode():
-            directory.tell(LANG_CHILD, RunTask(run_id=next_run_id(), kind="code", text=request.source))
-        case FeedInput() | InterruptRun() | CompleteCode():
+            directory.tell(LANG_CHILD, RunTask(run_id=next_run_id(), kind="code", text=request.source,
+                                               answer=RunAnswer(deliver, "code")))
+        case CompleteCode():
+            directory.tell(LANG_CHILD, CompleteCode(code=request.code, options=request.options,
+                                                     answer=CompletionAnswer(deliver)))
+        case FeedInput() | InterruptRun():
             directory.tell(LANG_CHILD, request)
-        case StartService() | ShutdownService() | GetApps() | StartModelService():
+        case StartService():
+            directory.tell(SERVICES_CHILD, StartService(info=request.info, answer=ServiceStartAnswer(deliver)))
+        case StartModelService():
+            directory.tell(SERVICES_CHILD, StartModelService(model=request.model, answer=ModelStartAnswer(deliver)))
+        case GetApps():
+            directory.tell(SERVICES_CHILD, GetApps(name=request.name, answer=AppsAnswer(deliver)))
+        case ShutdownService():
             directory.tell(SERVICES_CHILD, request)
         case AgentEvent():
             on_event(request)
@@ -118,6 +138,7 @@ class RouterActor(SupervisedActor):
         directory, clock, gate, board = self.ctx.directory, self.ctx.clock, self._runner.gate, self._board
         encoder, started_at, me, on_event = wire.StatusEncoder(), self._started_at, self.actor_ref, self._on_event
         generations = self._runner.generations
+        deliver = self._runner.router.tell
 
         def status_frames() -> list[bytes]:
             return encoder.encode(started_at=started_at, ready=gate.is_open, children=board.snapshot.children,
@@ -128,7 +149,7 @@ class RouterActor(SupervisedActor):
             bind=config.bind,
             ports=(self._ports.port_in, self._ports.port_out),
             link=self._runner.router,
-            route=lambda request: route_request(request, directory=directory, on_event=on_event),
+            route=lambda request: route_request(request, directory=directory, deliver=deliver, on_event=on_event),
             status_frames=status_frames,
             gate=gate,
             outbox_limit=config.outbox_limit,

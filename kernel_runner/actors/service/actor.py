@@ -15,8 +15,9 @@ and logs it (docs/architecture.md §3.4):
     any phase but FAILED, ENDED ──stop requested──> STOPPING ──the process is gone, pipes drained──┘
                               (or nothing was spawned; from PREPARING: once the Preparer is back)
 
-The agent's one reply (first incarnation only, `reply_kind`) goes with an edge: `started` on entering RUNNING;
-`failed` on entering FAILED, or on entering STOPPING before RUNNING ("the process did not start properly").
+The start's one answer (its `answer`, first incarnation only; none for an operator's or an intrinsic start) goes
+with an edge: `started` on entering RUNNING; `failed` on entering FAILED, or on entering STOPPING before RUNNING
+("the process did not start properly").
 The same answer goes to later start-services that wait for this start (AwaitServiceStart, docs/protocol.md §6.2
 step 2); if the agent's wait ends first, `failed` goes out at ReplyDue and the service keeps starting.
 A watcher (a model's health checker) hears ServiceUp on entering RUNNING,
@@ -46,11 +47,10 @@ from kernel_runner.excerpts import excerpt
 from kernel_runner.ids import ChildId
 from kernel_runner.messages import (
     AwaitServiceStart,
-    ModelServiceResult,
     PipeClosed,
     ProcessExited,
+    ServiceAnswer,
     ServiceProcessEnded,
-    ServiceResult,
     ServiceStartFailed,
     ServiceUp,
     StreamName,
@@ -70,8 +70,6 @@ if TYPE_CHECKING:
 TAIL_LINES = 20
 PORT_PROBE_FIRST_DELAY_S = 0.002
 PORT_PROBE_MAX_DELAY_S = 0.025
-
-ReplyKind = Literal["service", "model", "none"]
 
 
 @attrs.frozen(kw_only=True)
@@ -280,12 +278,12 @@ class ServiceActor(SupervisedActor):
     # A later start-service waiting for this one must be answered even if this incarnation ends first.
     redeliverable = (AwaitServiceStart,)
 
-    def __init__(self, *, ctx: ChildContext, runner: RunnerContext, run: ServiceRun, reply: ReplyKind) -> None:
+    def __init__(self, *, ctx: ChildContext, runner: RunnerContext, run: ServiceRun, answer: ServiceAnswer | None) -> None:
         super().__init__(ctx=ctx)
         self._runner = runner
         self.run = run
-        # Only the first incarnation answers the agent: restarts happen when nobody is waiting for a reply.
-        self.reply_kind: ReplyKind = reply if ctx.generation == 1 else "none"
+        # Only the first incarnation answers the start: restarts happen when nobody is waiting for an answer.
+        self._answer = answer if ctx.generation == 1 else None
         self._handle: ProcessHandle | None = None
         self._port_waiter: PortWaiter | None = None
         self._tail = OutputTail(self.log, self.run.port)
@@ -294,9 +292,8 @@ class ServiceActor(SupervisedActor):
         # The process's exit status, kept until its pipes are drained (PipeClosed for each that was opened).
         self._exit: ProcessExited | None = None
         self._open_pipes = 0
-        self._answered = False
         # Later start-services for this service while it starts (AwaitServiceStart), by token; each answered once.
-        self._waiters: dict[int, Callable[[ServiceResult], None]] = {}
+        self._waiters: dict[int, ServiceAnswer] = {}
         self._waiter_tokens = itertools.count()
         self._life = PhaseMachine(Phase.PREPARING, TRANSITIONS, log=lambda: self.log, on_change=self._phase_changed)
 
@@ -314,7 +311,7 @@ class ServiceActor(SupervisedActor):
 
     # ---- life -----------------------------------------------------------------------------------
     def start_child(self) -> None:
-        if self.reply_kind != "none" and not self.run.noop:
+        if self._answer is not None and not self.run.noop:
             self.schedule(self.run.reply_within_s, ReplyDue())
         if self.run.noop:
             # docs/protocol.md §6.7: a noop service has nothing to run; it is up at once and no prestart runs.
@@ -521,7 +518,7 @@ class ServiceActor(SupervisedActor):
 
     # ---- replies ------------------------------------------------------------------------------------
     def _handle_reply_due(self) -> None:
-        if self._answered or self.phase not in (Phase.PREPARING, Phase.STARTING):
+        if self._answer is None or self._answer.answered or self.phase not in (Phase.PREPARING, Phase.STARTING):
             return
         self.log.warning(
             "port {} not open after {:.1f}s: answered `failed` before the agent gives up; the service keeps starting "
@@ -536,34 +533,30 @@ class ServiceActor(SupervisedActor):
     def _handle_await_start(self, message: AwaitServiceStart) -> None:
         """A later start-service for this service (docs/protocol.md §6.2 step 2): the same process, never a second."""
         if self.phase in UP_PHASES:
-            message.reply(ServiceResult(status="started"))
+            message.answer.send("started")
         elif self.phase in (Phase.PREPARING, Phase.STARTING, Phase.FAILING):
             token = next(self._waiter_tokens)
-            self._waiters[token] = message.reply
+            self._waiters[token] = message.answer
             self.log.info("another start-service waits up to {:.1f}s for this start", message.within_s)
             self.schedule(message.within_s, WaiterDue(token=token))
         else:
-            message.reply(ServiceResult(status="failed", error=f"the process did not start properly: {self.run.name}"))
+            message.answer.send("failed", f"the process did not start properly: {self.run.name}")
 
     def _handle_waiter_due(self, message: WaiterDue) -> None:
-        reply = self._waiters.pop(message.token, None)
-        if reply is not None:
-            reply(ServiceResult(status="failed", error=self._timeout_text()))
+        answer = self._waiters.pop(message.token, None)
+        if answer is not None:
+            answer.send("failed", self._timeout_text())
 
     def _reply(self, status: Literal["started", "failed"], error: str | None, *, waiters: bool = True) -> None:
-        """The agent's one answer for the start that made this service (later calls do nothing), and, unless only
-        the agent's wait is over, the same answer to every later start-service waiting for it."""
+        """The one answer for the start that made this service (once answered, later calls do nothing), and, unless
+        only the agent's wait is over, the same answer to every later start-service waiting for it."""
         if waiters:
             pending, self._waiters = self._waiters, {}
-            for reply in pending.values():
-                reply(ServiceResult(status=status, error=error))
-        if self.reply_kind == "none" or self._answered:
+            for answer in pending.values():
+                answer.send(status, error)
+        if self._answer is None or self._answer.answered:
             return
-        self._answered = True
-        if self.reply_kind == "service":
-            self._runner.router.tell(ServiceResult(status=status, error=error))
-        else:
-            self._runner.router.tell(ModelServiceResult(status=status, error=error))
+        self._answer.send(status, error)
         if status == "started":
             self.log.info("Service {} has started (pid: {}, port: {})", self.run.name, self.pid, self.run.port)
 

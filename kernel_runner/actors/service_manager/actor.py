@@ -1,40 +1,38 @@
 """ServicesActor: the service manager. Turns start-service, shutdown-service, get-apps and start-model-service into
-requests to the supervisor, and answers the agent where the supervisor's answer decides the reply.
+requests to the supervisor, and answers the request where the planner's or the supervisor's answer decides it.
 
 It plans (through a ServicePlanner) and asks; the supervisor starts and stops. A start of something that runs already
 is an answer, not an error: the supervisor says AlreadyStarted and the agent hears `running` (docs/protocol.md §6.2).
+Every answer goes through the request's own (messages.ServiceAnswer, built in wire/answers.py).
 
     StartService ──plan──▶ specs ──StartChild(first, reply_to=me)──▶ Started ──▶ StartChild(rest); the
         │                                                            │           ServiceActor answers the agent
-        └─▶ a reply (unsupported, broken definition, preopen)        ├─ AlreadyStarted ──▶ `running`
-                                                                     └─ StartRefused ──▶ `failed`, with the reason
+        ├─▶ Refusal (unsupported, broken definition) ──▶ `failed`    ├─ AlreadyStarted ──▶ `running`
+        └─▶ Preopened ──▶ `started`                                  └─ StartRefused ──▶ `failed`, with the reason
 """
 
 from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
 from kernel_runner.context import RunnerContext
 from kernel_runner.ids import ChildId
 from kernel_runner.messages import (
-    AppsResult,
     AwaitServiceStart,
     GetApps,
-    ModelServiceResult,
     ReloadServiceDefinitions,
+    ServiceAnswer,
     ServiceDefinitionsReloaded,
-    ServiceResult,
     ShutdownService,
     StartModelService,
     StartService,
-    ToAgent,
 )
-from kernel_runner.servicedefs import ServiceCatalog
+from kernel_runner.servicedefs import Preopened, Refusal, ServiceCatalog
 from kernel_runner.supervision.actor import SupervisedActor
 from kernel_runner.supervision.refs import tell_if_alive
 from kernel_runner.supervision.spec import (
@@ -52,13 +50,14 @@ INTRINSIC_STEP = "intrinsic-services"  # the start-up step `status` waits for (d
 
 
 class ServicePlanner(Protocol):
-    """Decides what to start for a service op; services.ServiceDirectory is the runner's, tests bring their own."""
+    """Decides what to start for a service op; runtime.service_planner.ServiceDirectory is the runner's, tests bring
+    their own. A plan's children carry the request's answer where they give it (the service, a model's checker)."""
 
-    def apps(self, name: str | None) -> AppsResult: ...
+    def apps(self, name: str | None) -> Sequence[Mapping[str, Any]]: ...
 
-    def plan_service(self, request: StartService) -> Sequence[ChildSpec] | ServiceResult: ...
+    def plan_service(self, request: StartService) -> Sequence[ChildSpec] | Refusal | Preopened: ...
 
-    def plan_model_service(self, request: StartModelService) -> Sequence[ChildSpec] | ModelServiceResult: ...
+    def plan_model_service(self, request: StartModelService) -> Sequence[ChildSpec] | Refusal | Preopened: ...
 
     def service_child_ids(self, name: str) -> Sequence[ChildId]: ...
 
@@ -90,16 +89,15 @@ class _DefinitionsRead:
 
 @attrs.frozen(kw_only=True)
 class _PendingStart:
-    """A start whose reply to the agent depends on the supervisor's answer."""
+    """A start whose answer depends on the supervisor's answer."""
 
     rest: tuple[ChildSpec, ...]
-    # The reply when the child runs already; None for a helper (a checker) started after its server: an old one
-    # still running would answer nobody, so that start fails and takes its server down with it.
-    running: ToAgent | None
-    failed: Callable[[str], ToAgent]
+    answer: ServiceAnswer
+    # A start-service (not a model's): one for a service still starting waits for that start (AwaitServiceStart).
+    awaits_start: bool = False
+    # A helper (a checker) started after its server: an old one still running would answer nobody, so that start
+    # fails and takes its server down with it.
     helper_of: ChildId | None = None
-    # An operator's start (StartService.reply): every answer goes there, `started` included, never to the agent.
-    reply: Callable[[ServiceResult], None] | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -148,7 +146,7 @@ class ServicesActor(SupervisedActor):
             case ShutdownService():
                 return self._handle_shutdown_service(message)
             case GetApps():
-                return self._runner.router.tell(self._planner.apps(message.name))
+                return message.answer.send(tuple(self._planner.apps(message.name)))
             case Started() | AlreadyStarted() | StartRefused():
                 return self._handle_start_answer(message)
             case _IntrinsicsPlanned():
@@ -161,30 +159,27 @@ class ServicesActor(SupervisedActor):
                 return super().handle(message)
 
     def _handle_start_service(self, message: StartService) -> None:
-        plan = self._planner.plan_service(message)
-        if isinstance(plan, ServiceResult):
-            (message.reply or self._runner.router.tell)(plan)
-            return
-        self._start(plan, running=ServiceResult(status="running"),
-                    failed=lambda error: ServiceResult(status="failed", error=error), reply=message.reply)
+        self._start(self._planner.plan_service(message), message.answer, awaits_start=True)
 
     def _handle_start_model_service(self, message: StartModelService) -> None:
-        plan = self._planner.plan_model_service(message)
-        if isinstance(plan, ModelServiceResult):
-            self._runner.router.tell(plan)
-            return
-        self._start(plan, running=ModelServiceResult(status="running"),
-                    failed=lambda error: ModelServiceResult(status="failed", error=error))
+        self._start(self._planner.plan_model_service(message), message.answer)
 
-    def _start(self, specs: Sequence[ChildSpec], *, running: ToAgent, failed: Callable[[str], ToAgent],
-               reply: Callable[[ServiceResult], None] | None = None) -> None:
-        first, *rest = specs
+    def _start(self, plan: Sequence[ChildSpec] | Refusal | Preopened, answer: ServiceAnswer, *,
+               awaits_start: bool = False) -> None:
+        match plan:
+            case Refusal():
+                answer.send("failed", plan.reason)
+                return
+            case Preopened():
+                answer.send("started")
+                return
+        first, *rest = plan
         for helper in rest:
             # The first child may tell its helper something before the helper is started (a server that cannot
             # even spawn tells its checker at once): the directory holds it for the helper instead of dropping it.
             self.ctx.directory.register(helper.child_id, helper.reject)
         self._pending.setdefault(first.child_id, collections.deque()).append(
-            _PendingStart(rest=tuple(rest), running=running, failed=failed, reply=reply)
+            _PendingStart(rest=tuple(rest), answer=answer, awaits_start=awaits_start)
         )
         self.ctx.supervisor.tell(StartChild(spec=first, reply_to=self.actor_ref))
 
@@ -197,35 +192,28 @@ class ServicesActor(SupervisedActor):
             del self._pending[answer.child_id]
         match answer:
             case Started():
-                if pending.reply is not None:  # the operator hears it here; the child answers nobody
-                    pending.reply(ServiceResult(status="started"))
+                if pending.answer.at_child_start:  # an operator's start is answered here; the child answers nobody
+                    pending.answer.send("started")
                 # The first child answers the agent itself (started/failed); the rest are its helpers (a checker).
                 for spec in pending.rest:
-                    helper = _PendingStart(rest=(), running=None, failed=pending.failed, helper_of=answer.child_id)
+                    helper = _PendingStart(rest=(), answer=pending.answer, helper_of=answer.child_id)
                     self._pending.setdefault(spec.child_id, collections.deque()).append(helper)
                     self.ctx.supervisor.tell(StartChild(spec=spec, reply_to=self.actor_ref))
-            case AlreadyStarted() if answer.state is ChildState.STARTING and isinstance(pending.running, ServiceResult):
+            case AlreadyStarted() if answer.state is ChildState.STARTING and pending.awaits_start:
                 # Still opening its port (maybe past an earlier reply's deadline): this start is answered when it is up,
                 # with the same process (docs/protocol.md §6.2 step 2).
-                reply = pending.reply or self._runner.router.tell
                 self.ctx.directory.tell(answer.child_id, AwaitServiceStart(
-                    reply=reply, within_s=self._runner.service_reply_within_s()))
-            case AlreadyStarted() if pending.running is not None:
+                    answer=pending.answer, within_s=self._runner.service_reply_within_s()))
+            case AlreadyStarted() if pending.helper_of is None:
                 self.log.info("{} is {} already; answered `running`", answer.child_id, answer.state.value)
-                self._answer(pending, pending.running)
+                pending.answer.send("running")
             case _:
                 reason = answer.reason if isinstance(answer, StartRefused) else (
                     f"{answer.child_id} from an earlier start is still {answer.state.value}; try again")
                 self.log.error("{} was not started: {}", answer.child_id, reason)
-                self._answer(pending, pending.failed(reason))
+                pending.answer.send("failed", reason)
                 if pending.helper_of is not None:
                     self.ctx.supervisor.tell(StopChild(child_id=pending.helper_of, reason=f"its helper failed: {reason}"))
-
-    def _answer(self, pending: _PendingStart, result: ToAgent) -> None:
-        if pending.reply is not None and isinstance(result, ServiceResult):
-            pending.reply(result)
-        else:
-            self._runner.router.tell(result)
 
     def _handle_shutdown_service(self, message: ShutdownService) -> None:
         for child_id in self._planner.service_child_ids(message.name):
