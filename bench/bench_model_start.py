@@ -75,9 +75,10 @@ def model(name: str, port: int, *extra: str, **check: object) -> str:
 
 
 def wait_gone(handle: RunnerHandle, name: str) -> None:
+    """Until every child of the model is stopped: gone, or a STOPPED row (docs/operations.md §1.3)."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if not any(name in c.child_id for c in handle.which_children()):
+        if not any(name in c.child_id and c.state.value != "STOPPED" for c in handle.which_children()):
             return
         time.sleep(0.01)
     raise RuntimeError(f"{name} did not stop")

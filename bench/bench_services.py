@@ -116,8 +116,9 @@ def children(agent: AgentClient) -> dict[str, dict[str, Any]]:
 
 
 def wait_gone(agent: AgentClient, child_id: str) -> None:
+    """Until the child is stopped: gone, or a STOPPED row (shutdown-service keeps one, docs/operations.md §1.3)."""
     deadline = time.monotonic() + 10
-    while child_id in children(agent):
+    while (row := children(agent).get(child_id)) is not None and row["state"] != "STOPPED":
         if time.monotonic() > deadline:
             raise TimeoutError(child_id)
 
