@@ -7,7 +7,7 @@ socket to it), and the pure kernelspec and output-mapping pieces in kernel_runne
 
 The actor itself never blocks: it decides, signals the process group, and queues commands.
 
-Life of one incarnation: one ``Phase``, changed only through ``self._life``; ``TRANSITIONS`` is every allowed edge.
+Life of one incarnation: one ``Phase``, changed only through ``to_phase``; ``LIFECYCLE`` has every allowed edge.
 
     LAUNCHING   KernelStarter finds the kernelspec and spawns the kernel; runs queue
         │ KernelLaunched
@@ -33,7 +33,7 @@ Life of one incarnation: one ``Phase``, changed only through ``self._life``; ``T
     A stop requested while DYING or RETIRING changes nothing: the death ends the incarnation by itself, promptly.
 
 The supervisor sees STARTING (LAUNCHING, CONNECTING), RUNNING (READY, KILLING), BACKOFF (DYING, RETIRING) and
-STOPPING, reported from ``_phase_changed`` only. Every accepted run gets exactly one RunDone to the language runner,
+STOPPING, reported by the base after each edge only. Every accepted run gets exactly one RunDone to the language runner,
 whatever way the incarnation ends (the language runner sends the run's Finished), and every completion one answer.
 """
 
@@ -107,7 +107,7 @@ from kernel_runner.procs.process import (
     stop_process,
     watch_process,
 )
-from kernel_runner.supervision.actor import PhaseMachine, SupervisedActor
+from kernel_runner.supervision.actor import Lifecycle, PhasedActor
 from kernel_runner.supervision.exits import Crashed, ExitReason, ProcessDied, ShutdownExit, StartFailed, Unhealthy
 from kernel_runner.supervision.spec import ChildContext, ChildSpec, ChildState, StopRequested
 from kernel_runner.wire.answers import delegate_reject
@@ -153,28 +153,30 @@ class Phase(enum.Enum):
 # Phases in which the kernel is alive or on its way up: a death or a stop request can still change them.
 _ALIVE = (Phase.LAUNCHING, Phase.CONNECTING, Phase.READY, Phase.KILLING)
 
-TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
-    Phase.LAUNCHING: frozenset({Phase.CONNECTING, Phase.DYING, Phase.STOPPING}),
-    Phase.CONNECTING: frozenset({Phase.READY, Phase.DYING, Phase.STOPPING}),
-    Phase.READY: frozenset({Phase.KILLING, Phase.DYING, Phase.STOPPING}),
-    Phase.KILLING: frozenset({Phase.DYING, Phase.STOPPING}),
-    Phase.DYING: frozenset({Phase.RETIRING}),
-    Phase.RETIRING: frozenset({Phase.ENDED}),
-    Phase.STOPPING: frozenset({Phase.ENDED}),
-    Phase.ENDED: frozenset(),
-}
-
-# What the supervisor is told for each phase (None: nothing; the base reports the exit).
-CHILD_STATES: Mapping[Phase, ChildState | None] = {
-    Phase.LAUNCHING: ChildState.STARTING,
-    Phase.CONNECTING: ChildState.STARTING,
-    Phase.READY: ChildState.RUNNING,
-    Phase.KILLING: ChildState.RUNNING,
-    Phase.DYING: ChildState.BACKOFF,
-    Phase.RETIRING: ChildState.BACKOFF,
-    Phase.STOPPING: ChildState.STOPPING,
-    Phase.ENDED: None,
-}
+LIFECYCLE = Lifecycle(
+    initial=Phase.LAUNCHING,
+    transitions={
+        Phase.LAUNCHING: frozenset({Phase.CONNECTING, Phase.DYING, Phase.STOPPING}),
+        Phase.CONNECTING: frozenset({Phase.READY, Phase.DYING, Phase.STOPPING}),
+        Phase.READY: frozenset({Phase.KILLING, Phase.DYING, Phase.STOPPING}),
+        Phase.KILLING: frozenset({Phase.DYING, Phase.STOPPING}),
+        Phase.DYING: frozenset({Phase.RETIRING}),
+        Phase.RETIRING: frozenset({Phase.ENDED}),
+        Phase.STOPPING: frozenset({Phase.ENDED}),
+        Phase.ENDED: frozenset(),
+    },
+    # What the supervisor is told for each phase (None: nothing; the base reports the exit).
+    child_states={
+        Phase.LAUNCHING: ChildState.STARTING,
+        Phase.CONNECTING: ChildState.STARTING,
+        Phase.READY: ChildState.RUNNING,
+        Phase.KILLING: ChildState.RUNNING,
+        Phase.DYING: ChildState.BACKOFF,
+        Phase.RETIRING: ChildState.BACKOFF,
+        Phase.STOPPING: ChildState.STOPPING,
+        Phase.ENDED: None,
+    },
+)
 
 
 # ======================================================================================================================
@@ -209,7 +211,7 @@ class _Run:
     interrupted: bool = False
 
 
-class KernelActor(SupervisedActor):
+class KernelActor(PhasedActor[Phase]):
     """One kernel incarnation: queues code until the kernel is ready, runs one cell at a time, ends each run once.
 
     When the kernel process dies, the running cell ends non-zero with a stderr line, queued cells go back to the
@@ -218,6 +220,7 @@ class KernelActor(SupervisedActor):
     """
 
     redeliverable = (RunTask, CompleteCode)
+    lifecycle = LIFECYCLE
 
     def __init__(
         self,
@@ -257,16 +260,10 @@ class KernelActor(SupervisedActor):
         self._start_error: str | None = None
         # A restarted kernel has lost the user's variables: its first run says so (docs/protocol.md §4.2).
         self._owes_restart_notice = ctx.generation > 1
-        self._life = PhaseMachine(Phase.LAUNCHING, TRANSITIONS, log=lambda: self.log, on_change=self._phase_changed)
 
-    @property
-    def phase(self) -> Phase:
-        return self._life.phase
-
-    def _phase_changed(self, old: Phase, new: Phase) -> None:
-        """The one place the supervisor hears this incarnation's state; the pid goes with it once known."""
+    def reported_pid(self) -> int | None:
         handle = self._box.handle if self._box is not None else None
-        self.set_state(CHILD_STATES[new], pid=handle.pid if handle is not None else None)
+        return handle.pid if handle is not None else None
 
     # ---- life ------------------------------------------------------------------------------------------------
     def start_child(self) -> None:
@@ -316,7 +313,7 @@ class KernelActor(SupervisedActor):
         # once the cell ends, so waiting for that would only spend the stop's deadline (docs/protocol.md §1.7).
         polite = self.phase is Phase.READY and self._current is None
         handle = self._box.handle if self._box is not None else None
-        self._life.to(Phase.STOPPING, message.reason)  # LAUNCHING/CONNECTING/READY/KILLING -> STOPPING
+        self.to_phase(Phase.STOPPING, message.reason)  # LAUNCHING/CONNECTING/READY/KILLING -> STOPPING
         if handle is None or handle.poll() is not None:
             self._exit(ShutdownExit(), "no kernel process to stop")  # STOPPING -> ENDED
             return
@@ -331,7 +328,7 @@ class KernelActor(SupervisedActor):
 
     def _exit(self, reason: ExitReason, why: str) -> None:
         """The one way this incarnation ends itself (the base then detaches, cleans up and reports the exit)."""
-        self._life.to(Phase.ENDED, why)  # STOPPING/RETIRING -> ENDED
+        self.to_phase(Phase.ENDED, why)  # STOPPING/RETIRING -> ENDED
         self.finish(reason)
 
     # ---- dispatch --------------------------------------------------------------------------------------------
@@ -385,7 +382,7 @@ class KernelActor(SupervisedActor):
         self.log = self.log.bind(pid=handle.pid)
         self.log.info("kernel {} argv={} cwd={}", message.kernel_name, handle.argv, handle.cwd)
         if self.phase is not Phase.STOPPING:
-            self._life.to(Phase.CONNECTING, f"pid {handle.pid}")  # LAUNCHING -> CONNECTING
+            self.to_phase(Phase.CONNECTING, f"pid {handle.pid}")  # LAUNCHING -> CONNECTING
         self.update_info(
             {"kernel_pid": handle.pid, "connection_file": message.connection_file, "interrupt_mode": message.interrupt_mode}
         )
@@ -426,7 +423,7 @@ class KernelActor(SupervisedActor):
         emit(self.log, "INFO", Event.HEALTHY,
              "healthy: kernel {} ({} {}, protocol {})", self.kernel_name, message.implementation,
              message.language, message.protocol_version)
-        self._life.to(Phase.READY, "the kernel answered")  # CONNECTING -> READY
+        self.to_phase(Phase.READY, "the kernel answered")  # CONNECTING -> READY
         self.update_info({"ready": True})
         self._start_next()
 
@@ -576,7 +573,7 @@ class KernelActor(SupervisedActor):
         self.log.warning(
             "the kernel ignored the interrupt for {:g} s; killing it so the run ends", self._interrupt_kill_after_s
         )
-        self._life.to(Phase.KILLING, f"run {run.task.run_id} ignored the interrupt")  # READY -> KILLING
+        self.to_phase(Phase.KILLING, f"run {run.task.run_id} ignored the interrupt")  # READY -> KILLING
         handle.kill_tree()
 
     def _handle_complete_code(self, message: CompleteCode) -> None:
@@ -636,7 +633,7 @@ class KernelActor(SupervisedActor):
         self._death, self._start_error = reason, start_error
         # Detach first, so code told from now on waits for the next incarnation, not for us.
         self.ctx.directory.detach(self.child_id, self.generation)
-        self._life.to(Phase.DYING, reason.describe())  # LAUNCHING/CONNECTING/READY/KILLING -> DYING
+        self.to_phase(Phase.DYING, reason.describe())  # LAUNCHING/CONNECTING/READY/KILLING -> DYING
         self.update_info({"ready": False})
         run = self._current
         if run is None:
@@ -671,7 +668,7 @@ class KernelActor(SupervisedActor):
 
     def _retire(self) -> None:
         """Hand queued work back, then exit once messages already in our inbox have been handed back too."""
-        self._life.to(Phase.RETIRING, "no cell runs any more")  # DYING -> RETIRING
+        self.to_phase(Phase.RETIRING, "no cell runs any more")  # DYING -> RETIRING
         while self._queue:
             self._handback(self._queue.popleft())
         for _ in range(len(self._completions)):
@@ -748,4 +745,4 @@ def kernel_child_spec(
     )
 
 
-__all__ = ["CHILD_STATES", "TRANSITIONS", "KernelActor", "Phase", "kernel_child_spec"]
+__all__ = ["LIFECYCLE", "KernelActor", "Phase", "kernel_child_spec"]

@@ -4,7 +4,7 @@ One op runs at a time. Its processes run in their own session; one ProcessWatche
 to the agent through the router's credits (backpressure) and reports the exit. Inline ops (input,
 interrupt, complete) are handled between those events, because no handler here ever waits.
 
-Life of one incarnation: one `Phase`, changed only through `self._life` (docs/architecture.md §3.4)::
+Life of one incarnation: one `Phase`, changed only through `to_phase` (LIFECYCLE; docs/architecture.md §3.4)::
 
                                                                ┌──(`code` told to its delegate)──────────▶ DELEGATED
                                                                │ ┌──────────────────(RunDone)───────────────────┘
@@ -101,7 +101,7 @@ from kernel_runner.procs.process import (
     term_then_kill,
     watch_process,
 )
-from kernel_runner.supervision.actor import PhaseMachine, SupervisedActor
+from kernel_runner.supervision.actor import Lifecycle, PhasedActor
 from kernel_runner.supervision.exits import ShutdownExit
 from kernel_runner.supervision.spec import ChildContext, ChildState, StopRequested
 from kernel_runner.supervision.timers import TimerHandle
@@ -141,25 +141,27 @@ class Phase(enum.Enum):
     """The incarnation is over (finish called, or cleanup ran); nothing follows."""
 
 
-TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
-    Phase.STARTING: frozenset({Phase.IDLE, Phase.STOPPING, Phase.ENDED}),
-    Phase.IDLE: frozenset({Phase.RUNNING_JOB, Phase.DELEGATED, Phase.ENDED}),
-    Phase.RUNNING_JOB: frozenset({Phase.IDLE, Phase.STOPPING, Phase.ENDED}),
-    Phase.DELEGATED: frozenset({Phase.IDLE, Phase.ENDED}),
-    Phase.STOPPING: frozenset({Phase.ENDED}),
-    Phase.ENDED: frozenset(),
-}
-
-# The supervisor's view of each phase; None: nothing to report (ENDED is reported by ChildExited).
-CHILD_STATE: Mapping[Phase, ChildState | None] = {
-    # Runs are taken (queued) from the first message on, so start-up already counts as RUNNING, as it always did.
-    Phase.STARTING: ChildState.RUNNING,
-    Phase.IDLE: ChildState.RUNNING,
-    Phase.RUNNING_JOB: ChildState.RUNNING,
-    Phase.DELEGATED: ChildState.RUNNING,
-    Phase.STOPPING: ChildState.STOPPING,
-    Phase.ENDED: None,
-}
+LIFECYCLE = Lifecycle(
+    initial=Phase.STARTING,
+    transitions={
+        Phase.STARTING: frozenset({Phase.IDLE, Phase.STOPPING, Phase.ENDED}),
+        Phase.IDLE: frozenset({Phase.RUNNING_JOB, Phase.DELEGATED, Phase.ENDED}),
+        Phase.RUNNING_JOB: frozenset({Phase.IDLE, Phase.STOPPING, Phase.ENDED}),
+        Phase.DELEGATED: frozenset({Phase.IDLE, Phase.ENDED}),
+        Phase.STOPPING: frozenset({Phase.ENDED}),
+        Phase.ENDED: frozenset(),
+    },
+    # The supervisor's view of each phase; None: nothing to report (ENDED is reported by ChildExited).
+    child_states={
+        # Runs are taken (queued) from the first message on, so start-up already counts as RUNNING, as it always did.
+        Phase.STARTING: ChildState.RUNNING,
+        Phase.IDLE: ChildState.RUNNING,
+        Phase.RUNNING_JOB: ChildState.RUNNING,
+        Phase.DELEGATED: ChildState.RUNNING,
+        Phase.STOPPING: ChildState.STOPPING,
+        Phase.ENDED: None,
+    },
+)
 
 
 # ---- messages private to this actor ------------------------------------------------------------------
@@ -230,7 +232,7 @@ class _Delegated:
     child_id: ChildId
 
 
-class LangRunnerActor(SupervisedActor):
+class LangRunnerActor(PhasedActor[Phase]):
     """Runs queued tasks one at a time; inline ops (input, interrupt, complete) are answered while a task runs.
 
     The only sender of `finished`: its own runs end in `_finish_task`, delegated runs when the delegate reports
@@ -239,6 +241,7 @@ class LangRunnerActor(SupervisedActor):
     """
 
     redeliverable = (RunTask, CompleteCode)
+    lifecycle = LIFECYCLE
 
     def __init__(self, *, ctx: ChildContext, runner: RunnerContext) -> None:
         super().__init__(ctx=ctx)
@@ -262,23 +265,14 @@ class LangRunnerActor(SupervisedActor):
         self._input_waiters: collections.deque[int] = collections.deque()
         self._groups: dict[int, ProcessHandle] = {}  # every spawned group that may still have members
         self._lingering: dict[int, _Step] = {}  # finished steps whose pipes a grandchild still holds
-        self._life = PhaseMachine(Phase.STARTING, TRANSITIONS, log=lambda: self.log, on_change=self._phase_changed)
-
-    @property
-    def phase(self) -> Phase:
-        return self._life.phase
 
     @property
     def _delegated_now(self) -> _Delegated | None:
         """The run the delegate (kernel, terminal, Polly) has, while that is what this actor waits for (DELEGATED)."""
         return self._delegated if self.phase is Phase.DELEGATED else None
 
-    def _phase_changed(self, old: Phase, new: Phase) -> None:
-        """The one place the supervisor hears this child's state (the base sends only changes)."""
-        self.set_state(CHILD_STATE[new])
-
     def _shut_down(self, why: str) -> None:
-        self._life.to(Phase.ENDED, why)
+        self.to_phase(Phase.ENDED, why)
         self.finish(ShutdownExit())
 
     # ---- life ---------------------------------------------------------------------------------------
@@ -287,8 +281,8 @@ class LangRunnerActor(SupervisedActor):
         runtime = resolve_runtime(self.spec, config.runtime_path)
         self._lctx = attrs.evolve(self._lctx, runtime_path=runtime)
         self._start_input_server()
-        # No edge is taken here, but STARTING already counts as RUNNING (CHILD_STATE): tell the supervisor now.
-        self.set_state(CHILD_STATE[self.phase])
+        # No edge is taken here, but STARTING already counts as RUNNING (LIFECYCLE): tell the supervisor now.
+        self.report_phase()
         self.update_info({"lang": self.lang, "runtime_path": runtime})
         self.log.info("language {} (runtime {}), work dir {}", self.lang, runtime, config.work_dir)
         if self.generation == 1:
@@ -314,7 +308,7 @@ class LangRunnerActor(SupervisedActor):
 
     def cleanup(self) -> None:
         if self.phase is not Phase.ENDED:
-            self._life.to(Phase.ENDED, "cleanup")  # any phase -> ENDED: crashed, or stopped from outside
+            self.to_phase(Phase.ENDED, "cleanup")  # any phase -> ENDED: crashed, or stopped from outside
         if self._input_server is not None:
             self._input_server.stop()
             self._input_server = None
@@ -358,7 +352,7 @@ class LangRunnerActor(SupervisedActor):
         # The supervisor's `stopping` event says that it stops and why (logged once); this line says how.
         self.log.info("the {} job: SIGTERM to group {}; SIGKILL to its tree after {:.1f}s", job.kind, pid,
                       message.grace_s)
-        self._life.to(Phase.STOPPING, message.reason)  # STARTING / RUNNING_JOB -> STOPPING
+        self.to_phase(Phase.STOPPING, message.reason)  # STARTING / RUNNING_JOB -> STOPPING
         stop_process(job.step.handle, term_then_kill(message.grace_s), log=self.log, what=f"the {job.kind} job")
 
     # ---- dispatch ----------------------------------------------------------------------------------
@@ -421,7 +415,7 @@ class LangRunnerActor(SupervisedActor):
             return
         self.log.info("start-up steps done")
         self._runner.gate.done(BOOTSTRAP_STEP)
-        self._life.to(Phase.IDLE, "start-up steps done")  # STARTING -> IDLE
+        self.to_phase(Phase.IDLE, "start-up steps done")  # STARTING -> IDLE
 
     def _start_internal(self, item: _Internal) -> None:
         if item.kind == "init":
@@ -495,7 +489,7 @@ class LangRunnerActor(SupervisedActor):
     def _delegate(self, task: RunTask, child_id: ChildId) -> None:
         debug(self.log, "run {}: code delegated to {}", task.run_id, child_id)
         self._delegated = _Delegated(task=task, child_id=child_id)
-        self._life.to(Phase.DELEGATED, f"run {task.run_id} to {child_id}")  # IDLE -> DELEGATED
+        self.to_phase(Phase.DELEGATED, f"run {task.run_id} to {child_id}")  # IDLE -> DELEGATED
         self.tell_child(child_id, task)
 
     def _handle_run_done(self, message: RunDone) -> None:
@@ -505,7 +499,7 @@ class LangRunnerActor(SupervisedActor):
             return
         debug(self.log, "run {}: {} finished it with exit code {}", message.run_id, current.child_id, message.exit_code)
         self._delegated = None
-        self._life.to(Phase.IDLE, f"run {message.run_id} done")  # DELEGATED -> IDLE
+        self.to_phase(Phase.IDLE, f"run {message.run_id} done")  # DELEGATED -> IDLE
         if message.note:
             self._notice(message.note)
         self._finish_task(current.task, message.exit_code)
@@ -542,7 +536,7 @@ class LangRunnerActor(SupervisedActor):
         job.task_log = TaskLog.open(self._config.work_dir, self._env, self.log)
         self._job = job
         if task is not None:
-            self._life.to(Phase.RUNNING_JOB, f"run {task.run_id} {kind}")  # IDLE -> RUNNING_JOB
+            self.to_phase(Phase.RUNNING_JOB, f"run {task.run_id} {kind}")  # IDLE -> RUNNING_JOB
         self._spawn_next_step(job)
         return job
 
@@ -670,7 +664,7 @@ class LangRunnerActor(SupervisedActor):
         if self.phase is Phase.STOPPING:
             self._shut_down(f"the stopped {job.kind} job ended")  # STOPPING -> ENDED
         elif job.task is not None:
-            self._life.to(Phase.IDLE, f"run {job.task.run_id} {job.kind} ended")  # RUNNING_JOB -> IDLE
+            self.to_phase(Phase.IDLE, f"run {job.task.run_id} {job.kind} ended")  # RUNNING_JOB -> IDLE
         # A start-up job leaves the phase STARTING; `_run_next` starts the next start-up item.
 
     def _forget_group_if_gone(self, handle: ProcessHandle) -> None:
@@ -812,4 +806,4 @@ def _not_available(reason: str) -> NoStep:
     return NoStep(exit_code=EXIT_NOT_RUN, stderr_text=text + "\n", log_text=text, log_level="WARNING")
 
 
-__all__ = ["BOOTSTRAP_STEP", "CHILD_STATE", "TRANSITIONS", "LangRunnerActor", "Phase"]
+__all__ = ["BOOTSTRAP_STEP", "LIFECYCLE", "LangRunnerActor", "Phase"]

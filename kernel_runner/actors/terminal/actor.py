@@ -19,7 +19,7 @@ supervisor's restart intensity (5 per minute would turn the terminal FATAL after
 dying at start (10 times in a row) ends the actor with ProcessDied and the supervisor's backoff and intensity decide;
 so do bind failures, a missing shell binary and actor crashes.
 
-Life of one incarnation: one `Phase`, changed only through `self._life` (docs/architecture.md §3.4):
+Life of one incarnation: one `Phase`, changed only through `to_phase` (LIFECYCLE; docs/architecture.md §3.4):
 
     STARTING ──(sockets bound, first shell spawned)──> SHELL_RUNNING ──(the shell exited, or its pty closed)──┐
                                                             ^                                                v
@@ -115,7 +115,7 @@ from kernel_runner.messages import (
 from kernel_runner.notices import notice_bytes
 from kernel_runner.observability.debug_lines import debug
 from kernel_runner.procs.process import ProcessHandle, StopStep, describe_returncode, stop_process, watch_process
-from kernel_runner.supervision.actor import PhaseMachine, SupervisedActor
+from kernel_runner.supervision.actor import Lifecycle, PhasedActor
 from kernel_runner.supervision.exits import Crashed, ExitReason, ProcessDied, ShutdownExit, StartFailed
 from kernel_runner.supervision.policy import Backoff
 from kernel_runner.supervision.spec import ChildContext, ChildSpec, ChildState, StopRequested
@@ -159,25 +159,27 @@ class Phase(enum.Enum):
     """The incarnation is over (finish called or cleanup ran); nothing follows."""
 
 
-TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
-    Phase.STARTING: frozenset({Phase.SHELL_RUNNING, Phase.ENDED}),
-    Phase.SHELL_RUNNING: frozenset({Phase.SHELL_ENDING, Phase.STOPPING, Phase.ENDED}),
-    Phase.SHELL_ENDING: frozenset({Phase.RESPAWN_WAIT, Phase.STOPPING, Phase.ENDED}),
-    Phase.RESPAWN_WAIT: frozenset({Phase.SHELL_RUNNING, Phase.STOPPING, Phase.ENDED}),
-    Phase.STOPPING: frozenset({Phase.ENDED}),
-    Phase.ENDED: frozenset(),
-}
-
-# The supervisor's view of each phase; None: nothing to report (ENDED is reported by ChildExited).
-CHILD_STATE: Mapping[Phase, ChildState | None] = {
-    Phase.STARTING: ChildState.STARTING,
-    Phase.SHELL_RUNNING: ChildState.RUNNING,
-    # A user's `exit` is routine: the terminal stays RUNNING while its shell restarts (`shell_state` tells).
-    Phase.SHELL_ENDING: ChildState.RUNNING,
-    Phase.RESPAWN_WAIT: ChildState.RUNNING,
-    Phase.STOPPING: ChildState.STOPPING,
-    Phase.ENDED: None,
-}
+LIFECYCLE = Lifecycle(
+    initial=Phase.STARTING,
+    transitions={
+        Phase.STARTING: frozenset({Phase.SHELL_RUNNING, Phase.ENDED}),
+        Phase.SHELL_RUNNING: frozenset({Phase.SHELL_ENDING, Phase.STOPPING, Phase.ENDED}),
+        Phase.SHELL_ENDING: frozenset({Phase.RESPAWN_WAIT, Phase.STOPPING, Phase.ENDED}),
+        Phase.RESPAWN_WAIT: frozenset({Phase.SHELL_RUNNING, Phase.STOPPING, Phase.ENDED}),
+        Phase.STOPPING: frozenset({Phase.ENDED}),
+        Phase.ENDED: frozenset(),
+    },
+    # The supervisor's view of each phase; None: nothing to report (ENDED is reported by ChildExited).
+    child_states={
+        Phase.STARTING: ChildState.STARTING,
+        Phase.SHELL_RUNNING: ChildState.RUNNING,
+        # A user's `exit` is routine: the terminal stays RUNNING while its shell restarts (`shell_state` tells).
+        Phase.SHELL_ENDING: ChildState.RUNNING,
+        Phase.RESPAWN_WAIT: ChildState.RUNNING,
+        Phase.STOPPING: ChildState.STOPPING,
+        Phase.ENDED: None,
+    },
+)
 
 
 def default_shell_argv(env: Mapping[str, str]) -> list[str]:
@@ -211,10 +213,11 @@ class _Shell:
     pty_closed: bool = False
 
 
-class TerminalActor(SupervisedActor):
+class TerminalActor(PhasedActor[Phase]):
     """A pty shell published over PUB/SUB, restarted when it exits; `code` ops are `%` commands (docs/protocol.md §8.3)."""
 
     redeliverable = (RunTask,)
+    lifecycle = LIFECYCLE
 
     def __init__(
         self,
@@ -258,32 +261,27 @@ class TerminalActor(SupervisedActor):
         self._graph_job: GitGraphJob | None = None
         self._stop_snapshot: list[psutil.Process] = []
         self._rng = random.Random()
-        self._life = PhaseMachine(Phase.STARTING, TRANSITIONS, log=lambda: self.log, on_change=self._phase_changed)
-
-    @property
-    def phase(self) -> Phase:
-        return self._life.phase
 
     @property
     def accepting_input(self) -> bool:
         """Typed input reaches the pty only while a shell runs (docs/protocol.md §8.3: not while restarting)."""
         return self.phase is Phase.SHELL_RUNNING
 
-    def _phase_changed(self, old: Phase, new: Phase) -> None:
-        """The one place the supervisor hears this child's state: when it changes, or a new shell brings a new pid."""
+    def reported_pid(self) -> int | None:
+        """A new shell brings a new pid to the supervisor; between shells there is none to show."""
         shell = self._shell
-        self.set_state(CHILD_STATE[new], pid=shell.handle.pid if new is Phase.SHELL_RUNNING and shell else None)
+        return shell.handle.pid if self.phase is Phase.SHELL_RUNNING and shell else None
 
     def _end_life(self, reason: ExitReason, why: str) -> None:
         """-> ENDED, then end this incarnation with `reason` (the supervisor decides what follows)."""
-        self._life.to(Phase.ENDED, why)
+        self.to_phase(Phase.ENDED, why)
         self.finish(reason)
 
     # ---- life ----------------------------------------------------------------------------------------------------
     def start_child(self) -> None:
         self._bind_sockets()
         shell = self._spawn_shell()
-        self._life.to(Phase.SHELL_RUNNING, f"shell {shell.handle.pid} spawned")  # STARTING -> SHELL_RUNNING
+        self.to_phase(Phase.SHELL_RUNNING, f"shell {shell.handle.pid} spawned")  # STARTING -> SHELL_RUNNING
         self._report_info()
 
     def _bind_sockets(self) -> None:
@@ -349,7 +347,7 @@ class TerminalActor(SupervisedActor):
         if self.phase is Phase.STOPPING:
             debug(self.log, "stop requested again ({}); the stop in progress goes on", message.reason)
             return
-        self._life.to(Phase.STOPPING, message.reason)  # SHELL_RUNNING / SHELL_ENDING / RESPAWN_WAIT -> STOPPING
+        self.to_phase(Phase.STOPPING, message.reason)  # SHELL_RUNNING / SHELL_ENDING / RESPAWN_WAIT -> STOPPING
         shell = self._shell
         if shell is None or shell.exited is not None:
             self._end_life(ShutdownExit(), "no shell left to stop")  # STOPPING -> ENDED
@@ -365,7 +363,7 @@ class TerminalActor(SupervisedActor):
     def cleanup(self) -> None:
         if self.phase is not Phase.ENDED:
             # any phase -> ENDED: a failed start, a crash, or the actor stopped from outside
-            self._life.to(Phase.ENDED, "cleanup")
+            self.to_phase(Phase.ENDED, "cleanup")
         if self._receiver is not None:
             self._receiver.stopping.set()
             self._receiver.join(timeout=JOIN_TIMEOUT_S)
@@ -510,7 +508,7 @@ class TerminalActor(SupervisedActor):
             self._end_life(ShutdownExit(), "the shell exited")  # STOPPING -> ENDED
             return
         if self.phase is Phase.SHELL_RUNNING:
-            self._life.to(Phase.SHELL_ENDING, "the shell exited")  # SHELL_RUNNING -> SHELL_ENDING
+            self.to_phase(Phase.SHELL_ENDING, "the shell exited")  # SHELL_RUNNING -> SHELL_ENDING
         # Hang up what the shell left in its own process group, as a terminal hangup would.
         shell.handle.signal_group(signal.SIGHUP)
         shell.reader.drain()
@@ -526,7 +524,7 @@ class TerminalActor(SupervisedActor):
             self._shell_gone(shell)
         elif self.phase is Phase.SHELL_RUNNING:
             # Nobody reads this pty any more, so the terminal is useless: end the shell; its exit restarts it.
-            self._life.to(Phase.SHELL_ENDING, "the pty closed")  # SHELL_RUNNING -> SHELL_ENDING
+            self.to_phase(Phase.SHELL_ENDING, "the pty closed")  # SHELL_RUNNING -> SHELL_ENDING
             self.log.warning("the pty closed while the shell {} runs; killing it so it restarts", shell.handle.pid)
             shell.handle.kill_tree()
 
@@ -548,7 +546,7 @@ class TerminalActor(SupervisedActor):
             self._end_life(ProcessDied(code=code, signal=sig), "the shell keeps dying")  # SHELL_ENDING -> ENDED
             return
         delay = self._shell_backoff.delay(self._quick_exits, self._rng)
-        self._life.to(Phase.RESPAWN_WAIT, f"next shell in {delay:.2f}s")  # SHELL_ENDING -> RESPAWN_WAIT
+        self.to_phase(Phase.RESPAWN_WAIT, f"next shell in {delay:.2f}s")  # SHELL_ENDING -> RESPAWN_WAIT
         self._publish(RESTARTING_BANNER)
         self.log.warning("shell exited; restart-scheduled in {:.2f}s", delay)
         self._report_info()
@@ -564,7 +562,7 @@ class TerminalActor(SupervisedActor):
             self._end_life(StartFailed(error=repr(exc)), "cannot restart the shell")  # RESPAWN_WAIT -> ENDED
             return
         self._shell_restarts += 1
-        self._life.to(Phase.SHELL_RUNNING, f"shell {shell.handle.pid} spawned")  # RESPAWN_WAIT -> SHELL_RUNNING
+        self.to_phase(Phase.SHELL_RUNNING, f"shell {shell.handle.pid} spawned")  # RESPAWN_WAIT -> SHELL_RUNNING
         self._report_info()
 
     def _report_info(self) -> None:
@@ -741,8 +739,7 @@ def terminal_child_spec(
 
 
 __all__ = [
-    "CHILD_STATE",
-    "TRANSITIONS",
+    "LIFECYCLE",
     "Phase",
     "TerminalActor",
     "TerminalPorts",
