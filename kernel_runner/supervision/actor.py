@@ -68,9 +68,12 @@ class PhaseMachine(Generic[P]):
     def phase(self) -> P:
         return self._phase
 
+    def allows(self, new: P) -> bool:
+        return new in self._edges.get(self._phase, ())
+
     def to(self, new: P, why: str = "") -> None:
         old = self._phase
-        if new not in self._edges.get(old, ()):
+        if not self.allows(new):
             raise InvalidTransition(f"{old.name} -> {new.name} is not allowed" + (f" ({why})" if why else ""))
         self._phase = new
         if self._log is not None:
