@@ -255,6 +255,8 @@ def test_a_second_stop_request_while_stopping_is_ignored(langs: LangRunners, log
     # The run's own end (SIGTERM ignored, SIGKILL after the first grace), not a crash's 127 from cleanup.
     assert (result.status, result.exit_code) == ("finished", 128 + 9)
     assert any("stop requested again (second)" in line for line in log_lines)
+    # The run's Finished goes out just before the phase changes: wait for the line, not for the agent.
+    wait_until(lambda: "STOPPING -> ENDED" in lang_phases(log_lines), timeout=5, what="the runner to end")
     assert lang_phases(log_lines)[-3:] == ["IDLE -> RUNNING_JOB", "RUNNING_JOB -> STOPPING", "STOPPING -> ENDED"]
     # It ended with ShutdownExit, which the supervisor does not restart; a later run is still answered (its reject).
     later = agent.run("exec", "echo later", timeout=10)
