@@ -320,8 +320,9 @@ def test_the_table_rejects_edges_that_must_never_happen(old: Phase, new: Phase) 
     indirect=["tree"],
 )
 def test_each_failed_start_dies_retires_and_ends(
-    bad_kernels: Path, tree: tuple[RunnerHandle, AgentClient], life: list[tuple[Phase, Phase]], log_lines: list[str]
+    bad_kernels: Path, log_lines: list[str], tree: tuple[RunnerHandle, AgentClient], life: list[tuple[Phase, Phase]]
 ) -> None:
+    # log_lines comes before tree: its sink must be there before the first start, which may fail at once.
     handle, _client = tree
     wait_until(lambda: kernel_state(handle) is ChildState.FATAL, timeout=10, what="the kernel child to be FATAL")
     assert kernel_phases(log_lines) == life * 3  # first start + 2 restarts, each the same life
