@@ -133,7 +133,14 @@ def test_a_health_checker_is_nested_under_its_server(ctl_runner: tuple[RunnerHan
     assert server["children"][0]["state"] == "RUNNING"
     # Stopped by hand, the checker stops with its server and stays nested under it; started again, with it.
     ok(handle, "stop", child=f"service:m-{port}", timeout=20)
-    server = next(row for row in ok(handle, "status")["children"] if row["id"] == f"service:m-{port}")
+
+    def stopped_server() -> dict[str, Any] | None:
+        # `stop` answers once the server is stopped; its bound checker is stopped right after it (BindsTo).
+        row = next(row for row in ok(handle, "status")["children"] if row["id"] == f"service:m-{port}")
+        return row if all(r["state"] != "STOPPING" for r in (row, *row["children"])) else None
+
+    server = wait_until(stopped_server, timeout=30, what="the server and its checker stopped")
+    assert server is not None
     assert [(row["id"], row["state"]) for row in (server, *server["children"])] == [
         (f"service:m-{port}", "STOPPED"), (f"health:m-{port}", "STOPPED")]
     assert ok(handle, "start", child=f"service:m-{port}", timeout=20)["generation"] == 2
