@@ -202,22 +202,22 @@ def kernel_child_spec(runner: RunnerContext, settings: KernelSettings) -> ChildS
     """The Jupyter kernel: permanent, restarted with backoff, FATAL after too many restarts (docs/architecture.md §4)."""
     from kernel_runner.actors.kernel.actor import KernelActor
 
-    restart = runner.config.restart
-
     def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
         return KernelActor.start(ctx=ctx, runner=runner, settings=settings)
 
-    return ChildSpec(
-        child_id=KERNEL_CHILD,
-        factory=factory,
-        restart="permanent",
-        shutdown_s=KERNEL_SHUTDOWN_S,
-        backoff=restart.backoff(),
-        intensity=restart.intensity(),
-        stable_after_s=KERNEL_STABLE_AFTER_S,
-        tier=Tier.PROCESSES_TOGETHER,
-        reject=delegate_reject(runner.directory, what="the Jupyter kernel"),
-    )
+    return _delegate_spec(runner, KERNEL_CHILD, factory, what="the Jupyter kernel", tier=Tier.PROCESSES_TOGETHER,
+                          shutdown_s=KERNEL_SHUTDOWN_S, stable_after_s=KERNEL_STABLE_AFTER_S)
+
+
+def _delegate_spec(runner: RunnerContext, child_id: ChildId, factory: Callable[[ChildContext], pykka.ActorRef[Any]],
+                   *, what: str, tier: Tier, shutdown_s: float, stable_after_s: float | None = None) -> ChildSpec:
+    """A query delegate: permanent, with the runner's backoff and restart limit (and ChildSpec's stable run unless
+    given); a run it cannot take is answered through the language runner (delegate_reject)."""
+    restart = runner.config.restart
+    spec = ChildSpec(child_id=child_id, factory=factory, restart="permanent", tier=tier, shutdown_s=shutdown_s,
+                     backoff=restart.backoff(), intensity=restart.intensity(),
+                     reject=delegate_reject(runner.directory, what=what))
+    return spec if stable_after_s is None else attrs.evolve(spec, stable_after_s=stable_after_s)
 
 
 def terminal_child_spec(runner: RunnerContext, settings: TerminalSettings | None = None, *,
@@ -229,21 +229,12 @@ def terminal_child_spec(runner: RunnerContext, settings: TerminalSettings | None
     config = runner.config
     bound = ports if ports is not None else TerminalPorts(config.term_in_port, config.term_out_port)
     chosen = settings if settings is not None else TerminalSettings()
-    restart = config.restart
 
     def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
         return TerminalActor.start(ctx=ctx, runner=runner, ports=bound, settings=chosen)
 
-    return ChildSpec(
-        child_id=TERMINAL_CHILD,
-        factory=factory,
-        restart="permanent",
-        tier=Tier.BEFORE_LANG_RUNNER,
-        shutdown_s=2.0,
-        backoff=restart.backoff(),
-        intensity=restart.intensity(),
-        reject=delegate_reject(runner.directory, what="the terminal"),
-    )
+    return _delegate_spec(runner, TERMINAL_CHILD, factory, what="the terminal", tier=Tier.BEFORE_LANG_RUNNER,
+                          shutdown_s=2.0)
 
 
 def polly_child_spec(runner: RunnerContext, settings: PollyActorSettings | None = None) -> ChildSpec:
@@ -251,21 +242,12 @@ def polly_child_spec(runner: RunnerContext, settings: PollyActorSettings | None 
     from kernel_runner.actors.polly.actor import PollyActor, PollyActorSettings
 
     chosen = settings if settings is not None else PollyActorSettings()
-    restart = runner.config.restart
 
     def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:
         return PollyActor.start(ctx=ctx, runner=runner, settings=chosen)
 
-    return ChildSpec(
-        child_id=POLLY_CHILD,
-        factory=factory,
-        restart="permanent",
-        tier=Tier.BEFORE_LANG_RUNNER,
-        shutdown_s=1.0,
-        backoff=restart.backoff(),
-        intensity=restart.intensity(),
-        reject=delegate_reject(runner.directory, what="the Amazon Polly worker"),
-    )
+    return _delegate_spec(runner, POLLY_CHILD, factory, what="the Amazon Polly worker", tier=Tier.BEFORE_LANG_RUNNER,
+                          shutdown_s=1.0)
 
 
 # ---- services and model services, started on the agent's request ---------------------------------------------------
