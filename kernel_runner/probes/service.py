@@ -279,6 +279,7 @@ class ServiceProbes:
         self._gate_passed = True
         self._log().info("ready after {:.3f}s: {}", self._since_begun(), why)
         self._set_health("healthy", name, answer, why)
+        self._flush()  # published before the owner reports RUNNING, so `status` never shows it running but `starting`
         self._on_ready(why)
 
     def _fail(self, name: str, detail: str, answer: ProbeAnswer | None) -> None:
