@@ -35,6 +35,9 @@ class HttpProbe:
     connect_timeout_s: float
     read_timeout_s: float
 
+    # A server that trickles bytes keeps one requests call alive past its per-read timeout: the loop watches it.
+    self_bounded = False
+
     @property
     def bound_s(self) -> float:
         return self.connect_timeout_s + self.read_timeout_s
@@ -49,6 +52,9 @@ class TcpProbe:
 
     port: int
     timeout_s: float
+
+    # A connect ends by its socket timeout, so the loop need not watch it (one timer less per probe).
+    self_bounded = True
 
     @property
     def bound_s(self) -> float:
@@ -66,6 +72,9 @@ class ExecProbe:
     env: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     cwd: Path
     timeout_s: float
+
+    # run_bounded kills the command's group at its timeout and reaps it within EXEC_REAP_S.
+    self_bounded = True
 
     @property
     def bound_s(self) -> float:

@@ -7,6 +7,9 @@ ProbeMessage it receives; the loop runs the probe on its ProbeThread, counts the
     due tick ──> submitted to the thread ──> answer ──> counted ──> on_answer(answer)
                         └── no answer within the probe's timeouts + OVERDUE_SLACK_S ──> counted as failed;
                               while the thread is still stuck in it, each due tick fails at once (no new request)
+
+Only a probe that its own timeouts do not bound (HTTP: a server trickling bytes) is watched for being overdue; a
+TCP connect and a command end by themselves.
 """
 
 from __future__ import annotations
@@ -174,7 +177,9 @@ class ProbeLoop:
             return
         self._in_flight = self._seq
         self._dispatched_at = self._clock.monotonic()
-        self._overdue = self._schedule(self.probe.bound_s + OVERDUE_SLACK_S, ProbeOverdue(tag=self.tag, seq=self._seq))
+        if not self.probe.self_bounded:
+            self._overdue = self._schedule(self.probe.bound_s + OVERDUE_SLACK_S,
+                                           ProbeOverdue(tag=self.tag, seq=self._seq))
 
     def _handle_overdue(self, message: ProbeOverdue) -> None:
         if message.seq != self._in_flight:

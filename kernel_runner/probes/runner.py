@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pykka
 
-from kernel_runner.probes.kinds import HttpProbe, Probe, run_probe
+from kernel_runner.probes.kinds import HttpProbe, Probe, failed, run_probe
 from kernel_runner.probes.messages import ProbeFinished
 from kernel_runner.supervision.clock import Clock
 from kernel_runner.supervision.refs import tell_if_alive
@@ -61,7 +61,10 @@ class ProbeThread(threading.Thread):
                     return
                 if session is None and isinstance(job.probe, HttpProbe):
                     session = _new_session()
-                answer = run_probe(job.probe, session=session, clock=self._clock)
+                try:
+                    answer = run_probe(job.probe, session=session, clock=self._clock)
+                except Exception as exc:  # noqa: BLE001 - a probe that raises is a failed probe, never a dead thread
+                    answer = failed(f"the probe raised {exc!r}")
                 if self._stopping.is_set():
                     return
                 if not tell_if_alive(self._owner, ProbeFinished(tag=self._tag, seq=job.seq, answer=answer)):

@@ -56,6 +56,18 @@ def test_huge_and_infinite_deadlines_leave_the_ticker_firing(ticker: Ticker, rec
     assert not any(isinstance(m, tuple) and m[0] == "never" for m in recorder.messages)
 
 
+def test_timers_fire_in_deadline_order_whatever_order_they_were_scheduled_in(ticker: Ticker,
+                                                                           recorder: Recorder) -> None:
+    # Only a timer due before every other wakes the thread when it is scheduled (a later one need not): the thread,
+    # waiting for the earliest, must still see each one in time.
+    ticker.schedule(0.6, recorder.ref, "third")
+    ticker.schedule(0.3, recorder.ref, "second")  # the new earliest: wakes the thread
+    ticker.schedule(0.9, recorder.ref, "fourth")  # later than the earliest: no wake
+    ticker.schedule(0.01, recorder.ref, "first")
+    recorder.wait_for(lambda m: m == "fourth", timeout=10, what="the last timer")
+    assert recorder.messages == ["first", "second", "third", "fourth"]
+
+
 def test_a_target_that_cannot_be_told_costs_only_its_own_timer(ticker: Ticker, recorder: Recorder,
                                                                 log_lines: list[str]) -> None:
     ticker.schedule(0.0, object(), "to nowhere")  # type: ignore[arg-type]
