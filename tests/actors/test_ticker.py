@@ -56,16 +56,13 @@ def test_huge_and_infinite_deadlines_leave_the_ticker_firing(ticker: Ticker, rec
     assert not any(isinstance(m, tuple) and m[0] == "never" for m in recorder.messages)
 
 
-def test_timers_fire_in_deadline_order_whatever_order_they_were_scheduled_in(ticker: Ticker,
-                                                                           recorder: Recorder) -> None:
-    # Only a timer due before every other wakes the thread when it is scheduled (a later one need not): the thread,
-    # waiting for the earliest, must still see each one in time.
-    ticker.schedule(0.6, recorder.ref, "third")
-    ticker.schedule(0.3, recorder.ref, "second")  # the new earliest: wakes the thread
-    ticker.schedule(0.9, recorder.ref, "fourth")  # later than the earliest: no wake
-    ticker.schedule(0.01, recorder.ref, "first")
-    recorder.wait_for(lambda m: m == "fourth", timeout=10, what="the last timer")
-    assert recorder.messages == ["first", "second", "third", "fourth"]
+def test_a_timer_due_before_the_others_wakes_the_waiting_thread(ticker: Ticker, recorder: Recorder) -> None:
+    # Only a timer due before every other wakes the thread when it is scheduled (a later one need not).
+    ticker.schedule(6.0, recorder.ref, "later")  # the thread now waits for this one
+    ticker.schedule(0.05, recorder.ref, "sooner")  # due first: the thread must stop waiting for "later"
+    ticker.schedule(8.0, recorder.ref, "latest")  # due after the earliest: nothing to wake for
+    recorder.wait_for(lambda m: m == "sooner", timeout=4, what="the sooner timer, long before the later one")
+    assert recorder.messages == ["sooner"]
 
 
 def test_a_target_that_cannot_be_told_costs_only_its_own_timer(ticker: Ticker, recorder: Recorder,
