@@ -35,7 +35,7 @@ from kernel_runner.observability.logs import add_agent_log_sink
 from kernel_runner.procs.childenv import build_child_env
 from kernel_runner.procs.oom import ProcessWatch
 from kernel_runner.runtime import tree
-from kernel_runner.runtime.service_planner import ServiceDirectory, read_service_definitions
+from kernel_runner.runtime.service_planner import DefinitionPlanner, read_service_definitions
 from kernel_runner.servicedefs import intrinsic_launchers
 from kernel_runner.supervision.clock import REAL_CLOCK, Clock
 from kernel_runner.supervision.directory import ChildDirectory
@@ -408,7 +408,7 @@ def _log_sender(link: RouterLink, mode: str) -> Callable[[str], None]:
     return lambda text: link.tell(LogRecord(text=text))
 
 
-def build_service_directory(runner: RunnerContext) -> ServiceDirectory:
+def build_service_directory(runner: RunnerContext) -> DefinitionPlanner:
     """Load the service definitions once; a broken file is logged with its JSON path and skipped (§10.2 #11)."""
     config = runner.config
     log = logger.bind(child="services")
@@ -419,7 +419,7 @@ def build_service_directory(runner: RunnerContext) -> ServiceDirectory:
     intrinsics = intrinsic_launchers(config)
     for warning in intrinsics.warnings:
         debug_lines.log_at(log, "WARNING" if config.start_intrinsic_services else "DEBUG", "{}", warning)
-    return ServiceDirectory(runner=runner, catalog=loaded.catalog, intrinsics=intrinsics, runtime_path=runtime_path)
+    return DefinitionPlanner(runner=runner, catalog=loaded.catalog, intrinsics=intrinsics, runtime_path=runtime_path)
 
 
 class RunnerStartError(RuntimeError):

@@ -1,6 +1,6 @@
-"""ServiceDirectory: turns service ops into child specs for ServiceActor children, from the service-definition catalog.
+"""DefinitionPlanner: turns service ops into child specs for ServiceActor children, from the service-definition catalog.
 
-It is the planner the ServicesActor uses (actors/services.py); it decides *what* to start, the supervisor starts it.
+It is the planner the ServiceManagerActor uses (actors/services.py); it decides *what* to start, the supervisor starts it.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def read_service_definitions(service_defs_dir: Path, runtime_path: str | None) -
     return LoadedDefinitions(catalog=catalog, problems=tuple(problems))
 
 
-class ServiceDirectory:
-    """The runner's service planner; used from the ServicesActor's thread only, so its catalog needs no lock."""
+class DefinitionPlanner:
+    """The runner's service planner; used from the ServiceManagerActor's thread only, so its catalog needs no lock."""
 
     def __init__(
         self,
@@ -113,7 +113,7 @@ class ServiceDirectory:
         return read_service_definitions(self._runner.config.service_defs_dir, self._runtime_path)
 
     def apply_definitions(self, loaded: LoadedDefinitions) -> ServiceDefinitionsReloaded:
-        """Swap in a reread catalog (docs/protocol.md §6.3, "Reloading"), from the ServicesActor's thread.
+        """Swap in a reread catalog (docs/protocol.md §6.3, "Reloading"), from the ServiceManagerActor's thread.
 
         A file that no longer loads keeps the last good definition of its name: a typo made while editing must not take
         away a service that worked (the problem is logged; `start-service` keeps using the old one). A file that never
@@ -183,4 +183,4 @@ class ServiceDirectory:
         return specs
 
 
-__all__ = ["ServiceDirectory", "read_service_definitions"]
+__all__ = ["DefinitionPlanner", "read_service_definitions"]

@@ -12,7 +12,7 @@ when their child is planned (docs/architecture.md §2.1).
     kernel            KernelActor         permanent   PROCESSES_TOGETHER   python, julia, r, vendor.h2o
     terminal          TerminalActor       permanent   BEFORE_LANG_RUNNER   git
     polly             PollyActor          permanent   BEFORE_LANG_RUNNER   vendor.aws_polly
-    services          ServicesActor       permanent   NO_NEW_STARTS        always
+    services          ServiceManagerActor       permanent   NO_NEW_STARTS        always
     service:<name>    ServiceActor        transient*  PROCESSES_TOGETHER   start-service, a model, intrinsic services
     health:<name>     HealthCheckerActor  transient   BEFORE_WATCHED       a watched model server (bound to it)
 
@@ -36,7 +36,7 @@ from loguru import logger
 
 from kernel_runner.actors.lang_runner.actor import LangRunnerActor, LangRunnerSettings
 from kernel_runner.actors.router.actor import BoundPorts, RouterActor
-from kernel_runner.actors.service_manager.actor import ServicePlanner, ServicesActor
+from kernel_runner.actors.service_manager.actor import ServiceManagerActor, ServicePlanner
 from kernel_runner.context import RunnerContext
 from kernel_runner.generations import ModelReply
 from kernel_runner.ids import (
@@ -120,7 +120,7 @@ def first_children(
         return LangRunnerActor.start(ctx=ctx, runner=runner, settings=lang_settings)
 
     def make_services(ctx: ChildContext) -> pykka.ActorRef[Any]:
-        return ServicesActor.start(ctx=ctx, runner=runner, planner=planner, start_intrinsics=start_intrinsics)
+        return ServiceManagerActor.start(ctx=ctx, runner=runner, planner=planner, start_intrinsics=start_intrinsics)
 
     return [
         ChildSpec(

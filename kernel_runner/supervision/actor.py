@@ -1,10 +1,15 @@
-"""SupervisedActor, the base of every child actor, and PhaseMachine, the one way an actor changes its phase.
+"""SupervisedActor, the base of every child actor; PhasedActor, one whose life is a declared phase machine; and
+PhaseMachine, the one way a phase changes.
 
 SupervisedActor guarantees what the supervisor relies on: exactly one ChildExited per incarnation, with a reason,
 whatever way the incarnation ends (a handler raising, even SystemExit; on_start failing; a requested stop; being
 stopped from outside); and no work that needs an answer vanishes with it: once it is ending it detaches from the
 child directory, and hands back what it will not do, so the next incarnation gets it in order
 (docs/architecture.md §3).
+
+PhasedActor adds the life of one incarnation: the subclass declares its phases, their allowed edges and the
+ChildState the supervisor sees in each (a Lifecycle); the base owns `phase`, checks and logs every edge, and tells
+the supervisor the state the new phase maps to (docs/architecture.md §3.4).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import enum
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+import attrs
 import pykka
 from loguru import logger
 
@@ -48,10 +54,11 @@ class PhaseMachine(Generic[P]):
         initial: P,
         edges: Mapping[P, Collection[P]],
         *,
-        log: Callable[[], Logger],
+        log: Callable[[], Logger] | None,
         on_change: Callable[[P, P], None] | None = None,
     ) -> None:
-        """`log` gives the owner's current logger, so the lines carry whatever it binds later (its pid)."""
+        """`log` gives the owner's current logger, so the lines carry whatever it binds later (its pid); None: the
+        owner logs each change itself (the supervisor's child record logs it as a lifecycle event)."""
         self._phase = initial
         self._edges = edges
         self._log = log
@@ -61,14 +68,36 @@ class PhaseMachine(Generic[P]):
     def phase(self) -> P:
         return self._phase
 
+    def allows(self, new: P) -> bool:
+        return new in self._edges.get(self._phase, ())
+
     def to(self, new: P, why: str = "") -> None:
         old = self._phase
-        if new not in self._edges.get(old, ()):
+        if not self.allows(new):
             raise InvalidTransition(f"{old.name} -> {new.name} is not allowed" + (f" ({why})" if why else ""))
         self._phase = new
-        debug(self._log(), "phase {} -> {}{}", old.name, new.name, f": {why}" if why else "")
+        if self._log is not None:
+            debug(self._log(), "phase {} -> {}{}", old.name, new.name, f": {why}" if why else "")
         if self._on_change is not None:
             self._on_change(old, new)
+
+
+@attrs.frozen
+class Lifecycle(Generic[P]):
+    """What a PhasedActor declares about its life: the first phase, every allowed edge, and the ChildState the
+    supervisor sees in each phase (None: nothing is reported; the end is the ChildExited)."""
+
+    initial: P
+    transitions: Mapping[P, frozenset[P]]
+    child_states: Mapping[P, ChildState | None]
+
+    def __attrs_post_init__(self) -> None:
+        # Checked when the actor's module is imported: a phase left out of a table is a bug found before any run.
+        phases = set(type(self.initial))
+        targets = {target for edges in self.transitions.values() for target in edges}
+        if set(self.transitions) != phases or set(self.child_states) != phases or not targets <= phases:
+            raise ValueError(f"the lifecycle of {type(self.initial).__name__} must name every phase, and only them, "
+                             "in its transitions and its child states")
 
 
 class SupervisedActor(pykka.ThreadingActor):
@@ -197,4 +226,43 @@ class SupervisedActor(pykka.ThreadingActor):
                 self._hand_back(envelope.message)
 
 
-__all__ = ["InvalidTransition", "PhaseMachine", "SupervisedActor"]
+class PhasedActor(SupervisedActor, Generic[P]):
+    """A SupervisedActor whose life is its class's `lifecycle`: `phase` changes only through `to_phase`, which checks
+    the edge, logs it and reports the new phase's ChildState (with `reported_pid()`) to the supervisor."""
+
+    lifecycle: ClassVar[Lifecycle[Any]]
+
+    def __init__(self, *, ctx: ChildContext, initial_phase: P | None = None) -> None:
+        """`initial_phase`: where this incarnation starts, when not the lifecycle's (one that goes on from the last)."""
+        super().__init__(ctx=ctx)
+        first: P = initial_phase if initial_phase is not None else self.lifecycle.initial
+        self._life: PhaseMachine[P] = PhaseMachine(
+            first, self.lifecycle.transitions, log=lambda: self.log, on_change=self._phase_changed)
+
+    @property
+    def phase(self) -> P:
+        return self._life.phase
+
+    def to_phase(self, new: P, why: str = "") -> None:
+        """The one way `phase` changes: an edge the lifecycle lacks raises InvalidTransition (a bug: a crash)."""
+        self._life.to(new, why)
+
+    def report_phase(self) -> None:
+        """Tell the supervisor the current phase's state (sent only when it, or the pid, changed): after every edge,
+        and by a subclass whose first phase already means more than STARTING."""
+        self.set_state(self.lifecycle.child_states[self.phase], pid=self.reported_pid())
+
+    # ---- hooks for subclasses ---------------------------------------------------------------------------------------
+    def reported_pid(self) -> int | None:
+        """The pid the supervisor shows with the state, once known (a process owner's)."""
+        return None
+
+    def phase_changed(self, old: P, new: P) -> None:
+        """Called after each edge, before the state is reported (an actor that keeps its phase elsewhere too)."""
+
+    def _phase_changed(self, old: P, new: P) -> None:
+        self.phase_changed(old, new)
+        self.report_phase()
+
+
+__all__ = ["InvalidTransition", "Lifecycle", "PhaseMachine", "PhasedActor", "SupervisedActor"]

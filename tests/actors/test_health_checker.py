@@ -17,7 +17,7 @@ from loguru import logger
 
 from kernel_runner.actors.health import actor as health
 from kernel_runner.actors.health.actor import (
-    TRANSITIONS,
+    LIFECYCLE,
     HealthCheckerActor,
     HealthMemo,
     Phase,
@@ -423,7 +423,7 @@ def test_a_checker_whose_memo_is_done_ends_at_once(harness: Harness, log_lines: 
     ],
 )
 def test_the_transition_table_rejects_edges_that_must_never_happen(old: Phase, new: Phase) -> None:
-    machine = PhaseMachine(old, TRANSITIONS, log=lambda: logger)
+    machine = PhaseMachine(old, LIFECYCLE.transitions, log=lambda: logger)
     with pytest.raises(InvalidTransition):
         machine.to(new)
     assert machine.phase is old

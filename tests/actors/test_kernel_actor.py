@@ -18,7 +18,7 @@ import pytest
 from loguru import logger
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
-from kernel_runner.actors.kernel.actor import CHILD_STATES, TRANSITIONS, KernelSettings, Phase
+from kernel_runner.actors.kernel.actor import LIFECYCLE, KernelSettings, Phase
 from kernel_runner.actors.kernel.jupyter import (
     DISPLAY_PREFERENCE,
     KernelSpecError,
@@ -267,7 +267,7 @@ def edges(*phases: Phase) -> list[tuple[Phase, Phase]]:
 def reachable(start: Phase) -> set[Phase]:
     seen, todo = {start}, [start]
     while todo:
-        for nxt in TRANSITIONS[todo.pop()]:
+        for nxt in LIFECYCLE.transitions[todo.pop()]:
             if nxt not in seen:
                 seen.add(nxt)
                 todo.append(nxt)
@@ -275,19 +275,19 @@ def reachable(start: Phase) -> set[Phase]:
 
 
 def test_every_phase_is_reachable_and_every_life_can_only_end() -> None:
-    assert set(TRANSITIONS) == set(Phase) == set(CHILD_STATES)
+    assert set(LIFECYCLE.transitions) == set(Phase) == set(LIFECYCLE.child_states)
     assert reachable(L) == set(Phase)
     assert all(E in reachable(phase) for phase in Phase)
-    assert TRANSITIONS[E] == frozenset()
+    assert LIFECYCLE.transitions[E] == frozenset()
     # Once dying, the incarnation ends: nothing leads back to running code or to a stop.
     assert reachable(D) == {D, T, E}
 
 
 def test_the_supervisor_sees_starting_running_backoff_and_stopping() -> None:
-    assert [phase for phase in Phase if CHILD_STATES[phase] is ChildState.STARTING] == [L, C]
-    assert [phase for phase in Phase if CHILD_STATES[phase] is ChildState.RUNNING] == [R, K]
-    assert [phase for phase in Phase if CHILD_STATES[phase] is ChildState.BACKOFF] == [D, T]
-    assert CHILD_STATES[S] is ChildState.STOPPING and CHILD_STATES[E] is None
+    assert [phase for phase in Phase if LIFECYCLE.child_states[phase] is ChildState.STARTING] == [L, C]
+    assert [phase for phase in Phase if LIFECYCLE.child_states[phase] is ChildState.RUNNING] == [R, K]
+    assert [phase for phase in Phase if LIFECYCLE.child_states[phase] is ChildState.BACKOFF] == [D, T]
+    assert LIFECYCLE.child_states[S] is ChildState.STOPPING and LIFECYCLE.child_states[E] is None
 
 
 @pytest.mark.parametrize(
@@ -305,7 +305,7 @@ def test_the_supervisor_sees_starting_running_backoff_and_stopping() -> None:
     ],
 )
 def test_the_table_rejects_edges_that_must_never_happen(old: Phase, new: Phase) -> None:
-    life = PhaseMachine(old, TRANSITIONS, log=lambda: logger.bind(child="test"))
+    life = PhaseMachine(old, LIFECYCLE.transitions, log=lambda: logger.bind(child="test"))
     with pytest.raises(InvalidTransition, match=f"{old.name} -> {new.name} is not allowed"):
         life.to(new, "a bug")
     assert life.phase is old

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from kernel_runner import RunnerConfig
-from kernel_runner.actors.kernel.actor import CHILD_STATES, Phase
+from kernel_runner.actors.kernel.actor import LIFECYCLE, Phase
 from kernel_runner.actors.kernel.channels import KernelChannels
 from kernel_runner.actors.kernel.jupyter import HeartbeatWatch
 from kernel_runner.supervision.spec import ChildState
@@ -92,7 +92,7 @@ def test_a_kernel_stopped_during_a_run_ends_the_run_once_and_is_replaced(
     assert any("unhealthy: the python3 kernel has not answered its heartbeat" in line for line in log_lines)
     # Not RUNNING once detected: READY -> DYING, which the supervisor sees as BACKOFF, and the exit says why.
     phases = kernel_phases(log_lines)
-    assert phases[phases.index(Phase.READY) + 1] is Phase.DYING and CHILD_STATES[Phase.DYING] is ChildState.BACKOFF
+    assert phases[phases.index(Phase.READY) + 1] is Phase.DYING and LIFECYCLE.child_states[Phase.DYING] is ChildState.BACKOFF
     wait_until(lambda: any("exited: unhealthy: no heartbeat for" in line for line in log_lines), timeout=10,
                what="the supervisor to log why the kernel ended")
     # Exactly one finished: the next reply is the next run's own.

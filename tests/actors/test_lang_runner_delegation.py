@@ -18,7 +18,7 @@ import pytest
 from loguru import logger
 
 from kernel_runner import RunnerConfig
-from kernel_runner.actors.lang_runner.actor import CHILD_STATE, TRANSITIONS, Phase
+from kernel_runner.actors.lang_runner.actor import LIFECYCLE, Phase
 from kernel_runner.client import AgentClient
 from kernel_runner.context import RunnerContext
 from kernel_runner.ids import KERNEL_CHILD, LANG_CHILD, TERMINAL_CHILD, ChildId
@@ -220,6 +220,8 @@ def test_a_second_stop_request_while_stopping_is_ignored(langs: LangRunners, log
     # The run's own end (SIGTERM ignored, SIGKILL after the first grace), not a crash's 127 from cleanup.
     assert (result.status, result.exit_code) == ("finished", 128 + 9)
     assert any("stop requested again (second)" in line for line in log_lines)
+    # The run's Finished goes out just before the phase changes: wait for the line, not for the agent.
+    wait_until(lambda: "STOPPING -> ENDED" in lang_phases(log_lines), timeout=5, what="the runner to end")
     assert lang_phases(log_lines)[-3:] == ["IDLE -> RUNNING_JOB", "RUNNING_JOB -> STOPPING", "STOPPING -> ENDED"]
     # It ended with ShutdownExit, which the supervisor does not restart; a later run is still answered (its reject).
     later = agent.run("exec", "echo later", timeout=10)
@@ -243,21 +245,21 @@ def test_a_second_stop_request_while_stopping_is_ignored(langs: LangRunners, log
     ],
 )
 def test_the_transition_table_refuses_edges_that_must_never_happen(old: Phase, new: Phase) -> None:
-    life = PhaseMachine(old, TRANSITIONS, log=lambda: logger)
+    life = PhaseMachine(old, LIFECYCLE.transitions, log=lambda: logger)
     with pytest.raises(InvalidTransition):
         life.to(new, "test")
     assert life.phase is old
 
 
 def test_every_phase_can_end_and_the_supervisor_sees_running_until_stopping() -> None:
-    assert set(TRANSITIONS) == set(Phase) == set(CHILD_STATE)
+    assert set(LIFECYCLE.transitions) == set(Phase) == set(LIFECYCLE.child_states)
     # cleanup moves any phase to ENDED (a crash, or a stop from outside), so that edge must exist everywhere.
-    assert all(Phase.ENDED in TRANSITIONS[phase] for phase in Phase if phase is not Phase.ENDED)
-    assert TRANSITIONS[Phase.ENDED] == frozenset()
-    running = {phase for phase, state in CHILD_STATE.items() if state is ChildState.RUNNING}
+    assert all(Phase.ENDED in LIFECYCLE.transitions[phase] for phase in Phase if phase is not Phase.ENDED)
+    assert LIFECYCLE.transitions[Phase.ENDED] == frozenset()
+    running = {phase for phase, state in LIFECYCLE.child_states.items() if state is ChildState.RUNNING}
     assert running == {Phase.STARTING, Phase.IDLE, Phase.RUNNING_JOB, Phase.DELEGATED}
-    assert CHILD_STATE[Phase.STOPPING] is ChildState.STOPPING
-    life = PhaseMachine(Phase.STARTING, TRANSITIONS, log=lambda: logger)
+    assert LIFECYCLE.child_states[Phase.STOPPING] is ChildState.STOPPING
+    life = PhaseMachine(Phase.STARTING, LIFECYCLE.transitions, log=lambda: logger)
     for phase in (Phase.IDLE, Phase.DELEGATED, Phase.IDLE, Phase.RUNNING_JOB, Phase.STOPPING, Phase.ENDED):
         life.to(phase, "a whole life")
     assert life.phase is Phase.ENDED

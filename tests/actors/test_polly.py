@@ -21,7 +21,7 @@ import pytest
 from loguru import logger
 
 from kernel_runner import RunnerConfig
-from kernel_runner.actors.polly.actor import CHILD_STATE, TRANSITIONS, Phase, PollyActorSettings
+from kernel_runner.actors.polly.actor import LIFECYCLE, Phase, PollyActorSettings
 from kernel_runner.actors.polly.worker import (
     ClientBox,
     PollyCall,
@@ -268,17 +268,17 @@ def test_a_normal_life_goes_through_its_phases(runner_config: RunnerConfig, fake
     ],
 )
 def test_the_transition_table_refuses_edges_that_must_never_happen(old: Phase, new: Phase) -> None:
-    life = PhaseMachine(old, TRANSITIONS, log=lambda: logger)
+    life = PhaseMachine(old, LIFECYCLE.transitions, log=lambda: logger)
     with pytest.raises(InvalidTransition):
         life.to(new, "test")
     assert life.phase is old
 
 
 def test_every_phase_can_end_and_the_supervisor_sees_running_once_started() -> None:
-    assert set(TRANSITIONS) == set(Phase) == set(CHILD_STATE)
-    assert all(Phase.ENDED in TRANSITIONS[phase] for phase in Phase if phase is not Phase.ENDED)
-    assert TRANSITIONS[Phase.ENDED] == frozenset()
-    assert {p for p, s in CHILD_STATE.items() if s is ChildState.RUNNING} == {Phase.IDLE, Phase.CALLING}
+    assert set(LIFECYCLE.transitions) == set(Phase) == set(LIFECYCLE.child_states)
+    assert all(Phase.ENDED in LIFECYCLE.transitions[phase] for phase in Phase if phase is not Phase.ENDED)
+    assert LIFECYCLE.transitions[Phase.ENDED] == frozenset()
+    assert {p for p, s in LIFECYCLE.child_states.items() if s is ChildState.RUNNING} == {Phase.IDLE, Phase.CALLING}
 
 
 # ---- boto3 only when this language runs ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from loguru import logger
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
-from kernel_runner.actors.service.actor import CHILD_STATES, TRANSITIONS, Phase, ServiceActor, ServiceRun
+from kernel_runner.actors.service.actor import LIFECYCLE, Phase, ServiceActor, ServiceRun
 from kernel_runner.client import AgentClient
 from kernel_runner.context import RunnerContext
 from kernel_runner.ids import ChildId, service_child
@@ -378,15 +378,15 @@ def test_a_noop_service_goes_straight_to_running(make_services: Any, work_dir: P
     ],
 )
 def test_the_transition_table_rejects_edges_that_must_never_happen(old: Phase, new: Phase) -> None:
-    machine = PhaseMachine(old, TRANSITIONS, log=lambda: logger)
+    machine = PhaseMachine(old, LIFECYCLE.transitions, log=lambda: logger)
     with pytest.raises(InvalidTransition):
         machine.to(new)
     assert machine.phase is old
 
 
 def test_the_tables_cover_every_phase_and_the_ends_are_terminal() -> None:
-    assert set(TRANSITIONS) == set(Phase) == set(CHILD_STATES)
-    assert [p for p, edges in TRANSITIONS.items() if not edges] == [Phase.FAILED, Phase.ENDED]
+    assert set(LIFECYCLE.transitions) == set(Phase) == set(LIFECYCLE.child_states)
+    assert [p for p, edges in LIFECYCLE.transitions.items() if not edges] == [Phase.FAILED, Phase.ENDED]
     # Every phase but the ends can be stopped, and every life can reach an end.
-    assert all(Phase.STOPPING in TRANSITIONS[p] for p in Phase if p not in (Phase.STOPPING, Phase.FAILED, Phase.ENDED))
-    assert {CHILD_STATES[Phase.FAILED], CHILD_STATES[Phase.ENDED]} == {None}
+    assert all(Phase.STOPPING in LIFECYCLE.transitions[p] for p in Phase if p not in (Phase.STOPPING, Phase.FAILED, Phase.ENDED))
+    assert {LIFECYCLE.child_states[Phase.FAILED], LIFECYCLE.child_states[Phase.ENDED]} == {None}

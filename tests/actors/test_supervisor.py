@@ -10,9 +10,9 @@ import attrs
 import pykka
 import pytest
 
-from kernel_runner import supervisor as supervisor_module
 from kernel_runner.ids import ChildId
 from kernel_runner.messages import Output
+from kernel_runner.supervision import table as table_module
 from kernel_runner.supervision.actor import SupervisedActor
 from kernel_runner.supervision.exits import Crashed, NormalExit, ShutdownExit, Unhealthy
 from kernel_runner.supervision.policy import NO_FATAL_RETRY, Backoff, IntensityLimit
@@ -28,7 +28,7 @@ from kernel_runner.supervision.spec import (
     StopChild,
     StopRequested,
 )
-from kernel_runner.supervisor import STOP_MARGIN_S
+from kernel_runner.supervision.table import STOP_MARGIN_S
 from tests.support.tree import Tree
 from tests.support.waiting import wait_until
 
@@ -276,7 +276,7 @@ def test_a_start_of_a_stopped_childs_id_replaces_its_row(tree: Harness) -> None:
 
 
 def test_stopped_rows_are_bounded_oldest_first(tree: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(supervisor_module, "MAX_STOPPED_ROWS", 2)
+    monkeypatch.setattr(table_module, "MAX_STOPPED_ROWS", 2)
     for name in ("a", "b", "c"):
         tree.start(tree.spec(name))
         tree.started(name, 1)

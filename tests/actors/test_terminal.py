@@ -18,8 +18,7 @@ from loguru import logger
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
 from kernel_runner.actors.terminal.actor import (
-    CHILD_STATE,
-    TRANSITIONS,
+    LIFECYCLE,
     Phase,
     TerminalActor,
     TerminalPorts,
@@ -652,7 +651,7 @@ def test_a_shell_that_keeps_dying_ends_from_shell_ending(log_lines: list[str], t
 )
 def test_the_transition_table_rejects_edges_that_must_never_happen(log_lines: list[str], old: Phase,
                                                                    new: Phase) -> None:
-    life = PhaseMachine(old, TRANSITIONS, log=lambda: logger.bind(child="table"))
+    life = PhaseMachine(old, LIFECYCLE.transitions, log=lambda: logger.bind(child="table"))
     with pytest.raises(InvalidTransition, match=f"{old.name} -> {new.name}"):
         life.to(new, "test")
     assert life.phase is old
@@ -660,11 +659,11 @@ def test_the_transition_table_rejects_edges_that_must_never_happen(log_lines: li
 
 
 def test_the_transition_table_covers_every_phase_and_every_phase_can_end(log_lines: list[str]) -> None:
-    assert set(TRANSITIONS) == set(Phase) == set(CHILD_STATE)
-    assert TRANSITIONS[Phase.ENDED] == frozenset()
-    assert all(Phase.ENDED in TRANSITIONS[phase] for phase in Phase if phase is not Phase.ENDED)
+    assert set(LIFECYCLE.transitions) == set(Phase) == set(LIFECYCLE.child_states)
+    assert LIFECYCLE.transitions[Phase.ENDED] == frozenset()
+    assert all(Phase.ENDED in LIFECYCLE.transitions[phase] for phase in Phase if phase is not Phase.ENDED)
     # A whole normal life walks the table without a refusal, and each step is logged.
-    life = PhaseMachine(Phase.STARTING, TRANSITIONS, log=lambda: logger.bind(child="table"))
+    life = PhaseMachine(Phase.STARTING, LIFECYCLE.transitions, log=lambda: logger.bind(child="table"))
     walk = [Phase.SHELL_RUNNING, Phase.SHELL_ENDING, Phase.RESPAWN_WAIT, Phase.SHELL_RUNNING, Phase.STOPPING,
             Phase.ENDED]
     for phase in walk:

@@ -15,6 +15,7 @@ import pytest
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
 from kernel_runner.actors.lang_runner import actor as lang_runner
+from kernel_runner.actors.lang_runner import job as lang_job
 from kernel_runner.client import AgentClient
 from kernel_runner.procs.process import StopStep
 from kernel_runner.supervision.spec import ChildState
@@ -79,7 +80,7 @@ def test_hundreds_of_runs_that_end_at_once_are_answered_in_order(
         def spawn(*args: object, **kwargs: object) -> None:
             raise OSError("no more processes (test)")
 
-    monkeypatch.setattr(lang_runner, "ProcessHandle", NoSpawn)
+    monkeypatch.setattr(lang_job, "ProcessHandle", NoSpawn)
     (work_dir / "go").touch()
     assert agent.collect_run().exit_code == 0
     results = [agent.collect_run() for _ in range(count)]
@@ -214,7 +215,7 @@ def test_interrupt_escalates_to_sigterm_then_sigkill(
     agent: AgentClient, log_lines: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fast = (StopStep((signal.SIGINT,), 0.3), StopStep((signal.SIGTERM,), 0.3))
-    monkeypatch.setattr(lang_runner, "INTERRUPT_STEPS", fast)
+    monkeypatch.setattr(lang_job, "INTERRUPT_STEPS", fast)
     agent.send("exec", "trap '' INT TERM; echo ready; while :; do sleep 0.05; done")
     read_until(agent, b"ready")
     result, _ = interrupt_run(agent, timeout=60)

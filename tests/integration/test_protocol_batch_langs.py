@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kernel_runner import RunnerConfig
-from kernel_runner.actors.lang_runner.actor import INTERRUPT_STEPS
+from kernel_runner.actors.lang_runner.job import INTERRUPT_STEPS
 from kernel_runner.client import AgentClient
 from tests.support.procs import assert_gone, descendants
 from tests.support.runners import LangRunners, interrupt_run, read_until

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kernel_runner import RunnerConfig, RunnerHandle
-from kernel_runner.actors.lang_runner.actor import spawn_failure_text
+from kernel_runner.actors.lang_runner.job import spawn_failure_text
 from kernel_runner.actors.lang_runner.user_input import UserInputServer
 from kernel_runner.client import AgentClient, RunResult
 from kernel_runner.ids import LANG_CHILD

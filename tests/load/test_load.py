@@ -19,6 +19,7 @@ from tests.support.ports import free_ports
 from tests.support.probes import ProbeTally, Scale
 from tests.support.reliability import RUN_END_TYPES, assert_core_running, assert_no_stray_replies, children
 from tests.support.runner_process import RunnerProcesses
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.reliability
 
@@ -85,6 +86,16 @@ def service_info(name: str, port: int) -> dict[str, Any]:
     return {"name": name, "port": port, "ports": [port], "protocol": "http", "options": {}}
 
 
+def rows_past_starting(agent: AgentClient, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    def settled() -> dict[str, dict[str, Any]] | None:
+        rows = children(agent)
+        return rows if all(rows.get(c, {}).get("state") not in (None, "STARTING") for c in wanted) else None
+
+    found = wait_until(settled, timeout=60, what="every service row past STARTING")
+    assert found is not None
+    return found
+
+
 def test_many_services_started_at_once(runner_processes: RunnerProcesses, probes: ProbeTally, scale: Scale) -> None:
     count = scale.pick(50, 100)
     for attempt in probes.repeat(f"{count} services started at once", scale.pick(1, 3)):
@@ -99,7 +110,9 @@ def test_many_services_started_at_once(runner_processes: RunnerProcesses, probes
             replies = collect(agent, Counter({"service-result": count, "status": statuses}), timeout=300)
             results = [json.loads(r.payload) for r in replies if r.type == "service-result"]
             assert results == [{"status": "started"}] * count, Counter(json.dumps(r) for r in results)
-            rows = children(agent)
+            # `status` reads the supervisor's last published snapshot, one supervisor turn behind the services' own
+            # `started` under load (docs/architecture.md §5.5): wait for it to catch up, then check every row.
+            rows = rows_past_starting(agent, {f"service:{name}" for name in ports})
             for name, port in ports.items():
                 assert rows[f"service:{name}"]["state"] == "RUNNING", rows[f"service:{name}"]
                 runner.remember(rows[f"service:{name}"]["pid"])

@@ -1,4 +1,4 @@
-"""ServiceDirectory.apply_definitions: what a reload (SIGHUP) keeps, adds, changes and removes (docs/protocol.md §6.3)."""
+"""DefinitionPlanner.apply_definitions: what a reload (SIGHUP) keeps, adds, changes and removes (docs/protocol.md §6.3)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from kernel_runner.config import RunnerConfig
 from kernel_runner.context import RunnerContext
 from kernel_runner.messages import ModelInfo, ModelServiceSpec, ServiceInfo, StartModelService
-from kernel_runner.runtime.service_planner import ServiceDirectory, read_service_definitions
+from kernel_runner.runtime.service_planner import DefinitionPlanner, read_service_definitions
 from kernel_runner.servicedefs import Intrinsics, Preopened, Refusal, ServiceLaunch
 from kernel_runner.wire.outbox import RouterLink
 
@@ -22,13 +22,13 @@ def definition(*argv: str) -> str:
     return json.dumps({"command": [sys.executable, *argv]})
 
 
-def directory_for(runner_config: RunnerConfig) -> ServiceDirectory:
+def directory_for(runner_config: RunnerConfig) -> DefinitionPlanner:
     loaded = read_service_definitions(runner_config.service_defs_dir, sys.executable)
-    return ServiceDirectory(runner=RunnerContext(config=runner_config, router=RouterLink(1)), catalog=loaded.catalog,
+    return DefinitionPlanner(runner=RunnerContext(config=runner_config, router=RouterLink(1)), catalog=loaded.catalog,
                             intrinsics=Intrinsics(sshd=None, ttyd=None), runtime_path=sys.executable)
 
 
-def resolve(services: ServiceDirectory, name: str) -> ServiceLaunch | Refusal | Preopened:
+def resolve(services: DefinitionPlanner, name: str) -> ServiceLaunch | Refusal | Preopened:
     return services.resolve(ServiceInfo(name=name, port=9, ports=(9,), protocol="tcp"))
 
 

@@ -10,7 +10,7 @@ Two contracts, by the agent's generation (docs/protocol.md §12.2):
 - VERDICT (before 23.09.1): the checker answers the agent, after the start-up probes below.
 
 Life of one model service under the VERDICT contract (docs/protocol.md §7, docs/architecture.md §4), one `phase`
-(Phase, TRANSITIONS) changed only through `self._life`:
+(Phase, LIFECYCLE) changed only through `to_phase`:
 
     STARTUP ── probe every `startup_period_s` (50 ms) ──> healthy: reply `started`, status is_healthy=true
        │                                                  └─> LIVENESS: probe every `interval`
@@ -41,7 +41,6 @@ last one reached, and the agent gets exactly one reply and no repeated transitio
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
 import attrs
@@ -61,7 +60,7 @@ from kernel_runner.observability.events import Event, emit
 from kernel_runner.probes.kinds import HttpProbe, ProbeAnswer, probe_http
 from kernel_runner.probes.loop import ProbeLoop, warm_up_period
 from kernel_runner.probes.messages import ProbeMessage
-from kernel_runner.supervision.actor import PhaseMachine, SupervisedActor
+from kernel_runner.supervision.actor import Lifecycle, PhasedActor
 from kernel_runner.supervision.clock import Clock
 from kernel_runner.supervision.exits import NormalExit, ShutdownExit, Unhealthy
 from kernel_runner.supervision.refs import tell_if_alive
@@ -92,21 +91,23 @@ class Phase(enum.Enum):
     """Terminal: the start failed and the server was stopped for good; nothing is left to watch."""
 
 
-TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
-    Phase.STARTUP: frozenset({Phase.LIVENESS, Phase.STOPPING_SERVER}),
-    Phase.LIVENESS: frozenset(),
-    Phase.STOPPING_SERVER: frozenset({Phase.DONE}),
-    Phase.DONE: frozenset(),
-}
-
-# The supervisor's view of each phase; None: nothing to report (the checker ends in it).
-CHILD_STATES: Mapping[Phase, ChildState | None] = {
-    Phase.STARTUP: ChildState.RUNNING,
-    Phase.LIVENESS: ChildState.RUNNING,
-    # Not STOPPING: the supervisor must still ask this checker to stop at the runner's shutdown (it answers then).
-    Phase.STOPPING_SERVER: ChildState.RUNNING,
-    Phase.DONE: None,
-}
+LIFECYCLE = Lifecycle(
+    initial=Phase.STARTUP,
+    transitions={
+        Phase.STARTUP: frozenset({Phase.LIVENESS, Phase.STOPPING_SERVER}),
+        Phase.LIVENESS: frozenset(),
+        Phase.STOPPING_SERVER: frozenset({Phase.DONE}),
+        Phase.DONE: frozenset(),
+    },
+    # The supervisor's view of each phase; None: nothing to report (the checker ends in it).
+    child_states={
+        Phase.STARTUP: ChildState.RUNNING,
+        Phase.LIVENESS: ChildState.RUNNING,
+        # Not STOPPING: the supervisor must still ask this checker to stop at the runner's shutdown (it answers then).
+        Phase.STOPPING_SERVER: ChildState.RUNNING,
+        Phase.DONE: None,
+    },
+)
 
 Health = Literal["unknown", "healthy", "unhealthy"]
 
@@ -192,7 +193,7 @@ class HealthPlan:
 class HealthMemo:
     """The phase and what the agent has been told; survives checker restarts (one incarnation at a time).
 
-    `phase` is written only by the current incarnation's PhaseMachine (HealthCheckerActor._phase_changed).
+    `phase` is written only by the current incarnation's PhaseMachine (HealthCheckerActor.phase_changed).
     """
 
     started_at: float | None = None
@@ -234,11 +235,13 @@ def probe_once(session: requests.Session, request: ProbeRequest, clock: Clock) -
                                          read_timeout_s=request.read_timeout_s), clock)
 
 
-class HealthCheckerActor(SupervisedActor):
+class HealthCheckerActor(PhasedActor[Phase]):
     """Decides when a model service counts as up and alive; its ProbeLoop runs the probes."""
 
+    lifecycle = LIFECYCLE
+
     def __init__(self, *, ctx: ChildContext, runner: RunnerContext, plan: HealthPlan, memo: HealthMemo) -> None:
-        super().__init__(ctx=ctx)
+        super().__init__(ctx=ctx, initial_phase=memo.phase)  # an incarnation goes on in the phase the last one reached
         self._router = runner.router
         self.plan = plan
         self.memo = memo
@@ -247,17 +250,10 @@ class HealthCheckerActor(SupervisedActor):
         self._probe = ProbeLoop("health", plan.probe(), owner=self.actor_ref, schedule=self.schedule,
                                 clock=ctx.clock, log=lambda: self.log, on_answer=self._handle_outcome,
                                 name=plan.service_name)
-        # An incarnation goes on in the phase the previous one reached.
-        self._life = PhaseMachine(memo.phase, TRANSITIONS, log=lambda: self.log, on_change=self._phase_changed)
 
-    @property
-    def phase(self) -> Phase:
-        return self._life.phase
-
-    def _phase_changed(self, old: Phase, new: Phase) -> None:
-        """The one place a phase change is written back to the memo and reported to the supervisor."""
+    def phase_changed(self, old: Phase, new: Phase) -> None:
+        """A phase change is written back to the memo (the base then reports it to the supervisor)."""
         self.memo.phase = new
-        self.set_state(CHILD_STATES[new])
 
     # ---- life -----------------------------------------------------------------------------------------
     def start_child(self) -> None:
@@ -269,14 +265,14 @@ class HealthCheckerActor(SupervisedActor):
             self.finish(NormalExit())
             return
         if self.phase is Phase.STOPPING_SERVER:
-            self.set_state(CHILD_STATES[self.phase])
+            self.report_phase()
             self._stop_server()  # again: the previous incarnation may have died before the supervisor heard it
             return
         if self.plan.spawned:
             self._probe.counts.grace_until = self.memo.started_at + self.plan.grace_s
         if self.plan.probing:
             self._probe.start()
-        self.set_state(CHILD_STATES[self.phase])  # the phase this incarnation inherited (no edge, so no _phase_changed)
+        self.report_phase()  # the phase this incarnation inherited (no edge, so no report from the base)
         if not self.plan.probing:
             self.log.info("no enabled health check: {} counts as healthy while its process runs",
                           self.plan.service_name)
@@ -325,7 +321,7 @@ class HealthCheckerActor(SupervisedActor):
         if self.phase is Phase.STOPPING_SERVER:
             # The server is gone (this checker is bound to it), or the runner stops: answer the failure now.
             assert self.memo.failure is not None
-            self._life.to(Phase.DONE, f"server stopped ({message.reason})")  # STOPPING_SERVER -> DONE
+            self.to_phase(Phase.DONE, f"server stopped ({message.reason})")  # STOPPING_SERVER -> DONE
             self._reply_once("failed", self.memo.failure)
             self._publish()
             self.finish(NormalExit())
@@ -367,7 +363,7 @@ class HealthCheckerActor(SupervisedActor):
     def _startup_succeeded(self, result: ProbeAnswer) -> None:
         assert self.memo.started_at is not None
         took = self.ctx.clock.monotonic() - self.memo.started_at
-        self._life.to(Phase.LIVENESS, f"healthy after {took:.3f}s")  # STARTUP -> LIVENESS
+        self.to_phase(Phase.LIVENESS, f"healthy after {took:.3f}s")  # STARTUP -> LIVENESS
         emit(self.log, "INFO", Event.HEALTHY, "healthy after {:.3f}s ({} probe(s); status {})", took,
              self._probe.counts.probes, result.status_code, probe="health", **result.fields())
         self._reply_once("started", None)
@@ -439,7 +435,7 @@ class HealthCheckerActor(SupervisedActor):
         if keep_server:
             self._reply_once("failed", error)
             # Upstream left an unhealthy model running; we keep watching it, so a late recovery is reported.
-            self._life.to(Phase.LIVENESS, f"start failed, server kept: {first_line}")  # STARTUP -> LIVENESS
+            self.to_phase(Phase.LIVENESS, f"start failed, server kept: {first_line}")  # STARTUP -> LIVENESS
             self.memo.health = "unhealthy"
             self._probe.counts.start_grace(self._probe.counts.grace_until)
             self._publish()
@@ -448,7 +444,7 @@ class HealthCheckerActor(SupervisedActor):
         # The agent may retry on the same port as soon as it hears `failed`: the server goes first. This checker is
         # bound to it, so the supervisor stops us once it is gone for good, and request_stop answers then.
         self.memo.failure = error
-        self._life.to(Phase.STOPPING_SERVER, f"start failed: {first_line}")  # STARTUP -> STOPPING_SERVER
+        self.to_phase(Phase.STOPPING_SERVER, f"start failed: {first_line}")  # STARTUP -> STOPPING_SERVER
         self._publish()
         self._stop_server()
 

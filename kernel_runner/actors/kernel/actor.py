@@ -1,13 +1,11 @@
 """KernelActor: one Jupyter kernel process as a supervised child (docs/protocol.md §4).
 
-Its helper threads live in kernel_channels.py (``KernelStarter`` spawns the kernel, ``KernelChannels`` owns every
-socket to it), and the pure kernelspec and output-mapping pieces in kernel_runner/actors/kernel/jupyter.py. It also runs:
+What it runs lives in process.py (``KernelProcess``: the kernel process, its watcher and its channel thread), whose
+helper threads are in channels.py (``KernelStarter`` spawns the kernel, ``KernelChannels`` owns every socket to it);
+the pure kernelspec and output-mapping pieces are in jupyter.py. The actor itself never blocks: it decides, and its
+KernelProcess signals the process group and queues commands.
 
-* ``ProcessWatcher`` from procs.py: the kernel's exit, and its own log lines (into our log).
-
-The actor itself never blocks: it decides, signals the process group, and queues commands.
-
-Life of one incarnation: one ``Phase``, changed only through ``self._life``; ``TRANSITIONS`` is every allowed edge.
+Life of one incarnation: one ``Phase``, changed only through ``to_phase``; ``LIFECYCLE`` has every allowed edge.
 
     LAUNCHING   KernelStarter finds the kernelspec and spawns the kernel; runs queue
         │ KernelLaunched
@@ -33,7 +31,7 @@ Life of one incarnation: one ``Phase``, changed only through ``self._life``; ``T
     A stop requested while DYING or RETIRING changes nothing: the death ends the incarnation by itself, promptly.
 
 The supervisor sees STARTING (LAUNCHING, CONNECTING), RUNNING (READY, KILLING), BACKOFF (DYING, RETIRING) and
-STOPPING, reported from ``_phase_changed`` only. Every accepted run gets exactly one RunDone to the language runner,
+STOPPING, reported by the base after each edge only. Every accepted run gets exactly one RunDone to the language runner,
 whatever way the incarnation ends (the language runner sends the run's Finished), and every completion one answer.
 """
 
@@ -42,12 +40,8 @@ from __future__ import annotations
 import collections
 import enum
 import itertools
-import os
-import shutil
 import signal
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 
 import attrs
 
@@ -56,13 +50,8 @@ from kernel_runner.actors.kernel.channels import (
     CompleteCommand,
     EndRunCommand,
     ExecuteCommand,
-    KernelChannels,
     KernelHeartbeatLost,
-    KernelStarter,
-    LaunchBox,
-    RequestShutdownCommand,
     SendInputCommand,
-    SendInterruptCommand,
 )
 from kernel_runner.actors.kernel.jupyter import (
     HEARTBEAT_IDLE_INTERVAL_S,
@@ -71,9 +60,12 @@ from kernel_runner.actors.kernel.jupyter import (
     INTERRUPTED_EXIT,
     NO_KERNEL_EXIT,
     death_exit_code,
+    death_run_end,
+    heartbeat_lost_note,
+    restart_notice,
 )
+from kernel_runner.actors.kernel.process import KernelProcess
 from kernel_runner.context import RunnerContext
-from kernel_runner.excerpts import excerpt
 from kernel_runner.ids import LANG_CHILD, RunId
 from kernel_runner.messages import (
     Answer,
@@ -91,21 +83,12 @@ from kernel_runner.messages import (
     ProcessExited,
     RunDone,
     RunTask,
-    StreamName,
     WaitingInput,
 )
 from kernel_runner.observability.debug_lines import debug
 from kernel_runner.observability.events import Event, emit
-from kernel_runner.procs.process import (
-    OutputSink,
-    ProcessHandle,
-    ProcessWatcher,
-    StopStep,
-    describe_returncode,
-    stop_process,
-    watch_process,
-)
-from kernel_runner.supervision.actor import PhaseMachine, SupervisedActor
+from kernel_runner.procs.process import describe_returncode
+from kernel_runner.supervision.actor import Lifecycle, PhasedActor
 from kernel_runner.supervision.exits import Crashed, ExitReason, ProcessDied, ShutdownExit, StartFailed, Unhealthy
 from kernel_runner.supervision.spec import ChildContext, ChildState, StopRequested
 
@@ -168,28 +151,30 @@ class Phase(enum.Enum):
 # Phases in which the kernel is alive or on its way up: a death or a stop request can still change them.
 _ALIVE = (Phase.LAUNCHING, Phase.CONNECTING, Phase.READY, Phase.KILLING)
 
-TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
-    Phase.LAUNCHING: frozenset({Phase.CONNECTING, Phase.DYING, Phase.STOPPING}),
-    Phase.CONNECTING: frozenset({Phase.READY, Phase.DYING, Phase.STOPPING}),
-    Phase.READY: frozenset({Phase.KILLING, Phase.DYING, Phase.STOPPING}),
-    Phase.KILLING: frozenset({Phase.DYING, Phase.STOPPING}),
-    Phase.DYING: frozenset({Phase.RETIRING}),
-    Phase.RETIRING: frozenset({Phase.ENDED}),
-    Phase.STOPPING: frozenset({Phase.ENDED}),
-    Phase.ENDED: frozenset(),
-}
-
-# What the supervisor is told for each phase (None: nothing; the base reports the exit).
-CHILD_STATES: Mapping[Phase, ChildState | None] = {
-    Phase.LAUNCHING: ChildState.STARTING,
-    Phase.CONNECTING: ChildState.STARTING,
-    Phase.READY: ChildState.RUNNING,
-    Phase.KILLING: ChildState.RUNNING,
-    Phase.DYING: ChildState.BACKOFF,
-    Phase.RETIRING: ChildState.BACKOFF,
-    Phase.STOPPING: ChildState.STOPPING,
-    Phase.ENDED: None,
-}
+LIFECYCLE = Lifecycle(
+    initial=Phase.LAUNCHING,
+    transitions={
+        Phase.LAUNCHING: frozenset({Phase.CONNECTING, Phase.DYING, Phase.STOPPING}),
+        Phase.CONNECTING: frozenset({Phase.READY, Phase.DYING, Phase.STOPPING}),
+        Phase.READY: frozenset({Phase.KILLING, Phase.DYING, Phase.STOPPING}),
+        Phase.KILLING: frozenset({Phase.DYING, Phase.STOPPING}),
+        Phase.DYING: frozenset({Phase.RETIRING}),
+        Phase.RETIRING: frozenset({Phase.ENDED}),
+        Phase.STOPPING: frozenset({Phase.ENDED}),
+        Phase.ENDED: frozenset(),
+    },
+    # What the supervisor is told for each phase (None: nothing; the base reports the exit).
+    child_states={
+        Phase.LAUNCHING: ChildState.STARTING,
+        Phase.CONNECTING: ChildState.STARTING,
+        Phase.READY: ChildState.RUNNING,
+        Phase.KILLING: ChildState.RUNNING,
+        Phase.DYING: ChildState.BACKOFF,
+        Phase.RETIRING: ChildState.BACKOFF,
+        Phase.STOPPING: ChildState.STOPPING,
+        Phase.ENDED: None,
+    },
+)
 
 
 # ======================================================================================================================
@@ -224,7 +209,7 @@ class _Run:
     interrupted: bool = False
 
 
-class KernelActor(SupervisedActor):
+class KernelActor(PhasedActor[Phase]):
     """One kernel incarnation: queues code until the kernel is ready, runs one cell at a time, ends each run once.
 
     When the kernel process dies, the running cell ends non-zero with a stderr line, queued cells go back to the
@@ -233,6 +218,7 @@ class KernelActor(SupervisedActor):
     """
 
     redeliverable = (RunTask, CompleteCode)
+    lifecycle = LIFECYCLE
 
     def __init__(
         self,
@@ -244,18 +230,13 @@ class KernelActor(SupervisedActor):
         super().__init__(ctx=ctx)
         self._runner = runner
         self.kernel_name = settings.kernel_name
-        self._env_override = settings.env
-        self._ready_timeout_s = settings.ready_timeout_s
         self._interrupt_kill_after_s = settings.interrupt_kill_after_s
         self._complete_timeout_s = settings.complete_timeout_s
-        self._heartbeat_interval_s = settings.heartbeat_interval_s
-        self._heartbeat_timeout_s = settings.heartbeat_timeout_s
-        self._heartbeat_idle_interval_s = settings.heartbeat_idle_interval_s
-        self._box: LaunchBox | None = None
-        self._starter: KernelStarter | None = None
-        self._channels: KernelChannels | None = None
-        self._watcher: ProcessWatcher | None = None
-        self._launched: KernelLaunched | None = None  # what KernelStarter spawned (its interrupt mode)
+        self._kernel = KernelProcess(
+            owner=self.actor_ref, runner=runner, kernel_name=settings.kernel_name, env=settings.env, clock=ctx.clock,
+            run_done=self._tell_run_done, ready_timeout_s=settings.ready_timeout_s,
+            heartbeat_interval_s=settings.heartbeat_interval_s, heartbeat_timeout_s=settings.heartbeat_timeout_s,
+            heartbeat_idle_interval_s=settings.heartbeat_idle_interval_s)
         self._queue: collections.deque[RunTask] = collections.deque()
         self._current: _Run | None = None
         self._completions: dict[int, Answer[tuple[str, ...]]] = {}  # by the id of their complete_request
@@ -265,52 +246,17 @@ class KernelActor(SupervisedActor):
         self._start_error: str | None = None
         # A restarted kernel has lost the user's variables: its first run says so (docs/protocol.md §4.2).
         self._owes_restart_notice = ctx.generation > 1
-        self._life = PhaseMachine(Phase.LAUNCHING, TRANSITIONS, log=lambda: self.log, on_change=self._phase_changed)
 
-    @property
-    def phase(self) -> Phase:
-        return self._life.phase
-
-    def _phase_changed(self, old: Phase, new: Phase) -> None:
-        """The one place the supervisor hears this incarnation's state; the pid goes with it once known."""
-        handle = self._box.handle if self._box is not None else None
-        self.set_state(CHILD_STATES[new], pid=handle.pid if handle is not None else None)
+    def reported_pid(self) -> int | None:
+        return self._kernel.pid
 
     # ---- life ------------------------------------------------------------------------------------------------
     def start_child(self) -> None:
-        directory = Path(tempfile.mkdtemp(prefix="kernel-runner-"))
-        self._box = LaunchBox(directory)
-        env = self._kernel_env()
-        work_dir = self._runner.config.work_dir
-        cwd = work_dir if work_dir.is_dir() else None
-        self._starter = KernelStarter(kernel_name=self.kernel_name, box=self._box, env=env, cwd=cwd, owner=self.actor_ref)
-        self._starter.start()  # LAUNCHING, the initial phase
+        self._kernel.start()  # LAUNCHING, the initial phase
         self.update_info({"kernel": self.kernel_name, "ready": False})
 
-    def _kernel_env(self) -> dict[str, str]:
-        # docs/protocol.md §4.1: upstream gives the kernel the runner's own environment (plus environ.txt here), not child_env.
-        if self._env_override is not None:
-            return dict(self._env_override)
-        if self._runner.runner_env:
-            return dict(self._runner.runner_env)
-        return dict(os.environ)
-
     def cleanup(self) -> None:
-        box = self._box
-        handle: ProcessHandle | None = None
-        if box is not None:
-            with box.lock:
-                box.closing = True
-                handle = box.handle
-        if self._channels is not None:
-            self._channels.close()
-            self._channels.join(timeout=1.0)
-        if handle is not None:
-            handle.kill_tree()
-            if self._watcher is not None:
-                self._watcher.join(timeout=1.0)
-        if box is not None:
-            shutil.rmtree(box.directory, ignore_errors=True)
+        self._kernel.close()
         # A death hands its work back before ENDED, so work left here was left by a stop (or by a crash).
         stopped = self.phase in (Phase.STOPPING, Phase.ENDED)
         self._abandon_work("the runner is stopping" if stopped else "the Jupyter kernel actor ended")
@@ -323,23 +269,13 @@ class KernelActor(SupervisedActor):
         # The channels saw it answer, so a shutdown_request can reach it; but a kernel running a cell acts on it only
         # once the cell ends, so waiting for that would only spend the stop's deadline (docs/protocol.md §1.7).
         polite = self.phase is Phase.READY and self._current is None
-        handle = self._box.handle if self._box is not None else None
-        self._life.to(Phase.STOPPING, message.reason)  # LAUNCHING/CONNECTING/READY/KILLING -> STOPPING
-        if handle is None or handle.poll() is not None:
+        self.to_phase(Phase.STOPPING, message.reason)  # LAUNCHING/CONNECTING/READY/KILLING -> STOPPING
+        if not self._kernel.stop(message.grace_s, polite=polite, log=self.log):
             self._exit(ShutdownExit(), "no kernel process to stop")  # STOPPING -> ENDED
-            return
-        if polite and self._channels is not None:
-            # Jupyter's polite way first (a shutdown_request), then SIGTERM to the group, then SIGKILL to the tree.
-            self._channels.submit(RequestShutdownCommand())
-            steps: tuple[StopStep, ...] = (
-                StopStep((), message.grace_s * 0.5), StopStep((signal.SIGTERM,), message.grace_s * 0.4))
-        else:
-            steps = (StopStep((signal.SIGTERM,), message.grace_s * 0.9),)
-        stop_process(handle, steps, log=self.log, what=f"the {self.kernel_name} kernel")
 
     def _exit(self, reason: ExitReason, why: str) -> None:
         """The one way this incarnation ends itself (the base then detaches, cleans up and reports the exit)."""
-        self._life.to(Phase.ENDED, why)  # STOPPING/RETIRING -> ENDED
+        self.to_phase(Phase.ENDED, why)  # STOPPING/RETIRING -> ENDED
         self.finish(reason)
 
     # ---- dispatch --------------------------------------------------------------------------------------------
@@ -386,46 +322,18 @@ class KernelActor(SupervisedActor):
 
     # ---- kernel start ----------------------------------------------------------------------------------------
     def _handle_kernel_launched(self, message: KernelLaunched) -> None:
-        box = self._box
-        assert box is not None and box.handle is not None and box.connection is not None
-        handle = box.handle
-        self._launched = message
+        handle = self._kernel.launched_as(message)
         self.log = self.log.bind(pid=handle.pid)
         self.log.info("kernel {} argv={} cwd={}", message.kernel_name, handle.argv, handle.cwd)
         if self.phase is not Phase.STOPPING:
-            self._life.to(Phase.CONNECTING, f"pid {handle.pid}")  # LAUNCHING -> CONNECTING
+            self.to_phase(Phase.CONNECTING, f"pid {handle.pid}")  # LAUNCHING -> CONNECTING
         self.update_info(
             {"kernel_pid": handle.pid, "connection_file": message.connection_file, "interrupt_mode": message.interrupt_mode}
         )
-        stdout = handle.popen.stdout
-        kernel_log = self.log.bind(stream="kernel")
-
-        def log_kernel_output(_stream: StreamName, data: bytes) -> None:
-            try:
-                for line in data.decode("utf-8", errors="replace").splitlines():
-                    if line.strip():
-                        kernel_log.info("kernel says: {}", excerpt(line, KERNEL_LOG_LINE_CHARS, quote=False))
-            except Exception as exc:  # noqa: BLE001 - the watcher must go on reading, or the kernel's exit is lost
-                kernel_log.error("kernel output of {} bytes not logged: {!r}; it starts {}", len(data), exc, excerpt(data))
-
-        sink: OutputSink | None = log_kernel_output if stdout is not None else None
         # Also when STOPPING (spawned while the stop was on its way): stop_process has the handle, and the exit ends us.
-        self._watcher = watch_process(handle, self.actor_ref, sink=sink, clock=self.ctx.clock)
-        if self.phase is not Phase.CONNECTING:
-            return
-        self._channels = KernelChannels(
-            connection=box.connection,
-            owner=self.actor_ref,
-            router=self._runner.router,
-            run_done=self._tell_run_done,
-            pid=handle.pid,
-            ready_timeout_s=self._ready_timeout_s,
-            heartbeat_interval_s=self._heartbeat_interval_s,
-            heartbeat_timeout_s=self._heartbeat_timeout_s,
-            heartbeat_idle_interval_s=self._heartbeat_idle_interval_s,
-            log=self.log,
-        )
-        self._channels.start()
+        self._kernel.watch(self.log)
+        if self.phase is Phase.CONNECTING:
+            self._kernel.connect(self.log)
 
     def _handle_kernel_ready(self, message: KernelReady) -> None:
         if self.phase is not Phase.CONNECTING:
@@ -434,7 +342,7 @@ class KernelActor(SupervisedActor):
         emit(self.log, "INFO", Event.HEALTHY,
              "healthy: kernel {} ({} {}, protocol {})", self.kernel_name, message.implementation,
              message.language, message.protocol_version)
-        self._life.to(Phase.READY, "the kernel answered")  # CONNECTING -> READY
+        self.to_phase(Phase.READY, "the kernel answered")  # CONNECTING -> READY
         self.update_info({"ready": True})
         self._start_next()
 
@@ -454,7 +362,7 @@ class KernelActor(SupervisedActor):
 
     def _handle_kernel_heartbeat_lost(self, message: KernelHeartbeatLost) -> None:
         """A stopped or hung kernel never exits by itself: kill it, end its run, and let the supervisor restart it."""
-        handle = self._box.handle if self._box is not None else None
+        handle = self._kernel.handle
         if self.phase is not Phase.READY or handle is None:
             # KILLING, STOPPING: being killed or stopped already; DYING, RETIRING: gone already.
             self.log.info("heartbeat lost while {}: nothing more to do", self.phase.name)
@@ -464,11 +372,7 @@ class KernelActor(SupervisedActor):
              "unhealthy: the {} kernel has not answered its heartbeat for {:.1f} s (stopped or hung); "
              "SIGKILL to its tree", self.kernel_name, message.silent_s)
         handle.kill_tree()  # a stopped process dies of SIGKILL too; its exit reaches us while DYING
-        note = (
-            f"kernel-runner: the Jupyter kernel ({self.kernel_name}) did not answer its heartbeat for "
-            f"{message.silent_s:.0f} s while this code ran (it is stopped or hung), so it was killed; "
-            "it is being restarted\n"
-        )
+        note = heartbeat_lost_note(self.kernel_name, message.silent_s)
         self._die(Unhealthy(detail=detail), run_end=(death_exit_code(-signal.SIGKILL), note))
 
     # ---- runs ---------------------------------------------------------------------------------------------------
@@ -484,17 +388,14 @@ class KernelActor(SupervisedActor):
         self._start_next()
 
     def _start_next(self) -> None:
-        if self.phase is not Phase.READY or self._current is not None or not self._queue or self._channels is None:
+        if self.phase is not Phase.READY or self._current is not None or not self._queue or self._kernel.channels is None:
             return
         task = self._queue.popleft()
         self._current = _Run(task=task)
         debug(self.log, "run {}: executing {} bytes", task.run_id, len(task.text))
-        notice = None
-        if self._owes_restart_notice:
-            self._owes_restart_notice = False
-            notice = (f"kernel-runner: the Jupyter kernel ({self.kernel_name}) was restarted since the last run; "
-                      "variables, imports and other state from earlier runs are gone\n")
-        self._channels.submit(ExecuteCommand(run_id=task.run_id, code=task.text, notice=notice))
+        notice = restart_notice(self.kernel_name) if self._owes_restart_notice else None
+        self._owes_restart_notice = False
+        self._kernel.channels.submit(ExecuteCommand(run_id=task.run_id, code=task.text, notice=notice))
 
     def _handle_kernel_run_ended(self, message: KernelRunEnded) -> None:
         run = self._current
@@ -535,11 +436,11 @@ class KernelActor(SupervisedActor):
     # ---- input, interrupt, completion ---------------------------------------------------------------------------
     def _handle_feed_input(self, message: FeedInput) -> None:
         run = self._current
-        if run is None or not run.waiting_input or self._channels is None:
+        if run is None or not run.waiting_input or self._kernel.channels is None:
             self.log.info("input dropped: nothing is waiting for input")
             return
         run.waiting_input = False
-        self._channels.submit(SendInputCommand(run_id=run.task.run_id, value=message.text))
+        self._kernel.channels.submit(SendInputCommand(run_id=run.task.run_id, value=message.text))
 
     def _handle_kernel_input_requested(self, message: KernelInputRequested) -> None:
         run = self._current
@@ -563,39 +464,32 @@ class KernelActor(SupervisedActor):
             self.log.info("interrupt: run {} is ending already ({})", run.task.run_id, self.phase.name)
             return
         run.waiting_input = False
-        launched = self._launched
-        handle = self._box.handle if self._box is not None else None
-        if launched is not None and launched.interrupt_mode == "message" and self._channels is not None:
-            self._channels.submit(SendInterruptCommand())
-        elif handle is not None:
-            # Like jupyter_client's provisioner: SIGINT to the kernel's process group.
-            handle.signal_group(signal.SIGINT)
-            self.log.info("interrupt: SIGINT to the kernel's process group")
+        self._kernel.interrupt(self.log)
         if not run.interrupted:
             run.interrupted = True
             self.schedule(self._interrupt_kill_after_s, _InterruptDeadline(run_id=run.task.run_id))
 
     def _handle_interrupt_deadline(self, message: _InterruptDeadline) -> None:
         run = self._current
-        handle = self._box.handle if self._box is not None else None
+        handle = self._kernel.handle
         # Only a READY kernel is killed here: a stopping one is being stopped, a dying one is gone.
         if run is None or run.task.run_id != message.run_id or self.phase is not Phase.READY or handle is None:
             return
         self.log.warning(
             "the kernel ignored the interrupt for {:g} s; killing it so the run ends", self._interrupt_kill_after_s
         )
-        self._life.to(Phase.KILLING, f"run {run.task.run_id} ignored the interrupt")  # READY -> KILLING
+        self.to_phase(Phase.KILLING, f"run {run.task.run_id} ignored the interrupt")  # READY -> KILLING
         handle.kill_tree()
 
     def _handle_complete_code(self, message: CompleteCode) -> None:
-        if self.phase is not Phase.READY or self._channels is None:
+        if self.phase is not Phase.READY or self._kernel.channels is None:
             message.answer.refuse("the kernel is not ready")
             return
         request_id = next(self._completion_ids)
         self._completions[request_id] = message.answer
         cursor = message.options.get("cursor_pos") if isinstance(message.options, Mapping) else None
         cursor_pos = cursor if isinstance(cursor, int) and 0 <= cursor <= len(message.code) else len(message.code)
-        self._channels.submit(CompleteCommand(request_id=request_id, code=message.code, cursor_pos=cursor_pos))
+        self._kernel.channels.submit(CompleteCommand(request_id=request_id, code=message.code, cursor_pos=cursor_pos))
         self.schedule(self._complete_timeout_s, _CompletionDeadline(request_id=request_id))
 
     def _handle_kernel_completion(self, message: KernelCompletion) -> None:
@@ -644,27 +538,16 @@ class KernelActor(SupervisedActor):
         self._death, self._start_error = reason, start_error
         # Detach first, so code told from now on waits for the next incarnation, not for us.
         self.ctx.directory.detach(self.child_id, self.generation)
-        self._life.to(Phase.DYING, reason.describe())  # LAUNCHING/CONNECTING/READY/KILLING -> DYING
+        self.to_phase(Phase.DYING, reason.describe())  # LAUNCHING/CONNECTING/READY/KILLING -> DYING
         self.update_info({"ready": False})
         run = self._current
         if run is None:
             self._retire()
             return
-        if run_end is not None:
-            exit_code, note = run_end
-        elif killed_for_interrupt:
-            exit_code = INTERRUPTED_EXIT
-            note = (
-                f"kernel-runner: the Jupyter kernel ({self.kernel_name}) did not respond to the interrupt within "
-                f"{self._interrupt_kill_after_s:g} s, so it was killed; it is being restarted\n"
-            )
-        else:
-            exit_code = death_exit_code(returncode)
-            note = (
-                f"kernel-runner: the Jupyter kernel ({self.kernel_name}) died ({note_how or reason.describe()}) "
-                "while this code ran; it is being restarted\n"
-            )
-        channels = self._channels
+        exit_code, note = run_end or death_run_end(
+            self.kernel_name, how=note_how or reason.describe(), returncode=returncode,
+            killed_after_s=self._interrupt_kill_after_s if killed_for_interrupt else None)
+        channels = self._kernel.channels
         if channels is not None and channels.is_alive():
             channels.submit(EndRunCommand(run_id=run.task.run_id, exit_code=exit_code, note=note))
             self.schedule(END_RUN_TIMEOUT_S, _EndRunDeadline(run_id=run.task.run_id))
@@ -679,7 +562,7 @@ class KernelActor(SupervisedActor):
 
     def _retire(self) -> None:
         """Hand queued work back, then exit once messages already in our inbox have been handed back too."""
-        self._life.to(Phase.RETIRING, "no cell runs any more")  # DYING -> RETIRING
+        self.to_phase(Phase.RETIRING, "no cell runs any more")  # DYING -> RETIRING
         while self._queue:
             self._handback(self._queue.popleft())
         self._refuse_completions("the kernel is gone")
@@ -704,4 +587,4 @@ class KernelActor(SupervisedActor):
             answer.refuse(why)
 
 
-__all__ = ["CHILD_STATES", "TRANSITIONS", "KernelActor", "KernelSettings", "Phase"]
+__all__ = ["LIFECYCLE", "KernelActor", "KernelSettings", "Phase"]

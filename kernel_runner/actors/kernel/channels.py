@@ -5,11 +5,12 @@ Threads and what they own:
 * ``KernelStarter`` (one per incarnation): looks the kernelspec up, writes the connection file, spawns the kernel in
   its own session and tells the actor ``KernelLaunched``. It never touches a socket.
 * ``KernelChannels`` (the IOPub pump): creates, uses and closes every ZeroMQ socket to the kernel (shell, iopub,
-  stdin, control, hb). It waits for readiness (``KernelReady``), sends what the actor asks for through a command queue
-  woken by a pipe, and maps IOPub/stdin traffic to agent messages. Outputs go straight to the router (credited,
-  split into records of at most 1 MiB); the run's end goes to the actor as ``KernelRunEnded`` *after* its outputs,
-  so the actor's single ``Finished`` always comes last. It also pings the kernel's heartbeat channel and tells the
-  actor ``KernelHeartbeatLost`` when the kernel stops echoing (docs/protocol.md §4.7).
+  stdin, control, hb: its KernelConnection, connection.py). It waits for readiness (``KernelReady``), sends what the
+  actor asks for through a command queue woken by a pipe, and maps IOPub/stdin traffic to agent messages. Outputs go
+  straight to the router (credited, split into records of at most 1 MiB); the run's end goes to the actor as
+  ``KernelRunEnded`` *after* its outputs, so the actor's single ``Finished`` always comes last. It also pings the
+  kernel's heartbeat channel and tells the actor ``KernelHeartbeatLost`` when the kernel stops echoing
+  (heartbeat.py; docs/protocol.md §4.7).
 
 A message that makes a handler fail is logged (with a bounded prefix) and skipped; the thread goes on. If the thread
 ends anyway, whatever the cause, the actor hears ``KernelChannelsClosed`` (or the start failure) and ends its
@@ -32,13 +33,13 @@ import attrs
 import pykka
 import zmq
 
+from kernel_runner.actors.kernel.connection import KernelConnection
+from kernel_runner.actors.kernel.heartbeat import KernelHeartbeat
 from kernel_runner.actors.kernel.jupyter import (
-    BEATS_WHILE_BUSY,
     HEARTBEAT_IDLE_INTERVAL_S,
     HEARTBEAT_INTERVAL_S,
     HEARTBEAT_TIMEOUT_S,
     NO_KERNEL_EXIT,
-    HeartbeatWatch,
     KernelSpecError,
     exit_code_from_reply,
     fill_template,
@@ -64,7 +65,6 @@ from kernel_runner.procs.process import ProcessHandle
 from kernel_runner.procs.wakeup import WakeupPipe
 from kernel_runner.supervision.refs import tell_if_alive
 from kernel_runner.wire.outbox import RouterLink
-from kernel_runner.wire.sockets import recv_monitor_event
 
 # ---- knobs (docs/architecture.md §4; docs/protocol.md §4) -----------------------------------------------------------
 READY_TIMEOUT_S = 30.0  # upstream waits 10 s; a cold ipykernel on a loaded machine can need more
@@ -73,7 +73,6 @@ KERNEL_INFO_RETRY_S = 0.25
 END_GRACE_S = 2.0
 MAX_MESSAGES_PER_WAKE = 256
 IDLE_POLL_MS = 60_000  # nothing to time while idle but the heartbeat, which sets its own (shorter) deadline
-HB_SNDHWM = 16  # pings waiting for a kernel that does not read them: more would say nothing new
 
 
 @attrs.frozen(kw_only=True)
@@ -253,7 +252,6 @@ class KernelChannels(threading.Thread):
         log: Any,
     ) -> None:
         super().__init__(name=f"KernelChannels-{pid}", daemon=True)
-        self._connection = dict(connection)
         self._owner = owner
         self._router = router
         self._run_done = run_done
@@ -261,15 +259,12 @@ class KernelChannels(threading.Thread):
         self._heartbeat_interval_s = heartbeat_interval_s
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self._heartbeat_idle_interval_s = heartbeat_idle_interval_s
-        self._heartbeat: HeartbeatWatch | None = None  # None: not watched (before ready, or once lost)
-        self._beats_while_busy = False
+        self._heartbeat: KernelHeartbeat | None = None  # None: not watched (before ready, or once lost)
         self._log = log
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._wakeup = WakeupPipe()
-        self._session: Any = None
-        self._sockets: dict[str, zmq.Socket[bytes]] = {}
-        self._stdin_monitor: zmq.Socket[bytes] | None = None
+        self._conn = KernelConnection(connection, log)
         self._execution: _Execution | None = None
         self._input_parent: dict[str, Any] | None = None
         self._completions: dict[str, int] = {}
@@ -287,7 +282,7 @@ class KernelChannels(threading.Thread):
     def run(self) -> None:
         ended_as_planned = False
         try:
-            self._open()
+            self._conn.open()
             if self._handshake():
                 self._loop()
             ended_as_planned = True  # stopping, or the handshake told the actor why it failed
@@ -299,11 +294,7 @@ class KernelChannels(threading.Thread):
             if not ended_as_planned:  # something no handler could catch: the actor must still hear of it
                 self._log.error("the kernel channel thread ended unexpectedly")
                 self._tell(KernelChannelsClosed(error="the channel thread ended unexpectedly"))
-            if "stdin" in self._sockets:
-                self._close_stdin_monitor()
-            for sock in self._sockets.values():
-                sock.close(linger=0)
-            self._sockets.clear()
+            self._conn.close()
             self._wakeup.close()
 
     def _tell(self, message: object) -> None:
@@ -315,75 +306,27 @@ class KernelChannels(threading.Thread):
         self._run_done(run_id, exit_code)
         self._tell(KernelRunEnded(run_id=run_id, exit_code=exit_code))
 
-    def _url(self, channel: str) -> str:
-        info = self._connection
-        port = info[f"{channel}_port"]
-        if info.get("transport", "tcp") == "ipc":
-            return f"ipc://{info['ip']}-{port}"
-        return f"{info.get('transport', 'tcp')}://{info['ip']}:{port}"
-
-    def _open(self) -> None:
-        from jupyter_client.session import Session
-
-        info = self._connection
-        self._session = Session(
-            key=str(info["key"]).encode("ascii"),
-            signature_scheme=str(info.get("signature_scheme", "hmac-sha256")),
-            username="kernel-runner",
-        )
-        context: zmq.Context[Any] = zmq.Context.instance()
-        identity: bytes = self._session.bsession
-        channels = (("shell", zmq.DEALER), ("control", zmq.DEALER), ("stdin", zmq.DEALER), ("iopub", zmq.SUB),
-                    ("hb", zmq.DEALER))
-        for channel, kind in channels:
-            sock: zmq.Socket[bytes] = context.socket(kind)
-            sock.setsockopt(zmq.LINGER, 0)
-            if channel == "hb":
-                sock.setsockopt(zmq.SNDHWM, HB_SNDHWM)
-            if channel in ("shell", "stdin"):
-                # The kernel routes input_request to the stdin socket that shares the shell socket's identity.
-                sock.setsockopt(zmq.IDENTITY, identity)
-            if kind == zmq.SUB:
-                # PUB drops at the high-water mark; never lose an idle status or output while the agent is slow.
-                sock.setsockopt(zmq.RCVHWM, 0)
-                sock.setsockopt(zmq.SUBSCRIBE, b"")
-            if channel == "stdin":
-                # The kernel's stdin ROUTER drops an input_request for a peer whose connection is not complete yet,
-                # and nothing else travels that way before the first input(): readiness waits for this handshake.
-                self._stdin_monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-            sock.connect(self._url(channel))
-            self._sockets[channel] = sock
-
-    def _recv(self, channel: str) -> dict[str, Any] | None:
-        try:
-            _, msg = self._session.recv(self._sockets[channel], mode=zmq.NOBLOCK, copy=False)
-        except ValueError as exc:  # a bad signature or a malformed message: drop it, keep the channel
-            self._log.warning("dropped an unreadable {} message: {}", channel, exc)
-            return {}
-        return msg  # type: ignore[no-any-return]
-
-    def _send(self, channel: str, msg_type: str, content: dict[str, Any], parent: Any = None) -> str:
-        msg = self._session.send(self._sockets[channel], msg_type, content=content, parent=parent)
-        return str(msg["header"]["msg_id"])
-
     def _handshake(self) -> bool:
         """Ready = a kernel_info_reply on shell and any message on IOPub (so no early output is lost)."""
         deadline = time.monotonic() + self._ready_timeout_s
         got_reply: dict[str, Any] | None = None
         got_iopub = False
-        monitor = self._stdin_monitor
+        monitor = self._conn.stdin_monitor
         got_stdin = monitor is None
         last_sent = float("-inf")
         poller = zmq.Poller()
-        poller.register(self._sockets["shell"], zmq.POLLIN)
-        poller.register(self._sockets["iopub"], zmq.POLLIN)
+        poller.register(self._conn.sockets["shell"], zmq.POLLIN)
+        poller.register(self._conn.sockets["iopub"], zmq.POLLIN)
         poller.register(self._wakeup.fd, zmq.POLLIN)
         if monitor is not None:
             poller.register(monitor, zmq.POLLIN)
         while not self._stopping.is_set():
             if got_reply is not None and got_iopub and got_stdin:
-                self._close_stdin_monitor()
-                self._watch_heartbeat(str(got_reply.get("implementation", "")))
+                self._conn.close_stdin_monitor()
+                self._heartbeat = KernelHeartbeat(
+                    self._conn.sockets["hb"], implementation=str(got_reply.get("implementation", "")),
+                    interval_s=self._heartbeat_interval_s, timeout_s=self._heartbeat_timeout_s,
+                    idle_interval_s=self._heartbeat_idle_interval_s, log=self._log)
                 language = got_reply.get("language_info", {}).get("name", "")
                 self._tell(
                     KernelReady(
@@ -398,40 +341,24 @@ class KernelChannels(threading.Thread):
                 self._tell(KernelStartFailed(error=f"the kernel did not become ready within {self._ready_timeout_s:g} s"))
                 return False
             if now - last_sent >= KERNEL_INFO_RETRY_S:
-                self._send("shell", "kernel_info_request", {})
+                self._conn.send("shell", "kernel_info_request", {})
                 last_sent = now
             events = dict(poller.poll(int(min(KERNEL_INFO_RETRY_S, deadline - now) * 1000) + 1))
             if self._wakeup.fd in events:
                 self._wakeup.drain()
-            while (msg := self._recv("shell")) is not None:
+            while (msg := self._conn.recv("shell")) is not None:
                 if msg.get("msg_type") == "kernel_info_reply":
                     got_reply = dict(msg.get("content", {}))
-            while (msg := self._recv("iopub")) is not None:
+            while (msg := self._conn.recv("iopub")) is not None:
                 got_iopub = True
             if monitor is not None and monitor in events:
-                got_stdin = self._stdin_handshake_seen(monitor) or got_stdin
+                got_stdin = self._conn.stdin_handshake_seen() or got_stdin
         return False
-
-    def _stdin_handshake_seen(self, monitor: zmq.Socket[bytes]) -> bool:
-        seen = False
-        while True:
-            try:
-                event = recv_monitor_event(monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return seen
-            seen = seen or event.event == zmq.EVENT_HANDSHAKE_SUCCEEDED
-
-    def _close_stdin_monitor(self) -> None:
-        if self._stdin_monitor is None:
-            return
-        self._sockets["stdin"].disable_monitor()
-        self._stdin_monitor.close(linger=0)
-        self._stdin_monitor = None
 
     def _loop(self) -> None:
         poller = zmq.Poller()
         for channel in ("iopub", "shell", "stdin", "control", "hb"):
-            poller.register(self._sockets[channel], zmq.POLLIN)
+            poller.register(self._conn.sockets[channel], zmq.POLLIN)
         poller.register(self._wakeup.fd, zmq.POLLIN)
         handlers: tuple[tuple[str, Callable[[dict[str, Any]], None]], ...] = (
             # IOPub first: outputs of a run come before its end, which needs both reply and idle.
@@ -443,7 +370,7 @@ class KernelChannels(threading.Thread):
                 self._wakeup.drain()
             self._run_commands()
             for channel, handler in handlers:
-                if self._sockets[channel] in events:  # a socket with nothing to read costs a raised zmq.Again
+                if self._conn.sockets[channel] in events:  # a socket with nothing to read costs a raised zmq.Again
                     self._drain(channel, handler)
             self._check_run_end()
             self._beat()
@@ -454,7 +381,7 @@ class KernelChannels(threading.Thread):
         if execution is not None and execution.half_done_at is not None:
             deadlines.append(execution.half_done_at + END_GRACE_S)
         heartbeat = self._heartbeat
-        if heartbeat is not None and not self._heartbeat_paused():
+        if heartbeat is not None and not heartbeat.paused(busy=execution is not None):
             deadlines.append(heartbeat.next_due())
         if not deadlines:
             return IDLE_POLL_MS
@@ -462,7 +389,7 @@ class KernelChannels(threading.Thread):
 
     def _drain(self, channel: str, handler: Callable[[dict[str, Any]], None]) -> None:
         for _ in range(MAX_MESSAGES_PER_WAKE):
-            msg = self._recv(channel)
+            msg = self._conn.recv(channel)
             if msg is None:
                 return
             if msg:
@@ -479,52 +406,15 @@ class KernelChannels(threading.Thread):
             )
 
     # ---- the heartbeat (docs/protocol.md §4.7) -------------------------------------------------------------
-    def _watch_heartbeat(self, implementation: str) -> None:
-        self._beats_while_busy = implementation.lower() in BEATS_WHILE_BUSY
-        self._heartbeat = HeartbeatWatch.starting(
-            time.monotonic(), interval_s=self._heartbeat_interval_s, timeout_s=self._heartbeat_timeout_s,
-            idle_interval_s=self._heartbeat_idle_interval_s,
-        )
-        self._log.info(
-            "heartbeat: a ping every {:g} s while a cell runs, every {:g} s while idle; hung after {:g} s without an "
-            "echo ({})", self._heartbeat_interval_s, self._heartbeat.idle_interval_s, self._heartbeat_timeout_s,
-            "also while a cell runs" if self._beats_while_busy else f"between cells only: {implementation or '?'} "
-            "echoes from its main loop",
-        )
-
-    def _heartbeat_paused(self) -> bool:
-        """A kernel that echoes from its main loop cannot while it runs a cell: only its idle silence counts."""
-        return self._execution is not None and not self._beats_while_busy
-
     def _beat(self) -> None:
-        """Read the echoes (also those that came while this thread was blocked on output), then judge, then ping."""
         heartbeat = self._heartbeat
         if heartbeat is None:
             return
-        sock = self._sockets["hb"]
-        while True:
-            try:
-                sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            heartbeat.echoed()
-        now = time.monotonic()
-        if self._heartbeat_paused():
-            heartbeat.pause(now)
-            return
-        if heartbeat.is_lost(now):
-            silent_s = heartbeat.silent_for(now)
+        silent_s = heartbeat.beat(busy=self._execution is not None)
+        if silent_s is not None:
             self._heartbeat = None  # told once; the actor kills the kernel
             debug(self._log, "no heartbeat echo for {:.1f} s; telling the actor", silent_s)
             self._tell(KernelHeartbeatLost(silent_s=silent_s))
-            return
-        if heartbeat.ping_due(now):
-            try:
-                # The empty frame is REQ's envelope: a kernel's REP socket (IRkernel) needs it, a ROUTER echo keeps it.
-                sock.send_multipart([b"", b"ping"], zmq.NOBLOCK)
-            except zmq.Again:
-                pass  # the kernel is not reading pings: the one outstanding already says so
-            heartbeat.pinged(now, idle=self._execution is None)
 
     def _run_commands(self) -> None:
         while True:
@@ -538,13 +428,14 @@ class KernelChannels(threading.Thread):
                 case SendInputCommand():
                     self._send_input(command)
                 case SendInterruptCommand():
-                    self._send("control", "interrupt_request", {})
+                    self._conn.send("control", "interrupt_request", {})
                     self._log.info("interrupt: sent interrupt_request (kernelspec interrupt_mode=message)")
                 case CompleteCommand():
-                    msg_id = self._send("shell", "complete_request", {"code": command.code, "cursor_pos": command.cursor_pos})
+                    msg_id = self._conn.send("shell", "complete_request",
+                                             {"code": command.code, "cursor_pos": command.cursor_pos})
                     self._completions[msg_id] = command.request_id
                 case RequestShutdownCommand():
-                    self._send("control", "shutdown_request", {"restart": False})
+                    self._conn.send("control", "shutdown_request", {"restart": False})
                 case EndRunCommand():
                     self._end_dead_run(command)
 
@@ -561,12 +452,12 @@ class KernelChannels(threading.Thread):
             "allow_stdin": True,
             "stop_on_error": True,
         }
-        msg_id = self._send("shell", "execute_request", content)
+        msg_id = self._conn.send("shell", "execute_request", content)
         self._execution = _Execution(run_id=command.run_id, msg_id=msg_id)
         if command.notice:
             self._emit("stderr", command.notice)
-        if self._heartbeat is not None:  # docs/protocol.md §4.7: idle pings are rare; a run is watched from its start
-            self._heartbeat.run_started(time.monotonic())
+        if self._heartbeat is not None:
+            self._heartbeat.run_started()
         self._input_parent = None
 
     def _send_input(self, command: SendInputCommand) -> None:
@@ -574,7 +465,7 @@ class KernelChannels(threading.Thread):
         if execution is None or execution.run_id != command.run_id or self._input_parent is None:
             self._log.info("input for run {} dropped: the kernel is not waiting for it", command.run_id)
             return
-        self._send("stdin", "input_reply", {"value": command.value}, parent=self._input_parent)
+        self._conn.send("stdin", "input_reply", {"value": command.value}, parent=self._input_parent)
         self._input_parent = None
 
     # ---- inbound ------------------------------------------------------------------------------------------
@@ -626,7 +517,7 @@ class KernelChannels(threading.Thread):
         if not self._is_current(msg):
             # Nobody can answer it; an empty reply keeps the kernel from waiting for ever.
             self._log.warning("input_request outside the current run answered with an empty line")
-            self._send("stdin", "input_reply", {"value": ""}, parent=msg)
+            self._conn.send("stdin", "input_reply", {"value": ""}, parent=msg)
             return
         assert self._execution is not None
         prompt = str(content.get("prompt", ""))

@@ -267,6 +267,36 @@ def death_exit_code(returncode: int) -> int:
     return code if code != 0 else 1
 
 
+# ---- what the user reads on stderr when the kernel's life gets in the way of a run ----------------------------------
+
+
+def death_run_end(kernel_name: str, *, how: str, returncode: int, killed_after_s: float | None) -> tuple[int, str]:
+    """The exit code and the note of the run a dying kernel was running (`killed_after_s`: it was killed because it
+    ignored an interrupt that long)."""
+    if killed_after_s is not None:
+        return INTERRUPTED_EXIT, (
+            f"kernel-runner: the Jupyter kernel ({kernel_name}) did not respond to the interrupt within "
+            f"{killed_after_s:g} s, so it was killed; it is being restarted\n"
+        )
+    return death_exit_code(returncode), (
+        f"kernel-runner: the Jupyter kernel ({kernel_name}) died ({how}) while this code ran; it is being restarted\n"
+    )
+
+
+def heartbeat_lost_note(kernel_name: str, silent_s: float) -> str:
+    return (
+        f"kernel-runner: the Jupyter kernel ({kernel_name}) did not answer its heartbeat for "
+        f"{silent_s:.0f} s while this code ran (it is stopped or hung), so it was killed; "
+        "it is being restarted\n"
+    )
+
+
+def restart_notice(kernel_name: str) -> str:
+    """A restarted kernel has lost the user's variables: its first run says so (docs/protocol.md §4.2)."""
+    return (f"kernel-runner: the Jupyter kernel ({kernel_name}) was restarted since the last run; "
+            "variables, imports and other state from earlier runs are gone\n")
+
+
 __all__ = [
     "BEATS_WHILE_BUSY",
     "DRAWING_MIME",
@@ -275,10 +305,14 @@ __all__ = [
     "HEARTBEAT_TIMEOUT_S",
     "HeartbeatWatch",
     "KernelSpecError",
+    "death_exit_code",
+    "death_run_end",
     "exit_code_from_reply",
     "find_kernelspec",
+    "heartbeat_lost_note",
     "iter_records",
     "kernelspec_names",
     "map_display",
+    "restart_notice",
     "split_records",
 ]

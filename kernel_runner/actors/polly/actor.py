@@ -7,7 +7,7 @@ responses; each tells the actor its one outcome. The language runner hands this 
 sends the run's `finished` when it hears RunDone (docs/architecture.md §5.2); the actor sends the run's `media` or
 `stderr` to the agent first.
 
-Life of one incarnation: one `Phase`, changed only through `self._life` (docs/architecture.md §3.4)::
+Life of one incarnation: one `Phase`, changed only through `to_phase` (LIFECYCLE; docs/architecture.md §3.4)::
 
     STARTING ──(settings read from the child env)──> IDLE ──(a run's payload parsed, its PollyCall started)──> CALLING
                                                       ▲                                                         │
@@ -67,7 +67,7 @@ from kernel_runner.messages import (
     RunTask,
 )
 from kernel_runner.observability.debug_lines import debug
-from kernel_runner.supervision.actor import PhaseMachine, SupervisedActor
+from kernel_runner.supervision.actor import Lifecycle, PhasedActor
 from kernel_runner.supervision.exits import Crashed, ExitReason, ShutdownExit
 from kernel_runner.supervision.spec import ChildContext, ChildState, StopRequested
 from kernel_runner.supervision.timers import TimerHandle
@@ -116,20 +116,22 @@ class Phase(enum.Enum):
     """The incarnation is over (finish called, or cleanup ran); nothing follows."""
 
 
-TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
-    Phase.STARTING: frozenset({Phase.IDLE, Phase.ENDED}),
-    Phase.IDLE: frozenset({Phase.CALLING, Phase.ENDED}),
-    Phase.CALLING: frozenset({Phase.IDLE, Phase.ENDED}),
-    Phase.ENDED: frozenset(),
-}
-
-# The supervisor's view of each phase; None: nothing to report (ENDED is reported by ChildExited).
-CHILD_STATE: Mapping[Phase, ChildState | None] = {
-    Phase.STARTING: ChildState.STARTING,
-    Phase.IDLE: ChildState.RUNNING,
-    Phase.CALLING: ChildState.RUNNING,
-    Phase.ENDED: None,
-}
+LIFECYCLE = Lifecycle(
+    initial=Phase.STARTING,
+    transitions={
+        Phase.STARTING: frozenset({Phase.IDLE, Phase.ENDED}),
+        Phase.IDLE: frozenset({Phase.CALLING, Phase.ENDED}),
+        Phase.CALLING: frozenset({Phase.IDLE, Phase.ENDED}),
+        Phase.ENDED: frozenset(),
+    },
+    # The supervisor's view of each phase; None: nothing to report (ENDED is reported by ChildExited).
+    child_states={
+        Phase.STARTING: ChildState.STARTING,
+        Phase.IDLE: ChildState.RUNNING,
+        Phase.CALLING: ChildState.RUNNING,
+        Phase.ENDED: None,
+    },
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -148,10 +150,11 @@ class _Current:
     sent: bool = False
 
 
-class PollyActor(SupervisedActor):
+class PollyActor(PhasedActor[Phase]):
     """Runs one speech synthesis at a time; interrupt and the deadline abandon a call instead of waiting for it."""
 
     redeliverable = (RunTask, CompleteCode)
+    lifecycle = LIFECYCLE
 
     def __init__(
         self,
@@ -172,26 +175,17 @@ class PollyActor(SupervisedActor):
         self._abandoned: dict[int, PollyCall] = {}  # calls nobody waits for; their late outcomes are ignored
         self._call_ids = itertools.count(1)
         self._ending_note = "kernel-runner: the Amazon Polly call was abandoned: its actor ended\n"
-        self._life = PhaseMachine(Phase.STARTING, TRANSITIONS, log=lambda: self.log, on_change=self._phase_changed)
-
-    @property
-    def phase(self) -> Phase:
-        return self._life.phase
-
-    def _phase_changed(self, old: Phase, new: Phase) -> None:
-        """The one place the supervisor hears this child's state (the base sends only changes)."""
-        self.set_state(CHILD_STATE[new])
 
     def _end_life(self, reason: ExitReason, why: str) -> None:
         """-> ENDED, then end this incarnation with `reason` (the supervisor decides what follows)."""
-        self._life.to(Phase.ENDED, why)
+        self.to_phase(Phase.ENDED, why)
         self.finish(reason)
 
     # ---- life ----------------------------------------------------------------------------------------------------
     def start_child(self) -> None:
         self._box = ClientBox(self._settings, self._client_factory)
         self._report_info()
-        self._life.to(Phase.IDLE, f"region {self._settings.region}")  # STARTING -> IDLE
+        self.to_phase(Phase.IDLE, f"region {self._settings.region}")  # STARTING -> IDLE
 
     def request_stop(self, message: StopRequested) -> None:
         # Nothing to wait for: a call in flight cannot be cancelled, only abandoned (cleanup answers its run).
@@ -200,7 +194,7 @@ class PollyActor(SupervisedActor):
 
     def cleanup(self) -> None:
         if self.phase is not Phase.ENDED:
-            self._life.to(Phase.ENDED, "cleanup")  # any phase -> ENDED: a crash, or stopped from outside
+            self.to_phase(Phase.ENDED, "cleanup")  # any phase -> ENDED: a crash, or stopped from outside
         current, self._current = self._current, None
         if current is not None:
             current.timer.cancel()
@@ -277,7 +271,7 @@ class PollyActor(SupervisedActor):
         self._current = _Current(task=task, call=call, timer=timer)
         self.log.info("run {}: call {} voice {} ({}, {} characters)", task.run_id, call.call_id, request.voice_id,
                       request.text_type, len(request.text))
-        self._life.to(Phase.CALLING, f"run {task.run_id} call {call.call_id}")  # IDLE -> CALLING
+        self.to_phase(Phase.CALLING, f"run {task.run_id} call {call.call_id}")  # IDLE -> CALLING
 
     def _current_call(self, call_id: int) -> _Current | None:
         current = self._current
@@ -358,7 +352,7 @@ class PollyActor(SupervisedActor):
         """CALLING -> IDLE: the run's outputs are out; its RunDone goes to the language runner, then the next run."""
         current.timer.cancel()
         self._current = None
-        self._life.to(Phase.IDLE, f"run {current.task.run_id} ended with {exit_code}")  # CALLING -> IDLE
+        self.to_phase(Phase.IDLE, f"run {current.task.run_id} ended with {exit_code}")  # CALLING -> IDLE
         self._run_done(current.task, exit_code)
         self._run_next()
 
@@ -389,4 +383,4 @@ class PollyActor(SupervisedActor):
         message.answer.send(())  # docs/protocol.md §8.5: no completion
 
 
-__all__ = ["CHILD_STATE", "TRANSITIONS", "Phase", "PollyActor", "PollyActorSettings"]
+__all__ = ["LIFECYCLE", "Phase", "PollyActor", "PollyActorSettings"]

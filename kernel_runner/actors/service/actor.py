@@ -1,6 +1,6 @@
 """ServiceActor: one service process: prestart, spawn, port wait, exit report, graceful stop of its whole tree.
 
-Life of one incarnation: one `phase`, changed only through `self._life`, which checks the edge against TRANSITIONS
+Life of one incarnation: one `phase`, changed only through `to_phase`, which checks the edge against LIFECYCLE
 and logs it (docs/architecture.md §3.4):
 
     PREPARING ──spawned──────────────────────> STARTING ──port open, or no port to wait for──> RUNNING
@@ -26,7 +26,7 @@ The same answer goes to later start-services that wait for this start (AwaitServ
 step 2); if the agent's wait ends first, `failed` goes out at ReplyDue and the service keeps starting.
 A watcher (a model's health checker) hears ServiceUp on entering RUNNING,
 ServiceProcessEnded when an EXITING or FAILING process's pipes are drained, and ServiceStartFailed on entering
-FAILED from anywhere else. The supervisor's view (ChildState) follows from the phase (CHILD_STATES); `_phase_changed`
+FAILED from anywhere else. The supervisor's view (ChildState) follows from the phase (LIFECYCLE); the base
 reports it, with the pid, whenever either changes.
 """
 
@@ -64,7 +64,7 @@ from kernel_runner.probes.messages import ProbeMessage
 from kernel_runner.probes.service import ProbeFailure, ProbeTally, ServiceProbePlan, ServiceProbes
 from kernel_runner.procs.process import ProcessHandle, describe_returncode, stop_process, term_then_kill, watch_process
 from kernel_runner.servicedefs import ServiceCommand, ServiceStartError
-from kernel_runner.supervision.actor import PhaseMachine, SupervisedActor
+from kernel_runner.supervision.actor import Lifecycle, PhasedActor
 from kernel_runner.supervision.clock import Clock
 from kernel_runner.supervision.exits import ExitReason, NormalExit, ProcessDied, ShutdownExit, StartFailed, Unhealthy
 from kernel_runner.supervision.refs import tell_if_alive
@@ -129,28 +129,30 @@ class Phase(enum.Enum):
     """Terminal: the incarnation ends (process exit after it was up, or a requested stop)."""
 
 
-TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
-    Phase.PREPARING: frozenset({Phase.STARTING, Phase.RUNNING, Phase.FAILED, Phase.STOPPING}),
-    Phase.STARTING: frozenset({Phase.RUNNING, Phase.FAILING, Phase.FAILED, Phase.STOPPING}),
-    Phase.RUNNING: frozenset({Phase.EXITING, Phase.STOPPING}),
-    Phase.EXITING: frozenset({Phase.ENDED, Phase.STOPPING}),
-    Phase.FAILING: frozenset({Phase.FAILED, Phase.STOPPING}),
-    Phase.STOPPING: frozenset({Phase.ENDED}),
-    Phase.FAILED: frozenset(),
-    Phase.ENDED: frozenset(),
-}
-
-# The supervisor's view of each phase; None: nothing to report (the supervisor reports the exit itself).
-CHILD_STATES: Mapping[Phase, ChildState | None] = {
-    Phase.PREPARING: ChildState.STARTING,
-    Phase.STARTING: ChildState.STARTING,
-    Phase.RUNNING: ChildState.RUNNING,
-    Phase.EXITING: ChildState.RUNNING,
-    Phase.FAILING: ChildState.STARTING,
-    Phase.STOPPING: ChildState.STOPPING,
-    Phase.FAILED: None,
-    Phase.ENDED: None,
-}
+LIFECYCLE = Lifecycle(
+    initial=Phase.PREPARING,
+    transitions={
+        Phase.PREPARING: frozenset({Phase.STARTING, Phase.RUNNING, Phase.FAILED, Phase.STOPPING}),
+        Phase.STARTING: frozenset({Phase.RUNNING, Phase.FAILING, Phase.FAILED, Phase.STOPPING}),
+        Phase.RUNNING: frozenset({Phase.EXITING, Phase.STOPPING}),
+        Phase.EXITING: frozenset({Phase.ENDED, Phase.STOPPING}),
+        Phase.FAILING: frozenset({Phase.FAILED, Phase.STOPPING}),
+        Phase.STOPPING: frozenset({Phase.ENDED}),
+        Phase.FAILED: frozenset(),
+        Phase.ENDED: frozenset(),
+    },
+    # The supervisor's view of each phase; None: nothing to report (the supervisor reports the exit itself).
+    child_states={
+        Phase.PREPARING: ChildState.STARTING,
+        Phase.STARTING: ChildState.STARTING,
+        Phase.RUNNING: ChildState.RUNNING,
+        Phase.EXITING: ChildState.RUNNING,
+        Phase.FAILING: ChildState.STARTING,
+        Phase.STOPPING: ChildState.STOPPING,
+        Phase.FAILED: None,
+        Phase.ENDED: None,
+    },
+)
 
 # Phases in which `started` has been answered (a stop then answers nothing).
 UP_PHASES = frozenset({Phase.RUNNING, Phase.EXITING})
@@ -287,11 +289,12 @@ class OutputTail:
             return "\n".join(self._lines)
 
 
-class ServiceActor(SupervisedActor):
+class ServiceActor(PhasedActor[Phase]):
     """Supervises one service process; the supervisor decides about restarts, this actor about one life (Phase)."""
 
     # A later start-service waiting for this one must be answered even if this incarnation ends first.
     redeliverable = (AwaitServiceStart,)
+    lifecycle = LIFECYCLE
 
     def __init__(self, *, ctx: ChildContext, runner: RunnerContext, run: ServiceRun, answer: ServiceAnswer | None) -> None:
         super().__init__(ctx=ctx)
@@ -312,19 +315,13 @@ class ServiceActor(SupervisedActor):
         self._waiter_tokens = itertools.count()
         # The health probes of this incarnation, made at the spawn (docs/protocol.md §6.14).
         self._probes: ServiceProbes | None = None
-        self._life = PhaseMachine(Phase.PREPARING, TRANSITIONS, log=lambda: self.log, on_change=self._phase_changed)
-
-    @property
-    def phase(self) -> Phase:
-        return self._life.phase
 
     @property
     def pid(self) -> int | None:
         return self._handle.pid if self._handle is not None else None
 
-    def _phase_changed(self, old: Phase, new: Phase) -> None:
-        """The one place the supervisor hears about this life: when the mapped state or the known pid changes."""
-        self.set_state(CHILD_STATES[new], pid=self.pid)
+    def reported_pid(self) -> int | None:
+        return self.pid
 
     # ---- life -----------------------------------------------------------------------------------
     def start_child(self) -> None:
@@ -375,7 +372,7 @@ class ServiceActor(SupervisedActor):
 
     def _conclude(self, reason: ExitReason, why: str) -> None:
         """-> ENDED: this incarnation is over (not a failed start); the supervisor decides what comes next."""
-        self._life.to(Phase.ENDED, why)
+        self.to_phase(Phase.ENDED, why)
         self.finish(reason)
 
     # ---- start ------------------------------------------------------------------------------------
@@ -426,7 +423,7 @@ class ServiceActor(SupervisedActor):
         self._tail = OutputTail(self.log, self.run.port)
         # A model's argv came over the wire (docs/protocol.md §2.8): the log quotes a bounded prefix of it.
         self.log.info("pid {} argv={} cwd={}", handle.pid, excerpt(" ".join(argv), 1000), command.cwd)
-        self._life.to(Phase.STARTING, f"spawned pid {handle.pid}")  # PREPARING -> STARTING
+        self.to_phase(Phase.STARTING, f"spawned pid {handle.pid}")  # PREPARING -> STARTING
         self._open_pipes = sum(stream is not None for stream in (handle.popen.stdout, handle.popen.stderr))
         watch_process(handle, self.actor_ref, sink=self._tail.feed, clock=self.ctx.clock)
         if self.run.probes is not None:
@@ -459,7 +456,7 @@ class ServiceActor(SupervisedActor):
             self.schedule(limit_s - (self.ctx.clock.monotonic() - self._spawned_at), StartLimitDue())
 
     def _become_ready(self, why: str) -> None:
-        self._life.to(Phase.RUNNING, why)
+        self.to_phase(Phase.RUNNING, why)
         self.update_info({"name": self.run.name, "port": self.run.port})
         if self.run.watcher is not None:
             self._tell_watcher(ServiceUp(name=self.run.name, port=self.run.port))
@@ -476,7 +473,7 @@ class ServiceActor(SupervisedActor):
         """Answered `failed`; whether it is tried again is the supervisor's call (its spec: not after a first start)."""
         self._stop_probes()
         before = self.phase
-        self._life.to(Phase.FAILED, error.partition("\n")[0])
+        self.to_phase(Phase.FAILED, error.partition("\n")[0])
         self._reply("failed", error)
         if self.run.watcher is not None and before is not Phase.FAILING:  # FAILING told ServiceProcessEnded already
             self._tell_watcher(ServiceStartFailed(name=self.run.name, error=error))
@@ -496,9 +493,9 @@ class ServiceActor(SupervisedActor):
             self._handle.kill_tree()
         why = f"pid {message.pid} exited ({message.returncode})"
         if self.phase is Phase.STARTING:
-            self._life.to(Phase.FAILING, why)  # STARTING -> FAILING
+            self.to_phase(Phase.FAILING, why)  # STARTING -> FAILING
         elif self.phase is not Phase.STOPPING:
-            self._life.to(Phase.EXITING, why)  # RUNNING -> EXITING (from anywhere else: InvalidTransition)
+            self.to_phase(Phase.EXITING, why)  # RUNNING -> EXITING (from anywhere else: InvalidTransition)
         if self._open_pipes == 0:
             self._after_exit()
 
@@ -542,7 +539,7 @@ class ServiceActor(SupervisedActor):
         if self._port_waiter is not None:
             self._port_waiter.cancelled.set()
         self._stop_probes()  # nothing is probed once a stop was asked for
-        self._life.to(Phase.STOPPING, message.reason)  # PREPARING|STARTING|RUNNING|EXITING|FAILING -> STOPPING
+        self.to_phase(Phase.STOPPING, message.reason)  # PREPARING|STARTING|RUNNING|EXITING|FAILING -> STOPPING
         if before not in UP_PHASES:
             program = self._command.argv[0] if self._command is not None and self._command.argv else self.run.name
             self._reply("failed", f"the process did not start properly: {program}")

@@ -1,4 +1,4 @@
-"""ServicesActor: the service manager. Turns start-service, shutdown-service, get-apps and start-model-service into
+"""ServiceManagerActor: the service manager. Turns start-service, shutdown-service, get-apps and start-model-service into
 requests to the supervisor, and answers the request where the planner's or the supervisor's answer decides it.
 
 It plans (through a ServicePlanner) and asks; the supervisor starts and stops. A start of something that runs already
@@ -50,7 +50,7 @@ INTRINSIC_STEP = "intrinsic-services"  # the start-up step `status` waits for (d
 
 
 class ServicePlanner(Protocol):
-    """Decides what to start for a service op; runtime.service_planner.ServiceDirectory is the runner's, tests bring
+    """Decides what to start for a service op; runtime.service_planner.DefinitionPlanner is the runner's, tests bring
     their own. A plan's children carry the request's answer where they give it (the service, a model's checker)."""
 
     def apps(self, name: str | None) -> Sequence[Mapping[str, Any]]: ...
@@ -74,7 +74,7 @@ class LoadedDefinitions:
 
 @runtime_checkable
 class DefinitionsReloader(Protocol):
-    """A planner whose services come from the service-defs folder (services.ServiceDirectory): it can reread it."""
+    """A planner whose services come from the service-defs folder (services.DefinitionPlanner): it can reread it."""
 
     def read_definitions(self) -> LoadedDefinitions: ...
 
@@ -105,7 +105,7 @@ class _IntrinsicsPlanned:
     specs: tuple[ChildSpec, ...]
 
 
-class ServicesActor(SupervisedActor):
+class ServiceManagerActor(SupervisedActor):
     """Owns the service ops; holds no processes itself (each service is a ServiceActor the supervisor starts)."""
 
     redeliverable = (StartService, StartModelService, GetApps, ShutdownService, ReloadServiceDefinitions)
@@ -272,4 +272,4 @@ def _listed(names: Sequence[str]) -> str:
     return f"[{', '.join(names)}]"
 
 
-__all__ = ["INTRINSIC_STEP", "DefinitionsReloader", "LoadedDefinitions", "ServicePlanner", "ServicesActor"]
+__all__ = ["INTRINSIC_STEP", "DefinitionsReloader", "LoadedDefinitions", "ServiceManagerActor", "ServicePlanner"]

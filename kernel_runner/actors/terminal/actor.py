@@ -1,11 +1,12 @@
 """TerminalActor: the git runner's pty shell behind the terminal SUB/PUB sockets, and its `%` commands (docs/protocol.md §8.3).
 
 Who owns what. Every ZeroMQ socket and every fd has exactly one owning thread, which is also the one that closes it
-(the helper threads TermInputReceiver, PtyReader and GitGraphJob are described in terminal_io.py):
+(the helper threads TermInputReceiver, PtyReader and GitGraphJob are described in io.py):
 
 * TerminalActor (actor thread): the PUB socket, bound on `term_out_port` (sends are NOBLOCK; a PUB socket drops
   instead of blocking, so the actor never waits on it); the pty master fd, used for input writes (non-blocking,
-  leftovers retried on a tick) and TIOCSWINSZ; the shell process; the queue of `code` ops.
+  leftovers retried on a tick) and TIOCSWINSZ; the shell process; its CommandRunner (command_runner.py), which
+  owns the queue of `code` ops.
 * ProcessWatcher (one thread per shell): waits for the shell's pid only (the pty is read by PtyReader).
 
 The PUB socket belongs to the actor rather than to a pty reader because it has to outlive each shell (subscribers
@@ -19,7 +20,7 @@ supervisor's restart intensity (5 per minute would turn the terminal FATAL after
 dying at start (10 times in a row) ends the actor with ProcessDied and the supervisor's backoff and intensity decide;
 so do bind failures, a missing shell binary and actor crashes.
 
-Life of one incarnation: one `Phase`, changed only through `self._life` (docs/architecture.md §3.4):
+Life of one incarnation: one `Phase`, changed only through `to_phase` (LIFECYCLE; docs/architecture.md §3.4):
 
     STARTING ──(sockets bound, first shell spawned)──> SHELL_RUNNING ──(the shell exited, or its pty closed)──┐
                                                             ^                                                v
@@ -45,13 +46,12 @@ per-shell data (`_Shell.exited`, `_Shell.pty_closed`), and SHELL_ENDING lasts un
 `code` ops (the `%` commands) do not depend on the shell's phase, as before: they run one at a time, in arrival
 order, in every phase until ENDED, so `%ping` and `%resize` work while the shell restarts (a size set then applies to
 the next shell) and `%show graph .` falls back to the work dir when no shell runs. The queue, the current op and its
-git job are per-run data, not life-cycle state; at ENDED, `cleanup` answers every op still queued or running with its
-one RunDone (127).
+git job are the CommandRunner's, not life-cycle state; at ENDED, `cleanup` closes it, which answers every op still
+queued or running with its one RunDone (127).
 """
 
 from __future__ import annotations
 
-import collections
 import enum
 import os
 import random
@@ -68,53 +68,29 @@ import attrs
 import psutil
 import zmq
 
-from kernel_runner.actors.terminal.commands import (
-    EXIT_FAILED,
-    EXIT_NOT_A_COMMAND,
-    EXIT_OK,
-    EXIT_USAGE,
-    GITGRAPH_MIME,
-    INVALID_COMMAND_TEXT,
-    PONG_TEXT,
-    CommandError,
-    NotACommand,
-    Ping,
-    Resize,
-    ShowGraph,
-    parse_command,
-    resized_text,
-)
+from kernel_runner.actors.terminal.command_runner import CommandRunner
 from kernel_runner.actors.terminal.io import (
     CTTY_SHIM,
-    EXIT_UNAVAILABLE,
     REAP_TIMEOUT_S,
-    GitGraphJob,
     PtyReader,
     TermInputReceiver,
     TermInputReceiverDied,
     set_winsize,
 )
 from kernel_runner.context import RunnerContext
-from kernel_runner.excerpts import excerpt
-from kernel_runner.ids import LANG_CHILD
 from kernel_runner.messages import (
     GitGraphDone,
-    Media,
-    Output,
     ProcessExited,
     PtyClosed,
     PtyOutput,
-    RunDone,
     RunTask,
     ShellRespawnDue,
-    StreamName,
     TerminalInput,
     TerminalInputFlushDue,
 )
-from kernel_runner.notices import notice_bytes
 from kernel_runner.observability.debug_lines import debug
 from kernel_runner.procs.process import ProcessHandle, StopStep, describe_returncode, stop_process, watch_process
-from kernel_runner.supervision.actor import PhaseMachine, SupervisedActor
+from kernel_runner.supervision.actor import Lifecycle, PhasedActor
 from kernel_runner.supervision.exits import Crashed, ExitReason, ProcessDied, ShutdownExit, StartFailed
 from kernel_runner.supervision.policy import Backoff
 from kernel_runner.supervision.spec import ChildContext, ChildState, StopRequested
@@ -157,25 +133,27 @@ class Phase(enum.Enum):
     """The incarnation is over (finish called or cleanup ran); nothing follows."""
 
 
-TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
-    Phase.STARTING: frozenset({Phase.SHELL_RUNNING, Phase.ENDED}),
-    Phase.SHELL_RUNNING: frozenset({Phase.SHELL_ENDING, Phase.STOPPING, Phase.ENDED}),
-    Phase.SHELL_ENDING: frozenset({Phase.RESPAWN_WAIT, Phase.STOPPING, Phase.ENDED}),
-    Phase.RESPAWN_WAIT: frozenset({Phase.SHELL_RUNNING, Phase.STOPPING, Phase.ENDED}),
-    Phase.STOPPING: frozenset({Phase.ENDED}),
-    Phase.ENDED: frozenset(),
-}
-
-# The supervisor's view of each phase; None: nothing to report (ENDED is reported by ChildExited).
-CHILD_STATE: Mapping[Phase, ChildState | None] = {
-    Phase.STARTING: ChildState.STARTING,
-    Phase.SHELL_RUNNING: ChildState.RUNNING,
-    # A user's `exit` is routine: the terminal stays RUNNING while its shell restarts (`shell_state` tells).
-    Phase.SHELL_ENDING: ChildState.RUNNING,
-    Phase.RESPAWN_WAIT: ChildState.RUNNING,
-    Phase.STOPPING: ChildState.STOPPING,
-    Phase.ENDED: None,
-}
+LIFECYCLE = Lifecycle(
+    initial=Phase.STARTING,
+    transitions={
+        Phase.STARTING: frozenset({Phase.SHELL_RUNNING, Phase.ENDED}),
+        Phase.SHELL_RUNNING: frozenset({Phase.SHELL_ENDING, Phase.STOPPING, Phase.ENDED}),
+        Phase.SHELL_ENDING: frozenset({Phase.RESPAWN_WAIT, Phase.STOPPING, Phase.ENDED}),
+        Phase.RESPAWN_WAIT: frozenset({Phase.SHELL_RUNNING, Phase.STOPPING, Phase.ENDED}),
+        Phase.STOPPING: frozenset({Phase.ENDED}),
+        Phase.ENDED: frozenset(),
+    },
+    # The supervisor's view of each phase; None: nothing to report (ENDED is reported by ChildExited).
+    child_states={
+        Phase.STARTING: ChildState.STARTING,
+        Phase.SHELL_RUNNING: ChildState.RUNNING,
+        # A user's `exit` is routine: the terminal stays RUNNING while its shell restarts (`shell_state` tells).
+        Phase.SHELL_ENDING: ChildState.RUNNING,
+        Phase.RESPAWN_WAIT: ChildState.RUNNING,
+        Phase.STOPPING: ChildState.STOPPING,
+        Phase.ENDED: None,
+    },
+)
 
 
 def default_shell_argv(env: Mapping[str, str]) -> list[str]:
@@ -221,10 +199,11 @@ class _Shell:
     pty_closed: bool = False
 
 
-class TerminalActor(SupervisedActor):
+class TerminalActor(PhasedActor[Phase]):
     """A pty shell published over PUB/SUB, restarted when it exits; `code` ops are `%` commands (docs/protocol.md §8.3)."""
 
     redeliverable = (RunTask,)
+    lifecycle = LIFECYCLE
 
     def __init__(
         self,
@@ -243,8 +222,6 @@ class TerminalActor(SupervisedActor):
         self._env: dict[str, str] = dict(runner.runner_env or os.environ)
         self._env.setdefault("TERM", "xterm")
         self._shell_argv = list(settings.shell_argv) if settings.shell_argv else default_shell_argv(self._env)
-        self._git_timeout_s = settings.git_timeout_s
-        self._max_graph_commits = settings.max_graph_commits
         self._shell_backoff = settings.shell_backoff
         self._max_quick_exits = settings.max_quick_exits
         self._pub: zmq.Socket[bytes] | None = None
@@ -259,37 +236,33 @@ class TerminalActor(SupervisedActor):
         self._input_flush_attempt = 0
         self._output_credits = Credits(OUTPUT_CREDITS)
         self._input_credits = Credits(INPUT_CREDITS)
-        self._queue: collections.deque[RunTask] = collections.deque()
-        self._current: RunTask | None = None
-        self._graph_job: GitGraphJob | None = None
+        self._commands = CommandRunner(
+            runner=runner, owner=self.actor_ref, env=self._env, log=self.log, tell_child=self.tell_child,
+            resize_pty=self._resize_pty, shell_cwd=self._shell_cwd, git_timeout_s=settings.git_timeout_s,
+            max_graph_commits=settings.max_graph_commits)
         self._stop_snapshot: list[psutil.Process] = []
         self._rng = random.Random()
-        self._life = PhaseMachine(Phase.STARTING, TRANSITIONS, log=lambda: self.log, on_change=self._phase_changed)
-
-    @property
-    def phase(self) -> Phase:
-        return self._life.phase
 
     @property
     def accepting_input(self) -> bool:
         """Typed input reaches the pty only while a shell runs (docs/protocol.md §8.3: not while restarting)."""
         return self.phase is Phase.SHELL_RUNNING
 
-    def _phase_changed(self, old: Phase, new: Phase) -> None:
-        """The one place the supervisor hears this child's state: when it changes, or a new shell brings a new pid."""
+    def reported_pid(self) -> int | None:
+        """A new shell brings a new pid to the supervisor; between shells there is none to show."""
         shell = self._shell
-        self.set_state(CHILD_STATE[new], pid=shell.handle.pid if new is Phase.SHELL_RUNNING and shell else None)
+        return shell.handle.pid if self.phase is Phase.SHELL_RUNNING and shell else None
 
     def _end_life(self, reason: ExitReason, why: str) -> None:
         """-> ENDED, then end this incarnation with `reason` (the supervisor decides what follows)."""
-        self._life.to(Phase.ENDED, why)
+        self.to_phase(Phase.ENDED, why)
         self.finish(reason)
 
     # ---- life ----------------------------------------------------------------------------------------------------
     def start_child(self) -> None:
         self._bind_sockets()
         shell = self._spawn_shell()
-        self._life.to(Phase.SHELL_RUNNING, f"shell {shell.handle.pid} spawned")  # STARTING -> SHELL_RUNNING
+        self.to_phase(Phase.SHELL_RUNNING, f"shell {shell.handle.pid} spawned")  # STARTING -> SHELL_RUNNING
         self._report_info()
 
     def _bind_sockets(self) -> None:
@@ -355,7 +328,7 @@ class TerminalActor(SupervisedActor):
         if self.phase is Phase.STOPPING:
             debug(self.log, "stop requested again ({}); the stop in progress goes on", message.reason)
             return
-        self._life.to(Phase.STOPPING, message.reason)  # SHELL_RUNNING / SHELL_ENDING / RESPAWN_WAIT -> STOPPING
+        self.to_phase(Phase.STOPPING, message.reason)  # SHELL_RUNNING / SHELL_ENDING / RESPAWN_WAIT -> STOPPING
         shell = self._shell
         if shell is None or shell.exited is not None:
             self._end_life(ShutdownExit(), "no shell left to stop")  # STOPPING -> ENDED
@@ -371,18 +344,14 @@ class TerminalActor(SupervisedActor):
     def cleanup(self) -> None:
         if self.phase is not Phase.ENDED:
             # any phase -> ENDED: a failed start, a crash, or the actor stopped from outside
-            self._life.to(Phase.ENDED, "cleanup")
+            self.to_phase(Phase.ENDED, "cleanup")
         if self._receiver is not None:
             self._receiver.stopping.set()
             self._receiver.join(timeout=JOIN_TIMEOUT_S)
         shell, self._shell = self._shell, None
         if shell is not None:
             self._kill_shell(shell)
-        job, self._graph_job = self._graph_job, None
-        if job is not None:
-            job.cancel()
-            job.join(timeout=JOIN_TIMEOUT_S)
-        self._answer_unfinished()
+        self._commands.close(JOIN_TIMEOUT_S)
         if self._pub is not None:
             self._publish(TERMINATED_BANNER)
             self._pub.close(linger=PUB_LINGER_MS)
@@ -408,7 +377,7 @@ class TerminalActor(SupervisedActor):
     def handle(self, message: object) -> object:
         match message:
             case RunTask():
-                return self._handle_run_task(message)
+                return self._commands.push(message)
             case TerminalInput():
                 return self._handle_terminal_input(message)
             case PtyOutput():
@@ -422,7 +391,7 @@ class TerminalActor(SupervisedActor):
             case TerminalInputFlushDue():
                 return self._handle_terminal_input_flush_due()
             case GitGraphDone():
-                return self._handle_git_graph_done(message)
+                return self._commands.git_graph_done(message)
             case TermInputReceiverDied():
                 return self._handle_term_input_receiver_died(message)
             case _:
@@ -516,7 +485,7 @@ class TerminalActor(SupervisedActor):
             self._end_life(ShutdownExit(), "the shell exited")  # STOPPING -> ENDED
             return
         if self.phase is Phase.SHELL_RUNNING:
-            self._life.to(Phase.SHELL_ENDING, "the shell exited")  # SHELL_RUNNING -> SHELL_ENDING
+            self.to_phase(Phase.SHELL_ENDING, "the shell exited")  # SHELL_RUNNING -> SHELL_ENDING
         # Hang up what the shell left in its own process group, as a terminal hangup would.
         shell.handle.signal_group(signal.SIGHUP)
         shell.reader.drain()
@@ -532,7 +501,7 @@ class TerminalActor(SupervisedActor):
             self._shell_gone(shell)
         elif self.phase is Phase.SHELL_RUNNING:
             # Nobody reads this pty any more, so the terminal is useless: end the shell; its exit restarts it.
-            self._life.to(Phase.SHELL_ENDING, "the pty closed")  # SHELL_RUNNING -> SHELL_ENDING
+            self.to_phase(Phase.SHELL_ENDING, "the pty closed")  # SHELL_RUNNING -> SHELL_ENDING
             self.log.warning("the pty closed while the shell {} runs; killing it so it restarts", shell.handle.pid)
             shell.handle.kill_tree()
 
@@ -554,7 +523,7 @@ class TerminalActor(SupervisedActor):
             self._end_life(ProcessDied(code=code, signal=sig), "the shell keeps dying")  # SHELL_ENDING -> ENDED
             return
         delay = self._shell_backoff.delay(self._quick_exits, self._rng)
-        self._life.to(Phase.RESPAWN_WAIT, f"next shell in {delay:.2f}s")  # SHELL_ENDING -> RESPAWN_WAIT
+        self.to_phase(Phase.RESPAWN_WAIT, f"next shell in {delay:.2f}s")  # SHELL_ENDING -> RESPAWN_WAIT
         self._publish(RESTARTING_BANNER)
         self.log.warning("shell exited; restart-scheduled in {:.2f}s", delay)
         self._report_info()
@@ -570,7 +539,7 @@ class TerminalActor(SupervisedActor):
             self._end_life(StartFailed(error=repr(exc)), "cannot restart the shell")  # RESPAWN_WAIT -> ENDED
             return
         self._shell_restarts += 1
-        self._life.to(Phase.SHELL_RUNNING, f"shell {shell.handle.pid} spawned")  # RESPAWN_WAIT -> SHELL_RUNNING
+        self.to_phase(Phase.SHELL_RUNNING, f"shell {shell.handle.pid} spawned")  # RESPAWN_WAIT -> SHELL_RUNNING
         self._report_info()
 
     def _report_info(self) -> None:
@@ -587,78 +556,15 @@ class TerminalActor(SupervisedActor):
             }
         )
 
-    # ---- code ops: `%` commands --------------------------------------------------------------------------------
-    def _handle_run_task(self, task: RunTask) -> None:
-        self._queue.append(task)
-        self._run_next()
-
-    def _run_next(self) -> None:
-        """One op at a time, in arrival order (Finished carries no run id); most finish right here."""
-        while self._current is None and self._queue:
-            task = self._queue.popleft()
-            exit_code = self._execute(task)
-            if exit_code is None:
-                self._current = task  # runs in a helper thread; GitGraphDone finishes it
-            else:
-                self._send_finished(task, exit_code)
-
-    def _execute(self, task: RunTask) -> int | None:
-        if task.kind != "code":
-            self._reply("stderr", f"kernel-runner: the terminal takes only `code` (% commands), not {task.kind}\n")
-            return EXIT_UNAVAILABLE
-        try:
-            parsed = parse_command(task.text)  # inside: a parser bug must answer this op, not crash the terminal
-            match parsed:
-                case NotACommand():
-                    self._reply("stderr", INVALID_COMMAND_TEXT)
-                    return EXIT_NOT_A_COMMAND
-                case CommandError():
-                    self._reply("stderr", f"{parsed.message}\n")
-                    return EXIT_USAGE
-                case Ping():
-                    self._reply("stdout", PONG_TEXT)
-                    return EXIT_OK
-                case Resize():
-                    return self._resize(parsed)
-                case ShowGraph():
-                    return self._start_graph(task, parsed)
-        except Exception as exc:  # noqa: BLE001 - docs/protocol.md §8.3: a failing command answers on stderr with 1
-            self.log.opt(exception=exc).error("code op {} failed: {!r}", task.run_id, exc)
-            self._reply("stderr", f"kernel-runner: the command failed: {excerpt(repr(exc))}\n")
-            return EXIT_FAILED
-        return EXIT_FAILED  # unreachable: parse_command returns one of the cases above
-
-    def _resize(self, command: Resize) -> int:
+    # ---- code ops: `%` commands (CommandRunner) ------------------------------------------------------------------
+    def _resize_pty(self, rows: int, cols: int) -> None:
         # The size is kept: it also applies to shells started later (upstream: a no-op without a pty).
-        self._size = (command.rows, command.cols)
+        self._size = (rows, cols)
         shell = self._shell
         if shell is not None and shell.master_fd is not None:
-            set_winsize(shell.master_fd, command.rows, command.cols)
-        self.log.info("resized to {}x{}", command.rows, command.cols)
+            set_winsize(shell.master_fd, rows, cols)
+        self.log.info("resized to {}x{}", rows, cols)
         self._report_info()
-        self._reply("stdout", resized_text(command.rows, command.cols))
-        return EXIT_OK
-
-    def _start_graph(self, task: RunTask, command: ShowGraph) -> None:
-        path = self._resolve_path(command.path)
-        self.log.info("%show graph {} (run {})", path, task.run_id)
-        job = GitGraphJob(
-            run_id=task.run_id,
-            path=path,
-            env=self._env,
-            owner=self.actor_ref,
-            timeout_s=self._git_timeout_s,
-            max_commits=self._max_graph_commits,
-        )
-        self._graph_job = job
-        job.start()
-
-    def _resolve_path(self, raw: str) -> Path:
-        """`.` and other relative paths are taken from the shell's current folder (docs/protocol.md §8.3: `.` is the shell's)."""
-        path = Path(os.path.expanduser(raw))
-        if not path.is_absolute():
-            path = self._shell_cwd() / path
-        return Path(os.path.normpath(path))
 
     def _shell_cwd(self) -> Path:
         shell = self._shell
@@ -669,42 +575,9 @@ class TerminalActor(SupervisedActor):
                 pass
         return self._runner.config.work_dir
 
-    def _handle_git_graph_done(self, message: GitGraphDone) -> None:
-        task = self._current
-        if task is None or task.run_id != message.run_id:
-            debug(self.log, "stale %show graph result for run {}", message.run_id)
-            return
-        self._graph_job = None
-        self._current = None
-        if message.stderr:
-            self._runner.router.tell(Output(stream="stderr", data=message.stderr))
-        if message.commits is not None:
-            # docs/protocol.md §8.3: `data` is the list of commit objects itself; wire.encode serialises it as JSON unchanged.
-            commits = [dict(commit) for commit in message.commits]
-            self._runner.router.tell(Media(mime=GITGRAPH_MIME, data=commits))  # type: ignore[arg-type]
-        self._send_finished(task, message.exit_code)
-        self._run_next()
-
-    def _reply(self, stream: StreamName, text: str) -> None:
-        """One bounded record (docs/protocol.md §2.5), whatever the text quotes of the user's command."""
-        self._runner.router.tell(Output(stream=stream, data=notice_bytes(text)))
-
-    def _send_finished(self, task: RunTask, exit_code: int, note: str | None = None) -> None:
-        """The language runner sends the op's one Finished (upstream sent two, docs/protocol.md §10.1 #6) once it hears this."""
-        self.tell_child(LANG_CHILD, RunDone(run_id=task.run_id, exit_code=exit_code, note=note))
-
-    def _answer_unfinished(self) -> None:
-        tasks = [self._current] if self._current is not None else []
-        tasks.extend(self._queue)
-        self._current = None
-        self._queue.clear()
-        for task in tasks:
-            self._send_finished(task, EXIT_UNAVAILABLE, "kernel-runner: the terminal stopped before this command finished\n")
-
 
 __all__ = [
-    "CHILD_STATE",
-    "TRANSITIONS",
+    "LIFECYCLE",
     "Phase",
     "TerminalActor",
     "TerminalPorts",
