@@ -110,6 +110,8 @@ class RunnerConfig:
     # "none" keeps runner logs off the agent's streams (docs/protocol.md §9.2 calls mixing them in upstream's worst habit).
     forward_logs: str = "none"
     start_intrinsic_services: bool = True
+    # sshd and ttyd get a TCP liveness probe (docs/protocol.md §6.14); False: they are watched only for their exit.
+    intrinsic_probes: bool = True
     dropbear_dir: Path = Path("/opt/kernel")
     # None: the first of the places agents mount ttyd (servicedefs.intrinsic.TTYD_PATHS, docs/protocol.md §6.11).
     ttyd_path: Path | None = None

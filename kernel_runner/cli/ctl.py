@@ -319,7 +319,7 @@ def _outcome_line(reply: dict[str, Any]) -> str:
     return f"{reply['child']}: {action}" + (f" ({', '.join(details)})" if details else "")
 
 
-STATUS_COLUMNS = ("CHILD", "STATE", "PID", "UPTIME", "GEN", "RESTARTS", "SINCE", "LAST EXIT / DETAILS")
+STATUS_COLUMNS = ("CHILD", "STATE", "HEALTH", "PID", "UPTIME", "GEN", "RESTARTS", "SINCE", "LAST EXIT / DETAILS")
 
 
 def status_table(reply: dict[str, Any]) -> str:
@@ -337,9 +337,14 @@ def status_table(reply: dict[str, Any]) -> str:
         uptime = child.get("uptime_s")
         since = child.get("since")
         details = [child["last_exit"]] if child.get("last_exit") else []
-        details += [f"{key}={value}" for key, value in (child.get("extra") or {}).items()]
+        # Health has its column; nested figures (a probe's last answer) are for --json, not for one line.
+        details += [f"{key}={value}" for key, value in (child.get("extra") or {}).items()
+                    if key != "health" and not isinstance(value, dict | list)]
+        extra_health = (child.get("extra") or {}).get("health")
+        health = child.get("health") or (extra_health if isinstance(extra_health, str) else None)
         rows.append((
-            "  " * depth + child["id"], child["state"], str(child["pid"]) if child.get("pid") else "-",
+            "  " * depth + child["id"], child["state"], health or "-",
+            str(child["pid"]) if child.get("pid") else "-",
             format_duration(uptime) if uptime is not None else "-", str(child["generation"]), str(child["restarts"]),
             since.replace("T", " ")[:19] if since else "-", "; ".join(details) or "-",
         ))

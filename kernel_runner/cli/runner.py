@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "$XDG_RUNTIME_DIR/kernel-runner/control.sock or /tmp/kernel-runner-<uid>/control.sock, "
                              "or control-<pid>.sock beside it when another runner answers there)")
     parser.add_argument("--no-intrinsic-services", action="store_true", help="do not start sshd/ttyd at start-up")
+    parser.add_argument("--no-intrinsic-probes", action="store_true",
+                        help="do not probe sshd/ttyd's port (by default: restarted when it stops accepting connections)")
     parser.add_argument("--shutdown-deadline", type=float, default=15.0, help="seconds for the orderly stop")
     parser.add_argument("--service-launch-timeout", type=float, default=None,
                         help="seconds by which `service-result` is sent (default: before the agent gives up, 8 s or "
@@ -121,6 +123,7 @@ def config_from_args(args: argparse.Namespace) -> RunnerConfig:
         user_input_socket=args.user_input_socket,
         control_socket=args.control_socket or configured_socket_path(),
         start_intrinsic_services=not args.no_intrinsic_services,
+        intrinsic_probes=not args.no_intrinsic_probes,
         shutdown_deadline_s=args.shutdown_deadline,
         service_launch_timeout_s=args.service_launch_timeout,
         agent_generation=args.agent_generation,

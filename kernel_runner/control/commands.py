@@ -379,8 +379,10 @@ def _child_row(child: ChildInfo, now: float, wall_now: float) -> dict[str, Any]:
     return {
         "id": child.child_id, "state": child.state.value, "pid": child.pid, "generation": child.generation,
         "restarts": child.restarts, "last_exit": child.last_exit,
-        "uptime_s": None if uptime is None else round(uptime, 2), "since": since, "extra": dict(child.extra),
-        "children": [],
+        "uptime_s": None if uptime is None else round(uptime, 2), "since": since,
+        # What its probes say (docs/protocol.md §6.14, §7.2): from its extra, where the prober publishes it.
+        "health": child.extra.get("health") if isinstance(child.extra.get("health"), str) else None,
+        "extra": dict(child.extra), "children": [],
     }
 
 

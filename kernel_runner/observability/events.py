@@ -33,7 +33,10 @@ class Event(enum.StrEnum):
 
 
 # The flat fields an event may carry besides `ts`, `level`, `child`, `event` and `message` (docs/operations.md §2).
-EVENT_FIELDS = ("pid", "exit_code", "signal", "attempt", "delay_s", "generation", "uptime_s", "reason")
+# `healthy`/`unhealthy` carry the probe's answer: which probe, its status code, or its exit code and an excerpt of
+# its output, its error as `reason`, and how long it took.
+EVENT_FIELDS = ("pid", "exit_code", "signal", "attempt", "delay_s", "generation", "uptime_s", "reason", "probe",
+                "status_code", "excerpt", "latency_ms")
 
 
 def signal_name(number: int | None) -> str | None:

@@ -2,8 +2,8 @@
 
 Opt-in: this module, and prometheus_client with it, is imported only when a metrics port is configured, so a runner
 without one loads and costs nothing more (docs/architecture.md §2.1). Each figure is read where it is cheapest:
-- the tree (child states, restarts, model health, readiness) from the status board's latest snapshot, at scrape
-  time, by a collector: nothing is done for it while nobody scrapes;
+- the tree (child states, restarts, health and failed probes, model health, readiness) from the status board's
+  latest snapshot, at scrape time, by a collector: nothing is done for it while nobody scrapes;
 - exits by reason from the lifecycle events (kernel_runner/observability/events.py, docs/operations.md §2), through a loguru sink;
 - requests, runs and output bytes by the router's I/O thread (AgentLink) where it decodes a request and encodes a
   message for the agent: two calls it skips with a None check when metrics are off.
@@ -71,17 +71,30 @@ class TreeCollector(Collector):
         healthy = GaugeMetricFamily("kernel_runner_model_healthy", "1 while the model service answers its health "
                                     "check, 0 before its first healthy answer and while unhealthy",
                                     labels=["model", "service"])
+        child_healthy = GaugeMetricFamily("kernel_runner_child_healthy", "1 while the child's probes say it is healthy, "
+                                          "0 otherwise; only children with probes", labels=["child"])
+        probe_failures = CounterMetricFamily("kernel_runner_probe_failures", "Failed probes of the child since it was "
+                                             "started, by probe", labels=["child", "probe"])
         for child in self._snapshot().children:
             for each in ChildState:
                 state.add_metric([child.child_id, each.value], 1.0 if child.state is each else 0.0)
             up.add_metric([child.child_id], 1.0 if child.state is ChildState.RUNNING else 0.0)
             restarts.add_metric([child.child_id], child.restarts)
+            # A service's or a model checker's extra (docs/protocol.md §6.14, §7.2): `health` while it is probed.
+            health = child.extra.get("health")
+            if isinstance(health, str):
+                child_healthy.add_metric([child.child_id], 1.0 if health == "healthy" else 0.0)
+            failures = child.extra.get("probe_failures")
+            if isinstance(failures, dict):
+                for probe, count in failures.items():
+                    if isinstance(probe, str) and isinstance(count, int):
+                        probe_failures.add_metric([child.child_id, probe], count)
             if child_kind(child.child_id) == "health":  # its extra: HealthCheckerActor._publish (actors/health.py)
                 # By service too: two model services may serve one model, and a sample twice would spoil the scrape.
                 model, service = child.extra.get("model"), child.extra.get("service")
                 if isinstance(model, str) and isinstance(service, str):
                     healthy.add_metric([model, service], 1.0 if child.extra.get("health") == "healthy" else 0.0)
-        yield from (ready, state, up, restarts, healthy)
+        yield from (ready, state, up, restarts, healthy, child_healthy, probe_failures)
 
 
 class RunnerMetrics:

@@ -73,6 +73,7 @@ class DefinitionPlanner:
             work_dir=Path(config.work_dir),
             sshd=self._intrinsics.sshd,
             ttyd=self._intrinsics.ttyd,
+            intrinsic_probes=self._intrinsics.probes,
         )
         if result == Refusal(UNSUPPORTED):
             self.log.warning("The service {} is not supported.", info.name)

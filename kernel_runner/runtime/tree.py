@@ -269,6 +269,7 @@ def service_child_spec(
     is restarted by its policy when it dies.
     """
     from kernel_runner.actors.service.actor import ServiceActor, ServiceRun  # loaded with the first service (§2.1)
+    from kernel_runner.probes.plans import service_probe_plan
 
     config = runner.config
     log = logger.bind(child=service_child(launch.name))
@@ -285,6 +286,7 @@ def service_child_spec(
         reply_within_s=runner.service_reply_within_s(),
         start_limit_s=config.service_start_limit_s,
         watcher=watcher,
+        probes=service_probe_plan(launch.probes, port=launch.port, cwd=launch.cwd, env=launch.prestart_env),
     )
 
     def factory(ctx: ChildContext) -> pykka.ActorRef[Any]:

@@ -28,7 +28,9 @@ from kernel_runner.servicedefs.prestart import DEFAULT_COMMAND_TIMEOUT_S, Presta
 from kernel_runner.servicedefs.schema import (
     BASE_VARIABLES,
     Command,
+    ExecCheck,
     PrestartAction,
+    ProbeDefinitions,
     RestartOverride,
     ServiceDefinition,
     parse_definition,
@@ -111,6 +113,8 @@ class ServiceLaunch:
     user_env: Mapping[str, str] = attrs.field(factory=dict)
     # child_env (docs/protocol.md §1.4), under everything else.
     base_env: Mapping[str, str] = attrs.field(factory=dict)
+    # Health probes (docs/protocol.md §6.14), exec commands already rendered; None: nothing is probed.
+    probes: ProbeDefinitions | None = None
 
     @property
     def prestart_env(self) -> Mapping[str, str]:
@@ -232,13 +236,15 @@ class ServiceCatalog:
         work_dir: Path,
         sshd: IntrinsicLauncher | None = None,
         ttyd: IntrinsicLauncher | None = None,
+        intrinsic_probes: ProbeDefinitions | None = None,
     ) -> ServiceLaunch | Refusal | Preopened:
         """docs/protocol.md §6.2 steps 1 and 3-8, without I/O: a launch plan, or why there is nothing to launch.
 
         The caller checks "already running" (step 2) first, except for protocol preopen, which wins even over
         a running service. `sshd`/`ttyd` None means that intrinsic is unavailable, so the name is looked up
         like any other (an image may define its own). An `unsupported service` refusal should be logged as
-        `The service <name> is not supported.` (step 7).
+        `The service <name> is not supported.` (step 7). `intrinsic_probes`: what sshd and ttyd are probed with
+        (docs/protocol.md §6.14).
         """
         if info.protocol == "preopen":
             return Preopened()  # step 1: the user or the image runs the process
@@ -248,7 +254,8 @@ class ServiceCatalog:
         variables = {**self.variables, "ports": list(info.ports) if info.ports else _listed(port), "runtime_path": runtime_path}
         intrinsic = {"ttyd": ttyd, "sshd": sshd}.get(info.name)
         if intrinsic is not None:
-            return _intrinsic_launch(info.name, intrinsic, port=port, child_env=child_env, work_dir=work_dir)
+            return _intrinsic_launch(info.name, intrinsic, port=port, child_env=child_env, work_dir=work_dir,
+                                     probes=intrinsic_probes)
         if info.name in self.broken:
             return Refusal(self.broken[info.name].reply)
         definition = self.definitions.get(info.name)
@@ -370,6 +377,7 @@ def _definition_launch(
     # Checked before any prestart action runs, so a refused start leaves no files behind (upstream ran them first).
     arguments = _merged_arguments(info.name, definition, info.options)
     user_env = _checked_envs(info.name, definition, info.options, child_env)
+    probes = _rendered_probes(info.name, definition.probes, variables=variables, port=port)
     return ServiceLaunch(
         name=info.name,
         origin=origin,
@@ -384,7 +392,35 @@ def _definition_launch(
         env_templates=definition.env,
         user_env=user_env,
         base_env=child_env,
+        probes=probes,
     )
+
+
+def _rendered_probes(
+    name: str, probes: ProbeDefinitions | None, *, variables: Mapping[str, Any], port: int | None
+) -> ProbeDefinitions | None:
+    """docs/protocol.md §6.14: exec commands rendered with the start's variables (no prestart refs); an http or tcp
+    probe without a port of its own needs the service's.
+
+    Raises:
+        ServiceStartError: a probe that cannot work for this start (the reply names the probe).
+    """
+    if probes is None:
+        return None
+    rendered: dict[str, Any] = {}
+    for probe_name in ("startup", "liveness", "readiness"):
+        probe = getattr(probes, probe_name)
+        if probe is None:
+            continue
+        check = probe.http or probe.tcp
+        if check is not None and check.port is None and port is None:
+            raise ServiceStartError(f"the {probe_name} probe of {name} needs a port: the service has none (give the "
+                                    "probe a port, or start the service with one)")
+        if probe.exec is not None:
+            command = tuple(interpolate(part, variables) for part in probe.exec.command)
+            probe = attrs.evolve(probe, exec=ExecCheck(command=command))
+        rendered[probe_name] = probe
+    return ProbeDefinitions(**rendered)
 
 
 def _merged_arguments(
@@ -474,7 +510,8 @@ def _legacy_launch(
 
 
 def _intrinsic_launch(
-    name: str, launcher: IntrinsicLauncher, *, port: int | None, child_env: Mapping[str, str], work_dir: Path
+    name: str, launcher: IntrinsicLauncher, *, port: int | None, child_env: Mapping[str, str], work_dir: Path,
+    probes: ProbeDefinitions | None,
 ) -> ServiceLaunch | Refusal:
     if port is None:
         return Refusal(f"the intrinsic service {name} needs a port")
@@ -482,7 +519,8 @@ def _intrinsic_launch(
         argv = launcher(port)
     except ValueError as exc:
         return Refusal(str(exc))
-    return ServiceLaunch(name=name, origin="intrinsic", cwd=work_dir, port=port, arguments=argv, base_env=child_env)
+    return ServiceLaunch(name=name, origin="intrinsic", cwd=work_dir, port=port, arguments=argv, base_env=child_env,
+                         probes=probes)
 
 
 def _listed(port: int | None) -> list[int]:

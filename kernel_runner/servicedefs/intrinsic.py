@@ -19,6 +19,7 @@ import attrs
 from kernel_runner.config import RunnerConfig
 from kernel_runner.servicedefs.errors import SshdSetupError
 from kernel_runner.servicedefs.prestart import CommandTimedOut, run_bounded
+from kernel_runner.servicedefs.schema import ProbeDefinition, ProbeDefinitions, TcpCheck
 
 DEFAULT_KEY_DIR = Path("/tmp/dropbear")
 HOST_KEY_NAME = "dropbear_rsa_host_key"
@@ -32,6 +33,9 @@ TTYD_PROBE_TIMEOUT_S = 2.0
 
 # A launcher turns the requested port into the argv to spawn; ServiceCatalog.resolve takes one per intrinsic.
 IntrinsicLauncher = Callable[[int], tuple[str, ...]]
+# docs/protocol.md §6.14: sshd and ttyd are restarted when their port stops accepting connections (Kubernetes'
+# numbers: every 10 s, 1 s to connect, 3 failures in a row). `--no-intrinsic-probes` turns it off.
+INTRINSIC_PROBES = ProbeDefinitions(liveness=ProbeDefinition(tcp=TcpCheck()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,6 +101,8 @@ class Intrinsics:
     # The agent's host key that sshd serves (docs/protocol.md §6.10); None: the runner generates one at start-up.
     agent_host_key: Path | None = None
     warnings: tuple[str, ...] = ()
+    # What sshd and ttyd are probed with (docs/protocol.md §6.14); None: nothing.
+    probes: ProbeDefinitions | None = None
 
 
 def intrinsic_launchers(config: RunnerConfig, *, bin_dir: Path = Path("/bin"), key_dir: Path = DEFAULT_KEY_DIR,
@@ -132,7 +138,8 @@ def intrinsic_launchers(config: RunnerConfig, *, bin_dir: Path = Path("/bin"), k
             warnings.append(f"ttyd will run a plain {shell}: {config.dropbear_dir / 'tmux'} is not an executable file")
             tmux = None
         ttyd = functools.partial(ttyd_argv, ttyd=ttyd_path, writable=flags.writable, shell=shell, bin_dir=bin_dir, tmux=tmux)
-    return Intrinsics(sshd=sshd, ttyd=ttyd, agent_host_key=host_key, warnings=tuple(warnings))
+    return Intrinsics(sshd=sshd, ttyd=ttyd, agent_host_key=host_key, warnings=tuple(warnings),
+                      probes=INTRINSIC_PROBES if config.intrinsic_probes else None)
 
 
 def find_ttyd(configured: Path | None, candidates: Sequence[Path] = TTYD_PATHS) -> Path | None:

@@ -46,6 +46,21 @@ RESTART_BOUNDS: Mapping[str, Bounds] = {
 }
 
 
+# docs/protocol.md §6.14: a probe's numbers; each becomes a timer or a count. A period below 50 ms (the probe floor)
+# would only burn CPU.
+PROBE_BOUNDS: Mapping[str, Bounds] = {
+    "period_s": Bounds(low=0.05, high=3600, unit="s"),
+    "timeout_s": Bounds(low=0, high=600, low_open=True, unit="s"),
+    "failure_threshold": Bounds(low=1, high=1000),
+    "success_threshold": Bounds(low=1, high=1000),
+    "initial_delay_s": Bounds(low=0, high=86400, unit="s"),
+}
+PROBE_PORT_BOUNDS = Bounds(low=1, high=65535)
+HTTP_STATUS_BOUNDS = Bounds(low=100, high=599)
+MAX_PROBE_PATH_CHARS = 2048  # put in a URL and in log lines
+_URL_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
+
+
 def _quoted(value: object) -> str:
     # A model's pre_start_actions come over the wire (docs/protocol.md §2.8): a value may be a megabyte long.
     return excerpt(value) if isinstance(value, str) else excerpt(repr(value), quote=False)
@@ -157,6 +172,52 @@ class RestartOverride:
 
 
 @attrs.frozen(kw_only=True)
+class HttpCheck:
+    """A probe's `http`: GET 127.0.0.1:<port><path>; passes on `expected_status`, or on any 2xx/3xx without one."""
+
+    path: str = "/"
+    port: int | None = None  # None: the service's port
+    expected_status: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class TcpCheck:
+    """A probe's `tcp`: passes when 127.0.0.1:<port> accepts a connection."""
+
+    port: int | None = None  # None: the service's port
+
+
+@attrs.frozen(kw_only=True)
+class ExecCheck:
+    """A probe's `exec`: passes when the command exits 0; each element is a template of the start's variables."""
+
+    command: tuple[str, ...]
+
+
+@attrs.frozen(kw_only=True)
+class ProbeDefinition:
+    """One probe (docs/protocol.md §6.14): exactly one of http, tcp, exec, and Kubernetes' numbers and defaults."""
+
+    http: HttpCheck | None = None
+    tcp: TcpCheck | None = None
+    exec: ExecCheck | None = None
+    period_s: float = 10.0
+    timeout_s: float = 1.0
+    failure_threshold: int = 3
+    success_threshold: int = 1
+    initial_delay_s: float = 0.0
+
+
+@attrs.frozen(kw_only=True)
+class ProbeDefinitions:
+    """A definition's `probes`; a probe that is absent or null is off."""
+
+    startup: ProbeDefinition | None = None
+    liveness: ProbeDefinition | None = None
+    readiness: ProbeDefinition | None = None
+
+
+@attrs.frozen(kw_only=True)
 class ServiceDefinition:
     """One `/etc/backend.ai/service-defs/<name>.json`; the name is the file stem and not stored here."""
 
@@ -171,6 +232,7 @@ class ServiceDefinition:
     allowed_arguments: tuple[str, ...] = ()
     default_arguments: Mapping[str, ArgValue] = attrs.field(factory=dict)
     restart: RestartOverride | None = None
+    probes: ProbeDefinitions | None = None
 
     def refs(self) -> tuple[str, ...]:
         """Names the prestart actions define, in order (docs/protocol.md §6.5 `ref`)."""
@@ -281,11 +343,17 @@ def _literal_factory(tp: Any, _converter: cattrs.Converter) -> Callable[[object,
     return structure
 
 
+def _object(value: object) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise SchemaError(f"expected an object, got {_kind(value)}")
+    return value
+
+
 def _restart_hook(converter: cattrs.Converter) -> Callable[[object, Any], RestartOverride]:
     generated = make_dict_structure_fn(RestartOverride, converter)
 
     def structure(value: object, cl: Any) -> RestartOverride:
-        result = generated(cast(Mapping[str, Any], value), cl)
+        result = generated(_object(value), cl)
         for field, bounds in RESTART_BOUNDS.items():
             number = getattr(result, field)
             problem = None if number is None else bounds.problem(number)
@@ -294,6 +362,88 @@ def _restart_hook(converter: cattrs.Converter) -> Callable[[object, Any], Restar
         initial, cap = result.backoff_initial_s, result.backoff_cap_s
         if initial is not None and cap is not None and cap < initial:
             raise SchemaError("backoff_cap_s must not be smaller than backoff_initial_s")
+        return result
+
+    return structure
+
+
+def _probe_hook(converter: cattrs.Converter) -> Callable[[object, Any], ProbeDefinition]:
+    generated = make_dict_structure_fn(ProbeDefinition, converter)
+
+    def structure(value: object, cl: Any) -> ProbeDefinition:
+        result = generated(_object(value), cl)
+        kinds = [kind for kind in ("http", "tcp", "exec") if getattr(result, kind) is not None]
+        if len(kinds) != 1:
+            given = f"got {' and '.join(kinds)}" if kinds else "got none"
+            raise SchemaError(f"a probe needs exactly one of http, tcp or exec, {given}")
+        for field, bounds in PROBE_BOUNDS.items():
+            problem = bounds.problem(getattr(result, field))
+            if problem is not None:
+                raise SchemaError(f"{field} {problem}")
+        return result
+
+    return structure
+
+
+def _http_check_hook(converter: cattrs.Converter) -> Callable[[object, Any], HttpCheck]:
+    generated = make_dict_structure_fn(HttpCheck, converter)
+
+    def structure(value: object, cl: Any) -> HttpCheck:
+        result = generated(_object(value), cl)
+        path = result.path
+        if not path.startswith("/") or len(path) > MAX_PROBE_PATH_CHARS or _URL_UNSAFE.search(path):
+            raise SchemaError(f"path must start with / and be at most {MAX_PROBE_PATH_CHARS} characters without spaces "
+                              f"or control characters, got {_quoted(path)}")
+        _check_probe_port(result.port)
+        status = result.expected_status
+        problem = None if status is None else HTTP_STATUS_BOUNDS.problem(status)
+        if problem is not None:
+            raise SchemaError(f"expected_status {problem}")
+        return result
+
+    return structure
+
+
+def _tcp_check_hook(converter: cattrs.Converter) -> Callable[[object, Any], TcpCheck]:
+    generated = make_dict_structure_fn(TcpCheck, converter)
+
+    def structure(value: object, cl: Any) -> TcpCheck:
+        result = generated(_object(value), cl)
+        _check_probe_port(result.port)
+        return result
+
+    return structure
+
+
+def _exec_check_hook(converter: cattrs.Converter) -> Callable[[object, Any], ExecCheck]:
+    generated = make_dict_structure_fn(ExecCheck, converter)
+
+    def structure(value: object, cl: Any) -> ExecCheck:
+        result = generated(_object(value), cl)
+        if not result.command:
+            raise SchemaError("command must name a program: an empty list runs nothing")
+        return result
+
+    return structure
+
+
+def _check_probe_port(port: int | None) -> None:
+    problem = None if port is None else PROBE_PORT_BOUNDS.problem(port)
+    if problem is not None:
+        raise SchemaError(f"port {problem}")
+
+
+def _probes_hook(converter: cattrs.Converter) -> Callable[[object, Any], ProbeDefinitions]:
+    generated = make_dict_structure_fn(ProbeDefinitions, converter)
+
+    def structure(value: object, cl: Any) -> ProbeDefinitions:
+        result = generated(_object(value), cl)
+        for name in ("startup", "liveness"):
+            probe: ProbeDefinition | None = getattr(result, name)
+            if probe is not None and probe.success_threshold != 1:
+                # Kubernetes' rule: one pass ends a startup probe, and a live service needs no streak to stay alive.
+                raise SchemaError(f"{name}.success_threshold must be 1 (only a readiness probe may ask for more "
+                                  f"passes in a row), got {probe.success_threshold}")
         return result
 
     return structure
@@ -358,6 +508,11 @@ def make_converter() -> cattrs.Converter:
 
     converter.register_structure_hook_func(lambda tp: tp == Command, structure_command)
     converter.register_structure_hook(RestartOverride, _restart_hook(converter))
+    converter.register_structure_hook(HttpCheck, _http_check_hook(converter))
+    converter.register_structure_hook(TcpCheck, _tcp_check_hook(converter))
+    converter.register_structure_hook(ExecCheck, _exec_check_hook(converter))
+    converter.register_structure_hook(ProbeDefinition, _probe_hook(converter))
+    converter.register_structure_hook(ProbeDefinitions, _probes_hook(converter))
     converter.register_structure_hook(ServiceDefinition, _definition_hook(converter))
     return converter
 
@@ -442,7 +597,22 @@ def template_problems(definition: ServiceDefinition, known_variables: Collection
     for key, value in definition.env.items():
         check(key, f"$.env[{key!r}]")
         check(value, f"$.env[{key!r}]")
+    # An exec probe is rendered when the start is planned, before any prestart action: no refs (docs/protocol.md §6.14).
+    for name, template, path in probe_templates(definition.probes):
+        problem = template_problem(template, set(known_variables))
+        if problem is not None:
+            problems.append(f"{problem} (a probe sees no prestart refs) @ $.probes.{name}{path}")
     return problems
+
+
+def probe_templates(probes: ProbeDefinitions | None) -> Iterator[tuple[str, str, str]]:
+    """(probe name, template, path below the probe) of every exec probe's command element."""
+    if probes is None:
+        return
+    for name in ("startup", "liveness", "readiness"):
+        probe: ProbeDefinition | None = getattr(probes, name)
+        if probe is not None and probe.exec is not None:
+            yield from ((name, part, f".exec.command[{i}]") for i, part in enumerate(probe.exec.command))
 
 
 def _action_templates(action: PrestartAction) -> Iterator[tuple[str, str]]:

@@ -95,7 +95,8 @@ class Ticker:
         handle = TimerHandle()
         with self._cond:
             heapq.heappush(self._heap, (self._clock.monotonic() + delay, next(self._seq), handle, target, message))
-            self._cond.notify()
+            if self._heap[0][2] is handle:  # due before any other: the thread must wait less; otherwise it need not wake
+                self._cond.notify()
             thread = self._thread
         if not thread.is_alive():  # it died without its own report (see _run): nothing would ever fire
             self._replace(thread, "its thread was found dead")

@@ -56,6 +56,15 @@ def test_huge_and_infinite_deadlines_leave_the_ticker_firing(ticker: Ticker, rec
     assert not any(isinstance(m, tuple) and m[0] == "never" for m in recorder.messages)
 
 
+def test_a_timer_due_before_the_others_wakes_the_waiting_thread(ticker: Ticker, recorder: Recorder) -> None:
+    # Only a timer due before every other wakes the thread when it is scheduled (a later one need not).
+    ticker.schedule(6.0, recorder.ref, "later")  # the thread now waits for this one
+    ticker.schedule(0.05, recorder.ref, "sooner")  # due first: the thread must stop waiting for "later"
+    ticker.schedule(8.0, recorder.ref, "latest")  # due after the earliest: nothing to wake for
+    recorder.wait_for(lambda m: m == "sooner", timeout=4, what="the sooner timer, long before the later one")
+    assert recorder.messages == ["sooner"]
+
+
 def test_a_target_that_cannot_be_told_costs_only_its_own_timer(ticker: Ticker, recorder: Recorder,
                                                                 log_lines: list[str]) -> None:
     ticker.schedule(0.0, object(), "to nowhere")  # type: ignore[arg-type]

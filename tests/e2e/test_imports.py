@@ -15,7 +15,7 @@ DELEGATE_ONLY = ("jupyter_client", "kernel_runner.actors.kernel.actor", "kernel_
                  "kernel_runner.actors.kernel.process", "kernel_runner.actors.kernel.connection",
                  "kernel_runner.actors.kernel.heartbeat", "kernel_runner.actors.terminal.actor",
                  "kernel_runner.actors.terminal.command_runner", "kernel_runner.actors.polly.actor",
-                 "kernel_runner.actors.health.actor")
+                 "kernel_runner.actors.health.actor", "kernel_runner.probes.loop")
 
 # Starts the runtime as the CLI does, answers one `status` and one `exec`, then prints the loaded module names.
 RUN_AND_LIST = """

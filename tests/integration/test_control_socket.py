@@ -148,6 +148,20 @@ def test_a_health_checker_is_nested_under_its_server(ctl_runner: tuple[RunnerHan
                and checker.extra.get("health") == "healthy", timeout=30, what="the checker back, and healthy")
 
 
+def test_status_shows_what_a_services_probes_say(ctl_runner: tuple[RunnerHandle, AgentClient]) -> None:
+    handle, _ = ctl_runner
+    write_defs(handle.config.service_defs_dir, {"probed": {"command": LISTENER, "probes": {
+        "liveness": {"tcp": {}, "period_s": 0.1}}}})
+    assert ok(handle, "reload")["added"] == ["probed"]
+    ok(handle, "start", child="service:probed", port=free_port(), timeout=20)
+    start_web(handle)
+    rows = {row["id"]: row for row in ok(handle, "status")["children"]}
+    assert rows["service:probed"]["health"] == "healthy" and rows["service:web"]["health"] is None
+    # The last answer is in its extra once a probe has run.
+    wait_until(lambda: next(r for r in ok(handle, "status")["children"] if r["id"] == "service:probed")
+               ["extra"].get("last_probe", {}).get("probe") == "liveness", timeout=30, what="a liveness answer")
+
+
 def test_restart_by_hand_runs_a_new_generation(ctl_runner: tuple[RunnerHandle, AgentClient]) -> None:
     handle, _ = ctl_runner
     first = start_web(handle)

@@ -237,6 +237,33 @@ def test_model_health_is_scraped(metrics_runner: tuple[RunnerHandle, AgentClient
     assert child_state(found, f"health:llama-{server_port}") == "RUNNING"
 
 
+def test_service_health_and_failed_probes_are_scraped(metrics_config: RunnerConfig, tmp_path: Path) -> None:
+    control = tmp_path / "control"
+    control.write_text("")
+    readiness = {"http": {"path": "/health"}, "period_s": 0.1, "failure_threshold": 2}
+    (metrics_config.service_defs_dir / "probed.json").write_text(json.dumps({
+        "command": [sys.executable, HEALTH_SERVER, "{ports[0]}", "--control", str(control)],
+        "probes": {"readiness": readiness}}))
+    handle = start(metrics_config)
+    try:
+        assert handle.metrics is not None and handle.metrics.port is not None
+        port = handle.metrics.port
+        with AgentClient(port_in=handle.ports.port_in, port_out=handle.ports.port_out) as agent:
+            assert agent.start_service(service_info("probed", free_port()), timeout=30) == {"status": "started"}
+            assert agent.start_service(service_info("web", free_port()), timeout=30) == {"status": "started"}
+            found = scrape_until(port, lambda s: s.value("kernel_runner_child_healthy", child="service:probed") == 1.0,
+                                 what="probed healthy")
+            assert found.value("kernel_runner_child_healthy", child="service:web") is None  # nothing probes it
+            control.write_text("503")  # not ready any more: not restarted, but not healthy either
+            found = scrape_until(port, lambda s: s.value("kernel_runner_child_healthy", child="service:probed") == 0.0,
+                                 what="probed unready")
+            assert (found.value("kernel_runner_probe_failures_total", child="service:probed", probe="readiness") or 0) >= 2
+            assert found.families["kernel_runner_probe_failures"] == "counter"
+            assert child_state(found, "service:probed") == "RUNNING"
+    finally:
+        handle.stop(timeout=5)
+
+
 def test_the_metrics_server_binds_127_0_0_1_by_default(metrics_runner: tuple[RunnerHandle, AgentClient, int]) -> None:
     handle, _, port = metrics_runner
     assert handle.config.metrics_bind == "127.0.0.1"

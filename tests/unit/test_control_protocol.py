@@ -93,18 +93,26 @@ def test_the_status_table_nests_bound_children_and_fills_gaps() -> None:
              "children": [row("router"),
                           row("service:m", pid=7, generation=3, restarts=2, last_exit="process exited with code 1",
                               uptime_s=90061.0, children=[row("health:m", extra={"health": "healthy"})]),
-                          row("service:x", state="FATAL", uptime_s=None, since=None)]}
+                          row("service:x", state="FATAL", uptime_s=None, since=None),
+                          row("service:web", health="unready", extra={
+                              "health": "unready", "port": 8080,
+                              "last_probe": {"probe": "readiness", "ok": False, "status_code": 503}})]}
     lines = status_table(reply).splitlines()
     assert lines[0] == "kernel-runner 0.1.0  app  pid 42  NOT READY (lang is STARTING)  agent ports 2000/2001"
-    assert lines[1].split() == ["CHILD", "STATE", "PID", "UPTIME", "GEN", "RESTARTS", "SINCE", "LAST", "EXIT", "/",
-                                "DETAILS"]
-    assert lines[2].split() == ["router", "RUNNING", "-", "0:01:23", "1", "0", "2026-11-25", "12:00:01", "-"]
-    assert lines[3].split()[:8] == ["service:m", "RUNNING", "7", "1d", "1:01:01", "3", "2", "2026-11-25"]
+    assert lines[1].split() == ["CHILD", "STATE", "HEALTH", "PID", "UPTIME", "GEN", "RESTARTS", "SINCE", "LAST", "EXIT",
+                                "/", "DETAILS"]
+    assert lines[2].split() == ["router", "RUNNING", "-", "-", "0:01:23", "1", "0", "2026-11-25", "12:00:01", "-"]
+    assert lines[3].split()[:9] == ["service:m", "RUNNING", "-", "7", "1d", "1:01:01", "3", "2", "2026-11-25"]
     assert lines[3].endswith("process exited with code 1")
-    assert lines[4].startswith("  health:m ") and lines[4].endswith("health=healthy")
-    assert lines[5].split() == ["service:x", "FATAL", "-", "-", "1", "0", "-", "-"]
+    # A child's health is a column (from an older runner's reply: from its extra), not a detail.
+    assert lines[4].startswith("  health:m ") and lines[4].split()[2] == "healthy" and "health=" not in lines[4]
+    assert lines[5].split() == ["service:x", "FATAL", "-", "-", "-", "1", "0", "-", "-"]
+    # Nested figures (a probe's last answer) are left to --json.
+    assert lines[6].split()[2] == "unready" and lines[6].endswith("port=8080") and "last_probe" not in lines[6]
     state_at = lines[1].index("STATE")  # columns line up, the nested child's indent included
     assert all(line[state_at:].startswith(("RUNNING", "FATAL")) for line in lines[2:])
+    health_at = lines[1].index("HEALTH")
+    assert [line[health_at:].split()[0] for line in lines[2:]] == ["-", "-", "healthy", "-", "unready"]
 
 
 def test_outcome_lines() -> None:

@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("kernel_runner.observability",),  # log set-up, events, log books: what everything above may log through
     ("kernel_runner.supervision", "kernel_runner.supervisor"),
     ("kernel_runner.config", "kernel_runner.procs", "kernel_runner.wire", "kernel_runner.servicedefs",
-     "kernel_runner.context", "kernel_runner.control"),
+     "kernel_runner.context", "kernel_runner.control", "kernel_runner.probes"),
     ("kernel_runner.actors",),
     # The metrics exporter reads the whole tree's snapshot, so it sits with the composition root that starts it.
     ("kernel_runner.runtime", "kernel_runner.observability.metrics", "kernel_runner.cli", "kernel_runner.client",

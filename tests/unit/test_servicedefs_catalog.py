@@ -27,7 +27,15 @@ from kernel_runner.servicedefs import (
     TemplateError,
     load_service_definitions,
 )
-from kernel_runner.servicedefs.schema import RestartOverride
+from kernel_runner.servicedefs.intrinsic import INTRINSIC_PROBES
+from kernel_runner.servicedefs.schema import (
+    ExecCheck,
+    HttpCheck,
+    ProbeDefinition,
+    ProbeDefinitions,
+    RestartOverride,
+    TcpCheck,
+)
 
 CHILD_ENV = {
     "HOME": "/home/work",
@@ -544,3 +552,37 @@ def test_refused_wire_names_are_quoted_briefly(tmp_path: Path) -> None:
     result = resolve(catalog_with(tmp_path, {"web": WEB}), info("web", arguments={"--" + "x" * 100_000: None}))
     assert isinstance(result, Refusal)
     assert result.reason.startswith("DisallowedArgument('Argument --xxx") and len(result.reason) < 300
+
+
+# --------------------------------------------------------------------------------------------
+# Health probes (docs/protocol.md §6.14)
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_definitions_probes_reach_its_launch_with_exec_commands_rendered(tmp_path: Path) -> None:
+    probes = {"readiness": {"exec": {"command": ["check", "{ports[1]}", "{runtime_path}"]}},
+              "liveness": {"http": {"path": "/health"}, "period_s": 2}}
+    catalog = catalog_with(tmp_path, {"web": {**WEB, "probes": probes}, "plain": WEB})
+    launch = launch_of(resolve(catalog, info("web")))
+    assert launch.probes is not None and launch.probes.readiness is not None
+    assert launch.probes.readiness.exec == ExecCheck(command=("check", "18081", "/usr/bin/python3"))
+    assert launch.probes.liveness == ProbeDefinition(http=HttpCheck(path="/health"), period_s=2.0)
+    assert launch_of(resolve(catalog, info("plain"))).probes is None
+
+
+def test_a_port_probe_of_a_service_without_a_port_refuses_the_start(tmp_path: Path) -> None:
+    catalog = catalog_with(tmp_path, {"web": {**WEB, "probes": {"liveness": {"tcp": {}}}},
+                                      "own": {**WEB, "probes": {"liveness": {"tcp": {"port": 9000}}}}})
+    no_port = ServiceInfo(name="web", protocol="tcp")
+    assert resolve(catalog, no_port) == failed(
+        "the liveness probe of web needs a port: the service has none (give the probe a port, or start the service "
+        "with one)")
+    assert launch_of(resolve(catalog, ServiceInfo(name="own", protocol="tcp"))).probes is not None
+
+
+def test_the_intrinsics_get_the_probes_they_are_given(tmp_path: Path) -> None:
+    catalog = catalog_with(tmp_path, {})
+    probed = launch_of(resolve(catalog, info("sshd", protocol="tcp", port=2200), sshd=fake_sshd,
+                               intrinsic_probes=INTRINSIC_PROBES))
+    assert probed.probes == ProbeDefinitions(liveness=ProbeDefinition(tcp=TcpCheck()))
+    assert launch_of(resolve(catalog, info("sshd", protocol="tcp", port=2200), sshd=fake_sshd)).probes is None

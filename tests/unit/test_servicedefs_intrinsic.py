@@ -28,6 +28,7 @@ from kernel_runner.servicedefs.intrinsic import (
     sshd_argv,
     ttyd_argv,
 )
+from kernel_runner.servicedefs.schema import ProbeDefinition, ProbeDefinitions, TcpCheck
 from tests.conftest import CHILDREN
 
 # A stand-in for dropbearkey that, like the real one, refuses to overwrite an existing key (docs/protocol.md §10.5 item 41).
@@ -156,6 +157,12 @@ def test_default_ttyd_places_in_the_launchers(config: RunnerConfig, tmp_path: Pa
     found = intrinsic_launchers(config, ttyd_paths=(new, old))
     assert found.ttyd is not None
     assert found.ttyd(7681)[:4] == (str(old), "-W", "-p", "7681")
+
+
+def test_the_intrinsics_are_probed_unless_the_setting_says_not(config: RunnerConfig) -> None:
+    # docs/protocol.md §6.14: a TCP liveness probe with Kubernetes' numbers; `--no-intrinsic-probes` turns it off.
+    assert intrinsic_launchers(config).probes == ProbeDefinitions(liveness=ProbeDefinition(tcp=TcpCheck()))
+    assert intrinsic_launchers(attrs.evolve(config, intrinsic_probes=False)).probes is None
 
 
 def test_missing_binaries_disable_the_intrinsics_with_warnings(config: RunnerConfig) -> None:

@@ -8,10 +8,13 @@ import pytest
 
 from kernel_runner.servicedefs.errors import DefinitionError
 from kernel_runner.servicedefs.schema import (
+    HttpCheck,
     Log,
     Mkdir,
+    ProbeDefinition,
     RestartOverride,
     RunCommand,
+    TcpCheck,
     WriteFile,
     WriteTempfile,
     parse_definition,
@@ -266,3 +269,69 @@ def test_dollar_placeholders_see_refs_like_brace_placeholders() -> None:
     error = problems_of({"command": ["x"], "prestart": [
         {"action": "write_tempfile", "args": {"body": ["${{ cfg }}"]}, "ref": "cfg"}]})
     assert error.problems[0].endswith("@ $.prestart[0].args.body[0]")
+
+
+# ---- health probes (docs/protocol.md §6.14) -----------------------------------------------------------------
+
+
+def test_probes_take_kubernetes_defaults_and_null_turns_one_off() -> None:
+    definition = parse({"command": ["x"], "probes": {"liveness": {"tcp": {}}, "readiness": None,
+                                                     "startup": {"http": {"path": "/ready"}, "period_s": 0.5}}})
+    probes = definition.probes
+    assert probes.readiness is None
+    assert probes.liveness == ProbeDefinition(tcp=TcpCheck())
+    live = probes.liveness
+    assert (live.period_s, live.timeout_s, live.failure_threshold, live.success_threshold, live.initial_delay_s) == \
+        (10.0, 1.0, 3, 1, 0.0)
+    assert probes.startup.http == HttpCheck(path="/ready", port=None, expected_status=None)
+    assert parse({"command": ["x"]}).probes is None  # an old definition: nothing is probed
+
+
+@pytest.mark.parametrize(
+    ("probes", "expected"),
+    [
+        ({"liveness": {}}, "a probe needs exactly one of http, tcp or exec, got none @ $.probes.liveness"),
+        ({"liveness": {"tcp": {}, "exec": {"command": ["true"]}}},
+         "a probe needs exactly one of http, tcp or exec, got tcp and exec @ $.probes.liveness"),
+        ({"readiness": {"tcp": {}, "period_s": 0}},
+         "period_s must be at least 0.05 and at most 3600 s, got 0.0 @ $.probes.readiness"),
+        ({"readiness": {"tcp": {}, "timeout_s": 0}},
+         "timeout_s must be greater than 0 and at most 600 s, got 0.0 @ $.probes.readiness"),
+        ({"liveness": {"tcp": {}, "failure_threshold": 0}},
+         "failure_threshold must be at least 1 and at most 1000, got 0 @ $.probes.liveness"),
+        ({"startup": {"tcp": {}, "initial_delay_s": -1}},
+         "initial_delay_s must be at least 0 and at most 86400 s, got -1.0 @ $.probes.startup"),
+        ({"liveness": {"tcp": {}, "success_threshold": 2}},
+         "liveness.success_threshold must be 1 (only a readiness probe may ask for more passes in a row), got 2 @ "
+         "$.probes"),
+        ({"liveness": {"tcp": {"port": 70000}}}, "port must be at least 1 and at most 65535, got 70000 @ "
+                                                 "$.probes.liveness.tcp"),
+        ({"liveness": {"http": {"path": "health"}}},
+         "path must start with / and be at most 2048 characters without spaces or control characters, got 'health' @ "
+         "$.probes.liveness.http"),
+        ({"liveness": {"http": {"expected_status": 99}}},
+         "expected_status must be at least 100 and at most 599, got 99 @ $.probes.liveness.http"),
+        ({"liveness": {"exec": {"command": []}}},
+         "command must name a program: an empty list runs nothing @ $.probes.liveness.exec"),
+        ({"liveness": {"exec": {"command": "true"}}}, "expected a list, got a string @ $.probes.liveness.exec.command"),
+        ({"liveness": {"tcp": {}, "period": 5}},
+         "unknown key 'period' (allowed: http, tcp, exec, period_s, timeout_s, failure_threshold, success_threshold, "
+         "initial_delay_s) @ $.probes.liveness"),
+        ({"alive": {"tcp": {}}}, "unknown key 'alive' (allowed: startup, liveness, readiness) @ $.probes"),
+        ({"liveness": "tcp"}, "expected an object, got a string @ $.probes.liveness"),
+        ({"liveness": {"tcp": {}, "timeout_s": True}}, "expected a finite number, got a boolean @ "
+                                                       "$.probes.liveness.timeout_s"),
+    ],
+)
+def test_a_bad_probe_is_refused_naming_the_field(probes: Any, expected: str) -> None:
+    (line,) = problems_of({"command": ["x"], "probes": probes}).problems
+    assert line == f"web.json: {expected}"
+
+
+def test_an_exec_probe_renders_the_starts_variables_but_no_refs() -> None:
+    parse({"command": ["x"], "probes": {"readiness": {"exec": {"command": ["check", "{ports[0]}", "{runtime_path}"]}}}})
+    error = problems_of({"command": ["x"], "prestart": [{"action": "mkdir", "args": {"path": "d"}, "ref": "made"}],
+                         "probes": {"liveness": {"exec": {"command": ["check", "{made}"]}}}})
+    (line,) = error.problems
+    assert "uses unknown variable 'made'" in line and "(a probe sees no prestart refs)" in line
+    assert line.endswith("@ $.probes.liveness.exec.command[1]")

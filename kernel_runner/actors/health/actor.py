@@ -1,4 +1,5 @@
-"""HealthCheckerActor: decides when one model service counts as up and alive; the HTTP calls happen in Prober.
+"""HealthCheckerActor: decides when one model service counts as up and alive; the probe engine (kernel_runner/probes)
+schedules, runs, times out and counts its HTTP probes, off this actor's thread.
 
 Two contracts, by the agent's generation (docs/protocol.md §12.2):
 - SPAWNED (23.09.1+): the server answered the agent when it spawned; the checker starts in LIVENESS and only
@@ -40,12 +41,9 @@ last one reached, and the agent gets exactly one reply and no repeated transitio
 from __future__ import annotations
 
 import enum
-import queue
-import threading
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import attrs
-import pykka
 
 from kernel_runner.context import RunnerContext
 from kernel_runner.generations import ModelReply
@@ -58,8 +56,10 @@ from kernel_runner.messages import (
     ServiceStartFailed,
     ServiceUp,
 )
-from kernel_runner.observability.debug_lines import debug
 from kernel_runner.observability.events import Event, emit
+from kernel_runner.probes.kinds import HttpProbe, ProbeAnswer, probe_http
+from kernel_runner.probes.loop import ProbeLoop, warm_up_period
+from kernel_runner.probes.messages import ProbeMessage
 from kernel_runner.supervision.actor import Lifecycle, PhasedActor
 from kernel_runner.supervision.clock import Clock
 from kernel_runner.supervision.exits import NormalExit, ShutdownExit, Unhealthy
@@ -73,9 +73,6 @@ if TYPE_CHECKING:
 # clock started before ours (request transit, supervisor, spawn).
 AGENT_REPLY_SLACK_S = 10.0
 REPLY_MARGIN_S = 2.0
-# A probe whose thread has not answered by its timeouts plus this much counts as failed (a server trickling bytes
-# can keep one requests call alive past its per-read timeout).
-PROBE_OVERDUE_SLACK_S = 2.0
 MIN_READ_TIMEOUT_S = 0.001
 MAX_CONNECT_TIMEOUT_S = 1.0
 UNHEALTHY_TEXT = "service unhealthy"  # upstream's reply text (docs/protocol.md §7.2 step 5)
@@ -178,8 +175,12 @@ class HealthPlan:
         """
         floor = self.startup_period_s
         if self.spawned and not healthy_once:
-            return max(floor, min(self.interval_s, floor * 2.0 ** min(failures, 30)))
+            return warm_up_period(floor, self.interval_s, failures)
         return max(floor, self.interval_s)
+
+    def probe(self) -> HttpProbe:
+        return HttpProbe(url=self.url, expected_status=self.check.expected_status_code,
+                         connect_timeout_s=self.connect_timeout_s, read_timeout_s=self.read_timeout_s)
 
     @property
     def reply_within_s(self) -> float:
@@ -203,16 +204,19 @@ class HealthMemo:
     healthy_once: bool = False
     # STOPPING_SERVER: the `failed` text the agent gets once the server is gone.
     failure: str | None = None
+    # Failed probes since the model service started (the metrics' counter, docs/operations.md §5).
+    probe_failures: int = 0
 
 
-# ---- messages private to this actor and its thread ---------------------------------------------------------
+# ---- messages private to this actor ---------------------------------------------------------------------
 
 
 @attrs.frozen(kw_only=True)
-class ProbeDue:
-    """Ticker → checker: time for the next probe; ticks of an older schedule (`epoch`) are ignored."""
+class StartupDeadline:
+    """Ticker → checker: the reply deadline or the end of the startup budget has come."""
 
-    epoch: int
+
+# ---- one HTTP probe by the names tests/actors/test_health_checker.py drives it with ---------------------------
 
 
 @attrs.frozen(kw_only=True)
@@ -224,108 +228,15 @@ class ProbeRequest:
     expected_status: int
 
 
-@attrs.frozen(kw_only=True)
-class ProbeResult:
-    """Prober → checker: one HTTP GET's outcome."""
-
-    seq: int
-    ok: bool
-    status_code: int | None
-    error: str | None
-    latency_s: float
-
-
-@attrs.frozen(kw_only=True)
-class ProbeOverdue:
-    seq: int
-
-
-@attrs.frozen(kw_only=True)
-class StartupDeadline:
-    """Ticker → checker: the reply deadline or the end of the startup budget has come."""
-
-
-class Prober(threading.Thread):
-    """Runs one probe at a time so the actor never waits on the network; owns its requests Session."""
-
-    def __init__(self, *, owner: pykka.ActorRef[Any], clock: Clock, name: str) -> None:
-        super().__init__(name=f"Prober-{name}", daemon=True)
-        self._owner = owner
-        self._clock = clock
-        self._queue: queue.Queue[ProbeRequest | None] = queue.Queue(maxsize=1)
-        self._stopping = threading.Event()
-
-    def submit(self, request: ProbeRequest) -> bool:
-        try:
-            self._queue.put_nowait(request)
-        except queue.Full:
-            return False
-        return True
-
-    def stop(self) -> None:
-        """Never blocks: a probe in flight ends within its own timeouts, and its result is dropped."""
-        self._stopping.set()
-        try:
-            self._queue.put_nowait(None)
-        except queue.Full:
-            pass  # a request is pending; the loop takes it, sees the flag and ends
-
-    def run(self) -> None:
-        import requests  # here, not at import time: a runner without model services never needs it (~50 ms)
-
-        session = requests.Session()
-        session.trust_env = False  # a 127.0.0.1 probe never goes through HTTP(S)_PROXY or reads ~/.netrc
-        try:
-            while True:
-                request = self._queue.get()
-                if request is None or self._stopping.is_set():
-                    return
-                result = probe_once(session, request, self._clock)
-                if self._stopping.is_set():
-                    return
-                if not tell_if_alive(self._owner, result):
-                    return
-        finally:
-            session.close()
-
-
-def probe_once(session: requests.Session, request: ProbeRequest, clock: Clock) -> ProbeResult:
-    import requests
-
-    """One GET with explicit (connect, read) timeouts; the body is never read, the response always closed."""
-    started = clock.monotonic()
-    status: int | None = None
-    error: str | None = None
-    try:
-        # Redirects are followed as upstream's urllib did (docs/protocol.md §7.2), each hop under the same timeouts.
-        with session.get(
-            request.url, timeout=(request.connect_timeout_s, request.read_timeout_s), stream=True, allow_redirects=True
-        ) as response:
-            status = response.status_code
-    except requests.Timeout:
-        error = f"no answer within {request.read_timeout_s:g}s"
-    except requests.ConnectionError as exc:
-        error = describe_connection_error(exc)
-    except Exception as exc:  # noqa: BLE001 - any transport failure is a failed try (docs/protocol.md §7.5), never a dead thread
-        error = repr(exc)
-    latency = clock.monotonic() - started
-    ok = status == request.expected_status
-    if status is not None and not ok:
-        error = f"status {status}, expected {request.expected_status}"
-    return ProbeResult(seq=request.seq, ok=ok, status_code=status, error=error, latency_s=latency)
-
-
-def describe_connection_error(exc: requests.ConnectionError) -> str:
-    text = str(exc)
-    if "Connection refused" in text:
-        return "connection refused"
-    if "RemoteDisconnected" in text or "Connection reset" in text or "Connection aborted" in text:
-        return "connection closed without a response"
-    return text[:300]
+def probe_once(session: requests.Session, request: ProbeRequest, clock: Clock) -> ProbeAnswer:
+    """The checker's probe, run once (the engine's probe_http)."""
+    return probe_http(session, HttpProbe(url=request.url, expected_status=request.expected_status,
+                                         connect_timeout_s=request.connect_timeout_s,
+                                         read_timeout_s=request.read_timeout_s), clock)
 
 
 class HealthCheckerActor(PhasedActor[Phase]):
-    """Decides when a model service counts as up and alive; the HTTP calls happen in Prober."""
+    """Decides when a model service counts as up and alive; its ProbeLoop runs the probes."""
 
     lifecycle = LIFECYCLE
 
@@ -334,19 +245,11 @@ class HealthCheckerActor(PhasedActor[Phase]):
         self._router = runner.router
         self.plan = plan
         self.memo = memo
-        self._prober: Prober | None = None
-        self._epoch = 0
-        self._seq = 0
-        self._in_flight: int | None = None
-        self._dispatched_at = 0.0
-        # A probe the actor gave up waiting for; the thread is still in it, so no new probe can start yet.
-        self._stuck: int | None = None
-        self._probes = 0
-        self._consecutive_failures = 0
-        self._failures_since_restart = 0
-        # After a restart, failures do not count toward the next one until the server had its startup budget again.
-        self._grace_until = 0.0
-        self._last: ProbeResult | None = None
+        # Its counts' grace: after a restart, failures do not count toward the next one until the server had its
+        # startup budget again (`counted_failures` is what unhealthy_after compares with).
+        self._probe = ProbeLoop("health", plan.probe(), owner=self.actor_ref, schedule=self.schedule,
+                                clock=ctx.clock, log=lambda: self.log, on_answer=self._handle_outcome,
+                                name=plan.service_name)
 
     def phase_changed(self, old: Phase, new: Phase) -> None:
         """A phase change is written back to the memo (the base then reports it to the supervisor)."""
@@ -366,10 +269,9 @@ class HealthCheckerActor(PhasedActor[Phase]):
             self._stop_server()  # again: the previous incarnation may have died before the supervisor heard it
             return
         if self.plan.spawned:
-            self._grace_until = self.memo.started_at + self.plan.grace_s
+            self._probe.counts.grace_until = self.memo.started_at + self.plan.grace_s
         if self.plan.probing:
-            self._prober = Prober(owner=self.actor_ref, clock=self.ctx.clock, name=self.plan.service_name)
-            self._prober.start()
+            self._probe.start()
         self.report_phase()  # the phase this incarnation inherited (no edge, so no report from the base)
         if not self.plan.probing:
             self.log.info("no enabled health check: {} counts as healthy while its process runs",
@@ -380,7 +282,7 @@ class HealthCheckerActor(PhasedActor[Phase]):
             self.log.info(
                 "probing {} until it stops: first every {:.0f} ms, backing off to every {:.1f}s; failures count after "
                 "{:.1f}s of grace", self.plan.url, self.plan.startup_period_s * 1000, self.plan.interval_s,
-                max(0.0, self._grace_until - now),
+                max(0.0, self._probe.counts.grace_until - now),
             )
         elif self.phase is Phase.STARTUP:
             elapsed = now - self.memo.started_at
@@ -395,20 +297,15 @@ class HealthCheckerActor(PhasedActor[Phase]):
         else:
             self.log.info("restarted; probing {} every {:.1f}s", self.plan.url, self.plan.interval_s)
         self._publish()
-        self._probe_now()
+        self._probe.probe_now()
 
     def cleanup(self) -> None:
-        if self._prober is not None:
-            self._prober.stop()
+        self._probe.stop()
 
     def handle(self, message: object) -> object:
         match message:
-            case ProbeDue():
-                return self._handle_probe_due(message)
-            case ProbeResult():
-                return self._handle_probe_result(message)
-            case ProbeOverdue():
-                return self._handle_probe_overdue(message)
+            case ProbeMessage():
+                return self._probe.handle(message)
             case StartupDeadline():
                 return self._handle_startup_deadline()
             case ServiceProcessEnded():
@@ -434,109 +331,45 @@ class HealthCheckerActor(PhasedActor[Phase]):
         self.finish(ShutdownExit())
 
     # ---- probing ----------------------------------------------------------------------------------------
-    def _probe_now(self) -> None:
-        self._epoch += 1
-        self._dispatch()
-
-    def _schedule_next(self, period_s: float) -> None:
-        self._epoch += 1
-        elapsed = self.ctx.clock.monotonic() - self._dispatched_at
-        self.schedule(max(0.0, period_s - elapsed), ProbeDue(epoch=self._epoch))
-
-    def _handle_probe_due(self, message: ProbeDue) -> None:
-        if message.epoch != self._epoch:
-            return
-        if self._stuck is not None:
-            # The thread is still inside a hung request: this period's probe fails without a new request.
-            self._dispatched_at = self.ctx.clock.monotonic()
-            self._handle_outcome(ProbeResult(seq=self._stuck, ok=False, status_code=None,
-                                             error="the previous probe is still hanging", latency_s=0.0))
-            return
-        self._dispatch()
-
-    def _dispatch(self) -> None:
-        if self._in_flight is not None or self._stuck is not None or self._prober is None:
-            return
-        self._seq += 1
-        request = ProbeRequest(
-            seq=self._seq, url=self.plan.url, connect_timeout_s=self.plan.connect_timeout_s,
-            read_timeout_s=self.plan.read_timeout_s, expected_status=self.plan.check.expected_status_code,
-        )
-        if not self._prober.submit(request):
-            return
-        self._in_flight = self._seq
-        self._dispatched_at = self.ctx.clock.monotonic()
-        overdue = self.plan.connect_timeout_s + self.plan.read_timeout_s + PROBE_OVERDUE_SLACK_S
-        self.schedule(overdue, ProbeOverdue(seq=self._seq))
-
-    def _handle_probe_overdue(self, message: ProbeOverdue) -> None:
-        if message.seq != self._in_flight:
-            return
-        self._in_flight = None
-        self._stuck = message.seq
-        self._dispatched_at = self.ctx.clock.monotonic()  # the next verdict is one period from now
-        self.log.warning("probe {} gave no result within its timeouts; counted as failed", message.seq)
-        self._handle_outcome(ProbeResult(seq=message.seq, ok=False, status_code=None,
-                                         error="the probe hung past its timeouts", latency_s=0.0))
-
-    def _handle_probe_result(self, message: ProbeResult) -> None:
-        if message.seq == self._stuck:
-            self._stuck = None  # the hung request finally ended; its verdict was given already
-            return
-        if message.seq != self._in_flight:
-            return
-        self._in_flight = None
-        self._handle_outcome(message)
-
-    def _handle_outcome(self, result: ProbeResult) -> None:
-        self._record(result)
+    def _handle_outcome(self, result: ProbeAnswer) -> None:
+        """The loop's verdict on one probe, already counted."""
+        if not result.ok:
+            self.memo.probe_failures += 1
+        self._publish()
         if self.phase is Phase.STARTUP:
             if result.ok:
                 self._startup_succeeded(result)
                 return
-            self._schedule_next(self.plan.startup_period_s)
+            self._probe.next_in(self.plan.startup_period_s)
             return
         if self.phase is Phase.LIVENESS:
             if result.ok:
-                self._failures_since_restart = 0
                 if self.memo.health != "healthy":
                     if self.memo.healthy_once:
-                        emit(self.log, "INFO", Event.HEALTHY,
-                             "healthy again: status {} in {:.1f} ms", result.status_code, result.latency_s * 1000)
+                        emit(self.log, "INFO", Event.HEALTHY, "healthy again: status {} in {:.1f} ms",
+                             result.status_code, result.latency_s * 1000, probe="health", **result.fields())
                     else:
                         assert self.memo.started_at is not None
                         emit(self.log, "INFO", Event.HEALTHY, "healthy after {:.3f}s ({} probe(s); status {})",
-                             self.ctx.clock.monotonic() - self.memo.started_at, self._probes, result.status_code)
+                             self.ctx.clock.monotonic() - self.memo.started_at, self._probe.counts.probes,
+                             result.status_code, probe="health", **result.fields())
                     self._set_health("healthy")
                 self.memo.healthy_once = True
-            elif self._failures_since_restart >= self.plan.unhealthy_after:
+            elif self._probe.counts.counted_failures >= self.plan.unhealthy_after:
                 self._liveness_failed()
-            self._schedule_next(self._period())
-
-    def _record(self, result: ProbeResult) -> None:
-        self._probes += 1
-        self._last = result
-        if result.ok:
-            self._consecutive_failures = 0
-        else:
-            self._consecutive_failures += 1
-            if self.ctx.clock.monotonic() >= self._grace_until:
-                self._failures_since_restart += 1
-            debug(self.log, "probe failed: {}", result.error)
-        self._publish()
+            self._probe.next_in(self._period())
 
     # ---- startup -----------------------------------------------------------------------------------------
-    def _startup_succeeded(self, result: ProbeResult) -> None:
+    def _startup_succeeded(self, result: ProbeAnswer) -> None:
         assert self.memo.started_at is not None
         took = self.ctx.clock.monotonic() - self.memo.started_at
         self.to_phase(Phase.LIVENESS, f"healthy after {took:.3f}s")  # STARTUP -> LIVENESS
-        self._failures_since_restart = 0
-        emit(self.log, "INFO", Event.HEALTHY,
-             "healthy after {:.3f}s ({} probe(s); status {})", took, self._probes, result.status_code)
+        emit(self.log, "INFO", Event.HEALTHY, "healthy after {:.3f}s ({} probe(s); status {})", took,
+             self._probe.counts.probes, result.status_code, probe="health", **result.fields())
         self._reply_once("started", None)
         self._set_health("healthy")
         self.memo.healthy_once = True
-        self._schedule_next(self._period())
+        self._probe.next_in(self._period())
 
     def _handle_startup_deadline(self) -> None:
         if self.phase is not Phase.STARTUP:
@@ -551,9 +384,9 @@ class HealthCheckerActor(PhasedActor[Phase]):
                              "for {:.1f}s of startup grace", elapsed, self.plan.startup_budget_s - elapsed)
             self._reply_once("failed", UNHEALTHY_TEXT)
             return
-        last = self._describe_last()
-        emit(self.log, "WARNING", Event.UNHEALTHY,
-             "unhealthy: not healthy within {:.1f}s ({} probe(s); last: {})", elapsed, self._probes, last)
+        counts = self._probe.counts
+        emit(self.log, "WARNING", Event.UNHEALTHY, "unhealthy: not healthy within {:.1f}s ({} probe(s); last: {})",
+             elapsed, counts.probes, counts.describe_last(), **self._last_fields())
         self._startup_failed(UNHEALTHY_TEXT, keep_server=not self.plan.stop_on_startup_failure)
 
     def _handle_service_process_ended(self, message: ServiceProcessEnded) -> None:
@@ -598,15 +431,15 @@ class HealthCheckerActor(PhasedActor[Phase]):
         if self.memo.replied:
             self._set_health("unhealthy")  # the agent heard `failed` already; the later verdict goes as a status
         first_line = error.partition("\n")[0]
-        self._epoch += 1  # a probe tick still pending belongs to the start-up that just ended
+        self._probe.cancel()  # a probe tick still pending belongs to the start-up that just ended
         if keep_server:
             self._reply_once("failed", error)
             # Upstream left an unhealthy model running; we keep watching it, so a late recovery is reported.
             self.to_phase(Phase.LIVENESS, f"start failed, server kept: {first_line}")  # STARTUP -> LIVENESS
             self.memo.health = "unhealthy"
-            self._failures_since_restart = 0
+            self._probe.counts.start_grace(self._probe.counts.grace_until)
             self._publish()
-            self._schedule_next(self._period())
+            self._probe.next_in(self._period())
             return
         # The agent may retry on the same port as soon as it hears `failed`: the server goes first. This checker is
         # bound to it, so the supervisor stops us once it is gone for good, and request_stop answers then.
@@ -617,17 +450,16 @@ class HealthCheckerActor(PhasedActor[Phase]):
 
     def _stop_server(self) -> None:
         assert self.memo.failure is not None
-        if self._prober is not None:
-            self._prober.stop()
-            self._prober = None
+        self._probe.stop()
         why = self.memo.failure.partition("\n")[0]
         tell_if_alive(self.ctx.supervisor, StopChild(child_id=self.plan.server_child, reason=f"model unhealthy: {why}"))
 
     # ---- liveness ----------------------------------------------------------------------------------------
     def _liveness_failed(self) -> None:
-        detail = f"{self._failures_since_restart} consecutive failed probes (last: {self._describe_last()})"
+        counts = self._probe.counts
+        detail = f"{counts.counted_failures} consecutive failed probes (last: {counts.describe_last()})"
         if self.memo.health != "unhealthy":
-            emit(self.log, "WARNING", Event.UNHEALTHY, "unhealthy: {}", detail)
+            emit(self.log, "WARNING", Event.UNHEALTHY, "unhealthy: {}", detail, **self._last_fields())
             self._set_health("unhealthy")
         if self.plan.restart_on_unhealthy:
             self.log.warning("asking the supervisor to restart {} ({})", self.plan.server_child, detail)
@@ -635,14 +467,14 @@ class HealthCheckerActor(PhasedActor[Phase]):
             # Count afresh after a grace: the restarted server gets its startup budget before the next restart.
             self._restart_grace()
         else:
-            self._failures_since_restart = 0
+            counts.start_grace(counts.grace_until)  # count afresh: unhealthy is reported once per transition
 
     def _restart_grace(self) -> None:
-        self._failures_since_restart = 0
-        self._grace_until = self.ctx.clock.monotonic() + self.plan.grace_s
+        self._probe.counts.start_grace(self.ctx.clock.monotonic() + self.plan.grace_s)
 
     def _period(self) -> float:
-        return self.plan.period_s(healthy_once=self.memo.healthy_once, failures=self._consecutive_failures)
+        return self.plan.period_s(healthy_once=self.memo.healthy_once,
+                                  failures=self._probe.counts.consecutive_failures)
 
     def _set_health(self, health: Health) -> None:
         """A new verdict (not a phase change): published, and told the agent once per change."""
@@ -664,26 +496,21 @@ class HealthCheckerActor(PhasedActor[Phase]):
         if status == "started":
             self.log.info("Model service {} has started", self.plan.service_name)
 
-    def _describe_last(self) -> str:
-        last = self._last
-        if last is None:
-            return "no probe finished"
-        return last.error or f"status {last.status_code}"
+    def _last_fields(self) -> dict[str, object]:
+        """The last answer as an event's flat fields (docs/operations.md §2)."""
+        last = self._probe.counts.last
+        return {"probe": "health", **(last.fields() if last is not None else {})}
 
     def _publish(self) -> None:
-        last = self._last
+        counts = self._probe.counts
         self.update_info({
             "model": self.plan.model_name,
             "service": self.plan.service_name,
             "url": self.plan.url,
             "phase": self.phase.value,
             "health": self.memo.health,
-            "consecutive_failures": self._consecutive_failures,
-            "probes": self._probes,
-            "last_probe": None if last is None else {
-                "ok": last.ok,
-                "status_code": last.status_code,
-                "error": last.error,
-                "latency_ms": round(last.latency_s * 1000, 3),
-            },
+            "consecutive_failures": counts.consecutive_failures,
+            "probes": counts.probes,
+            "last_probe": None if counts.last is None else counts.last.info(),
+            "probe_failures": {"health": self.memo.probe_failures},
         })

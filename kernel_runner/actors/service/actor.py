@@ -15,6 +15,10 @@ and logs it (docs/architecture.md §3.4):
     any phase but FAILED, ENDED ──stop requested──> STOPPING ──the process is gone, pipes drained──┘
                               (or nothing was spawned; from PREPARING: once the Preparer is back)
 
+With health probes (docs/protocol.md §6.14), STARTING also waits, once the port opened, for the startup and
+readiness probes (ServiceProbes decides; the start limit bounds the whole wait), and a liveness probe that fails
+for good makes the actor ask the supervisor to restart it (RestartChild with Unhealthy): the policy decides.
+
 The start's one answer (its `answer`, first incarnation only; none for an operator's or an intrinsic start) goes
 with an edge: `started` on entering RUNNING; `failed` on entering FAILED, or on entering STOPPING before RUNNING
 ("the process did not start properly").
@@ -56,13 +60,15 @@ from kernel_runner.messages import (
     StreamName,
 )
 from kernel_runner.observability.debug_lines import debug
+from kernel_runner.probes.messages import ProbeMessage
+from kernel_runner.probes.service import ProbeFailure, ProbeTally, ServiceProbePlan, ServiceProbes
 from kernel_runner.procs.process import ProcessHandle, describe_returncode, stop_process, term_then_kill, watch_process
 from kernel_runner.servicedefs import ServiceCommand, ServiceStartError
 from kernel_runner.supervision.actor import Lifecycle, PhasedActor
 from kernel_runner.supervision.clock import Clock
-from kernel_runner.supervision.exits import ExitReason, NormalExit, ProcessDied, ShutdownExit, StartFailed
+from kernel_runner.supervision.exits import ExitReason, NormalExit, ProcessDied, ShutdownExit, StartFailed, Unhealthy
 from kernel_runner.supervision.refs import tell_if_alive
-from kernel_runner.supervision.spec import ChildContext, ChildState, StopRequested
+from kernel_runner.supervision.spec import ChildContext, ChildState, RestartChild, StopRequested
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -88,6 +94,10 @@ class ServiceRun:
     start_limit_s: float = 300.0
     # Who gets told when the service's process ends or its port opens (a model service's health checker).
     watcher: ChildId | None = None
+    # Health probes (docs/protocol.md §6.14); None: only the process and its port are watched, as before probes.
+    probes: ServiceProbePlan | None = None
+    # Failed probes since the start, shared by the incarnations (the metrics' counter, docs/operations.md §5).
+    tally: ProbeTally = attrs.field(factory=ProbeTally, eq=False)
 
     @classmethod
     def fixed(cls, *, name: str, argv: tuple[str, ...], env: Mapping[str, str], cwd: Path, port: int | None,
@@ -172,6 +182,11 @@ class PortWaitTimedOut:
 @attrs.frozen(kw_only=True)
 class ReplyDue:
     """The agent is about to give up on the start: answer now, whatever the service is doing."""
+
+
+@attrs.frozen(kw_only=True)
+class StartLimitDue:
+    """The port opened, but the probes the start waits for have not passed within the start limit."""
 
 
 @attrs.frozen(kw_only=True)
@@ -298,6 +313,8 @@ class ServiceActor(PhasedActor[Phase]):
         # Later start-services for this service while it starts (AwaitServiceStart), by token; each answered once.
         self._waiters: dict[int, ServiceAnswer] = {}
         self._waiter_tokens = itertools.count()
+        # The health probes of this incarnation, made at the spawn (docs/protocol.md §6.14).
+        self._probes: ServiceProbes | None = None
 
     @property
     def pid(self) -> int | None:
@@ -323,6 +340,7 @@ class ServiceActor(PhasedActor[Phase]):
             self._reply("failed", f"the process did not start properly: {self.run.name}")
         if self._port_waiter is not None:
             self._port_waiter.cancelled.set()
+        self._stop_probes()
         if self._handle is not None and self._exit is None:
             self.log.warning("killing the process tree of pid {} on the way out", self._handle.pid)
             self._handle.kill_tree()
@@ -337,6 +355,10 @@ class ServiceActor(PhasedActor[Phase]):
                 return self._handle_port_wait_timed_out(message)
             case ReplyDue():
                 return self._handle_reply_due()
+            case ProbeMessage():
+                return self._handle_probe_message(message)
+            case StartLimitDue():
+                return self._handle_start_limit_due()
             case AwaitServiceStart():
                 return self._handle_await_start(message)
             case WaiterDue():
@@ -404,8 +426,14 @@ class ServiceActor(PhasedActor[Phase]):
         self.to_phase(Phase.STARTING, f"spawned pid {handle.pid}")  # PREPARING -> STARTING
         self._open_pipes = sum(stream is not None for stream in (handle.popen.stdout, handle.popen.stderr))
         watch_process(handle, self.actor_ref, sink=self._tail.feed, clock=self.ctx.clock)
+        if self.run.probes is not None:
+            self._probes = ServiceProbes(
+                self.run.probes, tally=self.run.tally, owner=self.actor_ref, schedule=self.schedule,
+                clock=self.ctx.clock, log=lambda: self.log, name=self.run.name, on_ready=self._probes_passed,
+                on_failed=self._probes_failed, on_change=self.update_info,
+            )
         if self.run.port is None:
-            self._become_ready("no port to wait for")  # STARTING -> RUNNING
+            self._up_to_port("no port to wait for")
             return
         limit_s = max(self.run.start_limit_s, self.run.reply_within_s)
         self._port_waiter = PortWaiter(self.run.port, limit_s, self.actor_ref, self.ctx.clock)
@@ -415,7 +443,17 @@ class ServiceActor(PhasedActor[Phase]):
         if self.phase is not Phase.STARTING:
             return  # the process exited or a stop came first; the waiter was cancelled too late
         self.log.info("port-open port={} after {:.3f}s", message.port, message.waited_s)
-        self._become_ready(f"port {message.port} open")  # STARTING -> RUNNING
+        self._up_to_port(f"port {message.port} open")
+
+    def _up_to_port(self, why: str) -> None:
+        """The port opened, or there is none to wait for: up, unless probes still decide (then they call back)."""
+        if self._probes is None:
+            self._become_ready(why)  # STARTING -> RUNNING
+            return
+        self._probes.begin()  # calls _probes_passed at once when nothing but the port gates the start
+        if self.phase is Phase.STARTING and self._spawned_at is not None:
+            limit_s = max(self.run.start_limit_s, self.run.reply_within_s)
+            self.schedule(limit_s - (self.ctx.clock.monotonic() - self._spawned_at), StartLimitDue())
 
     def _become_ready(self, why: str) -> None:
         self.to_phase(Phase.RUNNING, why)
@@ -433,6 +471,7 @@ class ServiceActor(PhasedActor[Phase]):
 
     def _fail_start(self, error: str, reason: StartFailed | ProcessDied) -> None:
         """Answered `failed`; whether it is tried again is the supervisor's call (its spec: not after a first start)."""
+        self._stop_probes()
         before = self.phase
         self.to_phase(Phase.FAILED, error.partition("\n")[0])
         self._reply("failed", error)
@@ -448,6 +487,7 @@ class ServiceActor(PhasedActor[Phase]):
         self._exit = message
         if self._port_waiter is not None:
             self._port_waiter.cancelled.set()
+        self._stop_probes()
         # Anything left in the group (grandchildren) goes with the service: no orphans (docs/protocol.md §6.13).
         if self._handle is not None:
             self._handle.kill_tree()
@@ -498,6 +538,7 @@ class ServiceActor(PhasedActor[Phase]):
             return
         if self._port_waiter is not None:
             self._port_waiter.cancelled.set()
+        self._stop_probes()  # nothing is probed once a stop was asked for
         self.to_phase(Phase.STOPPING, message.reason)  # PREPARING|STARTING|RUNNING|EXITING|FAILING -> STOPPING
         if before not in UP_PHASES:
             program = self._command.argv[0] if self._command is not None and self._command.argv else self.run.name
@@ -513,18 +554,53 @@ class ServiceActor(PhasedActor[Phase]):
         self.log.info("SIGTERM to group {}; SIGKILL to its tree after {:.1f}s", self._handle.pid, message.grace_s)
         stop_process(self._handle, term_then_kill(message.grace_s), log=self.log, what=f"service {self.run.name}")
 
+    # ---- health probes (docs/protocol.md §6.14) ---------------------------------------------------------------
+    def _handle_probe_message(self, message: ProbeMessage) -> None:
+        if self._probes is not None:
+            self._probes.handle(message)
+
+    def _probes_passed(self, why: str) -> None:
+        if self.phase is Phase.STARTING:
+            self._become_ready(why)  # STARTING -> RUNNING
+
+    def _probes_failed(self, failure: ProbeFailure) -> None:
+        if self.phase is Phase.STARTING:
+            # STARTING -> FAILED: like a port that never opens; a restart that fails so is the policy's to judge.
+            self._fail_start(f"the service failed its {failure.probe} probe before it was ready: {failure.detail}",
+                             StartFailed(error=f"{failure.probe} probe failed"))
+            return
+        if self.phase is Phase.RUNNING:
+            # Never this actor's own decision: the supervisor's policy restarts it (backoff, restart budget, FATAL).
+            self.log.warning("asking the supervisor to restart {} ({})", self.child_id, failure.detail)
+            tell_if_alive(self.ctx.supervisor, RestartChild(child_id=self.child_id, reason=Unhealthy(detail=failure.detail)))
+
+    def _handle_start_limit_due(self) -> None:
+        if self.phase is not Phase.STARTING:
+            return
+        self.log.error("not ready within {:.1f}s of its spawn", max(self.run.start_limit_s, self.run.reply_within_s))
+        self._fail_start(self._timeout_text(), StartFailed(error="not ready in time"))  # STARTING -> FAILED
+
+    def _stop_probes(self) -> None:
+        if self._probes is not None:
+            self._probes.stop()
+
     # ---- replies ------------------------------------------------------------------------------------
     def _handle_reply_due(self) -> None:
         if self._answer is None or self._answer.answered or self.phase not in (Phase.PREPARING, Phase.STARTING):
             return
+        waiting = self._probes.waiting_for() if self._probes is not None else None
         self.log.warning(
-            "port {} not open after {:.1f}s: answered `failed` before the agent gives up; the service keeps starting "
-            "(up to {:.0f}s), and a later start-service answers once it is up", self.run.port, self.run.reply_within_s,
+            "{} after {:.1f}s: answered `failed` before the agent gives up; the service keeps starting (up to {:.0f}s), "
+            "and a later start-service answers once it is up",
+            f"not ready ({waiting})" if waiting else f"port {self.run.port} not open", self.run.reply_within_s,
             max(self.run.start_limit_s, self.run.reply_within_s),
         )
         self._reply("failed", self._timeout_text(), waiters=False)
 
     def _timeout_text(self) -> str:
+        waiting = self._probes.waiting_for() if self._probes is not None else None
+        if waiting is not None:
+            return f"the service did not become ready in time: {self.run.name}: {waiting}"
         return f"opening the service port timed out: {self.run.name}"  # upstream's text (docs/protocol.md §6.2)
 
     def _handle_await_start(self, message: AwaitServiceStart) -> None:
