@@ -104,7 +104,7 @@ def test_every_command_through_the_command_line(runner_processes: RunnerProcesse
     header, command, columns, *rows = status.stdout.splitlines()
     assert header.startswith("kernel-runner 0.1.0  app  pid") and "  ready  agent ports" in header
     assert command.startswith(f"command: {sys.executable} -m kernel_runner app --bind 127.0.0.1 ")
-    assert columns.split()[:4] == ["CHILD", "STATE", "PID", "UPTIME"]
+    assert columns.split()[:5] == ["CHILD", "STATE", "HEALTH", "PID", "UPTIME"]  # HEALTH: docs/operations.md §1.3
     assert [row.split()[:2] for row in rows] == [["router", "RUNNING"], ["lang", "RUNNING"], ["services", "RUNNING"]]
 
     port = free_port()
