@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from kernel_runner.client import AgentClient
 from kernel_runner.observability.logs import configure_logging
 
 CHILDREN = Path(__file__).parent / "children"
+# A folder that exists, for a model whose server runs in its model folder (docs/protocol.md §7.2).
+MODEL_DIR = tempfile.gettempdir()
 # The reliability suites (tests/fuzz, tests/chaos, tests/load): `--chaos` and the probe table of `make chaos`.
 pytest_plugins = ("tests.support.probes",)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 
 from kernel_runner import RunnerConfig, RunnerHandle, start
 from kernel_runner.client import AgentClient
-from tests.conftest import CHILDREN
+from tests.conftest import CHILDREN, MODEL_DIR
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until
 
@@ -24,9 +23,6 @@ LISTENER = str(CHILDREN / "listener.py")
 # Listens on argv[1] and ignores every other argument, so a test can look at the argv it was given.
 ARGV_LISTENER = ("import socket, sys; server = socket.create_server(('127.0.0.1', int(sys.argv[1]))); "
                  "[server.accept()[0].close() for _ in iter(int, 1)]")
-
-# A folder that exists: the model server runs in it (docs/protocol.md §7.2).
-MODEL_DIR = tempfile.gettempdir()
 
 
 @pytest.fixture

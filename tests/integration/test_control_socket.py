@@ -26,7 +26,7 @@ from kernel_runner.control.client import ControlClient, ControlError
 from kernel_runner.control.protocol import MAX_REQUEST_BYTES, default_socket_path
 from kernel_runner.control.server import MAX_CONNECTIONS
 from kernel_runner.supervision.spec import ChildState
-from tests.conftest import CHILDREN
+from tests.conftest import CHILDREN, MODEL_DIR
 from tests.integration.test_services import write_defs
 from tests.support.ports import free_port
 from tests.support.procs import alive
@@ -45,9 +45,6 @@ DEFINITIONS = {
     # Gives up (FATAL) the first time it exits.
     "doomed": {"command": [*LISTENER, "--exit-after", "1.5"], "restart": {"max_restarts": 0}},
 }
-
-# A folder that exists: the model server runs in it (docs/protocol.md §7.2).
-MODEL_DIR = tempfile.gettempdir()
 
 
 @pytest.fixture

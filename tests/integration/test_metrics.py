@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ import kernel_runner
 from kernel_runner import RunnerConfig, RunnerHandle, RunnerStartError, start
 from kernel_runner.cli.runner import build_parser
 from kernel_runner.client import AgentClient, RunResult
-from tests.conftest import CHILDREN
+from tests.conftest import CHILDREN, MODEL_DIR
 from tests.support.ports import free_port
 from tests.support.runner_process import RunnerProcesses, runner_processes  # noqa: F401 - a fixture
 from tests.support.waiting import wait_until
@@ -37,9 +36,6 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 LISTENER = [sys.executable, str(CHILDREN / "listener.py"), "{ports[0]}"]
 HEALTH_SERVER = str(CHILDREN / "health_server.py")
 SERVING_LINE = re.compile(r"serving metrics on http://127\.0\.0\.1:(\d+)/metrics")
-
-# A folder that exists: the model server runs in it (docs/protocol.md §7.2).
-MODEL_DIR = tempfile.gettempdir()
 
 
 @attrs.frozen

@@ -7,7 +7,6 @@ import json
 import shlex
 import socket
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 from kernel_runner import RunnerConfig, RunnerHandle, start
 from kernel_runner.client import AgentClient
 from kernel_runner.supervision.spec import ChildState
-from tests.conftest import CHILDREN
+from tests.conftest import CHILDREN, MODEL_DIR
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until
 
@@ -110,8 +109,7 @@ def test_a_definition_with_a_bad_shell_is_skipped_naming_file_and_field(
 
 
 def model(name: str, port: int, command: str, *, model_path: Path | None = None, **service: Any) -> dict[str, Any]:
-    # A folder that exists: the model server runs in it (docs/protocol.md §7.2).
-    return {"name": name, "model_path": str(model_path or tempfile.gettempdir()),
+    return {"name": name, "model_path": str(model_path or MODEL_DIR),
             "service": {"start_command": command, "port": port, "pre_start_actions": None, **service}}
 
 

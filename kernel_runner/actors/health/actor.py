@@ -349,10 +349,7 @@ class HealthCheckerActor(PhasedActor[Phase]):
                         emit(self.log, "INFO", Event.HEALTHY, "healthy again: status {} in {:.1f} ms",
                              result.status_code, result.latency_s * 1000, probe="health", **result.fields())
                     else:
-                        assert self.memo.started_at is not None
-                        emit(self.log, "INFO", Event.HEALTHY, "healthy after {:.3f}s ({} probe(s); status {})",
-                             self.ctx.clock.monotonic() - self.memo.started_at, self._probe.counts.probes,
-                             result.status_code, probe="health", **result.fields())
+                        self._log_first_pass(result, self._since_first_start())
                     self._set_health("healthy")
                 self.memo.healthy_once = True
             elif self._probe.counts.counted_failures >= self.plan.unhealthy_after:
@@ -360,12 +357,19 @@ class HealthCheckerActor(PhasedActor[Phase]):
             self._probe.next_in(self._period())
 
     # ---- startup -----------------------------------------------------------------------------------------
-    def _startup_succeeded(self, result: ProbeAnswer) -> None:
+    def _since_first_start(self) -> float:
         assert self.memo.started_at is not None
-        took = self.ctx.clock.monotonic() - self.memo.started_at
-        self.to_phase(Phase.LIVENESS, f"healthy after {took:.3f}s")  # STARTUP -> LIVENESS
+        return self.ctx.clock.monotonic() - self.memo.started_at
+
+    def _log_first_pass(self, result: ProbeAnswer, took: float) -> None:
+        """The `healthy` event of a model's first passing probe, under either contract."""
         emit(self.log, "INFO", Event.HEALTHY, "healthy after {:.3f}s ({} probe(s); status {})", took,
              self._probe.counts.probes, result.status_code, probe="health", **result.fields())
+
+    def _startup_succeeded(self, result: ProbeAnswer) -> None:
+        took = self._since_first_start()
+        self.to_phase(Phase.LIVENESS, f"healthy after {took:.3f}s")  # STARTUP -> LIVENESS
+        self._log_first_pass(result, took)
         self._reply_once("started", None)
         self._set_health("healthy")
         self.memo.healthy_once = True
