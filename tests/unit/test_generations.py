@@ -121,3 +121,17 @@ def test_status_shows_the_row_its_contract_and_why() -> None:
     shown = choose("26.8", ()).as_status()
     assert shown == {"row": "26.8", "releases": "26.8.0 – 26.8.1", "contract": "spawned", "pinned": True,
                      "reason": "pinned by the setting '26.8'"}
+
+
+def test_the_protocol_docs_table_says_what_the_code_table_does() -> None:
+    """docs/protocol.md §12.2 is the account of GENERATIONS: one row each, with its releases and both waits."""
+    text = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text()
+    section = text[text.index("### 12.2"):text.index("### 12.3")]
+    rows = {cells[0]: cells for line in section.splitlines() if line.startswith("| ") and
+            (cells := [cell.strip().strip("*") for cell in line.strip("|").split("|")])[0] in ROWS}
+    assert list(rows) == [row.name for row in GENERATIONS]
+    for row in GENERATIONS:
+        _name, releases, meaning, agent_wait, runner_by, _status = rows[row.name]
+        assert releases == row.releases
+        assert (agent_wait, runner_by) == (f"{row.service_wait_s:g} s", f"{row.service_reply_within_s:g} s")
+        assert ("verdict" in meaning) == (row.model_reply is ModelReply.VERDICT)
